@@ -1,0 +1,319 @@
+"""The call-history domain: validated list queries and tolerantly parsed call records.
+
+Nothing here knows HTTP or GraphQL. The upstream client turns a `ListQuery` into query
+parameters and a JSON body into `CallRecord`s; the schema turns records into GraphQL.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from gateway.errors import BadUserInput, UpstreamBadResponse
+
+MAX_PAGE_SIZE = 1000
+SortOrder = Literal["asc", "desc"]
+
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+# user@host[:port][;params], as Catapult accepts them (`sip:someone@somewhere.com`).
+_SIP_URI = re.compile(
+    r"sips?:[A-Za-z0-9._~!$&'()*+,=%-]{1,128}@[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?"
+    r"(;[A-Za-z0-9._=-]{1,64}){0,8}"
+)
+# Ids go into a path segment or a query value. Unreserved characters only, no leading
+# dot, so that `..`, `/`, `?`, `#`, `%` and whitespace can never change the URL's meaning.
+_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._~-]{0,127}")
+
+
+def validate_id(value: str, argument: str) -> str:
+    """Return `value` if it is safe as a Catapult id, else raise `BadUserInput`."""
+    if not _ID.fullmatch(value) or ".." in value:
+        raise BadUserInput(
+            f"`{argument}` must be a Catapult id: up to 128 letters, digits, `-`, `_`, `.` "
+            "or `~`, not starting with a dot.",
+            argument=argument,
+        )
+    return value
+
+
+def validate_number(value: str, argument: str) -> str:
+    """Return `value` if it is an E.164 number or a SIP URI, else raise `BadUserInput`."""
+    if not (_E164.fullmatch(value) or _SIP_URI.fullmatch(value)):
+        raise BadUserInput(
+            f"`{argument}` must be an E.164 number such as `+19195551212` or a SIP URI "
+            "such as `sip:someone@example.com`.",
+            argument=argument,
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """One validated "list calls" request; build it with `ListQuery.create`."""
+
+    bridge_id: str | None = None
+    conference_id: str | None = None
+    from_: str | None = None
+    to: str | None = None
+    page: int = 0
+    size: int = 25
+    sort_order: SortOrder = "desc"
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        bridge_id: str | None = None,
+        conference_id: str | None = None,
+        from_: str | None = None,
+        to: str | None = None,
+        page: int = 0,
+        size: int = 25,
+        sort_order: SortOrder = "desc",
+    ) -> ListQuery:
+        """Validate every argument; raises `BadUserInput` naming the first bad one."""
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise BadUserInput(
+                f"`size` must be between 1 and {MAX_PAGE_SIZE} (got {size}).", argument="size"
+            )
+        if page < 0:
+            raise BadUserInput(f"`page` must be 0 or more (got {page}).", argument="page")
+        return cls(
+            bridge_id=None if bridge_id is None else validate_id(bridge_id, "filter.bridgeId"),
+            conference_id=(
+                None if conference_id is None else validate_id(conference_id, "filter.conferenceId")
+            ),
+            from_=None if from_ is None else validate_number(from_, "filter.from"),
+            to=None if to is None else validate_number(to, "filter.to"),
+            page=page,
+            size=size,
+            sort_order=sort_order,
+        )
+
+    @property
+    def paginated(self) -> bool:
+        """False when the upstream returns every match at once (bridge or conference)."""
+        return self.bridge_id is None and self.conference_id is None
+
+    def params(self) -> list[tuple[str, str]]:
+        """The upstream query parameters, in a stable order."""
+        params: list[tuple[str, str]] = []
+        for name, value in (
+            ("bridgeId", self.bridge_id),
+            ("conferenceId", self.conference_id),
+            ("from", self.from_),
+            ("to", self.to),
+        ):
+            if value is not None:
+                params.append((name, value))
+        # Catapult ignores page and size with a bridge or conference; not sending them
+        # keeps one upstream request (and one cache entry) per bridge or conference.
+        if self.paginated:
+            params += [("page", str(self.page)), ("size", str(self.size))]
+        params.append(("sortOrder", self.sort_order))
+        return params
+
+
+@dataclass(frozen=True, slots=True)
+class Odd:
+    """A field value the upstream sent outside its documented shape."""
+
+    value: Any
+
+    def describe(self) -> str:
+        text = repr(self.value)
+        return text if len(text) <= 80 else text[:77] + "..."
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One call as the upstream described it, normalised. Optional fields may be `Odd`."""
+
+    id: str
+    direction: str  # "in" | "out"
+    from_: str
+    to: str
+    state: str  # "started" | "rejected" | "active" | "completed" | "transferring"
+    start_time: datetime | Odd | None = None
+    active_time: datetime | Odd | None = None
+    end_time: datetime | Odd | None = None
+    callback_url: str | Odd | None = None
+    callback_http_method: str | Odd | None = None  # "GET" | "POST"
+    callback_timeout: int | Odd | None = None
+    fallback_url: str | Odd | None = None
+    bridge_id: str | Odd | None = None
+    conference_id: str | Odd | None = None
+    chargeable_duration: int | Odd | None = None
+    recording_enabled: bool | Odd | None = None
+    recording_file_format: str | Odd | None = None  # "wav" | "mp3"
+    transcription_enabled: bool | Odd | None = None
+    sip_headers: tuple[tuple[str, str], ...] = ()
+    events_url: str | Odd | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BadRecord:
+    """A record that cannot be a `Call` at all (no id, an unknown state, ...)."""
+
+    call_id: str | None
+    reason: str
+
+
+DIRECTIONS = frozenset({"in", "out"})
+STATES = frozenset({"started", "rejected", "active", "completed", "transferring"})
+_HTTP_METHODS = frozenset({"GET", "POST"})
+_FILE_FORMATS = frozenset({"wav", "mp3"})
+
+
+def parse_call_list(body: Any) -> tuple[list[CallRecord], list[BadRecord]]:
+    """Parse a list body; a body that is not a JSON array raises `UpstreamBadResponse`."""
+    if not isinstance(body, list):
+        raise UpstreamBadResponse("The upstream answered a call list that is not a JSON array.")
+    records: list[CallRecord] = []
+    bad: list[BadRecord] = []
+    for raw in body:
+        parsed = parse_call(raw)
+        (records if isinstance(parsed, CallRecord) else bad).append(parsed)  # type: ignore[arg-type]
+    return records, bad
+
+
+def parse_call(raw: Any) -> CallRecord | BadRecord:
+    """Parse one call object; optional fields that are off become `Odd`, never an error."""
+    if not isinstance(raw, dict):
+        return BadRecord(None, f"a list entry is not an object ({Odd(raw).describe()})")
+    call_id = raw.get("id")
+    if not isinstance(call_id, str) or not call_id:
+        return BadRecord(None, "a call has no id")
+    required: dict[str, str] = {}
+    for key in ("direction", "from", "to", "state"):
+        value = raw.get(key)
+        if not isinstance(value, str) or not value:
+            return BadRecord(call_id, f"call {call_id} has no `{key}`")
+        required[key] = value
+    direction = required["direction"].lower()
+    if direction not in DIRECTIONS:
+        return BadRecord(
+            call_id, f"call {call_id} has an unknown direction {required['direction']!r}"
+        )
+    state = required["state"].lower()
+    if state not in STATES:
+        return BadRecord(call_id, f"call {call_id} has an unknown state {required['state']!r}")
+    sip_headers = _sip_headers(raw.get("sipHeaders"))
+    if isinstance(sip_headers, Odd):
+        return BadRecord(
+            call_id, f"call {call_id} has malformed sipHeaders {sip_headers.describe()}"
+        )
+    return CallRecord(
+        id=call_id,
+        direction=direction,
+        from_=required["from"],
+        to=required["to"],
+        state=state,
+        start_time=parse_timestamp(raw.get("startTime")),
+        active_time=parse_timestamp(raw.get("activeTime")),
+        end_time=parse_timestamp(raw.get("endTime")),
+        callback_url=_string(raw.get("callbackUrl")),
+        callback_http_method=_choice(raw.get("callbackHttpMethod"), _HTTP_METHODS, str.upper),
+        callback_timeout=_integer(raw.get("callbackTimeout")),
+        fallback_url=_string(raw.get("fallbackUrl")),
+        bridge_id=_string(raw.get("bridgeId")),
+        conference_id=_string(raw.get("conferenceId")),
+        chargeable_duration=_integer(raw.get("chargeableDuration")),
+        recording_enabled=_boolean(raw.get("recordingEnabled")),
+        recording_file_format=_choice(raw.get("recordingFileFormat"), _FILE_FORMATS, str.lower),
+        transcription_enabled=_boolean(raw.get("transcriptionEnabled")),
+        sip_headers=sip_headers,
+        events_url=_string(raw.get("events")),
+    )
+
+
+def parse_timestamp(value: Any) -> datetime | Odd | None:
+    """ISO 8601 in the upstream's variants, or epoch milliseconds; naive means UTC."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return Odd(value)
+    if isinstance(value, int | float):
+        try:
+            return datetime.fromtimestamp(value / 1000, UTC)
+        except (OverflowError, OSError, ValueError):
+            return Odd(value)
+    if isinstance(value, str):
+        text = value.strip()
+        # Python 3.11 reads `Z`, fractions and hour-only offsets (`-02`) itself.
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            if text.isdigit():
+                return parse_timestamp(int(text))
+            return Odd(value)
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    return Odd(value)
+
+
+def _string(value: Any) -> str | Odd | None:
+    if value is None or isinstance(value, str):
+        return value
+    return Odd(value)
+
+
+def _integer(value: Any) -> int | Odd | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return Odd(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return Odd(value)
+
+
+def _boolean(value: Any) -> bool | Odd | None:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in {"true", "false"}:
+        return value.lower() == "true"
+    return Odd(value)
+
+
+def _choice(value: Any, allowed: frozenset[str], normalise: Any) -> str | Odd | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and normalise(value) in allowed:
+        return str(normalise(value))
+    return Odd(value)
+
+
+def _sip_headers(value: Any) -> tuple[tuple[str, str], ...] | Odd:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        return Odd(value)
+    headers = []
+    for name, header_value in value.items():
+        if header_value is None or isinstance(header_value, dict | list):
+            return Odd(value)
+        # A number or boolean value is still a header value; keep it as the text it was.
+        text = header_value if isinstance(header_value, str) else _json_scalar(header_value)
+        headers.append((str(name), text))
+    return tuple(headers)
+
+
+def _json_scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class CallList:
+    """One upstream page: the parsed calls, the records that could not be, the next page."""
+
+    records: list[CallRecord]
+    bad: list[BadRecord]
+    next_url: str | None = None

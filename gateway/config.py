@@ -1,0 +1,136 @@
+"""Settings: parsed once, at start-up, from an injectable mapping into a frozen object.
+
+Every setting is `GATEWAY_` + its name in upper snake case. Tests pass a dict; the CLI
+passes `os.environ` merged with its flags. Nothing here is read at import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ENV_PREFIX = "GATEWAY_"
+DEFAULT_UPSTREAM_URL = "https://api.catapult.inetwork.com"
+
+Seconds = Annotated[float, Field(ge=0)]
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class Settings(BaseModel):
+    """The gateway's configuration (each field is the setting `GATEWAY_<NAME>`)."""
+
+    # A plain pydantic model rather than pydantic-settings' BaseSettings: BaseSettings
+    # always reads os.environ as well, and the environment must be an explicit input.
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
+    workers: int = Field(1, ge=1, le=64, description="Worker processes sharing the port.")
+    upstream_url: AnyHttpUrl = Field(
+        AnyHttpUrl(DEFAULT_UPSTREAM_URL),
+        description="Base URL of the Catapult API (without `/v1`).",
+    )
+    upstream_timeout: PositiveSeconds = Field(
+        10.0, description="Seconds to wait for one upstream answer."
+    )
+    upstream_connect_timeout: PositiveSeconds = Field(
+        3.0, description="Seconds to wait for a connection to the upstream."
+    )
+    upstream_max_connections: int = Field(
+        32, ge=1, le=1024, description="Size of the upstream connection pool."
+    )
+    upstream_retries: int = Field(
+        2,
+        ge=0,
+        le=5,
+        description="Retries of an idempotent upstream GET on 502/503/504 or connect errors.",
+    )
+    request_timeout: PositiveSeconds = Field(
+        25.0, description="Deadline for a whole GraphQL request, retries included."
+    )
+    cache_url: str = Field("memory://", description="`memory://` or `redis://host:port/db`.")
+    cache_ttl: Seconds = Field(
+        5.0, description="Seconds an upstream answer is reused; 0 turns caching off."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Least severe log level written."
+    )
+    sandbox: bool = Field(False, description="Serve in front of the built-in sandbox upstream.")
+
+    @field_validator("cache_url")
+    @classmethod
+    def _known_cache_scheme(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in {"memory", "redis", "rediss"}:
+            raise ValueError("must start with memory://, redis:// or rediss://")
+        return value
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _no_path_query_or_credentials(cls, value: AnyHttpUrl) -> AnyHttpUrl:
+        # Credentials come from each caller; a base URL carrying its own would be sent
+        # with every caller's request, and a query string would be silently dropped.
+        if value.username or value.password or value.query or value.fragment:
+            raise ValueError("must be a plain base URL without credentials, query or fragment")
+        return value
+
+    @model_validator(mode="after")
+    def _timeouts_fit_the_deadline(self) -> Settings:
+        if self.upstream_timeout >= self.request_timeout:
+            raise ValueError(
+                "GATEWAY_UPSTREAM_TIMEOUT must be shorter than GATEWAY_REQUEST_TIMEOUT "
+                f"({self.upstream_timeout} >= {self.request_timeout})"
+            )
+        return self
+
+    @property
+    def upstream_base(self) -> str:
+        """The upstream base URL without a trailing slash."""
+        return str(self.upstream_url).rstrip("/")
+
+
+class SettingsError(Exception):
+    """Start-up settings are invalid; `str()` is one line naming the setting."""
+
+
+def load_settings(environ: Mapping[str, str], **overrides: Any) -> Settings:
+    """Build `Settings` from an environment mapping plus explicit overrides (CLI flags).
+
+    Only keys starting with `GATEWAY_` are read from `environ`; overrides win.
+    """
+    known = Settings.model_fields
+    values: dict[str, Any] = {}
+    for key, value in environ.items():
+        name = key[len(ENV_PREFIX) :].lower()
+        # Unknown GATEWAY_* variables are ignored rather than fatal: replicas of different
+        # versions share one environment, and other tools use the prefix (GATEWAY_TEST_*).
+        if key.upper().startswith(ENV_PREFIX) and name in known:
+            values[name] = value
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        raise SettingsError(_one_line(exc)) from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    location = "".join(str(part) for part in error["loc"][:1])
+    name = f"{ENV_PREFIX}{location.upper()}" if location else "settings"
+    message = error["msg"]
+    if not location and message.startswith("Value error, "):
+        return message.removeprefix("Value error, ")
+    given = error.get("input")
+    shown = "" if isinstance(given, dict) else f" (got {given!r})"
+    return f"{name}: {message.removeprefix('Value error, ')}{shown}"

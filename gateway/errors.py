@@ -1,0 +1,104 @@
+"""The gateway's errors: one small tree, one stable code per class.
+
+    GatewayError                     INTERNAL_SERVER_ERROR
+    ├── BadUserInput                 BAD_USER_INPUT
+    ├── Unauthenticated              UNAUTHENTICATED
+    ├── Forbidden                    FORBIDDEN
+    ├── NotFound                     NOT_FOUND
+    ├── RateLimited                  RATE_LIMITED (+ retryAfter)
+    ├── OperationTooComplex          OPERATION_TOO_COMPLEX
+    ├── PersistedQueryNotFound       PERSISTED_QUERY_NOT_FOUND
+    └── UpstreamError                UPSTREAM_ERROR
+        ├── UpstreamTimeout          UPSTREAM_TIMEOUT
+        ├── UpstreamUnavailable      UPSTREAM_UNAVAILABLE
+        └── UpstreamBadResponse      UPSTREAM_BAD_RESPONSE
+
+Anything raised during a request that is not a `GatewayError` is a bug: the GraphQL
+endpoint masks it as INTERNAL_SERVER_ERROR with a request id and logs the detail.
+Messages are shown to callers, so they never carry credentials.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class GatewayError(Exception):
+    """Base of every deliberate error; `extensions` is copied into the GraphQL error."""
+
+    code: ClassVar[str] = "INTERNAL_SERVER_ERROR"
+
+    def __init__(self, message: str, **extensions: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra: dict[str, Any] = extensions
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        # graphql-core copies a dict `extensions` attribute of the original error into
+        # the GraphQL error it builds, so this is all a resolver needs to raise.
+        return {"code": self.code, **self.extra}
+
+
+class BadUserInput(GatewayError):
+    code = "BAD_USER_INPUT"
+
+
+class Unauthenticated(GatewayError):
+    code = "UNAUTHENTICATED"
+
+
+class Forbidden(GatewayError):
+    code = "FORBIDDEN"
+
+
+class NotFound(GatewayError):
+    code = "NOT_FOUND"
+
+
+class RateLimited(GatewayError):
+    code = "RATE_LIMITED"
+
+    def __init__(self, message: str, *, retry_after: int, **extensions: Any) -> None:
+        super().__init__(message, retryAfter=retry_after, **extensions)
+        self.retry_after = retry_after
+
+
+class OperationTooComplex(GatewayError):
+    code = "OPERATION_TOO_COMPLEX"
+
+
+class PersistedQueryNotFound(GatewayError):
+    code = "PERSISTED_QUERY_NOT_FOUND"
+
+
+class UpstreamError(GatewayError):
+    code = "UPSTREAM_ERROR"
+
+
+class UpstreamTimeout(UpstreamError):
+    code = "UPSTREAM_TIMEOUT"
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = "UPSTREAM_UNAVAILABLE"
+
+
+class UpstreamBadResponse(UpstreamError):
+    code = "UPSTREAM_BAD_RESPONSE"
+
+
+ERROR_CODES: tuple[str, ...] = (
+    GatewayError.code,
+    BadUserInput.code,
+    Unauthenticated.code,
+    Forbidden.code,
+    NotFound.code,
+    RateLimited.code,
+    OperationTooComplex.code,
+    PersistedQueryNotFound.code,
+    UpstreamError.code,
+    UpstreamTimeout.code,
+    UpstreamUnavailable.code,
+    UpstreamBadResponse.code,
+)
