@@ -1,0 +1,40 @@
+"""The per-request context handed to every resolver, and the seam it reads calls through.
+
+The schema sees only `CallSource`; the implementation (upstream, cache, deduplication)
+is wired by the app, so the schema never learns about HTTP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gateway.calls import BadRecord, CallList, CallRecord, ListQuery
+from gateway.errors import GatewayError
+
+
+class CallSource(Protocol):
+    """Where resolvers get calls from, on behalf of the request's caller."""
+
+    async def list_calls(self, query: ListQuery) -> CallList:
+        """One page of the caller's calls."""
+
+    async def get_call(self, call_id: str) -> CallRecord | BadRecord | None:
+        """One call, or None when the upstream does not know it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A non-fatal problem reported beside the data (a record that was left out)."""
+
+    error: GatewayError
+    path: tuple[str | int, ...]
+
+
+@dataclass(slots=True)
+class Context:
+    """What one GraphQL request's resolvers share."""
+
+    request_id: str
+    calls: CallSource
+    notices: list[Notice] = field(default_factory=list)

@@ -1,0 +1,72 @@
+"""Per-operation access to the upstream: credentials checked once, each request made once.
+
+An `OperationLoader` lives for one GraphQL operation. Two fields asking for the same
+upstream resource (aliases, or `call` and `_entities` for one id) share one upstream
+request, whether or not the cross-request cache is on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+
+from gateway.calls import (
+    BadRecord,
+    CallList,
+    CallRecord,
+    ListQuery,
+    parse_call,
+    parse_call_list,
+    validate_id,
+)
+from gateway.credentials import Credentials, credentials_from_headers
+from gateway.errors import NotFound, UpstreamBadResponse
+from gateway.upstream import UpstreamAnswer, UpstreamRequest, call_path, calls_path
+
+Fetch = Callable[[Credentials, UpstreamRequest], Awaitable[UpstreamAnswer]]
+
+
+class OperationLoader:
+    """The `CallSource` of one operation, on behalf of the caller whose headers it holds."""
+
+    def __init__(self, fetch: Fetch, headers: Mapping[str, str]) -> None:
+        self._fetch = fetch
+        self._headers = headers
+        self._inflight: dict[UpstreamRequest, asyncio.Future[UpstreamAnswer]] = {}
+        self.upstream_requests = 0
+
+    def credentials(self) -> Credentials:
+        """The caller's credentials; raises `Unauthenticated` before any upstream request."""
+        return credentials_from_headers(self._headers)
+
+    async def list_calls(self, query: ListQuery) -> CallList:
+        credentials = self.credentials()
+        request = UpstreamRequest(calls_path(credentials.user_id), tuple(query.params()))
+        answer = await self._get(credentials, request)
+        records, bad = parse_call_list(answer.body)
+        return CallList(records, bad, answer.links.get("next"))
+
+    async def get_call(self, call_id: str) -> CallRecord | BadRecord | None:
+        validate_id(call_id, "id")
+        credentials = self.credentials()
+        try:
+            answer = await self._get(
+                credentials, UpstreamRequest(call_path(credentials.user_id, call_id))
+            )
+        except NotFound as exc:
+            # An unknown call is an expected outcome (null); an unknown user is an error.
+            if exc.extra.get("upstreamCode") == "call-not-found":
+                return None
+            raise
+        if not isinstance(answer.body, dict):
+            raise UpstreamBadResponse("The upstream answered a call that is not a JSON object.")
+        return parse_call(answer.body)
+
+    async def _get(self, credentials: Credentials, request: UpstreamRequest) -> UpstreamAnswer:
+        future = self._inflight.get(request)
+        if future is None:
+            self.upstream_requests += 1
+            future = asyncio.ensure_future(self._fetch(credentials, request))
+            self._inflight[request] = future
+        # shield: one field being cancelled must not cancel the request for the others.
+        return await asyncio.shield(future)

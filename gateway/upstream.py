@@ -1,0 +1,274 @@
+"""The Catapult v1 REST client: HTTP, retries and the translation of upstream failures.
+
+This is the only module that talks HTTP to the upstream and the one boundary where
+httpx exceptions and upstream statuses become `GatewayError`s. It knows REST and
+nothing of GraphQL.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import httpx
+import orjson
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from gateway import __version__
+from gateway.config import Settings
+from gateway.credentials import Credentials
+from gateway.errors import (
+    BadUserInput,
+    Forbidden,
+    GatewayError,
+    NotFound,
+    RateLimited,
+    Unauthenticated,
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+RETRYABLE_STATUSES = frozenset({502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    """One idempotent GET: a path below the base URL and its query parameters."""
+
+    path: str
+    params: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def target(self) -> str:
+        """Path and query string, with every parameter percent-encoded (`+` as `%2B`)."""
+        if not self.params:
+            return self.path
+        return f"{self.path}?{urlencode(self.params, quote_via=quote, safe='')}"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAnswer:
+    """A successful upstream answer: the decoded JSON body and its `Link` relations."""
+
+    body: Any
+    links: Mapping[str, str]
+
+
+def calls_path(user_id: str) -> str:
+    """The list-calls path; the documentation shows the trailing slash."""
+    return f"/v1/users/{user_id}/calls/"
+
+
+def call_path(user_id: str, call_id: str) -> str:
+    """The get-one-call path."""
+    return f"/v1/users/{user_id}/calls/{call_id}"
+
+
+class _Retryable(Exception):
+    """Internal: a failed attempt worth another; carries the error to raise if none is left."""
+
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def create_http_client(settings: Settings) -> httpx.AsyncClient:
+    """The one shared upstream connection pool; the app's lifespan owns it."""
+    return httpx.AsyncClient(
+        base_url=settings.upstream_base,
+        timeout=httpx.Timeout(settings.upstream_timeout, connect=settings.upstream_connect_timeout),
+        limits=httpx.Limits(
+            max_connections=settings.upstream_max_connections,
+            max_keepalive_connections=settings.upstream_max_connections,
+            keepalive_expiry=30,
+        ),
+        headers={"Accept": "application/json", "User-Agent": f"catapult-gateway/{__version__}"},
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
+class CatapultClient:
+    """Makes upstream requests with the caller's credentials, retrying idempotent GETs."""
+
+    def __init__(self, http: httpx.AsyncClient, *, retries: int, upstream_timeout: float) -> None:
+        self._http = http
+        self._retries = retries
+        self._upstream_timeout = upstream_timeout
+
+    @property
+    def base_url(self) -> str:
+        """The upstream base URL, without a trailing slash."""
+        return str(self._http.base_url).rstrip("/")
+
+    async def fetch(
+        self, credentials: Credentials, request: UpstreamRequest, *, deadline: float
+    ) -> UpstreamAnswer:
+        """GET `request`; raises a `GatewayError` for every failure, after retries."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._retries + 1) | _would_pass(deadline),
+            wait=wait_random_exponential(multiplier=0.05, max=1.0),
+            retry=retry_if_exception(lambda exc: isinstance(exc, _Retryable)),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._attempt(credentials, request, deadline)
+        except _Retryable as exc:
+            raise exc.error from exc.__cause__
+        raise AssertionError("unreachable: tenacity either returns or reraises")
+
+    async def _attempt(
+        self, credentials: Credentials, request: UpstreamRequest, deadline: float
+    ) -> UpstreamAnswer:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise UpstreamTimeout("The upstream did not answer within the request's deadline.")
+        timeout = min(self._upstream_timeout, remaining)
+        try:
+            response = await self._http.get(
+                request.target,
+                headers={"Authorization": credentials.authorization},
+                timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
+            )
+        except httpx.ConnectTimeout as exc:
+            raise _Retryable(
+                UpstreamUnavailable("Could not connect to the upstream in time.")
+            ) from exc
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(f"The upstream did not answer within {timeout:.1f} s.") from exc
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            # A refused connection, or one that broke before the answer was complete
+            # (often a stale keep-alive connection): the GET is idempotent, so try again.
+            raise _Retryable(UpstreamUnavailable("Could not reach the upstream.")) from exc
+        except httpx.TransportError as exc:
+            raise UpstreamUnavailable("Could not reach the upstream.") from exc
+        return _answer(response)
+
+
+def _would_pass(deadline: float) -> Any:
+    def stop(state: RetryCallState) -> bool:
+        return time.monotonic() + (state.upcoming_sleep or 0) >= deadline
+
+    return stop
+
+
+def _answer(response: httpx.Response) -> UpstreamAnswer:
+    status = response.status_code
+    if status == 200:
+        try:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamBadResponse(
+                "The upstream answered with a body that is not JSON."
+            ) from exc
+        return UpstreamAnswer(body=body, links=parse_link_header(response.headers.get("link", "")))
+    error = error_for_status(status, response.headers, response.content)
+    if status in RETRYABLE_STATUSES:
+        raise _Retryable(error)
+    raise error
+
+
+def error_for_status(status: int, headers: Mapping[str, str], content: bytes) -> GatewayError:
+    """Translate an upstream error answer; the upstream's `message` is kept, its details not.
+
+    Details hold the caller's remote address and request path, which must not leak into
+    errors or logs, so only `message`, `category` and `code` are read.
+    """
+    message, upstream_code = _error_body(content)
+    extra: dict[str, Any] = {"upstreamStatus": status}
+    if upstream_code:
+        extra["upstreamCode"] = upstream_code
+    if status == 401:
+        return Unauthenticated(message or "The upstream refused these credentials.", **extra)
+    if status == 403:
+        return Forbidden(message or "These credentials may not do this.", **extra)
+    if status == 404:
+        return NotFound(message or "The upstream has no such resource.", **extra)
+    if status == 429:
+        retry_after = retry_after_seconds(headers)
+        return RateLimited(
+            message or f"The upstream's rate limit was reached; retry in {retry_after} s.",
+            retry_after=retry_after,
+            **extra,
+        )
+    if status == 400:
+        return BadUserInput(message or "The upstream refused the request's parameters.", **extra)
+    if status >= 500:
+        return UpstreamError(message or f"The upstream failed with status {status}.", **extra)
+    return UpstreamError(message or f"The upstream answered with status {status}.", **extra)
+
+
+def _error_body(content: bytes) -> tuple[str | None, str | None]:
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    message = body.get("message")
+    code = body.get("code")
+    return (
+        message[:500] if isinstance(message, str) and message else None,
+        code[:100] if isinstance(code, str) and code else None,
+    )
+
+
+def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None) -> int:
+    """Seconds to wait, from `X-RateLimit-Reset` (epoch ms, as Catapult sends) or `Retry-After`."""
+    now = time.time() if now is None else now
+    reset = headers.get("x-ratelimit-reset", "").strip()
+    if reset.isdigit():
+        value = int(reset)
+        # The docs call it a UNIX timestamp, but every sample is in milliseconds;
+        # a value small enough to be seconds is read as seconds.
+        reset_at = value / 1000 if value > 10**11 else value
+        return max(1, math.ceil(reset_at - now))
+    retry_after = headers.get("retry-after", "").strip()
+    if retry_after.isdigit():
+        return max(1, int(retry_after))
+    if retry_after:
+        parsed = (
+            email.utils.parsedate_to_datetime(retry_after) if _is_http_date(retry_after) else None
+        )
+        if parsed is not None:
+            return max(1, math.ceil(parsed.timestamp() - now))
+    return 1
+
+
+def _is_http_date(value: str) -> bool:
+    try:
+        email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def parse_link_header(value: str) -> dict[str, str]:
+    """RFC 5988 `Link`: `<url>; rel="next",<url>; rel="first"` (space after comma optional)."""
+    links: dict[str, str] = {}
+    for entry in value.split(","):
+        url_part, _, params = entry.partition(";")
+        url_part = url_part.strip()
+        if not (url_part.startswith("<") and url_part.endswith(">")):
+            continue
+        for param in params.split(";"):
+            name, _, rel = param.strip().partition("=")
+            if name.strip().lower() == "rel":
+                for relation in rel.strip().strip('"').split():
+                    links.setdefault(relation.lower(), url_part[1:-1])
+    return links
