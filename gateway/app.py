@@ -1,0 +1,112 @@
+"""The composition root: `create_app(settings)` builds the whole gateway."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypedDict
+
+from pydantic import AnyHttpUrl
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
+
+from gateway.config import Settings
+from gateway.context import Context
+from gateway.credentials import Credentials
+from gateway.endpoint import GraphQLEndpoint
+from gateway.graphiql import ASSET_ROUTE, GraphiQLPage
+from gateway.health import healthz, readyz
+from gateway.loaders import OperationLoader
+from gateway.sandbox import ACCOUNTS, Account, create_sandbox_app
+from gateway.schema import build_schema, graphql_core_schema
+from gateway.upstream import (
+    CatapultClient,
+    UpstreamAnswer,
+    UpstreamRequest,
+    create_http_client,
+)
+
+SANDBOX_PATH = "/sandbox"
+
+
+def sandbox_upstream_url(settings: Settings) -> AnyHttpUrl:
+    """Where `serve --sandbox` finds its in-process sandbox."""
+    host = "127.0.0.1" if settings.host in {"0.0.0.0", "::", ""} else settings.host  # noqa: S104
+    if ":" in host:
+        host = f"[{host}]"
+    return AnyHttpUrl(f"http://{host}:{settings.port}{SANDBOX_PATH}")
+
+
+def credential_headers(account: Account) -> dict[str, str]:
+    """The request headers that carry an account's credentials."""
+    token = base64.b64encode(f"{account.token}:{account.secret}".encode()).decode()
+    return {"Authorization": f"Basic {token}", "X-Catapult-User-Id": account.user_id}
+
+
+class State(TypedDict):
+    """What the lifespan hands every request (`request.state`)."""
+
+    catapult: CatapultClient
+
+
+def create_app(settings: Settings) -> Starlette:
+    """Build the gateway from settings; nothing is created at import time."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[State]:
+        async with create_http_client(settings) as http:
+            yield {
+                "catapult": CatapultClient(
+                    http,
+                    retries=settings.upstream_retries,
+                    upstream_timeout=settings.upstream_timeout,
+                )
+            }
+
+    def make_context(request: Request, request_id: str) -> Context:
+        client: CatapultClient = request.state.catapult
+        deadline = time.monotonic() + settings.request_timeout
+
+        async def fetch(credentials: Credentials, upstream: UpstreamRequest) -> UpstreamAnswer:
+            return await client.fetch(credentials, upstream, deadline=deadline)
+
+        return Context(request_id=request_id, calls=OperationLoader(fetch, request.headers))
+
+    default_headers = None
+    routes: list[Route | Mount] = []
+    if settings.sandbox:
+        # The sandbox is mounted in this very app and reached over loopback HTTP, so the
+        # demo exercises the same client, pool and retries as production does.
+        settings = settings.model_copy(update={"upstream_url": sandbox_upstream_url(settings)})
+        default_headers = credential_headers(ACCOUNTS[0])
+        routes.append(Mount(SANDBOX_PATH, app=create_sandbox_app()))
+
+    graphiql = GraphiQLPage(endpoint="/graphql", default_headers=default_headers)
+    endpoint = GraphQLEndpoint(graphql_core_schema(build_schema()), make_context, graphiql=graphiql)
+
+    async def graphiql_asset(request: Request) -> Response:
+        path = graphiql.asset_path(request.path_params["name"])
+        if path is None:
+            return PlainTextResponse("Not Found", status_code=404)
+        return FileResponse(path, headers={"cache-control": "public, max-age=31536000, immutable"})
+
+    routes += [
+        Route("/graphql", endpoint),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route(ASSET_ROUTE + "/{name}", graphiql_asset, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def app_from_environment() -> Starlette:
+    """The uvicorn factory: settings from `GATEWAY_*` variables, read when it is called."""
+    import os
+
+    from gateway.config import load_settings
+
+    return create_app(load_settings(os.environ))

@@ -1,0 +1,155 @@
+"""The `catapult-gateway` command: serve, sandbox, export-schema."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+import uvicorn
+
+from gateway.config import Settings, SettingsError, load_settings
+from gateway.logs import configure_logging
+
+SANDBOX_ENV = {
+    "host": "GATEWAY_SANDBOX_HOST",
+    "port": "GATEWAY_SANDBOX_PORT",
+    "latency_ms": "GATEWAY_SANDBOX_LATENCY_MS",
+    "rate_limit": "GATEWAY_SANDBOX_RATE_LIMIT",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; flags default to None so the environment can fill them."""
+    parser = argparse.ArgumentParser(
+        prog="catapult-gateway",
+        description="A GraphQL gateway for the Bandwidth Catapult v1 call-history API.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--host", help="interface to listen on [GATEWAY_HOST, 127.0.0.1]")
+    serve.add_argument("--port", help="port to listen on [GATEWAY_PORT, 8000]")
+    serve.add_argument("--workers", help="worker processes [GATEWAY_WORKERS, 1]")
+    serve.add_argument(
+        "--upstream-url",
+        help="Catapult API base URL [GATEWAY_UPSTREAM_URL, https://api.catapult.inetwork.com]",
+    )
+    serve.add_argument(
+        "--sandbox",
+        action="store_const",
+        const="true",
+        help="serve in front of the built-in sandbox upstream [GATEWAY_SANDBOX]",
+    )
+
+    sandbox = commands.add_parser("sandbox", help="run the sandbox upstream alone")
+    sandbox.add_argument("--host", help="interface [GATEWAY_SANDBOX_HOST, 127.0.0.1]")
+    sandbox.add_argument("--port", type=int, help="port [GATEWAY_SANDBOX_PORT, 8001]")
+    sandbox.add_argument(
+        "--latency-ms", type=float, help="delay every answer [GATEWAY_SANDBOX_LATENCY_MS, 0]"
+    )
+    sandbox.add_argument(
+        "--rate-limit",
+        action="store_const",
+        const="true",
+        help="enforce 1 request/s per account [GATEWAY_SANDBOX_RATE_LIMIT]",
+    )
+
+    commands.add_parser("export-schema", help="print the GraphQL SDL")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    environ = os.environ if environ is None else environ
+    if args.command == "export-schema":
+        from gateway.schema import build_schema, print_sdl
+
+        sys.stdout.write(print_sdl(build_schema()))
+        return 0
+    if args.command == "sandbox":
+        return _run_sandbox(args, environ)
+    try:
+        settings = load_settings(
+            environ,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            upstream_url=args.upstream_url,
+            sandbox=args.sandbox,
+        )
+    except SettingsError as exc:
+        print(f"catapult-gateway: {exc}", file=sys.stderr)
+        return 2
+    return _serve(settings)
+
+
+def _serve(settings: Settings) -> int:
+    configure_logging(settings.log_level)
+    if settings.sandbox:
+        _print_sandbox_banner(settings)
+    # Workers are separate processes: they rebuild the settings from the environment,
+    # so the effective values (flags included) travel there.
+    os.environ.update(settings_environment(settings))
+    uvicorn.run(
+        "gateway.app:app_from_environment",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+    )
+    return 0
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The `GATEWAY_*` variables that reproduce `settings`."""
+    values = settings.model_dump(mode="json")
+    return {
+        f"GATEWAY_{name.upper()}": str(value).lower() if isinstance(value, bool) else str(value)
+        for name, value in values.items()
+    }
+
+
+def _print_sandbox_banner(settings: Settings) -> None:
+    from gateway.app import credential_headers
+    from gateway.sandbox import ACCOUNTS
+
+    host = "127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host  # noqa: S104
+    lines = [
+        "catapult-gateway is serving the built-in sandbox upstream (seeded demo data).",
+        f"  GraphiQL:  http://{host}:{settings.port}/graphql  (headers pre-filled)",
+        "  Sandbox credentials (send both headers):",
+    ]
+    for account in ACCOUNTS:
+        headers = credential_headers(account)
+        lines.append(
+            f"    token {account.token} / secret {account.secret} / user {account.user_id}: "
+            f"Authorization: {headers['Authorization']}  X-Catapult-User-Id: {account.user_id}"
+        )
+    print("\n".join(lines), flush=True)
+
+
+def _run_sandbox(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from gateway.sandbox import SandboxOptions, create_sandbox_app
+
+    def pick(name: str, flag: object, default: str) -> str:
+        return str(flag) if flag is not None else environ.get(SANDBOX_ENV[name], default)
+
+    try:
+        host = pick("host", args.host, "127.0.0.1")
+        port = int(pick("port", args.port, "8001"))
+        latency_ms = float(pick("latency_ms", args.latency_ms, "0"))
+        rate_limit = pick("rate_limit", args.rate_limit, "false").lower() in {"1", "true", "yes"}
+    except ValueError as exc:
+        print(f"catapult-gateway sandbox: bad setting: {exc}", file=sys.stderr)
+        return 2
+    configure_logging("info")
+    app = create_sandbox_app(SandboxOptions(latency_ms=latency_ms, rate_limit=rate_limit))
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
+    return 0

@@ -1,0 +1,369 @@
+"""GraphQL over HTTP: request parsing, content negotiation, CSRF prevention, status codes.
+
+The endpoint drives graphql-core directly with strawberry's schema, so that parsing and
+validation are cached per document and every error leaving the gateway carries a code:
+the gateway's own errors keep theirs, anything unexpected is masked as
+INTERNAL_SERVER_ERROR with the request id (the detail goes to the log only).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import orjson
+from graphql import (
+    DocumentNode,
+    ExecutionResult,
+    GraphQLError,
+    GraphQLSchema,
+    OperationType,
+    execute,
+    get_operation_ast,
+    parse,
+    validate,
+)
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from gateway.context import Context
+from gateway.errors import GatewayError
+from gateway.graphiql import GraphiQLPage
+
+log = logging.getLogger("gateway.request")
+
+GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
+JSON = "application/json"
+# Apollo's CSRF prevention: a request a browser could send without a CORS preflight is
+# refused unless one of these headers (which force a preflight) is present.
+PREFLIGHT_HEADERS = ("x-apollo-operation-name", "apollo-require-preflight", "x-catapult-user-id")
+_SIMPLE_CONTENT_TYPES = frozenset(
+    {"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"}
+)
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+MakeContext = Callable[[Request, str], Context]
+
+
+class RequestError(Exception):
+    """The HTTP request is not a well-formed GraphQL request: a 4xx, no execution."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+@dataclass(frozen=True, slots=True)
+class GraphQLParams:
+    """The parameters of one GraphQL request, from a query string or a JSON body."""
+
+    query: str
+    variables: dict[str, Any] | None
+    operation_name: str | None
+    extensions: dict[str, Any] | None
+
+
+class GraphQLEndpoint:
+    """The `/graphql` route."""
+
+    def __init__(
+        self,
+        schema: GraphQLSchema,
+        make_context: MakeContext,
+        *,
+        graphiql: GraphiQLPage | None,
+        max_body_bytes: int = 1_048_576,
+        csrf_prevention: bool = True,
+    ) -> None:
+        self._schema = schema
+        self._make_context = make_context
+        self._graphiql = graphiql
+        self._max_body_bytes = max_body_bytes
+        self._csrf_prevention = csrf_prevention
+        self._parse = lru_cache(maxsize=512)(_parse_document)
+        self._validate = lru_cache(maxsize=512)(self._validate_document)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # An ASGI app rather than a request function, so that every method reaches it
+        # and the 405s carry a GraphQL-shaped body.
+        response = await self.handle(Request(scope, receive))
+        await response(scope, receive, send)
+
+    async def handle(self, request: Request) -> Response:
+        """Answer one HTTP request to the endpoint (any method)."""
+        started = time.perf_counter()
+        request_id = _request_id(request)
+        response, codes, operation = await self._handle(request, request_id)
+        response.headers["x-request-id"] = request_id
+        log.info(
+            "graphql request",
+            extra={
+                "request_id": request_id,
+                "method": request.method,
+                "operation": operation,
+                "status": response.status_code,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "error_codes": sorted(set(codes)),
+            },
+        )
+        return response
+
+    async def _handle(
+        self, request: Request, request_id: str
+    ) -> tuple[Response, list[str], str | None]:
+        if request.method == "GET" and self._graphiql is not None and _wants_html(request):
+            if "query" not in request.query_params:
+                return HTMLResponse(self._graphiql.html), [], None
+        try:
+            if request.method not in ("GET", "POST"):
+                raise RequestError(405, "Use GET or POST.", {"allow": "GET, POST"})
+            media_type = _negotiate(request.headers.get("accept"))
+            if self._csrf_prevention and not _preflighted(request):
+                raise RequestError(
+                    400,
+                    "This request has been blocked as a potential Cross-Site Request Forgery. "
+                    "Send it with `Content-Type: application/json`, or add a non-empty "
+                    "`Apollo-Require-Preflight` header.",
+                )
+            params = await self._read_params(request)
+            document = self._parse(params.query)
+            if isinstance(document, GraphQLError):
+                return _result(
+                    media_type, [_coded(document, "GRAPHQL_PARSE_FAILED")], None, request_error=True
+                )
+            operation = get_operation_ast(document, params.operation_name)
+            if (
+                request.method == "GET"
+                and operation is not None
+                and operation.operation is not OperationType.QUERY
+            ):
+                raise RequestError(
+                    405, "Only queries may be sent with GET; use POST.", {"allow": "POST"}
+                )
+            validation_errors = self._validate(document)
+            if validation_errors:
+                return _result(
+                    media_type,
+                    [_coded(error, "GRAPHQL_VALIDATION_FAILED") for error in validation_errors],
+                    _name(operation),
+                    request_error=True,
+                )
+            context = self._make_context(request, request_id)
+            result = execute(
+                self._schema,
+                document,
+                context_value=context,
+                variable_values=params.variables,
+                operation_name=params.operation_name,
+            )
+            if not isinstance(result, ExecutionResult):
+                result = await result
+        except RequestError as exc:
+            body = {"errors": [{"message": exc.message, "extensions": {"code": "BAD_REQUEST"}}]}
+            return (
+                Response(orjson.dumps(body), exc.status, exc.headers, media_type=JSON),
+                ["BAD_REQUEST"],
+                None,
+            )
+        errors = [_format_error(error, request_id) for error in result.errors or ()]
+        errors += [
+            {"message": n.error.message, "path": list(n.path), "extensions": n.error.extensions}
+            for n in context.notices
+        ]
+        # No data at all means the variables could not be coerced: a request error.
+        request_error = (
+            result.data is None
+            and bool(result.errors)
+            and all(error.path is None for error in result.errors or ())
+        )
+        if request_error:
+            for error in errors:
+                error.setdefault("extensions", {}).setdefault("code", "BAD_USER_INPUT")
+        return _result(media_type, errors, _name(operation), result.data, request_error)
+
+    async def _read_params(self, request: Request) -> GraphQLParams:
+        if request.method == "GET":
+            query = request.query_params
+            raw: dict[str, Any] = {
+                "query": query.get("query"),
+                "operationName": query.get("operationName"),
+                "variables": _json_param(query.get("variables"), "variables"),
+                "extensions": _json_param(query.get("extensions"), "extensions"),
+            }
+        else:
+            content_type = request.headers.get("content-type", "")
+            if content_type.split(";")[0].strip().lower() != JSON:
+                raise RequestError(
+                    415, "Send GraphQL requests as `Content-Type: application/json`."
+                )
+            body = await _read_body(request, self._max_body_bytes)
+            try:
+                raw = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise RequestError(400, "The request body is not valid JSON.") from None
+            if not isinstance(raw, dict):
+                raise RequestError(
+                    400,
+                    "The request body must be a JSON object (batched requests are not supported).",
+                )
+        return _params(raw)
+
+    def _validate_document(self, document: DocumentNode) -> list[GraphQLError]:
+        return validate(self._schema, document)
+
+
+def _parse_document(query: str) -> DocumentNode | GraphQLError:
+    try:
+        return parse(query)
+    except GraphQLError as error:
+        return error
+
+
+def _params(raw: dict[str, Any]) -> GraphQLParams:
+    query = raw.get("query")
+    if not isinstance(query, str) or not query.strip():
+        raise RequestError(400, "The request must carry a GraphQL document in `query`.")
+    operation_name = raw.get("operationName")
+    if operation_name is not None and not isinstance(operation_name, str):
+        raise RequestError(400, "`operationName` must be a string.")
+    variables = raw.get("variables")
+    if variables is not None and not isinstance(variables, dict):
+        raise RequestError(400, "`variables` must be a JSON object.")
+    extensions = raw.get("extensions")
+    if extensions is not None and not isinstance(extensions, dict):
+        raise RequestError(400, "`extensions` must be a JSON object.")
+    return GraphQLParams(query, variables, operation_name or None, extensions)
+
+
+def _json_param(value: str | None, name: str) -> Any:
+    if value is None or value == "":
+        return None
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        raise RequestError(400, f"`{name}` must be JSON.") from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"The request body is larger than {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"The request body is larger than {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _negotiate(accept: str | None) -> str:
+    """Pick the response media type; no Accept header means application/json (legacy)."""
+    if not accept:
+        return JSON
+    best: tuple[float, int, str] | None = None
+    for position, item in enumerate(accept.split(",")):
+        media, *params = (part.strip() for part in item.split(";"))
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        media = media.lower()
+        if media in (GRAPHQL_RESPONSE_JSON, JSON):
+            choice = media
+        elif media in ("*/*", "application/*"):
+            choice = JSON
+        else:
+            continue
+        if quality > 0 and (best is None or (quality, -position) > (best[0], best[1])):
+            best = (quality, -position, choice)
+    if best is None:
+        raise RequestError(406, f"This endpoint answers `{GRAPHQL_RESPONSE_JSON}` or `{JSON}`.")
+    return best[2]
+
+
+def _wants_html(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "text/html" in accept
+
+
+def _preflighted(request: Request) -> bool:
+    if any(request.headers.get(name, "").strip() for name in PREFLIGHT_HEADERS):
+        return True
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        # A GET without a content type is a simple request.
+        return False
+    return content_type.split(";")[0].strip().lower() not in _SIMPLE_CONTENT_TYPES
+
+
+def _request_id(request: Request) -> str:
+    given = request.headers.get("x-request-id", "")
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+def _name(operation: Any) -> str | None:
+    return operation.name.value if operation is not None and operation.name else None
+
+
+def _coded(error: GraphQLError, code: str) -> dict[str, Any]:
+    formatted = dict(error.formatted)
+    formatted["extensions"] = {**(error.extensions or {}), "code": code}
+    return formatted
+
+
+def _format_error(error: GraphQLError, request_id: str) -> dict[str, Any]:
+    original = error.original_error
+    if isinstance(original, GatewayError):
+        return dict(error.formatted)
+    if original is None and error.path is None:
+        # Variable coercion: the caller's input, worded by graphql-core.
+        return _coded(error, "BAD_USER_INPUT")
+    log.error(
+        "unexpected error in %s (request id %s)",
+        ".".join(str(part) for part in error.path or ()),
+        request_id,
+        exc_info=original or error,
+    )
+    masked: dict[str, Any] = {
+        "message": f"Internal server error (request id {request_id}).",
+        "extensions": {"code": "INTERNAL_SERVER_ERROR", "requestId": request_id},
+    }
+    if error.locations:
+        masked["locations"] = [loc._asdict() for loc in error.locations]
+    if error.path:
+        masked["path"] = error.path
+    return masked
+
+
+def _result(
+    media_type: str,
+    errors: list[dict[str, Any]],
+    operation: str | None,
+    data: dict[str, Any] | None = None,
+    request_error: bool = False,
+) -> tuple[Response, list[str], str | None]:
+    body: dict[str, Any] = {}
+    if errors:
+        body["errors"] = errors
+    if not request_error:
+        body["data"] = data
+    # application/json answers 200 to every well-formed request (legacy clients read
+    # the body); the newer media type lets the status say that nothing was executed.
+    status = 400 if request_error and media_type == GRAPHQL_RESPONSE_JSON else 200
+    codes = [str(e.get("extensions", {}).get("code")) for e in errors]
+    return Response(orjson.dumps(body), status, media_type=media_type), codes, operation

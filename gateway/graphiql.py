@@ -1,0 +1,159 @@
+"""The GraphiQL page: pinned GraphiQL, React and ReactDOM, served locally or from a CDN.
+
+The files are pinned by version and by Subresource Integrity hash. When they were
+fetched at build time into `static_dir` (see `python -m gateway.graphiql fetch`), the
+gateway serves them itself, so GraphiQL works without internet access; otherwise the
+page loads the same files from a CDN, and the browser checks the hashes either way.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+log = logging.getLogger("gateway.graphiql")
+
+CDN = "https://cdn.jsdelivr.net/npm"
+ASSET_ROUTE = "/graphiql/assets"
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    """One pinned file of an npm package."""
+
+    package: str
+    version: str
+    path: str  # inside the package
+    integrity: str  # the file's Subresource Integrity hash
+
+    @property
+    def name(self) -> str:
+        """The file name it is served under."""
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def cdn_url(self) -> str:
+        return f"{CDN}/{self.package}@{self.version}/{self.path}"
+
+
+REACT = Asset(
+    "react",
+    "18.3.1",
+    "umd/react.production.min.js",
+    "sha384-DGyLxAyjq0f9SPpVevD6IgztCFlnMF6oW/XQGmfe+IsZ8TqEiDrcHkMLKI6fiB/Z",
+)
+REACT_DOM = Asset(
+    "react-dom",
+    "18.3.1",
+    "umd/react-dom.production.min.js",
+    "sha384-gTGxhz21lVGYNMcdJOyq01Edg0jhn/c22nsx0kyqP0TxaV5WVdsSH1fSDUf5YJj1",
+)
+GRAPHIQL_JS = Asset(
+    "graphiql",
+    "3.8.3",
+    "graphiql.min.js",
+    "sha384-HbRVEFG0JGJZeAHCJ9Xm2+tpknBQ7QZmNlO/DgZtkZ0aJSypT96YYGRNod99l9Ie",
+)
+GRAPHIQL_CSS = Asset(
+    "graphiql",
+    "3.8.3",
+    "graphiql.min.css",
+    "sha384-Mq3vbRBY71jfjQAt/DcjxUIYY33ksal4cgdRt9U/hNPvHBCaT2JfJ/PTRiPKf0aM",
+)
+ASSETS = (REACT, REACT_DOM, GRAPHIQL_JS, GRAPHIQL_CSS)
+
+DEFAULT_STATIC_DIR = Path(__file__).parent / "static" / "vendor"
+
+EXAMPLE_QUERY = """\
+# Your latest calls. Press the run button (or Ctrl-Enter).
+query LatestCalls {
+  calls(size: 10) {
+    id
+    direction
+    from
+    to
+    state
+    startTime
+    chargeableDuration
+  }
+}
+"""
+
+
+class GraphiQLPage:
+    """Renders the page once per configuration; the HTML is the same for every request."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        static_dir: Path = DEFAULT_STATIC_DIR,
+        default_headers: dict[str, str] | None = None,
+    ) -> None:
+        self.static_dir = static_dir
+        self.local = all((static_dir / asset.name).is_file() for asset in ASSETS)
+        if not self.local:
+            log.warning(
+                "GraphiQL files not found in %s; the page loads them from %s", static_dir, CDN
+            )
+        self.html = _render(endpoint, self.local, default_headers)
+
+    def asset_path(self, name: str) -> Path | None:
+        """The local file for a pinned asset name, or None."""
+        for asset in ASSETS:
+            if asset.name == name and self.local:
+                return self.static_dir / asset.name
+        return None
+
+
+def _src(asset: Asset, local: bool) -> str:
+    url = f"{ASSET_ROUTE}/{asset.name}" if local else asset.cdn_url
+    return html.escape(url)
+
+
+def _render(endpoint: str, local: bool, default_headers: dict[str, str] | None) -> str:
+    options = {
+        "endpoint": endpoint,
+        "query": EXAMPLE_QUERY,
+        "headers": orjson.dumps(default_headers or {}, option=orjson.OPT_INDENT_2).decode(),
+    }
+    # `</` would end the script element early; JSON allows the escaped form.
+    config = orjson.dumps(options).decode().replace("</", "<\\/")
+    scripts = "\n    ".join(
+        f'<script src="{_src(a, local)}" integrity="{a.integrity}" crossorigin="anonymous"></script>'
+        for a in (REACT, REACT_DOM, GRAPHIQL_JS)
+    )
+    return f"""<!doctype html>
+<html lang="en">
+  <head>
+    <meta charset="utf-8">
+    <meta name="viewport" content="width=device-width, initial-scale=1">
+    <title>catapult-gateway · GraphiQL</title>
+    <style>body {{ margin: 0; height: 100vh; }} #graphiql {{ height: 100vh; }}</style>
+    <link rel="stylesheet" href="{_src(GRAPHIQL_CSS, local)}" integrity="{GRAPHIQL_CSS.integrity}" crossorigin="anonymous">
+    {scripts}
+  </head>
+  <body>
+    <div id="graphiql">Loading GraphiQL…</div>
+    <script id="graphiql-config" type="application/json">{config}</script>
+    <script>
+      const config = JSON.parse(document.getElementById("graphiql-config").textContent);
+      const fetcher = GraphiQL.createFetcher({{ url: new URL(config.endpoint, location.href).href }});
+      ReactDOM.createRoot(document.getElementById("graphiql")).render(
+        React.createElement(GraphiQL, {{
+          fetcher,
+          defaultQuery: config.query,
+          defaultHeaders: config.headers,
+          // Headers are secrets: keep them out of localStorage.
+          shouldPersistHeaders: false,
+          defaultEditorToolsVisibility: "headers",
+        }}),
+      );
+    </script>
+  </body>
+</html>
+"""

@@ -1,0 +1,113 @@
+"""Shared fixtures: a real sandbox upstream and gateways served by uvicorn over loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.app import create_app, credential_headers
+from gateway.config import load_settings
+from gateway.sandbox import ACCOUNTS, SandboxOptions, create_sandbox_app
+from tests.servers import serve
+
+DEMO, SECOND = ACCOUNTS[0], ACCOUNTS[1]
+
+
+@dataclass
+class Sandbox:
+    """A sandbox upstream on a loopback port, with its test controls."""
+
+    url: str
+    control: httpx.Client
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every API request the sandbox received since the last reset."""
+        result: list[dict[str, Any]] = self.control.get("/__sandbox/requests").json()
+        return result
+
+    def faults(self, **faults: Any) -> None:
+        self.control.put("/__sandbox/faults", json=faults).raise_for_status()
+
+    def reset(self) -> None:
+        self.control.post("/__sandbox/reset").raise_for_status()
+
+
+@pytest.fixture(scope="session")
+def sandbox_server() -> Iterator[Sandbox]:
+    with serve(create_sandbox_app(SandboxOptions())) as url, httpx.Client(base_url=url) as control:
+        yield Sandbox(url, control)
+
+
+@pytest.fixture
+def sandbox(sandbox_server: Sandbox) -> Sandbox:
+    """The shared sandbox, reset (no faults, no recorded requests) for this test."""
+    sandbox_server.reset()
+    return sandbox_server
+
+
+@dataclass
+class Gateway:
+    """A gateway on a loopback port and an HTTP client that talks GraphQL to it."""
+
+    url: str
+    http: httpx.Client
+
+    def query(
+        self,
+        query: str,
+        variables: dict[str, Any] | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        operation_name: str | None = None,
+    ) -> httpx.Response:
+        body: dict[str, Any] = {"query": query}
+        if variables is not None:
+            body["variables"] = variables
+        if operation_name is not None:
+            body["operationName"] = operation_name
+        return self.http.post("/graphql", json=body, headers=headers)
+
+
+GatewayFactory = Callable[..., Gateway]
+
+
+@pytest.fixture
+def gateway_factory(sandbox: Sandbox) -> Iterator[GatewayFactory]:
+    """Start gateways in front of the sandbox; keyword arguments are settings.
+
+    Requests carry the demo account's credentials unless a test passes other headers.
+    """
+    with ExitStack() as stack:
+
+        def start(
+            *,
+            headers: dict[str, str] | None = None,
+            upstream_url: str | None = None,
+            **settings: Any,
+        ) -> Gateway:
+            environ = {
+                "GATEWAY_UPSTREAM_URL": upstream_url or sandbox.url,
+                **{f"GATEWAY_{k.upper()}": str(v) for k, v in settings.items()},
+            }
+            url = stack.enter_context(serve(create_app(load_settings(environ))))
+            client = stack.enter_context(
+                httpx.Client(
+                    base_url=url,
+                    headers=credential_headers(DEMO) if headers is None else headers,
+                    timeout=30,
+                )
+            )
+            return Gateway(url, client)
+
+        yield start
+
+
+@pytest.fixture
+def gateway(gateway_factory: GatewayFactory) -> Gateway:
+    """A gateway with default settings in front of the sandbox."""
+    return gateway_factory()
