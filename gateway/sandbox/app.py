@@ -367,7 +367,7 @@ class _Sandbox:
         key = (location, filters, page, size, order)
         cached = self.pages.get(key)
         if cached is None:
-            base = str(request.base_url).rstrip("/")
+            base = _base_url(request)
             cached = _render_page(history, base, location, filters, page, size, order)
             self._remember(key, cached)
         else:
@@ -403,7 +403,7 @@ class _Sandbox:
         call = self._find_call(request, history)
         if isinstance(call, Response):
             return call
-        base = str(request.base_url).rstrip("/")
+        base = _base_url(request)
         own = f"{base}/v1/users/{call.user_id}/calls/{call.id}"
         body = {
             **_absolute(call, base),
@@ -534,3 +534,11 @@ def create_sandbox_app(options: SandboxOptions | None = None) -> Starlette:
 
 async def _health(request: Request) -> Response:
     return _json({"status": "ok"})
+
+
+def _base_url(request: Request) -> str:
+    # Not request.base_url: under a Mount (serve --sandbox mounts the sandbox at
+    # /sandbox) that is the outer app's root, and the URLs the sandbox hands out must
+    # point back into the sandbox.
+    url = request.url
+    return f"{url.scheme}://{url.netloc}{request.scope.get('root_path', '')}".rstrip("/")
