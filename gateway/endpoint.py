@@ -120,9 +120,13 @@ class GraphQLEndpoint:
     async def _handle(
         self, request: Request, request_id: str
     ) -> tuple[Response, list[str], str | None]:
-        if request.method == "GET" and self._graphiql is not None and _wants_html(request):
-            if "query" not in request.query_params:
-                return HTMLResponse(self._graphiql.html), [], None
+        if (
+            request.method == "GET"
+            and self._graphiql is not None
+            and _wants_html(request)
+            and "query" not in request.query_params
+        ):
+            return HTMLResponse(self._graphiql.html), [], None
         try:
             if request.method not in ("GET", "POST"):
                 raise RequestError(405, "Use GET or POST.", {"allow": "GET, POST"})

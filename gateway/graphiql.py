@@ -124,8 +124,13 @@ def _render(endpoint: str, local: bool, default_headers: dict[str, str] | None) 
     # `</` would end the script element early; JSON allows the escaped form.
     config = orjson.dumps(options).decode().replace("</", "<\\/")
     scripts = "\n    ".join(
-        f'<script src="{_src(a, local)}" integrity="{a.integrity}" crossorigin="anonymous"></script>'
+        f'<script src="{_src(a, local)}" integrity="{a.integrity}" '
+        'crossorigin="anonymous"></script>'
         for a in (REACT, REACT_DOM, GRAPHIQL_JS)
+    )
+    stylesheet = (
+        f'<link rel="stylesheet" href="{_src(GRAPHIQL_CSS, local)}" '
+        f'integrity="{GRAPHIQL_CSS.integrity}" crossorigin="anonymous">'
     )
     return f"""<!doctype html>
 <html lang="en">
@@ -134,7 +139,7 @@ def _render(endpoint: str, local: bool, default_headers: dict[str, str] | None) 
     <meta name="viewport" content="width=device-width, initial-scale=1">
     <title>catapult-gateway · GraphiQL</title>
     <style>body {{ margin: 0; height: 100vh; }} #graphiql {{ height: 100vh; }}</style>
-    <link rel="stylesheet" href="{_src(GRAPHIQL_CSS, local)}" integrity="{GRAPHIQL_CSS.integrity}" crossorigin="anonymous">
+    {stylesheet}
     {scripts}
   </head>
   <body>
@@ -142,7 +147,8 @@ def _render(endpoint: str, local: bool, default_headers: dict[str, str] | None) 
     <script id="graphiql-config" type="application/json">{config}</script>
     <script>
       const config = JSON.parse(document.getElementById("graphiql-config").textContent);
-      const fetcher = GraphiQL.createFetcher({{ url: new URL(config.endpoint, location.href).href }});
+      const url = new URL(config.endpoint, location.href).href;
+      const fetcher = GraphiQL.createFetcher({{ url }});
       ReactDOM.createRoot(document.getElementById("graphiql")).render(
         React.createElement(GraphiQL, {{
           fetcher,
