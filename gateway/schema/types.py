@@ -15,8 +15,10 @@ from gateway.errors import UpstreamBadResponse
 
 
 def _serialize_datetime(value: datetime) -> str:
-    # RFC 3339 with milliseconds, `Z` for UTC: the upstream's own most common form.
-    text = value.isoformat(timespec="milliseconds")
+    # RFC 3339 with milliseconds in UTC (`Z`): the upstream's own most common form. The
+    # upstream's other offsets are converted, so every instant reads and sorts alike.
+    moment = value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    text = moment.isoformat(timespec="milliseconds")
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
