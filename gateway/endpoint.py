@@ -334,8 +334,9 @@ def _format_error(error: GraphQLError, request_id: str) -> dict[str, Any]:
     original = error.original_error
     if isinstance(original, GatewayError):
         return dict(error.formatted)
-    if original is None and error.path is None:
-        # Variable coercion: the caller's input, worded by graphql-core.
+    if error.path is None and (original is None or isinstance(original, GraphQLError)):
+        # Variable coercion: the caller's input, worded by graphql-core (which, since 3.3,
+        # keeps the scalar's own GraphQLError as the original error).
         return _coded(error, "BAD_USER_INPUT")
     log.error(
         "unexpected error in %s (request id %s)",
