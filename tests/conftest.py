@@ -11,8 +11,9 @@ import httpx
 import pytest
 
 from gateway.app import create_app, credential_headers
-from gateway.config import load_settings
+from gateway.config import Settings, load_settings
 from gateway.sandbox import ACCOUNTS, SandboxOptions, create_sandbox_app
+from tests.fakes import FakeUpstream
 from tests.servers import serve
 
 DEMO, SECOND = ACCOUNTS[0], ACCOUNTS[1]
@@ -56,6 +57,12 @@ class Gateway:
 
     url: str
     http: httpx.Client
+    # Sent with every query that passes no headers of its own; passed headers replace them.
+    headers: dict[str, str] | None = None
+
+    def as_caller(self, headers: dict[str, str]) -> Gateway:
+        """The same gateway, queried with these headers (and no others) by default."""
+        return Gateway(self.url, self.http, headers)
 
     def query(
         self,
@@ -70,7 +77,9 @@ class Gateway:
             body["variables"] = variables
         if operation_name is not None:
             body["operationName"] = operation_name
-        return self.http.post("/graphql", json=body, headers=headers)
+        return self.http.post(
+            "/graphql", json=body, headers=self.headers if headers is None else headers
+        )
 
 
 GatewayFactory = Callable[..., Gateway]
@@ -107,7 +116,48 @@ def gateway_factory(sandbox: Sandbox) -> Iterator[GatewayFactory]:
         yield start
 
 
+def pacing_off() -> dict[str, Any]:
+    """Settings that let a burst of upstream requests through at once.
+
+    DESIGN.md has the gateway pace upstream requests per account (1/s); tests that make
+    several upstream requests in a row, or want to see the upstream's own 429, turn that
+    off. `upstream_rate=0` is the setting expected to do so; until the setting exists
+    there is no pacing and nothing to turn off.
+    """
+    return {"upstream_rate": 0} if "upstream_rate" in Settings.model_fields else {}
+
+
+@pytest.fixture(scope="module")
+def shared_gateway(sandbox_server: Sandbox) -> Iterator[Gateway]:
+    """One gateway per test module, caching and pacing off, demo credentials by default.
+
+    Starting and stopping a uvicorn server costs ~0.2 s, so tests that need no settings
+    of their own share this one (use it with the `sandbox` fixture, which resets the
+    sandbox). Its client sends no headers of its own: `as_caller(headers)` sends exactly
+    the given ones.
+    """
+    environ = {
+        "GATEWAY_UPSTREAM_URL": sandbox_server.url,
+        "GATEWAY_CACHE_TTL": "0",
+        **{f"GATEWAY_{k.upper()}": str(v) for k, v in pacing_off().items()},
+    }
+    with (
+        serve(create_app(load_settings(environ))) as url,
+        httpx.Client(base_url=url, timeout=30) as http,
+    ):
+        yield Gateway(url, http, credential_headers(DEMO))
+
+
 @pytest.fixture
 def gateway(gateway_factory: GatewayFactory) -> Gateway:
     """A gateway with default settings in front of the sandbox."""
     return gateway_factory()
+
+
+@pytest.fixture
+def fake_upstream() -> Iterator[FakeUpstream]:
+    """A recording fake upstream on a loopback port (`.url`): answers the sandbox never gives."""
+    fake = FakeUpstream()
+    with serve(fake.app) as url:
+        fake.url = url
+        yield fake

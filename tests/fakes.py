@@ -1,0 +1,80 @@
+"""A recording fake upstream: canned answers per path, every request it received recorded.
+
+Serve it with `tests.servers.serve(fake.app)` and point a gateway's `upstream_url` at it
+when a test needs an answer the seeded sandbox never gives (an odd record, a header in
+another form). Paths without a canned answer get a 404 in the upstream's error shape.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+
+@dataclass(frozen=True)
+class Canned:
+    """One answer: a status, a body (JSON-encoded unless it is bytes) and headers."""
+
+    body: Any = None
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def response(self) -> Response:
+        content = self.body if isinstance(self.body, bytes) else orjson.dumps(self.body)
+        return Response(content, self.status, headers=self.headers, media_type="application/json")
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One request the fake received."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+
+
+_NOT_FOUND = Canned(
+    {"category": "not-found", "code": "resource-not-found", "message": "No canned answer"}, 404
+)
+
+
+class FakeUpstream:
+    """Answers `GET <path>` with what `answer(path, ...)` set; records every request."""
+
+    def __init__(self) -> None:
+        self.url = ""  # set by whoever serves it
+        self._answers: dict[str, Canned] = {}
+        self._requests: list[Recorded] = []
+        self._lock = threading.Lock()
+        self.app = Starlette(routes=[Route("/{path:path}", self._endpoint, methods=["GET"])])
+
+    def answer(self, path: str, body: Any = None, *, status: int = 200, **headers: str) -> None:
+        """Answer requests for `path` (without the query string) with this body from now on."""
+        self._answers[path] = Canned(
+            body, status, {k.replace("_", "-"): v for k, v in headers.items()}
+        )
+
+    @property
+    def requests(self) -> list[Recorded]:
+        with self._lock:
+            return list(self._requests)
+
+    async def _endpoint(self, request: Request) -> Response:
+        raw_path = request.scope.get("raw_path") or request.url.path.encode()
+        recorded = Recorded(
+            method=request.method,
+            path=raw_path.decode("latin-1"),
+            query=request.scope["query_string"].decode("latin-1"),
+            headers=dict(request.headers),
+        )
+        with self._lock:
+            self._requests.append(recorded)
+        return self._answers.get(recorded.path, _NOT_FOUND).response()
