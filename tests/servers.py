@@ -18,11 +18,13 @@ from starlette.types import ASGIApp
 
 
 @contextmanager
-def serve(app: ASGIApp, *, lifespan: Literal["auto", "on", "off"] = "on") -> Iterator[str]:
-    """Serve `app` on 127.0.0.1 and a free port; yields its base URL (no trailing slash)."""
+def serve(
+    app: ASGIApp, *, lifespan: Literal["auto", "on", "off"] = "on", port: int = 0
+) -> Iterator[str]:
+    """Serve `app` on 127.0.0.1 and `port` (a free one by default); yields its base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         app, lifespan=lifespan, log_level="warning", access_log=False, timeout_graceful_shutdown=2
@@ -41,3 +43,11 @@ def serve(app: ASGIApp, *, lifespan: Literal["auto", "on", "off"] = "on") -> Ite
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (free now; a test binding it later may race)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import re
-import socket
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +20,7 @@ from gateway.app import credential_headers
 from gateway.sandbox import ACCOUNTS
 from tests.conftest import Gateway, GatewayFactory, Sandbox
 from tests.fakes import FakeUpstream
+from tests.servers import free_port
 
 DEMO, SECOND = ACCOUNTS[0], ACCOUNTS[1]
 LIST_PATH = "/v1/users/u-demo/calls/"
@@ -97,13 +97,6 @@ def expected_call(raw: dict[str, Any]) -> dict[str, Any]:
         ],
         "eventsUrl": raw["events"],
     }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # -- translation: GraphQL arguments -> the upstream's query string --------------------

@@ -1,0 +1,436 @@
+"""GraphQL over HTTP: methods, CSRF prevention, content negotiation, request ids, GraphiQL,
+and the masking of unexpected errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from graphql import GraphQLField, GraphQLObjectType, GraphQLSchema, GraphQLString
+from starlette.requests import Request
+
+from gateway.app import create_app, credential_headers
+from gateway.config import load_settings
+from gateway.context import Context
+from gateway.credentials import Credentials
+from gateway.endpoint import GRAPHQL_RESPONSE_JSON, GraphQLEndpoint
+from gateway.errors import UpstreamTimeout
+from gateway.graphiql import ASSETS
+from gateway.loaders import OperationLoader
+from gateway.sandbox import ACCOUNTS
+from gateway.upstream import UpstreamAnswer, UpstreamRequest
+from tests.conftest import Gateway, Sandbox
+from tests.servers import free_port, serve
+
+DEMO = ACCOUNTS[0]
+QUERY = "{ calls(size: 2) { id } }"
+
+
+@pytest.fixture
+def gateway(shared_gateway: Gateway, sandbox: Sandbox) -> Gateway:
+    """This module's tests share one gateway; the sandbox is reset per test."""
+    return shared_gateway
+
+
+def post(
+    gateway: Gateway, content: bytes | str, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    """A POST with exactly these headers (besides the demo credentials)."""
+    return gateway.http.post(
+        "/graphql", content=content, headers={**credential_headers(DEMO), **(headers or {})}
+    )
+
+
+def code(response: httpx.Response) -> str:
+    [error] = response.json()["errors"]
+    result: str = error["extensions"]["code"]
+    return result
+
+
+# -- GET ---------------------------------------------------------------------------------
+
+PREFLIGHT = [
+    pytest.param({"X-Catapult-User-Id": DEMO.user_id}, id="user-id-header"),
+    pytest.param({"Apollo-Require-Preflight": "true"}, id="apollo-require-preflight"),
+    pytest.param({"X-Apollo-Operation-Name": "Q"}, id="x-apollo-operation-name"),
+    pytest.param({"Content-Type": "application/json"}, id="json-content-type"),
+]
+
+
+@pytest.mark.parametrize("preflight", PREFLIGHT)
+def test_a_get_query_with_a_preflight_forcing_header_runs(
+    gateway: Gateway, sandbox: Sandbox, preflight: dict[str, str]
+) -> None:
+    # The user id header is needed for the query itself: send it via the query when the
+    # preflight header under test is another one.
+    headers = {**credential_headers(DEMO), **preflight}
+
+    response = gateway.http.get("/graphql", params={"query": QUERY}, headers=headers)
+
+    assert response.status_code == 200
+    assert len(response.json()["data"]["calls"]) == 2
+    assert len(sandbox.requests()) == 1
+
+
+SIMPLE_REQUESTS = [
+    pytest.param("GET", {}, id="get-without-headers"),
+    pytest.param("GET", {"Content-Type": "text/plain"}, id="get-text-plain"),
+    pytest.param("POST", {"Content-Type": "text/plain"}, id="post-text-plain"),
+    pytest.param("POST", {"Content-Type": "application/x-www-form-urlencoded"}, id="post-form"),
+    pytest.param("POST", {"Content-Type": "multipart/form-data; boundary=x"}, id="post-multipart"),
+    pytest.param("GET", {"Apollo-Require-Preflight": ""}, id="empty-preflight-header"),
+]
+
+
+@pytest.mark.parametrize(("method", "headers"), SIMPLE_REQUESTS)
+def test_a_request_a_browser_sends_without_preflight_is_blocked(
+    gateway: Gateway, sandbox: Sandbox, method: str, headers: dict[str, str]
+) -> None:
+    # Credentials a browser would attach on its own (a cookie-less Basic header), no user id.
+    headers = {"Authorization": credential_headers(DEMO)["Authorization"], **headers}
+    body = json.dumps({"query": QUERY}) if method == "POST" else None
+
+    response = gateway.http.request(
+        method, "/graphql", params={"query": QUERY}, content=body, headers=headers
+    )
+
+    assert response.status_code == 400
+    assert "Cross-Site Request Forgery" in response.json()["errors"][0]["message"]
+    assert sandbox.requests() == []
+
+
+def test_get_carries_variables_and_operation_name(gateway: Gateway, sandbox: Sandbox) -> None:
+    params = {
+        "query": "query A($s: Int!) { calls(size: $s) { id } } query B { calls { id } }",
+        "variables": json.dumps({"s": 3}),
+        "operationName": "A",
+    }
+
+    response = gateway.http.get("/graphql", params=params, headers=credential_headers(DEMO))
+
+    assert len(response.json()["data"]["calls"]) == 3
+    [request] = sandbox.requests()
+    assert request["query"] == "page=0&size=3&sortOrder=desc"
+
+
+def test_get_with_variables_that_are_not_json_is_a_bad_request(gateway: Gateway) -> None:
+    params = {"query": QUERY, "variables": "{nope"}
+
+    response = gateway.http.get("/graphql", params=params, headers=credential_headers(DEMO))
+
+    assert response.status_code == 400
+    assert code(response) == "BAD_REQUEST"
+
+
+def test_a_mutation_over_get_is_not_allowed(gateway: Gateway, sandbox: Sandbox) -> None:
+    response = gateway.http.get(
+        "/graphql", params={"query": "mutation { x }"}, headers=credential_headers(DEMO)
+    )
+
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert sandbox.requests() == []
+
+
+def test_a_mutation_over_post_fails_validation(gateway: Gateway) -> None:
+    response = gateway.query("mutation { x }")
+
+    assert response.status_code == 200
+    assert code(response) == "GRAPHQL_VALIDATION_FAILED"
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
+def test_other_methods_are_not_allowed(gateway: Gateway, method: str) -> None:
+    response = gateway.http.request(method, "/graphql", headers=credential_headers(DEMO))
+
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, POST"
+    assert code(response) == "BAD_REQUEST"
+
+
+# -- POST bodies ---------------------------------------------------------------------------
+
+BAD_BODIES = [
+    pytest.param(b"{not json", 400, id="broken-json"),
+    pytest.param(b"[]", 400, id="array-batch"),
+    pytest.param(b'"a string"', 400, id="string"),
+    pytest.param(b"{}", 400, id="no-query"),
+    pytest.param(b'{"query": "   "}', 400, id="blank-query"),
+    pytest.param(b'{"query": 1}', 400, id="query-not-string"),
+    pytest.param(b'{"query": "{ calls { id } }", "variables": []}', 400, id="variables-list"),
+    pytest.param(b'{"query": "{ calls { id } }", "operationName": 1}', 400, id="op-name-int"),
+    pytest.param(b'{"query": "{ calls { id } }", "extensions": "x"}', 400, id="extensions-str"),
+]
+
+
+@pytest.mark.parametrize(("content", "status"), BAD_BODIES)
+def test_a_malformed_body_is_a_bad_request(
+    gateway: Gateway, sandbox: Sandbox, content: bytes, status: int
+) -> None:
+    response = post(gateway, content, {"Content-Type": "application/json"})
+
+    assert response.status_code == status
+    assert code(response) == "BAD_REQUEST"
+    assert "data" not in response.json()
+    assert sandbox.requests() == []
+
+
+def test_a_body_that_is_not_json_by_content_type_is_unsupported(gateway: Gateway) -> None:
+    response = post(gateway, "query=x", {"Content-Type": "application/xml"})
+
+    assert response.status_code == 415
+
+
+def test_a_json_content_type_with_charset_is_accepted(gateway: Gateway) -> None:
+    response = post(
+        gateway, json.dumps({"query": QUERY}), {"Content-Type": "application/json; charset=utf-8"}
+    )
+
+    assert len(response.json()["data"]["calls"]) == 2
+
+
+# -- content negotiation -------------------------------------------------------------------
+
+NEGOTIATION = [
+    pytest.param(None, "application/json", id="no-accept"),
+    pytest.param("application/json", "application/json", id="json"),
+    pytest.param(GRAPHQL_RESPONSE_JSON, GRAPHQL_RESPONSE_JSON, id="graphql-response-json"),
+    pytest.param("*/*", "application/json", id="anything"),
+    pytest.param(
+        f"application/json;q=0.5, {GRAPHQL_RESPONSE_JSON}", GRAPHQL_RESPONSE_JSON, id="by-quality"
+    ),
+    pytest.param(f"{GRAPHQL_RESPONSE_JSON};q=0, */*", "application/json", id="refused-type"),
+]
+
+
+@pytest.mark.parametrize(("accept", "media_type"), NEGOTIATION)
+def test_the_response_media_type_follows_accept(
+    gateway: Gateway, accept: str | None, media_type: str
+) -> None:
+    headers = {} if accept is None else {"Accept": accept}
+
+    response = gateway.query(QUERY, headers={**credential_headers(DEMO), **headers})
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].split(";")[0] == media_type
+
+
+@pytest.mark.parametrize(
+    ("query", "error_code"),
+    [("{ calls { ", "GRAPHQL_PARSE_FAILED"), ("{ nope }", "GRAPHQL_VALIDATION_FAILED")],
+    ids=["parse", "validation"],
+)
+@pytest.mark.parametrize(
+    ("accept", "status"), [("application/json", 200), (GRAPHQL_RESPONSE_JSON, 400)]
+)
+def test_a_request_error_is_400_only_for_graphql_response_json(
+    gateway: Gateway, sandbox: Sandbox, query: str, error_code: str, accept: str, status: int
+) -> None:
+    response = gateway.query(query, headers={**credential_headers(DEMO), "Accept": accept})
+
+    assert response.status_code == status
+    assert code(response) == error_code
+    assert "data" not in response.json()
+    assert sandbox.requests() == []
+
+
+def test_a_field_error_is_200_with_data_for_graphql_response_json(gateway: Gateway) -> None:
+    response = gateway.query(
+        "{ calls(size: 0) { id } }",
+        headers={**credential_headers(DEMO), "Accept": GRAPHQL_RESPONSE_JSON},
+    )
+
+    assert response.status_code == 200
+    assert response.json()["data"] is None
+    assert code(response) == "BAD_USER_INPUT"
+
+
+@pytest.mark.parametrize("accept", ["text/csv", "application/xml", "application/json;q=0"])
+def test_an_unacceptable_accept_is_406(gateway: Gateway, sandbox: Sandbox, accept: str) -> None:
+    response = gateway.query(QUERY, headers={**credential_headers(DEMO), "Accept": accept})
+
+    assert response.status_code == 406
+    assert sandbox.requests() == []
+
+
+# -- request ids ------------------------------------------------------------------------------
+
+GENERATED = re.compile(r"[0-9a-f]{32}")
+
+
+def test_a_request_id_is_echoed(gateway: Gateway) -> None:
+    response = gateway.query(
+        QUERY, headers={**credential_headers(DEMO), "X-Request-Id": "req-123.abc:9"}
+    )
+
+    assert response.headers["x-request-id"] == "req-123.abc:9"
+
+
+@pytest.mark.parametrize("given", [None, "", "has space", "a" * 129, "<script>"], ids=repr)
+def test_a_missing_or_unsafe_request_id_is_replaced(gateway: Gateway, given: str | None) -> None:
+    extra = {} if given is None else {"X-Request-Id": given}
+
+    response = gateway.query(QUERY, headers={**credential_headers(DEMO), **extra})
+
+    assert GENERATED.fullmatch(response.headers["x-request-id"])
+
+
+def test_error_responses_carry_a_request_id_too(gateway: Gateway) -> None:
+    response = gateway.http.put("/graphql", headers={"X-Request-Id": "r-1"})
+
+    assert response.headers["x-request-id"] == "r-1"
+
+
+# -- GraphiQL --------------------------------------------------------------------------------
+
+BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+
+def graphiql_config(page: str) -> dict[str, Any]:
+    match = re.search(r'<script id="graphiql-config" type="application/json">(.*?)</script>', page)
+    assert match is not None
+    config: dict[str, Any] = json.loads(match.group(1))
+    return config
+
+
+def test_a_browser_gets_graphiql_with_pinned_assets(gateway: Gateway, sandbox: Sandbox) -> None:
+    response = gateway.http.get("/graphql", headers=BROWSER)
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    page = response.text
+    for asset in ASSETS:
+        local = f"/graphiql/assets/{asset.name}"
+        assert f'integrity="{asset.integrity}"' in page
+        assert asset.cdn_url in page or local in page
+        assert "@" in asset.cdn_url  # pinned to a version
+    config = graphiql_config(page)
+    assert config["endpoint"] == "/graphql"
+    assert json.loads(config["headers"]) == {}
+    assert "calls" in config["query"]
+    assert sandbox.requests() == []
+
+
+def test_a_browser_get_with_a_query_runs_it(gateway: Gateway) -> None:
+    response = gateway.http.get(
+        "/graphql", params={"query": QUERY}, headers={**BROWSER, **credential_headers(DEMO)}
+    )
+
+    assert response.headers["content-type"].startswith("application/json")
+    assert len(response.json()["data"]["calls"]) == 2
+
+
+@pytest.fixture(scope="module")
+def sandbox_mode() -> Iterator[str]:
+    """A gateway in sandbox mode (the in-process sandbox) on a port chosen for it."""
+    port = free_port()
+    settings = load_settings({"GATEWAY_SANDBOX": "true", "GATEWAY_PORT": str(port)})
+    with serve(create_app(settings), port=port) as url:
+        yield url
+
+
+def test_sandbox_mode_prefills_the_demo_credentials(sandbox_mode: str) -> None:
+    page = httpx.get(sandbox_mode + "/graphql", headers=BROWSER).text
+
+    headers = json.loads(graphiql_config(page)["headers"])
+    assert headers == credential_headers(DEMO)
+
+
+def test_sandbox_mode_answers_the_prefilled_query_with_sandbox_calls(sandbox_mode: str) -> None:
+    page = httpx.get(sandbox_mode + "/graphql", headers=BROWSER).text
+    config = graphiql_config(page)
+
+    # What GraphiQL sends: a JSON POST with the pre-filled headers and the example query.
+    response = httpx.post(
+        sandbox_mode + config["endpoint"],
+        json={"query": config["query"]},
+        headers=json.loads(config["headers"]),
+    )
+
+    calls = response.json()["data"]["calls"]
+    assert len(calls) == 10
+    assert all(call["id"].startswith("c-") for call in calls)
+
+
+# -- masking unexpected errors ---------------------------------------------------------------
+# No honest request to the real schema raises an unexpected exception, so a tiny schema
+# with resolvers that fail on purpose drives the same endpoint.
+
+
+def _boom(root: Any, info: Any) -> str:
+    raise ValueError("database password is hunter2")
+
+
+def _timeout(root: Any, info: Any) -> str:
+    raise UpstreamTimeout("The upstream did not answer in time.")
+
+
+FAILING_SCHEMA = GraphQLSchema(
+    query=GraphQLObjectType(
+        "Query",
+        {
+            "boom": GraphQLField(GraphQLString, resolve=_boom),
+            "timeout": GraphQLField(GraphQLString, resolve=_timeout),
+            "fine": GraphQLField(GraphQLString, resolve=lambda root, info: "ok"),
+        },
+    )
+)
+
+
+async def _never_fetch(credentials: Credentials, request: UpstreamRequest) -> UpstreamAnswer:
+    raise AssertionError("the failing schema makes no upstream requests")
+
+
+def _context(request: Request, request_id: str) -> Context:
+    return Context(request_id=request_id, calls=OperationLoader(_never_fetch, request.headers))
+
+
+@pytest.fixture(scope="module")
+def failing_endpoint() -> Iterator[str]:
+    endpoint = GraphQLEndpoint(FAILING_SCHEMA, _context, graphiql=None)
+    with serve(endpoint, lifespan="off") as url:
+        yield url
+
+
+def test_an_unexpected_exception_is_masked_with_the_request_id(
+    failing_endpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="gateway.request"):
+        response = httpx.post(
+            failing_endpoint,
+            json={"query": "{ fine boom }"},
+            headers={"X-Request-Id": "req-masked"},
+        )
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "errors": [
+            {
+                "message": "Internal server error (request id req-masked).",
+                "extensions": {"code": "INTERNAL_SERVER_ERROR", "requestId": "req-masked"},
+                "locations": [{"line": 1, "column": 8}],
+                "path": ["boom"],
+            }
+        ],
+        "data": {"fine": "ok", "boom": None},
+    }
+    assert "hunter2" not in response.text
+    assert "Traceback" not in response.text
+    # The detail goes to the log, with the request id to find it by.
+    [record] = [r for r in caplog.records if r.exc_info]
+    assert "req-masked" in record.getMessage()
+    assert record.exc_info is not None
+    assert "hunter2" in str(record.exc_info[1])
+
+
+def test_a_gateway_error_keeps_its_code_and_message(failing_endpoint: str) -> None:
+    response = httpx.post(failing_endpoint, json={"query": "{ timeout }"})
+
+    [error] = response.json()["errors"]
+    assert error["message"] == "The upstream did not answer in time."
+    assert error["extensions"] == {"code": "UPSTREAM_TIMEOUT"}
