@@ -25,7 +25,7 @@ INSTANT = datetime(2013, 2, 8, 13, 15, 47, 587000, tzinfo=UTC)
 
 def create(**arguments: Any) -> ListQuery:
     """`ListQuery.create` with arguments chosen by a table."""
-    return create(**arguments)
+    return ListQuery.create(**arguments)
 
 
 # -- ListQuery validation -----------------------------------------------------------------
