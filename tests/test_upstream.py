@@ -1,0 +1,266 @@
+"""The upstream client through a recording `httpx.MockTransport`: the status and transport
+error mapping (complete, like httpx's own test of its exception map), retries, headers."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from gateway.credentials import Credentials
+from gateway.errors import ERROR_CODES, GatewayError
+from gateway.upstream import (
+    CatapultClient,
+    UpstreamAnswer,
+    UpstreamRequest,
+    parse_link_header,
+    retry_after_seconds,
+)
+
+CREDENTIALS = Credentials(authorization="Basic dDpz", user_id="u-demo")
+REQUEST = UpstreamRequest("/v1/users/u-demo/calls/", (("from", "+1919"), ("size", "2")))
+# Codes raised elsewhere than at the upstream boundary (the endpoint, later the limits).
+NOT_FROM_UPSTREAM = {"INTERNAL_SERVER_ERROR", "OPERATION_TOO_COMPLEX", "PERSISTED_QUERY_NOT_FOUND"}
+
+
+class RecordingUpstream:
+    """A MockTransport handler that answers from a script and records every request."""
+
+    def __init__(self, *answers: httpx.Response | Exception) -> None:
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def fetch(
+    upstream: RecordingUpstream, *, retries: int = 2, deadline_in: float = 10
+) -> UpstreamAnswer:
+    async def run() -> UpstreamAnswer:
+        async with httpx.AsyncClient(
+            transport=httpx.MockTransport(upstream), base_url="http://upstream"
+        ) as http:
+            client = CatapultClient(http, retries=retries, upstream_timeout=5)
+            return await client.fetch(CREDENTIALS, REQUEST, deadline=time.monotonic() + deadline_in)
+
+    return asyncio.run(run())
+
+
+def error_body(code: str, message: str = "upstream says no") -> dict[str, Any]:
+    return {
+        "category": "x",
+        "code": code,
+        "message": message,
+        "details": [
+            {"name": "remoteAddress", "value": "203.0.113.77"},
+            {"name": "requestPath", "value": "users/u-demo/calls"},
+        ],
+    }
+
+
+OUTCOMES = [
+    pytest.param(httpx.Response(400, json=error_body("bad")), "BAD_USER_INPUT", id="400"),
+    pytest.param(httpx.Response(401, json=error_body("auth")), "UNAUTHENTICATED", id="401"),
+    pytest.param(httpx.Response(403, json=error_body("no")), "FORBIDDEN", id="403"),
+    pytest.param(httpx.Response(404, json=error_body("user-not-found")), "NOT_FOUND", id="404"),
+    pytest.param(httpx.Response(429, headers={"X-RateLimit-Reset": "1"}), "RATE_LIMITED", id="429"),
+    pytest.param(httpx.Response(418, text="teapot"), "UPSTREAM_ERROR", id="418-other"),
+    pytest.param(httpx.Response(500, json=error_body("boom")), "UPSTREAM_ERROR", id="500"),
+    pytest.param(httpx.Response(503), "UPSTREAM_ERROR", id="503-after-retries"),
+    pytest.param(httpx.Response(200, text="<html>"), "UPSTREAM_BAD_RESPONSE", id="200-not-json"),
+    pytest.param(httpx.ConnectError("refused"), "UPSTREAM_UNAVAILABLE", id="connect-error"),
+    pytest.param(httpx.ConnectTimeout("slow"), "UPSTREAM_UNAVAILABLE", id="connect-timeout"),
+    pytest.param(httpx.RemoteProtocolError("cut"), "UPSTREAM_UNAVAILABLE", id="protocol-error"),
+    pytest.param(httpx.ReadError("reset"), "UPSTREAM_UNAVAILABLE", id="read-error"),
+    pytest.param(httpx.WriteError("pipe"), "UPSTREAM_UNAVAILABLE", id="write-error"),
+    pytest.param(httpx.ReadTimeout("slow"), "UPSTREAM_TIMEOUT", id="read-timeout"),
+    pytest.param(httpx.PoolTimeout("full"), "UPSTREAM_TIMEOUT", id="pool-timeout"),
+]
+
+
+@pytest.mark.parametrize(("answer", "code"), OUTCOMES)
+def test_each_upstream_outcome_has_its_code(answer: httpx.Response | Exception, code: str) -> None:
+    with pytest.raises(GatewayError) as raised:
+        fetch(RecordingUpstream(answer))
+
+    assert raised.value.code == code
+
+
+def test_the_mapping_reaches_every_upstream_error_code() -> None:
+    reached = {param.values[1] for param in OUTCOMES}
+
+    assert reached == set(ERROR_CODES) - NOT_FROM_UPSTREAM
+    assert len(set(ERROR_CODES)) == len(ERROR_CODES)
+
+
+def test_a_passed_deadline_is_a_timeout_without_a_request() -> None:
+    upstream = RecordingUpstream(httpx.Response(200, json=[]))
+
+    with pytest.raises(GatewayError) as raised:
+        fetch(upstream, deadline_in=-1)
+
+    assert raised.value.code == "UPSTREAM_TIMEOUT"
+    assert upstream.requests == []
+
+
+RETRIES = [
+    pytest.param([httpx.Response(503), httpx.Response(200, json=[])], 2, True, id="503-once"),
+    pytest.param([httpx.Response(502)] * 2 + [httpx.Response(200, json=[])], 3, True, id="502x2"),
+    pytest.param([httpx.Response(504)] * 3, 3, False, id="504-lasting"),
+    pytest.param([httpx.ConnectError("no")] * 3, 3, False, id="connect-lasting"),
+    pytest.param([httpx.ConnectError("no"), httpx.Response(200, json=[])], 2, True, id="connect"),
+    pytest.param([httpx.Response(500)], 1, False, id="500-not-retried"),
+    pytest.param([httpx.Response(429)], 1, False, id="429-not-retried"),
+    pytest.param([httpx.ReadTimeout("slow")], 1, False, id="read-timeout-not-retried"),
+]
+
+
+@pytest.mark.parametrize(("answers", "attempts", "succeeds"), RETRIES)
+def test_idempotent_gets_are_retried_at_most_twice(
+    answers: list[httpx.Response | Exception], attempts: int, succeeds: bool
+) -> None:
+    upstream = RecordingUpstream(*answers)  # the last answer repeats
+
+    try:
+        fetch(upstream)
+        succeeded = True
+    except GatewayError:
+        succeeded = False
+
+    assert succeeded is succeeds
+    assert len(upstream.requests) == attempts
+
+
+def test_no_retries_when_turned_off() -> None:
+    upstream = RecordingUpstream(httpx.Response(503), httpx.Response(200, json=[]))
+
+    with pytest.raises(GatewayError):
+        fetch(upstream, retries=0)
+
+    assert len(upstream.requests) == 1
+
+
+def test_the_request_carries_the_credentials_and_an_encoded_query() -> None:
+    upstream = RecordingUpstream(
+        httpx.Response(200, json=[], headers={"Link": '<http://u/next>; rel="next"'})
+    )
+
+    answer = fetch(upstream)
+
+    [request] = upstream.requests
+    assert request.method == "GET"
+    assert request.url.raw_path == b"/v1/users/u-demo/calls/?from=%2B1919&size=2"
+    assert request.headers["authorization"] == "Basic dDpz"
+    assert answer == UpstreamAnswer(body=[], links={"next": "http://u/next"})
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 429, 500])
+def test_upstream_details_never_reach_the_error(status: int) -> None:
+    upstream = RecordingUpstream(httpx.Response(status, json=error_body("some-code")))
+
+    with pytest.raises(GatewayError) as raised:
+        fetch(upstream)
+
+    shown = orjson.dumps([raised.value.message, raised.value.extensions]).decode()
+    assert "203.0.113.77" not in shown
+    assert "requestPath" not in shown
+    assert "remoteAddress" not in shown
+    assert raised.value.extensions["upstreamStatus"] == status
+    assert raised.value.extensions["upstreamCode"] == "some-code"
+
+
+def test_the_upstream_message_is_kept() -> None:
+    upstream = RecordingUpstream(httpx.Response(403, json=error_body("x", "No access to calls")))
+
+    with pytest.raises(GatewayError) as raised:
+        fetch(upstream)
+
+    assert raised.value.message == "No access to calls"
+
+
+# -- retry_after_seconds ------------------------------------------------------------------
+
+NOW = 1_700_000_000.0
+RETRY_AFTER = [
+    pytest.param({"X-RateLimit-Reset": str(int((NOW + 2.5) * 1000))}, 3, id="reset-epoch-ms"),
+    pytest.param({"X-RateLimit-Reset": str(int(NOW + 4))}, 4, id="reset-epoch-seconds"),
+    pytest.param({"X-RateLimit-Reset": str(int((NOW - 5) * 1000))}, 1, id="reset-in-the-past"),
+    pytest.param({"Retry-After": "7"}, 7, id="retry-after-seconds"),
+    pytest.param({"Retry-After": "0"}, 1, id="retry-after-zero"),
+    pytest.param(
+        {"Retry-After": email.utils.formatdate(NOW + 10, usegmt=True)}, 10, id="retry-after-date"
+    ),
+    pytest.param({"Retry-After": "soon"}, 1, id="retry-after-garbage"),
+    pytest.param(
+        {"X-RateLimit-Reset": str(int((NOW + 2) * 1000)), "Retry-After": "30"},
+        2,
+        id="reset-wins",
+    ),
+    pytest.param({"X-RateLimit-Reset": "-5"}, 1, id="reset-garbage"),
+    pytest.param({}, 1, id="no-header"),
+]
+
+
+@pytest.mark.parametrize(("headers", "seconds"), RETRY_AFTER)
+def test_retry_after_seconds(headers: dict[str, str], seconds: int) -> None:
+    assert retry_after_seconds(httpx.Headers(headers), now=NOW) == seconds
+
+
+def test_rate_limited_carries_retry_after() -> None:
+    reset = str(int((time.time() + 2.2) * 1000))
+    upstream = RecordingUpstream(httpx.Response(429, headers={"X-RateLimit-Reset": reset}))
+
+    with pytest.raises(GatewayError) as raised:
+        fetch(upstream)
+
+    assert raised.value.extensions["code"] == "RATE_LIMITED"
+    assert raised.value.extensions["retryAfter"] in {2, 3}
+
+
+# -- parse_link_header -----------------------------------------------------------------------
+
+LINKS = [
+    pytest.param(
+        '<https://a/p?page=0>; rel="first", <https://a/p?page=2>; rel="next"',
+        {"first": "https://a/p?page=0", "next": "https://a/p?page=2"},
+        id="space-after-comma",
+    ),
+    pytest.param(
+        '<https://a/p?page=0>; rel="first",<https://a/p?page=2>; rel="next"',
+        {"first": "https://a/p?page=0", "next": "https://a/p?page=2"},
+        id="no-space-after-comma",
+    ),
+    pytest.param(
+        '<https://a/1>;rel=previous,<https://a/3>;rel="next"',
+        {"previous": "https://a/1", "next": "https://a/3"},
+        id="unquoted-and-no-spaces",
+    ),
+    pytest.param('<https://a/3>; REL="Next"', {"next": "https://a/3"}, id="upper-case"),
+    pytest.param(
+        '<https://a/3>; title="x"; rel="next last"',
+        {"next": "https://a/3", "last": "https://a/3"},
+        id="several-relations-and-params",
+    ),
+    pytest.param(
+        '<https://a/1>; rel="next", <https://a/2>; rel="next"',
+        {"next": "https://a/1"},
+        id="first-wins",
+    ),
+    pytest.param('https://a/3; rel="next", <https://a/0>', {}, id="malformed-skipped"),
+    pytest.param("", {}, id="empty"),
+]
+
+
+@pytest.mark.parametrize(("header", "links"), LINKS)
+def test_parse_link_header(header: str, links: dict[str, str]) -> None:
+    assert parse_link_header(header) == links
