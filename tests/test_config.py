@@ -1,0 +1,146 @@
+"""Settings from an injected environment: defaults, every variable, one-line errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.config import DEFAULT_UPSTREAM_URL, Settings, SettingsError, load_settings
+
+DEFAULTS = {
+    "host": "127.0.0.1",
+    "port": 8000,
+    "workers": 1,
+    "upstream_url": DEFAULT_UPSTREAM_URL + "/",
+    "upstream_timeout": 10.0,
+    "upstream_connect_timeout": 3.0,
+    "upstream_max_connections": 32,
+    "upstream_retries": 2,
+    "request_timeout": 25.0,
+    "cache_url": "memory://",
+    "cache_ttl": 5.0,
+    "log_level": "info",
+    "sandbox": False,
+}
+
+
+def test_defaults() -> None:
+    settings = load_settings({}).model_dump(mode="json")
+
+    # Settings that later issues add are pinned by their own tests.
+    assert {name: settings[name] for name in DEFAULTS} == DEFAULTS
+    assert load_settings({}).upstream_base == DEFAULT_UPSTREAM_URL
+
+
+VARIABLES = [
+    pytest.param("GATEWAY_HOST", "::1", "host", "::1", id="host"),
+    pytest.param("GATEWAY_PORT", "9000", "port", 9000, id="port"),
+    pytest.param("GATEWAY_WORKERS", "4", "workers", 4, id="workers"),
+    pytest.param(
+        "GATEWAY_UPSTREAM_URL", "http://127.0.0.1:8001", "upstream_base",
+        "http://127.0.0.1:8001", id="upstream-url",
+    ),
+    pytest.param("GATEWAY_UPSTREAM_TIMEOUT", "2.5", "upstream_timeout", 2.5, id="upstream-timeout"),
+    pytest.param(
+        "GATEWAY_UPSTREAM_CONNECT_TIMEOUT", "1", "upstream_connect_timeout", 1.0,
+        id="upstream-connect-timeout",
+    ),
+    pytest.param(
+        "GATEWAY_UPSTREAM_MAX_CONNECTIONS", "8", "upstream_max_connections", 8,
+        id="upstream-max-connections",
+    ),
+    pytest.param("GATEWAY_UPSTREAM_RETRIES", "0", "upstream_retries", 0, id="upstream-retries"),
+    pytest.param("GATEWAY_REQUEST_TIMEOUT", "60", "request_timeout", 60.0, id="request-timeout"),
+    pytest.param(
+        "GATEWAY_CACHE_URL", "redis://localhost:6379/0", "cache_url",
+        "redis://localhost:6379/0", id="cache-url",
+    ),
+    pytest.param("GATEWAY_CACHE_TTL", "0", "cache_ttl", 0.0, id="cache-ttl-off"),
+    pytest.param("GATEWAY_LOG_LEVEL", "debug", "log_level", "debug", id="log-level"),
+    pytest.param("GATEWAY_SANDBOX", "true", "sandbox", True, id="sandbox"),
+    pytest.param("gateway_port", "9001", "port", 9001, id="lower-case-name"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("variable", "value", "attribute", "expected"), VARIABLES)
+def test_every_variable_maps_to_its_setting(
+    variable: str, value: str, attribute: str, expected: Any
+) -> None:
+    assert getattr(load_settings({variable: value}), attribute) == expected
+
+
+def test_every_setting_has_a_variable_and_a_description() -> None:
+    mapped = {param.values[2] for param in VARIABLES} | {"upstream_url"}
+
+    assert set(DEFAULTS) <= mapped
+    for name, field in Settings.model_fields.items():
+        assert field.description, name
+
+
+BAD_VALUES = [
+    pytest.param("GATEWAY_PORT", "eighty", id="port-not-a-number"),
+    pytest.param("GATEWAY_PORT", "70000", id="port-too-high"),
+    pytest.param("GATEWAY_WORKERS", "0", id="workers-zero"),
+    pytest.param("GATEWAY_UPSTREAM_URL", "not a url", id="upstream-url"),
+    pytest.param("GATEWAY_UPSTREAM_URL", "ftp://example.com", id="upstream-url-scheme"),
+    pytest.param("GATEWAY_UPSTREAM_URL", "https://u:p@example.com", id="upstream-url-creds"),
+    pytest.param("GATEWAY_UPSTREAM_URL", "https://example.com/?a=1", id="upstream-url-query"),
+    pytest.param("GATEWAY_UPSTREAM_TIMEOUT", "0", id="upstream-timeout-zero"),
+    pytest.param("GATEWAY_UPSTREAM_TIMEOUT", "soon", id="upstream-timeout-words"),
+    pytest.param("GATEWAY_UPSTREAM_CONNECT_TIMEOUT", "-1", id="connect-timeout-negative"),
+    pytest.param("GATEWAY_UPSTREAM_MAX_CONNECTIONS", "0", id="max-connections-zero"),
+    pytest.param("GATEWAY_UPSTREAM_RETRIES", "9", id="retries-too-many"),
+    pytest.param("GATEWAY_REQUEST_TIMEOUT", "-3", id="request-timeout-negative"),
+    pytest.param("GATEWAY_CACHE_URL", "memcached://x", id="cache-url-scheme"),
+    pytest.param("GATEWAY_CACHE_TTL", "-1", id="cache-ttl-negative"),
+    pytest.param("GATEWAY_LOG_LEVEL", "loud", id="log-level"),
+    pytest.param("GATEWAY_SANDBOX", "maybe", id="sandbox"),
+]
+
+
+@pytest.mark.parametrize(("variable", "value"), BAD_VALUES)
+def test_a_bad_value_is_one_line_naming_the_setting(variable: str, value: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings({variable: value})
+
+    message = str(raised.value)
+    assert message.startswith(variable + ":")
+    assert "\n" not in message
+    assert raised.value.__cause__ is None  # no pydantic traceback chained on
+    assert raised.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    ("upstream", "request_"),
+    [("10", "10"), ("30", "25"), ("5", "4.9")],
+    ids=["equal", "longer", "just-longer"],
+)
+def test_the_upstream_timeout_must_fit_the_request_deadline(upstream: str, request_: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings({"GATEWAY_UPSTREAM_TIMEOUT": upstream, "GATEWAY_REQUEST_TIMEOUT": request_})
+
+    message = str(raised.value)
+    assert "GATEWAY_UPSTREAM_TIMEOUT" in message
+    assert "GATEWAY_REQUEST_TIMEOUT" in message
+    assert "\n" not in message
+
+
+def test_overrides_win_and_none_overrides_are_ignored() -> None:
+    settings = load_settings({"GATEWAY_PORT": "9000", "GATEWAY_HOST": "::1"}, port=9100, host=None)
+
+    assert (settings.port, settings.host) == (9100, "::1")
+
+
+def test_other_variables_are_ignored() -> None:
+    settings = load_settings({"GATEWAY_TEST_SOMETHING": "x", "PORT": "1", "HOST": "x"})
+
+    assert settings == load_settings({})
+
+
+def test_settings_are_frozen() -> None:
+    settings = load_settings({})
+
+    with pytest.raises(ValidationError):
+        settings.port = 1  # type: ignore[misc]
