@@ -98,10 +98,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def start(name: str, argv: list[str], port: int, env: dict[str, str], ready: str) -> Iterator[Server]:
+def start(
+    name: str, argv: list[str], port: int, env: dict[str, str], ready: str
+) -> Iterator[Server]:
     log = open(tempfile.gettempdir() + f"/bench-{name}.log", "wb")  # noqa: SIM115
     process = subprocess.Popen(
-        argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        argv,
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -140,9 +146,16 @@ def wrk(url: str, lines: list[str], args: argparse.Namespace, seconds: float) ->
         file.write("\n".join(lines) + "\n")
     env = {**os.environ, "BENCH_REQUESTS": file.name, "BENCH_AUTH": AUTH, "BENCH_USER_ID": USER}
     command = [
-        "wrk", "-t1", f"-c{args.connections}", f"-d{max(1, round(seconds))}s", "--timeout", "30s",
-        "-s", str(HERE / "load.lua"), url,
-    ]  # fmt: skip
+        "wrk",
+        "-t1",
+        f"-c{args.connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(HERE / "load.lua"),
+        url,
+    ]
     output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     os.unlink(file.name)
     line = next(x for x in output.splitlines() if x.startswith("BENCH_JSON "))
@@ -186,46 +199,67 @@ def main() -> int:
     results: dict[str, dict[str, float]] = {}
     with ExitStack() as stack:
         up_port = free_port()
-        upstream = stack.enter_context(start(
-            "sandbox", [*cli, "sandbox", "--port", str(up_port), "--latency-ms", str(args.delay_ms)],
-            up_port, {}, "/__health",
-        ))  # fmt: skip
-        common = {"GATEWAY_UPSTREAM_URL": upstream.url, "GATEWAY_UPSTREAM_RATE": "0",
-                  "GATEWAY_LOG_LEVEL": "warning"}  # fmt: skip
+        sandbox = [*cli, "sandbox", "--port", str(up_port), "--latency-ms", str(args.delay_ms)]
+        upstream = stack.enter_context(start("sandbox", sandbox, up_port, {}, "/__health"))
+        common = {
+            "GATEWAY_UPSTREAM_URL": upstream.url,
+            "GATEWAY_UPSTREAM_RATE": "0",
+            "GATEWAY_LOG_LEVEL": "warning",
+        }
         miss_port, hit_port, bare_port = free_port(), free_port(), free_port()
-        miss = stack.enter_context(start(
-            "gateway-miss", [*cli, "serve", "--port", str(miss_port)], miss_port,
-            {**common, "GATEWAY_CACHE_TTL": "0"}, "/healthz",
-        ))  # fmt: skip
-        hit = stack.enter_context(start(
-            "gateway-cache", [*cli, "serve", "--port", str(hit_port)], hit_port,
-            {**common, "GATEWAY_CACHE_TTL": "5"}, "/healthz",
-        ))  # fmt: skip
+        miss = stack.enter_context(
+            start(
+                "gateway-miss",
+                [*cli, "serve", "--port", str(miss_port)],
+                miss_port,
+                {**common, "GATEWAY_CACHE_TTL": "0"},
+                "/healthz",
+            )
+        )
+        hit = stack.enter_context(
+            start(
+                "gateway-cache",
+                [*cli, "serve", "--port", str(hit_port)],
+                hit_port,
+                {**common, "GATEWAY_CACHE_TTL": "5"},
+                "/healthz",
+            )
+        )
         # The bare endpoint answers exactly the bytes the gateway answers in scenario b.
         request = urllib.request.Request(  # noqa: S310
             hit.url + "/graphql",
             data=pages25[0].split("\t", 2)[2].encode(),
-            headers={"Content-Type": "application/json", "Authorization": AUTH,
-                     "X-Catapult-User-Id": USER},  # fmt: skip
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": AUTH,
+                "X-Catapult-User-Id": USER,
+            },
         )
         captured = urllib.request.urlopen(request).read()  # noqa: S310
         with tempfile.NamedTemporaryFile(delete=False) as file:
             file.write(captured)
-        bare = stack.enter_context(start(
-            "bare", [sys.executable, str(HERE / "bare.py"), file.name], bare_port,
-            {"PORT": str(bare_port)}, "/nothing-here",
-        )) if "bare" in scenarios else None  # fmt: skip
+        bare = stack.enter_context(
+            start(
+                "bare",
+                [sys.executable, str(HERE / "bare.py"), file.name],
+                bare_port,
+                {"PORT": str(bare_port)},
+                "/nothing-here",
+            )
+        )
+        rest = f"/v1/users/{USER}/calls/"
+        rest25 = [rest_line(p, 25, o) for o in ("DESC", "ASC") for p in range(100)]
+        rest1000 = [rest_line(p, 1000, o) for o in ("DESC", "ASC") for p in range(2)]
         plan = {
-            "d25": (upstream, f"/v1/users/{USER}/calls/", [rest_line(p, 25, o) for o in ("DESC", "ASC") for p in range(100)]),
+            "d25": (upstream, rest, rest25),
             "a": (miss, "/graphql", pages25),
             "b": (hit, "/graphql", pages25[:1]),
             "bare": (bare, "/graphql", pages25[:1]),
             "c": (miss, "/graphql", pages1000),
-            "d1000": (upstream, f"/v1/users/{USER}/calls/", [rest_line(p, 1000, o) for o in ("DESC", "ASC") for p in range(2)]),
-        }  # fmt: skip
+            "d1000": (upstream, rest, rest1000),
+        }
         for key in scenarios:
             server, path, lines = plan[key]
-            assert server is not None
             results[key] = measure(server, path, lines, args)
             print(f"{key:6} {results[key]}", file=sys.stderr, flush=True)
     print(report(results, args))
