@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +22,7 @@ from gateway.endpoint import GraphQLEndpoint
 from gateway.graphiql import ASSET_ROUTE, GraphiQLPage
 from gateway.health import healthz, readyz
 from gateway.loaders import OperationLoader
+from gateway.pagination import CursorCodec
 from gateway.sandbox import ACCOUNTS, Account, create_sandbox_app
 from gateway.schema import build_schema, graphql_core_schema
 from gateway.upstream import (
@@ -67,6 +69,15 @@ def create_app(settings: Settings) -> Starlette:
                 )
             }
 
+    # A random key per process when none is configured: cursors then only work on the
+    # process that issued them (the CLI shares one key between its workers).
+    cursor_key = (
+        settings.cursor_key.get_secret_value().encode()
+        if settings.cursor_key is not None
+        else secrets.token_bytes(32)
+    )
+    cursors = CursorCodec(cursor_key)
+
     def make_context(request: Request, request_id: str) -> Context:
         client: CatapultClient = request.state.catapult
         deadline = time.monotonic() + settings.request_timeout
@@ -74,7 +85,11 @@ def create_app(settings: Settings) -> Starlette:
         async def fetch(credentials: Credentials, upstream: UpstreamRequest) -> UpstreamAnswer:
             return await client.fetch(credentials, upstream, deadline=deadline)
 
-        return Context(request_id=request_id, calls=OperationLoader(fetch, request.headers))
+        return Context(
+            request_id=request_id,
+            calls=OperationLoader(fetch, request.headers, upstream_base=client.base_url),
+            cursors=cursors,
+        )
 
     default_headers = None
     routes: list[Route | Mount] = []

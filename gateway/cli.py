@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 from collections.abc import Mapping, Sequence
 
 import uvicorn
+from pydantic import SecretStr
 
 from gateway.config import Settings, SettingsError, load_settings
 from gateway.logs import configure_logging
@@ -91,7 +93,10 @@ def _serve(settings: Settings) -> int:
     if settings.sandbox:
         _print_sandbox_banner(settings)
     # Workers are separate processes: they rebuild the settings from the environment,
-    # so the effective values (flags included) travel there.
+    # so the effective values (flags included) travel there. A cursor key drawn here is
+    # shared by all workers, so a cursor stays good whichever worker answers next.
+    if settings.cursor_key is None:
+        settings = settings.model_copy(update={"cursor_key": SecretStr(secrets.token_urlsafe(32))})
     os.environ.update(settings_environment(settings))
     uvicorn.run(
         "gateway.app:app_from_environment",
@@ -110,9 +115,15 @@ def _serve(settings: Settings) -> int:
 def settings_environment(settings: Settings) -> dict[str, str]:
     """The `GATEWAY_*` variables that reproduce `settings`."""
     values = settings.model_dump(mode="json")
+    # model_dump masks secrets; the environment needs their values.
+    for name in Settings.model_fields:
+        secret = getattr(settings, name)
+        if isinstance(secret, SecretStr):
+            values[name] = secret.get_secret_value()
     return {
         f"GATEWAY_{name.upper()}": str(value).lower() if isinstance(value, bool) else str(value)
         for name, value in values.items()
+        if value is not None
     }
 
 

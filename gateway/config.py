@@ -15,6 +15,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -67,6 +68,16 @@ class Settings(BaseModel):
         "info", description="Least severe log level written."
     )
     sandbox: bool = Field(False, description="Serve in front of the built-in sandbox upstream.")
+    cursor_key: SecretStr | None = Field(
+        None,
+        min_length=16,
+        description=(
+            "Secret that signs `callsConnection` cursors (16+ characters). Without it each "
+            "process draws a random key: `serve --workers N` shares one drawn at start-up, "
+            "but separate replicas behind a load balancer must all be given the same key, "
+            "or a cursor issued by one is refused as forged by another."
+        ),
+    )
 
     @field_validator("cache_url")
     @classmethod

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from gateway.calls import BadRecord, CallList, CallRecord, ListQuery
 from gateway.errors import GatewayError
+from gateway.pagination import CursorCodec
 
 
 class CallSource(Protocol):
@@ -21,6 +22,9 @@ class CallSource(Protocol):
 
     async def get_call(self, call_id: str) -> CallRecord | BadRecord | None:
         """One call, or None when the upstream does not know it."""
+
+    def next_query(self, found: CallList, query: ListQuery) -> ListQuery | None:
+        """The page after `found` (fetched with `query`) per the upstream's `rel="next"`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,4 +41,5 @@ class Context:
 
     request_id: str
     calls: CallSource
+    cursors: CursorCodec
     notices: list[Notice] = field(default_factory=list)

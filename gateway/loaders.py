@@ -21,6 +21,7 @@ from gateway.calls import (
 )
 from gateway.credentials import Credentials, credentials_from_headers
 from gateway.errors import NotFound, UpstreamBadResponse
+from gateway.pagination import next_query
 from gateway.upstream import UpstreamAnswer, UpstreamRequest, call_path, calls_path
 
 Fetch = Callable[[Credentials, UpstreamRequest], Awaitable[UpstreamAnswer]]
@@ -29,9 +30,10 @@ Fetch = Callable[[Credentials, UpstreamRequest], Awaitable[UpstreamAnswer]]
 class OperationLoader:
     """The `CallSource` of one operation, on behalf of the caller whose headers it holds."""
 
-    def __init__(self, fetch: Fetch, headers: Mapping[str, str]) -> None:
+    def __init__(self, fetch: Fetch, headers: Mapping[str, str], *, upstream_base: str) -> None:
         self._fetch = fetch
         self._headers = headers
+        self._upstream_base = upstream_base
         self._inflight: dict[UpstreamRequest, asyncio.Future[UpstreamAnswer]] = {}
         self.upstream_requests = 0
 
@@ -45,6 +47,16 @@ class OperationLoader:
         answer = await self._get(credentials, request)
         records, bad = parse_call_list(answer.body)
         return CallList(records, bad, answer.links.get("next"))
+
+    def next_query(self, found: CallList, query: ListQuery) -> ListQuery | None:
+        if found.next_url is None:
+            return None
+        return next_query(
+            found.next_url,
+            query,
+            base_url=self._upstream_base,
+            user_id=self.credentials().user_id,
+        )
 
     async def get_call(self, call_id: str) -> CallRecord | BadRecord | None:
         validate_id(call_id, "id")

@@ -8,8 +8,8 @@ import strawberry
 from strawberry.types import Info
 
 from gateway.calls import MAX_PAGE_SIZE, ListQuery
-from gateway.context import Context, Notice
-from gateway.errors import UpstreamBadResponse
+from gateway.context import Context
+from gateway.schema.connection import MAX_FIRST, CallConnection, report_bad_records, walk
 from gateway.schema.types import Call, CallFilter, SortOrder, fetch_call
 
 
@@ -39,30 +39,42 @@ class Query:
             SortOrder, strawberry.argument(description="Order by `startTime`.")
         ] = SortOrder.DESC,
     ) -> list[Call]:
-        query = ListQuery.create(
-            bridge_id=None if filter is None else filter.bridge_id,
-            conference_id=None if filter is None else filter.conference_id,
-            from_=None if filter is None else filter.from_,
-            to=None if filter is None else filter.to,
-            page=page,
-            size=size,
-            sort_order="asc" if sort_order is SortOrder.ASC else "desc",
-        )
+        query = _list_query(filter, sort_order, page=page, size=size)
         found = await info.context.calls.list_calls(query)
-        path = tuple(info.path.as_list())
-        # A record that cannot be a Call is left out and reported beside the data:
-        # in a non-null list, an error in its place would blank the whole page.
-        for bad in found.bad:
-            info.context.notices.append(
-                Notice(
-                    UpstreamBadResponse(
-                        f"The upstream sent {bad.reason}; it was left out of this list.",
-                        callId=bad.call_id,
-                    ),
-                    path,
-                )
-            )
+        report_bad_records(info.context, found, tuple(info.path.as_list()))
         return [Call(record=record) for record in found.records]
+
+    @strawberry.field(
+        description=(
+            "Your calls as a Relay cursor connection: `first` calls, then the `first` after "
+            "`pageInfo.endCursor`, until `hasNextPage` is false. Follows the upstream's own "
+            "next-page links. With `bridgeId` or `conferenceId` the upstream returns every "
+            "match at once, so one slice of up to `first` calls is usually the whole list."
+        )
+    )
+    async def calls_connection(
+        self,
+        info: Info[Context, None],
+        filter: Annotated[
+            CallFilter | None, strawberry.argument(description="Only calls that match.")
+        ] = None,
+        first: Annotated[
+            int, strawberry.argument(description=f"How many calls to return, 1 to {MAX_FIRST}.")
+        ] = 25,
+        after: Annotated[
+            str | None,
+            strawberry.argument(
+                description="Start after this cursor (an `endCursor` or an edge's `cursor`)."
+            ),
+        ] = None,
+        sort_order: Annotated[
+            SortOrder, strawberry.argument(description="Order by `startTime`.")
+        ] = SortOrder.DESC,
+    ) -> CallConnection:
+        # The first upstream page is `first` calls long (capped to what the upstream
+        # allows); later pages are whatever the upstream's next link says.
+        query = _list_query(filter, sort_order, page=0, size=min(max(first, 1), MAX_PAGE_SIZE))
+        return await walk(info.context, query, first, after, tuple(info.path.as_list()))
 
     @strawberry.field(
         description="One call by id, or null when the upstream has no call with that id."
@@ -73,3 +85,17 @@ class Query:
         id: Annotated[strawberry.ID, strawberry.argument(description="The call's id.")],
     ) -> Call | None:
         return await fetch_call(info.context, str(id))
+
+
+def _list_query(
+    filter: CallFilter | None, sort_order: SortOrder, *, page: int, size: int
+) -> ListQuery:
+    return ListQuery.create(
+        bridge_id=None if filter is None else filter.bridge_id,
+        conference_id=None if filter is None else filter.conference_id,
+        from_=None if filter is None else filter.from_,
+        to=None if filter is None else filter.to,
+        page=page,
+        size=size,
+        sort_order="asc" if sort_order is SortOrder.ASC else "desc",
+    )
