@@ -1,0 +1,226 @@
+"""`callsConnection`: Relay pagination over the upstream's `rel="next"` links, and its cursors."""
+
+from __future__ import annotations
+
+import base64
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from gateway.calls import ListQuery
+from gateway.errors import BadUserInput, UpstreamBadResponse
+from gateway.pagination import CursorCodec, Position, next_query
+from tests.conftest import Gateway, GatewayFactory, Sandbox
+
+CONNECTION = """
+query Walk($filter: CallFilter, $first: Int!, $after: String, $order: SortOrder! = DESC) {
+  callsConnection(filter: $filter, first: $first, after: $after, sortOrder: $order) {
+    edges { cursor node { id from bridgeId } }
+    pageInfo { hasNextPage endCursor }
+  }
+}
+"""
+KEY = "a-cursor-key-shared-by-replicas"
+
+
+def connection(gateway: Gateway, **variables: Any) -> dict[str, Any]:
+    body = gateway.query(CONNECTION, variables).json()
+    assert "errors" not in body, body
+    result: dict[str, Any] = body["data"]["callsConnection"]
+    return result
+
+
+def error_code(gateway: Gateway, **variables: Any) -> str:
+    body = gateway.query(CONNECTION, variables).json()
+    assert body.get("data") is None or body["data"].get("callsConnection") is None, body
+    code: str = body["errors"][0]["extensions"]["code"]
+    return code
+
+
+@pytest.fixture
+def short_list(gateway: Gateway) -> tuple[str, list[str]]:
+    """A caller number with 7 to 20 calls, and their ids newest first."""
+    calls = gateway.query("{ calls(size: 1000) { id from } }").json()["data"]["calls"]
+    counts = Counter(call["from"] for call in calls)
+    number = next(n for n, count in sorted(counts.items()) if 7 <= count <= 20)
+    listed = gateway.query(
+        "query($f: String) { calls(filter: {from: $f}, size: 1000) { id } }", {"f": number}
+    ).json()["data"]["calls"]
+    return number, [call["id"] for call in listed]
+
+
+def test_walks_to_the_end_following_the_upstreams_next_links(
+    gateway: Gateway, sandbox: Sandbox, short_list: tuple[str, list[str]]
+) -> None:
+    number, expected = short_list
+    sandbox.reset()
+    seen: list[str] = []
+    after = None
+    slices = 0
+    while True:
+        page = connection(gateway, filter={"from": number}, first=3, after=after)
+        slices += 1
+        seen += [edge["node"]["id"] for edge in page["edges"]]
+        assert page["pageInfo"]["endCursor"] == page["edges"][-1]["cursor"]
+        if not page["pageInfo"]["hasNextPage"]:
+            break
+        after = page["pageInfo"]["endCursor"]
+
+    assert seen == expected
+    assert slices == -(-len(expected) // 3)
+    # One upstream request per slice, each for the page the previous answer linked to.
+    queries = [request["query"] for request in sandbox.requests()]
+    encoded = number.replace("+", "%2B")
+    assert queries == [f"from={encoded}&page={n}&size=3&sortOrder=desc" for n in range(slices)]
+
+
+def test_any_edge_cursor_resumes_right_after_its_call(
+    gateway: Gateway, short_list: tuple[str, list[str]]
+) -> None:
+    number, expected = short_list
+    first = connection(gateway, filter={"from": number}, first=5)
+    middle = first["edges"][1]["cursor"]
+
+    resumed = connection(gateway, filter={"from": number}, first=4, after=middle)
+
+    # The cursor's page was 5 long; the slice reads on into the next page as needed.
+    assert [edge["node"]["id"] for edge in resumed["edges"]] == expected[2:6]
+    assert resumed["pageInfo"]["hasNextPage"] is (len(expected) > 6)
+
+
+def test_ascending_order_is_kept_across_slices(
+    gateway: Gateway, short_list: tuple[str, list[str]]
+) -> None:
+    number, expected = short_list
+    one = connection(gateway, filter={"from": number}, first=4, order="ASC")
+    two = connection(
+        gateway, filter={"from": number}, first=4, order="ASC", after=one["pageInfo"]["endCursor"]
+    )
+    ids = [edge["node"]["id"] for edge in one["edges"] + two["edges"]]
+    assert ids == list(reversed(expected))[:8]
+
+
+def test_a_bridge_is_one_complete_page(gateway: Gateway, sandbox: Sandbox) -> None:
+    calls = gateway.query("{ calls(size: 200) { bridgeId } }").json()["data"]["calls"]
+    bridge = next(call["bridgeId"] for call in calls if call["bridgeId"])
+    sandbox.reset()
+
+    page = connection(gateway, filter={"bridgeId": bridge}, first=1000)
+
+    assert page["edges"]
+    assert {edge["node"]["bridgeId"] for edge in page["edges"]} == {bridge}
+    assert page["pageInfo"]["hasNextPage"] is False
+    [request] = sandbox.requests()
+    assert request["query"] == f"bridgeId={bridge}&sortOrder=desc"
+
+
+@pytest.mark.parametrize("first", [0, -1, 1001], ids=["zero", "negative", "over-1000"])
+def test_first_out_of_range_is_bad_user_input(
+    gateway: Gateway, sandbox: Sandbox, first: int
+) -> None:
+    assert error_code(gateway, first=first) == "BAD_USER_INPUT"
+    assert sandbox.requests() == []
+
+
+def tampered(cursor: str) -> str:
+    version, body, mac = cursor.split(".")
+    payload = base64.urlsafe_b64decode(body + "==").replace(b'"page":1', b'"page":7')
+    assert payload != base64.urlsafe_b64decode(body + "==")
+    return ".".join([version, base64.urlsafe_b64encode(payload).rstrip(b"=").decode(), mac])
+
+
+def test_forged_cursors_are_bad_user_input_and_reach_no_upstream(
+    gateway_factory: GatewayFactory, sandbox: Sandbox
+) -> None:
+    gateway = gateway_factory(cursor_key=KEY)
+    cursor = connection(gateway, first=2)["pageInfo"]["endCursor"]
+    other_key = CursorCodec(b"some-other-key-of-enough-length").encode(
+        Position(ListQuery.create(page=1, size=2))
+    )
+    sandbox.reset()
+
+    for forged in [
+        tampered(cursor),
+        other_key,
+        cursor[:-2],
+        "v1.e30.AAAA",
+        "https://evil.example/v1/users/u-demo/calls?page=3",
+        "",
+    ]:
+        assert error_code(gateway, first=2, after=forged) == "BAD_USER_INPUT", forged
+    assert sandbox.requests() == []
+
+
+def test_a_cursor_from_another_filter_is_refused(gateway: Gateway, sandbox: Sandbox) -> None:
+    cursor = connection(gateway, first=2)["pageInfo"]["endCursor"]
+    assert error_code(gateway, first=2, after=cursor, order="ASC") == "BAD_USER_INPUT"
+
+
+def test_replicas_with_one_cursor_key_accept_each_others_cursors(
+    gateway_factory: GatewayFactory,
+) -> None:
+    one, two = gateway_factory(cursor_key=KEY), gateway_factory(cursor_key=KEY)
+    three = gateway_factory()  # no key: a random one of its own
+
+    first = connection(one, first=2)
+    cursor = first["pageInfo"]["endCursor"]
+    second = connection(two, first=2, after=cursor)
+
+    ids = [edge["node"]["id"] for edge in first["edges"] + second["edges"]]
+    assert ids == [c["id"] for c in one.query("{ calls(size: 4) { id } }").json()["data"]["calls"]]
+    assert error_code(three, first=2, after=cursor) == "BAD_USER_INPUT"
+
+
+BASE = "https://api.example.test/base"
+CURRENT = ListQuery.create(from_="+19195551212", page=0, size=3)
+
+
+@pytest.mark.parametrize(
+    ("link", "page"),
+    [
+        pytest.param(f"{BASE}/v1/users/u-1/calls?from=%2B19195551212&page=1&size=3", 1, id="plain"),
+        pytest.param(
+            f"{BASE}/v1/users/u-1/calls/?page=2&size=3&sortOrder=Desc", 2, id="slash-case"
+        ),
+    ],
+)
+def test_a_next_link_becomes_the_query_for_its_page(link: str, page: int) -> None:
+    query = next_query(link, CURRENT, base_url=BASE, user_id="u-1")
+    assert query == ListQuery.create(from_="+19195551212", page=page, size=3)
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        pytest.param("https://evil.example/base/v1/users/u-1/calls?page=1", id="other-host"),
+        pytest.param("http://api.example.test/base/v1/users/u-1/calls?page=1", id="other-scheme"),
+        pytest.param(f"{BASE}/v1/users/u-2/calls?page=1", id="other-user"),
+        pytest.param(f"{BASE}/v1/users/u-1/calls/c-1?page=1", id="other-path"),
+        pytest.param(f"{BASE}/v1/users/u-1/calls?page=1&debug=1", id="unknown-param"),
+        pytest.param(f"{BASE}/v1/users/u-1/calls?page=1&page=2", id="repeated-param"),
+        pytest.param(f"{BASE}/v1/users/u-1/calls?page=1&from=%2B1555", id="other-filter"),
+        pytest.param(f"{BASE}/v1/users/u-1/calls?page=-1", id="negative-page"),
+        pytest.param(f"{BASE}/v1/users/u-1/calls?page=1&size=5000", id="size-too-big"),
+        pytest.param(f"{BASE}/v1/users/u-1/calls", id="no-page"),
+        pytest.param(f"{BASE}/v1/users/u-1/calls?page=1&sortOrder=up", id="bad-order"),
+    ],
+)
+def test_a_next_link_elsewhere_is_an_upstream_bad_response(link: str) -> None:
+    with pytest.raises(UpstreamBadResponse):
+        next_query(link, CURRENT, base_url=BASE, user_id="u-1")
+
+
+def test_a_cursor_round_trips_and_any_change_is_refused() -> None:
+    codec = CursorCodec(b"0123456789abcdef")
+    position = Position(ListQuery.create(to="sip:a@b.example", page=4, size=10), skip=3)
+    cursor = codec.encode(position)
+    assert codec.decode(cursor) == position
+    for index in range(len(cursor)):
+        changed = cursor[:index] + ("A" if cursor[index] != "A" else "B") + cursor[index + 1 :]
+        try:
+            decoded = codec.decode(changed)
+        except BadUserInput:
+            continue
+        # Base64 padding bits may differ without changing a byte: same position only.
+        assert decoded == position
