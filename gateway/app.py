@@ -23,6 +23,7 @@ from gateway.graphiql import ASSET_ROUTE, GraphiQLPage
 from gateway.health import healthz, readyz
 from gateway.loaders import OperationLoader
 from gateway.pagination import CursorCodec
+from gateway.persisted_queries import PersistedQueries
 from gateway.sandbox import ACCOUNTS, Account, create_sandbox_app
 from gateway.schema import build_schema, graphql_core_schema
 from gateway.upstream import (
@@ -101,7 +102,13 @@ def create_app(settings: Settings) -> Starlette:
         routes.append(Mount(SANDBOX_PATH, app=create_sandbox_app()))
 
     graphiql = GraphiQLPage(endpoint="/graphql", default_headers=default_headers)
-    endpoint = GraphQLEndpoint(graphql_core_schema(build_schema()), make_context, graphiql=graphiql)
+    endpoint = GraphQLEndpoint(
+        graphql_core_schema(build_schema()),
+        make_context,
+        graphiql=graphiql,
+        persisted_queries=PersistedQueries(),
+        get_max_age=int(settings.cache_ttl),
+    )
 
     async def graphiql_asset(request: Request) -> Response:
         path = graphiql.asset_path(request.path_params["name"])

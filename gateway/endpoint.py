@@ -34,8 +34,9 @@ from starlette.responses import HTMLResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.context import Context
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, PersistedQueryNotFound
 from gateway.graphiql import GraphiQLPage
+from gateway.persisted_queries import PersistedQueries, PersistedQueryError
 
 log = logging.getLogger("gateway.request")
 
@@ -66,7 +67,7 @@ class RequestError(Exception):
 class GraphQLParams:
     """The parameters of one GraphQL request, from a query string or a JSON body."""
 
-    query: str
+    query: str | None  # None only with an automatic persisted query's hash
     variables: dict[str, Any] | None
     operation_name: str | None
     extensions: dict[str, Any] | None
@@ -83,12 +84,16 @@ class GraphQLEndpoint:
         graphiql: GraphiQLPage | None,
         max_body_bytes: int = 1_048_576,
         csrf_prevention: bool = True,
+        persisted_queries: PersistedQueries | None = None,
+        get_max_age: int = 0,
     ) -> None:
         self._schema = schema
         self._make_context = make_context
         self._graphiql = graphiql
         self._max_body_bytes = max_body_bytes
         self._csrf_prevention = csrf_prevention
+        self._persisted = persisted_queries
+        self._get_max_age = get_max_age
         self._parse = lru_cache(maxsize=512)(_parse_document)
         self._validate = lru_cache(maxsize=512)(self._validate_document)
 
@@ -104,6 +109,8 @@ class GraphQLEndpoint:
         request_id = _request_id(request)
         response, codes, operation = await self._handle(request, request_id)
         response.headers["x-request-id"] = request_id
+        if request.method == "GET":
+            _cache_headers(response, codes, self._get_max_age)
         log.info(
             "graphql request",
             extra={
@@ -139,7 +146,22 @@ class GraphQLEndpoint:
                     "`Apollo-Require-Preflight` header.",
                 )
             params = await self._read_params(request)
-            document = self._parse(params.query)
+            try:
+                query = (
+                    params.query
+                    if self._persisted is None
+                    else self._persisted.resolve(params.query, params.extensions)
+                )
+            except PersistedQueryError as exc:
+                raise RequestError(400, str(exc)) from None
+            except PersistedQueryNotFound as exc:
+                # 200 whatever the media type: Apollo Client's persisted-query link turns
+                # APQ off for good on a 400, instead of resending with the document.
+                body = {"errors": [{"message": exc.message, "extensions": exc.extensions}]}
+                return Response(orjson.dumps(body), 200, media_type=media_type), [exc.code], None
+            if query is None:
+                raise RequestError(400, "The request must carry a GraphQL document in `query`.")
+            document = self._parse(query)
             if isinstance(document, GraphQLError):
                 return _result(
                     media_type, [_coded(document, "GRAPHQL_PARSE_FAILED")], None, request_error=True
@@ -234,7 +256,9 @@ def _parse_document(query: str) -> DocumentNode | GraphQLError:
 
 def _params(raw: dict[str, Any]) -> GraphQLParams:
     query = raw.get("query")
-    if not isinstance(query, str) or not query.strip():
+    extensions = raw.get("extensions")
+    persisted = isinstance(extensions, dict) and "persistedQuery" in extensions
+    if not (query is None and persisted) and (not isinstance(query, str) or not query.strip()):
         raise RequestError(400, "The request must carry a GraphQL document in `query`.")
     operation_name = raw.get("operationName")
     if operation_name is not None and not isinstance(operation_name, str):
@@ -242,7 +266,6 @@ def _params(raw: dict[str, Any]) -> GraphQLParams:
     variables = raw.get("variables")
     if variables is not None and not isinstance(variables, dict):
         raise RequestError(400, "`variables` must be a JSON object.")
-    extensions = raw.get("extensions")
     if extensions is not None and not isinstance(extensions, dict):
         raise RequestError(400, "`extensions` must be a JSON object.")
     return GraphQLParams(query, variables, operation_name or None, extensions)
@@ -303,6 +326,16 @@ def _negotiate(accept: str | None) -> str:
 def _wants_html(request: Request) -> bool:
     accept = request.headers.get("accept", "")
     return "text/html" in accept
+
+
+def _cache_headers(response: Response, codes: list[str], max_age: int) -> None:
+    # GET answers may be kept by the browser, never by a shared cache: they depend on
+    # the caller's credentials and on Accept (one URL serves GraphiQL and JSON).
+    response.headers["vary"] = "Accept, Authorization, X-Catapult-User-Id"
+    if response.media_type == "text/html":
+        return
+    cacheable = response.status_code == 200 and not codes
+    response.headers["cache-control"] = f"private, max-age={max_age}" if cacheable else "no-store"
 
 
 def _preflighted(request: Request) -> bool:

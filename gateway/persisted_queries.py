@@ -1,0 +1,80 @@
+"""Automatic persisted queries, Apollo's protocol.
+
+A client sends `extensions.persistedQuery = {"version": 1, "sha256Hash": <hex>}`, first
+without the document. Unknown hash: the gateway answers `PERSISTED_QUERY_NOT_FOUND` and
+the client repeats the request with the document, which registers it (after checking the
+hash). From then on the hash alone is enough, so a frontend can send short GET requests
+that browsers and CDNs may cache.
+
+The store is in memory, per process, bounded by entry count and total size, least
+recently used first out: a forgotten document costs one extra round trip, never an error
+the client does not recover from. Documents are not secrets; nothing per-caller is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import OrderedDict
+from typing import Any
+
+from gateway.errors import PersistedQueryNotFound
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+class PersistedQueryError(Exception):
+    """The `persistedQuery` extension is malformed or does not match the document (a 400)."""
+
+
+class PersistedQueries:
+    """The hash -> document store and the protocol's checks."""
+
+    def __init__(self, *, max_entries: int = 2000, max_bytes: int = 8 * 1024 * 1024) -> None:
+        self._documents: OrderedDict[str, str] = OrderedDict()
+        self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._documents)
+
+    def resolve(self, query: str | None, extensions: dict[str, Any] | None) -> str | None:
+        """The document to execute: `query` itself, or the one registered under the hash.
+
+        Returns `query` unchanged when the request does not use the extension. Raises
+        `PersistedQueryNotFound` for an unknown hash sent without a document, and
+        `PersistedQueryError` for a bad extension or a hash that is not the document's.
+        """
+        extension = (extensions or {}).get("persistedQuery")
+        if extension is None:
+            return query
+        if not isinstance(extension, dict) or extension.get("version") != 1:
+            raise PersistedQueryError("Only `persistedQuery` version 1 is supported.")
+        digest = extension.get("sha256Hash")
+        if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest.lower()):
+            raise PersistedQueryError("`persistedQuery.sha256Hash` must be 64 hex digits.")
+        digest = digest.lower()
+        if query is None:
+            known = self._documents.get(digest)
+            if known is None:
+                raise PersistedQueryNotFound("PersistedQueryNotFound")
+            self._documents.move_to_end(digest)
+            return known
+        if hashlib.sha256(query.encode()).hexdigest() != digest:
+            raise PersistedQueryError("provided sha does not match query")
+        self._register(digest, query)
+        return query
+
+    def _register(self, digest: str, query: str) -> None:
+        size = len(query.encode())
+        if size > self._max_bytes:
+            return
+        previous = self._documents.pop(digest, None)
+        if previous is not None:
+            self._bytes -= len(previous.encode())
+        self._documents[digest] = query
+        self._bytes += size
+        while len(self._documents) > self._max_entries or self._bytes > self._max_bytes:
+            _, evicted = self._documents.popitem(last=False)
+            self._bytes -= len(evicted.encode())
