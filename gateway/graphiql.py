@@ -8,8 +8,17 @@ page loads the same files from a CDN, and the browser checks the hashes either w
 
 from __future__ import annotations
 
+import argparse
+import base64
+import hashlib
 import html
 import logging
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +74,15 @@ GRAPHIQL_CSS = Asset(
     "sha384-Mq3vbRBY71jfjQAt/DcjxUIYY33ksal4cgdRt9U/hNPvHBCaT2JfJ/PTRiPKf0aM",
 )
 ASSETS = (REACT, REACT_DOM, GRAPHIQL_JS, GRAPHIQL_CSS)
+# The npm registry's integrity of each package tarball (`npm view <pkg>@<ver> dist.integrity`).
+TARBALLS = {
+    ("react", "18.3.1"): "sha512-wS+hAgJShR0KhEvPJArfuPVN1+Hz1t0Y6n5jLrGQbkb4urgPE/0Rve+1kMB1"
+    "v/oWgHgm4WIcV+i7F2pTVj+2iQ==",
+    ("react-dom", "18.3.1"): "sha512-5m4nQKp+rZRb09LNH59GM4BxTh9251/ylbKIbpe7TpGxfJ+9kv6BLkLBXIjj"
+    "spbgbnIBNqlI23tRnTWT0snUIw==",
+    ("graphiql", "3.8.3"): "sha512-cuPDYtXVKV86Pu5PHBX642Odi/uVEE2y1Jxq5rGO/Qy1G2lRp7ZZ7a/T30Rz"
+    "xhuLSWo9zUbzq0P3U49//H0Ugw==",
+}
 
 DEFAULT_STATIC_DIR = Path(__file__).parent / "static" / "vendor"
 
@@ -163,3 +181,91 @@ def _render(endpoint: str, local: bool, default_headers: dict[str, str] | None) 
   </body>
 </html>
 """
+
+
+class FetchError(Exception):
+    """A pinned package or file could not be fetched, or its hash is not the pinned one."""
+
+
+def integrity(data: bytes, algorithm: str) -> str:
+    """A Subresource Integrity / npm integrity string (`sha384-...`, `sha512-...`)."""
+    digest = hashlib.new(algorithm, data).digest()
+    return f"{algorithm}-{base64.b64encode(digest).decode()}"
+
+
+def fetch_assets(target: Path = DEFAULT_STATIC_DIR, *, npm: str = "npm") -> list[Path]:
+    """Fetch the pinned files with `npm pack` into `target`, checking every hash.
+
+    Build-time only (the Dockerfile's build stage, or a developer once): the packages come
+    from the npm registry through npm's own client and configuration; each tarball must
+    match its pinned npm integrity, and each file taken from it its pinned SRI hash, so
+    nothing unpinned is ever written. Returns the files written.
+    """
+    target.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    with tempfile.TemporaryDirectory(prefix="graphiql-fetch-") as tmp:
+        for (package, version), expected in TARBALLS.items():
+            tarball = _npm_pack(npm, f"{package}@{version}", Path(tmp))
+            actual = integrity(tarball.read_bytes(), "sha512")
+            if actual != expected:
+                raise FetchError(f"{package}@{version}: tarball is {actual}, pinned {expected}")
+            with tarfile.open(tarball) as archive:
+                for asset in ASSETS:
+                    if (asset.package, asset.version) == (package, version):
+                        written.append(_extract(archive, asset, target))
+    return written
+
+
+def _npm_pack(npm: str, spec: str, directory: Path) -> Path:
+    try:
+        done = subprocess.run(  # noqa: S603 - fixed arguments, no shell
+            [npm, "pack", spec, "--ignore-scripts", "--silent", "--pack-destination", "."],
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", "") or exc
+        raise FetchError(f"npm pack {spec} failed: {detail}") from exc
+    name = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    tarball = directory / name
+    if not name or tarball.parent != directory or not tarball.is_file():
+        raise FetchError(f"npm pack {spec} did not report a tarball (got {done.stdout!r})")
+    return tarball
+
+
+def _extract(archive: tarfile.TarFile, asset: Asset, target: Path) -> Path:
+    member = archive.extractfile(f"package/{asset.path}")
+    if member is None:
+        raise FetchError(f"{asset.package}@{asset.version} has no {asset.path}")
+    data = member.read()
+    actual = integrity(data, "sha384")
+    if actual != asset.integrity:
+        raise FetchError(f"{asset.package}/{asset.path} is {actual}, pinned {asset.integrity}")
+    destination = target / asset.name
+    partial = destination.with_suffix(destination.suffix + ".partial")
+    partial.write_bytes(data)
+    os.replace(partial, destination)
+    return destination
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m gateway.graphiql fetch [DIR]`."""
+    parser = argparse.ArgumentParser(prog="python -m gateway.graphiql")
+    commands = parser.add_subparsers(dest="command", required=True)
+    fetch = commands.add_parser("fetch", help="fetch the pinned GraphiQL files with npm pack")
+    fetch.add_argument("directory", nargs="?", type=Path, default=DEFAULT_STATIC_DIR)
+    args = parser.parse_args(argv)
+    try:
+        for path in fetch_assets(args.directory):
+            print(path)
+    except FetchError as exc:
+        print(f"graphiql fetch: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
