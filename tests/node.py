@@ -1,0 +1,55 @@
+"""Running the JavaScript checks in tests/js/: real Apollo and urql code, driven from pytest.
+
+Each folder under tests/js/ has its own package.json and committed package-lock.json;
+`npm ci` installs exactly the locked versions when node_modules is missing. Without node
+and npm the tests are skipped, unless GATEWAY_TEST_REQUIRE_NODE is set (CI sets it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+JS = Path(__file__).parent / "js"
+REQUIRE = "GATEWAY_TEST_REQUIRE_NODE"
+
+
+def node_project(name: str) -> Path:
+    """The folder tests/js/<name>, with its locked dependencies installed."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        if os.environ.get(REQUIRE):
+            pytest.fail(f"node and npm are required ({REQUIRE} is set) but missing")
+        pytest.skip(f"node and npm are not installed (set {REQUIRE} to make this a failure)")
+    folder = JS / name
+    if not (folder / "node_modules").is_dir():
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
+            cwd=folder,
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+    return folder
+
+
+def run_node(folder: Path, script: str, env: dict[str, str], timeout: float = 120) -> Any:
+    """Run `node script` in `folder`; its last stdout line is JSON, returned decoded."""
+    done = subprocess.run(
+        ["node", script],
+        cwd=folder,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    lines = done.stdout.strip().splitlines()
+    report = f"node {script} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    assert done.returncode == 0, report
+    assert lines, report
+    return json.loads(lines[-1])
