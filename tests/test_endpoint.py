@@ -22,6 +22,7 @@ from gateway.endpoint import GRAPHQL_RESPONSE_JSON, GraphQLEndpoint
 from gateway.errors import UpstreamTimeout
 from gateway.graphiql import ASSETS
 from gateway.loaders import OperationLoader
+from gateway.pagination import CursorCodec
 from gateway.sandbox import ACCOUNTS
 from gateway.upstream import UpstreamAnswer, UpstreamRequest
 from tests.conftest import Gateway, Sandbox
@@ -387,7 +388,11 @@ async def _never_fetch(credentials: Credentials, request: UpstreamRequest) -> Up
 
 
 def _context(request: Request, request_id: str) -> Context:
-    return Context(request_id=request_id, calls=OperationLoader(_never_fetch, request.headers))
+    return Context(
+        request_id=request_id,
+        calls=OperationLoader(_never_fetch, request.headers, upstream_base="http://upstream.test"),
+        cursors=CursorCodec(b"a test cursor key"),
+    )
 
 
 @pytest.fixture(scope="module")
