@@ -224,3 +224,20 @@ def test_a_cursor_round_trips_and_any_change_is_refused() -> None:
             continue
         # Base64 padding bits may differ without changing a byte: same position only.
         assert decoded == position
+
+
+def test_the_cursor_key_reaches_workers_unmasked_and_is_never_logged_in_settings() -> None:
+    from gateway.cli import settings_environment
+    from gateway.config import load_settings
+
+    settings = load_settings({"GATEWAY_CURSOR_KEY": KEY})
+    assert settings_environment(settings)["GATEWAY_CURSOR_KEY"] == KEY
+    assert KEY not in repr(settings)
+    assert "GATEWAY_CURSOR_KEY" not in settings_environment(load_settings({}))
+
+
+def test_a_short_cursor_key_stops_start_up_naming_the_setting() -> None:
+    from gateway.config import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="GATEWAY_CURSOR_KEY"):
+        load_settings({"GATEWAY_CURSOR_KEY": "short"})
