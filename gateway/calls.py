@@ -14,7 +14,8 @@ from typing import Any, Literal
 from gateway.errors import BadUserInput, UpstreamBadResponse
 
 MAX_PAGE_SIZE = 1000
-SortOrder = Literal["asc", "desc"]
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+SortOrderValue = Literal["asc", "desc"]
 
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 # user@host[:port][;params], as Catapult accepts them (`sip:someone@somewhere.com`).
@@ -59,7 +60,7 @@ class ListQuery:
     to: str | None = None
     page: int = 0
     size: int = 25
-    sort_order: SortOrder = "desc"
+    sort_order: SortOrderValue = "desc"
 
     @classmethod
     def create(
@@ -71,7 +72,7 @@ class ListQuery:
         to: str | None = None,
         page: int = 0,
         size: int = 25,
-        sort_order: SortOrder = "desc",
+        sort_order: SortOrderValue = "desc",
     ) -> ListQuery:
         """Validate every argument; raises `BadUserInput` naming the first bad one."""
         if not 1 <= size <= MAX_PAGE_SIZE:
@@ -163,8 +164,8 @@ class BadRecord:
 
 DIRECTIONS = frozenset({"in", "out"})
 STATES = frozenset({"started", "rejected", "active", "completed", "transferring"})
-_HTTP_METHODS = frozenset({"GET", "POST"})
-_FILE_FORMATS = frozenset({"wav", "mp3"})
+HTTP_METHODS = frozenset({"GET", "POST"})
+FILE_FORMATS = frozenset({"wav", "mp3"})
 
 
 def parse_call_list(body: Any) -> tuple[list[CallRecord], list[BadRecord]]:
@@ -215,15 +216,15 @@ def parse_call(raw: Any) -> CallRecord | BadRecord:
         active_time=parse_timestamp(raw.get("activeTime")),
         end_time=parse_timestamp(raw.get("endTime")),
         callback_url=_string(raw.get("callbackUrl")),
-        callback_http_method=_choice(raw.get("callbackHttpMethod"), _HTTP_METHODS, str.upper),
-        callback_timeout=_integer(raw.get("callbackTimeout")),
+        callback_http_method=_choice(raw.get("callbackHttpMethod"), HTTP_METHODS, str.upper),
+        callback_timeout=parse_integer(raw.get("callbackTimeout")),
         fallback_url=_string(raw.get("fallbackUrl")),
         bridge_id=_string(raw.get("bridgeId")),
         conference_id=_string(raw.get("conferenceId")),
-        chargeable_duration=_integer(raw.get("chargeableDuration")),
-        recording_enabled=_boolean(raw.get("recordingEnabled")),
-        recording_file_format=_choice(raw.get("recordingFileFormat"), _FILE_FORMATS, str.lower),
-        transcription_enabled=_boolean(raw.get("transcriptionEnabled")),
+        chargeable_duration=parse_integer(raw.get("chargeableDuration")),
+        recording_enabled=parse_boolean(raw.get("recordingEnabled")),
+        recording_file_format=_choice(raw.get("recordingFileFormat"), FILE_FORMATS, str.lower),
+        transcription_enabled=parse_boolean(raw.get("transcriptionEnabled")),
         sip_headers=sip_headers,
         events_url=_string(raw.get("events")),
     )
@@ -259,21 +260,24 @@ def _string(value: Any) -> str | Odd | None:
     return Odd(value)
 
 
-def _integer(value: Any) -> int | Odd | None:
+def parse_integer(value: Any) -> int | Odd | None:
+    """A 32-bit integer (GraphQL's Int), tolerating integral floats and digit strings."""
     if value is None:
         return None
+    number: Any = value
     if isinstance(value, bool):
         return Odd(value)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    return Odd(value)
+    if (isinstance(value, float) and value.is_integer()) or (
+        isinstance(value, str) and value.strip().lstrip("-").isdigit()
+    ):
+        number = int(value)
+    if not isinstance(number, int) or not _INT_MIN <= number <= _INT_MAX:
+        return Odd(value)
+    return number
 
 
-def _boolean(value: Any) -> bool | Odd | None:
+def parse_boolean(value: Any) -> bool | Odd | None:
+    """A boolean, tolerating "true"/"false" strings."""
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str) and value.lower() in {"true", "false"}:

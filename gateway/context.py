@@ -7,10 +7,10 @@ is wired by the app, so the schema never learns about HTTP.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.calls import BadRecord, CallList, CallRecord, ListQuery
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, UpstreamBadResponse
 from gateway.pagination import CursorCodec
 
 
@@ -19,6 +19,9 @@ class CallSource(Protocol):
 
     async def list_calls(self, query: ListQuery) -> CallList:
         """One page of the caller's calls."""
+
+    async def list_calls_raw(self, query: ListQuery) -> Any:
+        """The same page as the upstream's JSON, unparsed; shares its upstream request."""
 
     async def get_call(self, call_id: str) -> CallRecord | BadRecord | None:
         """One call, or None when the upstream does not know it."""
@@ -33,6 +36,17 @@ class Notice:
 
     error: GatewayError
     path: tuple[str | int, ...]
+
+
+def left_out_notice(bad: BadRecord, path: tuple[str | int, ...]) -> Notice:
+    """The notice for a record that cannot be a `Call` and was left out of a list."""
+    return Notice(
+        UpstreamBadResponse(
+            f"The upstream sent {bad.reason}; it was left out of this list.",
+            callId=bad.call_id,
+        ),
+        path,
+    )
 
 
 @dataclass(slots=True)

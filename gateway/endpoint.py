@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import orjson
@@ -35,6 +35,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.context import Context
 from gateway.errors import GatewayError, PersistedQueryNotFound
+from gateway.fastpath import compile_plan
 from gateway.graphiql import GraphiQLPage
 from gateway.persisted_queries import PersistedQueries, PersistedQueryError
 
@@ -86,6 +87,7 @@ class GraphQLEndpoint:
         csrf_prevention: bool = True,
         persisted_queries: PersistedQueries | None = None,
         get_max_age: int = 0,
+        fast_path: bool = True,
     ) -> None:
         self._schema = schema
         self._make_context = make_context
@@ -96,6 +98,8 @@ class GraphQLEndpoint:
         self._get_max_age = get_max_age
         self._parse = lru_cache(maxsize=512)(_parse_document)
         self._validate = lru_cache(maxsize=512)(self._validate_document)
+        self._fast_path = fast_path
+        self._plan = lru_cache(maxsize=512)(partial(compile_plan, schema))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # An ASGI app rather than a request function, so that every method reaches it
@@ -184,6 +188,11 @@ class GraphQLEndpoint:
                     request_error=True,
                 )
             context = self._make_context(request, request_id)
+            plan = self._plan(document, operation) if self._fast_path else None
+            if plan is not None:
+                data = await plan.run(context, params.variables)
+                if data is not None:
+                    return _result(media_type, _notices(context, data), _name(operation), data)
             result = execute(
                 self._schema,
                 document,
@@ -201,10 +210,7 @@ class GraphQLEndpoint:
                 None,
             )
         errors = [_format_error(error, request_id) for error in result.errors or ()]
-        errors += [
-            {"message": n.error.message, "path": list(n.path), "extensions": n.error.extensions}
-            for n in context.notices
-        ]
+        errors += _notices(context, result.data)
         # No data at all means the variables could not be coerced: a request error.
         request_error = (
             result.data is None
@@ -245,6 +251,17 @@ class GraphQLEndpoint:
 
     def _validate_document(self, document: DocumentNode) -> list[GraphQLError]:
         return validate(self._schema, document)
+
+
+def _notices(context: Context, data: dict[str, Any] | None) -> list[dict[str, Any]]:
+    # Root fields resolve concurrently, so notices arrive in any order; report them in
+    # the order of the fields they belong to, to answer the same bytes every time.
+    order = {key: index for index, key in enumerate(data or ())}
+    notices = sorted(context.notices, key=lambda notice: order.get(str(notice.path[0]), -1))
+    return [
+        {"message": n.error.message, "path": list(n.path), "extensions": n.error.extensions}
+        for n in notices
+    ]
 
 
 def _parse_document(query: str) -> DocumentNode | GraphQLError:

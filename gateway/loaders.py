@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from gateway.calls import (
     BadRecord,
@@ -42,9 +43,7 @@ class OperationLoader:
         return credentials_from_headers(self._headers)
 
     async def list_calls(self, query: ListQuery) -> CallList:
-        credentials = self.credentials()
-        request = UpstreamRequest(calls_path(credentials.user_id), tuple(query.params()))
-        answer = await self._get(credentials, request)
+        answer = await self._list(query)
         records, bad = parse_call_list(answer.body)
         return CallList(records, bad, answer.links.get("next"))
 
@@ -57,6 +56,15 @@ class OperationLoader:
             base_url=self._upstream_base,
             user_id=self.credentials().user_id,
         )
+
+    async def list_calls_raw(self, query: ListQuery) -> Any:
+        """The upstream's JSON body for `query`, unparsed (for the compiled path)."""
+        return (await self._list(query)).body
+
+    async def _list(self, query: ListQuery) -> UpstreamAnswer:
+        credentials = self.credentials()
+        request = UpstreamRequest(calls_path(credentials.user_id), tuple(query.params()))
+        return await self._get(credentials, request)
 
     async def get_call(self, call_id: str) -> CallRecord | BadRecord | None:
         validate_id(call_id, "id")

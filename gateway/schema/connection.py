@@ -12,8 +12,8 @@ from __future__ import annotations
 import strawberry
 
 from gateway.calls import CallList, ListQuery
-from gateway.context import Context, Notice
-from gateway.errors import BadUserInput, UpstreamBadResponse
+from gateway.context import Context, left_out_notice
+from gateway.errors import BadUserInput
 from gateway.pagination import Position
 from gateway.schema.types import Call
 
@@ -108,16 +108,7 @@ def report_bad_records(context: Context, found: CallList, path: tuple[str | int,
 
     In a non-null list, an error in a bad record's place would blank the whole page.
     """
-    for bad in found.bad:
-        context.notices.append(
-            Notice(
-                UpstreamBadResponse(
-                    f"The upstream sent {bad.reason}; it was left out of this list.",
-                    callId=bad.call_id,
-                ),
-                path,
-            )
-        )
+    context.notices.extend(left_out_notice(bad, path) for bad in found.bad)
 
 
 def _list_identity(query: ListQuery) -> tuple[object, ...]:

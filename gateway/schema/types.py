@@ -14,7 +14,8 @@ from gateway.context import Context
 from gateway.errors import UpstreamBadResponse
 
 
-def _serialize_datetime(value: datetime) -> str:
+def serialize_datetime(value: datetime) -> str:
+    """The DateTime scalar's output form."""
     # RFC 3339 with milliseconds in UTC (`Z`): the upstream's own most common form. The
     # upstream's other offsets are converted, so every instant reads and sorts alike.
     moment = value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
@@ -38,7 +39,7 @@ DATETIME_SCALAR = strawberry.scalar(
         "e.g. `2013-02-08T13:15:47.587Z`. The upstream's other forms (hour-only offsets, "
         "epoch milliseconds) are normalised to this one."
     ),
-    serialize=_serialize_datetime,
+    serialize=serialize_datetime,
     parse_value=_parse_datetime,
 )
 
