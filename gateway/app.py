@@ -24,6 +24,7 @@ from gateway.health import healthz, readyz
 from gateway.loaders import OperationLoader
 from gateway.pagination import CursorCodec
 from gateway.persisted_queries import PersistedQueries
+from gateway.responses import FETCHED_AT, ResponseCache
 from gateway.sandbox import ACCOUNTS, Account, create_sandbox_app
 from gateway.schema import build_schema, graphql_core_schema
 from gateway.upstream import (
@@ -86,11 +87,13 @@ def create_app(settings: Settings) -> Starlette:
         async def fetch(credentials: Credentials, upstream: UpstreamRequest) -> UpstreamAnswer:
             return await client.fetch(credentials, upstream, deadline=deadline)
 
-        return Context(
-            request_id=request_id,
-            calls=OperationLoader(fetch, request.headers, upstream_base=client.base_url),
-            cursors=cursors,
+        loader = OperationLoader(
+            fetch,
+            request.headers,
+            upstream_base=client.base_url,
+            fetched_at=request.scope.get(FETCHED_AT),
         )
+        return Context(request_id=request_id, calls=loader, cursors=cursors)
 
     default_headers = None
     routes: list[Route | Mount] = []
@@ -117,7 +120,7 @@ def create_app(settings: Settings) -> Starlette:
         return FileResponse(path, headers={"cache-control": "public, max-age=31536000, immutable"})
 
     routes += [
-        Route("/graphql", endpoint),
+        Route("/graphql", ResponseCache(endpoint, ttl=settings.cache_ttl)),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route(ASSET_ROUTE + "/{name}", graphiql_asset, methods=["GET"]),

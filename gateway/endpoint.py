@@ -366,7 +366,11 @@ def _preflighted(request: Request) -> bool:
 
 
 def _request_id(request: Request) -> str:
-    given = request.headers.get("x-request-id", "")
+    return request_id_from(request.headers.get("x-request-id", ""))
+
+
+def request_id_from(given: str) -> str:
+    """The caller's `X-Request-Id` when it is a sane token, else a new id."""
     return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 

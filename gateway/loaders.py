@@ -31,10 +31,19 @@ Fetch = Callable[[Credentials, UpstreamRequest], Awaitable[UpstreamAnswer]]
 class OperationLoader:
     """The `CallSource` of one operation, on behalf of the caller whose headers it holds."""
 
-    def __init__(self, fetch: Fetch, headers: Mapping[str, str], *, upstream_base: str) -> None:
+    def __init__(
+        self,
+        fetch: Fetch,
+        headers: Mapping[str, str],
+        *,
+        upstream_base: str,
+        fetched_at: list[float] | None = None,
+    ) -> None:
         self._fetch = fetch
         self._headers = headers
         self._upstream_base = upstream_base
+        # When each answer this operation used was fetched; see responses.FETCHED_AT.
+        self.fetched_at = [] if fetched_at is None else fetched_at
         self._inflight: dict[UpstreamRequest, asyncio.Future[UpstreamAnswer]] = {}
         self.upstream_requests = 0
 
@@ -89,4 +98,6 @@ class OperationLoader:
             future = asyncio.ensure_future(self._fetch(credentials, request))
             self._inflight[request] = future
         # shield: one field being cancelled must not cancel the request for the others.
-        return await asyncio.shield(future)
+        answer = await asyncio.shield(future)
+        self.fetched_at.append(answer.fetched_at)
+        return answer

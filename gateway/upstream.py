@@ -11,7 +11,7 @@ import email.utils
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -65,6 +65,9 @@ class UpstreamAnswer:
 
     body: Any
     links: Mapping[str, str]
+    # Wall-clock time of the upstream answer, kept through caches: whatever is built from
+    # this answer may be reused only until fetched_at + TTL.
+    fetched_at: float = field(default_factory=time.time)
 
 
 def calls_path(user_id: str) -> str:
