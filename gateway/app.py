@@ -111,6 +111,7 @@ def create_app(settings: Settings) -> Starlette:
         graphiql=graphiql,
         persisted_queries=PersistedQueries(),
         get_max_age=int(settings.cache_ttl),
+        fast_path=settings.fast_path,
     )
 
     async def graphiql_asset(request: Request) -> Response:

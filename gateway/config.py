@@ -78,6 +78,13 @@ class Settings(BaseModel):
             "or a cursor issued by one is refused as forged by another."
         ),
     )
+    fast_path: bool = Field(
+        True,
+        description=(
+            "Answer operations that only select `calls` through the compiled path "
+            "(off: always the standard executor)."
+        ),
+    )
 
     @field_validator("cache_url")
     @classmethod

@@ -67,7 +67,7 @@ class UpstreamAnswer:
     links: Mapping[str, str]
     # Wall-clock time of the upstream answer, kept through caches: whatever is built from
     # this answer may be reused only until fetched_at + TTL.
-    fetched_at: float = field(default_factory=time.time)
+    fetched_at: float = field(default_factory=time.time, compare=False)
 
 
 def calls_path(user_id: str) -> str:
