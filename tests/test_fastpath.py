@@ -83,7 +83,9 @@ timestamps = st.one_of(
     st.just("yesterday"),
     st.booleans(),
 )
-odd = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=5), st.just([1]))
+odd = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.text(max_size=5), st.just([1])
+)
 optional_values: dict[str, st.SearchStrategy[Any]] = {
     "startTime": timestamps,
     "activeTime": timestamps,
@@ -102,7 +104,7 @@ optional_values: dict[str, st.SearchStrategy[Any]] = {
     "sipHeaders": st.one_of(
         st.dictionaries(
             st.sampled_from(["X-A", "X-B", "X-C"]),
-            st.one_of(st.text(max_size=8), st.integers(), st.booleans()),
+            st.one_of(st.text(max_size=8), st.integers(-(2**40), 2**40), st.booleans()),
             max_size=3,
         ),
         st.just({"X-Bad": None}),
