@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
 
+import anyio
 from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,11 +23,14 @@ from gateway.endpoint import GraphQLEndpoint
 from gateway.graphiql import ASSET_ROUTE, GraphiQLPage
 from gateway.health import healthz, readyz
 from gateway.loaders import OperationLoader
+from gateway.logs import configure_logging
+from gateway.metrics import Metrics
 from gateway.pagination import CursorCodec
 from gateway.persisted_queries import PersistedQueries
 from gateway.responses import FETCHED_AT, ResponseCache
 from gateway.sandbox import ACCOUNTS, Account, create_sandbox_app
 from gateway.schema import build_schema, graphql_core_schema
+from gateway.telemetry import InstrumentedTransport, Telemetry
 from gateway.upstream import (
     CatapultClient,
     UpstreamAnswer,
@@ -60,16 +64,29 @@ class State(TypedDict):
 def create_app(settings: Settings) -> Starlette:
     """Build the gateway from settings; nothing is created at import time."""
 
+    telemetry = create_telemetry(settings)
+    metrics = telemetry.metrics
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
-        async with create_http_client(settings) as http:
-            yield {
-                "catapult": CatapultClient(
-                    http,
-                    retries=settings.upstream_retries,
-                    upstream_timeout=settings.upstream_timeout,
-                )
-            }
+        metrics.process_started()
+        try:
+            async with create_http_client(
+                settings, lambda inner: InstrumentedTransport(inner, telemetry)
+            ) as http:
+                yield {
+                    "catapult": CatapultClient(
+                        http,
+                        retries=settings.upstream_retries,
+                        upstream_timeout=settings.upstream_timeout,
+                        on_retry=metrics.upstream_retry,
+                    )
+                }
+        finally:
+            # After the last in-flight request (uvicorn drains them before the lifespan ends).
+            if telemetry.tracing is not None:
+                await anyio.to_thread.run_sync(telemetry.tracing.shutdown)
+            metrics.process_exited()
 
     # A random key per process when none is configured: cursors then only work on the
     # process that issued them (the CLI shares one key between its workers).
@@ -109,10 +126,15 @@ def create_app(settings: Settings) -> Starlette:
         graphql_core_schema(build_schema()),
         make_context,
         graphiql=graphiql,
+        telemetry=telemetry,
         persisted_queries=PersistedQueries(),
         get_max_age=int(settings.cache_ttl),
         fast_path=settings.fast_path,
     )
+
+    async def metrics_endpoint(request: Request) -> Response:
+        body, media_type = metrics.exposition()
+        return Response(body, media_type=media_type)
 
     async def graphiql_asset(request: Request) -> Response:
         path = graphiql.asset_path(request.path_params["name"])
@@ -124,9 +146,19 @@ def create_app(settings: Settings) -> Starlette:
         Route("/graphql", ResponseCache(endpoint, ttl=settings.cache_ttl)),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route(ASSET_ROUTE + "/{name}", graphiql_asset, methods=["GET"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
+
+
+def create_telemetry(settings: Settings) -> Telemetry:
+    """Metrics always; traces only with an OTLP endpoint (and only then import OpenTelemetry)."""
+    if settings.otlp_endpoint is None:
+        return Telemetry(Metrics())
+    from gateway.tracing import Tracing
+
+    return Telemetry(Metrics(), Tracing(str(settings.otlp_endpoint)))
 
 
 def app_from_environment() -> Starlette:
@@ -135,4 +167,7 @@ def app_from_environment() -> Starlette:
 
     from gateway.config import load_settings
 
-    return create_app(load_settings(os.environ))
+    settings = load_settings(os.environ)
+    # Worker processes start with logging unconfigured; this runs in each of them.
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)

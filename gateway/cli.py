@@ -5,14 +5,21 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import signal
 import sys
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import uvicorn
 from pydantic import SecretStr
 
-from gateway.config import Settings, SettingsError, load_settings
+from gateway.config import Settings, SettingsError, env_name, load_settings
 from gateway.logs import configure_logging
+
+# prometheus-client's own variable; gateway.metrics is not imported here, so that the
+# CLI process sets it before prometheus-client is first imported.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 SANDBOX_ENV = {
     "host": "GATEWAY_SANDBOX_HOST",
@@ -89,7 +96,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 def _serve(settings: Settings) -> int:
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if settings.sandbox:
         _print_sandbox_banner(settings)
     # Workers are separate processes: they rebuild the settings from the environment,
@@ -98,22 +105,52 @@ def _serve(settings: Settings) -> int:
     if settings.cursor_key is None:
         settings = settings.model_copy(update={"cursor_key": SecretStr(secrets.token_urlsafe(32))})
     os.environ.update(settings_environment(settings))
-    uvicorn.run(
-        "gateway.app:app_from_environment",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-    )
+    # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully, which
+    # would end the process with "killed by SIGTERM"; a graceful stop exits 0 instead.
+    signal.signal(signal.SIGTERM, _exit_zero)
+    with _metrics_directory(settings.workers):
+        # SIGTERM/SIGINT: uvicorn stops accepting, gives in-flight requests up to
+        # shutdown_timeout to finish, then runs the lifespan's shutdown (closing the
+        # upstream client) and exits 0.
+        uvicorn.run(
+            "gateway.app:app_from_environment",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            proxy_headers=False,
+            timeout_graceful_shutdown=settings.shutdown_timeout,
+        )
     return 0
 
 
+def _exit_zero(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+@contextmanager
+def _metrics_directory(workers: int) -> Iterator[None]:
+    """With several workers, a fresh directory where they all write their metrics.
+
+    Fresh on every start: samples left by an earlier run would be counted again. It is
+    set before any worker starts (prometheus-client reads it when first imported).
+    """
+    if workers == 1:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="catapult-gateway-metrics-") as directory:
+        os.environ[MULTIPROC_ENV] = directory
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROC_ENV]
+
+
 def settings_environment(settings: Settings) -> dict[str, str]:
-    """The `GATEWAY_*` variables that reproduce `settings`."""
+    """The environment variables that reproduce `settings` (unset ones are left out)."""
     values = settings.model_dump(mode="json")
     # model_dump masks secrets; the environment needs their values.
     for name in Settings.model_fields:
@@ -121,7 +158,7 @@ def settings_environment(settings: Settings) -> dict[str, str]:
         if isinstance(secret, SecretStr):
             values[name] = secret.get_secret_value()
     return {
-        f"GATEWAY_{name.upper()}": str(value).lower() if isinstance(value, bool) else str(value)
+        env_name(name): str(value).lower() if isinstance(value, bool) else str(value)
         for name, value in values.items()
         if value is not None
     }

@@ -22,6 +22,8 @@ from pydantic import (
 )
 
 ENV_PREFIX = "GATEWAY_"
+# Settings whose variable is a cross-tool standard rather than GATEWAY_<NAME>.
+STANDARD_ENV_NAMES = {"otlp_endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT"}
 DEFAULT_UPSTREAM_URL = "https://api.catapult.inetwork.com"
 
 Seconds = Annotated[float, Field(ge=0)]
@@ -66,6 +68,23 @@ class Settings(BaseModel):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Least severe log level written."
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto",
+        description="`json` (one object per line), `console` (for people), or `auto`: "
+        "`console` when stderr is a terminal, else `json`.",
+    )
+    shutdown_timeout: int = Field(
+        30,
+        ge=1,
+        le=3600,
+        description="Seconds in-flight requests get to finish after SIGTERM before "
+        "their connections are closed.",
+    )
+    otlp_endpoint: AnyHttpUrl | None = Field(
+        None,
+        description="OTLP/HTTP collector base URL (traces go to `<url>/v1/traces`); "
+        "unset: no tracing. Needs the `otel` extra.",
     )
     sandbox: bool = Field(False, description="Serve in front of the built-in sandbox upstream.")
     cursor_key: SecretStr | None = Field(
@@ -129,12 +148,15 @@ def load_settings(environ: Mapping[str, str], **overrides: Any) -> Settings:
     """
     known = Settings.model_fields
     values: dict[str, Any] = {}
+    standard = {env: name for name, env in STANDARD_ENV_NAMES.items()}
     for key, value in environ.items():
         name = key[len(ENV_PREFIX) :].lower()
         # Unknown GATEWAY_* variables are ignored rather than fatal: replicas of different
         # versions share one environment, and other tools use the prefix (GATEWAY_TEST_*).
-        if key.upper().startswith(ENV_PREFIX) and name in known:
+        if key.upper().startswith(ENV_PREFIX) and name in known and name not in standard.values():
             values[name] = value
+        elif key in standard and value:
+            values[standard[key]] = value
     values.update({key: value for key, value in overrides.items() if value is not None})
     try:
         return Settings.model_validate(values)
@@ -142,10 +164,15 @@ def load_settings(environ: Mapping[str, str], **overrides: Any) -> Settings:
         raise SettingsError(_one_line(exc)) from None
 
 
+def env_name(field: str) -> str:
+    """The environment variable of a setting."""
+    return STANDARD_ENV_NAMES.get(field, f"{ENV_PREFIX}{field.upper()}")
+
+
 def _one_line(exc: ValidationError) -> str:
     error = exc.errors()[0]
     location = "".join(str(part) for part in error["loc"][:1])
-    name = f"{ENV_PREFIX}{location.upper()}" if location else "settings"
+    name = env_name(location) if location else "settings"
     message = error["msg"]
     if not location and message.startswith("Value error, "):
         return message.removeprefix("Value error, ")

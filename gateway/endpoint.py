@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +36,9 @@ from gateway.context import Context
 from gateway.errors import GatewayError, PersistedQueryNotFound
 from gateway.fastpath import compile_plan
 from gateway.graphiql import GraphiQLPage
+from gateway.metrics import Metrics
 from gateway.persisted_queries import PersistedQueries, PersistedQueryError
+from gateway.telemetry import Telemetry
 
 log = logging.getLogger("gateway.request")
 
@@ -83,6 +84,7 @@ class GraphQLEndpoint:
         make_context: MakeContext,
         *,
         graphiql: GraphiQLPage | None,
+        telemetry: Telemetry | None = None,
         max_body_bytes: int = 1_048_576,
         csrf_prevention: bool = True,
         persisted_queries: PersistedQueries | None = None,
@@ -92,6 +94,7 @@ class GraphQLEndpoint:
         self._schema = schema
         self._make_context = make_context
         self._graphiql = graphiql
+        self._telemetry = telemetry or Telemetry(Metrics())
         self._max_body_bytes = max_body_bytes
         self._csrf_prevention = csrf_prevention
         self._persisted = persisted_queries
@@ -109,23 +112,14 @@ class GraphQLEndpoint:
 
     async def handle(self, request: Request) -> Response:
         """Answer one HTTP request to the endpoint (any method)."""
-        started = time.perf_counter()
         request_id = _request_id(request)
-        response, codes, operation = await self._handle(request, request_id)
-        response.headers["x-request-id"] = request_id
-        if request.method == "GET":
-            _cache_headers(response, codes, self._get_max_age)
-        log.info(
-            "graphql request",
-            extra={
-                "request_id": request_id,
-                "method": request.method,
-                "operation": operation,
-                "status": response.status_code,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                "error_codes": sorted(set(codes)),
-            },
-        )
+        with self._telemetry.request(request, request_id) as record:
+            response, codes, operation = await self._handle(request, request_id)
+            response.headers["x-request-id"] = request_id
+            if request.method == "GET":
+                _cache_headers(response, codes, self._get_max_age)
+            record.operation, record.error_codes = operation, codes
+            record.status = response.status_code
         return response
 
     async def _handle(

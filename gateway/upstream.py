@@ -10,7 +10,7 @@ from __future__ import annotations
 import email.utils
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -88,16 +88,27 @@ class _Retryable(Exception):
         self.error = error
 
 
-def create_http_client(settings: Settings) -> httpx.AsyncClient:
-    """The one shared upstream connection pool; the app's lifespan owns it."""
+def create_http_client(
+    settings: Settings,
+    wrap_transport: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] | None = None,
+) -> httpx.AsyncClient:
+    """The one shared upstream connection pool; the app's lifespan owns it.
+
+    `wrap_transport` lets the app observe every HTTP attempt (metrics, trace spans).
+    """
+    limits = httpx.Limits(
+        max_connections=settings.upstream_max_connections,
+        max_keepalive_connections=settings.upstream_max_connections,
+        keepalive_expiry=30,
+    )
+    # The pool's limits live on the transport, so it is built here and then wrapped.
+    transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+    if wrap_transport is not None:
+        transport = wrap_transport(transport)
     return httpx.AsyncClient(
         base_url=settings.upstream_base,
         timeout=httpx.Timeout(settings.upstream_timeout, connect=settings.upstream_connect_timeout),
-        limits=httpx.Limits(
-            max_connections=settings.upstream_max_connections,
-            max_keepalive_connections=settings.upstream_max_connections,
-            keepalive_expiry=30,
-        ),
+        transport=transport,
         headers={"Accept": "application/json", "User-Agent": f"catapult-gateway/{__version__}"},
         follow_redirects=False,
         trust_env=False,
@@ -107,10 +118,18 @@ def create_http_client(settings: Settings) -> httpx.AsyncClient:
 class CatapultClient:
     """Makes upstream requests with the caller's credentials, retrying idempotent GETs."""
 
-    def __init__(self, http: httpx.AsyncClient, *, retries: int, upstream_timeout: float) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        retries: int,
+        upstream_timeout: float,
+        on_retry: Callable[[], None] = lambda: None,
+    ) -> None:
         self._http = http
         self._retries = retries
         self._upstream_timeout = upstream_timeout
+        self._on_retry = on_retry
 
     @property
     def base_url(self) -> str:
@@ -125,6 +144,7 @@ class CatapultClient:
             stop=stop_after_attempt(self._retries + 1) | _would_pass(deadline),
             wait=wait_random_exponential(multiplier=0.05, max=1.0),
             retry=retry_if_exception(lambda exc: isinstance(exc, _Retryable)),
+            before_sleep=lambda state: self._on_retry(),
             reraise=True,
         )
         try:

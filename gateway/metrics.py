@@ -1,0 +1,187 @@
+"""Prometheus metrics: the metric objects and the small API the rest of the gateway records with.
+
+Labels never hold a credential, a user id, a call id or a path: operation names are the
+only caller-chosen label, and they are bounded (`operation_label`). With several worker
+processes (`--workers`), the CLI points `PROMETHEUS_MULTIPROC_DIR` at a fresh directory
+before the workers start; every process then writes its samples there and `/metrics`
+merges them, so a scrape reports all workers whichever one answers it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from gateway.logs import current_request
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# At most this many distinct operation names per process; later ones count as "other".
+MAX_OPERATIONS = 200
+_OPERATION_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+# Seconds; the upstream answers in tens to hundreds of milliseconds, the deadline is 25 s.
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25)
+CACHE_RESULTS = frozenset({"hit", "miss", "error"})
+
+
+class Metrics:
+    """The gateway's metrics, on a registry of their own (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        # prometheus-client picks its value store when it is imported, from the same
+        # variable; this only decides how a scrape collects.
+        self.multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
+        self._operations: set[str] = set()
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests",
+            "GraphQL requests answered, by operation and outcome (OK or the first error code).",
+            ["operation", "outcome"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "gateway_errors",
+            "Errors returned to callers, by code (once per code per request).",
+            ["code"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Time to answer a GraphQL request.",
+            ["operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "gateway_requests_in_flight",
+            "GraphQL requests being answered now.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.upstream_requests = Counter(
+            "gateway_upstream_requests",
+            "HTTP requests sent to the upstream, by status (or the transport error).",
+            ["status"],
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "gateway_upstream_request_duration_seconds",
+            "Time from sending one upstream HTTP request to its response headers.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_retries = Counter(
+            "gateway_upstream_retries", "Upstream requests retried after a failure.", registry=r
+        )
+        self.cache = Counter(
+            "gateway_cache_requests",
+            "Cache look-ups by result: hit, miss or error (the cache was unreachable).",
+            ["result"],
+            registry=r,
+        )
+        self.singleflight_shares = Counter(
+            "gateway_singleflight_shares",
+            "Upstream requests that joined an identical one already in flight.",
+            registry=r,
+        )
+        self.pacing_waits = Counter(
+            "gateway_pacing_waits",
+            "Upstream requests that waited for their account's rate-limit slot.",
+            registry=r,
+        )
+        self.pacing_wait_duration = Histogram(
+            "gateway_pacing_wait_seconds",
+            "Time upstream requests waited for their account's rate-limit slot.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+            registry=r,
+        )
+        self.pacing_refusals = Counter(
+            "gateway_pacing_refusals",
+            "Requests refused with RATE_LIMITED because the pacing queue was full.",
+            registry=r,
+        )
+        self.worker_up = Gauge(
+            "gateway_worker_up",
+            "1 for each running worker process (with a pid label when there are several).",
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        for result in sorted(CACHE_RESULTS):
+            self.cache.labels(result)
+
+    # -- the recording API -------------------------------------------------------------
+
+    def operation_label(self, name: str | None) -> str:
+        """A bounded label for a caller-chosen operation name."""
+        if name is None:
+            return "anonymous"
+        if not _OPERATION_NAME.fullmatch(name):
+            return "invalid"
+        if name not in self._operations:
+            if len(self._operations) >= MAX_OPERATIONS:
+                return "other"
+            self._operations.add(name)
+        return name
+
+    def request_finished(self, operation: str | None, codes: list[str], duration: float) -> None:
+        label = self.operation_label(operation)
+        self.requests.labels(label, codes[0] if codes else "OK").inc()
+        self.request_duration.labels(label).observe(duration)
+        for code in sorted(set(codes)):
+            self.errors.labels(code).inc()
+
+    def upstream_request(self, status: int | str, duration: float) -> None:
+        """One upstream HTTP attempt: its status code, or a transport error's name."""
+        self.upstream_requests.labels(str(status)).inc()
+        self.upstream_duration.observe(duration)
+
+    def upstream_retry(self) -> None:
+        self.upstream_retries.inc()
+
+    def cache_result(self, result: str) -> None:
+        """A cache look-up: "hit", "miss" or "error"."""
+        if result not in CACHE_RESULTS:
+            raise ValueError(f"unknown cache result {result!r}")
+        self.cache.labels(result).inc()
+        record = current_request()
+        if record is not None:
+            record.cache[result] += 1
+
+    def singleflight_share(self) -> None:
+        self.singleflight_shares.inc()
+
+    def pacing_wait(self, seconds: float) -> None:
+        self.pacing_waits.inc()
+        self.pacing_wait_duration.observe(seconds)
+
+    def pacing_refusal(self) -> None:
+        self.pacing_refusals.inc()
+
+    # -- exposition --------------------------------------------------------------------
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The Prometheus text format of every metric (of every worker) and its media type."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(merged), CONTENT_TYPE_LATEST
+
+    def process_started(self) -> None:
+        self.worker_up.set(1)
+
+    def process_exited(self) -> None:
+        """Drop this process's live gauges (in-flight, up) from the shared directory."""
+        self.worker_up.set(0)
+        if self.multiprocess_dir is not None:
+            multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)  # type: ignore[no-untyped-call]

@@ -1,0 +1,92 @@
+"""OpenTelemetry traces, exported over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+
+Only imported when tracing is on, so the `otel` extra is needed only then. The tracer
+provider belongs to the app (not the process-global one), and spans are exported in
+batches from a background thread, so a missing collector costs a logged export error,
+never a failed request.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+
+from opentelemetry.context import Context as TraceContext
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, format_trace_id
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from gateway import __version__
+
+# The user and call ids are the caller's data: spans name the route, not the path.
+_UPSTREAM_ROUTES = (
+    (re.compile(r"^/v1/users/[^/]+/calls/?$"), "/v1/users/{userId}/calls/"),
+    (re.compile(r"^/v1/users/[^/]+/calls/[^/]+$"), "/v1/users/{userId}/calls/{callId}"),
+)
+
+
+def upstream_route(path: str) -> str:
+    """The route template of an upstream path, without any id in it."""
+    for pattern, route in _UPSTREAM_ROUTES:
+        if pattern.match(path):
+            return route
+    return "other"
+
+
+class Tracing:
+    """A tracer exporting to one OTLP/HTTP endpoint, and W3C trace context in and out."""
+
+    def __init__(self, endpoint: str) -> None:
+        # Resource.create also reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES.
+        resource = Resource.create({SERVICE_NAME: "catapult-gateway"})
+        self.provider = TracerProvider(resource=resource)
+        self.provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint.rstrip('/')}/v1/traces"))
+        )
+        self._tracer = self.provider.get_tracer("gateway", __version__)
+        self._propagator = TraceContextTextMapPropagator()
+
+    @contextmanager
+    def server_span(self, method: str, headers: MutableMapping[str, str]) -> Iterator[Span]:
+        """The span of one GraphQL request, continuing the caller's trace if it sent one."""
+        parent: TraceContext = self._propagator.extract(headers)
+        with self._tracer.start_as_current_span(
+            f"{method} /graphql",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": method, "http.route": "/graphql"},
+        ) as span:
+            yield span
+
+    @contextmanager
+    def client_span(
+        self, method: str, path: str, headers: MutableMapping[str, str]
+    ) -> Iterator[Span]:
+        """The span of one upstream request; its trace context goes into `headers`."""
+        route = upstream_route(path)
+        with self._tracer.start_as_current_span(
+            f"{method} {route}",
+            kind=SpanKind.CLIENT,
+            attributes={"http.request.method": method, "url.template": route},
+        ) as span:
+            self._propagator.inject(headers)
+            yield span
+
+    @staticmethod
+    def trace_id(span: Span) -> str:
+        return format_trace_id(span.get_span_context().trace_id)
+
+    @staticmethod
+    def set_status(span: Span, status: int | None, error: str | None = None) -> None:
+        if status is not None:
+            span.set_attribute("http.response.status_code", status)
+        if error is not None or (status is not None and status >= 500):
+            span.set_status(Status(StatusCode.ERROR, error))
+
+    def shutdown(self) -> None:
+        """Export what is left and stop the exporter thread."""
+        self.provider.shutdown()
