@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from gateway.app import credential_headers
+from gateway.logs import ConsoleFormatter, JsonFormatter, configure_logging
+from tests.conftest import DEMO, GatewayFactory, Sandbox
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """The gateway's log set-up writing JSON to a buffer; the previous set-up restored after."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    stream = io.StringIO()
+    configure_logging("info", "json", stream)
+    try:
+        yield stream
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+
+
+def request_lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    return [line for line in lines if line["logger"] == "gateway.request"]
+
+
+def test_one_json_line_per_request_without_secrets(
+    gateway_factory: GatewayFactory, sandbox: Sandbox, log_stream: io.StringIO
+) -> None:
+    gateway = gateway_factory()
+    ok = gateway.query(
+        "query Two { a: calls(size: 2) { id } b: calls(size: 3) { id } }",
+        headers={**credential_headers(DEMO), "X-Request-Id": "req-1"},
+    )
+    sandbox.faults(fail_status=503)
+    failed = gateway.query("query Broken { calls { id } }")
+
+    assert ok.status_code == failed.status_code == 200
+    first, second = request_lines(log_stream)
+    assert first["request_id"] == "req-1"
+    assert first["operation"] == "Two"
+    assert first["status"] == 200
+    assert first["upstream_requests"] == 2
+    assert first["error_codes"] == []
+    assert first["cache"] is None
+    assert isinstance(first["duration_ms"], float)
+    assert first["level"] == "info"
+    assert second["request_id"] == failed.headers["x-request-id"]
+    assert second["upstream_requests"] == 3  # the first attempt and two retries
+    assert second["error_codes"] == ["UPSTREAM_ERROR"]
+    everything = log_stream.getvalue()
+    for secret in (DEMO.token, DEMO.secret, DEMO.user_id, *credential_headers(DEMO).values()):
+        assert secret not in everything
+
+
+def test_uvicorn_records_share_the_format(log_stream: io.StringIO) -> None:
+    # At warning: the in-test servers run uvicorn at log level warning.
+    logging.getLogger("uvicorn.error").warning("Started server process [%d]", 42)
+
+    [line] = [json.loads(text) for text in log_stream.getvalue().splitlines()]
+
+    assert line["logger"] == "uvicorn.error"
+    assert line["message"] == "Started server process [42]"
+
+
+def test_console_format_for_people() -> None:
+    record = logging.makeLogRecord(
+        {"name": "gateway.request", "levelname": "INFO", "msg": "graphql request"}
+    )
+    record.operation = "Latest"
+    record.error_codes = ["UPSTREAM_ERROR"]
+
+    line = ConsoleFormatter().format(record)
+
+    assert line.endswith(
+        'info    gateway.request: graphql request  operation="Latest" '
+        'error_codes=["UPSTREAM_ERROR"]'
+    )
+    assert json.loads(JsonFormatter().format(record))["operation"] == "Latest"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("log_format", "stream", "formatter"),
+    [
+        ("auto", io.StringIO(), JsonFormatter),
+        ("auto", _Terminal(), ConsoleFormatter),
+        ("json", _Terminal(), JsonFormatter),
+        ("console", io.StringIO(), ConsoleFormatter),
+    ],
+    ids=["auto-pipe", "auto-terminal", "json", "console"],
+)
+def test_log_format_choice(
+    log_format: str, stream: io.StringIO, formatter: type[logging.Formatter]
+) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("info", log_format, stream)
+        [handler] = root.handlers
+        assert type(handler.formatter) is formatter
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)

@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.app import credential_headers
+from gateway.logs import RequestRecord, bind_request, unbind_request
+from gateway.metrics import MAX_OPERATIONS, Metrics
+from tests.conftest import DEMO, GatewayFactory, Sandbox
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(text: str) -> Samples:
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_after_a_scripted_set_of_requests(
+    gateway_factory: GatewayFactory, sandbox: Sandbox
+) -> None:
+    gateway = gateway_factory()
+    for _ in range(2):
+        assert gateway.query("query Latest { calls(size: 2) { id } }").status_code == 200
+    gateway.query("{ calls(size: 1) { id } }")
+    httpx.post(
+        f"{gateway.url}/graphql", json={"query": "query NoCredentials { calls { id } }"}
+    ).raise_for_status()
+    gateway.http.post("/graphql", content=b"{}", headers={"Content-Type": "text/x"})
+    gateway.query(
+        "query WrongUser { calls { id } }",
+        headers={**credential_headers(DEMO), "X-Catapult-User-Id": "u-second"},
+    )
+    sandbox.faults(fail_status=503)
+    failed = gateway.query("query Broken { calls { id } }")
+    assert failed.json()["errors"][0]["extensions"]["code"] == "UPSTREAM_ERROR"
+    sandbox.faults()
+    long_name = "N" * 65
+    gateway.query(f"query {long_name} {{ calls(size: 1) {{ id }} }}")
+
+    response = gateway.http.get("/metrics")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = scrape(response.text)
+    requests = "gateway_requests_total"
+    assert value(samples, requests, operation="Latest", outcome="OK") == 2
+    assert value(samples, requests, operation="anonymous", outcome="OK") == 1
+    assert value(samples, requests, operation="NoCredentials", outcome="UNAUTHENTICATED") == 1
+    assert value(samples, requests, operation="WrongUser", outcome="UNAUTHENTICATED") == 1
+    assert value(samples, requests, operation="Broken", outcome="UPSTREAM_ERROR") == 1
+    assert value(samples, requests, operation="invalid", outcome="OK") == 1
+    assert value(samples, requests, operation="anonymous", outcome="BAD_REQUEST") == 1
+    assert value(samples, "gateway_errors_total", code="UNAUTHENTICATED") == 2
+    assert value(samples, "gateway_request_duration_seconds_count", operation="Latest") == 2
+    # Two retries of the 503, then UPSTREAM_ERROR: three attempts, each counted.
+    assert value(samples, "gateway_upstream_requests_total", status="503") == 3
+    assert value(samples, "gateway_upstream_requests_total", status="401") == 1
+    assert value(samples, "gateway_upstream_requests_total", status="200") == 4
+    assert value(samples, "gateway_upstream_retries_total") == 2
+    assert value(samples, "gateway_upstream_request_duration_seconds_count") == 8
+    assert value(samples, "gateway_requests_in_flight") == 0
+    for result in ("hit", "miss", "error"):
+        assert ("gateway_cache_requests_total", (("result", result),)) in samples
+    for name in (
+        "gateway_singleflight_shares_total",
+        "gateway_pacing_waits_total",
+        "gateway_pacing_refusals_total",
+        "gateway_pacing_wait_seconds_count",
+    ):
+        assert (name, ()) in samples
+    assert value(samples, "gateway_worker_up") == 1
+    # No credential or user id anywhere, labels included.
+    for secret in (
+        DEMO.token,
+        DEMO.secret,
+        DEMO.user_id,
+        "u-second",
+        *credential_headers(DEMO).values(),
+    ):
+        assert secret not in response.text
+
+
+def test_operation_labels_are_bounded() -> None:
+    metrics = Metrics()
+
+    labels = [metrics.operation_label(f"op_{i}") for i in range(MAX_OPERATIONS + 5)]
+
+    assert labels[:MAX_OPERATIONS] == [f"op_{i}" for i in range(MAX_OPERATIONS)]
+    assert labels[MAX_OPERATIONS:] == ["other"] * 5
+    assert metrics.operation_label("op_0") == "op_0"
+    assert metrics.operation_label(None) == "anonymous"
+    assert metrics.operation_label("has space") == "invalid"
+    assert metrics.operation_label("x" * 65) == "invalid"
+
+
+def test_the_recording_api_for_cache_and_pacing() -> None:
+    metrics = Metrics()
+    record = RequestRecord("r-1", "POST")
+    token = bind_request(record)
+    try:
+        metrics.cache_result("hit")
+        metrics.cache_result("hit")
+        metrics.cache_result("miss")
+    finally:
+        unbind_request(token)
+    metrics.cache_result("error")  # outside any request: counted, noted nowhere
+    metrics.singleflight_share()
+    metrics.pacing_wait(0.4)
+    metrics.pacing_refusal()
+
+    samples = scrape(metrics.exposition()[0].decode())
+
+    assert record.cache == {"hit": 2, "miss": 1}
+    assert value(samples, "gateway_cache_requests_total", result="hit") == 2
+    assert value(samples, "gateway_cache_requests_total", result="miss") == 1
+    assert value(samples, "gateway_cache_requests_total", result="error") == 1
+    assert value(samples, "gateway_singleflight_shares_total") == 1
+    assert value(samples, "gateway_pacing_waits_total") == 1
+    assert value(samples, "gateway_pacing_wait_seconds_sum") == pytest.approx(0.4)
+    assert value(samples, "gateway_pacing_refusals_total") == 1
+    with pytest.raises(ValueError, match="unknown cache result"):
+        metrics.cache_result("stale")
+
+
+def test_metric_names_follow_prometheus_conventions() -> None:
+    text = Metrics().exposition()[0].decode()
+
+    names = {family.name for family in text_string_to_metric_families(text)}
+
+    assert names
+    assert all(re.fullmatch(r"gateway_[a-z_]+", name) for name in names)
