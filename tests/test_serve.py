@@ -1,0 +1,150 @@
+"""`catapult-gateway serve` as a real process: graceful shutdown on SIGTERM, and workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.app import credential_headers
+from tests.conftest import DEMO, Sandbox
+
+pytestmark = pytest.mark.slow
+
+COMMAND = str(Path(sys.executable).parent / "catapult-gateway")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def gateway_process(*args: str, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`catapult-gateway serve` in a subprocess, once it answers /readyz."""
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    environ.update(env, GATEWAY_PORT=str(port))
+    process = subprocess.Popen(
+        [COMMAND, "serve", *args],
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"gateway did not start: {process.communicate()[1]}")
+            time.sleep(0.05)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def query(url: str, size: int) -> httpx.Response:
+    # A new connection per request, as separate clients would make.
+    return httpx.post(
+        f"{url}/graphql",
+        json={"query": f"query Slow {{ calls(size: {size}) {{ id }} }}"},
+        headers=credential_headers(DEMO),
+        timeout=30,
+    )
+
+
+def json_lines(stderr: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stderr.splitlines()]
+
+
+def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones(sandbox: Sandbox) -> None:
+    sandbox.faults(latency_ms=3000)
+    env = {"GATEWAY_UPSTREAM_URL": sandbox.url, "GATEWAY_SHUTDOWN_TIMEOUT": "20"}
+    with gateway_process(env=env) as (process, url), ThreadPoolExecutor(20) as pool:
+        # Distinct sizes: twenty different upstream requests, nothing shared or cached.
+        futures = [pool.submit(query, url, size) for size in range(1, 21)]
+        deadline = time.monotonic() + 20
+        while len(sandbox.requests()) < 20:
+            assert time.monotonic() < deadline, "the requests did not reach the upstream"
+            time.sleep(0.05)
+
+        process.send_signal(signal.SIGTERM)
+
+        refused = False
+        while not refused and time.monotonic() < deadline:
+            try:
+                httpx.get(f"{url}/healthz", timeout=1)
+            except httpx.ConnectError:
+                refused = True
+            time.sleep(0.05)
+        assert refused
+        assert not any(future.done() for future in futures)  # still waiting on the upstream
+        responses = [future.result() for future in futures]
+        _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 0
+    assert [r.status_code for r in responses] == [200] * 20
+    assert [len(r.json()["data"]["calls"]) for r in responses] == list(range(1, 21))
+    lines = json_lines(stderr)  # every line, uvicorn's included, is JSON
+    messages = [line["message"] for line in lines if line["logger"] == "uvicorn.error"]
+    assert "Shutting down" in messages
+    assert "Application shutdown complete." in messages
+    assert sum(line["logger"] == "gateway.request" for line in lines) == 20
+    assert DEMO.secret not in stderr
+
+
+def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    text = httpx.get(f"{url}/metrics").text
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def test_two_workers_serve_and_report_metrics_from_both(sandbox: Sandbox, tmp_path: Path) -> None:
+    env = {"GATEWAY_UPSTREAM_URL": sandbox.url, "TMPDIR": str(tmp_path)}
+    with gateway_process("--workers", "2", env=env) as (process, url):
+        deadline = time.monotonic() + 20
+        while len(scrape(url).get("gateway_worker_up", [])) < 2:
+            assert time.monotonic() < deadline, "the second worker did not start"
+            time.sleep(0.1)
+        responses = [query(url, size) for size in range(1, 11)]
+        scrapes = [scrape(url) for _ in range(6)]
+        [metrics_dir] = tmp_path.iterdir()
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+
+    assert process.returncode == 0
+    assert [r.status_code for r in responses] == [200] * 10
+    for samples in scrapes:
+        workers = samples["gateway_worker_up"]
+        assert len({labels["pid"] for labels, _ in workers}) == 2
+        assert all(up == 1 for _, up in workers)
+        [(labels, total)] = samples["gateway_requests_total"]
+        assert labels == {"operation": "Slow", "outcome": "OK"}
+        assert total == 10
+    assert not metrics_dir.exists()  # a fresh directory each start, removed at exit
