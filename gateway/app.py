@@ -27,7 +27,7 @@ from gateway.logs import configure_logging
 from gateway.metrics import Metrics
 from gateway.pagination import CursorCodec
 from gateway.persisted_queries import PersistedQueries
-from gateway.responses import FETCHED_AT, ResponseCache
+from gateway.responses import ResponseCache, ResponseNote
 from gateway.sandbox import ACCOUNTS, Account, create_sandbox_app
 from gateway.schema import build_schema, graphql_core_schema
 from gateway.telemetry import InstrumentedTransport, Telemetry
@@ -108,7 +108,7 @@ def create_app(settings: Settings) -> Starlette:
             fetch,
             request.headers,
             upstream_base=client.base_url,
-            fetched_at=request.scope.get(FETCHED_AT),
+            fetched_at=_fetched_at(request),
         )
         return Context(request_id=request_id, calls=loader, cursors=cursors)
 
@@ -143,13 +143,18 @@ def create_app(settings: Settings) -> Starlette:
         return FileResponse(path, headers={"cache-control": "public, max-age=31536000, immutable"})
 
     routes += [
-        Route("/graphql", ResponseCache(endpoint, ttl=settings.cache_ttl)),
+        Route("/graphql", ResponseCache(endpoint, ttl=settings.cache_ttl, telemetry=telemetry)),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route(ASSET_ROUTE + "/{name}", graphiql_asset, methods=["GET"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
+
+
+def _fetched_at(request: Request) -> list[float] | None:
+    note = request.scope.get(ResponseNote.SCOPE_KEY)
+    return note.fetched_at if isinstance(note, ResponseNote) else None
 
 
 def create_telemetry(settings: Settings) -> Telemetry:

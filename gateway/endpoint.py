@@ -9,8 +9,6 @@ INTERNAL_SERVER_ERROR with the request id (the detail goes to the log only).
 from __future__ import annotations
 
 import logging
-import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -36,8 +34,10 @@ from gateway.context import Context
 from gateway.errors import GatewayError, PersistedQueryNotFound
 from gateway.fastpath import compile_plan
 from gateway.graphiql import GraphiQLPage
+from gateway.logs import request_id_from
 from gateway.metrics import Metrics
 from gateway.persisted_queries import PersistedQueries, PersistedQueryError
+from gateway.responses import ResponseNote
 from gateway.telemetry import Telemetry
 
 log = logging.getLogger("gateway.request")
@@ -50,7 +50,6 @@ PREFLIGHT_HEADERS = ("x-apollo-operation-name", "apollo-require-preflight", "x-c
 _SIMPLE_CONTENT_TYPES = frozenset(
     {"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"}
 )
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 MakeContext = Callable[[Request, str], Context]
 
@@ -120,6 +119,9 @@ class GraphQLEndpoint:
                 _cache_headers(response, codes, self._get_max_age)
             record.operation, record.error_codes = operation, codes
             record.status = response.status_code
+            note = request.scope.get(ResponseNote.SCOPE_KEY)
+            if isinstance(note, ResponseNote):
+                note.operation = operation
         return response
 
     async def _handle(
@@ -361,11 +363,6 @@ def _preflighted(request: Request) -> bool:
 
 def _request_id(request: Request) -> str:
     return request_id_from(request.headers.get("x-request-id", ""))
-
-
-def request_id_from(given: str) -> str:
-    """The caller's `X-Request-Id` when it is a sane token, else a new id."""
-    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
 def _name(operation: Any) -> str | None:

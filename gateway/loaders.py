@@ -42,7 +42,7 @@ class OperationLoader:
         self._fetch = fetch
         self._headers = headers
         self._upstream_base = upstream_base
-        # When each answer this operation used was fetched; see responses.FETCHED_AT.
+        # When each answer this operation used was fetched; see responses.ResponseNote.
         self.fetched_at = [] if fetched_at is None else fetched_at
         self._inflight: dict[UpstreamRequest, asyncio.Future[UpstreamAnswer]] = {}
         self.upstream_requests = 0

@@ -9,7 +9,9 @@ structlog would need its stdlib bridge to reach uvicorn's records and add nothin
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import uuid
 from collections import Counter
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
@@ -110,6 +112,14 @@ class RequestRecord:
         if self.trace_id is not None:
             fields["trace_id"] = self.trace_id
         return fields
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id_from(given: str) -> str:
+    """The caller's `X-Request-Id` when it is a sane token, else a new id."""
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
 _current: ContextVar[RequestRecord | None] = ContextVar("gateway_request", default=None)

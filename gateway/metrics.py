@@ -89,6 +89,11 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.response_hits = Counter(
+            "gateway_response_cache_hits",
+            "Requests answered with a whole cached answer (no execution, no upstream).",
+            registry=r,
+        )
         self.singleflight_shares = Counter(
             "gateway_singleflight_shares",
             "Upstream requests that joined an identical one already in flight.",
@@ -156,6 +161,13 @@ class Metrics:
         record = current_request()
         if record is not None:
             record.cache[result] += 1
+
+    def response_hit(self) -> None:
+        """A request answered from the response cache."""
+        self.response_hits.inc()
+        record = current_request()
+        if record is not None:
+            record.cache["response-hit"] += 1
 
     def singleflight_share(self) -> None:
         self.singleflight_shares.inc()

@@ -15,29 +15,43 @@ The store is this process's memory, bounded, least recently used first out.
 from __future__ import annotations
 
 import hashlib
-import logging
+import re
 import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.endpoint import request_id_from
+from gateway.logs import request_id_from
+from gateway.telemetry import Telemetry
 
-log = logging.getLogger("gateway.request")
-
-# The key in the ASGI scope under which the endpoint's loader reports when each upstream
-# answer it used was fetched (wall-clock seconds), so an entry expires with its data.
-FETCHED_AT = "gateway.fetched_at"
-
+# Headers made afresh for every answer, never stored with an entry.
+_FRESH_HEADERS = frozenset({b"content-length", b"x-request-id"})
 _KEY_HEADERS = (b"authorization", b"x-catapult-user-id", b"accept", b"content-type")
+
+
+@dataclass(slots=True)
+class ResponseNote:
+    """What the endpoint tells the cache about the answer it is producing.
+
+    It rides in the ASGI scope (`SCOPE_KEY`): the loader adds when each upstream answer
+    it used was fetched (wall-clock seconds), so an entry expires with its data, and the
+    endpoint names the operation, so a hit is counted under the same name.
+    """
+
+    SCOPE_KEY: ClassVar[str] = "gateway.response_note"
+    fetched_at: list[float] = field(default_factory=list)
+    operation: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
     body: bytes
-    content_type: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+    operation: str | None
     expires: float
 
 
@@ -45,15 +59,21 @@ class ResponseCache:
     """ASGI wrapper serving repeated identical requests of one caller from memory."""
 
     def __init__(
-        self, app: ASGIApp, *, ttl: float, max_entries: int = 1024, max_body_bytes: int = 1 << 20
+        self,
+        app: ASGIApp,
+        *,
+        ttl: float,
+        telemetry: Telemetry,
+        max_entries: int = 1024,
+        max_body_bytes: int = 1 << 20,
     ) -> None:
         self.app = app
         self.ttl = ttl
         self.max_entries = max_entries
         self.max_body_bytes = max_body_bytes
+        self._telemetry = telemetry
         self._key = secrets.token_bytes(32)
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
-        self.hits = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("GET", "POST") or self.ttl <= 0:
@@ -73,18 +93,7 @@ class ResponseCache:
             entry = self._entries.get(key)
             if entry is not None and entry.expires > time.time():
                 self._entries.move_to_end(key)
-                self.hits += 1
-                request_id = request_id_from(headers.get(b"x-request-id", b"").decode("latin-1"))
-                await _send_cached(entry, request_id, send)
-                log.info(
-                    "graphql request",
-                    extra={
-                        "request_id": request_id,
-                        "method": scope["method"],
-                        "status": 200,
-                        "cache": "response-hit",
-                    },
-                )
+                await self._answer(entry, scope, headers, send)
                 return
         await self._fill(key, scope, body, receive, send)
 
@@ -95,33 +104,61 @@ class ResponseCache:
         digest.update(scope["method"].encode() + b"\0" + scope["query_string"] + b"\0" + body)
         return digest.digest()
 
+    async def _answer(
+        self, entry: _Entry, scope: Scope, headers: dict[bytes, bytes], send: Send
+    ) -> None:
+        request_id = request_id_from(headers.get(b"x-request-id", b"").decode("latin-1"))
+        with self._telemetry.request(Request(scope), request_id) as record:
+            record.operation, record.status = entry.operation, 200
+            self._telemetry.metrics.response_hit()
+            remaining = str(max(0, int(entry.expires - time.time()))).encode()
+            response_headers = [
+                *(_aged(name, value, remaining) for name, value in entry.headers),
+                (b"content-length", str(len(entry.body)).encode()),
+                (b"x-request-id", request_id.encode()),
+            ]
+            await send({"type": "http.response.start", "status": 200, "headers": response_headers})
+            await send({"type": "http.response.body", "body": entry.body})
+
     async def _fill(
         self, key: bytes, scope: Scope, body: bytes, receive: Receive, send: Send
     ) -> None:
-        fetched_at: list[float] = []
+        note = ResponseNote()
         started = time.time()
         status = 0
-        content_type = b""
+        kept: tuple[tuple[bytes, bytes], ...] = ()
         chunks: list[bytes] = []
 
         async def capture(message: Message) -> None:
-            nonlocal status, content_type
+            nonlocal status, kept
             if message["type"] == "http.response.start":
                 status = message["status"]
-                content_type = dict(message.get("headers", ())).get(b"content-type", b"")
+                kept = tuple(
+                    (name, value)
+                    for name, value in message.get("headers", ())
+                    if name.lower() not in _FRESH_HEADERS
+                )
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
             await send(message)
 
-        await self.app({**scope, FETCHED_AT: fetched_at}, _replay(body, receive), capture)
+        await self.app({**scope, ResponseNote.SCOPE_KEY: note}, _replay(body, receive), capture)
         answer = b"".join(chunks)
         # An answer with errors is never kept: errors are never cached.
         if status == 200 and b'"errors"' not in answer:
-            expires = min(fetched_at, default=started) + self.ttl
-            self._entries[key] = _Entry(answer, content_type, expires)
+            expires = min(note.fetched_at, default=started) + self.ttl
+            self._entries[key] = _Entry(answer, kept, note.operation, expires)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
+
+
+def _aged(name: bytes, value: bytes, remaining: bytes) -> tuple[bytes, bytes]:
+    # A browser may keep a GET answer for max-age more seconds: count from now, not from
+    # when the entry was made, so the answer is never kept past its data's TTL.
+    if name.lower() == b"cache-control":
+        value = re.sub(rb"max-age=\d+", b"max-age=" + remaining, value)
+    return name, value
 
 
 async def _read(receive: Receive, limit: int) -> tuple[bytes, bool]:
@@ -152,13 +189,3 @@ def _replay(body: bytes, receive: Receive, *, more: bool = False) -> Receive:
         return await receive()
 
     return replay
-
-
-async def _send_cached(entry: _Entry, request_id: str, send: Send) -> None:
-    headers = [
-        (b"content-type", entry.content_type),
-        (b"content-length", str(len(entry.body)).encode()),
-        (b"x-request-id", request_id.encode()),
-    ]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": entry.body})
