@@ -1,0 +1,128 @@
+"""The response cache: whole answers reused for one caller within the TTL, and only then."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from gateway.app import credential_headers
+from tests.conftest import DEMO, SECOND, GatewayFactory, Sandbox
+
+QUERY = "query Latest { calls(size: 2) { id state } }"
+
+
+def upstream_count(sandbox: Sandbox) -> int:
+    return len(sandbox.requests())
+
+
+def test_the_same_request_within_the_ttl_is_answered_without_the_upstream(
+    gateway_factory: GatewayFactory, sandbox: Sandbox
+) -> None:
+    gateway = gateway_factory(cache_ttl=30)
+
+    first = gateway.query(QUERY, headers={"X-Request-Id": "first"})
+    second = gateway.query(QUERY, headers={"X-Request-Id": "second"})
+
+    assert first.content == second.content
+    assert second.headers["x-request-id"] == "second"
+    assert second.headers["content-type"] == first.headers["content-type"]
+    assert upstream_count(sandbox) == 1
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        pytest.param(credential_headers(SECOND), id="another-account"),
+        pytest.param(
+            {**credential_headers(SECOND), "X-Catapult-User-Id": DEMO.user_id},
+            id="another-account-naming-the-first-user",
+        ),
+        pytest.param({"X-Catapult-User-Id": DEMO.user_id}, id="no-credentials"),
+        pytest.param(
+            {**credential_headers(DEMO), "Accept": "application/graphql-response+json"},
+            id="another-media-type",
+        ),
+    ],
+)
+def test_an_answer_is_never_reused_for_a_different_caller_or_request(
+    gateway_factory: GatewayFactory, sandbox: Sandbox, other: dict[str, str]
+) -> None:
+    gateway = gateway_factory(cache_ttl=30, headers={})
+    mine = gateway.query(QUERY, headers=credential_headers(DEMO))
+
+    theirs = gateway.query(QUERY, headers=other)
+
+    assert (theirs.content, theirs.headers["content-type"]) != (
+        mine.content,
+        mine.headers["content-type"],
+    )
+    # Every caller with credentials has its own request reach the upstream (the one
+    # without credentials is refused before any).
+    expected = 1 if "Authorization" not in other else 2
+    assert upstream_count(sandbox) == expected
+
+
+def test_answers_with_errors_are_never_kept(
+    gateway_factory: GatewayFactory, sandbox: Sandbox
+) -> None:
+    gateway = gateway_factory(cache_ttl=30)
+    sandbox.faults(fail_status=500, fail_count=1)
+
+    failed = gateway.query(QUERY)
+    recovered = gateway.query(QUERY)
+
+    assert failed.json()["errors"][0]["extensions"]["code"] == "UPSTREAM_ERROR"
+    assert "errors" not in recovered.json()
+    assert upstream_count(sandbox) == 2
+
+
+def test_no_cache_skips_the_lookup_and_refreshes_the_entry(
+    gateway_factory: GatewayFactory, sandbox: Sandbox
+) -> None:
+    gateway = gateway_factory(cache_ttl=30)
+    gateway.query(QUERY)
+
+    gateway.query(QUERY, headers={**credential_headers(DEMO), "Cache-Control": "no-cache"})
+    gateway.query(QUERY)
+
+    assert upstream_count(sandbox) == 2
+
+
+def test_an_entry_expires_with_the_ttl(gateway_factory: GatewayFactory, sandbox: Sandbox) -> None:
+    gateway = gateway_factory(cache_ttl=0.5)
+    gateway.query(QUERY)
+
+    time.sleep(0.6)
+    gateway.query(QUERY)
+
+    assert upstream_count(sandbox) == 2
+
+
+def test_the_ttl_off_turns_the_response_cache_off(
+    gateway_factory: GatewayFactory, sandbox: Sandbox
+) -> None:
+    gateway = gateway_factory(cache_ttl=0)
+
+    gateway.query(QUERY)
+    gateway.query(QUERY)
+
+    assert upstream_count(sandbox) == 2
+
+
+def test_a_get_hit_keeps_its_cache_headers_counted_from_now(
+    gateway_factory: GatewayFactory, sandbox: Sandbox
+) -> None:
+    gateway = gateway_factory(cache_ttl=30)
+    params = {"query": QUERY}
+    headers = {**credential_headers(DEMO), "Apollo-Require-Preflight": "1"}
+
+    first = gateway.http.get("/graphql", params=params, headers=headers)
+    time.sleep(1.1)
+    second = gateway.http.get("/graphql", params=params, headers=headers)
+
+    assert upstream_count(sandbox) == 1
+    assert first.headers["vary"] == second.headers["vary"]
+    first_age = int(first.headers["cache-control"].rsplit("max-age=", 1)[1])
+    second_age = int(second.headers["cache-control"].rsplit("max-age=", 1)[1])
+    assert second_age < first_age
