@@ -7,11 +7,13 @@ nothing of GraphQL.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -40,6 +42,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gateway.transport import AiohttpTransport
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 
@@ -101,8 +104,7 @@ def create_http_client(
         max_keepalive_connections=settings.upstream_max_connections,
         keepalive_expiry=30,
     )
-    # The pool's limits live on the transport, so it is built here and then wrapped.
-    transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+    transport: httpx.AsyncBaseTransport = AiohttpTransport(limits)
     if wrap_transport is not None:
         transport = wrap_transport(transport)
     return httpx.AsyncClient(
@@ -110,6 +112,9 @@ def create_http_client(
         timeout=httpx.Timeout(settings.upstream_timeout, connect=settings.upstream_connect_timeout),
         transport=transport,
         headers={"Accept": "application/json", "User-Agent": f"catapult-gateway/{__version__}"},
+        # One client serves every caller: a cookie the upstream sets for one must never
+        # ride along with another's request.
+        cookies=httpx.Cookies(CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))),
         follow_redirects=False,
         trust_env=False,
     )
@@ -163,11 +168,16 @@ class CatapultClient:
             raise UpstreamTimeout("The upstream did not answer within the request's deadline.")
         timeout = min(self._upstream_timeout, remaining)
         try:
-            response = await self._http.get(
-                request.target,
-                headers={"Authorization": credentials.authorization},
-                timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
-            )
+            # The transport's timeouts bound each socket operation; this bounds the whole
+            # answer, so a slowly dripping upstream cannot outlast the deadline.
+            async with asyncio.timeout(timeout):
+                response = await self._http.get(
+                    request.target,
+                    headers={"Authorization": credentials.authorization},
+                    timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
+                )
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"The upstream did not answer within {timeout:.1f} s.") from exc
         except httpx.ConnectTimeout as exc:
             raise _Retryable(
                 UpstreamUnavailable("Could not connect to the upstream in time.")
