@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from graphql import (
@@ -58,7 +60,6 @@ from gateway.context import Context, left_out_notice
 from gateway.errors import GatewayError
 from gateway.schema.types import SortOrder, serialize_datetime
 
-Project = Callable[[dict[str, Any]], Any]
 Row = dict[str, Any]
 
 _METHOD_NAMES = frozenset(name.upper() for name in HTTP_METHODS)
@@ -71,43 +72,32 @@ class Fallback(Exception):
 
 
 # --- per-field projections: upstream JSON value -> GraphQL result value ------------------
+#
+# A projection is generated as one Python function per selection (one dict display, no
+# call per field for the common cases), compiled once per document and variables shape.
+# The helpers below handle what the inline expressions leave to them, with the parser's
+# own rules (calls.py), so both paths agree on every value.
 
 
-def _required_text(raw: Row, key: str) -> str:
-    value = raw.get(key)
-    if value.__class__ is not str or not value:
-        raise Fallback
-    return value
-
-
-def _enum(raw: Row, key: str, allowed: frozenset[str]) -> str:
-    value = _required_text(raw, key).lower()
-    if value not in allowed:
-        raise Fallback
-    return value.upper()
-
-
-def _optional_text(value: Any) -> str | None:
-    if value is None or value.__class__ is str:
-        return value
+def _fallback() -> Any:
     raise Fallback
 
 
-def _optional_int(value: Any) -> int | None:
+def _int(value: Any) -> int | None:
     number = parse_integer(value)
     if isinstance(number, Odd):
         raise Fallback
     return number
 
 
-def _optional_bool(value: Any) -> bool | None:
+def _bool(value: Any) -> bool | None:
     checked = parse_boolean(value)
     if isinstance(checked, Odd):
         raise Fallback
     return checked
 
 
-def _optional_choice(value: Any, names: frozenset[str]) -> str | None:
+def _choice(value: Any, names: frozenset[str]) -> str | None:
     if value is None:
         return None
     if value.__class__ is not str or value.upper() not in names:
@@ -118,8 +108,13 @@ def _optional_choice(value: Any, names: frozenset[str]) -> str | None:
 def _instant(value: Any) -> str | None:
     if value is None:
         return None
-    if value.__class__ is str and _CANONICAL_INSTANT.fullmatch(value):
-        # Parsing and printing a canonical instant gives back the same text.
+    if value.__class__ is str and len(value) == 24 and _CANONICAL_INSTANT.fullmatch(value):
+        # A canonical instant prints back as the same text, once it is known to be a
+        # real date (the pattern alone would let 2013-02-30 through).
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            raise Fallback from None
         return value
     parsed = parse_timestamp(value)
     if isinstance(parsed, Odd) or parsed is None:
@@ -132,41 +127,83 @@ def _sip_headers(value: Any, fields: tuple[tuple[str, str], ...]) -> list[dict[s
         return []
     if value.__class__ is not dict:
         raise Fallback
-    headers = []
-    for name, header in value.items():
+    for header in value.values():
         if header.__class__ is not str:
             # Numbers and booleans are rendered by the parser's rules; rare, so fall back.
             raise Fallback
+    if fields == _NAME_VALUE:
+        return [{"name": name, "value": header} for name, header in value.items()]
+    headers = []
+    for name, header in value.items():
         item = {"name": name, "value": header, "__typename": "SipHeader"}
         headers.append({key: item[field] for key, field in fields})
     return headers
 
 
-def _field_projection(field: str) -> Project:
-    match field:
-        case "id" | "from" | "to":
-            return lambda raw: _required_text(raw, field)
-        case "direction":
-            return lambda raw: _enum(raw, "direction", DIRECTIONS)
-        case "state":
-            return lambda raw: _enum(raw, "state", STATES)
-        case "startTime" | "activeTime" | "endTime":
-            return lambda raw: _instant(raw.get(field))
-        case "callbackUrl" | "fallbackUrl" | "bridgeId" | "conferenceId":
-            return lambda raw: _optional_text(raw.get(field))
-        case "eventsUrl":
-            return lambda raw: _optional_text(raw.get("events"))
-        case "callbackTimeout" | "chargeableDuration":
-            return lambda raw: _optional_int(raw.get(field))
-        case "recordingEnabled" | "transcriptionEnabled":
-            return lambda raw: _optional_bool(raw.get(field))
-        case "callbackHttpMethod":
-            return lambda raw: _optional_choice(raw.get(field), _METHOD_NAMES)
-        case "recordingFileFormat":
-            return lambda raw: _optional_choice(raw.get(field), _FORMAT_NAMES)
-        case "__typename":
-            return lambda raw: "Call"
-    raise Fallback
+_NAME_VALUE = (("name", "name"), ("value", "value"))
+_INT32 = "-2147483648 <= _v <= 2147483647"
+_EXPRESSIONS = {
+    # id, from, to, direction and state were checked by _is_call before projecting.
+    "id": 'raw["id"]',
+    "from": 'raw["from"]',
+    "to": 'raw["to"]',
+    "direction": '_DIRECTION[raw["direction"].lower()]',
+    "state": '_STATE[raw["state"].lower()]',
+    "startTime": '_instant(get("startTime"))',
+    "activeTime": '_instant(get("activeTime"))',
+    "endTime": '_instant(get("endTime"))',
+    "eventsUrl": '(_v if (_v := get("events")) is None or _v.__class__ is str else _fallback())',
+    "callbackHttpMethod": '_choice(get("callbackHttpMethod"), _METHOD_NAMES)',
+    "recordingFileFormat": '_choice(get("recordingFileFormat"), _FORMAT_NAMES)',
+    "__typename": '"Call"',
+}
+for _name in ("callbackUrl", "fallbackUrl", "bridgeId", "conferenceId"):
+    _EXPRESSIONS[_name] = (
+        f'(_v if (_v := get("{_name}")) is None or _v.__class__ is str else _fallback())'
+    )
+for _name in ("callbackTimeout", "chargeableDuration"):
+    _EXPRESSIONS[_name] = (
+        f'(_v if (_v := get("{_name}")) is None or (_v.__class__ is int and {_INT32}) '
+        "else _int(_v))"
+    )
+for _name in ("recordingEnabled", "transcriptionEnabled"):
+    _EXPRESSIONS[_name] = (
+        f'(_v if (_v := get("{_name}")) is None or _v.__class__ is bool else _bool(_v))'
+    )
+
+_NAMESPACE: dict[str, Any] = {
+    "_DIRECTION": {value: value.upper() for value in DIRECTIONS},
+    "_STATE": {value: value.upper() for value in STATES},
+    "_METHOD_NAMES": _METHOD_NAMES,
+    "_FORMAT_NAMES": _FORMAT_NAMES,
+    "_instant": _instant,
+    "_choice": _choice,
+    "_int": _int,
+    "_bool": _bool,
+    "_fallback": _fallback,
+    "_sip_headers": _sip_headers,
+}
+
+
+@lru_cache(maxsize=256)
+def _compile_projection(plan: tuple[tuple[str, str, Any], ...]) -> Callable[[Row], Row]:
+    """One function building a result object from an upstream record, for this plan."""
+    namespace = dict(_NAMESPACE)
+    items = []
+    for index, (key, field, extra) in enumerate(plan):
+        if field == "sipHeaders":
+            namespace[f"_pairs{index}"] = extra
+            expression = f'_sip_headers(get("sipHeaders"), _pairs{index})'
+        else:
+            if field not in _EXPRESSIONS:
+                raise Fallback
+            expression = _EXPRESSIONS[field]
+        # Response keys are GraphQL names ([_A-Za-z][_0-9A-Za-z]*), safe in a literal.
+        items.append(f"{key!r}: {expression}")
+    source = "def project(raw):\n    get = raw.get\n    return {" + ", ".join(items) + "}\n"
+    exec(compile(source, "<calls projection>", "exec"), namespace)  # noqa: S102
+    project: Callable[[Row], Row] = namespace["project"]
+    return project
 
 
 def _is_call(raw: Row) -> bool:
@@ -246,7 +283,7 @@ def _call_projection(
         if node.selection_set is None:
             raise Fallback
         _collect(node.selection_set, fragments, variables, "Call", fields, set())
-    plan: list[tuple[str, Project]] = []
+    plan: list[tuple[str, str, Any]] = []
     for key, field_nodes in fields.items():
         name = field_nodes[0].name.value
         if name == "sipHeaders":
@@ -258,14 +295,10 @@ def _call_projection(
             pairs = tuple((k, v[0].name.value) for k, v in sub.items())
             if any(field not in ("name", "value", "__typename") for _, field in pairs):
                 raise Fallback
-            plan.append((key, lambda raw, pairs=pairs: _sip_headers(raw.get("sipHeaders"), pairs)))  # type: ignore[misc]
+            plan.append((key, name, pairs))
         else:
-            plan.append((key, _field_projection(name)))
-
-    def project(raw: Row) -> Row:
-        return {key: field(raw) for key, field in plan}
-
-    return project
+            plan.append((key, name, None))
+    return _compile_projection(tuple(plan))
 
 
 class FastPlan:

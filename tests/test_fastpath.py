@@ -76,6 +76,8 @@ def _gateway(upstream_url: str, *, fast: bool) -> Any:
 
 timestamps = st.one_of(
     st.just("2013-02-08T13:15:47.587Z"),
+    st.just("2013-02-30T13:15:47.587Z"),
+    st.just("2014-12-19T19:13:20.000Z"),
     st.just("2014-12-19T19:13:20Z"),
     st.just("2013-07-12T15:54:47-02"),
     st.just("2013-07-12T15:54:47.5+05:30"),
