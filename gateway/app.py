@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -175,4 +176,20 @@ def app_from_environment() -> Starlette:
     settings = load_settings(os.environ)
     # Worker processes start with logging unconfigured; this runs in each of them.
     configure_logging(settings.log_level, settings.log_format)
-    return create_app(settings)
+    app = create_app(settings)
+    tune_garbage_collector()
+    return app
+
+
+def tune_garbage_collector() -> None:
+    """Make the cyclic garbage collector cheap for a server process.
+
+    A 1000-call page is ~30,000 new containers, nearly all freed by reference counting;
+    at the default thresholds they trigger collections that also walk every module,
+    type and schema object, and these cost as much as building the answer. The
+    long-lived start-up objects are frozen out of the collector's sight, and young
+    collections run every 20,000 allocations instead of every 700.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 50)

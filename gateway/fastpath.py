@@ -108,7 +108,19 @@ def _choice(value: Any, names: frozenset[str]) -> str | None:
 def _instant(value: Any) -> str | None:
     if value is None:
         return None
-    if value.__class__ is str and len(value) == 24 and _CANONICAL_INSTANT.fullmatch(value):
+    if value.__class__ is str:
+        return _instant_text(value)
+    parsed = parse_timestamp(value)
+    if isinstance(parsed, Odd) or parsed is None:
+        raise Fallback
+    return serialize_datetime(parsed)
+
+
+@lru_cache(maxsize=32768)
+def _instant_text(value: str) -> str:
+    # Memoised: the same calls come back page after page (polling, paging back and
+    # forth), and printing an instant costs more than looking it up. Bounded (~4 MB).
+    if len(value) == 24 and _CANONICAL_INSTANT.fullmatch(value):
         # A canonical instant prints back as the same text, once it is known to be a
         # real date (the pattern alone would let 2013-02-30 through).
         try:
@@ -127,19 +139,21 @@ def _sip_headers(value: Any, fields: tuple[tuple[str, str], ...]) -> list[dict[s
         return []
     if value.__class__ is not dict:
         raise Fallback
+    if fields == _NAME_VALUE:
+        headers = [{"name": name, "value": header} for name, header in value.items()]
+    else:
+        headers = [
+            {key: (name, header, "SipHeader")[_SIP_FIELD[field]] for key, field in fields}
+            for name, header in value.items()
+        ]
     for header in value.values():
         if header.__class__ is not str:
             # Numbers and booleans are rendered by the parser's rules; rare, so fall back.
             raise Fallback
-    if fields == _NAME_VALUE:
-        return [{"name": name, "value": header} for name, header in value.items()]
-    headers = []
-    for name, header in value.items():
-        item = {"name": name, "value": header, "__typename": "SipHeader"}
-        headers.append({key: item[field] for key, field in fields})
     return headers
 
 
+_SIP_FIELD = {"name": 0, "value": 1, "__typename": 2}
 _NAME_VALUE = (("name", "name"), ("value", "value"))
 _INT32 = "-2147483648 <= _v <= 2147483647"
 _EXPRESSIONS = {
