@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -32,7 +32,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.context import Context
 from gateway.errors import GatewayError, PersistedQueryNotFound
-from gateway.fastpath import compile_plan
+from gateway.fastpath import FastPlan, compile_plan
 from gateway.graphiql import GraphiQLPage
 from gateway.logs import request_id_from
 from gateway.metrics import Metrics
@@ -99,9 +99,10 @@ class GraphQLEndpoint:
         self._persisted = persisted_queries
         self._get_max_age = get_max_age
         self._parse = lru_cache(maxsize=512)(_parse_document)
-        self._validate = lru_cache(maxsize=512)(self._validate_document)
+        # Keyed by the query text, not the document: hashing a document walks its tree.
+        self._validate = lru_cache(maxsize=512)(self._validate_query)
         self._fast_path = fast_path
-        self._plan = lru_cache(maxsize=512)(partial(compile_plan, schema))
+        self._plan = lru_cache(maxsize=512)(self._plan_query)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # An ASGI app rather than a request function, so that every method reaches it
@@ -175,7 +176,7 @@ class GraphQLEndpoint:
                 raise RequestError(
                     405, "Only queries may be sent with GET; use POST.", {"allow": "POST"}
                 )
-            validation_errors = self._validate(document)
+            validation_errors = self._validate(query)
             if validation_errors:
                 return _result(
                     media_type,
@@ -184,7 +185,7 @@ class GraphQLEndpoint:
                     request_error=True,
                 )
             context = self._make_context(request, request_id)
-            plan = self._plan(document, operation) if self._fast_path else None
+            plan = self._plan(query, params.operation_name) if self._fast_path else None
             if plan is not None:
                 data = await plan.run(context, params.variables)
                 if data is not None:
@@ -244,6 +245,17 @@ class GraphQLEndpoint:
                     "The request body must be a JSON object (batched requests are not supported).",
                 )
         return _params(raw)
+
+    def _plan_query(self, query: str, operation_name: str | None) -> FastPlan | None:
+        document = self._parse(query)
+        if isinstance(document, GraphQLError):
+            return None
+        return compile_plan(self._schema, document, get_operation_ast(document, operation_name))
+
+    def _validate_query(self, query: str) -> list[GraphQLError]:
+        document = self._parse(query)
+        assert isinstance(document, DocumentNode), "parse errors are answered before"
+        return self._validate_document(document)
 
     def _validate_document(self, document: DocumentNode) -> list[GraphQLError]:
         return validate(self._schema, document)
