@@ -13,6 +13,8 @@ from typing import TypedDict
 import anyio
 from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
@@ -23,6 +25,7 @@ from gateway.credentials import Credentials
 from gateway.endpoint import GraphQLEndpoint
 from gateway.graphiql import ASSET_ROUTE, GraphiQLPage
 from gateway.health import healthz, readyz
+from gateway.limits import OperationLimits
 from gateway.loaders import OperationLoader
 from gateway.logs import configure_logging
 from gateway.metrics import Metrics
@@ -110,6 +113,7 @@ def create_app(settings: Settings) -> Starlette:
             request.headers,
             upstream_base=client.base_url,
             fetched_at=_fetched_at(request),
+            max_requests=settings.max_upstream_requests,
         )
         return Context(request_id=request_id, calls=loader, cursors=cursors)
 
@@ -131,6 +135,17 @@ def create_app(settings: Settings) -> Starlette:
         persisted_queries=PersistedQueries(),
         get_max_age=int(settings.cache_ttl),
         fast_path=settings.fast_path,
+        max_body_bytes=settings.max_body_bytes,
+        csrf_prevention=settings.csrf_prevention,
+        limits=OperationLimits(
+            max_depth=settings.max_depth,
+            max_aliases=settings.max_aliases,
+            max_tokens=settings.max_tokens,
+            max_root_fields=settings.max_root_fields,
+            max_upstream_requests=settings.max_upstream_requests,
+        ),
+        introspection=settings.introspection,
+        suggestions=settings.field_suggestions,
     )
 
     async def metrics_endpoint(request: Request) -> Response:
@@ -150,7 +165,33 @@ def create_app(settings: Settings) -> Starlette:
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route(ASSET_ROUTE + "/{name}", graphiql_asset, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, middleware=_cors(settings), lifespan=lifespan)
+
+
+def _cors(settings: Settings) -> list[Middleware]:
+    """CORS for the allow-listed origins only; none by default, so browsers stay same-origin."""
+    if not settings.cors_origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            # The credential headers and the preflight-forcing ones a browser client sends.
+            allow_headers=[
+                "authorization",
+                "content-type",
+                "x-catapult-user-id",
+                "apollo-require-preflight",
+                "x-apollo-operation-name",
+                "x-request-id",
+                "cache-control",
+            ],
+            allow_credentials=True,
+            expose_headers=["x-request-id"],
+            max_age=600,
+        )
+    ]
 
 
 def _fetched_at(request: Request) -> list[float] | None:

@@ -104,6 +104,52 @@ class Settings(BaseModel):
             "(off: always the standard executor)."
         ),
     )
+    max_depth: int = Field(
+        10, ge=1, le=100, description="Deepest field nesting an operation may have."
+    )
+    max_aliases: int = Field(30, ge=0, le=10_000, description="Aliases one operation may use.")
+    max_tokens: int = Field(
+        2000, ge=10, le=1_000_000, description="GraphQL tokens one document may have."
+    )
+    max_root_fields: int = Field(
+        20, ge=1, le=10_000, description="Root fields one operation may select."
+    )
+    max_upstream_requests: int = Field(
+        10, ge=1, le=10_000, description="Upstream requests one operation may cause."
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body accepted (413 above it)."
+    )
+    introspection: bool = Field(True, description="Answer schema introspection queries.")
+    field_suggestions: bool = Field(
+        True, description='Add "Did you mean ...?" hints to validation errors.'
+    )
+    csrf_prevention: bool = Field(
+        True,
+        description="Refuse requests a browser could send without a CORS preflight.",
+    )
+    cors_origins: tuple[str, ...] = Field(
+        (),
+        description="Comma-separated origins allowed to call the API from a browser.",
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _plain_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # An allow-list of exact origins: a wildcard would let every site read answers
+        # fetched with a visitor's credentials.
+        for origin in value:
+            parts = urlsplit(origin)
+            if parts.scheme not in {"http", "https"} or not parts.netloc or parts.path:
+                raise ValueError(f"{origin!r} is not an origin such as https://app.example.com")
+        return value
 
     @field_validator("cache_url")
     @classmethod

@@ -20,10 +20,11 @@ from graphql import (
     ExecutionResult,
     GraphQLError,
     GraphQLSchema,
+    NoSchemaIntrospectionCustomRule,
     OperationType,
     execute,
     get_operation_ast,
-    parse,
+    specified_rules,
     validate,
 )
 from starlette.requests import Request
@@ -34,6 +35,7 @@ from gateway.context import Context
 from gateway.errors import GatewayError, PersistedQueryNotFound
 from gateway.fastpath import FastPlan, compile_plan
 from gateway.graphiql import GraphiQLPage
+from gateway.limits import OperationLimits, check_limits, parse_document
 from gateway.logs import request_id_from
 from gateway.metrics import Metrics
 from gateway.persisted_queries import PersistedQueries, PersistedQueryError
@@ -89,6 +91,9 @@ class GraphQLEndpoint:
         persisted_queries: PersistedQueries | None = None,
         get_max_age: int = 0,
         fast_path: bool = True,
+        limits: OperationLimits | None = None,
+        introspection: bool = True,
+        suggestions: bool = True,
     ) -> None:
         self._schema = schema
         self._make_context = make_context
@@ -98,7 +103,14 @@ class GraphQLEndpoint:
         self._csrf_prevention = csrf_prevention
         self._persisted = persisted_queries
         self._get_max_age = get_max_age
-        self._parse = lru_cache(maxsize=512)(_parse_document)
+        self._limits = limits or OperationLimits()
+        self._rules = (
+            specified_rules
+            if introspection
+            else (*specified_rules, NoSchemaIntrospectionCustomRule)
+        )
+        self._hide_suggestions = not suggestions
+        self._parse = lru_cache(maxsize=512)(self._parse_document)
         # Keyed by the query text, not the document: hashing a document walks its tree.
         self._validate = lru_cache(maxsize=512)(self._validate_query)
         self._fast_path = fast_path
@@ -196,6 +208,7 @@ class GraphQLEndpoint:
                 context_value=context,
                 variable_values=params.variables,
                 operation_name=params.operation_name,
+                hide_suggestions=self._hide_suggestions,
             )
             if not isinstance(result, ExecutionResult):
                 result = await result
@@ -257,8 +270,15 @@ class GraphQLEndpoint:
         assert isinstance(document, DocumentNode), "parse errors are answered before"
         return self._validate_document(document)
 
+    def _parse_document(self, query: str) -> DocumentNode | GraphQLError:
+        return parse_document(query, self._limits.max_tokens)
+
     def _validate_document(self, document: DocumentNode) -> list[GraphQLError]:
-        return validate(self._schema, document)
+        # Limits are checked with validation, so their verdict is cached with the document.
+        errors = validate(
+            self._schema, document, self._rules, hide_suggestions=self._hide_suggestions
+        )
+        return errors or check_limits(document, self._limits)
 
 
 def _notices(context: Context, data: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -270,13 +290,6 @@ def _notices(context: Context, data: dict[str, Any] | None) -> list[dict[str, An
         {"message": n.error.message, "path": list(n.path), "extensions": n.error.extensions}
         for n in notices
     ]
-
-
-def _parse_document(query: str) -> DocumentNode | GraphQLError:
-    try:
-        return parse(query)
-    except GraphQLError as error:
-        return error
 
 
 def _params(raw: dict[str, Any]) -> GraphQLParams:
@@ -383,7 +396,7 @@ def _name(operation: Any) -> str | None:
 
 def _coded(error: GraphQLError, code: str) -> dict[str, Any]:
     formatted = dict(error.formatted)
-    formatted["extensions"] = {**(error.extensions or {}), "code": code}
+    formatted["extensions"] = {"code": code, **(error.extensions or {})}
     return formatted
 
 

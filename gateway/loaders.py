@@ -21,7 +21,7 @@ from gateway.calls import (
     validate_id,
 )
 from gateway.credentials import Credentials, credentials_from_headers
-from gateway.errors import NotFound, UpstreamBadResponse
+from gateway.errors import NotFound, OperationTooComplex, UpstreamBadResponse
 from gateway.pagination import next_query
 from gateway.upstream import UpstreamAnswer, UpstreamRequest, call_path, calls_path
 
@@ -38,12 +38,14 @@ class OperationLoader:
         *,
         upstream_base: str,
         fetched_at: list[float] | None = None,
+        max_requests: int | None = None,
     ) -> None:
         self._fetch = fetch
         self._headers = headers
         self._upstream_base = upstream_base
         # When each answer this operation used was fetched; see responses.ResponseNote.
         self.fetched_at = [] if fetched_at is None else fetched_at
+        self._max_requests = max_requests
         self._inflight: dict[UpstreamRequest, asyncio.Future[UpstreamAnswer]] = {}
         self.upstream_requests = 0
 
@@ -94,6 +96,13 @@ class OperationLoader:
     async def _get(self, credentials: Credentials, request: UpstreamRequest) -> UpstreamAnswer:
         future = self._inflight.get(request)
         if future is None:
+            # The backstop of the limit checked before execution, which cannot see
+            # requests that depend on variables or on the upstream's answers.
+            if self._max_requests is not None and self.upstream_requests >= self._max_requests:
+                raise OperationTooComplex(
+                    f"This operation needs more than {self._max_requests} upstream requests.",
+                    limit="maxUpstreamRequests",
+                )
             self.upstream_requests += 1
             future = asyncio.ensure_future(self._fetch(credentials, request))
             self._inflight[request] = future
