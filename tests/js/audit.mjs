@@ -1,14 +1,24 @@
 // Runs graphql-http's auditServer against a live GraphQL endpoint and prints the
 // results as one JSON array on stdout: [{id, name, status, reason}], status being
-// "ok", "warn" (a SHOULD or MAY not met) or "error" (a MUST not met).
+// "ok", "warn"/"notice" (a SHOULD or MAY not met) or "error" (a MUST not met).
+// With --preflight every request carries `Apollo-Require-Preflight`, as a browser
+// client of a CSRF-protected server sends it.
 import { auditServer } from 'graphql-http';
 
-const url = process.argv[2];
+const [url, flag] = process.argv.slice(2);
 if (!url) {
-  console.error('usage: node audit.mjs <graphql endpoint url>');
+  console.error('usage: node audit.mjs <graphql endpoint url> [--preflight]');
   process.exit(2);
 }
-const results = await auditServer({ url });
+const fetchFn =
+  flag === '--preflight'
+    ? (input, init = {}) => {
+        const headers = new Headers(init.headers);
+        headers.set('apollo-require-preflight', 'true');
+        return fetch(input, { ...init, headers });
+      }
+    : fetch;
+const results = await auditServer({ url, fetchFn });
 const out = [];
 for (const result of results) {
   out.push({

@@ -1,0 +1,162 @@
+"""Operation limits, the body size limit, and switching introspection and suggestions off."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import Gateway, GatewayFactory, Sandbox
+
+
+def codes(body: dict[str, Any]) -> list[str]:
+    return [error["extensions"]["code"] for error in body.get("errors", [])]
+
+
+def fan_out(count: int) -> str:
+    return "{" + " ".join(f"c{i}: calls(page: {i}, size: 1) {{ id }}" for i in range(count)) + "}"
+
+
+def test_an_alias_fan_out_of_200_calls_is_refused_before_any_upstream_request(
+    gateway: Gateway, sandbox: Sandbox
+) -> None:
+    response = gateway.query(fan_out(200))
+
+    assert response.status_code == 200
+    body = response.json()
+    assert "data" not in body
+    assert set(codes(body)) == {"OPERATION_TOO_COMPLEX"}
+    assert sandbox.requests() == []
+
+
+def test_the_upstream_estimate_refuses_a_fan_out_that_other_limits_allow(
+    gateway_factory: GatewayFactory, sandbox: Sandbox
+) -> None:
+    gateway = gateway_factory(max_aliases=1000, max_root_fields=1000, max_tokens=100_000)
+
+    body = gateway.query(fan_out(200)).json()
+
+    assert codes(body) == ["OPERATION_TOO_COMPLEX"]
+    assert body["errors"][0]["extensions"]["limit"] == "maxUpstreamRequests"
+    assert sandbox.requests() == []
+
+
+def test_identical_argument_sets_count_once_against_the_upstream_limit(
+    gateway_factory: GatewayFactory, sandbox: Sandbox
+) -> None:
+    gateway = gateway_factory(max_upstream_requests=1)
+    query = "{" + " ".join(f"c{i}: calls(size: 2) {{ id }}" for i in range(20)) + "}"
+
+    body = gateway.query(query).json()
+
+    assert "errors" not in body
+    assert len(body["data"]) == 20
+    assert len(sandbox.requests()) == 1
+
+
+def test_the_loader_refuses_requests_past_the_limit_that_variables_hid(
+    gateway_factory: GatewayFactory, sandbox: Sandbox
+) -> None:
+    # `_entities` names its ids through a variable, which no document check can count.
+    gateway = gateway_factory(max_upstream_requests=3)
+    query = "query($r: [_Any!]!) { _entities(representations: $r) { ... on Call { id } } }"
+    representations = [{"__typename": "Call", "id": f"c-{i}"} for i in range(6)]
+
+    body = gateway.query(query, {"r": representations}).json()
+
+    assert "OPERATION_TOO_COMPLEX" in codes(body)
+    assert len(sandbox.requests()) == 3
+
+
+@pytest.mark.parametrize(
+    ("settings", "query", "limit"),
+    [
+        ({"max_depth": 2}, "{ calls { sipHeaders { name } } }", "maxDepth"),
+        ({"max_aliases": 2}, "{ a: __typename b: __typename c: __typename }", "maxAliases"),
+        (
+            {"max_root_fields": 2},
+            '{ __typename calls { id } call(id: "c-1") { id } }',
+            "maxRootFields",
+        ),
+        (
+            {"max_tokens": 10},
+            "{ calls { id from to state direction startTime endTime } }",
+            "maxTokens",
+        ),
+        (
+            {"max_depth": 2},
+            "query { ...Deep } fragment Deep on Query { calls { sipHeaders { name } } }",
+            "maxDepth",
+        ),
+    ],
+    ids=["depth", "aliases", "root-fields", "tokens", "depth-through-fragment"],
+)
+def test_each_limit_refuses_with_operation_too_complex(
+    gateway_factory: GatewayFactory,
+    sandbox: Sandbox,
+    settings: dict[str, int],
+    query: str,
+    limit: str,
+) -> None:
+    gateway = gateway_factory(**settings)
+
+    response = gateway.query(query, headers={"accept": "application/graphql-response+json"})
+
+    assert response.status_code == 400
+    errors = response.json()["errors"]
+    assert [e["extensions"]["code"] for e in errors] == ["OPERATION_TOO_COMPLEX"]
+    assert errors[0]["extensions"]["limit"] == limit
+    assert sandbox.requests() == []
+
+
+def test_operations_within_the_default_limits_run(gateway: Gateway) -> None:
+    body = gateway.query("{ calls(size: 3) { id sipHeaders { name value } } }").json()
+
+    assert "errors" not in body
+    assert len(body["data"]["calls"]) == 3
+
+
+def test_graphiql_introspection_fits_the_default_limits(gateway: Gateway) -> None:
+    from graphql import get_introspection_query
+
+    query = get_introspection_query(descriptions=True, input_value_deprecation=True)
+    body = gateway.query(query).json()
+
+    assert "errors" not in body
+    assert body["data"]["__schema"]["queryType"]["name"] == "Query"
+
+
+def test_a_body_over_the_limit_is_413_not_a_crash(gateway_factory: GatewayFactory) -> None:
+    gateway = gateway_factory(max_body_bytes=2048)
+
+    response = gateway.query("{ __typename }" + " " * 4096)
+    streamed = gateway.http.post(
+        "/graphql",
+        content=iter([b'{"query": "{ __typename }"', b" " * 4096, b"}"]),
+        headers={"content-type": "application/json"},
+    )
+
+    assert response.status_code == 413
+    assert codes(response.json()) == ["BAD_REQUEST"]
+    assert streamed.status_code == 413
+    assert gateway.query("{ __typename }").json() == {"data": {"__typename": "Query"}}
+
+
+def test_introspection_can_be_switched_off(gateway_factory: GatewayFactory) -> None:
+    closed = gateway_factory(introspection=False)
+
+    body = closed.query("{ __schema { queryType { name } } }").json()
+    typename = closed.query("{ __typename }").json()
+
+    assert set(codes(body)) == {"GRAPHQL_VALIDATION_FAILED"}
+    assert "introspection" in body["errors"][0]["message"]
+    assert typename == {"data": {"__typename": "Query"}}
+
+
+def test_field_suggestions_can_be_switched_off(gateway_factory: GatewayFactory) -> None:
+    helpful = gateway_factory().query("{ calls { idd } }").json()
+    quiet = gateway_factory(field_suggestions=False).query("{ calls { idd } }").json()
+
+    assert "Did you mean" in helpful["errors"][0]["message"]
+    assert "Did you mean" not in quiet["errors"][0]["message"]
+    assert codes(quiet) == ["GRAPHQL_VALIDATION_FAILED"]
