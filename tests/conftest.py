@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import base64
+import logging
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -12,11 +14,60 @@ import pytest
 
 from gateway.app import create_app, credential_headers
 from gateway.config import Settings, load_settings
+from gateway.logs import JsonFormatter
 from gateway.sandbox import ACCOUNTS, SandboxOptions, create_sandbox_app
 from tests.fakes import FakeUpstream
 from tests.servers import serve
 
 DEMO, SECOND = ACCOUNTS[0], ACCOUNTS[1]
+
+# What must never appear in a log line: every test account's token, secret and Basic
+# credentials, and the upstream's error details (they carry the caller's address).
+SECRETS = (
+    *(account.token for account in ACCOUNTS),
+    *(account.secret for account in ACCOUNTS),
+    *(base64.b64encode(f"{a.token}:{a.secret}".encode()).decode() for a in ACCOUNTS),
+    "remoteAddress",
+)
+
+
+def leaks(lines: Iterable[str]) -> list[str]:
+    """The log lines that contain a credential or an upstream error's details."""
+    return [line for line in lines if any(secret in line for secret in SECRETS)]
+
+
+class KeepEveryLine(logging.Handler):
+    """Formats every record as the gateway writes it (JSON, with extras and tracebacks)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(JsonFormatter())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def every_log_line() -> Iterator[KeepEveryLine]:
+    """Keeps every log line of the whole run; the run fails if one holds a credential."""
+    root = logging.getLogger()
+    keeper = KeepEveryLine()
+    level = root.level
+    root.addHandler(keeper)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield keeper
+    finally:
+        root.removeHandler(keeper)
+        root.setLevel(level)
+    leaked = leaks(keeper.lines)
+    if leaked:
+        pytest.fail(
+            f"{len(leaked)} of {len(keeper.lines)} log lines leak a credential, e.g.: "
+            f"{leaked[0][:300]}",
+            pytrace=False,
+        )
 
 
 @dataclass

@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 
 from gateway.app import credential_headers
 from gateway.logs import ConsoleFormatter, JsonFormatter, configure_logging
-from tests.conftest import DEMO, GatewayFactory, Sandbox
+from tests.conftest import DEMO, GatewayFactory, KeepEveryLine, Sandbox, leaks
 
 
 @pytest.fixture
@@ -114,3 +115,37 @@ def test_log_format_choice(
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
+
+
+def test_upstream_failures_are_logged_without_credentials_or_error_details(
+    gateway_factory: GatewayFactory, sandbox: Sandbox, every_log_line: KeepEveryLine
+) -> None:
+    gateway = gateway_factory()
+    sandbox.faults(fail_status=500)
+    before = len(every_log_line.lines)
+
+    response = gateway.query("{ calls { id } }", headers={"x-request-id": "req-upstream-500"})
+
+    assert response.json()["errors"][0]["extensions"]["code"] == "UPSTREAM_ERROR"
+    lines = [json.loads(line) for line in every_log_line.lines[before:]]
+    [line] = [entry for entry in lines if entry.get("request_id") == "req-upstream-500"]
+    assert line["error_codes"] == ["UPSTREAM_ERROR"]
+    assert leaks(every_log_line.lines[before:]) == []
+
+
+def test_the_leak_check_finds_a_credential_however_it_is_logged() -> None:
+    # The session-wide check (conftest's every_log_line) must be able to fail: a record
+    # carrying the demo account's Authorization header, as an extra field or inside a
+    # traceback, is caught.
+    formatter = JsonFormatter()
+    authorization = credential_headers(DEMO)["Authorization"]
+    as_extra = logging.makeLogRecord({"msg": "request", "headers": {"a": authorization}})
+    try:
+        raise ValueError(f"upstream refused secret {DEMO.secret}")
+    except ValueError:
+        in_traceback = logging.makeLogRecord({"msg": "boom", "exc_info": sys.exc_info()})
+
+    lines = [formatter.format(as_extra), formatter.format(in_traceback)]
+
+    assert leaks(lines) == lines
+    assert leaks([formatter.format(logging.makeLogRecord({"msg": "fine"}))]) == []
