@@ -158,10 +158,18 @@ def settings_environment(settings: Settings) -> dict[str, str]:
         if isinstance(secret, SecretStr):
             values[name] = secret.get_secret_value()
     return {
-        env_name(name): str(value).lower() if isinstance(value, bool) else str(value)
+        env_name(name): _environment_value(value)
         for name, value in values.items()
         if value is not None
     }
+
+
+def _environment_value(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value)  # GATEWAY_CORS_ORIGINS
+    return str(value)
 
 
 def _print_sandbox_banner(settings: Settings) -> None:
