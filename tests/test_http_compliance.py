@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.cli import settings_environment
+from gateway.config import SettingsError, load_settings
 from tests.conftest import Gateway, GatewayFactory, Sandbox
 
 JS = Path(__file__).parent / "js"
@@ -309,3 +311,18 @@ def test_allow_listed_origins_get_cors_with_credentials(gateway_factory: Gateway
     assert "access-control-allow-origin" not in refused.headers
     assert answer.headers["access-control-allow-origin"] == "https://app.example.com"
     assert "x-request-id" in answer.headers["access-control-expose-headers"].lower()
+
+
+@pytest.mark.parametrize(
+    "value", ["*", "app.example.com", "https://app.example.com/graphql", "ftp://x.example"]
+)
+def test_cors_origins_must_be_plain_origins(value: str) -> None:
+    with pytest.raises(SettingsError, match=r"^GATEWAY_CORS_ORIGINS: "):
+        load_settings({"GATEWAY_CORS_ORIGINS": value})
+
+
+def test_cors_origins_reach_workers_intact() -> None:
+    settings = load_settings({"GATEWAY_CORS_ORIGINS": "https://a.example, http://b.example:8080"})
+
+    assert settings.cors_origins == ("https://a.example", "http://b.example:8080")
+    assert load_settings(settings_environment(settings)) == settings
