@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +12,8 @@ import pytest
 from gateway.cli import settings_environment
 from gateway.config import SettingsError, load_settings
 from tests.conftest import Gateway, GatewayFactory, Sandbox
+from tests.node import node_project, run_node
 
-JS = Path(__file__).parent / "js"
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 
 # With CSRF prevention on (the default), a GET without a preflight-forcing header is
@@ -31,47 +28,26 @@ REFUSED_FOR_CSRF = {
 }
 
 
-def _node() -> tuple[str, str] | None:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        if os.environ.get("GATEWAY_TEST_REQUIRE_NODE"):
-            pytest.fail("GATEWAY_TEST_REQUIRE_NODE is set but node or npm is missing")
-        return None
-    return node, npm
-
-
 @pytest.fixture(scope="module")
-def node() -> str:
-    tools = _node()
-    if tools is None:
-        pytest.skip("node and npm are not installed (set GATEWAY_TEST_REQUIRE_NODE to require)")
-    node, npm = tools
-    if not (JS / "node_modules" / "graphql-http").is_dir():
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS, check=True, timeout=300)
-    return node
+def audit_project() -> Path:
+    return node_project("http-audit")
 
 
-def audit(node: str, url: str, *extra: str) -> list[dict[str, Any]]:
-    finished = subprocess.run(
-        [node, str(JS / "audit.mjs"), f"{url}/graphql", *extra],
-        capture_output=True,
-        check=True,
-        text=True,
-        timeout=120,
-    )
-    results: list[dict[str, Any]] = json.loads(finished.stdout)
-    print(f"\ngraphql-http audit of {url} {' '.join(extra)}:")
+def audit(folder: Path, url: str, *, preflight: bool = False) -> list[dict[str, Any]]:
+    env = {"AUDIT_URL": f"{url}/graphql", "AUDIT_PREFLIGHT": "1" if preflight else "0"}
+    results: list[dict[str, Any]] = run_node(folder, "audit.mjs", env)
+    print(f"\ngraphql-http audit of {url} (preflight header: {preflight}):")
     for result in results:
-        print(f"  {result['status']:5} {result['id']} {result['name']}  {result['reason'] or ''}")
+        print(f"  {result['status']:6} {result['id']} {result['name']}  {result['reason'] or ''}")
     return results
 
 
 def test_the_audit_passes_every_must_against_the_default_gateway(
-    node: str, gateway_factory: GatewayFactory
+    audit_project: Path, gateway_factory: GatewayFactory
 ) -> None:
     gateway = gateway_factory(headers={})
 
-    results = audit(node, gateway.url)
+    results = audit(audit_project, gateway.url)
 
     assert len(results) >= 60  # 61 in graphql-http 1.23
     assert [r for r in results if r["status"] == "error"] == []
@@ -80,12 +56,12 @@ def test_the_audit_passes_every_must_against_the_default_gateway(
 
 
 def test_the_audit_passes_every_audit_for_a_client_that_forces_a_preflight(
-    node: str, gateway_factory: GatewayFactory
+    audit_project: Path, gateway_factory: GatewayFactory
 ) -> None:
     # What a browser client of a CSRF-protected server sends (Apollo Client does so).
     gateway = gateway_factory(headers={})
 
-    results = audit(node, gateway.url, "--preflight")
+    results = audit(audit_project, gateway.url, preflight=True)
 
     assert [r for r in results if r["status"] != "ok"] == []
     assert len(results) >= 60  # 61 in graphql-http 1.23

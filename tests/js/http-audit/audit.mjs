@@ -1,17 +1,17 @@
 // Runs graphql-http's auditServer against a live GraphQL endpoint and prints the
 // results as one JSON array on stdout: [{id, name, status, reason}], status being
 // "ok", "warn"/"notice" (a SHOULD or MAY not met) or "error" (a MUST not met).
-// With --preflight every request carries `Apollo-Require-Preflight`, as a browser
-// client of a CSRF-protected server sends it.
+// AUDIT_URL is the endpoint; with AUDIT_PREFLIGHT=1 every request carries
+// `Apollo-Require-Preflight`, as a browser client of a CSRF-protected server sends it.
 import { auditServer } from 'graphql-http';
 
-const [url, flag] = process.argv.slice(2);
+const url = process.env.AUDIT_URL;
 if (!url) {
-  console.error('usage: node audit.mjs <graphql endpoint url> [--preflight]');
+  console.error('usage: AUDIT_URL=<graphql endpoint url> [AUDIT_PREFLIGHT=1] node audit.mjs');
   process.exit(2);
 }
 const fetchFn =
-  flag === '--preflight'
+  process.env.AUDIT_PREFLIGHT === '1'
     ? (input, init = {}) => {
         const headers = new Headers(init.headers);
         headers.set('apollo-require-preflight', 'true');
@@ -28,4 +28,4 @@ for (const result of results) {
     reason: result.status === 'ok' ? null : result.reason,
   });
 }
-process.stdout.write(JSON.stringify(out));
+process.stdout.write(JSON.stringify(out) + '\n');
