@@ -23,7 +23,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 def _default(field: FieldInfo) -> str:
     value = field.get_default(call_default_factory=True)
-    if value is None:
+    if value is None or value == ():
         return "unset"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
