@@ -22,6 +22,7 @@ from starlette.routing import Mount, Route
 from gateway.config import Settings
 from gateway.context import Context
 from gateway.credentials import Credentials
+from gateway.economy import Upstream, create_upstream
 from gateway.endpoint import GraphQLEndpoint
 from gateway.graphiql import ASSET_ROUTE, GraphiQLPage
 from gateway.health import healthz, readyz
@@ -59,10 +60,18 @@ def credential_headers(account: Account) -> dict[str, str]:
     return {"Authorization": f"Basic {token}", "X-Catapult-User-Id": account.user_id}
 
 
+def wants_fresh(cache_control: str) -> bool:
+    """`Cache-Control: no-cache`: skip the cache read and refresh the entry."""
+    return any(
+        part.split("=")[0].strip().lower() == "no-cache" for part in cache_control.split(",")
+    )
+
+
 class State(TypedDict):
     """What the lifespan hands every request (`request.state`)."""
 
     catapult: CatapultClient
+    upstream: Upstream
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -78,14 +87,17 @@ def create_app(settings: Settings) -> Starlette:
             async with create_http_client(
                 settings, lambda inner: InstrumentedTransport(inner, telemetry)
             ) as http:
-                yield {
-                    "catapult": CatapultClient(
-                        http,
-                        retries=settings.upstream_retries,
-                        upstream_timeout=settings.upstream_timeout,
-                        on_retry=metrics.upstream_retry,
-                    )
-                }
+                catapult = CatapultClient(
+                    http,
+                    retries=settings.upstream_retries,
+                    upstream_timeout=settings.upstream_timeout,
+                    on_retry=metrics.upstream_retry,
+                )
+                upstream = create_upstream(settings, catapult)
+                try:
+                    yield {"catapult": catapult, "upstream": upstream}
+                finally:
+                    await upstream.close()
         finally:
             # After the last in-flight request (uvicorn drains them before the lifespan ends).
             if telemetry.tracing is not None:
@@ -102,11 +114,12 @@ def create_app(settings: Settings) -> Starlette:
     cursors = CursorCodec(cursor_key)
 
     def make_context(request: Request, request_id: str) -> Context:
-        client: CatapultClient = request.state.catapult
+        upstream: Upstream = request.state.upstream
         deadline = time.monotonic() + settings.request_timeout
+        refresh = wants_fresh(request.headers.get("cache-control", ""))
 
-        async def fetch(credentials: Credentials, upstream: UpstreamRequest) -> UpstreamAnswer:
-            return await client.fetch(credentials, upstream, deadline=deadline)
+        async def fetch(credentials: Credentials, wanted: UpstreamRequest) -> UpstreamAnswer:
+            return await upstream.fetch(credentials, wanted, deadline=deadline, refresh=refresh)
 
         loader = OperationLoader(
             fetch,

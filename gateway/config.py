@@ -66,6 +66,31 @@ class Settings(BaseModel):
     cache_ttl: Seconds = Field(
         5.0, description="Seconds an upstream answer is reused; 0 turns caching off."
     )
+    cache_max_entries: int = Field(
+        10_000, ge=1, description="Entries the memory cache holds before evicting the least used."
+    )
+    cache_key: SecretStr | None = Field(
+        None,
+        description=(
+            "HMAC key for cache and pacing keys; replicas sharing Redis must share it "
+            "(unset: a random key per process)."
+        ),
+    )
+    cache_timeout: PositiveSeconds = Field(
+        0.25, description="Seconds one Redis operation may take before the cache is bypassed."
+    )
+    upstream_rate: float = Field(
+        1.0,
+        ge=0,
+        description="Upstream requests per second per account (the upstream's limit); 0: off.",
+    )
+    upstream_queue_timeout: Seconds = Field(
+        2.0,
+        description=(
+            "Longest wait for an upstream slot, or for an upstream 429 to reset, "
+            "before failing with RATE_LIMITED."
+        ),
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Least severe log level written."
     )
@@ -158,6 +183,11 @@ class Settings(BaseModel):
         if scheme not in {"memory", "redis", "rediss"}:
             raise ValueError("must start with memory://, redis:// or rediss://")
         return value
+
+    @field_validator("cache_key", mode="before")
+    @classmethod
+    def _empty_key_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("upstream_url")
     @classmethod

@@ -12,8 +12,13 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
-    """Ready: start-up has finished and the upstream client is open."""
+    """Ready: start-up has finished and the upstream client is open; cache state beside."""
     client = getattr(request.state, "catapult", None)
     if client is None:
         return JSONResponse({"status": "starting"}, status_code=503)
-    return JSONResponse({"status": "ready", "upstream": client.base_url})
+    body = {"status": "ready", "upstream": client.base_url}
+    upstream = getattr(request.state, "upstream", None)
+    if upstream is not None:
+        # Reported, not judged: a cache outage slows the gateway but it still serves.
+        body.update(upstream.state())
+    return JSONResponse(body)

@@ -150,6 +150,9 @@ def gateway_factory(sandbox: Sandbox) -> Iterator[GatewayFactory]:
             upstream_url: str | None = None,
             **settings: Any,
         ) -> Gateway:
+            # Pacing off unless a test asks for it: the sandbox has no rate limit by
+            # default, and pacing at 1/s would make every multi-request test slow.
+            settings.setdefault("upstream_rate", 0)
             environ = {
                 "GATEWAY_UPSTREAM_URL": upstream_url or sandbox.url,
                 **{f"GATEWAY_{k.upper()}": str(v) for k, v in settings.items()},

@@ -1,0 +1,328 @@
+"""The response cache: credential-scoped keys, single flight, memory or Redis storage.
+
+The only module that imports aiocache (untyped, so it stays confined here). Consumers see
+`ResponseCache.get_or_load(key, load, ttl)` and `CacheKeys`; which store sits behind them
+comes from `GATEWAY_CACHE_URL`:
+
+    memory://             this process only, bounded, least recently used evicted first
+    redis://host:port/db  shared by replicas and workers; also holds the pacing slots
+
+A store that fails or is slow never fails a request: the cache reports a miss, the
+caller goes to the upstream, and the outage is logged once when it starts and once when
+it ends. Keys are HMACs, so neither keys nor values hold a credential.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import math
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+import orjson
+from aiocache import RedisCache, SimpleMemoryCache
+from aiocache.serializers import NullSerializer
+
+log = logging.getLogger("gateway.cache")
+
+T = TypeVar("T")
+
+NAMESPACE = "catapult-gateway:v1"
+# While the store is down, try it again after this long rather than on every request.
+OUTAGE_PROBE_INTERVAL = 1.0
+
+
+class CacheKeys:
+    """Makes cache and pacing keys: HMAC-SHA256 of the credentials and what was asked."""
+
+    def __init__(self, secret: bytes | None) -> None:
+        self.shared = secret is not None
+        self._secret = secret if secret is not None else secrets.token_bytes(32)
+
+    def request(
+        self, authorization: str, user_id: str, path: str, params: Sequence[tuple[str, str]]
+    ) -> str:
+        """The key of one upstream request made with these credentials."""
+        # A JSON array keeps the parts apart: no choice of values can make two different
+        # requests (or two different callers) encode to the same bytes.
+        return self._digest(["request", authorization, user_id, path, sorted(params)])
+
+    def account(self, authorization: str) -> str:
+        """The key of the account the credentials belong to (the upstream limits accounts)."""
+        return self._digest(["account", authorization])
+
+    def _digest(self, parts: list[Any]) -> str:
+        return hmac.new(self._secret, orjson.dumps(parts), hashlib.sha256).hexdigest()
+
+
+class Codec(Protocol[T]):
+    """How cached values become bytes and back."""
+
+    def encode(self, value: T) -> bytes: ...
+
+    def decode(self, data: bytes) -> T: ...
+
+
+class Store(Protocol):
+    """Where cached bytes live. Never raises: a failing store reads as empty."""
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    async def close(self) -> None: ...
+
+
+class ResponseCache(Generic[T]):
+    """Values by key, loaded once however many callers ask at the same time."""
+
+    def __init__(self, store: Store, codec: Codec[T]) -> None:
+        self.store = store
+        self._codec = codec
+        self._flights: dict[str, asyncio.Task[T]] = {}
+        self.hits = 0
+        self.misses = 0
+        self.shared_flights = 0
+
+    async def get_or_load(
+        self, key: str, load: Callable[[], Awaitable[T]], ttl: float, *, refresh: bool = False
+    ) -> T:
+        """The cached value for `key`, or the result of `load()`, kept for `ttl` seconds.
+
+        `ttl` 0 caches nothing but still shares a load in flight. `refresh` skips the read
+        and replaces the entry. Failures of `load` reach every waiter and are not cached.
+        """
+        if ttl > 0 and not refresh:
+            data = await self.store.get(key)
+            if data is not None:
+                self.hits += 1
+                return self._codec.decode(data)
+        flight = self._flights.get(key)
+        if flight is None:
+            # A refresh joins a load already in flight: it started no earlier than the
+            # entry it would replace, and a second upstream request would cost more.
+            self.misses += 1
+            flight = asyncio.create_task(self._load(key, load, ttl))
+            self._flights[key] = flight
+            flight.add_done_callback(lambda done: self._landed(key, done))
+        else:
+            self.shared_flights += 1
+        # shield: a waiter that is cancelled (its client went away) must not cancel the
+        # load the other waiters share.
+        return await asyncio.shield(flight)
+
+    async def _load(self, key: str, load: Callable[[], Awaitable[T]], ttl: float) -> T:
+        value = await load()
+        if ttl > 0:
+            await self.store.set(key, self._codec.encode(value), ttl)
+        return value
+
+    def _landed(self, key: str, flight: asyncio.Task[T]) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        if not flight.cancelled():
+            # Marks the exception retrieved even when every waiter has gone away.
+            flight.exception()
+
+    def state(self) -> dict[str, Any]:
+        """What /readyz shows: the store's health and counters; never keys or values."""
+        return {
+            **self.store.state(),
+            "hits": self.hits,
+            "misses": self.misses,
+            "sharedFlights": self.shared_flights,
+            "inFlight": len(self._flights),
+        }
+
+    async def close(self) -> None:
+        """Close the store's connections."""
+        await self.store.close()
+
+
+class MemoryStore:
+    """aiocache's memory backend with the bound it lacks: least recently used goes first."""
+
+    def __init__(self, max_entries: int) -> None:
+        # NullSerializer: values are already bytes, immutable, so nothing can alter an entry.
+        self._cache = SimpleMemoryCache(serializer=NullSerializer(), timeout=None)
+        self._recency: OrderedDict[str, None] = OrderedDict()
+        self._max_entries = max_entries
+        self.evictions = 0
+
+    async def get(self, key: str) -> bytes | None:
+        value: bytes | None = await self._cache.get(key)
+        if value is None:
+            # Expired (aiocache dropped it) or never stored.
+            self._recency.pop(key, None)
+            return None
+        self._recency.move_to_end(key)
+        return value
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        await self._cache.set(key, value, ttl=ttl)
+        self._recency[key] = None
+        self._recency.move_to_end(key)
+        while len(self._recency) > self._max_entries:
+            oldest, _ = self._recency.popitem(last=False)
+            await self._cache.delete(oldest)
+            self.evictions += 1
+
+    def __len__(self) -> int:
+        return len(self._recency)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "backend": "memory",
+            "status": "ok",
+            "entries": len(self._recency),
+            "maxEntries": self._max_entries,
+            "evictions": self.evictions,
+        }
+
+    async def close(self) -> None:
+        await self._cache.clear()
+        self._recency.clear()
+
+
+# Reserves the next free slot of an account: returns {reserved, wait in ms}. The clock is
+# Redis's own (TIME), so replicas with skewed clocks still agree on one schedule.
+_RESERVE_SLOT = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local interval_ms = tonumber(ARGV[1])
+local max_wait_ms = tonumber(ARGV[2])
+local next_ms = tonumber(redis.call('GET', KEYS[1]) or '0')
+local slot_ms = math.max(now_ms, next_ms)
+local wait_ms = slot_ms - now_ms
+if wait_ms > max_wait_ms then
+  return {0, wait_ms}
+end
+redis.call('SET', KEYS[1], slot_ms + interval_ms, 'PX', wait_ms + interval_ms + 1000)
+return {1, wait_ms}
+"""
+
+
+@dataclass
+class _Outage:
+    """Whether the store is down, since when, and when to try it again."""
+
+    down_since: float | None = None
+    probe_at: float = 0.0
+    errors: int = 0
+    outages: int = 0
+
+
+class RedisStore:
+    """aiocache's Redis backend behind short timeouts and an outage switch."""
+
+    def __init__(self, url: str, *, timeout: float) -> None:
+        parts = urlsplit(url)
+        self._where = f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
+        self._cache = RedisCache(
+            serializer=NullSerializer(encoding=None),
+            namespace=NAMESPACE,
+            endpoint=parts.hostname or "127.0.0.1",
+            port=parts.port or 6379,
+            db=int(parts.path.strip("/") or 0),
+            password=parts.password,
+            ssl=parts.scheme == "rediss",
+            timeout=timeout,
+            create_connection_timeout=timeout,
+        )
+        self._outage = _Outage()
+
+    async def get(self, key: str) -> bytes | None:
+        value: bytes | None = await self._guarded(self._cache.get(key))
+        return value
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        # Milliseconds, so a fractional TTL is honoured (aiocache uses PSETEX for floats).
+        await self._guarded(self._cache.set(key, value, ttl=float(ttl)))
+
+    async def reserve(self, account: str, interval: float, max_wait: float) -> float | None:
+        """Seconds until the account's next upstream slot, reserved for the caller only if
+        it is within `max_wait`; None when Redis cannot be asked (pace locally then)."""
+        result = await self._guarded(
+            self._cache.raw(
+                "eval",
+                _RESERVE_SLOT,
+                1,
+                f"{NAMESPACE}:pace:{account}",
+                math.ceil(interval * 1000),
+                math.floor(max_wait * 1000),
+            )
+        )
+        if result is None:
+            return None
+        _, wait_ms = result
+        return int(wait_ms) / 1000
+
+    async def _guarded(self, operation: Awaitable[Any]) -> Any:
+        outage = self._outage
+        if outage.down_since is not None and time.monotonic() < outage.probe_at:
+            # Still down: do not spend the timeout on every request.
+            if asyncio.iscoroutine(operation):
+                operation.close()
+            outage.errors += 1
+            return None
+        try:
+            result = await operation
+        # Deliberately broad: whatever the store does wrong (refused, reset, timed out,
+        # out of memory, a bad reply), the request carries on without the cache.
+        except Exception as exc:
+            self._failed(exc)
+            return None
+        if outage.down_since is not None:
+            log.info(
+                "cache store reachable again",
+                extra={
+                    "store": self._where,
+                    "down_seconds": round(time.monotonic() - outage.down_since, 2),
+                },
+            )
+            outage.down_since = None
+        return result
+
+    def _failed(self, exc: Exception) -> None:
+        outage = self._outage
+        outage.errors += 1
+        now = time.monotonic()
+        outage.probe_at = now + OUTAGE_PROBE_INTERVAL
+        if outage.down_since is None:
+            outage.down_since = now
+            outage.outages += 1
+            # Once per outage, not per request; the exception's type says enough.
+            log.warning(
+                "cache store unavailable; serving from the upstream until it returns",
+                extra={"store": self._where, "error": type(exc).__name__},
+            )
+
+    def state(self) -> dict[str, Any]:
+        outage = self._outage
+        return {
+            "backend": "redis",
+            "status": "ok" if outage.down_since is None else "unavailable",
+            "errors": outage.errors,
+            "outages": outage.outages,
+        }
+
+    async def close(self) -> None:
+        # aiocache's close() calls redis' deprecated close(); aclose() is the current one.
+        await self._cache.client.aclose()
+
+
+def create_store(url: str, *, max_entries: int, timeout: float) -> MemoryStore | RedisStore:
+    """The store `GATEWAY_CACHE_URL` names (the settings have checked its scheme)."""
+    if urlsplit(url).scheme == "memory":
+        return MemoryStore(max_entries)
+    return RedisStore(url, timeout=timeout)

@@ -1,0 +1,108 @@
+"""Upstream economy: the cache, shared in-flight requests and pacing, in front of the client.
+
+    fetch(credentials, request)
+      -> ResponseCache.get_or_load   a hit under the same credentials' key ends here;
+                                     identical concurrent misses share one load
+      -> Pacer.run                   wait for the account's slot (or RATE_LIMITED)
+      -> CatapultClient.fetch        HTTP, retries, errors
+
+Only successful answers reach the cache: an error raised by the client passes through
+`get_or_load` to every waiter and nothing is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+
+from gateway.cache import CacheKeys, RedisStore, ResponseCache, create_store
+from gateway.config import Settings
+from gateway.credentials import Credentials
+from gateway.pacing import Pacer
+from gateway.upstream import CatapultClient, UpstreamAnswer, UpstreamRequest
+
+log = logging.getLogger("gateway.cache")
+
+
+class AnswerCodec:
+    """An `UpstreamAnswer` as orjson bytes: the JSON body and the `Link` relations."""
+
+    def encode(self, value: UpstreamAnswer) -> bytes:
+        return orjson.dumps({"body": value.body, "links": dict(value.links)})
+
+    def decode(self, data: bytes) -> UpstreamAnswer:
+        stored = orjson.loads(data)
+        return UpstreamAnswer(body=stored["body"], links=stored["links"])
+
+
+class Upstream:
+    """The upstream as the operations see it: cached, shared and paced."""
+
+    def __init__(
+        self,
+        client: CatapultClient,
+        cache: ResponseCache[UpstreamAnswer],
+        keys: CacheKeys,
+        pacer: Pacer,
+        *,
+        ttl: float,
+    ) -> None:
+        self._client = client
+        self._cache = cache
+        self._keys = keys
+        self._pacer = pacer
+        self._ttl = ttl
+
+    async def fetch(
+        self,
+        credentials: Credentials,
+        request: UpstreamRequest,
+        *,
+        deadline: float,
+        refresh: bool = False,
+    ) -> UpstreamAnswer:
+        """The answer to `request` under these credentials; `refresh` skips the cache read."""
+        key = self._keys.request(
+            credentials.authorization, credentials.user_id, request.path, request.params
+        )
+        account = self._keys.account(credentials.authorization)
+
+        async def load() -> UpstreamAnswer:
+            return await self._pacer.run(
+                account, lambda: self._client.fetch(credentials, request, deadline=deadline)
+            )
+
+        return await self._cache.get_or_load(key, load, self._ttl, refresh=refresh)
+
+    def state(self) -> dict[str, Any]:
+        """The cache's and the pacer's state for /readyz."""
+        return {"cache": self._cache.state(), "pacing": self._pacer.state()}
+
+    async def close(self) -> None:
+        await self._cache.close()
+
+
+def create_upstream(settings: Settings, client: CatapultClient) -> Upstream:
+    """Build the cache, keys and pacer that `settings` describe around `client`."""
+    store = create_store(
+        settings.cache_url, max_entries=settings.cache_max_entries, timeout=settings.cache_timeout
+    )
+    secret = settings.cache_key
+    keys = CacheKeys(None if secret is None else secret.get_secret_value().encode())
+    # Redis holds the pacing schedule too, so that replicas pace each account together.
+    shared = store if isinstance(store, RedisStore) else None
+    if shared is not None and not keys.shared:
+        log.warning(
+            "GATEWAY_CACHE_URL is Redis but GATEWAY_CACHE_KEY is unset: this process uses a "
+            "random key, so replicas will not share cache entries or pacing"
+        )
+    pacer = Pacer(
+        rate=settings.upstream_rate,
+        queue_timeout=settings.upstream_queue_timeout,
+        shared=shared,
+    )
+    return Upstream(
+        client, ResponseCache(store, AnswerCodec()), keys, pacer, ttl=settings.cache_ttl
+    )

@@ -1,0 +1,109 @@
+"""Pacing: each account's upstream requests spaced to the upstream's rate limit.
+
+The real upstream allows about one request per second per account and answers 429 to the
+rest. The gateway keeps a schedule per account (keyed by an HMAC of the credentials,
+never the secret) and makes each request wait for its slot, so that a burst is served a
+little late instead of refused. A request whose slot is further away than the queue
+timeout fails at once with RATE_LIMITED and `retryAfter`; one that meets a 429 anyway
+(another client on the same account) waits out the reset once, if the reset is that near.
+
+With Redis the schedule is shared by every replica (`SharedSlots`); when Redis cannot be
+asked, each process keeps its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
+
+from gateway.errors import RateLimited
+
+T = TypeVar("T")
+
+
+class SharedSlots(Protocol):
+    """A schedule shared by replicas (the Redis store implements it)."""
+
+    async def reserve(self, account: str, interval: float, max_wait: float) -> float | None:
+        """Seconds until the account's next slot, reserved only if within `max_wait`;
+        None when the shared schedule cannot be reached."""
+
+
+class Pacer:
+    """Spaces upstream requests per account; `rate` 0 turns pacing (and 429 waits) off."""
+
+    def __init__(
+        self, *, rate: float, queue_timeout: float, shared: SharedSlots | None = None
+    ) -> None:
+        self._interval = 1 / rate if rate > 0 else 0.0
+        self._queue_timeout = queue_timeout
+        self._shared = shared
+        # Local schedule: the monotonic instant of each account's next free slot.
+        self._next_slot: dict[str, float] = {}
+        self.refused = 0
+        self.waited_out_429 = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self._interval > 0
+
+    async def run(self, account: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run `call` in the account's next slot; raises `RateLimited` if that is too far."""
+        if not self.enabled:
+            return await call()
+        await self._wait_for_slot(account)
+        try:
+            return await call()
+        except RateLimited as exc:
+            # Someone else on this account (another gateway, a script) used the slot.
+            if exc.retry_after > self._queue_timeout:
+                raise
+            self.waited_out_429 += 1
+            await asyncio.sleep(exc.retry_after)
+        await self._wait_for_slot(account)
+        return await call()
+
+    async def _wait_for_slot(self, account: str) -> None:
+        wait = await self._reserve(account)
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def _reserve(self, account: str) -> float:
+        if self._shared is not None:
+            wait = await self._shared.reserve(account, self._interval, self._queue_timeout)
+            if wait is not None:
+                self._check(wait)
+                return wait
+        now = time.monotonic()
+        slot = max(now, self._next_slot.get(account, 0.0))
+        wait = slot - now
+        self._check(wait)
+        self._next_slot[account] = slot + self._interval
+        if len(self._next_slot) > 10_000:
+            self._forget_past(now)
+        return wait
+
+    def _check(self, wait: float) -> None:
+        if wait > self._queue_timeout:
+            self.refused += 1
+            retry_after = max(1, math.ceil(wait))
+            raise RateLimited(
+                "Too many requests for this account: the upstream allows "
+                f"{1 / self._interval:g} per second; retry in {retry_after} s.",
+                retry_after=retry_after,
+            )
+
+    def _forget_past(self, now: float) -> None:
+        for account in [a for a, slot in self._next_slot.items() if slot <= now]:
+            del self._next_slot[account]
+
+    def state(self) -> dict[str, float | int]:
+        """Counters for /readyz."""
+        return {
+            "rate": 1 / self._interval if self._interval else 0,
+            "refused": self.refused,
+            "waitedOut429": self.waited_out_429,
+        }
