@@ -23,6 +23,10 @@ from gateway.errors import RateLimited
 
 T = TypeVar("T")
 
+# Requests leave on schedule but the upstream stamps them on arrival, after network
+# jitter; spacing them 5% wider keeps two neighbours from landing under one interval.
+JITTER_MARGIN = 1.05
+
 
 class SharedSlots(Protocol):
     """A schedule shared by replicas (the Redis store implements it)."""
@@ -38,7 +42,8 @@ class Pacer:
     def __init__(
         self, *, rate: float, queue_timeout: float, shared: SharedSlots | None = None
     ) -> None:
-        self._interval = 1 / rate if rate > 0 else 0.0
+        self._interval = JITTER_MARGIN / rate if rate > 0 else 0.0
+        self._rate = rate
         self._queue_timeout = queue_timeout
         self._shared = shared
         # Local schedule: the monotonic instant of each account's next free slot.
@@ -92,7 +97,7 @@ class Pacer:
             retry_after = max(1, math.ceil(wait))
             raise RateLimited(
                 "Too many requests for this account: the upstream allows "
-                f"{1 / self._interval:g} per second; retry in {retry_after} s.",
+                f"{self._rate:g} per second; retry in {retry_after} s.",
                 retry_after=retry_after,
             )
 
@@ -103,7 +108,7 @@ class Pacer:
     def state(self) -> dict[str, float | int]:
         """Counters for /readyz."""
         return {
-            "rate": 1 / self._interval if self._interval else 0,
+            "rate": self._rate,
             "refused": self.refused,
             "waitedOut429": self.waited_out_429,
         }

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from gateway.app import create_app, credential_headers
-from gateway.config import Settings, load_settings
+from gateway.config import load_settings
 from gateway.logs import JsonFormatter
 from gateway.sandbox import ACCOUNTS, SandboxOptions, create_sandbox_app
 from tests.fakes import FakeUpstream
@@ -173,12 +179,11 @@ def gateway_factory(sandbox: Sandbox) -> Iterator[GatewayFactory]:
 def pacing_off() -> dict[str, Any]:
     """Settings that let a burst of upstream requests through at once.
 
-    DESIGN.md has the gateway pace upstream requests per account (1/s); tests that make
+    The gateway paces upstream requests per account (1/s by default); tests that make
     several upstream requests in a row, or want to see the upstream's own 429, turn that
-    off. `upstream_rate=0` is the setting expected to do so; until the setting exists
-    there is no pacing and nothing to turn off.
+    off with `upstream_rate=0` (`gateway_factory` already does unless told otherwise).
     """
-    return {"upstream_rate": 0} if "upstream_rate" in Settings.model_fields else {}
+    return {"upstream_rate": 0}
 
 
 @pytest.fixture(scope="module")
@@ -215,3 +220,94 @@ def fake_upstream() -> Iterator[FakeUpstream]:
     with serve(fake.app) as url:
         fake.url = url
         yield fake
+
+
+# -- Redis: the suite starts its own redis-server (never the machine's on 6379) --
+
+REQUIRE_REDIS = "GATEWAY_TEST_REQUIRE_REDIS"
+
+
+class RedisServer:
+    """A redis-server of our own on a free loopback port; can be stopped and started again."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            if os.environ.get(REQUIRE_REDIS):
+                pytest.fail(f"redis-server is not installed and {REQUIRE_REDIS} is set")
+            pytest.skip("redis-server is not installed (set GATEWAY_TEST_REQUIRE_REDIS to fail)")
+        self._binary = binary
+        self.port = free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            [
+                self._binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with redis.Redis(port=self.port, socket_timeout=1) as client:
+                    client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self._process.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            self._process = None
+
+    def flush(self) -> None:
+        with redis.Redis(port=self.port) as client:
+            client.flushall()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def redis_server() -> Iterator[RedisServer]:
+    """A fresh redis-server for one test that stops and restarts it."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_session() -> Iterator[RedisServer]:
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_session: RedisServer) -> str:
+    """The URL of the suite's own Redis, emptied for this test."""
+    redis_session.flush()
+    return redis_session.url

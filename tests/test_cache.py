@@ -1,0 +1,509 @@
+"""The cache: credential scoping, TTL, errors, no-cache, the LRU bound, single flight, Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.app import create_app, credential_headers
+from gateway.cache import CacheKeys, MemoryStore, ResponseCache
+from gateway.config import load_settings
+from gateway.credentials import Credentials
+from gateway.economy import AnswerCodec, create_upstream
+from gateway.errors import UpstreamError
+from gateway.upstream import CatapultClient, UpstreamAnswer, UpstreamRequest
+from tests.conftest import (
+    DEMO,
+    SECOND,
+    Gateway,
+    GatewayFactory,
+    RedisServer,
+    Sandbox,
+    free_port,
+    redis_server,
+)
+from tests.servers import serve
+
+LIST = "{ calls(size: 2) { id from } }"
+
+
+def ready(gateway: Gateway) -> dict[str, Any]:
+    response = gateway.http.get("/readyz")
+    assert response.status_code == 200
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def ids(response: httpx.Response) -> list[str]:
+    body = response.json()
+    assert "errors" not in body, body
+    return [call["id"] for call in body["data"]["calls"]]
+
+
+def codes(response: httpx.Response) -> list[str]:
+    return [error["extensions"]["code"] for error in response.json().get("errors", [])]
+
+
+def basic(token: str, secret: str) -> str:
+    return "Basic " + base64.b64encode(f"{token}:{secret}".encode()).decode()
+
+
+# -- keys and values never hold credentials --
+
+
+def test_keys_are_hmacs_that_depend_on_every_part_and_not_on_parameter_order() -> None:
+    keys = CacheKeys(b"k")
+    auth = basic(DEMO.token, DEMO.secret)
+    key = keys.request(auth, "u-demo", "/p", [("a", "1"), ("b", "2")])
+
+    assert key == keys.request(auth, "u-demo", "/p", [("b", "2"), ("a", "1")])
+    assert len(key) == 64
+    assert all(c in "0123456789abcdef" for c in key)
+    assert DEMO.secret not in key
+    assert DEMO.token not in key
+    others = {
+        keys.request(basic(DEMO.token, "other"), "u-demo", "/p", [("a", "1"), ("b", "2")]),
+        keys.request(auth, "u-second", "/p", [("a", "1"), ("b", "2")]),
+        keys.request(auth, "u-demo", "/q", [("a", "1"), ("b", "2")]),
+        keys.request(auth, "u-demo", "/p", [("a", "1"), ("b", "3")]),
+        CacheKeys(b"other key").request(auth, "u-demo", "/p", [("a", "1"), ("b", "2")]),
+    }
+    assert key not in others
+    assert len(others) == 5
+
+
+def test_a_stored_answer_holds_the_body_and_links_only() -> None:
+    answer = UpstreamAnswer(body=[{"id": "c-1"}], links={"next": "http://x/next"})
+    data = AnswerCodec().encode(answer)
+
+    assert AnswerCodec().decode(data) == answer
+    assert b"Basic" not in data
+
+
+# -- cross-credential isolation --
+
+
+def test_the_same_query_under_two_accounts_is_fetched_for_each(
+    gateway: Gateway, sandbox: Sandbox
+) -> None:
+    demo = ids(gateway.query(LIST))
+    second = ids(gateway.query(LIST, headers=credential_headers(SECOND)))
+    again = ids(gateway.query(LIST))
+
+    assert demo == again
+    assert set(demo).isdisjoint(second)
+    assert [r["authorization"] for r in sandbox.requests()] == [
+        gateway.http.headers["authorization"],
+        credential_headers(SECOND)["Authorization"],
+    ]
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        pytest.param(credential_headers(SECOND)["Authorization"], id="another-account"),
+        pytest.param(basic(DEMO.token, "not-the-secret"), id="right-token-wrong-secret"),
+    ],
+)
+def test_a_caller_naming_another_users_id_never_gets_their_cached_answer(
+    gateway: Gateway, sandbox: Sandbox, authorization: str
+) -> None:
+    ids(gateway.query(LIST))
+
+    intruder = gateway.query(
+        LIST, headers={"Authorization": authorization, "X-Catapult-User-Id": DEMO.user_id}
+    )
+
+    assert codes(intruder) == ["UNAUTHENTICATED"]
+    assert intruder.json()["data"] is None
+    assert [r["status"] for r in sandbox.requests()] == [200, 401]
+
+
+def _echo_client() -> tuple[CatapultClient, list[httpx.Request]]:
+    """A client whose upstream answers with who asked and what: a recording fake."""
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        body = {"auth": request.headers["authorization"], "target": str(request.url)}
+        return httpx.Response(200, json=body)
+
+    http = httpx.AsyncClient(base_url="http://upstream", transport=httpx.MockTransport(answer))
+    return CatapultClient(http, retries=0, upstream_timeout=5), seen
+
+
+_tokens = st.sampled_from(["t-a", "t-b", "t-c"])
+_secrets = st.sampled_from(["s-1", "s-2"])
+_users = st.sampled_from(["u-a", "u-b"])
+_params = st.lists(
+    st.tuples(st.sampled_from(["page", "size", "from"]), st.sampled_from(["0", "1", "+1919"])),
+    max_size=3,
+    unique_by=lambda pair: pair[0],
+)
+_asks = st.lists(st.tuples(_tokens, _secrets, _users, _params), min_size=1, max_size=25)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(asks=_asks, cache_key=st.sampled_from([None, "shared"]))
+def test_property_every_answer_is_the_one_fetched_with_the_callers_own_credentials(
+    asks: list[tuple[str, str, str, list[tuple[str, str]]]], cache_key: str | None
+) -> None:
+    async def run() -> None:
+        client, seen = _echo_client()
+        environ = {"GATEWAY_UPSTREAM_RATE": "0"}
+        if cache_key:
+            environ["GATEWAY_CACHE_KEY"] = cache_key
+        upstream = create_upstream(load_settings(environ), client)
+
+        # Sequentially (hits after misses) and all at once (single flight) alike.
+        async def ask(token: str, secret: str, user: str, params: list[tuple[str, str]]) -> None:
+            credentials = Credentials(authorization=basic(token, secret), user_id=user)
+            request = UpstreamRequest(f"/v1/users/{user}/calls/", tuple(params))
+            answer = await upstream.fetch(credentials, request, deadline=time.monotonic() + 5)
+            assert answer.body["auth"] == credentials.authorization
+            assert answer.body["target"] == f"http://upstream{request.target}"
+
+        for each in asks:
+            await ask(*each)
+        await asyncio.gather(*(ask(*each) for each in reversed(asks)))
+        distinct = {(t, s, u, tuple(sorted(p))) for t, s, u, p in asks}
+        assert len(seen) == len(distinct)
+        await upstream.close()
+
+    asyncio.run(run())
+
+
+# -- TTL, errors, no-cache, TTL 0 --
+
+
+def test_a_hit_within_the_ttl_and_a_miss_after_it(
+    gateway_factory: GatewayFactory, sandbox: Sandbox
+) -> None:
+    gateway = gateway_factory(cache_ttl=0.5)
+
+    first = ids(gateway.query(LIST))
+    assert ids(gateway.query(LIST)) == first
+    assert len(sandbox.requests()) == 1
+    time.sleep(0.6)
+    assert ids(gateway.query(LIST)) == first
+    assert len(sandbox.requests()) == 2
+    assert ready(gateway)["cache"]["hits"] == 1
+
+
+def test_ttl_0_turns_caching_off(gateway_factory: GatewayFactory, sandbox: Sandbox) -> None:
+    gateway = gateway_factory(cache_ttl=0)
+
+    ids(gateway.query(LIST))
+    ids(gateway.query(LIST))
+
+    assert len(sandbox.requests()) == 2
+
+
+@pytest.mark.parametrize(("status", "code"), [(500, "UPSTREAM_ERROR"), (404, "NOT_FOUND")])
+def test_errors_are_never_cached(
+    gateway: Gateway, sandbox: Sandbox, status: int, code: str
+) -> None:
+    sandbox.faults(fail_status=status, fail_count=1)
+
+    assert codes(gateway.query(LIST)) == [code]
+    assert ids(gateway.query(LIST))
+    assert [r["status"] for r in sandbox.requests()] == [status, 200]
+
+
+def test_no_cache_skips_the_read_and_refreshes_the_entry(
+    gateway: Gateway, sandbox: Sandbox
+) -> None:
+    ids(gateway.query(LIST))
+    ids(gateway.query(LIST, headers={"Cache-Control": "no-cache"} | credential_headers(DEMO)))
+    assert len(sandbox.requests()) == 2
+    ids(gateway.query(LIST))
+    assert len(sandbox.requests()) == 2
+
+
+def test_refresh_replaces_the_entry_that_later_reads_get() -> None:
+    async def run() -> None:
+        cache = ResponseCache(MemoryStore(10), AnswerCodec())
+        loads = iter(range(1, 10))
+
+        async def load() -> UpstreamAnswer:
+            return UpstreamAnswer(body=next(loads), links={})
+
+        assert (await cache.get_or_load("k", load, 60)).body == 1
+        assert (await cache.get_or_load("k", load, 60)).body == 1
+        assert (await cache.get_or_load("k", load, 60, refresh=True)).body == 2
+        assert (await cache.get_or_load("k", load, 60)).body == 2
+
+    asyncio.run(run())
+
+
+# -- the LRU bound --
+
+
+def test_the_memory_store_keeps_the_most_recently_used_within_its_bound() -> None:
+    async def run() -> None:
+        store = MemoryStore(10)
+        for n in range(100):
+            await store.set(f"k{n}", b"v", 60)
+            if n >= 1:
+                assert await store.get("k0") == b"v"  # used all along: never evicted
+            assert len(store) <= 10
+        assert await store.get("k99") == b"v"
+        assert await store.get("k89") is None
+        assert store.state()["evictions"] == 90
+
+    asyncio.run(run())
+
+
+def test_the_lru_bound_holds_under_ten_times_more_keys(
+    gateway_factory: GatewayFactory, sandbox: Sandbox
+) -> None:
+    gateway = gateway_factory(cache_max_entries=5)
+    for page in range(50):
+        assert codes(gateway.query(f"{{ calls(page: {page}, size: 1) {{ id }} }}")) == []
+
+    cache = ready(gateway)["cache"]
+    assert (cache["entries"], cache["maxEntries"], cache["evictions"]) == (5, 5, 45)
+    gateway.query("{ calls(page: 49, size: 1) { id } }")
+    assert len(sandbox.requests()) == 50
+    gateway.query("{ calls(page: 0, size: 1) { id } }")
+    assert len(sandbox.requests()) == 51
+
+
+# -- single flight --
+
+
+async def _burst(url: str, count: int, query: str = LIST) -> list[httpx.Response]:
+    async with httpx.AsyncClient(
+        base_url=url, headers=credential_headers(DEMO), timeout=30
+    ) as client:
+        return await asyncio.gather(
+            *(client.post("/graphql", json={"query": query}) for _ in range(count))
+        )
+
+
+@pytest.mark.parametrize("ttl", [5, 0], ids=["cache-on", "cache-off"])
+def test_fifty_concurrent_identical_queries_make_one_upstream_request(
+    gateway_factory: GatewayFactory, sandbox: Sandbox, ttl: int
+) -> None:
+    gateway = gateway_factory(cache_ttl=ttl)
+    sandbox.faults(latency_ms=400)
+
+    responses = asyncio.run(_burst(gateway.url, 50))
+
+    assert {tuple(ids(r)) for r in responses} == {tuple(ids(responses[0]))}
+    assert len(sandbox.requests()) == 1
+
+
+def test_a_shared_failure_reaches_every_waiter_and_is_not_cached(
+    gateway: Gateway, sandbox: Sandbox
+) -> None:
+    sandbox.faults(latency_ms=400, fail_status=500, fail_count=1)
+
+    responses = asyncio.run(_burst(gateway.url, 20))
+
+    assert [codes(r) for r in responses] == [["UPSTREAM_ERROR"]] * 20
+    assert len(sandbox.requests()) == 1
+    assert ids(gateway.query(LIST))
+    assert len(sandbox.requests()) == 2
+
+
+def test_a_cancelled_waiter_does_not_cancel_the_shared_load() -> None:
+    async def run() -> None:
+        cache = ResponseCache(MemoryStore(10), AnswerCodec())
+        release = asyncio.Event()
+        calls = 0
+
+        async def load() -> UpstreamAnswer:
+            nonlocal calls
+            calls += 1
+            await release.wait()
+            return UpstreamAnswer(body="x", links={})
+
+        first = asyncio.create_task(cache.get_or_load("k", load, 60))
+        second = asyncio.create_task(cache.get_or_load("k", load, 60))
+        await asyncio.sleep(0)
+        first.cancel()
+        release.set()
+        assert (await second).body == "x"
+        assert calls == 1
+
+    asyncio.run(run())
+
+
+def test_a_failed_load_raises_in_every_waiter() -> None:
+    async def run() -> None:
+        cache = ResponseCache(MemoryStore(10), AnswerCodec())
+
+        async def load() -> UpstreamAnswer:
+            await asyncio.sleep(0.01)
+            raise UpstreamError("boom")
+
+        results = await asyncio.gather(
+            *(cache.get_or_load("k", load, 60) for _ in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(r, UpstreamError) for r in results)
+        assert cache.state()["entries"] == 0
+
+    asyncio.run(run())
+
+
+# -- Redis --
+
+
+@contextmanager
+def gateway_process(sandbox: Sandbox, **settings: str) -> Iterator[str]:
+    """`catapult-gateway serve` in its own process; yields its URL once it is ready."""
+    port = free_port()
+    environ = {
+        **os.environ,
+        "GATEWAY_UPSTREAM_URL": sandbox.url,
+        "GATEWAY_UPSTREAM_RATE": "0",
+        "GATEWAY_LOG_LEVEL": "warning",
+        **{f"GATEWAY_{k.upper()}": v for k, v in settings.items()},
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--port", str(port)],
+        env=environ,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the gateway process did not start")
+            time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_two_gateway_processes_share_one_redis(sandbox: Sandbox, redis_url: str) -> None:
+    shared = {"cache_url": redis_url, "cache_key": "a key the replicas share"}
+    headers = credential_headers(DEMO)
+    with gateway_process(sandbox, **shared) as first, gateway_process(sandbox, **shared) as second:
+        answer = httpx.post(f"{first}/graphql", json={"query": LIST}, headers=headers)
+        assert len(sandbox.requests()) == 1
+
+        again = httpx.post(f"{second}/graphql", json={"query": LIST}, headers=headers)
+
+        assert ids(again) == ids(answer)
+        assert len(sandbox.requests()) == 1
+        other = httpx.post(
+            f"{second}/graphql", json={"query": LIST}, headers=credential_headers(SECOND)
+        )
+        assert set(ids(other)).isdisjoint(ids(answer))
+        assert len(sandbox.requests()) == 2
+
+
+def test_without_a_shared_key_replicas_do_not_share_and_a_warning_says_so(
+    gateway_factory: GatewayFactory, sandbox: Sandbox, redis_url: str, caplog: Any
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="gateway.cache"):
+        first = gateway_factory(cache_url=redis_url)
+        second = gateway_factory(cache_url=redis_url)
+
+    ids(first.query(LIST))
+    ids(second.query(LIST))
+
+    assert len(sandbox.requests()) == 2
+    warnings = [r for r in caplog.records if "GATEWAY_CACHE_KEY is unset" in r.getMessage()]
+    assert len(warnings) == 2
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis of this test's own, which it may stop and start."""
+    with redis_server() as server:
+        yield server
+
+
+def test_redis_stopped_mid_run_requests_still_succeed_and_service_resumes(
+    gateway_factory: GatewayFactory, sandbox: Sandbox, own_redis: RedisServer, caplog: Any
+) -> None:
+    gateway = gateway_factory(cache_url=own_redis.url, cache_key="k")
+    ids(gateway.query(LIST))
+    ids(gateway.query(LIST))
+    assert len(sandbox.requests()) == 1
+
+    own_redis.stop()
+    with caplog.at_level(logging.INFO, logger="gateway.cache"):
+        for n in range(5):
+            assert ids(gateway.query(LIST)), n
+        down = ready(gateway)["cache"]
+        assert (down["status"], down["outages"]) == ("unavailable", 1)
+        assert len(sandbox.requests()) == 6
+
+        own_redis.start()
+        deadline = time.monotonic() + 10
+        while ready(gateway)["cache"]["status"] != "ok":
+            assert time.monotonic() < deadline, "the cache did not come back"
+            ids(gateway.query(LIST))
+            time.sleep(0.2)
+    messages = [r.getMessage() for r in caplog.records if r.name == "gateway.cache"]
+    assert sum("unavailable" in m for m in messages) == 1
+    assert sum("reachable again" in m for m in messages) == 1
+    assert not any("Basic" in m or DEMO.secret in m for m in caplog.text.splitlines())
+
+    served = len(sandbox.requests())
+    ids(gateway.query(LIST))
+    ids(gateway.query(LIST))
+    assert len(sandbox.requests()) <= served + 1
+    assert ready(gateway)["cache"]["status"] == "ok"
+
+
+def test_a_redis_that_never_answers_does_not_fail_requests(
+    gateway_factory: GatewayFactory, sandbox: Sandbox
+) -> None:
+    # A listening socket that accepts and never replies: every Redis call times out.
+    with serve_silence() as port:
+        gateway = gateway_factory(cache_url=f"redis://127.0.0.1:{port}/0", cache_timeout=0.1)
+        for _ in range(3):
+            assert ids(gateway.query(LIST))
+        assert ready(gateway)["cache"]["status"] == "unavailable"
+    assert len(sandbox.requests()) == 3
+
+
+@contextmanager
+def serve_silence() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield sock.getsockname()[1]
+
+
+def test_readyz_stays_ready_and_reports_the_cache(gateway: Gateway) -> None:
+    body = ready(gateway)
+
+    assert body["status"] == "ready"
+    assert body["cache"]["backend"] == "memory"
+    assert body["cache"]["status"] == "ok"
+
+
+def test_create_app_with_a_redis_url_closes_cleanly(redis_url: str, sandbox: Sandbox) -> None:
+    app = create_app(
+        load_settings({"GATEWAY_CACHE_URL": redis_url, "GATEWAY_UPSTREAM_URL": sandbox.url})
+    )
+    with serve(app) as url:
+        assert httpx.get(f"{url}/readyz").json()["cache"]["backend"] == "redis"
