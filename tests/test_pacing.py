@@ -1,0 +1,163 @@
+"""Pacing against the sandbox enforcing the upstream's 1 request/second per account."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.app import credential_headers
+from gateway.errors import RateLimited
+from gateway.pacing import Pacer
+from tests.conftest import DEMO, GatewayFactory, Sandbox
+
+
+def page(n: int) -> str:
+    return f"{{ calls(page: {n}, size: 1) {{ id }} }}"
+
+
+async def _burst(urls: list[str], count: int) -> list[dict[str, Any]]:
+    """`count` distinct page requests at once, spread over the gateways at `urls`."""
+    clients = [
+        httpx.AsyncClient(base_url=url, headers=credential_headers(DEMO), timeout=30)
+        for url in urls
+    ]
+    try:
+        responses = await asyncio.gather(
+            *(
+                clients[n % len(clients)].post("/graphql", json={"query": page(n)})
+                for n in range(count)
+            )
+        )
+    finally:
+        for client in clients:
+            await client.aclose()
+    return [response.json() for response in responses]
+
+
+def test_a_burst_of_five_pages_waits_in_line_and_never_sees_a_429(
+    gateway_factory: GatewayFactory, sandbox: Sandbox
+) -> None:
+    # Five requests at 1/s need four seconds of queue: a bound of 5 s lets them all wait.
+    gateway = gateway_factory(upstream_rate=1, upstream_queue_timeout=5)
+    sandbox.faults(rate_limit=True)
+
+    bodies = asyncio.run(_burst([gateway.url], 5))
+
+    assert [body.get("errors") for body in bodies] == [None] * 5
+    assert [r["status"] for r in sandbox.requests()] == [200] * 5
+
+
+def test_a_burst_of_fifty_gets_fast_rate_limited_errors_for_the_overflow(
+    gateway_factory: GatewayFactory, sandbox: Sandbox
+) -> None:
+    gateway = gateway_factory(upstream_rate=1)  # default 2 s queue bound
+    sandbox.faults(rate_limit=True)
+
+    bodies = asyncio.run(_burst([gateway.url], 50))
+
+    served = [body for body in bodies if "errors" not in body]
+    refused = [body["errors"] for body in bodies if "errors" in body]
+    assert 2 <= len(served) <= 3
+    assert len(served) + len(refused) == 50
+    for errors in refused:
+        [error] = errors
+        assert error["extensions"]["code"] == "RATE_LIMITED"
+        assert error["extensions"]["retryAfter"] >= 1
+        # The gateway's own refusal: the overflow never reached the upstream.
+        assert "upstreamStatus" not in error["extensions"]
+    assert [r["status"] for r in sandbox.requests()] == [200] * len(served)
+    assert gateway.http.get("/readyz").json()["pacing"]["refused"] == len(refused)
+
+
+def test_an_upstream_429_within_the_bound_is_waited_out_and_retried_once(
+    gateway_factory: GatewayFactory, sandbox: Sandbox
+) -> None:
+    gateway = gateway_factory(upstream_rate=1)
+    sandbox.faults(rate_limit=True)
+    # Someone else on the account (a script, another gateway) takes the slot first.
+    with httpx.Client(base_url=sandbox.url, auth=(DEMO.token, DEMO.secret)) as other:
+        other.get("/v1/users/u-demo/calls", params={"size": 1}).raise_for_status()
+
+    response = gateway.query(page(0))
+
+    assert "errors" not in response.json()
+    assert [r["status"] for r in sandbox.requests()] == [200, 429, 200]
+    assert gateway.http.get("/readyz").json()["pacing"]["waitedOut429"] == 1
+
+
+def test_an_upstream_429_beyond_the_bound_reaches_the_caller(
+    gateway_factory: GatewayFactory, sandbox: Sandbox
+) -> None:
+    gateway = gateway_factory(upstream_rate=1, upstream_queue_timeout=1)
+    sandbox.faults(rate_limit=True, rate_limit_interval_ms=5000)
+    with httpx.Client(base_url=sandbox.url, auth=(DEMO.token, DEMO.secret)) as other:
+        other.get("/v1/users/u-demo/calls", params={"size": 1}).raise_for_status()
+
+    [error] = gateway.query(page(0)).json()["errors"]
+
+    assert error["extensions"]["code"] == "RATE_LIMITED"
+    assert error["extensions"]["upstreamStatus"] == 429
+    assert 4 <= error["extensions"]["retryAfter"] <= 5
+    assert [r["status"] for r in sandbox.requests()] == [200, 429]
+
+
+def test_two_gateways_sharing_redis_pace_one_account_together(
+    gateway_factory: GatewayFactory, sandbox: Sandbox, redis_url: str
+) -> None:
+    shared = {
+        "cache_url": redis_url,
+        "cache_key": "shared",
+        "upstream_rate": 1,
+        "upstream_queue_timeout": 4,
+    }
+    first, second = gateway_factory(**shared), gateway_factory(**shared)
+    sandbox.faults(rate_limit=True)
+
+    bodies = asyncio.run(_burst([first.url, second.url], 4))
+
+    # Paced apart, each replica alone would send at once and one of them would meet a 429.
+    assert [body.get("errors") for body in bodies] == [None] * 4
+    assert [r["status"] for r in sandbox.requests()] == [200] * 4
+
+
+def test_rate_0_turns_pacing_off() -> None:
+    async def run() -> None:
+        pacer = Pacer(rate=0, queue_timeout=0)
+        calls = 0
+
+        async def call() -> int:
+            nonlocal calls
+            calls += 1
+            return calls
+
+        assert await asyncio.gather(*(pacer.run("a", call) for _ in range(20))) == list(
+            range(1, 21)
+        )
+
+        async def limited() -> int:
+            raise RateLimited("429", retry_after=1)
+
+        with pytest.raises(RateLimited):
+            await pacer.run("a", limited)
+
+    asyncio.run(run())
+
+
+def test_accounts_are_paced_separately() -> None:
+    async def run() -> None:
+        # A bound of zero: only a request whose slot is free right now may go.
+        pacer = Pacer(rate=1, queue_timeout=0)
+
+        async def call() -> str:
+            return "ok"
+
+        assert await pacer.run("a", call) == "ok"
+        assert await pacer.run("b", call) == "ok"
+        with pytest.raises(RateLimited) as refused:
+            await pacer.run("a", call)
+        assert 1 <= refused.value.retry_after <= 2
+
+    asyncio.run(run())
