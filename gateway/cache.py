@@ -246,8 +246,9 @@ class RedisStore:
         return value
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
-        # Milliseconds, so a fractional TTL is honoured (aiocache uses PSETEX for floats).
-        await self._guarded(self._cache.set(key, value, ttl=float(ttl)))
+        # A float TTL makes aiocache use PSETEX (milliseconds), so fractions are honoured;
+        # below one millisecond Redis would refuse it.
+        await self._guarded(self._cache.set(key, value, ttl=max(float(ttl), 0.001)))
 
     async def reserve(self, account: str, interval: float, max_wait: float) -> float | None:
         """Seconds until the account's next upstream slot, reserved for the caller only if

@@ -179,9 +179,16 @@ class Settings(BaseModel):
     @field_validator("cache_url")
     @classmethod
     def _known_cache_scheme(cls, value: str) -> str:
-        scheme = urlsplit(value).scheme
-        if scheme not in {"memory", "redis", "rediss"}:
+        parts = urlsplit(value)
+        if parts.scheme not in {"memory", "redis", "rediss"}:
             raise ValueError("must start with memory://, redis:// or rediss://")
+        db = parts.path.strip("/")
+        if parts.scheme != "memory" and db and not db.isdigit():
+            raise ValueError("the Redis database must be a number, as in redis://host:6379/0")
+        try:
+            parts.port  # noqa: B018 - raises ValueError when the port is not a number
+        except ValueError:
+            raise ValueError("the port must be a number, as in redis://host:6379/0") from None
         return value
 
     @field_validator("cache_key", mode="before")
