@@ -114,6 +114,7 @@ def create_app(settings: Settings) -> Starlette:
     cursors = CursorCodec(cursor_key)
 
     def make_context(request: Request, request_id: str) -> Context:
+        client: CatapultClient = request.state.catapult
         upstream: Upstream = request.state.upstream
         deadline = time.monotonic() + settings.request_timeout
         refresh = wants_fresh(request.headers.get("cache-control", ""))
