@@ -45,6 +45,10 @@ class Outcome:
     client_requests: int
     upstream_requests: int
     rate_limited: int
+    # Answered by the upstream cache (the rest of the saving is the whole-response cache
+    # in front of the endpoint, which answers repeated identical requests first).
+    upstream_cache_hits: int
+    shared_flights: int
 
     @property
     def per_100(self) -> float:
@@ -136,9 +140,10 @@ def run(sandbox_url: str, ttl: float, speed: float, paced: bool) -> Outcome:
     url = f"http://127.0.0.1:{port}"
     with process(["serve", "--port", str(port)], env, f"{url}/readyz"):
         made, refused = asyncio.run(session(url, speed))
+        cache = httpx.get(f"{url}/readyz").json().get("cache", {})
     upstream = control.get("/__sandbox/stats").json()["requests"]
     control.close()
-    return Outcome(made, upstream, refused)
+    return Outcome(made, upstream, refused, cache.get("hits", 0), cache.get("sharedFlights", 0))
 
 
 def main() -> int:
@@ -163,6 +168,10 @@ def main() -> int:
             line = (
                 f"{label:20} client requests {outcome.client_requests:4}  upstream requests "
                 f"{outcome.upstream_requests:4}  = {outcome.per_100:5.1f} per 100 client requests"
+            )
+            line += (
+                f"  (upstream-cache hits {outcome.upstream_cache_hits}, "
+                f"shared in-flight {outcome.shared_flights})"
             )
             if args.paced:
                 line += f"  RATE_LIMITED {outcome.rate_limited}"

@@ -27,14 +27,20 @@ log = logging.getLogger("gateway.cache")
 
 
 class AnswerCodec:
-    """An `UpstreamAnswer` as orjson bytes: the JSON body and the `Link` relations."""
+    """An `UpstreamAnswer` as orjson bytes: the JSON body, `Link` relations, fetch time."""
 
     def encode(self, value: UpstreamAnswer) -> bytes:
-        return orjson.dumps({"body": value.body, "links": dict(value.links)})
+        return orjson.dumps(
+            {"body": value.body, "links": dict(value.links), "fetchedAt": value.fetched_at}
+        )
 
     def decode(self, data: bytes) -> UpstreamAnswer:
         stored = orjson.loads(data)
-        return UpstreamAnswer(body=stored["body"], links=stored["links"])
+        # fetchedAt travels along: whatever is built from a cached answer (a cached whole
+        # response) must expire with the answer, not restart its TTL.
+        return UpstreamAnswer(
+            body=stored["body"], links=stored["links"], fetched_at=stored["fetchedAt"]
+        )
 
 
 class Upstream:

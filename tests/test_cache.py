@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import logging
 import os
 import socket
@@ -40,6 +41,14 @@ from tests.conftest import (
 from tests.servers import serve
 
 LIST = "{ calls(size: 2) { id from } }"
+_unique = itertools.count()
+
+
+def fresh(query: str) -> str:
+    """The same operation in new bytes. The whole-response cache (gateway/responses.py)
+    answers a repeated identical request before any upstream request is considered; new
+    bytes get past it, so what these tests see is the upstream cache's doing."""
+    return f"{query} # {next(_unique)}"
 
 
 def ready(gateway: Gateway) -> dict[str, Any]:
@@ -101,9 +110,9 @@ def test_a_stored_answer_holds_the_body_and_links_only() -> None:
 def test_the_same_query_under_two_accounts_is_fetched_for_each(
     gateway: Gateway, sandbox: Sandbox
 ) -> None:
-    demo = ids(gateway.query(LIST))
-    second = ids(gateway.query(LIST, headers=credential_headers(SECOND)))
-    again = ids(gateway.query(LIST))
+    demo = ids(gateway.query(fresh(LIST)))
+    second = ids(gateway.query(fresh(LIST), headers=credential_headers(SECOND)))
+    again = ids(gateway.query(fresh(LIST)))
 
     assert demo == again
     assert set(demo).isdisjoint(second)
@@ -123,7 +132,7 @@ def test_the_same_query_under_two_accounts_is_fetched_for_each(
 def test_a_caller_naming_another_users_id_never_gets_their_cached_answer(
     gateway: Gateway, sandbox: Sandbox, authorization: str
 ) -> None:
-    ids(gateway.query(LIST))
+    ids(gateway.query(fresh(LIST)))
 
     intruder = gateway.query(
         LIST, headers={"Authorization": authorization, "X-Catapult-User-Id": DEMO.user_id}
@@ -200,11 +209,11 @@ def test_a_hit_within_the_ttl_and_a_miss_after_it(
 ) -> None:
     gateway = gateway_factory(cache_ttl=0.5)
 
-    first = ids(gateway.query(LIST))
-    assert ids(gateway.query(LIST)) == first
+    first = ids(gateway.query(fresh(LIST)))
+    assert ids(gateway.query(fresh(LIST))) == first
     assert len(sandbox.requests()) == 1
     time.sleep(0.6)
-    assert ids(gateway.query(LIST)) == first
+    assert ids(gateway.query(fresh(LIST))) == first
     assert len(sandbox.requests()) == 2
     assert ready(gateway)["cache"]["hits"] == 1
 
@@ -212,8 +221,8 @@ def test_a_hit_within_the_ttl_and_a_miss_after_it(
 def test_ttl_0_turns_caching_off(gateway_factory: GatewayFactory, sandbox: Sandbox) -> None:
     gateway = gateway_factory(cache_ttl=0)
 
-    ids(gateway.query(LIST))
-    ids(gateway.query(LIST))
+    ids(gateway.query(fresh(LIST)))
+    ids(gateway.query(fresh(LIST)))
 
     assert len(sandbox.requests()) == 2
 
@@ -224,18 +233,20 @@ def test_errors_are_never_cached(
 ) -> None:
     sandbox.faults(fail_status=status, fail_count=1)
 
-    assert codes(gateway.query(LIST)) == [code]
-    assert ids(gateway.query(LIST))
+    assert codes(gateway.query(fresh(LIST))) == [code]
+    assert ids(gateway.query(fresh(LIST)))
     assert [r["status"] for r in sandbox.requests()] == [status, 200]
 
 
 def test_no_cache_skips_the_read_and_refreshes_the_entry(
     gateway: Gateway, sandbox: Sandbox
 ) -> None:
-    ids(gateway.query(LIST))
-    ids(gateway.query(LIST, headers={"Cache-Control": "no-cache"} | credential_headers(DEMO)))
+    ids(gateway.query(fresh(LIST)))
+    ids(
+        gateway.query(fresh(LIST), headers={"Cache-Control": "no-cache"} | credential_headers(DEMO))
+    )
     assert len(sandbox.requests()) == 2
-    ids(gateway.query(LIST))
+    ids(gateway.query(fresh(LIST)))
     assert len(sandbox.requests()) == 2
 
 
@@ -278,13 +289,13 @@ def test_the_lru_bound_holds_under_ten_times_more_keys(
 ) -> None:
     gateway = gateway_factory(cache_max_entries=5)
     for page in range(50):
-        assert codes(gateway.query(f"{{ calls(page: {page}, size: 1) {{ id }} }}")) == []
+        assert codes(gateway.query(fresh(f"{{ calls(page: {page}, size: 1) {{ id }} }}"))) == []
 
     cache = ready(gateway)["cache"]
     assert (cache["entries"], cache["maxEntries"], cache["evictions"]) == (5, 5, 45)
-    gateway.query("{ calls(page: 49, size: 1) { id } }")
+    gateway.query(fresh("{ calls(page: 49, size: 1) { id } }"))
     assert len(sandbox.requests()) == 50
-    gateway.query("{ calls(page: 0, size: 1) { id } }")
+    gateway.query(fresh("{ calls(page: 0, size: 1) { id } }"))
     assert len(sandbox.requests()) == 51
 
 
@@ -322,7 +333,7 @@ def test_a_shared_failure_reaches_every_waiter_and_is_not_cached(
 
     assert [codes(r) for r in responses] == [["UPSTREAM_ERROR"]] * 20
     assert len(sandbox.requests()) == 1
-    assert ids(gateway.query(LIST))
+    assert ids(gateway.query(fresh(LIST)))
     assert len(sandbox.requests()) == 2
 
 
@@ -448,14 +459,14 @@ def test_redis_stopped_mid_run_requests_still_succeed_and_service_resumes(
     gateway_factory: GatewayFactory, sandbox: Sandbox, own_redis: RedisServer, caplog: Any
 ) -> None:
     gateway = gateway_factory(cache_url=own_redis.url, cache_key="k")
-    ids(gateway.query(LIST))
-    ids(gateway.query(LIST))
+    ids(gateway.query(fresh(LIST)))
+    ids(gateway.query(fresh(LIST)))
     assert len(sandbox.requests()) == 1
 
     own_redis.stop()
     with caplog.at_level(logging.INFO, logger="gateway.cache"):
         for n in range(5):
-            assert ids(gateway.query(LIST)), n
+            assert ids(gateway.query(fresh(LIST))), n
         down = ready(gateway)["cache"]
         assert (down["status"], down["outages"]) == ("unavailable", 1)
         assert len(sandbox.requests()) == 6
@@ -464,7 +475,7 @@ def test_redis_stopped_mid_run_requests_still_succeed_and_service_resumes(
         deadline = time.monotonic() + 10
         while ready(gateway)["cache"]["status"] != "ok":
             assert time.monotonic() < deadline, "the cache did not come back"
-            ids(gateway.query(LIST))
+            ids(gateway.query(fresh(LIST)))
             time.sleep(0.2)
     messages = [r.getMessage() for r in caplog.records if r.name == "gateway.cache"]
     assert sum("unavailable" in m for m in messages) == 1
@@ -472,8 +483,8 @@ def test_redis_stopped_mid_run_requests_still_succeed_and_service_resumes(
     assert not any("Basic" in m or DEMO.secret in m for m in caplog.text.splitlines())
 
     served = len(sandbox.requests())
-    ids(gateway.query(LIST))
-    ids(gateway.query(LIST))
+    ids(gateway.query(fresh(LIST)))
+    ids(gateway.query(fresh(LIST)))
     assert len(sandbox.requests()) <= served + 1
     assert ready(gateway)["cache"]["status"] == "ok"
 
@@ -485,7 +496,7 @@ def test_a_redis_that_never_answers_does_not_fail_requests(
     with serve_silence() as port:
         gateway = gateway_factory(cache_url=f"redis://127.0.0.1:{port}/0", cache_timeout=0.1)
         for _ in range(3):
-            assert ids(gateway.query(LIST))
+            assert ids(gateway.query(fresh(LIST)))
         assert ready(gateway)["cache"]["status"] == "unavailable"
     assert len(sandbox.requests()) == 3
 
