@@ -93,7 +93,7 @@ def create_app(settings: Settings) -> Starlette:
                     upstream_timeout=settings.upstream_timeout,
                     on_retry=metrics.upstream_retry,
                 )
-                upstream = create_upstream(settings, catapult)
+                upstream = create_upstream(settings, catapult, metrics)
                 try:
                     yield {"catapult": catapult, "upstream": upstream}
                 finally:

@@ -80,15 +80,32 @@ class Store(Protocol):
 
     def state(self) -> dict[str, Any]: ...
 
+    @property
+    def healthy(self) -> bool: ...
+
     async def close(self) -> None: ...
+
+
+def _ignore(*_: object) -> None:
+    pass
 
 
 class ResponseCache(Generic[T]):
     """Values by key, loaded once however many callers ask at the same time."""
 
-    def __init__(self, store: Store, codec: Codec[T]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        codec: Codec[T],
+        *,
+        on_lookup: Callable[[str], None] = _ignore,
+        on_share: Callable[[], None] = _ignore,
+    ) -> None:
         self.store = store
         self._codec = codec
+        # Metrics hooks: a look-up's result ("hit", "miss", "error"), a shared flight.
+        self._on_lookup = on_lookup
+        self._on_share = on_share
         self._flights: dict[str, asyncio.Task[T]] = {}
         self.hits = 0
         self.misses = 0
@@ -106,7 +123,9 @@ class ResponseCache(Generic[T]):
             data = await self.store.get(key)
             if data is not None:
                 self.hits += 1
+                self._on_lookup("hit")
                 return self._codec.decode(data)
+            self._on_lookup("miss" if self.store.healthy else "error")
         flight = self._flights.get(key)
         if flight is None:
             # A refresh joins a load already in flight: it started no earlier than the
@@ -117,6 +136,7 @@ class ResponseCache(Generic[T]):
             flight.add_done_callback(lambda done: self._landed(key, done))
         else:
             self.shared_flights += 1
+            self._on_share()
         # shield: a waiter that is cancelled (its client went away) must not cancel the
         # load the other waiters share.
         return await asyncio.shield(flight)
@@ -179,6 +199,10 @@ class MemoryStore:
 
     def __len__(self) -> int:
         return len(self._recency)
+
+    @property
+    def healthy(self) -> bool:
+        return True
 
     def state(self) -> dict[str, Any]:
         return {
@@ -307,6 +331,10 @@ class RedisStore:
                 "cache store unavailable; serving from the upstream until it returns",
                 extra={"store": self._where, "error": type(exc).__name__},
             )
+
+    @property
+    def healthy(self) -> bool:
+        return self._outage.down_since is None
 
     def state(self) -> dict[str, Any]:
         outage = self._outage

@@ -20,6 +20,7 @@ import orjson
 from gateway.cache import CacheKeys, RedisStore, ResponseCache, create_store
 from gateway.config import Settings
 from gateway.credentials import Credentials
+from gateway.metrics import Metrics
 from gateway.pacing import Pacer
 from gateway.upstream import CatapultClient, UpstreamAnswer, UpstreamRequest
 
@@ -90,8 +91,11 @@ class Upstream:
         await self._cache.close()
 
 
-def create_upstream(settings: Settings, client: CatapultClient) -> Upstream:
+def create_upstream(
+    settings: Settings, client: CatapultClient, metrics: Metrics | None = None
+) -> Upstream:
     """Build the cache, keys and pacer that `settings` describe around `client`."""
+    metrics = Metrics() if metrics is None else metrics
     store = create_store(
         settings.cache_url, max_entries=settings.cache_max_entries, timeout=settings.cache_timeout
     )
@@ -108,7 +112,13 @@ def create_upstream(settings: Settings, client: CatapultClient) -> Upstream:
         rate=settings.upstream_rate,
         queue_timeout=settings.upstream_queue_timeout,
         shared=shared,
+        on_wait=metrics.pacing_wait,
+        on_refusal=metrics.pacing_refusal,
     )
-    return Upstream(
-        client, ResponseCache(store, AnswerCodec()), keys, pacer, ttl=settings.cache_ttl
+    cache = ResponseCache(
+        store,
+        AnswerCodec(),
+        on_lookup=metrics.cache_result,
+        on_share=metrics.singleflight_share,
     )
+    return Upstream(client, cache, keys, pacer, ttl=settings.cache_ttl)

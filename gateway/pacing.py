@@ -40,12 +40,21 @@ class Pacer:
     """Spaces upstream requests per account; `rate` 0 turns pacing (and 429 waits) off."""
 
     def __init__(
-        self, *, rate: float, queue_timeout: float, shared: SharedSlots | None = None
+        self,
+        *,
+        rate: float,
+        queue_timeout: float,
+        shared: SharedSlots | None = None,
+        on_wait: Callable[[float], None] = lambda seconds: None,
+        on_refusal: Callable[[], None] = lambda: None,
     ) -> None:
         self._interval = JITTER_MARGIN / rate if rate > 0 else 0.0
         self._rate = rate
         self._queue_timeout = queue_timeout
         self._shared = shared
+        # Metrics hooks: a wait for a slot (seconds), a refusal.
+        self._on_wait = on_wait
+        self._on_refusal = on_refusal
         # Local schedule: the monotonic instant of each account's next free slot.
         self._next_slot: dict[str, float] = {}
         self.refused = 0
@@ -74,6 +83,7 @@ class Pacer:
     async def _wait_for_slot(self, account: str) -> None:
         wait = await self._reserve(account)
         if wait > 0:
+            self._on_wait(wait)
             await asyncio.sleep(wait)
 
     async def _reserve(self, account: str) -> float:
@@ -94,6 +104,7 @@ class Pacer:
     def _check(self, wait: float) -> None:
         if wait > self._queue_timeout:
             self.refused += 1
+            self._on_refusal()
             retry_after = max(1, math.ceil(wait))
             raise RateLimited(
                 "Too many requests for this account: the upstream allows "

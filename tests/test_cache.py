@@ -469,6 +469,8 @@ def test_redis_stopped_mid_run_requests_still_succeed_and_service_resumes(
             assert ids(gateway.query(fresh(LIST))), n
         down = ready(gateway)["cache"]
         assert (down["status"], down["outages"]) == ("unavailable", 1)
+        metrics = gateway.http.get("/metrics").text.splitlines()
+        assert 'gateway_cache_requests_total{result="error"} 5.0' in metrics
         assert len(sandbox.requests()) == 6
 
         own_redis.start()

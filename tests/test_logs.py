@@ -51,7 +51,7 @@ def test_one_json_line_per_request_without_secrets(
     assert first["status"] == 200
     assert first["upstream_requests"] == 2
     assert first["error_codes"] == []
-    assert first["cache"] is None
+    assert first["cache"] == {"miss": 2}  # two upstream-cache look-ups, both cold
     assert isinstance(first["duration_ms"], float)
     assert first["level"] == "info"
     assert second["request_id"] == failed.headers["x-request-id"]

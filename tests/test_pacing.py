@@ -77,6 +77,8 @@ def test_a_burst_of_fifty_gets_fast_rate_limited_errors_for_the_overflow(
     assert statuses.count(200) == len(served)
     assert len(statuses) - len(served) <= 1  # at most one jitter 429, waited out
     assert gateway.http.get("/readyz").json()["pacing"]["refused"] == len(refused)
+    metrics = gateway.http.get("/metrics").text.splitlines()
+    assert f"gateway_pacing_refusals_total {float(len(refused))}" in metrics
 
 
 def test_an_upstream_429_within_the_bound_is_waited_out_and_retried_once(

@@ -82,7 +82,13 @@ def json_lines(stderr: str) -> list[dict[str, Any]]:
 
 def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones(sandbox: Sandbox) -> None:
     sandbox.faults(latency_ms=3000)
-    env = {"GATEWAY_UPSTREAM_URL": sandbox.url, "GATEWAY_SHUTDOWN_TIMEOUT": "20"}
+    env = {
+        "GATEWAY_UPSTREAM_URL": sandbox.url,
+        "GATEWAY_SHUTDOWN_TIMEOUT": "20",
+        # The sandbox has no rate limit here; paced at 1/s, most of the twenty would be
+        # refused as RATE_LIMITED instead of being in flight.
+        "GATEWAY_UPSTREAM_RATE": "0",
+    }
     with gateway_process(env=env) as (process, url), ThreadPoolExecutor(20) as pool:
         # Distinct sizes: twenty different upstream requests, nothing shared or cached.
         futures = [pool.submit(query, url, size) for size in range(1, 21)]
