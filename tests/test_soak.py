@@ -125,6 +125,9 @@ def servers(tmp_path: Path) -> Iterator[tuple[str, int, Path, Sandbox]]:
             ["serve", "--upstream-url", sandbox_url], gateway_port, gateway_log,
             GATEWAY_REQUEST_TIMEOUT=str(REQUEST_TIMEOUT), GATEWAY_UPSTREAM_TIMEOUT="3",
             GATEWAY_UPSTREAM_MAX_CONNECTIONS="128", GATEWAY_LOG_LEVEL="info",
+            # The sandbox here has no rate limit: paced at 1/s, nearly every request of
+            # the soak would be the gateway's own RATE_LIMITED instead of a fault.
+            GATEWAY_UPSTREAM_RATE="0",
         ) as pid,
         httpx.Client(base_url=sandbox_url) as control,
     ):  # fmt: skip
