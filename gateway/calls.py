@@ -247,7 +247,7 @@ def parse_timestamp(value: Any) -> datetime | Odd | None:
         try:
             parsed = datetime.fromisoformat(text)
         except ValueError:
-            if text.isdigit():
+            if text.isascii() and text.isdigit():
                 return parse_timestamp(int(text))
             return Odd(value)
         return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
@@ -268,12 +268,18 @@ def parse_integer(value: Any) -> int | Odd | None:
     if isinstance(value, bool):
         return Odd(value)
     if (isinstance(value, float) and value.is_integer()) or (
-        isinstance(value, str) and value.strip().lstrip("-").isdigit()
+        isinstance(value, str) and _is_ascii_integer(value)
     ):
         number = int(value)
     if not isinstance(number, int) or not _INT_MIN <= number <= _INT_MAX:
         return Odd(value)
     return number
+
+
+def _is_ascii_integer(text: str) -> bool:
+    # str.isdigit() also accepts "²" and other digits int() refuses.
+    digits = text.strip().removeprefix("-")
+    return digits.isascii() and digits.isdigit()
 
 
 def parse_boolean(value: Any) -> bool | Odd | None:

@@ -183,7 +183,7 @@ class Settings(BaseModel):
         if parts.scheme not in {"memory", "redis", "rediss"}:
             raise ValueError("must start with memory://, redis:// or rediss://")
         db = parts.path.strip("/")
-        if parts.scheme != "memory" and db and not db.isdigit():
+        if parts.scheme != "memory" and db and not (db.isascii() and db.isdigit()):
             raise ValueError("the Redis database must be a number, as in redis://host:6379/0")
         try:
             parts.port  # noqa: B018 - raises ValueError when the port is not a number

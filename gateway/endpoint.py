@@ -320,7 +320,7 @@ def _json_param(value: str | None, name: str) -> Any:
 
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"The request body is larger than {limit} bytes.")
     chunks: list[bytes] = []
     size = 0

@@ -147,7 +147,7 @@ def next_query(next_url: str, current: ListQuery, *, base_url: str, user_id: str
 
 
 def _integer(value: str | None) -> int:
-    if value is None or not value.isdigit() or len(value) > 9:
+    if value is None or not (value.isascii() and value.isdigit()) or len(value) > 9:
         raise ValueError(value)
     return int(value)
 

@@ -265,14 +265,14 @@ def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None)
     """Seconds to wait, from `X-RateLimit-Reset` (epoch ms, as Catapult sends) or `Retry-After`."""
     now = time.time() if now is None else now
     reset = headers.get("x-ratelimit-reset", "").strip()
-    if reset.isdigit():
+    if reset.isascii() and reset.isdigit():
         value = int(reset)
         # The docs call it a UNIX timestamp, but every sample is in milliseconds;
         # a value small enough to be seconds is read as seconds.
         reset_at = value / 1000 if value > 10**11 else value
         return max(1, math.ceil(reset_at - now))
     retry_after = headers.get("retry-after", "").strip()
-    if retry_after.isdigit():
+    if retry_after.isascii() and retry_after.isdigit():
         return max(1, int(retry_after))
     if retry_after:
         parsed = (

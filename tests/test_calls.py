@@ -296,6 +296,12 @@ TOLERATED = [
     pytest.param({"callbackTimeout": 30.0}, "callback_timeout", 30, id="timeout-float"),
     pytest.param({"callbackTimeout": 30.5}, "callback_timeout", Odd(30.5), id="timeout-frac"),
     pytest.param({"callbackTimeout": True}, "callback_timeout", Odd(True), id="timeout-bool"),
+    pytest.param(
+        {"callbackTimeout": "\u00b2"}, "callback_timeout", Odd("\u00b2"), id="timeout-superscript"
+    ),
+    pytest.param(
+        {"callbackTimeout": "--1"}, "callback_timeout", Odd("--1"), id="timeout-two-signs"
+    ),
     pytest.param({"chargeableDuration": "x"}, "chargeable_duration", Odd("x"), id="duration-str"),
     pytest.param({"recordingEnabled": "true"}, "recording_enabled", True, id="bool-string"),
     pytest.param({"recordingEnabled": "FALSE"}, "recording_enabled", False, id="bool-upper"),

@@ -207,13 +207,17 @@ RETRY_AFTER = [
         id="reset-wins",
     ),
     pytest.param({"X-RateLimit-Reset": "-5"}, 1, id="reset-garbage"),
+    # str.isdigit() says yes to "²" (0xB2 read as Latin-1), int() says no: found by fuzzing.
+    pytest.param({"X-RateLimit-Reset": b"\xb2"}, 1, id="reset-superscript-digit"),
+    pytest.param({"Retry-After": b"\xb2"}, 1, id="retry-after-superscript-digit"),
     pytest.param({}, 1, id="no-header"),
 ]
 
 
 @pytest.mark.parametrize(("headers", "seconds"), RETRY_AFTER)
-def test_retry_after_seconds(headers: dict[str, str], seconds: int) -> None:
-    assert retry_after_seconds(httpx.Headers(headers), now=NOW) == seconds
+def test_retry_after_seconds(headers: dict[str, str | bytes], seconds: int) -> None:
+    raw = [(k.encode(), v if isinstance(v, bytes) else v.encode()) for k, v in headers.items()]
+    assert retry_after_seconds(httpx.Headers(raw), now=NOW) == seconds
 
 
 def test_rate_limited_carries_retry_after() -> None:
