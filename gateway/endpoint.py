@@ -219,7 +219,10 @@ class GraphQLEndpoint:
                 ["BAD_REQUEST"],
                 None,
             )
-        errors = [_format_error(error, request_id) for error in result.errors or ()]
+        errors = _by_root_field(
+            [_format_error(error, request_id) for error in result.errors or ()],
+            result.data,
+        )
         errors += _notices(context, result.data)
         # No data at all means the variables could not be coerced: a request error.
         request_error = (
@@ -282,14 +285,21 @@ class GraphQLEndpoint:
 
 
 def _notices(context: Context, data: dict[str, Any] | None) -> list[dict[str, Any]]:
-    # Root fields resolve concurrently, so notices arrive in any order; report them in
-    # the order of the fields they belong to, to answer the same bytes every time.
-    order = {key: index for index, key in enumerate(data or ())}
-    notices = sorted(context.notices, key=lambda notice: order.get(str(notice.path[0]), -1))
-    return [
+    notices = [
         {"message": n.error.message, "path": list(n.path), "extensions": n.error.extensions}
-        for n in notices
+        for n in context.notices
     ]
+    return _by_root_field(notices, data)
+
+
+def _by_root_field(
+    errors: list[dict[str, Any]], data: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    # Root fields resolve concurrently, so their errors arrive in whatever order their
+    # upstream answers did; list them in the order of the fields they belong to, so the
+    # same request always gets the same bytes. (Within one field the order is stable.)
+    order = {key: index for index, key in enumerate(data or ())}
+    return sorted(errors, key=lambda error: order.get(str((error.get("path") or ("",))[0]), -1))
 
 
 def _params(raw: dict[str, Any]) -> GraphQLParams:
