@@ -40,7 +40,7 @@ from gateway.upstream import (
     CatapultClient,
     UpstreamAnswer,
     UpstreamRequest,
-    create_http_client,
+    create_transport,
 )
 
 SANDBOX_PATH = "/sandbox"
@@ -84,13 +84,15 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         metrics.process_started()
         try:
-            async with create_http_client(
+            async with create_transport(
                 settings, lambda inner: InstrumentedTransport(inner, telemetry)
-            ) as http:
+            ) as transport:
                 catapult = CatapultClient(
-                    http,
+                    transport,
+                    base_url=settings.upstream_base,
                     retries=settings.upstream_retries,
                     upstream_timeout=settings.upstream_timeout,
+                    connect_timeout=settings.upstream_connect_timeout,
                     on_retry=metrics.upstream_retry,
                 )
                 upstream = create_upstream(settings, catapult, metrics)

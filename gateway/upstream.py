@@ -13,7 +13,6 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -91,11 +90,11 @@ class _Retryable(Exception):
         self.error = error
 
 
-def create_http_client(
+def create_transport(
     settings: Settings,
     wrap_transport: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] | None = None,
-) -> httpx.AsyncClient:
-    """The one shared upstream connection pool; the app's lifespan owns it.
+) -> httpx.AsyncBaseTransport:
+    """The one shared upstream connection pool; the app's lifespan owns (and closes) it.
 
     `wrap_transport` lets the app observe every HTTP attempt (metrics, trace spans).
     """
@@ -105,41 +104,39 @@ def create_http_client(
         keepalive_expiry=30,
     )
     transport: httpx.AsyncBaseTransport = AiohttpTransport(limits)
-    if wrap_transport is not None:
-        transport = wrap_transport(transport)
-    return httpx.AsyncClient(
-        base_url=settings.upstream_base,
-        timeout=httpx.Timeout(settings.upstream_timeout, connect=settings.upstream_connect_timeout),
-        transport=transport,
-        headers={"Accept": "application/json", "User-Agent": f"catapult-gateway/{__version__}"},
-        # One client serves every caller: a cookie the upstream sets for one must never
-        # ride along with another's request.
-        cookies=httpx.Cookies(CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))),
-        follow_redirects=False,
-        trust_env=False,
-    )
+    return transport if wrap_transport is None else wrap_transport(transport)
 
 
 class CatapultClient:
-    """Makes upstream requests with the caller's credentials, retrying idempotent GETs."""
+    """Makes upstream requests with the caller's credentials, retrying idempotent GETs.
+
+    Requests go straight to an httpx transport, without an `httpx.AsyncClient` in
+    between: the client's layers (auth flows, redirects, a cookie jar shared by every
+    caller, URL merging) are all things this client must not do, and they cost more CPU
+    than the transport itself.
+    """
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
         *,
+        base_url: str,
         retries: int,
         upstream_timeout: float,
+        connect_timeout: float = 3.0,
         on_retry: Callable[[], None] = lambda: None,
     ) -> None:
-        self._http = http
+        self._transport = transport
+        self._base_url = base_url.rstrip("/")
         self._retries = retries
         self._upstream_timeout = upstream_timeout
+        self._connect_timeout = connect_timeout
         self._on_retry = on_retry
 
     @property
     def base_url(self) -> str:
         """The upstream base URL, without a trailing slash."""
-        return str(self._http.base_url).rstrip("/")
+        return self._base_url
 
     async def fetch(
         self, credentials: Credentials, request: UpstreamRequest, *, deadline: float
@@ -171,11 +168,7 @@ class CatapultClient:
             # The transport's timeouts bound each socket operation; this bounds the whole
             # answer, so a slowly dripping upstream cannot outlast the deadline.
             async with asyncio.timeout(timeout):
-                response = await self._http.get(
-                    request.target,
-                    headers={"Authorization": credentials.authorization},
-                    timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
-                )
+                response = await self._send(credentials, request, timeout)
         except TimeoutError as exc:
             raise UpstreamTimeout(f"The upstream did not answer within {timeout:.1f} s.") from exc
         except httpx.ConnectTimeout as exc:
@@ -191,6 +184,33 @@ class CatapultClient:
         except httpx.TransportError as exc:
             raise UpstreamUnavailable("Could not reach the upstream.") from exc
         return _answer(response)
+
+    async def _send(
+        self, credentials: Credentials, request: UpstreamRequest, seconds: float
+    ) -> httpx.Response:
+        # The caller bounds the whole exchange; these bound each step inside it.
+        connect = min(seconds, self._connect_timeout)
+        outgoing = httpx.Request(
+            "GET",
+            self._base_url + request.target,
+            headers=[
+                (b"accept", b"application/json"),
+                (b"user-agent", _USER_AGENT),
+                (b"authorization", credentials.authorization.encode("latin-1")),
+            ],
+            extensions={
+                "timeout": {"connect": connect, "read": seconds, "write": seconds, "pool": seconds}
+            },
+        )
+        response = await self._transport.handle_async_request(outgoing)
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response
+
+
+_USER_AGENT = f"catapult-gateway/{__version__}".encode()
 
 
 def _would_pass(deadline: float) -> Any:

@@ -143,7 +143,7 @@ def test_a_caller_naming_another_users_id_never_gets_their_cached_answer(
     assert [r["status"] for r in sandbox.requests()] == [200, 401]
 
 
-def _echo_client() -> tuple[CatapultClient, httpx.AsyncClient, list[httpx.Request]]:
+def _echo_client() -> tuple[CatapultClient, httpx.MockTransport, list[httpx.Request]]:
     """A client whose upstream answers with who asked and what: a recording fake."""
     seen: list[httpx.Request] = []
 
@@ -152,8 +152,9 @@ def _echo_client() -> tuple[CatapultClient, httpx.AsyncClient, list[httpx.Reques
         body = {"auth": request.headers["authorization"], "target": str(request.url)}
         return httpx.Response(200, json=body)
 
-    http = httpx.AsyncClient(base_url="http://upstream", transport=httpx.MockTransport(answer))
-    return CatapultClient(http, retries=0, upstream_timeout=5), http, seen
+    transport = httpx.MockTransport(answer)
+    client = CatapultClient(transport, base_url="http://upstream", retries=0, upstream_timeout=5)
+    return client, transport, seen
 
 
 _tokens = st.sampled_from(["t-a", "t-b", "t-c"])

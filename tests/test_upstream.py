@@ -47,11 +47,13 @@ def fetch(
     upstream: RecordingUpstream, *, retries: int = 2, deadline_in: float = 10
 ) -> UpstreamAnswer:
     async def run() -> UpstreamAnswer:
-        async with httpx.AsyncClient(
-            transport=httpx.MockTransport(upstream), base_url="http://upstream"
-        ) as http:
-            client = CatapultClient(http, retries=retries, upstream_timeout=5)
-            return await client.fetch(CREDENTIALS, REQUEST, deadline=time.monotonic() + deadline_in)
+        client = CatapultClient(
+            httpx.MockTransport(upstream),
+            base_url="http://upstream",
+            retries=retries,
+            upstream_timeout=5,
+        )
+        return await client.fetch(CREDENTIALS, REQUEST, deadline=time.monotonic() + deadline_in)
 
     return asyncio.run(run())
 
