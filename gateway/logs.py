@@ -8,10 +8,12 @@ structlog would need its stdlib bridge to reach uvicorn's records and add nothin
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
+import secrets
 import sys
-import uuid
 from collections import Counter
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
@@ -75,6 +77,13 @@ def configure_logging(level: str, log_format: str = "auto", stream: TextIO | Non
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    # The formatters use none of the caller's file and line, thread or process names,
+    # which the logging module otherwise looks up for every record (its own documented
+    # optimisation switches).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # One access line per request comes from the endpoint, with more in it; httpx's own
     # per-request lines would repeat upstream URLs (callers' filters, user ids) at info.
     logging.getLogger("uvicorn.access").disabled = True
@@ -117,9 +126,30 @@ class RequestRecord:
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
+class _RequestIds:
+    # A new id is a random per-process prefix and a counter: unique across processes
+    # and restarts like a uuid4, without reading the system's randomness per request.
+    # A forked child (same prefix, same counter) draws a prefix of its own.
+
+    def __init__(self) -> None:
+        self._pid = 0
+        self._prefix = ""
+        self._counter = itertools.count(1)
+
+    def new(self) -> str:
+        if self._pid != os.getpid():
+            self._pid, self._prefix = os.getpid(), secrets.token_hex(8)
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+_request_ids = _RequestIds()
+
+
 def request_id_from(given: str) -> str:
     """The caller's `X-Request-Id` when it is a sane token, else a new id."""
-    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    if given and _REQUEST_ID.fullmatch(given):
+        return given
+    return _request_ids.new()
 
 
 _current: ContextVar[RequestRecord | None] = ContextVar("gateway_request", default=None)
