@@ -175,13 +175,20 @@ def create_app(settings: Settings) -> Starlette:
         return FileResponse(path, headers={"cache-control": "public, max-age=31536000, immutable"})
 
     routes += [
-        Route("/graphql", ResponseCache(endpoint, ttl=settings.cache_ttl, telemetry=telemetry)),
+        Route("/graphql", endpoint),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route(ASSET_ROUTE + "/{name}", graphiql_asset, methods=["GET"]),
     ]
-    return Starlette(routes=routes, middleware=_cors(settings), lifespan=lifespan)
+    # The response cache is middleware rather than part of the route, so a hit skips
+    # routing and exception handling; it sits inside CORS, whose headers are per request.
+    response_cache = Middleware(
+        ResponseCache, path="/graphql", ttl=settings.cache_ttl, telemetry=telemetry
+    )
+    return Starlette(
+        routes=routes, middleware=[*_cors(settings), response_cache], lifespan=lifespan
+    )
 
 
 def _cors(settings: Settings) -> list[Middleware]:
@@ -232,7 +239,7 @@ def app_from_environment() -> Starlette:
 
     settings = load_settings(os.environ)
     # Worker processes start with logging unconfigured; this runs in each of them.
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, batch=True)
     app = create_app(settings)
     tune_garbage_collector()
     return app

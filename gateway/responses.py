@@ -62,12 +62,14 @@ class ResponseCache:
         self,
         app: ASGIApp,
         *,
+        path: str,
         ttl: float,
         telemetry: Telemetry,
         max_entries: int = 1024,
         max_body_bytes: int = 1 << 20,
     ) -> None:
         self.app = app
+        self.path = path
         self.ttl = ttl
         self.max_entries = max_entries
         self.max_body_bytes = max_body_bytes
@@ -76,7 +78,12 @@ class ResponseCache:
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("GET", "POST") or self.ttl <= 0:
+        if (
+            scope["type"] != "http"
+            or scope["path"] != self.path
+            or scope["method"] not in ("GET", "POST")
+            or self.ttl <= 0
+        ):
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])

@@ -56,7 +56,8 @@ class Telemetry:
             self.metrics.in_flight.dec()
             self.metrics.request_finished(record.operation, record.error_codes, duration)
             unbind_request(token)
-            log.info("graphql request", extra=record.log_fields(duration))
+            if log.isEnabledFor(logging.INFO):
+                log.info("graphql request", extra=record.log_fields(duration))
 
 
 class InstrumentedTransport(httpx.AsyncBaseTransport):
