@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 def _serve(settings: Settings) -> int:
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, batch=True)
     if settings.sandbox:
         _print_sandbox_banner(settings)
     # Workers are separate processes: they rebuild the settings from the environment,

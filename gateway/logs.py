@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import sys
+import threading
 from collections import Counter
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
@@ -32,9 +33,12 @@ def _extra(record: logging.LogRecord) -> dict[str, Any]:
 class JsonFormatter(logging.Formatter):
     """Formats a record as JSON: time, level, logger, message, and every `extra` field."""
 
+    _second = -1
+    _second_text = ""
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": self._time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -44,6 +48,15 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
+
+    def _time(self, created: float) -> str:
+        # RFC 3339 in UTC with milliseconds; the part up to the second is reused while
+        # it lasts (a busy gateway writes hundreds of lines a second).
+        second = int(created)
+        if second != self._second:
+            self._second = second
+            self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._second_text}.{int((created - second) * 1000):03d}+00:00"
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -63,14 +76,72 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
-def configure_logging(level: str, log_format: str = "auto", stream: TextIO | None = None) -> None:
-    """Send every logger, uvicorn's included, through one handler on stderr."""
+class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes log lines in batches: at most every `interval` seconds, at once from warnings up.
+
+    One write and flush per request line cost a busy gateway about a third of its
+    throughput on cache hits. Info lines now wait up to `interval` (or until 512 are
+    pending); a warning or error writes everything pending immediately, and so do
+    `flush()` and the interpreter's exit (`logging.shutdown`).
+    """
+
+    def __init__(self, stream: TextIO, interval: float = 0.2) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+        self._closed = threading.Event()
+        self._interval = interval
+        self._flusher = threading.Thread(target=self._flush_regularly, daemon=True)
+        self._flusher.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Called by Handler.handle with the handler's lock held.
+        try:
+            self._pending.append(self.format(record))
+            if record.levelno >= logging.WARNING or len(self._pending) >= 512:
+                self._write()
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.flush()
+        super().close()
+
+    def _write(self) -> None:
+        if self._pending:
+            lines, self._pending = self._pending, []
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+
+    def _flush_regularly(self) -> None:
+        while not self._closed.wait(self._interval):
+            try:
+                self.flush()
+            except (OSError, ValueError):  # the stream went away: nothing left to do
+                return
+
+
+def configure_logging(
+    level: str, log_format: str = "auto", stream: TextIO | None = None, *, batch: bool = False
+) -> None:
+    """Send every logger, uvicorn's included, through one handler on stderr.
+
+    `batch` writes info lines in batches (see `BatchingStreamHandler`); servers use it,
+    tests that read the stream right after a request do not.
+    """
     stream = sys.stderr if stream is None else stream
     if log_format == "auto":
         log_format = "console" if stream.isatty() else "json"
-    handler = logging.StreamHandler(stream)
+    handler = BatchingStreamHandler(stream) if batch else logging.StreamHandler(stream)
     handler.setFormatter(ConsoleFormatter() if log_format == "console" else JsonFormatter())
     root = logging.getLogger()
+    for old in root.handlers:
+        if isinstance(old, BatchingStreamHandler):
+            old.close()  # writes what it holds and stops its flusher
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
@@ -128,17 +199,19 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 class _RequestIds:
     # A new id is a random per-process prefix and a counter: unique across processes
-    # and restarts like a uuid4, without reading the system's randomness per request.
-    # A forked child (same prefix, same counter) draws a prefix of its own.
+    # and restarts like a uuid4, without a system call per request (reading randomness,
+    # or even the pid, is a noticeable share of a cache hit). A forked child draws a
+    # prefix of its own.
 
     def __init__(self) -> None:
-        self._pid = 0
-        self._prefix = ""
+        self.renew()
+        os.register_at_fork(after_in_child=self.renew)
+
+    def renew(self) -> None:
+        self._prefix = secrets.token_hex(8)
         self._counter = itertools.count(1)
 
     def new(self) -> str:
-        if self._pid != os.getpid():
-            self._pid, self._prefix = os.getpid(), secrets.token_hex(8)
         return f"{self._prefix}{next(self._counter):016x}"
 
 

@@ -3,14 +3,22 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from gateway.app import credential_headers
-from gateway.logs import ConsoleFormatter, JsonFormatter, configure_logging
+from gateway.logs import (
+    BatchingStreamHandler,
+    ConsoleFormatter,
+    JsonFormatter,
+    configure_logging,
+    request_id_from,
+)
 from tests.conftest import DEMO, GatewayFactory, KeepEveryLine, Sandbox, leaks
 
 
@@ -149,3 +157,49 @@ def test_the_leak_check_finds_a_credential_however_it_is_logged() -> None:
 
     assert leaks(lines) == lines
     assert leaks([formatter.format(logging.makeLogRecord({"msg": "fine"}))]) == []
+
+
+def test_batched_lines_wait_for_the_interval_and_warnings_write_at_once() -> None:
+    stream = io.StringIO()
+    handler = BatchingStreamHandler(stream, interval=0.3)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("test.batching")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("first")
+        assert stream.getvalue() == ""  # held back
+
+        logger.warning("trouble")
+        written = [json.loads(line)["message"] for line in stream.getvalue().splitlines()]
+        assert written == ["first", "trouble"]  # in order, with what was pending
+
+        logger.info("later")
+        deadline = time.monotonic() + 5
+        while "later" not in stream.getvalue():
+            assert time.monotonic() < deadline, "the flusher never wrote the pending line"
+            time.sleep(0.05)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def test_closing_a_batching_handler_writes_what_it_holds() -> None:
+    stream = io.StringIO()
+    handler = BatchingStreamHandler(stream, interval=60)
+    handler.setFormatter(JsonFormatter())
+    handler.handle(logging.makeLogRecord({"msg": "last words", "levelno": logging.INFO}))
+
+    handler.close()
+
+    assert json.loads(stream.getvalue())["message"] == "last words"
+
+
+def test_new_request_ids_are_unique_and_well_formed() -> None:
+    ids = {request_id_from("") for _ in range(1000)}
+
+    assert len(ids) == 1000
+    assert all(re.fullmatch(r"[0-9a-f]{32}", value) for value in ids)
+    assert request_id_from("caller-chosen.id:1") == "caller-chosen.id:1"
+    assert request_id_from("no spaces allowed") != "no spaces allowed"
