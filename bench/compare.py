@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -188,6 +189,12 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--delay-ms", type=float, default=0, help="upstream latency")
     parser.add_argument("--scenarios", default="d25,a,b,bare,c,d1000")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="repetitions of the plan, alternately forward and reversed (ABBA); medians shown",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("bench/compare.py needs wrk (Debian: apt-get install wrk)", file=sys.stderr)
@@ -201,11 +208,9 @@ def main() -> int:
         up_port = free_port()
         sandbox = [*cli, "sandbox", "--port", str(up_port), "--latency-ms", str(args.delay_ms)]
         upstream = stack.enter_context(start("sandbox", sandbox, up_port, {}, "/__health"))
-        common = {
-            "GATEWAY_UPSTREAM_URL": upstream.url,
-            "GATEWAY_UPSTREAM_RATE": "0",
-            "GATEWAY_LOG_LEVEL": "warning",
-        }
+        # Production defaults (info logs, one line per request), except pacing: the
+        # sandbox here has no rate limit, and pacing would measure the limit, not us.
+        common = {"GATEWAY_UPSTREAM_URL": upstream.url, "GATEWAY_UPSTREAM_RATE": "0"}
         miss_port, hit_port, bare_port = free_port(), free_port(), free_port()
         miss = stack.enter_context(
             start(
@@ -258,12 +263,20 @@ def main() -> int:
             "c": (miss, "/graphql", pages1000),
             "d1000": (upstream, rest, rest1000),
         }
-        for key in scenarios:
-            server, path, lines = plan[key]
-            results[key] = measure(server, path, lines, args)
-            print(f"{key:6} {results[key]}", file=sys.stderr, flush=True)
+        runs: dict[str, list[dict[str, float]]] = {key: [] for key in scenarios}
+        for repeat in range(args.repeats):
+            # A shared machine drifts: alternating the order spreads the drift evenly.
+            for key in scenarios if repeat % 2 == 0 else scenarios[::-1]:
+                server, path, lines = plan[key]
+                runs[key].append(measure(server, path, lines, args))
+                print(f"{repeat + 1} {key:6} {runs[key][-1]}", file=sys.stderr, flush=True)
+        results = {key: _median(runs[key]) for key in scenarios}
     print(report(results, args))
     return 1 if any(r["failures"] for r in results.values()) else 0
+
+
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {name: statistics.median(run[name] for run in runs) for name in runs[0]}
 
 
 LABELS = {
@@ -280,7 +293,7 @@ RATIOS = (("a", "d25"), ("b", "bare"), ("c", "d1000"))
 def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
     rows = [
         f"upstream delay {args.delay_ms:g} ms, {args.connections} connections, "
-        f"{args.duration:g} s per run, one gateway worker",
+        f"{args.duration:g} s per run, one gateway worker, median of {args.repeats} runs",
         "",
         "| scenario | req/s | p50 ms | p99 ms | gw CPU ms/req | RSS MB | failures |",
         "|---|---|---|---|---|---|---|",
