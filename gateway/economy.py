@@ -3,6 +3,7 @@
     fetch(credentials, request)
       -> ResponseCache.get_or_load   a hit under the same credentials' key ends here;
                                      identical concurrent misses share one load
+                                     (skipped with TTL 0: nothing is reused then)
       -> Pacer.run                   wait for the account's slot (or RATE_LIMITED)
       -> CatapultClient.fetch        HTTP, retries, errors
 
@@ -81,6 +82,10 @@ class Upstream:
                 account, lambda: self._client.fetch(credentials, request, deadline=deadline)
             )
 
+        if self._ttl <= 0:
+            # TTL 0 means no upstream answer is reused across client requests, including
+            # by sharing one in flight (within one operation, the loader still dedupes).
+            return await load()
         return await self._cache.get_or_load(key, load, self._ttl, refresh=refresh)
 
     def state(self) -> dict[str, Any]:
