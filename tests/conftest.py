@@ -6,7 +6,6 @@ import base64
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -23,7 +22,7 @@ from gateway.config import load_settings
 from gateway.logs import JsonFormatter
 from gateway.sandbox import ACCOUNTS, SandboxOptions, create_sandbox_app
 from tests.fakes import FakeUpstream
-from tests.servers import serve
+from tests.servers import free_port, serve
 
 DEMO, SECOND = ACCOUNTS[0], ACCOUNTS[1]
 
@@ -280,13 +279,6 @@ class RedisServer:
     def flush(self) -> None:
         with redis.Redis(port=self.port) as client:
             client.flushall()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager

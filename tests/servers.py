@@ -6,13 +6,18 @@ HTTP with any client (sync or async) and the server's lifespan runs for real.
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Literal
 
+import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
@@ -51,3 +56,43 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@contextmanager
+def gateway_process(
+    *args: str, env: dict[str, str], capture: bool = False
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`catapult-gateway serve ARGS` in its own process, yielded once /readyz answers.
+
+    Only `env`'s GATEWAY_* settings apply (the test run's own are dropped). With
+    `capture`, stdout and stderr are kept for the test to read with `communicate()`.
+    """
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    environ.update(env, GATEWAY_PORT=str(port))
+    output = subprocess.PIPE if capture else subprocess.DEVNULL
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "catapult-gateway"), "serve", *args],
+        env=environ,
+        stdout=output,
+        stderr=output,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                detail = process.communicate()[1] if capture else ""
+                raise RuntimeError(f"the gateway process did not start {detail}")
+            time.sleep(0.05)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()

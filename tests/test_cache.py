@@ -6,10 +6,7 @@ import asyncio
 import base64
 import itertools
 import logging
-import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,10 +32,9 @@ from tests.conftest import (
     GatewayFactory,
     RedisServer,
     Sandbox,
-    free_port,
     redis_server,
 )
-from tests.servers import serve
+from tests.servers import gateway_process, serve
 
 LIST = "{ calls(size: 2) { id from } }"
 _unique = itertools.count()
@@ -389,44 +385,22 @@ def test_a_failed_load_raises_in_every_waiter() -> None:
 
 
 @contextmanager
-def gateway_process(sandbox: Sandbox, **settings: str) -> Iterator[str]:
-    """`catapult-gateway serve` in its own process; yields its URL once it is ready."""
-    port = free_port()
-    environ = {
-        **os.environ,
+def replica(sandbox: Sandbox, **settings: str) -> Iterator[str]:
+    """A gateway process in front of the sandbox; yields its URL once it is ready."""
+    env = {
         "GATEWAY_UPSTREAM_URL": sandbox.url,
         "GATEWAY_UPSTREAM_RATE": "0",
         "GATEWAY_LOG_LEVEL": "warning",
         **{f"GATEWAY_{k.upper()}": v for k, v in settings.items()},
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--port", str(port)],
-        env=environ,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the gateway process did not start")
-            time.sleep(0.05)
+    with gateway_process(env=env) as (_, url):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_two_gateway_processes_share_one_redis(sandbox: Sandbox, redis_url: str) -> None:
     shared = {"cache_url": redis_url, "cache_key": "a key the replicas share"}
     headers = credential_headers(DEMO)
-    with gateway_process(sandbox, **shared) as first, gateway_process(sandbox, **shared) as second:
+    with replica(sandbox, **shared) as first, replica(sandbox, **shared) as second:
         answer = httpx.post(f"{first}/graphql", json={"query": LIST}, headers=headers)
         assert len(sandbox.requests()) == 1
 

@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,49 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import credential_headers
 from tests.conftest import DEMO, Sandbox
+from tests.servers import gateway_process
 
 pytestmark = pytest.mark.slow
-
-COMMAND = str(Path(sys.executable).parent / "catapult-gateway")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def gateway_process(*args: str, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """`catapult-gateway serve` in a subprocess, once it answers /readyz."""
-    port = free_port()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    environ.update(env, GATEWAY_PORT=str(port))
-    process = subprocess.Popen(
-        [COMMAND, "serve", *args],
-        env=environ,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gateway did not start: {process.communicate()[1]}")
-            time.sleep(0.05)
-        yield process, url
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
 
 
 def query(url: str, size: int) -> httpx.Response:
@@ -89,7 +43,7 @@ def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones(sandbox: Sandb
         # refused as RATE_LIMITED instead of being in flight.
         "GATEWAY_UPSTREAM_RATE": "0",
     }
-    with gateway_process(env=env) as (process, url), ThreadPoolExecutor(20) as pool:
+    with gateway_process(env=env, capture=True) as (process, url), ThreadPoolExecutor(20) as pool:
         # Distinct sizes: twenty different upstream requests, nothing shared or cached.
         futures = [pool.submit(query, url, size) for size in range(1, 21)]
         deadline = time.monotonic() + 20

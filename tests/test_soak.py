@@ -14,7 +14,6 @@ import itertools
 import json
 import os
 import random
-import socket
 import ssl
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import pytest
 from gateway.app import credential_headers
 from gateway.sandbox import ACCOUNTS
 from tests.conftest import Sandbox, leaks
+from tests.servers import free_port
 
 CLIENTS = 250
 SOAK_SECONDS = float(os.environ.get("GATEWAY_SOAK_SECONDS", "50"))
@@ -67,13 +67,6 @@ class Tally:
     latencies: list[float] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def rss_kib(pid: int) -> int:
