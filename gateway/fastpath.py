@@ -15,14 +15,16 @@ test compares both paths byte for byte.
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
 from graphql import (
+    DirectiveNode,
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
@@ -34,6 +36,9 @@ from graphql import (
     OperationDefinitionNode,
     OperationType,
     SelectionSetNode,
+    VariableNode,
+    Visitor,
+    visit,
 )
 from graphql.execution.values import (
     VariableValues,
@@ -315,6 +320,12 @@ def _call_projection(
     return _compile_projection(tuple(plan))
 
 
+_NO_VARIABLES = VariableValues(sources={}, coerced={})
+
+# (response key, the `calls` field node or None for `__typename`, its projection)
+Shape = list[tuple[str, FieldNode | None, Callable[[Row], Row] | None]]
+
+
 class FastPlan:
     """A `calls`-only operation, checked once; `run` answers it or returns None."""
 
@@ -328,6 +339,29 @@ class FastPlan:
         self._operation = operation
         self._fragments = fragments
         self._calls_field: GraphQLField = schema.query_type.fields["calls"]  # type: ignore[union-attr]
+        # Which fields are selected depends on the variables only through @skip/@include;
+        # without a variable in those, the shape is planned once, here.
+        self._static: Shape | None = None
+        if not _directives_use_variables(operation, fragments.values()):
+            try:
+                self._static = self._shape(_NO_VARIABLES)
+            except Fallback:
+                self._static = None
+
+    def _shape(self, variables: VariableValues) -> Shape:
+        roots = _collect(
+            self._operation.selection_set, self._fragments, variables, "Query", {}, set()
+        )
+        shape: Shape = []
+        for key, nodes in roots.items():
+            name = nodes[0].name.value
+            if name == "__typename":
+                shape.append((key, None, None))
+            elif name == "calls" and len(nodes) == 1:
+                shape.append((key, nodes[0], _call_projection(nodes, self._fragments, variables)))
+            else:
+                raise Fallback
+        return shape
 
     async def run(self, context: Context, raw_variables: dict[str, Any] | None) -> Row | None:
         """The operation's `data`, or None when the standard executor must answer."""
@@ -336,28 +370,21 @@ class FastPlan:
         )
         if not isinstance(coerced, VariableValues):
             return None  # the standard executor words the variable errors
-        variables = coerced
         try:
-            roots = _collect(
-                self._operation.selection_set, self._fragments, variables, "Query", {}, set()
-            )
-            plans: list[tuple[str, Any]] = []
-            for key, nodes in roots.items():
-                name = nodes[0].name.value
-                if name == "__typename":
-                    plans.append((key, "Query"))
-                    continue
-                if name != "calls" or len(nodes) != 1:
-                    return None
-                query = _list_query(get_argument_values(self._calls_field, nodes[0], coerced))
-                plans.append((key, (query, _call_projection(nodes, self._fragments, variables))))
+            shape = self._static if self._static is not None else self._shape(coerced)
+            queries = [
+                _list_query(get_argument_values(self._calls_field, node, coerced))
+                for _, node, _ in shape
+                if node is not None
+            ]
+            # Fetched together, as the standard executor resolves root fields.
+            bodies = iter(await asyncio.gather(*(context.calls.list_calls_raw(q) for q in queries)))
             data: Row = {}
-            for key, plan in plans:
-                if isinstance(plan, str):
-                    data[key] = plan
+            for key, node, project in shape:
+                if node is None or project is None:
+                    data[key] = "Query"
                     continue
-                query, project = plan
-                body = await context.calls.list_calls_raw(query)
+                body = next(bodies)
                 if body.__class__ is not list:
                     return None
                 data[key] = _project_page(body, project, context, key)
@@ -366,6 +393,22 @@ class FastPlan:
             context.notices.clear()
             return None
         return data
+
+
+def _directives_use_variables(
+    operation: OperationDefinitionNode, fragments: Iterable[FragmentDefinitionNode]
+) -> bool:
+    found = False
+
+    class Finder(Visitor):
+        def enter_directive(self, node: DirectiveNode, *_: Any) -> None:
+            nonlocal found
+            arguments = node.arguments or ()
+            found = found or any(isinstance(arg.value, VariableNode) for arg in arguments)
+
+    for definition in (operation, *fragments):
+        visit(definition, Finder())
+    return found
 
 
 def _project_page(
