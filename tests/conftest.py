@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -303,3 +304,15 @@ def redis_url(redis_session: RedisServer) -> str:
     """The URL of the suite's own Redis, emptied for this test."""
     redis_session.flush()
     return redis_session.url
+
+
+@pytest.fixture
+def short_list(gateway: Gateway) -> tuple[str, list[str]]:
+    """A caller number with 7 to 20 calls, and their ids newest first."""
+    calls = gateway.query("{ calls(size: 1000) { id from } }").json()["data"]["calls"]
+    counts = Counter(call["from"] for call in calls)
+    number = next(n for n, count in sorted(counts.items()) if 7 <= count <= 20)
+    listed = gateway.query(
+        "query($f: String) { calls(filter: {from: $f}, size: 1000) { id } }", {"f": number}
+    ).json()["data"]["calls"]
+    return number, [call["id"] for call in listed]

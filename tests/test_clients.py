@@ -6,10 +6,8 @@ to its end; the walk must return exactly what one big `calls` page holds, in ord
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
-import pytest
 from gql import Client, GraphQLRequest, gql
 from gql.transport.httpx import HTTPXTransport
 
@@ -27,18 +25,6 @@ WALK = gql(
     }
     """
 )
-
-
-@pytest.fixture
-def short_list(gateway: Gateway) -> tuple[str, list[str]]:
-    """A caller number with 7 to 20 calls, and their ids newest first."""
-    calls = gateway.query("{ calls(size: 1000) { id from } }").json()["data"]["calls"]
-    counts = Counter(call["from"] for call in calls)
-    number = next(n for n, count in sorted(counts.items()) if 7 <= count <= 20)
-    listed = gateway.query(
-        "query($f: String) { calls(filter: {from: $f}, size: 1000) { id } }", {"f": number}
-    ).json()["data"]["calls"]
-    return number, [call["id"] for call in listed]
 
 
 def test_python_gql_pages_to_the_end(gateway: Gateway, short_list: tuple[str, list[str]]) -> None:

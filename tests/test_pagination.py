@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from collections import Counter
 from typing import Any
 
 import pytest
@@ -36,18 +35,6 @@ def error_code(gateway: Gateway, **variables: Any) -> str:
     assert body.get("data") is None or body["data"].get("callsConnection") is None, body
     code: str = body["errors"][0]["extensions"]["code"]
     return code
-
-
-@pytest.fixture
-def short_list(gateway: Gateway) -> tuple[str, list[str]]:
-    """A caller number with 7 to 20 calls, and their ids newest first."""
-    calls = gateway.query("{ calls(size: 1000) { id from } }").json()["data"]["calls"]
-    counts = Counter(call["from"] for call in calls)
-    number = next(n for n, count in sorted(counts.items()) if 7 <= count <= 20)
-    listed = gateway.query(
-        "query($f: String) { calls(filter: {from: $f}, size: 1000) { id } }", {"f": number}
-    ).json()["data"]["calls"]
-    return number, [call["id"] for call in listed]
 
 
 def test_walks_to_the_end_following_the_upstreams_next_links(
