@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -244,13 +243,6 @@ def _is_call(raw: Row) -> bool:
 
 
 # --- planning: which fields, in which order, for these variables -------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Collected:
-    """Fields by response key, in graphql-core's collection order."""
-
-    fields: dict[str, list[FieldNode]]
 
 
 def _included(node: Any, variables: VariableValues) -> bool:
