@@ -15,6 +15,7 @@ import re
 import secrets
 import sys
 import threading
+import time
 from collections import Counter
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
@@ -37,17 +38,37 @@ class JsonFormatter(logging.Formatter):
     _second_text = ""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": self._time(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key, value in _extra(record).items():
-            entry.setdefault(key, value)
+        entry = self._entry(
+            record.created,
+            record.levelname.lower(),
+            record.name,
+            record.getMessage(),
+            _extra(record),
+        )
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
+
+    def line(
+        self, created: float, level: str, name: str, message: str, fields: dict[str, Any]
+    ) -> str:
+        """The line `format` writes for a record with these `extra` fields, without the record."""
+        return orjson.dumps(
+            self._entry(created, level, name, message, fields), default=str
+        ).decode()
+
+    def _entry(
+        self, created: float, level: str, name: str, message: str, fields: dict[str, Any]
+    ) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "time": self._time(created),
+            "level": level,
+            "logger": name,
+            "message": message,
+        }
+        for key, value in fields.items():
+            entry.setdefault(key, value)
+        return entry
 
     def _time(self, created: float) -> str:
         # RFC 3339 in UTC with milliseconds; the part up to the second is reused while
@@ -101,6 +122,13 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self._write()
         except Exception:
             self.handleError(record)
+
+    def emit_line(self, line: str) -> None:
+        """Add a line already formatted at info level (see `RequestLog`)."""
+        with self.lock:  # type: ignore[union-attr]
+            self._pending.append(line)
+            if len(self._pending) >= 512:
+                self._write()
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
@@ -159,6 +187,51 @@ def configure_logging(
     # per-request lines would repeat upstream URLs (callers' filters, user ids) at info.
     logging.getLogger("uvicorn.access").disabled = True
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+class RequestLog:
+    """Writes the one info line per request, to wherever logging sends `name` at info.
+
+    When that is only this gateway's own batching JSON handler (a server's set-up), the
+    line is formatted and queued directly: the same bytes as through `Logger.info`,
+    without a `LogRecord` and the logging module's dispatch, which cost a cache hit a
+    quarter of its time. Any other set-up (another handler, a filter, the console format,
+    a test's capture) goes through `Logger.info` as usual.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._logger = logging.getLogger(name)
+
+    def enabled(self) -> bool:
+        return self._logger.isEnabledFor(logging.INFO)
+
+    def write(self, message: str, fields: dict[str, Any]) -> None:
+        handler = self._sole_handler()
+        if handler is None:
+            self._logger.info(message, extra=fields)
+            return
+        formatter: JsonFormatter = handler.formatter  # type: ignore[assignment]
+        handler.emit_line(formatter.line(time.time(), "info", self._logger.name, message, fields))
+
+    def _sole_handler(self) -> BatchingStreamHandler | None:
+        # Walks the loggers as `Logger.callHandlers` would; any doubt means "not direct".
+        found: BatchingStreamHandler | None = None
+        logger: logging.Logger | None = self._logger
+        while logger is not None:
+            if logger.filters:
+                return None
+            for handler in logger.handlers:
+                if (
+                    found is not None
+                    or type(handler) is not BatchingStreamHandler
+                    or type(handler.formatter) is not JsonFormatter
+                    or handler.filters
+                    or handler.level > logging.INFO
+                ):
+                    return None
+                found = handler
+            logger = logger.parent if logger.propagate else None
+        return found
 
 
 @dataclass(slots=True)

@@ -42,6 +42,7 @@ class Metrics:
         # variable; this only decides how a scrape collects.
         self.multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
         self._operations: set[str] = set()
+        self._finished: dict[tuple[str | None, str], tuple[Counter, Histogram]] = {}
         r = self.registry
         self.requests = Counter(
             "gateway_requests",
@@ -139,9 +140,18 @@ class Metrics:
         return name
 
     def request_finished(self, operation: str | None, codes: list[str], duration: float) -> None:
-        label = self.operation_label(operation)
-        self.requests.labels(label, codes[0] if codes else "OK").inc()
-        self.request_duration.labels(label).observe(duration)
+        outcome = codes[0] if codes else "OK"
+        children = self._finished.get((operation, outcome))
+        if children is None:
+            # Label look-ups cost a hit several microseconds each; operation names and
+            # codes are bounded, so the pairs seen are kept (up to a bound of their own).
+            label = self.operation_label(operation)
+            children = self.requests.labels(label, outcome), self.request_duration.labels(label)
+            if len(self._finished) < 4 * MAX_OPERATIONS:
+                self._finished[(operation, outcome)] = children
+        count, latency = children
+        count.inc()
+        latency.observe(duration)
         for code in sorted(set(codes)):
             self.errors.labels(code).inc()
 

@@ -30,6 +30,7 @@ from gateway.telemetry import Telemetry
 
 # Headers made afresh for every answer, never stored with an entry.
 _FRESH_HEADERS = frozenset({b"content-length", b"x-request-id"})
+_MAX_AGE = re.compile(rb"max-age=\d+")
 _KEY_HEADERS = (b"authorization", b"x-catapult-user-id", b"accept", b"content-type")
 
 
@@ -53,6 +54,15 @@ class _Entry:
     headers: tuple[tuple[bytes, bytes], ...]
     operation: str | None
     expires: float
+    # Where `headers` holds a Cache-Control to age on every hit, if anywhere.
+    aged: int | None = field(init=False)
+    length: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        names = [name.lower() for name, _ in self.headers]
+        aged = names.index(b"cache-control") if b"cache-control" in names else None
+        object.__setattr__(self, "aged", aged)
+        object.__setattr__(self, "length", str(len(self.body)).encode())
 
 
 class ResponseCache:
@@ -115,13 +125,13 @@ class ResponseCache:
         self, entry: _Entry, scope: Scope, headers: dict[bytes, bytes], send: Send
     ) -> None:
         request_id = request_id_from(headers.get(b"x-request-id", b"").decode("latin-1"))
-        with self._telemetry.request(Request(scope), request_id) as record:
-            record.operation, record.status = entry.operation, 200
-            self._telemetry.metrics.response_hit()
-            remaining = str(max(0, int(entry.expires - time.time()))).encode()
-            response_headers = [
-                *(_aged(name, value, remaining) for name, value in entry.headers),
-                (b"content-length", str(len(entry.body)).encode()),
+        with self._telemetry.cached_answer(Request(scope), request_id, entry.operation):
+            response_headers = list(entry.headers)
+            if entry.aged is not None:
+                remaining = max(0, int(entry.expires - time.time()))
+                response_headers[entry.aged] = _aged(response_headers[entry.aged], remaining)
+            response_headers += [
+                (b"content-length", entry.length),
                 (b"x-request-id", request_id.encode()),
             ]
             await send({"type": "http.response.start", "status": 200, "headers": response_headers})
@@ -160,12 +170,11 @@ class ResponseCache:
                 self._entries.popitem(last=False)
 
 
-def _aged(name: bytes, value: bytes, remaining: bytes) -> tuple[bytes, bytes]:
+def _aged(header: tuple[bytes, bytes], remaining: int) -> tuple[bytes, bytes]:
     # A browser may keep a GET answer for max-age more seconds: count from now, not from
     # when the entry was made, so the answer is never kept past its data's TTL.
-    if name.lower() == b"cache-control":
-        value = re.sub(rb"max-age=\d+", b"max-age=" + remaining, value)
-    return name, value
+    name, value = header
+    return name, _MAX_AGE.sub(b"max-age=%d" % remaining, value)
 
 
 async def _read(receive: Receive, limit: int) -> tuple[bytes, bool]:

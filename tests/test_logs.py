@@ -6,7 +6,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -16,6 +16,8 @@ from gateway.logs import (
     BatchingStreamHandler,
     ConsoleFormatter,
     JsonFormatter,
+    RequestLog,
+    RequestRecord,
     configure_logging,
     request_id_from,
 )
@@ -194,6 +196,154 @@ def test_closing_a_batching_handler_writes_what_it_holds() -> None:
     handler.close()
 
     assert json.loads(stream.getvalue())["message"] == "last words"
+
+
+def test_a_cache_hit_writes_a_line_like_any_request(
+    gateway_factory: GatewayFactory, log_stream: io.StringIO
+) -> None:
+    gateway = gateway_factory(cache_ttl=30)
+    query = "query Latest { calls(size: 2) { id } }"
+
+    gateway.query(query, headers={**credential_headers(DEMO), "X-Request-Id": "fill"})
+    gateway.query(query, headers={**credential_headers(DEMO), "X-Request-Id": "hit"})
+
+    fill, hit = request_lines(log_stream)
+    assert fill["cache"] == {"miss": 1}
+    assert fill["upstream_requests"] == 1
+    assert set(hit) == set(fill)
+    assert hit["request_id"] == "hit"
+    assert hit["cache"] == {"response-hit": 1}
+    assert hit["upstream_requests"] == 0
+    assert (hit["operation"], hit["status"], hit["error_codes"]) == ("Latest", 200, [])
+
+
+class _RecordsMade:
+    """A log record factory that keeps every record the logging module makes."""
+
+    def __init__(self) -> None:
+        self.records: list[logging.LogRecord] = []
+        self._make = logging.getLogRecordFactory()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self._make(*args, **kwargs)
+        self.records.append(record)
+        return record
+
+
+def _batching_json() -> BatchingStreamHandler:
+    handler = BatchingStreamHandler(io.StringIO(), interval=60)
+    handler.setFormatter(JsonFormatter())
+    return handler
+
+
+def _plain_json() -> logging.Handler:
+    handler = logging.StreamHandler(io.StringIO())
+    handler.setFormatter(JsonFormatter())
+    return handler
+
+
+def _batching_console() -> logging.Handler:
+    handler = BatchingStreamHandler(io.StringIO(), interval=60)
+    handler.setFormatter(ConsoleFormatter())
+    return handler
+
+
+def _filtered(handler: logging.Handler) -> logging.Handler:
+    handler.addFilter(lambda record: True)
+    return handler
+
+
+def _at_warning(handler: logging.Handler) -> logging.Handler:
+    handler.setLevel(logging.WARNING)
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("parent_handlers", "own_handlers", "direct"),
+    [
+        pytest.param([_batching_json], [], True, id="server-set-up"),
+        pytest.param([], [_batching_json], True, id="own-handler-only"),
+        pytest.param([_batching_json, _batching_json], [], False, id="two-handlers"),
+        pytest.param([_batching_json], [_plain_json], False, id="another-handler-too"),
+        pytest.param([_plain_json], [], False, id="plain-stream-handler"),
+        pytest.param([_batching_console], [], False, id="console-format"),
+        pytest.param([lambda: _filtered(_batching_json())], [], False, id="handler-filter"),
+        pytest.param([lambda: _at_warning(_batching_json())], [], False, id="handler-at-warning"),
+        pytest.param([], [], False, id="no-handler"),
+    ],
+)
+def test_the_request_line_skips_the_record_only_where_nothing_could_tell(
+    parent_handlers: list[Callable[[], logging.Handler]],
+    own_handlers: list[Callable[[], logging.Handler]],
+    direct: bool,
+) -> None:
+    parent, logger = logging.getLogger("test.rl"), logging.getLogger("test.rl.request")
+    parent.propagate = False
+    parent.handlers[:] = [make() for make in parent_handlers]
+    logger.handlers[:] = [make() for make in own_handlers]
+    parent.setLevel(logging.INFO)
+    made = _RecordsMade()
+    logging.setLogRecordFactory(made)
+    try:
+        RequestLog("test.rl.request").write("graphql request", {"request_id": "r-1"})
+    finally:
+        logging.setLogRecordFactory(made._make)
+        for handler in [*parent.handlers, *logger.handlers]:
+            handler.close()
+        parent.handlers[:], logger.handlers[:] = [], []
+
+    assert (made.records == []) is direct
+
+
+def test_a_filter_on_the_way_sees_the_request_line() -> None:
+    parent, logger = logging.getLogger("test.rl2"), logging.getLogger("test.rl2.request")
+    parent.propagate = False
+    parent.handlers[:] = [_batching_json()]
+    parent.setLevel(logging.INFO)
+    seen: list[logging.LogRecord] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        seen.append(record)
+        return True
+
+    logger.addFilter(keep)
+    try:
+        RequestLog("test.rl2.request").write("graphql request", {"request_id": "r-2"})
+    finally:
+        logger.filters.clear()
+        parent.handlers[0].close()
+        parent.handlers[:] = []
+
+    assert [record.request_id for record in seen] == ["r-2"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        pytest.param(RequestRecord("r-1", "POST"), id="bare"),
+        pytest.param(
+            RequestRecord(
+                "r-2", "GET", "Latest", 200, ["UPSTREAM_ERROR", "UPSTREAM_ERROR"], 3, trace_id="t"
+            ),
+            id="full",
+        ),
+    ],
+)
+@pytest.mark.parametrize("created", [1_700_000_000.0, 1_700_000_000.9995, 1_799_999_999.123])
+def test_the_direct_request_line_is_the_formatted_record(
+    record: RequestRecord, created: float
+) -> None:
+    record.cache["miss"] += 1
+    fields = record.log_fields(0.0123)
+    as_record = logging.makeLogRecord(
+        {"name": "gateway.request", "levelname": "INFO", "msg": "graphql request", **fields}
+    )
+    as_record.created = created
+    formatter = JsonFormatter()
+
+    direct = formatter.line(created, "info", "gateway.request", "graphql request", fields)
+
+    assert direct == formatter.format(as_record)
 
 
 def test_new_request_ids_are_unique_and_well_formed() -> None:

@@ -146,3 +146,22 @@ def test_metric_names_follow_prometheus_conventions() -> None:
 
     assert names
     assert all(re.fullmatch(r"gateway_[a-z_]+", name) for name in names)
+
+
+def test_request_counts_stay_right_past_the_operation_bound() -> None:
+    metrics = Metrics()
+    names = [f"op_{i}" for i in range(3 * MAX_OPERATIONS)]
+
+    for _ in range(2):
+        for name in names:
+            metrics.request_finished(name, [], 0.01)
+            metrics.request_finished(name, ["UPSTREAM_ERROR"], 0.01)
+
+    samples = scrape(metrics.exposition()[0].decode())
+    requests = "gateway_requests_total"
+    assert value(samples, requests, operation="op_0", outcome="OK") == 2
+    assert value(samples, requests, operation="op_0", outcome="UPSTREAM_ERROR") == 2
+    named = MAX_OPERATIONS
+    assert value(samples, requests, operation="other", outcome="OK") == 2 * (len(names) - named)
+    assert sum(v for (name, _), v in samples.items() if name == requests) == 4 * len(names)
+    assert value(samples, "gateway_errors_total", code="UPSTREAM_ERROR") == 2 * len(names)
