@@ -40,12 +40,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeout = request.extensions.get("timeout", {})
         session = self._session_in_loop()
+        body = await request.aread()
         with _httpx_errors():
             async with session.request(
                 request.method,
                 URL(str(request.url), encoded=True),
                 headers=request.headers.multi_items(),
-                data=request.content or None,
+                data=body or None,
                 allow_redirects=False,
                 auto_decompress=False,
                 timeout=aiohttp.ClientTimeout(
@@ -55,10 +56,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 ),
             ) as response:
                 content = await response.read()
+        # A stream rather than `content=`: httpx then skips re-deriving headers from the
+        # body, a third of the cost of an upstream request's httpx objects.
         return httpx.Response(
             response.status,
             headers=response.raw_headers,
-            content=content,
+            stream=httpx.ByteStream(content),
             request=request,
             extensions={"http_version": b"HTTP/1.1"},
         )

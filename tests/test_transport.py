@@ -60,7 +60,9 @@ def send(url: str, **extensions: Any) -> httpx.Response:
             request = httpx.Request(
                 "GET", url, headers={"Authorization": "Basic dDpz"}, extensions=extensions
             )
-            return await transport.handle_async_request(request)
+            response = await transport.handle_async_request(request)
+            await response.aread()  # as a client would: a transport answers with a stream
+            return response
         finally:
             await transport.aclose()
 
@@ -81,10 +83,12 @@ def test_no_cookie_is_carried_from_one_request_to_the_next(server: str) -> None:
     async def twice() -> list[httpx.Response]:
         transport = AiohttpTransport(LIMITS)
         try:
-            return [
-                await transport.handle_async_request(httpx.Request("GET", f"{server}/echo"))
-                for _ in range(2)
-            ]
+            answers = []
+            for _ in range(2):
+                request = httpx.Request("GET", f"{server}/echo")
+                answers.append(await transport.handle_async_request(request))
+                await answers[-1].aread()
+            return answers
         finally:
             await transport.aclose()
 
