@@ -138,35 +138,26 @@ def _instant_text(value: str) -> str:
     return serialize_datetime(parsed)
 
 
-def _sip_headers(value: Any, fields: tuple[tuple[str, str], ...]) -> list[dict[str, str]]:
-    if value is None:
-        return []
-    if value.__class__ is not dict:
-        raise Fallback
+def _sip_headers(value: dict[str, str], fields: tuple[tuple[str, str], ...]) -> list[Row]:
+    # `value` was checked by the projection: a dict of strings.
     if fields == _NAME_VALUE:
-        headers = [{"name": name, "value": header} for name, header in value.items()]
-    else:
-        headers = [
-            {key: (name, header, "SipHeader")[_SIP_FIELD[field]] for key, field in fields}
-            for name, header in value.items()
-        ]
-    for header in value.values():
-        if header.__class__ is not str:
-            # Numbers and booleans are rendered by the parser's rules; rare, so fall back.
-            raise Fallback
-    return headers
+        return [{"name": name, "value": header} for name, header in value.items()]
+    return [
+        {key: (name, header, "SipHeader")[_SIP_FIELD[field]] for key, field in fields}
+        for name, header in value.items()
+    ]
 
 
 _SIP_FIELD = {"name": 0, "value": 1, "__typename": 2}
 _NAME_VALUE = (("name", "name"), ("value", "value"))
 _INT32 = "-2147483648 <= _v <= 2147483647"
 _EXPRESSIONS = {
-    # id, from, to, direction and state were checked by _is_call before projecting.
-    "id": 'raw["id"]',
-    "from": 'raw["from"]',
-    "to": 'raw["to"]',
-    "direction": '_DIRECTION[raw["direction"].lower()]',
-    "state": '_STATE[raw["state"].lower()]',
+    # Checked by the projection's preamble (_PREAMBLE) before any field is built.
+    "id": "_id",
+    "from": "_from",
+    "to": "_to",
+    "direction": "_direction",
+    "state": "_state",
     "startTime": '_instant(get("startTime"))',
     "activeTime": '_instant(get("activeTime"))',
     "endTime": '_instant(get("endTime"))',
@@ -203,43 +194,57 @@ _NAMESPACE: dict[str, Any] = {
 }
 
 
+# What the standard path requires of every record, selected or not: a record failing
+# this is left out of the list there, with an error, so the projection returns None and
+# the record parser decides. Numbers and booleans among the SIP header values are
+# rendered by the parser's rules; rare, so those records go to the parser too.
+_PREAMBLE = """\
+def project(raw):
+    get = raw.get
+    _id, _from, _to = get("id"), get("from"), get("to")
+    _direction, _state, _sip = get("direction"), get("state"), get("sipHeaders")
+    if not (
+        _id.__class__ is str and _id and _from.__class__ is str and _from
+        and _to.__class__ is str and _to
+        and _direction.__class__ is str and _state.__class__ is str
+    ):
+        return None
+    _direction = _DIRECTION.get(_direction.lower())
+    _state = _STATE.get(_state.lower())
+    if _direction is None or _state is None:
+        return None
+    if _sip is not None and (
+        _sip.__class__ is not dict or not all(v.__class__ is str for v in _sip.values())
+    ):
+        return None
+    return {
+"""
+
+
 @lru_cache(maxsize=256)
-def _compile_projection(plan: tuple[tuple[str, str, Any], ...]) -> Callable[[Row], Row]:
-    """One function building a result object from an upstream record, for this plan."""
+def _compile_projection(
+    plan: tuple[tuple[str, str, Any], ...],
+) -> Callable[[Row], Row | None]:
+    """One function building a result object from an upstream record, for this plan.
+
+    It returns None for a record outside the plain shape (see `_PREAMBLE`).
+    """
     namespace = dict(_NAMESPACE)
     items = []
     for index, (key, field, extra) in enumerate(plan):
         if field == "sipHeaders":
             namespace[f"_pairs{index}"] = extra
-            expression = f'_sip_headers(get("sipHeaders"), _pairs{index})'
+            expression = f"([] if _sip is None else _sip_headers(_sip, _pairs{index}))"
         else:
             if field not in _EXPRESSIONS:
                 raise Fallback
             expression = _EXPRESSIONS[field]
         # Response keys are GraphQL names ([_A-Za-z][_0-9A-Za-z]*), safe in a literal.
-        items.append(f"{key!r}: {expression}")
-    source = "def project(raw):\n    get = raw.get\n    return {" + ", ".join(items) + "}\n"
+        items.append(f"        {key!r}: {expression},\n")
+    source = _PREAMBLE + "".join(items) + "    }\n"
     exec(compile(source, "<calls projection>", "exec"), namespace)  # noqa: S102
-    project: Callable[[Row], Row] = namespace["project"]
+    project: Callable[[Row], Row | None] = namespace["project"]
     return project
-
-
-def _is_call(raw: Row) -> bool:
-    # What the standard path requires of every record, selected or not: a record failing
-    # this is left out of the list there, with an error.
-    for key in ("id", "from", "to"):
-        value = raw.get(key)
-        if value.__class__ is not str or not value:
-            return False
-    direction, state = raw.get("direction"), raw.get("state")
-    if direction.__class__ is not str or direction.lower() not in DIRECTIONS:
-        return False
-    if state.__class__ is not str or state.lower() not in STATES:
-        return False
-    headers = raw.get("sipHeaders")
-    return headers is None or (
-        headers.__class__ is dict and all(value.__class__ is str for value in headers.values())
-    )
 
 
 # --- planning: which fields, in which order, for these variables -------------------------
@@ -288,7 +293,7 @@ def _call_projection(
     nodes: list[FieldNode],
     fragments: Mapping[str, FragmentDefinitionNode],
     variables: VariableValues,
-) -> Callable[[Row], Row]:
+) -> Callable[[Row], Row | None]:
     fields: dict[str, list[FieldNode]] = {}
     for node in nodes:
         if node.selection_set is None:
@@ -315,7 +320,7 @@ def _call_projection(
 _NO_VARIABLES = VariableValues(sources={}, coerced={})
 
 # (response key, the `calls` field node or None for `__typename`, its projection)
-Shape = list[tuple[str, FieldNode | None, Callable[[Row], Row] | None]]
+Shape = list[tuple[str, FieldNode | None, Callable[[Row], Row | None] | None]]
 
 
 class FastPlan:
@@ -404,12 +409,12 @@ def _directives_use_variables(
 
 
 def _project_page(
-    body: list[Any], project: Callable[[Row], Row], context: Context, key: str
+    body: list[Any], project: Callable[[Row], Row | None], context: Context, key: str
 ) -> list[Row]:
     page = []
     for raw in body:
-        if raw.__class__ is dict and _is_call(raw):
-            page.append(project(raw))
+        if raw.__class__ is dict and (row := project(raw)) is not None:
+            page.append(row)
             continue
         # Left out with a notice, exactly as the schema's `calls` resolver does.
         bad = parse_call(raw)
