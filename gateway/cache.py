@@ -45,7 +45,9 @@ class CacheKeys:
 
     def __init__(self, secret: bytes | None) -> None:
         self.shared = secret is not None
-        self._secret = secret if secret is not None else secrets.token_bytes(32)
+        secret = secret if secret is not None else secrets.token_bytes(32)
+        # Keyed once; each digest starts from a copy, skipping HMAC's key set-up.
+        self._mac = hmac.new(secret, digestmod=hashlib.sha256)
 
     def request(
         self, authorization: str, user_id: str, path: str, params: Sequence[tuple[str, str]]
@@ -60,7 +62,9 @@ class CacheKeys:
         return self._digest(["account", authorization])
 
     def _digest(self, parts: list[Any]) -> str:
-        return hmac.new(self._secret, orjson.dumps(parts), hashlib.sha256).hexdigest()
+        mac = self._mac.copy()
+        mac.update(orjson.dumps(parts))
+        return mac.hexdigest()
 
 
 class Codec(Protocol[T]):

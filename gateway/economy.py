@@ -14,6 +14,7 @@ Only successful answers reach the cache: an error raised by the client passes th
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 import orjson
@@ -72,20 +73,20 @@ class Upstream:
         refresh: bool = False,
     ) -> UpstreamAnswer:
         """The answer to `request` under these credentials; `refresh` skips the cache read."""
-        key = self._keys.request(
-            credentials.authorization, credentials.user_id, request.path, request.params
-        )
-        account = self._keys.account(credentials.authorization)
 
         async def load() -> UpstreamAnswer:
-            return await self._pacer.run(
-                account, lambda: self._client.fetch(credentials, request, deadline=deadline)
-            )
+            call = partial(self._client.fetch, credentials, request, deadline=deadline)
+            if not self._pacer.enabled:
+                return await call()
+            return await self._pacer.run(self._keys.account(credentials.authorization), call)
 
         if self._ttl <= 0:
             # TTL 0 means no upstream answer is reused across client requests, including
             # by sharing one in flight (within one operation, the loader still dedupes).
             return await load()
+        key = self._keys.request(
+            credentials.authorization, credentials.user_id, request.path, request.params
+        )
         return await self._cache.get_or_load(key, load, self._ttl, refresh=refresh)
 
     def state(self) -> dict[str, Any]:
