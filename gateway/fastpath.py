@@ -22,6 +22,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+import orjson
 from graphql import (
     DirectiveNode,
     FieldNode,
@@ -318,6 +319,10 @@ def _call_projection(
 
 
 _NO_VARIABLES = VariableValues(sources={}, coerced={})
+# Coerced variables kept per planned document (oldest out first), for variables of at
+# most this many bytes of JSON: at most ~30 MB over the 512 plans the endpoint keeps.
+_COERCED_ENTRIES = 32
+_COERCED_KEY_BYTES = 512
 
 # (response key, the `calls` field node or None for `__typename`, its projection)
 Shape = list[tuple[str, FieldNode | None, Callable[[Row], Row | None] | None]]
@@ -339,11 +344,33 @@ class FastPlan:
         # Which fields are selected depends on the variables only through @skip/@include;
         # without a variable in those, the shape is planned once, here.
         self._static: Shape | None = None
+        self._coerced: dict[bytes, VariableValues] = {}
         if not _directives_use_variables(operation, fragments.values()):
             try:
                 self._static = self._shape(_NO_VARIABLES)
             except Fallback:
                 self._static = None
+
+    def _coerce(self, raw: dict[str, Any]) -> VariableValues | None:
+        # The same variables come again and again (a page, its neighbours, polling);
+        # coercing them costs as much as building the request. Keyed by their JSON.
+        try:
+            key: bytes | None = orjson.dumps(raw)
+        except TypeError:  # not JSON (a 64-bit overflow, say): coerce without the cache
+            key = None
+        if key is not None and len(key) > _COERCED_KEY_BYTES:
+            key = None
+        found = self._coerced.get(key) if key is not None else None
+        if found is not None:
+            return found
+        coerced = get_variable_values(self._schema, self._operation.variable_definitions or (), raw)
+        if not isinstance(coerced, VariableValues):
+            return None
+        if key is not None:
+            if len(self._coerced) >= _COERCED_ENTRIES:
+                self._coerced.pop(next(iter(self._coerced)))
+            self._coerced[key] = coerced
+        return coerced
 
     def _shape(self, variables: VariableValues) -> Shape:
         roots = _collect(
@@ -362,10 +389,8 @@ class FastPlan:
 
     async def run(self, context: Context, raw_variables: dict[str, Any] | None) -> Row | None:
         """The operation's `data`, or None when the standard executor must answer."""
-        coerced = get_variable_values(
-            self._schema, self._operation.variable_definitions or (), raw_variables or {}
-        )
-        if not isinstance(coerced, VariableValues):
+        coerced = self._coerce(raw_variables or {})
+        if coerced is None:
             return None  # the standard executor words the variable errors
         try:
             shape = self._static if self._static is not None else self._shape(coerced)
@@ -374,8 +399,12 @@ class FastPlan:
                 for _, node, _ in shape
                 if node is not None
             ]
-            # Fetched together, as the standard executor resolves root fields.
-            bodies = iter(await asyncio.gather(*(context.calls.list_calls_raw(q) for q in queries)))
+            if len(queries) == 1:
+                bodies = iter([await context.calls.list_calls_raw(queries[0])])
+            else:
+                # Fetched together, as the standard executor resolves root fields.
+                calls = context.calls
+                bodies = iter(await asyncio.gather(*(calls.list_calls_raw(q) for q in queries)))
             data: Row = {}
             for key, node, project in shape:
                 if node is None or project is None:

@@ -230,3 +230,36 @@ def test_the_compiled_path_costs_no_extra_upstream_request(pair: Pair, page: Any
 
     assert response.status_code == 200
     assert len(pair.upstream.requests) - before == 1
+
+
+def test_variables_are_coerced_for_each_request_of_a_document(pair: Pair) -> None:
+    # The compiled path keeps coerced variables per document; each request must still
+    # get its own values, and values that do not coerce must never be kept.
+    pair.upstream.answer(CALLS_PATH, [])
+    query = (
+        "query Q($size: Int = 2, $order: SortOrder) "
+        "{ calls(size: $size, sortOrder: $order) { id } }"
+    )
+    sent = []
+    for variables in (
+        {"size": 3},
+        {"size": 5, "order": "ASC"},
+        {"size": 3},
+        {"order": "SIDEWAYS"},
+        {"order": "SIDEWAYS"},
+        {},
+    ):
+        before = len(pair.upstream.requests)
+        fast, standard = pair.both({"query": query, "variables": variables})
+        assert fast.content == standard.content
+        fast_request = pair.upstream.requests[before:][:1]
+        sent.append(fast_request[0].query if fast_request else None)
+
+    assert sent == [
+        "page=0&size=3&sortOrder=desc",
+        "page=0&size=5&sortOrder=asc",
+        "page=0&size=3&sortOrder=desc",
+        None,
+        None,
+        "page=0&size=2&sortOrder=desc",
+    ]
