@@ -42,6 +42,7 @@ class Metrics:
         # variable; this only decides how a scrape collects.
         self.multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
         self._operations: set[str] = set()
+        self._upstream_statuses: dict[int | str, Counter] = {}
         self._finished: dict[tuple[str | None, str], tuple[Counter, Histogram]] = {}
         r = self.registry
         self.requests = Counter(
@@ -157,7 +158,13 @@ class Metrics:
 
     def upstream_request(self, status: int | str, duration: float) -> None:
         """One upstream HTTP attempt: its status code, or a transport error's name."""
-        self.upstream_requests.labels(str(status)).inc()
+        child = self._upstream_statuses.get(status)
+        if child is None:
+            # Statuses and transport error names are few; an odd status is not kept.
+            child = self.upstream_requests.labels(str(status))
+            if len(self._upstream_statuses) < 64:
+                self._upstream_statuses[status] = child
+        child.inc()
         self.upstream_duration.observe(duration)
 
     def upstream_retry(self) -> None:

@@ -135,11 +135,11 @@ class CatapultClient:
         self._on_retry = on_retry
         # Parsing a URL is a tenth of an upstream request's CPU in httpx; the same pages
         # are asked for again and again (polling, paging back and forth), and a URL is
-        # immutable, so each target's is parsed once (bounded, least recently used out).
+        # immutable, so each request's is made once (bounded, least recently used out).
         self._url = lru_cache(maxsize=4096)(self._parse_url)
 
-    def _parse_url(self, target: str) -> httpx.URL:
-        return httpx.URL(self._base_url + target)
+    def _parse_url(self, request: UpstreamRequest) -> httpx.URL:
+        return httpx.URL(self._base_url + request.target)
 
     @property
     def base_url(self) -> str:
@@ -206,9 +206,10 @@ class CatapultClient:
     async def _send(
         self, credentials: Credentials, request: UpstreamRequest, seconds: float
     ) -> httpx.Response:
-        # The caller bounds the whole exchange; these bound each step inside it.
+        # The caller bounds the whole exchange; connecting has a shorter bound of its own,
+        # so that a silent host is retried within the deadline.
         connect = min(seconds, self._connect_timeout)
-        url = self._url(request.target)
+        url = self._url(request)
         outgoing = httpx.Request(
             "GET",
             url,
@@ -221,9 +222,10 @@ class CatapultClient:
                 (b"user-agent", _USER_AGENT),
                 (b"authorization", credentials.authorization.encode("latin-1")),
             ],
-            extensions={
-                "timeout": {"connect": connect, "read": seconds, "write": seconds, "pool": seconds}
-            },
+            # Reading, writing and waiting for a connection are bounded by the attempt's
+            # own timeout (the caller's asyncio.timeout), which always ends first: timers
+            # of their own would only cost a reschedule for every chunk read.
+            extensions={"timeout": {"connect": connect, "read": None, "write": None, "pool": None}},
         )
         response = await self._transport.handle_async_request(outgoing)
         try:
