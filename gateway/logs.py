@@ -117,18 +117,19 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def emit(self, record: logging.LogRecord) -> None:
         # Called by Handler.handle with the handler's lock held.
         try:
-            self._pending.append(self.format(record))
-            if record.levelno >= logging.WARNING or len(self._pending) >= 512:
-                self._write()
+            self._add(self.format(record), urgent=record.levelno >= logging.WARNING)
         except Exception:
             self.handleError(record)
 
     def emit_line(self, line: str) -> None:
         """Add a line already formatted at info level (see `RequestLog`)."""
         with self.lock:  # type: ignore[union-attr]
-            self._pending.append(line)
-            if len(self._pending) >= 512:
-                self._write()
+            self._add(line, urgent=False)
+
+    def _add(self, line: str, *, urgent: bool) -> None:
+        self._pending.append(line)
+        if urgent or len(self._pending) >= 512:
+            self._write()
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]

@@ -94,6 +94,33 @@ def test_spans_exported_and_trace_context_forwarded_upstream(
         assert DEMO.user_id not in str(span)
 
 
+def test_a_cache_hit_is_traced_without_an_upstream_span(
+    sandbox: Sandbox, receiver: Receiver
+) -> None:
+    settings = load_settings(
+        {
+            "GATEWAY_UPSTREAM_URL": sandbox.url,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+            "GATEWAY_CACHE_TTL": "30",
+        }
+    )
+    body = {"query": "query Latest { calls(size: 2) { id } }"}
+    with serve(create_app(settings)) as url:
+        for _ in range(2):
+            response = httpx.post(f"{url}/graphql", json=body, headers=credential_headers(DEMO))
+            assert response.status_code == 200
+
+    server_spans = [s for s in receiver.spans if s.kind == Span.SPAN_KIND_SERVER]
+    client_spans = [s for s in receiver.spans if s.kind == Span.SPAN_KIND_CLIENT]
+    assert len(server_spans) == 2  # the fill and the hit
+    assert len(client_spans) == 1  # only the fill asked the upstream
+    assert len(sandbox.requests()) == 1
+    for span in server_spans:
+        attributes = {a.key: a.value for a in span.attributes}
+        assert attributes["graphql.operation.name"].string_value == "Latest"
+        assert attributes["http.response.status_code"].int_value == 200
+
+
 def test_no_trace_context_without_an_endpoint(sandbox: Sandbox) -> None:
     settings = load_settings({"GATEWAY_UPSTREAM_URL": sandbox.url})
     with serve(create_app(settings)) as url:
