@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import base64
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
+from compare import free_port
 
 AUTH = ("t-demo", "s-demo-secret")
 USER = "u-demo"
@@ -53,13 +53,6 @@ class Outcome:
     @property
     def per_100(self) -> float:
         return 100 * self.upstream_requests / self.client_requests
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager
