@@ -6,6 +6,7 @@ import base64
 import re
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -442,14 +443,17 @@ def test_latency(client: ClientFactory, control: httpx.Client, faults: dict[str,
 
 
 def test_latency_option(client: ClientFactory) -> None:
-    with serve(create_sandbox_app(SandboxOptions(latency_ms=120, calls_per_user=10))) as url:
+    # Ordering, not a wall-clock bound: the health check must finish while a delayed API
+    # request is still waiting (the latency applies to the API only).
+    with serve(create_sandbox_app(SandboxOptions(latency_ms=1500, calls_per_user=10))) as url:
         http = client(DEMO, url)
-        started = time.monotonic()
-        assert http.get(CALLS).status_code == 200
-        assert time.monotonic() - started >= 0.12
-        started = time.monotonic()
-        assert httpx.get(f"{url}/__health").json() == {"status": "ok"}
-        assert time.monotonic() - started < 0.12
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            started = time.monotonic()
+            delayed = pool.submit(http.get, CALLS)
+            assert httpx.get(f"{url}/__health").json() == {"status": "ok"}
+            assert not delayed.done()
+            assert delayed.result().status_code == 200
+            assert time.monotonic() - started >= 1.5
 
 
 @pytest.mark.parametrize(
