@@ -165,7 +165,7 @@ def create_app(settings: Settings) -> Starlette:
     )
 
     async def metrics_endpoint(request: Request) -> Response:
-        body, media_type = metrics.exposition()
+        body, media_type = metrics.exposition(request.headers.get("accept"))
         return Response(body, media_type=media_type)
 
     async def graphiql_asset(request: Request) -> Response:

@@ -1,7 +1,18 @@
 """Prometheus metrics: the metric objects and the small API the rest of the gateway records with.
 
 Labels never hold a credential, a user id, a call id or a path: operation names are the
-only caller-chosen label, and they are bounded (`operation_label`). With several worker
+only caller-chosen label, and they are bounded (`operation_label`).
+
+Latency per operation is kept affordable: the whole-request histogram has no operation
+label (one set of buckets per process, for quantiles and SLOs), and each operation gets a
+summary of two series, count and sum, from which its mean latency follows. A histogram per
+operation would cost 15 series per name, 1,500 at the bound, for quantiles nobody reads
+per operation; a summary's quantiles are computed per process and cannot be aggregated
+across replicas, so it carries none.
+
+`/metrics` negotiates its format with prometheus-client's own `choose_encoder`: the
+OpenMetrics text format when the scraper's Accept asks for it (Prometheus does), the
+classic text format otherwise. With several worker
 processes (`--workers`), the CLI points `PROMETHEUS_MULTIPROC_DIR` at a fresh directory
 before the workers start; every process then writes its samples there and `/metrics`
 merges them, so a scrape reports all workers whichever one answers it.
@@ -13,20 +24,22 @@ import os
 import re
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
+    Summary,
     multiprocess,
 )
+from prometheus_client.exposition import choose_encoder
 
 from gateway.logs import current_request
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # At most this many distinct operation names per process; later ones count as "other".
-MAX_OPERATIONS = 200
+# The first names seen keep their label rather than the most frequent ones: a series that
+# moved between its name and "other" as rankings changed would break every rate() over it.
+MAX_OPERATIONS = 100
 _OPERATION_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
 # Seconds; the upstream answers in tens to hundreds of milliseconds, the deadline is 25 s.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25)
@@ -43,7 +56,7 @@ class Metrics:
         self.multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
         self._operations: set[str] = set()
         self._upstream_statuses: dict[int | str, Counter] = {}
-        self._finished: dict[tuple[str | None, str], tuple[Counter, Histogram]] = {}
+        self._finished: dict[tuple[str | None, str], tuple[Counter, Summary]] = {}
         r = self.registry
         self.requests = Counter(
             "gateway_requests",
@@ -59,9 +72,14 @@ class Metrics:
         )
         self.request_duration = Histogram(
             "gateway_request_duration_seconds",
-            "Time to answer a GraphQL request.",
-            ["operation"],
+            "Time to answer a GraphQL request (all operations).",
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.operation_duration = Summary(
+            "gateway_operation_duration_seconds",
+            "Time to answer a GraphQL request, by operation (count and sum: the mean).",
+            ["operation"],
             registry=r,
         )
         self.in_flight = Gauge(
@@ -147,12 +165,13 @@ class Metrics:
             # Label look-ups cost a hit several microseconds each; operation names and
             # codes are bounded, so the pairs seen are kept (up to a bound of their own).
             label = self.operation_label(operation)
-            children = self.requests.labels(label, outcome), self.request_duration.labels(label)
+            children = self.requests.labels(label, outcome), self.operation_duration.labels(label)
             if len(self._finished) < 4 * MAX_OPERATIONS:
                 self._finished[(operation, outcome)] = children
         count, latency = children
         count.inc()
         latency.observe(duration)
+        self.request_duration.observe(duration)
         for code in sorted(set(codes)):
             self.errors.labels(code).inc()
 
@@ -198,13 +217,18 @@ class Metrics:
 
     # -- exposition --------------------------------------------------------------------
 
-    def exposition(self) -> tuple[bytes, str]:
-        """The Prometheus text format of every metric (of every worker) and its media type."""
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        """Every metric (of every worker) in the format `accept` asks for, and its media type.
+
+        OpenMetrics when the Accept header asks for `application/openmetrics-text`, the
+        classic Prometheus text format otherwise.
+        """
+        encoder, media_type = choose_encoder(accept or "")
         if self.multiprocess_dir is None:
-            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+            return encoder(self.registry), media_type
         merged = CollectorRegistry()
         multiprocess.MultiProcessCollector(merged, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
-        return generate_latest(merged), CONTENT_TYPE_LATEST
+        return encoder(merged), media_type
 
     def process_started(self) -> None:
         self.worker_up.set(1)

@@ -4,6 +4,9 @@ import re
 
 import httpx
 import pytest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import credential_headers
@@ -62,7 +65,8 @@ def test_metrics_after_a_scripted_set_of_requests(
     assert value(samples, requests, operation="invalid", outcome="OK") == 1
     assert value(samples, requests, operation="anonymous", outcome="BAD_REQUEST") == 1
     assert value(samples, "gateway_errors_total", code="UNAUTHENTICATED") == 2
-    assert value(samples, "gateway_request_duration_seconds_count", operation="Latest") == 2
+    assert value(samples, "gateway_operation_duration_seconds_count", operation="Latest") == 2
+    assert value(samples, "gateway_request_duration_seconds_count") == 8
     # Two retries of the 503, then UPSTREAM_ERROR: three attempts, each counted.
     assert value(samples, "gateway_upstream_requests_total", status="503") == 3
     assert value(samples, "gateway_upstream_requests_total", status="401") == 1
@@ -165,3 +169,75 @@ def test_request_counts_stay_right_past_the_operation_bound() -> None:
     assert value(samples, requests, operation="other", outcome="OK") == 2 * (len(names) - named)
     assert sum(v for (name, _), v in samples.items() if name == requests) == 4 * len(names)
     assert value(samples, "gateway_errors_total", code="UPSTREAM_ERROR") == 2 * len(names)
+
+
+def sample_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+@pytest.mark.parametrize("operations", [200, 1000], ids=["200-names", "1000-names"])
+def test_many_operation_names_make_a_bounded_exposition(operations: int) -> None:
+    metrics = Metrics()
+
+    for i in range(operations):
+        metrics.request_finished(f"op_{i}", [], 0.01)
+
+    text = metrics.exposition()[0].decode()
+    # Before: 3,646 lines for 200 names (a 15-series histogram per name). Now: per name
+    # (100 of them, then "other") a request count and a count + sum of latency, each with
+    # its _created series, plus the rest of the gateway's metrics.
+    assert len(sample_lines(text)) == 567
+    samples = scrape(text)
+    buckets = [labels for (name, labels) in samples if name.endswith("_bucket")]
+    assert all(dict(labels).keys() == {"le"} for labels in buckets)
+    assert value(samples, "gateway_request_duration_seconds_count") == operations
+    assert value(samples, "gateway_operation_duration_seconds_count", operation="op_0") == 1
+    assert value(samples, "gateway_operation_duration_seconds_sum", operation="op_0") == (
+        pytest.approx(0.01)
+    )
+    other = operations - MAX_OPERATIONS
+    assert value(samples, "gateway_operation_duration_seconds_count", operation="other") == other
+
+
+OPENMETRICS = "application/openmetrics-text"
+ACCEPT = [
+    pytest.param(None, "text/plain; version=0.0.4", id="no-accept"),
+    pytest.param("text/plain", "text/plain; version=0.0.4", id="prometheus-text"),
+    pytest.param("text/html,*/*;q=0.8", "text/plain; version=0.0.4", id="browser"),
+    pytest.param(
+        # What Prometheus itself sends.
+        f"{OPENMETRICS};version=1.0.0,{OPENMETRICS};version=0.0.1;q=0.75,"
+        "text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        OPENMETRICS,
+        id="prometheus-scraper",
+    ),
+    pytest.param(OPENMETRICS, OPENMETRICS, id="openmetrics"),
+]
+
+
+@pytest.mark.parametrize(("accept", "expected"), ACCEPT)
+def test_metrics_negotiate_openmetrics(
+    gateway_factory: GatewayFactory, accept: str | None, expected: str
+) -> None:
+    gateway = gateway_factory()
+    assert gateway.query("query Latest { calls(size: 1) { id } }").status_code == 200
+
+    response = gateway.http.get("/metrics", headers={} if accept is None else {"Accept": accept})
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith(expected)
+    if expected == OPENMETRICS:
+        assert response.text.endswith("# EOF\n")
+        families = {f.name: f for f in openmetrics_families(response.text)}
+        # OpenMetrics names a counter without _total; its sample keeps it.
+        [ok] = [
+            s
+            for s in families["gateway_requests"].samples
+            if s.name == "gateway_requests_total" and s.labels["operation"] == "Latest"
+        ]
+        assert ok.value == 1
+        assert families["gateway_request_duration_seconds"].type == "histogram"
+    else:
+        samples = scrape(response.text)
+        assert value(samples, "gateway_requests_total", operation="Latest", outcome="OK") == 1
+        assert "# EOF" not in response.text
