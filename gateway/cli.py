@@ -8,25 +8,38 @@ import secrets
 import signal
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
 
 import uvicorn
 from pydantic import SecretStr
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
-from gateway.config import Settings, SettingsError, env_name, load_settings
+from gateway.config import (
+    SandboxSettings,
+    Settings,
+    SettingsError,
+    env_name,
+    load_sandbox_settings,
+    load_settings,
+)
 from gateway.logs import configure_logging
 
 # prometheus-client's own variable; gateway.metrics is not imported here, so that the
 # CLI process sets it before prometheus-client is first imported.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-SANDBOX_ENV = {
-    "host": "GATEWAY_SANDBOX_HOST",
-    "port": "GATEWAY_SANDBOX_PORT",
-    "latency_ms": "GATEWAY_SANDBOX_LATENCY_MS",
-    "rate_limit": "GATEWAY_SANDBOX_RATE_LIMIT",
-}
+
+def distribution_version() -> str:
+    """The installed distribution's version (the package's own when run from a checkout)."""
+    try:
+        return version("catapult-gateway")
+    except PackageNotFoundError:
+        from gateway import __version__
+
+        return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="catapult-gateway",
         description="A GraphQL gateway for the Bandwidth Catapult v1 call-history API.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {distribution_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the gateway")
@@ -54,10 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sandbox = commands.add_parser("sandbox", help="run the sandbox upstream alone")
     sandbox.add_argument("--host", help="interface [GATEWAY_SANDBOX_HOST, 127.0.0.1]")
-    sandbox.add_argument("--port", type=int, help="port [GATEWAY_SANDBOX_PORT, 8001]")
-    sandbox.add_argument(
-        "--latency-ms", type=float, help="delay every answer [GATEWAY_SANDBOX_LATENCY_MS, 0]"
-    )
+    sandbox.add_argument("--port", help="port [GATEWAY_SANDBOX_PORT, 8001]")
+    sandbox.add_argument("--latency-ms", help="delay every answer [GATEWAY_SANDBOX_LATENCY_MS, 0]")
     sandbox.add_argument(
         "--rate-limit",
         action="store_const",
@@ -78,41 +90,42 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
         sys.stdout.write(print_sdl(build_schema()))
         return 0
-    if args.command == "sandbox":
-        return _run_sandbox(args, environ)
     try:
-        settings = load_settings(
-            environ,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            upstream_url=args.upstream_url,
-            sandbox=args.sandbox,
-        )
+        if args.command == "sandbox":
+            sandbox_settings = load_sandbox_settings(
+                environ,
+                host=args.host,
+                port=args.port,
+                latency_ms=args.latency_ms,
+                rate_limit=args.rate_limit,
+            )
+        else:
+            settings = load_settings(
+                environ,
+                host=args.host,
+                port=args.port,
+                workers=args.workers,
+                upstream_url=args.upstream_url,
+                sandbox=args.sandbox,
+            )
     except SettingsError as exc:
         print(f"catapult-gateway: {exc}", file=sys.stderr)
         return 2
+    if args.command == "sandbox":
+        return _run_sandbox(sandbox_settings)
     return _serve(settings)
 
 
 def _serve(settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_format, batch=True)
-    if settings.sandbox:
-        _print_sandbox_banner(settings)
     # Workers are separate processes: they rebuild the settings from the environment,
     # so the effective values (flags included) travel there. A cursor key drawn here is
     # shared by all workers, so a cursor stays good whichever worker answers next.
     if settings.cursor_key is None:
         settings = settings.model_copy(update={"cursor_key": SecretStr(secrets.token_urlsafe(32))})
     os.environ.update(settings_environment(settings))
-    # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully, which
-    # would end the process with "killed by SIGTERM"; a graceful stop exits 0 instead.
-    signal.signal(signal.SIGTERM, _exit_zero)
     with _metrics_directory(settings.workers):
-        # SIGTERM/SIGINT: uvicorn stops accepting, gives in-flight requests up to
-        # shutdown_timeout to finish, then runs the lifespan's shutdown (closing the
-        # upstream client) and exits 0.
-        uvicorn.run(
+        config = uvicorn.Config(
             "gateway.app:app_from_environment",
             factory=True,
             host=settings.host,
@@ -124,7 +137,36 @@ def _serve(settings: Settings) -> int:
             proxy_headers=False,
             timeout_graceful_shutdown=settings.shutdown_timeout,
         )
-    return 0
+        banner = (lambda: _print_sandbox_banner(settings)) if settings.sandbox else None
+        return _run(config, on_bound=banner)
+
+
+def _run(config: uvicorn.Config, on_bound: Callable[[], None] | None = None) -> int:
+    """Bind, call `on_bound`, serve until SIGTERM/SIGINT; 0 after a graceful stop.
+
+    What `uvicorn.run` does, with the socket bound first, so that a banner saying where
+    the server listens is printed only once the port is really ours (a taken port ends
+    here with uvicorn's own error line and status 1, before any banner).
+    """
+    # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully, which
+    # would end the process with "killed by SIGTERM" (143); a graceful stop exits 0.
+    signal.signal(signal.SIGTERM, _exit_zero)
+    sock = config.bind_socket()
+    try:
+        if on_bound is not None:
+            on_bound()
+        # SIGTERM/SIGINT: uvicorn stops accepting, gives in-flight requests up to
+        # timeout_graceful_shutdown to finish, then runs the lifespan's shutdown.
+        if config.workers > 1:
+            Multiprocess(config, sockets=[sock]).run()
+            return 0
+        server = uvicorn.Server(config)
+        server.run(sockets=[sock])
+        return 0 if server.started else STARTUP_FAILURE
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        sock.close()
 
 
 def _exit_zero(signum: int, frame: object) -> None:
@@ -191,21 +233,14 @@ def _print_sandbox_banner(settings: Settings) -> None:
     print("\n".join(lines), flush=True)
 
 
-def _run_sandbox(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+def _run_sandbox(settings: SandboxSettings) -> int:
     from gateway.sandbox import SandboxOptions, create_sandbox_app
 
-    def pick(name: str, flag: object, default: str) -> str:
-        return str(flag) if flag is not None else environ.get(SANDBOX_ENV[name], default)
-
-    try:
-        host = pick("host", args.host, "127.0.0.1")
-        port = int(pick("port", args.port, "8001"))
-        latency_ms = float(pick("latency_ms", args.latency_ms, "0"))
-        rate_limit = pick("rate_limit", args.rate_limit, "false").lower() in {"1", "true", "yes"}
-    except ValueError as exc:
-        print(f"catapult-gateway sandbox: bad setting: {exc}", file=sys.stderr)
-        return 2
     configure_logging("info")
-    app = create_sandbox_app(SandboxOptions(latency_ms=latency_ms, rate_limit=rate_limit))
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
-    return 0
+    app = create_sandbox_app(
+        SandboxOptions(latency_ms=settings.latency_ms, rate_limit=settings.rate_limit)
+    )
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=None, access_log=False
+    )
+    return _run(config)

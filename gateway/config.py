@@ -6,8 +6,8 @@ passes `os.environ` merged with its flags. Nothing here is read at import time.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -28,6 +28,8 @@ DEFAULT_UPSTREAM_URL = "https://api.catapult.inetwork.com"
 
 Seconds = Annotated[float, Field(ge=0)]
 PositiveSeconds = Annotated[float, Field(gt=0)]
+# `serve` and `sandbox` check ports alike: a socket call would take 99999 modulo 65536.
+Port = Annotated[int, Field(ge=0, le=65535)]
 
 
 class Settings(BaseModel):
@@ -38,7 +40,7 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     host: str = Field("127.0.0.1", description="Interface to listen on.")
-    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
+    port: Port = Field(8000, description="TCP port to listen on.")
     workers: int = Field(1, ge=1, le=64, description="Worker processes sharing the port.")
     upstream_url: AnyHttpUrl = Field(
         AnyHttpUrl(DEFAULT_UPSTREAM_URL),
@@ -220,14 +222,30 @@ class Settings(BaseModel):
         return str(self.upstream_url).rstrip("/")
 
 
+class SandboxSettings(BaseModel):
+    """`catapult-gateway sandbox` (each field is the setting `GATEWAY_SANDBOX_<NAME>`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    port: Port = Field(8001, description="TCP port to listen on.")
+    latency_ms: float = Field(0.0, ge=0, description="Milliseconds every answer is delayed.")
+    rate_limit: bool = Field(False, description="Enforce 1 request/second per account.")
+
+
+SANDBOX_ENV_PREFIX = "GATEWAY_SANDBOX_"
+M = TypeVar("M", bound=BaseModel)
+
+
 class SettingsError(Exception):
     """Start-up settings are invalid; `str()` is one line naming the setting."""
 
 
-def load_settings(environ: Mapping[str, str], **overrides: Any) -> Settings:
-    """Build `Settings` from an environment mapping plus explicit overrides (CLI flags).
+def load_settings(environ: Mapping[str, str], **flags: Any) -> Settings:
+    """Build `Settings` from an environment mapping plus the command line's flags.
 
-    Only keys starting with `GATEWAY_` are read from `environ`; overrides win.
+    Only keys starting with `GATEWAY_` are read from `environ`; flags (`port=...` for
+    `--port`) win, and an error in a value names the flag or the variable it came from.
     """
     known = Settings.model_fields
     values: dict[str, Any] = {}
@@ -240,11 +258,35 @@ def load_settings(environ: Mapping[str, str], **overrides: Any) -> Settings:
             values[name] = value
         elif key in standard and value:
             values[standard[key]] = value
-    values.update({key: value for key, value in overrides.items() if value is not None})
+    return _validate(Settings, values, flags, env_name)
+
+
+def load_sandbox_settings(environ: Mapping[str, str], **flags: Any) -> SandboxSettings:
+    """`SandboxSettings` from `GATEWAY_SANDBOX_*` variables plus flags, as `load_settings`."""
+    values = {
+        name: environ[sandbox_env_name(name)]
+        for name in SandboxSettings.model_fields
+        if sandbox_env_name(name) in environ
+    }
+    return _validate(SandboxSettings, values, flags, sandbox_env_name)
+
+
+def _validate(
+    model: type[M],
+    values: dict[str, Any],
+    flags: Mapping[str, Any],
+    variable: Callable[[str], str],
+) -> M:
+    given = {name: value for name, value in flags.items() if value is not None}
     try:
-        return Settings.model_validate(values)
+        return model.model_validate({**values, **given})
     except ValidationError as exc:
-        raise SettingsError(_one_line(exc)) from None
+
+        def source(field: str) -> str:
+            # The user typed `--port 99999`: the error says `--port`, not GATEWAY_PORT.
+            return flag_name(field) if field in given else variable(field)
+
+        raise SettingsError(_one_line(exc, source)) from None
 
 
 def env_name(field: str) -> str:
@@ -252,10 +294,20 @@ def env_name(field: str) -> str:
     return STANDARD_ENV_NAMES.get(field, f"{ENV_PREFIX}{field.upper()}")
 
 
-def _one_line(exc: ValidationError) -> str:
+def sandbox_env_name(field: str) -> str:
+    """The environment variable of a sandbox setting."""
+    return f"{SANDBOX_ENV_PREFIX}{field.upper()}"
+
+
+def flag_name(field: str) -> str:
+    """The command-line flag of a setting."""
+    return "--" + field.replace("_", "-")
+
+
+def _one_line(exc: ValidationError, source: Callable[[str], str]) -> str:
     error = exc.errors()[0]
     location = "".join(str(part) for part in error["loc"][:1])
-    name = env_name(location) if location else "settings"
+    name = source(location) if location else "settings"
     message = error["msg"]
     if not location and message.startswith("Value error, "):
         return message.removeprefix("Value error, ")

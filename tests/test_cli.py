@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +18,7 @@ import httpx
 import pytest
 from graphql import get_introspection_query, graphql_sync
 
+from gateway import __version__
 from gateway.sandbox import ACCOUNTS
 from gateway.schema import build_schema, graphql_core_schema, print_sdl
 from tests.servers import free_port
@@ -88,31 +92,102 @@ def test_export_schema_equals_the_checked_in_schema() -> None:
     assert result.stdout == print_sdl(build_schema())
 
 
+def test_version() -> None:
+    result = run("--version")
+
+    assert result.returncode == 0
+    assert result.stdout == f"catapult-gateway {__version__}\n"
+
+
+# A value from a flag is named by its flag, one from the environment by its variable.
 BAD_SETTINGS = [
-    pytest.param(["--port", "eighty"], {}, "GATEWAY_PORT", id="port-flag"),
-    pytest.param([], {"GATEWAY_PORT": "eighty"}, "GATEWAY_PORT", id="port-variable"),
-    pytest.param(["--upstream-url", "nope"], {}, "GATEWAY_UPSTREAM_URL", id="upstream-url"),
+    pytest.param(["serve", "--port", "eighty"], {}, "--port", id="serve-port-flag"),
+    pytest.param(["serve", "--port", "99999"], {}, "--port", id="serve-port-flag-range"),
+    pytest.param(["serve"], {"GATEWAY_PORT": "eighty"}, "GATEWAY_PORT", id="serve-port-variable"),
     pytest.param(
-        [],
+        ["serve", "--port", "99999"],
+        {"GATEWAY_PORT": "8000"},
+        "--port",
+        id="serve-flag-over-variable",
+    ),
+    pytest.param(
+        ["serve", "--port", "8000"],
+        {"GATEWAY_WORKERS": "0"},
+        "GATEWAY_WORKERS",
+        id="serve-variable-beside-flag",
+    ),
+    pytest.param(["serve", "--workers", "0"], {}, "--workers", id="serve-workers-flag"),
+    pytest.param(
+        ["serve", "--upstream-url", "nope"], {}, "--upstream-url", id="serve-upstream-url-flag"
+    ),
+    pytest.param(
+        ["serve"],
         {"GATEWAY_UPSTREAM_TIMEOUT": "30", "GATEWAY_REQUEST_TIMEOUT": "5"},
         "GATEWAY_UPSTREAM_TIMEOUT",
-        id="timeouts",
+        id="serve-timeouts",
+    ),
+    pytest.param(["sandbox", "--port", "99999"], {}, "--port", id="sandbox-port-flag-range"),
+    pytest.param(["sandbox", "--port", "-1"], {}, "--port", id="sandbox-port-flag-negative"),
+    pytest.param(
+        ["sandbox"],
+        {"GATEWAY_SANDBOX_PORT": "99999"},
+        "GATEWAY_SANDBOX_PORT",
+        id="sandbox-port-variable",
+    ),
+    pytest.param(
+        ["sandbox", "--latency-ms", "slow"], {}, "--latency-ms", id="sandbox-latency-flag"
+    ),
+    pytest.param(
+        ["sandbox"],
+        {"GATEWAY_SANDBOX_RATE_LIMIT": "maybe"},
+        "GATEWAY_SANDBOX_RATE_LIMIT",
+        id="sandbox-rate-limit-variable",
     ),
 ]
 
 
-@pytest.mark.parametrize(("flags", "environ", "name"), BAD_SETTINGS)
-def test_serve_with_a_bad_setting_exits_2_with_one_line(
-    flags: list[str], environ: dict[str, str], name: str
+@pytest.mark.parametrize(("args", "environ", "name"), BAD_SETTINGS)
+def test_a_bad_setting_exits_2_with_one_line_naming_its_source(
+    args: list[str], environ: dict[str, str], name: str
 ) -> None:
-    result = run("serve", *flags, **environ)
+    result = run(*args, **environ)
 
     assert result.returncode == 2
     assert result.stdout == ""
     [line] = result.stderr.splitlines()
-    assert line.startswith("catapult-gateway: ")
-    assert name in line
+    assert line.startswith(f"catapult-gateway: {name}")
+    assert line.removeprefix(f"catapult-gateway: {name}")[0] in ": "
     assert "Traceback" not in result.stderr
+
+
+def test_a_taken_port_fails_before_the_banner() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        result = run("serve", "--sandbox", "--port", str(port))
+
+    assert result.returncode == 3  # uvicorn's start-up failure status
+    assert "is serving" not in result.stdout
+    assert "address already in use" in result.stderr.lower()
+
+
+@pytest.mark.parametrize(
+    ("args", "health"),
+    [
+        pytest.param(["serve", "--sandbox"], "/readyz", id="serve"),
+        pytest.param(["sandbox"], "/__health", id="sandbox"),
+    ],
+)
+def test_sigterm_stops_gracefully_with_status_0(args: list[str], health: str) -> None:
+    port = free_port()
+
+    with running(*args, "--port", str(port), health=health, port=port) as process:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+    assert process.returncode == 0
 
 
 def test_serve_sandbox_prints_the_way_in_and_answers_a_query() -> None:
@@ -186,3 +261,53 @@ def test_every_type_field_and_argument_of_ours_has_a_description() -> None:
                 missing.append(f"{name}.{value['name']}")
 
     assert missing == []
+
+
+# -- scripts/ensure-venv: the demo's and the test command's set-up, done only when needed ----
+
+FAKE_PYTHON = """#!/bin/sh
+# Records how it was called; `-m venv DIR` makes DIR/bin/python, which is this script too.
+echo "$0 $*" >> "$CALLS"
+if [ "$1" = "--version" ]; then echo "Python 3.99.0"; fi
+if [ "$1 $2" = "-m venv" ]; then mkdir -p "$3/bin" && cp "$0" "$3/bin/python"; fi
+exit 0
+"""
+
+
+def test_ensure_venv_installs_only_when_something_changed(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "ensure-venv", project / "scripts")
+    (project / "pyproject.toml").write_text('[project]\nname = "x"\n')
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "python3").write_text(FAKE_PYTHON)
+    (tools / "python3").chmod(0o755)
+    calls = tmp_path / "calls"
+
+    def ensure(name: str, spec: str) -> list[str]:
+        calls.write_text("")
+        subprocess.run(
+            ["bash", str(project / "scripts" / "ensure-venv"), name, spec],
+            env={**os.environ, "PATH": f"{tools}:{os.environ['PATH']}", "CALLS": str(calls)},
+            check=True,
+            timeout=30,
+        )
+        return [line.split(" ", 1)[1] for line in calls.read_text().splitlines()]
+
+    installs = ["-m pip install --quiet --upgrade pip", "-m pip install --quiet -e ."]
+    assert ensure("demo", ".") == ["--version", "-m venv .venv", *installs]
+    assert ensure("demo", ".") == ["--version"]  # a re-run: nothing to do
+    assert ensure("test", ".[dev]")[-1] == "-m pip install --quiet -e .[dev]"
+    assert ensure("demo", ".") == ["--version"]
+    (project / "pyproject.toml").write_text('[project]\nname = "x"\nversion = "2"\n')
+    assert ensure("demo", ".") == ["--version", "-m venv .venv", *installs]
+    assert ensure("demo", ".") == ["--version"]
+
+
+@pytest.mark.parametrize("script", ["demo", "test"])
+def test_the_scripts_set_up_through_ensure_venv(script: str) -> None:
+    text = (ROOT / "scripts" / script).read_text()
+
+    assert "scripts/ensure-venv" in text
+    assert "pip install" not in text
