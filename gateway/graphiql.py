@@ -1,9 +1,13 @@
 """The GraphiQL page: pinned GraphiQL, React and ReactDOM, served locally or from a CDN.
 
-The files are pinned by version and by Subresource Integrity hash. When they were
-fetched at build time into `static_dir` (see `python -m gateway.graphiql fetch`), the
-gateway serves them itself, so GraphiQL works without internet access; otherwise the
-page loads the same files from a CDN, and the browser checks the hashes either way.
+The files are pinned by version and by Subresource Integrity hash, and they are vendored
+in the repository (`gateway/static/vendor/`, MIT like their licences beside them), so
+every wheel and sdist carries them and the gateway serves them itself: GraphiQL works
+without internet access after a plain `pip install`. `python -m gateway.graphiql fetch`
+re-fetches them with `npm pack` (to bump a pin, or to restore a deleted folder), checking
+every hash. Only when the folder is gone does the page load the same files from a CDN; the
+browser checks the hashes either way, and if they cannot load at all the page says what to
+run instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -74,6 +78,8 @@ GRAPHIQL_CSS = Asset(
     "sha384-Mq3vbRBY71jfjQAt/DcjxUIYY33ksal4cgdRt9U/hNPvHBCaT2JfJ/PTRiPKf0aM",
 )
 ASSETS = (REACT, REACT_DOM, GRAPHIQL_JS, GRAPHIQL_CSS)
+# Each package's licence travels with its files (`<package>.LICENSE`).
+LICENSE_PATH = "LICENSE"
 # The npm registry's integrity of each package tarball (`npm view <pkg>@<ver> dist.integrity`).
 TARBALLS = {
     ("react", "18.3.1"): "sha512-wS+hAgJShR0KhEvPJArfuPVN1+Hz1t0Y6n5jLrGQbkb4urgPE/0Rve+1kMB1"
@@ -85,6 +91,13 @@ TARBALLS = {
 }
 
 DEFAULT_STATIC_DIR = Path(__file__).parent / "static" / "vendor"
+FETCH_COMMAND = "python -m gateway.graphiql fetch"
+# What a user can do when the files are missing: the wheel carries them, and a checkout
+# can fetch them again.
+FIX = (
+    "reinstall catapult-gateway (its wheel carries them), "
+    f"or in a source checkout run `{FETCH_COMMAND}`"
+)
 
 EXAMPLE_QUERY = """\
 # Your latest calls. Press the run button (or Ctrl-Enter).
@@ -116,7 +129,11 @@ class GraphiQLPage:
         self.local = all((static_dir / asset.name).is_file() for asset in ASSETS)
         if not self.local:
             log.warning(
-                "GraphiQL files not found in %s; the page loads them from %s", static_dir, CDN
+                "GraphiQL files not found in %s; the page loads them from %s, which fails "
+                "without internet access. To serve them locally: %s.",
+                static_dir,
+                CDN,
+                FIX,
             )
         self.html = _render(endpoint, self.local, default_headers)
 
@@ -150,6 +167,11 @@ def _render(endpoint: str, local: bool, default_headers: dict[str, str] | None) 
         f'<link rel="stylesheet" href="{_src(GRAPHIQL_CSS, local)}" '
         f'integrity="{GRAPHIQL_CSS.integrity}" crossorigin="anonymous">'
     )
+    source = "the gateway" if local else f"the CDN ({CDN})"
+    missing = html.escape(
+        f"GraphiQL could not load its files from {source}. "
+        f"To serve them from the gateway itself: {FIX}, then restart the gateway."
+    )
     return f"""<!doctype html>
 <html lang="en">
   <head>
@@ -162,21 +184,31 @@ def _render(endpoint: str, local: bool, default_headers: dict[str, str] | None) 
   </head>
   <body>
     <div id="graphiql">Loading GraphiQL…</div>
+    <p id="graphiql-missing" role="alert" hidden
+       style="font: 16px/1.5 sans-serif; margin: 2em; max-width: 60em">{missing}</p>
     <script id="graphiql-config" type="application/json">{config}</script>
     <script>
-      const config = JSON.parse(document.getElementById("graphiql-config").textContent);
-      const url = new URL(config.endpoint, location.href).href;
-      const fetcher = GraphiQL.createFetcher({{ url }});
-      ReactDOM.createRoot(document.getElementById("graphiql")).render(
-        React.createElement(GraphiQL, {{
-          fetcher,
-          defaultQuery: config.query,
-          defaultHeaders: config.headers,
-          // Headers are secrets: keep them out of localStorage.
-          shouldPersistHeaders: false,
-          defaultEditorToolsVisibility: "headers",
-        }}),
-      );
+      // The scripts above block parsing, so by now each has loaded or failed (network,
+      // integrity mismatch): a failure leaves its global undefined.
+      if (typeof React === "undefined" || typeof ReactDOM === "undefined"
+          || typeof GraphiQL === "undefined") {{
+        document.getElementById("graphiql").remove();
+        document.getElementById("graphiql-missing").hidden = false;
+      }} else {{
+        const config = JSON.parse(document.getElementById("graphiql-config").textContent);
+        const url = new URL(config.endpoint, location.href).href;
+        const fetcher = GraphiQL.createFetcher({{ url }});
+        ReactDOM.createRoot(document.getElementById("graphiql")).render(
+          React.createElement(GraphiQL, {{
+            fetcher,
+            defaultQuery: config.query,
+            defaultHeaders: config.headers,
+            // Headers are secrets: keep them out of localStorage.
+            shouldPersistHeaders: false,
+            defaultEditorToolsVisibility: "headers",
+          }}),
+        );
+      }}
     </script>
   </body>
 </html>
@@ -213,6 +245,8 @@ def fetch_assets(target: Path = DEFAULT_STATIC_DIR, *, npm: str = "npm") -> list
                 for asset in ASSETS:
                     if (asset.package, asset.version) == (package, version):
                         written.append(_extract(archive, asset, target))
+                # The tarball's integrity was checked above, so its licence is the pinned one.
+                written.append(_extract_license(archive, package, target))
     return written
 
 
@@ -237,14 +271,33 @@ def _npm_pack(npm: str, spec: str, directory: Path) -> Path:
 
 
 def _extract(archive: tarfile.TarFile, asset: Asset, target: Path) -> Path:
-    member = archive.extractfile(f"package/{asset.path}")
-    if member is None:
-        raise FetchError(f"{asset.package}@{asset.version} has no {asset.path}")
-    data = member.read()
+    data = _member(archive, asset.package, asset.path)
     actual = integrity(data, "sha384")
     if actual != asset.integrity:
         raise FetchError(f"{asset.package}/{asset.path} is {actual}, pinned {asset.integrity}")
-    destination = target / asset.name
+    return _write(target / asset.name, data)
+
+
+def _extract_license(archive: tarfile.TarFile, package: str, target: Path) -> Path:
+    return _write(target / license_name(package), _member(archive, package, LICENSE_PATH))
+
+
+def license_name(package: str) -> str:
+    """The file a package's licence is kept under beside its files."""
+    return f"{package}.LICENSE"
+
+
+def _member(archive: tarfile.TarFile, package: str, path: str) -> bytes:
+    try:
+        member = archive.extractfile(f"package/{path}")
+    except KeyError:
+        member = None
+    if member is None:
+        raise FetchError(f"{package} has no {path}")
+    return member.read()
+
+
+def _write(destination: Path, data: bytes) -> Path:
     partial = destination.with_suffix(destination.suffix + ".partial")
     partial.write_bytes(data)
     os.replace(partial, destination)
