@@ -8,6 +8,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import TypedDict
 
 import anyio
@@ -21,7 +22,7 @@ from starlette.routing import Mount, Route
 
 from gateway.config import Settings
 from gateway.context import Context
-from gateway.credentials import Credentials
+from gateway.credentials import Credentials, request_credentials
 from gateway.economy import Upstream, create_upstream
 from gateway.endpoint import GraphQLEndpoint
 from gateway.graphiql import ASSET_ROUTE, GraphiQLPage
@@ -32,7 +33,7 @@ from gateway.logs import configure_logging
 from gateway.metrics import Metrics
 from gateway.pagination import CursorCodec
 from gateway.persisted_queries import PersistedQueries
-from gateway.responses import ResponseCache, ResponseNote
+from gateway.responses import ResponseCache, ResponseNote, wants_fresh
 from gateway.sandbox import ACCOUNTS, Account, create_sandbox_app
 from gateway.schema import build_schema, graphql_core_schema
 from gateway.telemetry import InstrumentedTransport, Telemetry
@@ -58,13 +59,6 @@ def credential_headers(account: Account) -> dict[str, str]:
     """The request headers that carry an account's credentials."""
     token = base64.b64encode(f"{account.token}:{account.secret}".encode()).decode()
     return {"Authorization": f"Basic {token}", "X-Catapult-User-Id": account.user_id}
-
-
-def wants_fresh(cache_control: str) -> bool:
-    """`Cache-Control: no-cache`: skip the cache read and refresh the entry."""
-    return any(
-        part.split("=")[0].strip().lower() == "no-cache" for part in cache_control.split(",")
-    )
 
 
 class State(TypedDict):
@@ -119,14 +113,14 @@ def create_app(settings: Settings) -> Starlette:
         client: CatapultClient = request.state.catapult
         upstream: Upstream = request.state.upstream
         deadline = time.monotonic() + settings.request_timeout
-        refresh = wants_fresh(request.headers.get("cache-control", ""))
+        refresh = wants_fresh(request.headers)
 
         async def fetch(credentials: Credentials, wanted: UpstreamRequest) -> UpstreamAnswer:
             return await upstream.fetch(credentials, wanted, deadline=deadline, refresh=refresh)
 
         loader = OperationLoader(
             fetch,
-            request.headers,
+            partial(request_credentials, request.scope),
             upstream_base=client.base_url,
             fetched_at=_fetched_at(request),
             max_requests=settings.max_upstream_requests,

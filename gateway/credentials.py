@@ -1,8 +1,18 @@
-"""The caller's Catapult credentials, taken from the request headers.
+"""The caller's Catapult credentials: the one reader of the credential headers.
 
 `Authorization: Basic base64(token:secret)` is forwarded upstream unchanged, and
-`X-Catapult-User-Id` names the `{userId}` path segment. Both are checked here, before
-any upstream request, so that a malformed value never reaches the upstream.
+`X-Catapult-User-Id` names the `{userId}` path segment. Every layer that needs them (the
+whole-answer cache, the per-operation loader) gets them from `request_credentials`,
+which reads the request's raw ASGI header list once and keeps the verdict in the scope:
+a mapping would keep one of two repeated headers (the first or the last, depending on
+who built it), so two layers could see two different callers in one request.
+
+Refused with `Unauthenticated` (and so no upstream request and no cache entry):
+- either header missing, empty or sent more than once (in any spelling of its name);
+- a value with a byte outside printable ASCII (NUL, CR, tab, UTF-8, ...);
+- `Authorization` longer than 1024 bytes, not `Basic <base64>` (scheme in any case), or
+  whose base64 does not decode to UTF-8 `token:secret` with both parts non-empty;
+- a user id that is not `u-` and 1 to 128 letters, digits, `-` or `_`.
 """
 
 from __future__ import annotations
@@ -10,17 +20,26 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.errors import Unauthenticated
 
+AUTHORIZATION_HEADER = "authorization"
 USER_ID_HEADER = "x-catapult-user-id"
+_NAMES = {
+    AUTHORIZATION_HEADER.encode(): AUTHORIZATION_HEADER,
+    USER_ID_HEADER.encode(): USER_ID_HEADER,
+}
 
 # Catapult user ids look like `u-abc123`; the character set keeps the id inside its
 # path segment (no `/`, `.`, `%`, `?`, `#`), so it can be put in a URL without escaping.
-_USER_ID = re.compile(r"u-[A-Za-z0-9_-]{1,128}")
-_MAX_AUTHORIZATION = 1024
+_USER_ID = re.compile(rb"u-[A-Za-z0-9_-]{1,128}")
+MAX_AUTHORIZATION_BYTES = 1024
+# Printable ASCII only: a CR, NUL or tab could change the meaning of the header upstream.
+_VISIBLE_ASCII = re.compile(rb"[\x20-\x7e]+")
+_SCOPE_KEY = "gateway.credentials"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,10 +50,38 @@ class Credentials:
     user_id: str
 
 
-def credentials_from_headers(headers: Mapping[str, str]) -> Credentials:
-    """Validate the credential headers, or raise `Unauthenticated` saying what is wrong."""
-    authorization = headers.get("authorization")
-    user_id = headers.get(USER_ID_HEADER)
+def request_credentials(scope: MutableMapping[str, Any]) -> Credentials:
+    """The credentials of the request `scope` describes, or `Unauthenticated`.
+
+    Read once per request (the verdict is kept in the scope), so every layer acts on the
+    same caller.
+    """
+    verdict = scope.get(_SCOPE_KEY)
+    if verdict is None:
+        try:
+            verdict = credentials_from_raw_headers(scope.get("headers") or ())
+        except Unauthenticated as exc:
+            verdict = exc.message
+        scope[_SCOPE_KEY] = verdict
+    if isinstance(verdict, Credentials):
+        return verdict
+    # A new exception each time: one raised twice would grow its traceback.
+    raise Unauthenticated(str(verdict))
+
+
+def credentials_from_raw_headers(headers: Iterable[tuple[bytes, bytes]]) -> Credentials:
+    """Validate the credential headers of a raw (ASGI) header list."""
+    found: dict[str, list[bytes]] = {AUTHORIZATION_HEADER: [], USER_ID_HEADER: []}
+    for name, value in headers:
+        key = _NAMES.get(name.lower())
+        if key is not None:
+            found[key].append(value)
+    if len(found[AUTHORIZATION_HEADER]) > 1 or len(found[USER_ID_HEADER]) > 1:
+        raise Unauthenticated(
+            "Send `Authorization` and `X-Catapult-User-Id` once each; this request repeats one."
+        )
+    authorization = found[AUTHORIZATION_HEADER][0] if found[AUTHORIZATION_HEADER] else b""
+    user_id = found[USER_ID_HEADER][0] if found[USER_ID_HEADER] else b""
     if not authorization:
         raise Unauthenticated(
             "Send your Catapult API token and secret as `Authorization: Basic "
@@ -52,18 +99,19 @@ def credentials_from_headers(headers: Mapping[str, str]) -> Credentials:
             "The X-Catapult-User-Id header must be a Catapult user id such as `u-abc123` "
             "(letters, digits, `-` and `_` after `u-`)."
         )
-    return Credentials(authorization=authorization, user_id=user_id)
+    return Credentials(authorization=authorization.decode("ascii"), user_id=user_id.decode("ascii"))
 
 
-def _is_basic_token_secret(value: str) -> bool:
-    if len(value) > _MAX_AUTHORIZATION:
+def _is_basic_token_secret(value: bytes) -> bool:
+    if len(value) > MAX_AUTHORIZATION_BYTES or not _VISIBLE_ASCII.fullmatch(value):
         return False
-    scheme, _, encoded = value.partition(" ")
-    if scheme.lower() != "basic" or not encoded.strip():
+    scheme, _, encoded = value.partition(b" ")
+    encoded = encoded.strip(b" ")
+    if scheme.lower() != b"basic" or not encoded:
         return False
     try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+        decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
         return False
     token, colon, secret = decoded.partition(":")
     return bool(colon and token and secret) and decoded.isprintable()

@@ -8,7 +8,7 @@ request, whether or not the cross-request cache is on.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.calls import (
@@ -20,28 +20,31 @@ from gateway.calls import (
     parse_call_list,
     validate_id,
 )
-from gateway.credentials import Credentials, credentials_from_headers
+from gateway.credentials import Credentials
 from gateway.errors import NotFound, OperationTooComplex, UpstreamBadResponse
 from gateway.pagination import next_query
 from gateway.upstream import UpstreamAnswer, UpstreamRequest, call_path, calls_path
 
 Fetch = Callable[[Credentials, UpstreamRequest], Awaitable[UpstreamAnswer]]
+# The request's credentials as `credentials.request_credentials` read them (the one
+# reader of the credential headers); raises `Unauthenticated`.
+ReadCredentials = Callable[[], Credentials]
 
 
 class OperationLoader:
-    """The `CallSource` of one operation, on behalf of the caller whose headers it holds."""
+    """The `CallSource` of one operation, on behalf of the caller `credentials` names."""
 
     def __init__(
         self,
         fetch: Fetch,
-        headers: Mapping[str, str],
+        credentials: ReadCredentials,
         *,
         upstream_base: str,
         fetched_at: list[float] | None = None,
         max_requests: int | None = None,
     ) -> None:
         self._fetch = fetch
-        self._headers = headers
+        self._credentials = credentials
         self._upstream_base = upstream_base
         # When each answer this operation used was fetched; see responses.ResponseNote.
         self.fetched_at = [] if fetched_at is None else fetched_at
@@ -51,7 +54,7 @@ class OperationLoader:
 
     def credentials(self) -> Credentials:
         """The caller's credentials; raises `Unauthenticated` before any upstream request."""
-        return credentials_from_headers(self._headers)
+        return self._credentials()
 
     async def list_calls(self, query: ListQuery) -> CallList:
         answer = await self._list(query)

@@ -4,9 +4,12 @@ A frontend that polls sends the same bytes again and again. When the same caller
 same Authorization and user id) sends the same request within the cache TTL, the answer
 is the bytes the gateway gave last time: no parsing, no execution, no upstream request.
 
-Keys are a keyed BLAKE2b hash of everything the answer depends on: the credential
-headers, the media type asked for, and the exact request (body or query string), so one
-caller's answer is never another's and no secret is kept in a key. Only successful
+Keys are a keyed BLAKE2b hash of everything the answer depends on: the caller's
+credentials (as `credentials.request_credentials` read them, the same reading every
+later layer gets), every value of the headers that shape the answer, and the exact
+request (body or query string), so one caller's answer is never another's and no secret
+is kept in a key. A request whose credentials are refused (missing, malformed, or a
+credential header sent twice) neither reads nor fills the cache. Only successful
 answers without errors are kept, and never beyond the TTL of the oldest upstream answer
 they were built from. `Cache-Control: no-cache` skips the lookup (and refreshes the entry).
 The store is this process's memory, bounded, least recently used first out.
@@ -22,16 +25,21 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.credentials import Credentials, request_credentials
+from gateway.errors import Unauthenticated
 from gateway.logs import request_id_from
 from gateway.telemetry import Telemetry
 
 # Headers made afresh for every answer, never stored with an entry.
 _FRESH_HEADERS = frozenset({b"content-length", b"x-request-id"})
 _MAX_AGE = re.compile(rb"max-age=\d+")
-_KEY_HEADERS = (b"authorization", b"x-catapult-user-id", b"accept", b"content-type")
+# Besides the credentials, what the endpoint reads to shape an answer. Every value of a
+# repeated header is part of the key, so no reading of the repeats can tell two keys apart.
+_KEY_HEADERS = ("accept", "content-type")
 
 
 @dataclass(slots=True)
@@ -96,7 +104,13 @@ class ResponseCache:
         ):
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
+        try:
+            credentials = request_credentials(scope)
+        except Unauthenticated:
+            # Nothing to cache or serve: the endpoint answers UNAUTHENTICATED.
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
         body = b""
         if scope["method"] == "POST":
             body, complete = await _read(receive, self.max_body_bytes)
@@ -104,9 +118,8 @@ class ResponseCache:
                 # Too large to be a cacheable request: the endpoint answers 413.
                 await self.app(scope, _replay(body, receive, more=True), send)
                 return
-        key = self._key_for(scope, headers, body)
-        no_cache = b"no-cache" in headers.get(b"cache-control", b"").lower()
-        if not no_cache:
+        key = self._key_for(scope, credentials, headers, body)
+        if not wants_fresh(headers):
             entry = self._entries.get(key)
             if entry is not None and entry.expires > time.time():
                 self._entries.move_to_end(key)
@@ -114,17 +127,25 @@ class ResponseCache:
                 return
         await self._fill(key, scope, body, receive, send)
 
-    def _key_for(self, scope: Scope, headers: dict[bytes, bytes], body: bytes) -> bytes:
+    def _key_for(
+        self, scope: Scope, credentials: Credentials, headers: Headers, body: bytes
+    ) -> bytes:
         digest = hashlib.blake2b(key=self._key, digest_size=32)
+        digest.update(credentials.authorization.encode() + b"\0" + credentials.user_id.encode())
         for name in _KEY_HEADERS:
-            digest.update(headers.get(name, b"") + b"\0")
-        digest.update(scope["method"].encode() + b"\0" + scope["query_string"] + b"\0" + body)
+            # Length-prefixed, so that no choice of values can run into the next part.
+            values = headers.getlist(name)
+            digest.update(b"\0%d" % len(values))
+            for value in values:
+                encoded = value.encode("latin-1")
+                digest.update(b"\0%d:" % len(encoded) + encoded)
+        digest.update(
+            b"\0" + scope["method"].encode() + b"\0" + scope["query_string"] + b"\0" + body
+        )
         return digest.digest()
 
-    async def _answer(
-        self, entry: _Entry, scope: Scope, headers: dict[bytes, bytes], send: Send
-    ) -> None:
-        request_id = request_id_from(headers.get(b"x-request-id", b"").decode("latin-1"))
+    async def _answer(self, entry: _Entry, scope: Scope, headers: Headers, send: Send) -> None:
+        request_id = request_id_from(headers.get("x-request-id", ""))
         with self._telemetry.cached_answer(Request(scope), request_id, entry.operation):
             response_headers = list(entry.headers)
             if entry.aged is not None:
@@ -168,6 +189,19 @@ class ResponseCache:
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
+
+
+def wants_fresh(headers: Headers) -> bool:
+    """`Cache-Control: no-cache`: skip the cache reads and refresh the entries.
+
+    The one reading of the request's Cache-Control, for this cache and the upstream one:
+    every directive of every Cache-Control header counts.
+    """
+    return any(
+        part.split("=")[0].strip().lower() == "no-cache"
+        for value in headers.getlist("cache-control")
+        for part in value.split(",")
+    )
 
 
 def _aged(header: tuple[bytes, bytes], remaining: int) -> tuple[bytes, bytes]:

@@ -7,6 +7,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import httpx
@@ -17,7 +18,7 @@ from starlette.requests import Request
 from gateway.app import create_app, credential_headers
 from gateway.config import load_settings
 from gateway.context import Context
-from gateway.credentials import Credentials
+from gateway.credentials import Credentials, request_credentials
 from gateway.endpoint import GRAPHQL_RESPONSE_JSON, GraphQLEndpoint
 from gateway.errors import UpstreamTimeout
 from gateway.graphiql import ASSETS
@@ -390,7 +391,11 @@ async def _never_fetch(credentials: Credentials, request: UpstreamRequest) -> Up
 def _context(request: Request, request_id: str) -> Context:
     return Context(
         request_id=request_id,
-        calls=OperationLoader(_never_fetch, request.headers, upstream_base="http://upstream.test"),
+        calls=OperationLoader(
+            _never_fetch,
+            partial(request_credentials, request.scope),
+            upstream_base="http://upstream.test",
+        ),
         cursors=CursorCodec(b"a test cursor key"),
     )
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from schemathesis.core.result import Ok
 
 from gateway.calls import ListQuery, parse_call, parse_call_list, validate_id, validate_number
-from gateway.credentials import credentials_from_headers
+from gateway.credentials import credentials_from_raw_headers
 from gateway.errors import ERROR_CODES, GatewayError
 from gateway.upstream import parse_link_header, retry_after_seconds
 from tests.conftest import Gateway
@@ -103,14 +103,14 @@ def test_call_records_parse_to_a_record_or_a_bad_record(record: dict[str, Any]) 
 def test_credentials_validate_or_refuse_with_a_code(
     authorization: str | None, user_id: str | None
 ) -> None:
-    headers = {
-        key: value
-        for key, value in (("authorization", authorization), ("x-catapult-user-id", user_id))
+    headers = [
+        (key, value.encode())
+        for key, value in ((b"authorization", authorization), (b"x-catapult-user-id", user_id))
         if value is not None
-    }
-    error = refusal(credentials_from_headers, headers)
+    ]
+    error = refusal(credentials_from_raw_headers, headers)
     if error is None:
-        credentials = credentials_from_headers(headers)
+        credentials = credentials_from_raw_headers(headers)
         assert credentials.authorization not in repr(credentials)
     else:
         assert error.code == "UNAUTHENTICATED"

@@ -1,0 +1,227 @@
+"""Hostile credential headers: refused with UNAUTHENTICATED, upstream and cache untouched.
+
+Every layer reads the credential headers through `credentials.request_credentials`, so
+a request that repeats one (in any spelling) cannot be authenticated upstream as one
+caller and cached as another; and no byte in them can raise past the check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+
+import httpx
+import orjson
+import pytest
+
+from gateway.app import credential_headers
+from gateway.credentials import MAX_AUTHORIZATION_BYTES, credentials_from_raw_headers
+from gateway.errors import Unauthenticated
+from gateway.upstream import calls_path
+from tests.conftest import DEMO, SECOND, GatewayFactory
+from tests.fakes import FakeUpstream
+from tests.inprocess import CALLS_QUERY, assert_healthy, error_codes, in_process, post_graphql
+
+# Account A (the victim) and account B (the attacker), as raw header pairs.
+A = [(k.lower().encode(), v.encode()) for k, v in credential_headers(DEMO).items()]
+B = [(k.lower().encode(), v.encode()) for k, v in credential_headers(SECOND).items()]
+A_AUTH, A_USER = A
+B_AUTH, B_USER = B
+
+
+def basic(raw: bytes) -> bytes:
+    return b"Basic " + base64.b64encode(raw)
+
+
+@pytest.fixture
+def upstream(fake_upstream: FakeUpstream) -> FakeUpstream:
+    """A's and B's call lists, told apart by their ids."""
+    fake_upstream.answer(calls_path(DEMO.user_id), [record("c-of-a")])
+    fake_upstream.answer(calls_path(SECOND.user_id), [record("c-of-b")])
+    return fake_upstream
+
+
+def record(call_id: str) -> dict[str, str]:
+    return {"id": call_id, "direction": "out", "from": "+19195550100", "to": "+19195550101",
+            "state": "completed"}  # fmt: skip
+
+
+def ids(response: httpx.Response) -> list[str]:
+    return [call["id"] for call in response.json()["data"]["calls"]]
+
+
+REPEATS = [
+    # The issue's input: B's pair first, A's pair second.
+    pytest.param([B_AUTH, B_USER, A_AUTH, A_USER], id="b-pair-then-a-pair"),
+    pytest.param([B_AUTH, A_AUTH, B_USER, A_USER], id="interleaved"),
+    pytest.param([B_AUTH, A_AUTH, A_USER], id="authorization-twice"),
+    pytest.param([A_AUTH, B_USER, A_USER], id="user-id-twice"),
+    pytest.param([A_AUTH, A_AUTH, A_USER], id="same-authorization-twice"),
+    pytest.param(
+        [(b"authorization", B_AUTH[1]), (b"AUTHORIZATION", A_AUTH[1]), A_USER],
+        id="authorization-in-two-cases",
+    ),
+    pytest.param(
+        [A_AUTH, (b"X-Catapult-User-Id", B_USER[1]), (b"x-catapult-user-id", A_USER[1])],
+        id="user-id-in-two-cases",
+    ),
+    pytest.param([(b"authorization", b""), A_AUTH, A_USER], id="an-empty-one-first"),
+]
+
+
+@pytest.mark.parametrize("headers", REPEATS)
+def test_repeated_credential_headers_are_refused_and_never_cached(
+    upstream: FakeUpstream, headers: list[tuple[bytes, bytes]]
+) -> None:
+    async def run() -> None:
+        async with in_process(upstream.url, cache_ttl=30) as client:
+            refused = await post_graphql(client, headers)
+            assert error_codes(refused) == ["UNAUTHENTICATED"]
+            assert refused.json()["data"] is None
+            assert upstream.requests == []
+            readiness = (await client.get("/readyz")).json()["cache"]
+            assert (readiness["hits"], readiness["misses"]) == (0, 0)
+            await assert_healthy(client)
+
+            # A's next ordinary request (the same bytes) gets A's calls, from the upstream:
+            # nothing was kept under A's key.
+            mine = await post_graphql(client, A)
+            assert ids(mine) == ["c-of-a"]
+            assert [r.headers["authorization"] for r in upstream.requests] == [A_AUTH[1].decode()]
+            assert upstream.requests[0].path == calls_path(DEMO.user_id)
+
+    asyncio.run(run())
+
+
+def test_the_issue_sequence_cannot_poison_a_cached_answer(upstream: FakeUpstream) -> None:
+    """A's answer cached first, then B's-then-A's pair: still refused, A still gets A's."""
+
+    async def run() -> None:
+        async with in_process(upstream.url, cache_ttl=30) as client:
+            assert ids(await post_graphql(client, A)) == ["c-of-a"]
+            refused = await post_graphql(client, [*B, *A])
+            assert error_codes(refused) == ["UNAUTHENTICATED"]
+            assert ids(await post_graphql(client, A)) == ["c-of-a"]
+            assert ids(await post_graphql(client, B)) == ["c-of-b"]
+            assert [r.path for r in upstream.requests] == [
+                calls_path(DEMO.user_id),
+                calls_path(SECOND.user_id),
+            ]
+            await assert_healthy(client)
+
+    asyncio.run(run())
+
+
+VALUES = [
+    pytest.param([(b"authorization", b"Basic \xc3\xa9"), A_USER], id="authorization-utf8"),
+    pytest.param([(b"authorization", b"Basic \xe9"), A_USER], id="authorization-latin1"),
+    pytest.param([(b"authorization", basic(b"t:\xff\xfe")), A_USER], id="decoded-not-utf8"),
+    pytest.param([(b"authorization", A_AUTH[1] + b"\x00"), A_USER], id="authorization-nul"),
+    pytest.param(
+        [(b"authorization", A_AUTH[1] + b"\r\nX-Evil: 1"), A_USER], id="authorization-crlf"
+    ),
+    pytest.param([(b"authorization", b"Basic\t" + A_AUTH[1][6:]), A_USER], id="tab-after-scheme"),
+    pytest.param([(b"authorization", A_AUTH[1] + b"\t"), A_USER], id="trailing-tab"),
+    pytest.param([(b"authorization", basic(b"t:s\x00")), A_USER], id="decoded-nul"),
+    pytest.param([(b"authorization", b"Basic " + b"A" * 100_000), A_USER], id="very-long"),
+    pytest.param(
+        [(b"authorization", basic(b"t:" + b"s" * MAX_AUTHORIZATION_BYTES)), A_USER],
+        id="just-over-the-bound",
+    ),
+    pytest.param([(b"authorization", b"Basic "), A_USER], id="empty-base64"),
+    pytest.param([(b"authorization", b"Basic ===="), A_USER], id="only-padding"),
+    pytest.param([(b"authorization", b"Basic"), A_USER], id="scheme-only"),
+    pytest.param([(b"authorization", b"Basic" + A_AUTH[1][6:]), A_USER], id="no-space"),
+    pytest.param([(b"authorization", b"Bearer " + A_AUTH[1][6:]), A_USER], id="bearer"),
+    pytest.param([(b"authorization", basic(b"token-only")), A_USER], id="no-colon"),
+    pytest.param([(b"authorization", basic(b":secret")), A_USER], id="empty-token"),
+    pytest.param([(b"authorization", basic(b"token:")), A_USER], id="empty-secret"),
+    pytest.param([(b"authorization", b"Basic not*base64"), A_USER], id="not-base64"),
+    pytest.param([A_USER], id="no-authorization"),
+    pytest.param([A_AUTH], id="no-user-id"),
+    pytest.param([A_AUTH, (b"x-catapult-user-id", b"u-\xc3\xa9")], id="user-id-utf8"),
+    pytest.param([A_AUTH, (b"x-catapult-user-id", b"u-demo\x00")], id="user-id-nul"),
+    pytest.param([A_AUTH, (b"x-catapult-user-id", b"u-demo\r\n")], id="user-id-crlf"),
+    pytest.param([A_AUTH, (b"x-catapult-user-id", b"u-../x")], id="user-id-path"),
+    pytest.param([A_AUTH, (b"x-catapult-user-id", b"u-" + b"a" * 129)], id="user-id-too-long"),
+    pytest.param([A_AUTH, (b"x-catapult-user-id", b"")], id="user-id-empty"),
+]
+
+
+@pytest.mark.parametrize("headers", VALUES)
+def test_malformed_credential_values_are_unauthenticated(
+    upstream: FakeUpstream, headers: list[tuple[bytes, bytes]]
+) -> None:
+    async def run() -> None:
+        async with in_process(upstream.url, cache_ttl=30) as client:
+            response = await post_graphql(client, headers)
+            assert response.status_code == 200
+            assert error_codes(response) == ["UNAUTHENTICATED"]
+            assert upstream.requests == []
+            await assert_healthy(client)
+
+    asyncio.run(run())
+
+
+ACCEPTED = [
+    pytest.param(A, id="as-sent"),
+    pytest.param([(b"authorization", b"basic " + A_AUTH[1][6:]), A_USER], id="lower-case-scheme"),
+    pytest.param([(b"authorization", b"BASIC " + A_AUTH[1][6:]), A_USER], id="upper-case-scheme"),
+    pytest.param([(b"Authorization", A_AUTH[1]), (b"X-CATAPULT-USER-ID", A_USER[1])],
+                 id="names-in-any-case"),
+    # RFC 7617: token and secret are UTF-8 once decoded (the header itself stays ASCII).
+    pytest.param([(b"authorization", basic("t\u00e9:s".encode())), A_USER], id="utf8-decoded"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("headers", ACCEPTED)
+def test_legal_spellings_are_read(headers: list[tuple[bytes, bytes]]) -> None:
+    credentials = credentials_from_raw_headers(headers)
+    assert credentials.user_id == DEMO.user_id
+    # Forwarded exactly as sent.
+    assert (
+        credentials.authorization.encode() == {k.lower(): v for k, v in headers}[b"authorization"]
+    )
+
+
+def test_a_refusal_never_repeats_the_value() -> None:
+    secret = basic(b"t-demo:s-\x00-secret")
+    with pytest.raises(Unauthenticated) as raised:
+        credentials_from_raw_headers([(b"authorization", secret), A_USER])
+    assert secret.decode() not in raised.value.message
+
+
+def test_repeated_headers_over_a_real_socket_are_refused(
+    gateway_factory: GatewayFactory, upstream: FakeUpstream
+) -> None:
+    """uvicorn in front, the request written byte by byte: B's pair, then A's pair."""
+    gateway = gateway_factory(upstream_url=upstream.url, cache_ttl=30, headers={})
+    host, port = gateway.url.removeprefix("http://").split(":")
+    body = orjson.dumps({"query": CALLS_QUERY})
+    lines = [
+        b"POST /graphql HTTP/1.1",
+        b"Host: gateway.test",
+        b"Content-Type: application/json",
+        b"Content-Length: %d" % len(body),
+        b"Authorization: " + B_AUTH[1],
+        b"X-Catapult-User-Id: " + B_USER[1],
+        b"authorization: " + A_AUTH[1],
+        b"x-catapult-user-id: " + A_USER[1],
+        b"Connection: close",
+    ]
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    errors = orjson.loads(payload)["errors"]
+    assert [error["extensions"]["code"] for error in errors] == ["UNAUTHENTICATED"]
+    assert upstream.requests == []
+
+    mine = gateway.query(CALLS_QUERY, headers=credential_headers(DEMO))
+    assert ids(mine) == ["c-of-a"]
+    assert [r.path for r in upstream.requests] == [calls_path(DEMO.user_id)]
+    assert gateway.http.get("/healthz").status_code == 200
