@@ -124,7 +124,10 @@ class Odd:
     value: Any
 
     def describe(self) -> str:
-        text = repr(self.value)
+        value = self.value
+        if isinstance(value, str) and len(value) > 80:
+            value = value[:80]  # repr of a megabyte string only to cut it at 80
+        text = repr(value)
         return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -247,7 +250,9 @@ def parse_timestamp(value: Any) -> datetime | Odd | None:
         try:
             parsed = datetime.fromisoformat(text)
         except ValueError:
-            if text.isascii() and text.isdigit():
+            # Epoch milliseconds as text; past 18 digits it is no date (and int() of a
+            # long digit string is slow, then refused past 4300 digits).
+            if text.isascii() and text.isdigit() and len(text) <= 18:
                 return parse_timestamp(int(text))
             return Odd(value)
         return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
@@ -278,8 +283,10 @@ def parse_integer(value: Any) -> int | Odd | None:
 
 def _is_ascii_integer(text: str) -> bool:
     # str.isdigit() also accepts "²" and other digits int() refuses.
+    # At most 11 digits: anything longer is outside 32 bits anyway, and int() of a long
+    # digit string is slow, then refused past 4300 digits.
     digits = text.strip().removeprefix("-")
-    return digits.isascii() and digits.isdigit()
+    return digits.isascii() and digits.isdigit() and len(digits) <= 11
 
 
 def parse_boolean(value: Any) -> bool | Odd | None:

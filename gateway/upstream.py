@@ -3,6 +3,17 @@
 This is the only module that talks HTTP to the upstream and the one boundary where
 httpx exceptions and upstream statuses become `GatewayError`s. It knows REST and
 nothing of GraphQL.
+
+Every number read from an upstream answer is parsed here (or, for a call record's
+fields, in `calls.py`) by a parse that cannot raise, and held to a range:
+
+    status                  100..599, else UPSTREAM_BAD_RESPONSE
+    X-RateLimit-Reset       epoch ms (or s), Retry-After delta seconds or HTTP date
+                            (RFC 9110 10.2.3): retryAfter clamped to 1..3600 s; a value
+                            that cannot be read counts as 1 s
+    Link page / size        up to 9 digits, then the list query's own bounds (pagination.py)
+    call record numbers     callbackTimeout, chargeableDuration: 32-bit (GraphQL Int);
+                            timestamps: years 1..9999; outside: null plus a warning (calls.py)
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC
 from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -45,6 +57,12 @@ from gateway.errors import (
 from gateway.transport import AiohttpTransport
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
+# What `extensions.retryAfter` may say: a client is never told to wait for nothing, nor
+# for longer than an hour, whatever the upstream's headers claim.
+MIN_RETRY_AFTER = 1
+MAX_RETRY_AFTER = 3600
+# Longer header values are not read (a date is under 40 characters, a number under 20).
+_MAX_NUMBER_HEADER = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +286,8 @@ def error_for_status(status: int, headers: Mapping[str, str], content: bytes) ->
     Details hold the caller's remote address and request path, which must not leak into
     errors or logs, so only `message`, `category` and `code` are read.
     """
+    if not 100 <= status <= 599:
+        return UpstreamBadResponse("The upstream answered with a status HTTP does not have.")
     message, upstream_code = _error_body(content)
     extra: dict[str, Any] = {"upstreamStatus": status}
     if upstream_code:
@@ -308,33 +328,57 @@ def _error_body(content: bytes) -> tuple[str | None, str | None]:
 
 
 def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None) -> int:
-    """Seconds to wait, from `X-RateLimit-Reset` (epoch ms, as Catapult sends) or `Retry-After`."""
+    """Seconds to wait, from `X-RateLimit-Reset` (epoch ms, as Catapult sends) or `Retry-After`.
+
+    Always within MIN_RETRY_AFTER..MAX_RETRY_AFTER: a far-future reset (a 40-digit
+    number) is an hour, one in the past a second, and a value that cannot be read a second.
+    """
     now = time.time() if now is None else now
-    reset = headers.get("x-ratelimit-reset", "").strip()
-    if reset.isascii() and reset.isdigit():
-        value = int(reset)
+    reset = _number_header(headers, "x-ratelimit-reset")
+    if reset is not None:
         # The docs call it a UNIX timestamp, but every sample is in milliseconds;
         # a value small enough to be seconds is read as seconds.
-        reset_at = value / 1000 if value > 10**11 else value
-        return max(1, math.ceil(reset_at - now))
-    retry_after = headers.get("retry-after", "").strip()
-    if retry_after.isascii() and retry_after.isdigit():
-        return max(1, int(retry_after))
-    if retry_after:
-        parsed = (
-            email.utils.parsedate_to_datetime(retry_after) if _is_http_date(retry_after) else None
-        )
-        if parsed is not None:
-            return max(1, math.ceil(parsed.timestamp() - now))
-    return 1
+        reset_at = reset / 1000 if reset > 10**11 else reset
+        return _clamp_wait(reset_at - now)
+    retry_after = _number_header(headers, "retry-after")
+    if retry_after is not None:
+        return _clamp_wait(retry_after)
+    text = headers.get("retry-after", "").strip()
+    if text and len(text) <= _MAX_NUMBER_HEADER:
+        at = _http_date(text)
+        if at is not None:
+            return _clamp_wait(at - now)
+    return MIN_RETRY_AFTER
 
 
-def _is_http_date(value: str) -> bool:
+def _number_header(headers: Mapping[str, str], name: str) -> float | None:
+    """A header of ASCII digits as a number; past 18 digits it is only "very large"."""
+    text = headers.get(name, "").strip()
+    if not (text.isascii() and text.isdigit()):
+        return None
+    # int() of a long digit string costs quadratic time (and refuses 4300+ digits);
+    # nothing longer than 18 digits is a time anyone will wait for.
+    return float(text) if len(text) <= 18 else math.inf
+
+
+def _clamp_wait(seconds: float) -> int:
+    if seconds != seconds:  # NaN
+        return MIN_RETRY_AFTER
+    if seconds >= MAX_RETRY_AFTER:
+        return MAX_RETRY_AFTER
+    return max(MIN_RETRY_AFTER, math.ceil(seconds))
+
+
+def _http_date(text: str) -> float | None:
+    """An HTTP date (IMF-fixdate or an obsolete form) as epoch seconds, or None."""
     try:
-        email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return False
-    return True
+        parsed = email.utils.parsedate_to_datetime(text)
+        if parsed.tzinfo is None:
+            # `-0000` (or the obsolete forms): HTTP dates are always UTC.
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+    except (TypeError, ValueError, OverflowError, OSError, IndexError):
+        return None
 
 
 def parse_link_header(value: str) -> dict[str, str]:
