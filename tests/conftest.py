@@ -76,6 +76,64 @@ def every_log_line() -> Iterator[KeepEveryLine]:
         )
 
 
+# -- No 5xx in the logs: a server error the test did not ask for fails it --
+
+SERVER_ERRORS_MARK = "server_errors"
+# What uvicorn logs before it answers a bare `500 Internal Server Error` of its own.
+_UVICORN_FAILURES = ("Exception in ASGI application", "ASGI callable returned without")
+
+
+def is_server_error(record: logging.LogRecord) -> bool:
+    """A log record saying a request failed on the gateway's side (5xx or masked error)."""
+    status = getattr(record, "status", None)
+    if record.name.startswith("gateway") and isinstance(status, int) and status >= 500:
+        return True
+    if "INTERNAL_SERVER_ERROR" in (getattr(record, "error_codes", None) or ()):
+        return True
+    if record.name.startswith("gateway") and record.levelno >= logging.ERROR:
+        return True  # the endpoint's "unexpected error" before it masks one
+    return record.name.startswith("uvicorn") and record.getMessage().startswith(_UVICORN_FAILURES)
+
+
+class ServerErrorRecords(logging.Handler):
+    """Keeps the server-error records logged while one test runs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.found: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if is_server_error(record):
+            self.found.append(record)
+
+
+@pytest.fixture(autouse=True)
+def no_server_errors_in_the_logs(
+    request: pytest.FixtureRequest, every_log_line: KeepEveryLine
+) -> Iterator[ServerErrorRecords]:
+    """Fails a test whose run logged a 5xx, an INTERNAL_SERVER_ERROR or a gateway error.
+
+    A test that provokes one on purpose says so with `@pytest.mark.server_errors`.
+    (Gateways in a child process log elsewhere; this sees every in-process one.)
+    """
+    root = logging.getLogger()
+    records = ServerErrorRecords()
+    root.addHandler(records)
+    try:
+        yield records
+    finally:
+        root.removeHandler(records)
+    if records.found and request.node.get_closest_marker(SERVER_ERRORS_MARK) is None:
+        first = records.found[0]
+        fields = {k: getattr(first, k, None) for k in ("status", "error_codes", "request_id")}
+        pytest.fail(
+            f"{len(records.found)} server error(s) in the logs of a test that expects none "
+            f"(mark it `{SERVER_ERRORS_MARK}` if it provokes them): "
+            f"{first.name}: {first.getMessage()[:200]} {fields}",
+            pytrace=False,
+        )
+
+
 @dataclass
 class Sandbox:
     """A sandbox upstream on a loopback port, with its test controls."""

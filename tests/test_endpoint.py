@@ -407,6 +407,7 @@ def failing_endpoint() -> Iterator[str]:
         yield url
 
 
+@pytest.mark.server_errors
 def test_an_unexpected_exception_is_masked_with_the_request_id(
     failing_endpoint: str, caplog: pytest.LogCaptureFixture
 ) -> None:
