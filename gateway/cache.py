@@ -9,7 +9,11 @@ comes from `GATEWAY_CACHE_URL`:
 
 A store that fails or is slow never fails a request: the cache reports a miss, the
 caller goes to the upstream, and the outage is logged once when it starts and once when
-it ends. Keys are HMACs, so neither keys nor values hold a credential.
+it ends, however many requests are in flight: while it is down one request at a time
+(at most once a second) probes it, failures of operations begun before the store went
+down or came back say nothing new, and a full connection pool (more concurrent
+operations than connections) is a miss, not an outage. Keys are HMACs, so neither keys
+nor values hold a credential.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from urllib.parse import urlsplit
 import orjson
 from aiocache import RedisCache, SimpleMemoryCache
 from aiocache.serializers import NullSerializer
+from redis.exceptions import MaxConnectionsError
 
 log = logging.getLogger("gateway.cache")
 
@@ -246,6 +251,12 @@ class _Outage:
 
     down_since: float | None = None
     probe_at: float = 0.0
+    # One operation at a time tries a store that is down: a crowd of them, released at
+    # once, would exhaust the pool and read as a new outage the moment it came back.
+    probing: bool = False
+    # Bumped when the store goes down and when it comes back; an operation's outcome
+    # changes the state only if nothing changed it while the operation ran.
+    epoch: int = 0
     errors: int = 0
     outages: int = 0
 
@@ -298,20 +309,32 @@ class RedisStore:
 
     async def _guarded(self, operation: Awaitable[Any]) -> Any:
         outage = self._outage
-        if outage.down_since is not None and time.monotonic() < outage.probe_at:
-            # Still down: do not spend the timeout on every request.
-            if asyncio.iscoroutine(operation):
-                operation.close()
-            outage.errors += 1
-            return None
+        probe = False
+        if outage.down_since is not None:
+            if outage.probing or time.monotonic() < outage.probe_at:
+                # Still down: do not spend the timeout on every request.
+                if asyncio.iscoroutine(operation):
+                    operation.close()
+                outage.errors += 1
+                return None
+            outage.probing = probe = True
+        epoch = outage.epoch
         try:
             result = await operation
+        except MaxConnectionsError:
+            # More operations at once than the pool has connections: this one skips the
+            # cache, and the store is no less reachable for it.
+            outage.errors += 1
+            return None
         # Deliberately broad: whatever the store does wrong (refused, reset, timed out,
         # out of memory, a bad reply), the request carries on without the cache.
         except Exception as exc:
-            self._failed(exc)
+            self._failed(exc, epoch)
             return None
-        if outage.down_since is not None:
+        finally:
+            if probe:
+                outage.probing = False
+        if probe and outage.down_since is not None and outage.epoch == epoch:
             log.info(
                 "cache store reachable again",
                 extra={
@@ -320,16 +343,21 @@ class RedisStore:
                 },
             )
             outage.down_since = None
+            outage.epoch += 1
         return result
 
-    def _failed(self, exc: Exception) -> None:
+    def _failed(self, exc: Exception, epoch: int) -> None:
         outage = self._outage
         outage.errors += 1
+        if epoch != outage.epoch:
+            # Begun before the store went down (or came back): already accounted for.
+            return
         now = time.monotonic()
         outage.probe_at = now + OUTAGE_PROBE_INTERVAL
         if outage.down_since is None:
             outage.down_since = now
             outage.outages += 1
+            outage.epoch += 1
             # Once per outage, not per request; the exception's type says enough.
             log.warning(
                 "cache store unavailable; serving from the upstream until it returns",

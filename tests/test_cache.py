@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.app import create_app, credential_headers
-from gateway.cache import CacheKeys, MemoryStore, ResponseCache
+from gateway.cache import CacheKeys, MemoryStore, RedisStore, ResponseCache
 from gateway.config import load_settings
 from gateway.credentials import Credentials
 from gateway.economy import AnswerCodec, create_upstream
@@ -471,6 +471,50 @@ def test_redis_stopped_mid_run_requests_still_succeed_and_service_resumes(
     ids(gateway.query(fresh(LIST)))
     assert len(sandbox.requests()) <= served + 1
     assert ready(gateway)["cache"]["status"] == "ok"
+
+
+# Well over the Redis client's 100 pooled connections.
+CROWD = 400
+
+
+def test_one_warning_and_one_recovery_line_per_outage_under_concurrency(
+    own_redis: RedisServer, caplog: Any
+) -> None:
+    """Crowds of operations while Redis is up, down and back: one outage, logged once.
+
+    Before, the crowd released when Redis came back exhausted the connection pool, and
+    each MaxConnectionsError read as a new outage: several warnings within milliseconds.
+    """
+
+    async def crowd(store: RedisStore) -> None:
+        await asyncio.gather(*(store.get("k") for _ in range(CROWD)))
+
+    async def run() -> None:
+        store = RedisStore(own_redis.url, timeout=1.0)
+        try:
+            await crowd(store)  # up: a full pool is no outage
+            assert store.state()["outages"] == 0
+            await asyncio.to_thread(own_redis.stop)
+            for _ in range(3):
+                await crowd(store)
+            assert store.state()["status"] == "unavailable"
+            await asyncio.to_thread(own_redis.start)
+            deadline = time.monotonic() + 20
+            while not store.healthy:
+                assert time.monotonic() < deadline, "the cache did not come back"
+                await crowd(store)
+                await asyncio.sleep(0.01)
+            for _ in range(10):
+                await crowd(store)
+            assert (store.state()["status"], store.state()["outages"]) == ("ok", 1)
+        finally:
+            await store.close()
+
+    with caplog.at_level(logging.INFO, logger="gateway.cache"):
+        asyncio.run(run())
+    messages = [r.getMessage() for r in caplog.records if r.name == "gateway.cache"]
+    assert sum("unavailable" in m for m in messages) == 1, messages
+    assert sum("reachable again" in m for m in messages) == 1, messages
 
 
 def test_a_redis_that_never_answers_does_not_fail_requests(
