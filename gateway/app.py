@@ -36,6 +36,7 @@ from gateway.persisted_queries import PersistedQueries
 from gateway.responses import ResponseCache, ResponseNote, wants_fresh
 from gateway.sandbox import ACCOUNTS, Account, create_sandbox_app
 from gateway.schema import build_schema, graphql_core_schema
+from gateway.shutdown import ShutdownMiddleware
 from gateway.telemetry import InstrumentedTransport, Telemetry
 from gateway.upstream import (
     CatapultClient,
@@ -180,8 +181,11 @@ def create_app(settings: Settings) -> Starlette:
     response_cache = Middleware(
         ResponseCache, path="/graphql", ttl=settings.cache_ttl, telemetry=telemetry
     )
+    # Outermost: whatever a shutdown cancels inside is answered with a code.
     return Starlette(
-        routes=routes, middleware=[*_cors(settings), response_cache], lifespan=lifespan
+        routes=routes,
+        middleware=[Middleware(ShutdownMiddleware), *_cors(settings), response_cache],
+        lifespan=lifespan,
     )
 
 
