@@ -14,6 +14,8 @@ import socket
 import httpx
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.app import credential_headers
 from gateway.credentials import MAX_AUTHORIZATION_BYTES, credentials_from_raw_headers
@@ -225,3 +227,26 @@ def test_repeated_headers_over_a_real_socket_are_refused(
     assert ids(mine) == ["c-of-a"]
     assert [r.path for r in upstream.requests] == [calls_path(DEMO.user_id)]
     assert gateway.http.get("/healthz").status_code == 200
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    headers=st.lists(
+        st.tuples(
+            st.sampled_from([b"authorization", b"Authorization", b"x-catapult-user-id", b"x"]),
+            st.binary(max_size=80) | st.just(A_AUTH[1]) | st.just(A_USER[1]),
+        ),
+        max_size=4,
+    )
+)
+def test_any_header_bytes_are_read_or_refused_with_a_code(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    try:
+        credentials = credentials_from_raw_headers(headers)
+    except Unauthenticated:
+        return
+    names = [name.lower() for name, _ in headers]
+    assert names.count(b"authorization") == names.count(b"x-catapult-user-id") == 1
+    assert credentials.authorization.isascii()
+    assert credentials.authorization.isprintable()

@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.app import credential_headers
 from gateway.upstream import MAX_RETRY_AFTER, MIN_RETRY_AFTER, calls_path, retry_after_seconds
@@ -151,3 +153,13 @@ def test_an_unexpected_status_is_an_upstream_error(
             await assert_healthy(client)
 
     asyncio.run(run())
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    reset=st.text(max_size=60) | st.integers(min_value=0).map(str),
+    retry=st.text(max_size=60) | st.integers().map(str),
+)
+def test_retry_after_is_always_within_its_range(reset: str, retry: str) -> None:
+    for headers in ({"x-ratelimit-reset": reset}, {"retry-after": retry}, {}):
+        assert MIN_RETRY_AFTER <= retry_after_seconds(headers) <= MAX_RETRY_AFTER
