@@ -135,6 +135,9 @@ class GraphQLEndpoint:
             note = request.scope.get(ResponseNote.SCOPE_KEY)
             if isinstance(note, ResponseNote):
                 note.operation = operation
+                # The verdict the whole-answer cache acts on: a full answer without
+                # errors (warnings do not count; errors are never cached).
+                note.cacheable = response.status_code == 200 and not codes
         return response
 
     async def _handle(
