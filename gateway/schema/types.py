@@ -11,7 +11,7 @@ import strawberry
 from strawberry.types import Info
 
 from gateway.calls import BadRecord, CallRecord, Odd
-from gateway.context import Context, UpstreamWarning
+from gateway.context import Context, UpstreamWarning, WarningKind
 
 
 def serialize_datetime(value: datetime) -> str:
@@ -198,20 +198,21 @@ READERS: dict[str, Callable[[CallRecord], Read]] = {
 }
 
 
+_ENUM_FIELDS = frozenset({"direction", "state", "callbackHttpMethod", "recordingFileFormat"})
+
+
 def odd_field_warning(
     record: CallRecord, field: str, odd: Odd, served: Any, path: tuple[str | int, ...]
 ) -> UpstreamWarning:
     """The warning for a field whose upstream value was off, and what was served instead."""
-    if isinstance(served, Enum):
-        shown, kind = served.name, "unknown_value"
-    else:
-        shown, kind = ("an empty list" if served == [] else "null"), "malformed_field"
+    shown = served.name if isinstance(served, Enum) else "an empty list" if served == [] else "null"
+    kind: WarningKind = "unknown_value" if field in _ENUM_FIELDS else "malformed_field"
     return UpstreamWarning(
         f"The upstream sent call {record.id} with an unexpected `{field}` "
         f"({odd.describe()}); it is served as {shown}.",
         path,
         record.id,
-        kind,  # type: ignore[arg-type]
+        kind,
     )
 
 
