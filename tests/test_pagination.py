@@ -171,6 +171,15 @@ CURRENT = ListQuery.create(from_="+19195551212", page=0, size=3)
         pytest.param(
             f"{BASE}/v1/users/u-1/calls/?page=2&size=3&sortOrder=Desc", 2, id="slash-case"
         ),
+        # RFC 3986 section 6.2.2 and 6.2.3: the same resource in other spellings.
+        pytest.param(
+            "HTTPS://API.Example.TEST:443/base/v1/users/u-1/calls?page=1", 1, id="case-and-port"
+        ),
+        pytest.param(f"{BASE}/%76%31/users/%75-1/calls?page=1", 1, id="percent-encoded"),
+        pytest.param(f"{BASE}/v1/users/./u-2/../u-1/calls/?page=1", 1, id="dot-segments"),
+        pytest.param(f"{BASE}/v1/users/u-1/calls?from=+19195551212&page=1", 1, id="plus-unencoded"),
+        pytest.param(f"{BASE}/v1/users/u-1/calls?from=%2b19195551212&page=1", 1, id="lower-hex"),
+        pytest.param(f"{BASE}/v1/users/u-1/calls?page=1#frag", 1, id="fragment-ignored"),
     ],
 )
 def test_a_next_link_becomes_the_query_for_its_page(link: str, page: int) -> None:
@@ -192,6 +201,13 @@ def test_a_next_link_becomes_the_query_for_its_page(link: str, page: int) -> Non
         pytest.param(f"{BASE}/v1/users/u-1/calls?page=1&size=5000", id="size-too-big"),
         pytest.param(f"{BASE}/v1/users/u-1/calls", id="no-page"),
         pytest.param(f"{BASE}/v1/users/u-1/calls?page=1&sortOrder=up", id="bad-order"),
+        pytest.param(f"{BASE}/v1/users/u-1/calls?page=1&sortOrder=asc", id="other-order"),
+        pytest.param(f"{BASE}/v1/users/u-1/calls/../../u-2/calls?page=1", id="dots-to-other-user"),
+        pytest.param(f"{BASE}/v1/users/u-1%2Fcalls?page=1", id="encoded-slash"),
+        pytest.param("https://user@api.example.test/base/v1/users/u-1/calls?page=1", id="userinfo"),
+        pytest.param("https://api.example.test:8443/base/v1/users/u-1/calls?page=1", id="port"),
+        pytest.param("/base/v1/users/u-1/calls?page=1", id="unresolved-relative"),
+        pytest.param("https://[::1/v1", id="not-a-url"),
     ],
 )
 def test_a_next_link_elsewhere_is_an_upstream_bad_response(link: str) -> None:
