@@ -7,9 +7,11 @@ parameters and a JSON body into `CallRecord`s; the schema turns records into Gra
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, overload
+
+import orjson
 
 from gateway.errors import BadUserInput, UpstreamBadResponse
 
@@ -124,10 +126,14 @@ class Odd:
     value: Any
 
     def describe(self) -> str:
+        """The value as the upstream wrote it (JSON), shortened for a message."""
         value = self.value
         if isinstance(value, str) and len(value) > 80:
-            value = value[:80]  # repr of a megabyte string only to cut it at 80
-        text = repr(value)
+            value = value[:80]  # encode a megabyte string only to cut it at 80
+        try:
+            text = orjson.dumps(value).decode()
+        except TypeError:
+            text = repr(value)
         return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -136,10 +142,10 @@ class CallRecord:
     """One call as the upstream described it, normalised. Optional fields may be `Odd`."""
 
     id: str
-    direction: str  # "in" | "out"
+    direction: str | Odd  # "in" | "out"; anything else reads as UNKNOWN
     from_: str
     to: str
-    state: str  # "started" | "rejected" | "active" | "completed" | "transferring"
+    state: str | Odd  # one of STATES; anything else reads as UNKNOWN
     start_time: datetime | Odd | None = None
     active_time: datetime | Odd | None = None
     end_time: datetime | Odd | None = None
@@ -153,20 +159,26 @@ class CallRecord:
     recording_enabled: bool | Odd | None = None
     recording_file_format: str | Odd | None = None  # "wav" | "mp3"
     transcription_enabled: bool | Odd | None = None
-    sip_headers: tuple[tuple[str, str], ...] = ()
+    sip_headers: tuple[tuple[str, str], ...] | Odd = ()
     events_url: str | Odd | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class BadRecord:
-    """A record that cannot be a `Call` at all (no id, an unknown state, ...)."""
+    """A record that cannot be a `Call` at all (not an object, no id, no `from` or `to`).
+
+    `before` is how many readable calls of its page came before it, so that a slice of
+    the page reports only the records that lay within it.
+    """
 
     call_id: str | None
     reason: str
+    before: int = 0
 
 
 DIRECTIONS = frozenset({"in", "out"})
-STATES = frozenset({"started", "rejected", "active", "completed", "transferring"})
+# The documented five, and `error`, which Bandwidth's C# SDK lists as a call state.
+STATES = frozenset({"started", "rejected", "active", "completed", "transferring", "error"})
 HTTP_METHODS = frozenset({"GET", "POST"})
 FILE_FORMATS = frozenset({"wav", "mp3"})
 
@@ -179,42 +191,37 @@ def parse_call_list(body: Any) -> tuple[list[CallRecord], list[BadRecord]]:
     bad: list[BadRecord] = []
     for raw in body:
         parsed = parse_call(raw)
-        (records if isinstance(parsed, CallRecord) else bad).append(parsed)  # type: ignore[arg-type]
+        if isinstance(parsed, CallRecord):
+            records.append(parsed)
+        else:
+            bad.append(replace(parsed, before=len(records)))
     return records, bad
 
 
 def parse_call(raw: Any) -> CallRecord | BadRecord:
-    """Parse one call object; optional fields that are off become `Odd`, never an error."""
+    """Parse one call object; any field that is off becomes `Odd`, never an error.
+
+    Only a record without the fields a `Call` cannot do without (its id, `from`, `to`)
+    is a `BadRecord`. An unknown `direction` or `state` is kept as `Odd`: the schema
+    shows it as UNKNOWN, so that a value the upstream adds one day never breaks a client.
+    """
     if not isinstance(raw, dict):
-        return BadRecord(None, f"a list entry is not an object ({Odd(raw).describe()})")
+        return BadRecord(None, f"a list entry that is not an object ({Odd(raw).describe()})")
     call_id = raw.get("id")
     if not isinstance(call_id, str) or not call_id:
-        return BadRecord(None, "a call has no id")
+        return BadRecord(None, "a call without an id")
     required: dict[str, str] = {}
-    for key in ("direction", "from", "to", "state"):
+    for key in ("from", "to"):
         value = raw.get(key)
         if not isinstance(value, str) or not value:
-            return BadRecord(call_id, f"call {call_id} has no `{key}`")
+            return BadRecord(call_id, f"call {call_id} without `{key}`")
         required[key] = value
-    direction = required["direction"].lower()
-    if direction not in DIRECTIONS:
-        return BadRecord(
-            call_id, f"call {call_id} has an unknown direction {required['direction']!r}"
-        )
-    state = required["state"].lower()
-    if state not in STATES:
-        return BadRecord(call_id, f"call {call_id} has an unknown state {required['state']!r}")
-    sip_headers = _sip_headers(raw.get("sipHeaders"))
-    if isinstance(sip_headers, Odd):
-        return BadRecord(
-            call_id, f"call {call_id} has malformed sipHeaders {sip_headers.describe()}"
-        )
     return CallRecord(
         id=call_id,
-        direction=direction,
+        direction=_choice(raw.get("direction"), DIRECTIONS, str.lower, required=True),
         from_=required["from"],
         to=required["to"],
-        state=state,
+        state=_choice(raw.get("state"), STATES, str.lower, required=True),
         start_time=parse_timestamp(raw.get("startTime")),
         active_time=parse_timestamp(raw.get("activeTime")),
         end_time=parse_timestamp(raw.get("endTime")),
@@ -228,7 +235,7 @@ def parse_call(raw: Any) -> CallRecord | BadRecord:
         recording_enabled=parse_boolean(raw.get("recordingEnabled")),
         recording_file_format=_choice(raw.get("recordingFileFormat"), FILE_FORMATS, str.lower),
         transcription_enabled=parse_boolean(raw.get("transcriptionEnabled")),
-        sip_headers=sip_headers,
+        sip_headers=_sip_headers(raw.get("sipHeaders")),
         events_url=_string(raw.get("events")),
     )
 
@@ -245,18 +252,38 @@ def parse_timestamp(value: Any) -> datetime | Odd | None:
         except (OverflowError, OSError, ValueError):
             return Odd(value)
     if isinstance(value, str):
-        text = value.strip()
-        # Python 3.11 reads `Z`, fractions and hour-only offsets (`-02`) itself.
+        # RFC 3339 allows `t` and `z` in either case; Python 3.11 reads only upper case
+        # (and reads fractions, `,` decimals and hour-only offsets such as `-02` itself).
+        text = value.strip().upper()
+        if not text.isascii():
+            return Odd(value)
         try:
-            parsed = datetime.fromisoformat(text)
+            parsed: datetime | None = datetime.fromisoformat(text)
         except ValueError:
             # Epoch milliseconds as text; past 18 digits it is no date (and int() of a
             # long digit string is slow, then refused past 4300 digits).
             if text.isascii() and text.isdigit() and len(text) <= 18:
                 return parse_timestamp(int(text))
+            parsed = _leap_second(text)
+        if parsed is None:
             return Odd(value)
         return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
     return Odd(value)
+
+
+_LEAP_SECOND = re.compile(r"(.*[T ]\d\d:\d\d:)60((?:[.,]\d+)?(?:Z|[+-]\d\d(?::?\d\d)?)?)")
+
+
+def _leap_second(text: str) -> datetime | None:
+    # RFC 3339 allows a leap second (`23:59:60Z`); Python's datetime has none, so it
+    # reads as the first instant after it, as most time libraries do.
+    match = _LEAP_SECOND.fullmatch(text)
+    if match is None:
+        return None
+    try:
+        return datetime.fromisoformat(f"{match[1]}59{match[2]}") + timedelta(seconds=1)
+    except (ValueError, OverflowError):
+        return None
 
 
 def _string(value: Any) -> str | Odd | None:
@@ -298,8 +325,16 @@ def parse_boolean(value: Any) -> bool | Odd | None:
     return Odd(value)
 
 
-def _choice(value: Any, allowed: frozenset[str], normalise: Any) -> str | Odd | None:
-    if value is None:
+@overload
+def _choice(
+    value: Any, allowed: frozenset[str], normalise: Any, *, required: Literal[True]
+) -> str | Odd: ...
+@overload
+def _choice(value: Any, allowed: frozenset[str], normalise: Any) -> str | Odd | None: ...
+def _choice(
+    value: Any, allowed: frozenset[str], normalise: Any, *, required: bool = False
+) -> str | Odd | None:
+    if value is None and not required:
         return None
     if isinstance(value, str) and normalise(value) in allowed:
         return str(normalise(value))

@@ -7,10 +7,9 @@ is wired by the app, so the schema never learns about HTTP.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from gateway.calls import BadRecord, CallList, CallRecord, ListQuery
-from gateway.errors import GatewayError, UpstreamBadResponse
 from gateway.pagination import CursorCodec
 
 
@@ -30,22 +29,40 @@ class CallSource(Protocol):
         """The page after `found` (fetched with `query`) per the upstream's `rel="next"`."""
 
 
+WarningKind = Literal["unknown_value", "malformed_field", "left_out", "next_link"]
+
+
 @dataclass(frozen=True, slots=True)
-class Notice:
-    """A non-fatal problem reported beside the data (a record that was left out)."""
+class UpstreamWarning:
+    """Upstream data the gateway tolerated, reported in `extensions.warnings`, never `errors`.
 
-    error: GatewayError
+    Real clients treat any entry in `errors` as a failure (Apollo Client's default
+    `errorPolicy` throws the whole result away), so what the gateway can still serve is
+    reported beside the data instead. `kind` is for the metric, not shown to callers.
+    """
+
+    CODE: ClassVar[str] = "UPSTREAM_BAD_RESPONSE"
+
+    message: str
     path: tuple[str | int, ...]
+    call_id: str | None
+    kind: WarningKind
+
+    def as_json(self) -> dict[str, Any]:
+        shown: dict[str, Any] = {"message": self.message, "path": list(self.path)}
+        if self.call_id is not None:
+            shown["callId"] = self.call_id
+        shown["code"] = self.CODE
+        return shown
 
 
-def left_out_notice(bad: BadRecord, path: tuple[str | int, ...]) -> Notice:
-    """The notice for a record that cannot be a `Call` and was left out of a list."""
-    return Notice(
-        UpstreamBadResponse(
-            f"The upstream sent {bad.reason}; it was left out of this list.",
-            callId=bad.call_id,
-        ),
+def left_out_warning(bad: BadRecord, path: tuple[str | int, ...]) -> UpstreamWarning:
+    """The warning for a record that cannot be a `Call` and was left out of a list."""
+    return UpstreamWarning(
+        f"The upstream sent {bad.reason}; it was left out of this list.",
         path,
+        bad.call_id,
+        "left_out",
     )
 
 
@@ -56,4 +73,4 @@ class Context:
     request_id: str
     calls: CallSource
     cursors: CursorCodec
-    notices: list[Notice] = field(default_factory=list)
+    warnings: list[UpstreamWarning] = field(default_factory=list)

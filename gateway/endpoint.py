@@ -135,6 +135,9 @@ class GraphQLEndpoint:
             note = request.scope.get(ResponseNote.SCOPE_KEY)
             if isinstance(note, ResponseNote):
                 note.operation = operation
+                # The verdict the whole-answer cache acts on: a full answer without
+                # errors (warnings do not count; errors are never cached).
+                note.cacheable = response.status_code == 200 and not codes
         return response
 
     async def _handle(
@@ -201,7 +204,8 @@ class GraphQLEndpoint:
             if plan is not None:
                 data = await plan.run(context, params.variables)
                 if data is not None:
-                    return _result(media_type, _notices(context, data), _name(operation), data)
+                    warnings = self._warnings(context, data, request_id)
+                    return _result(media_type, [], _name(operation), data, warnings=warnings)
             result = execute(
                 self._schema,
                 document,
@@ -223,7 +227,6 @@ class GraphQLEndpoint:
             [_format_error(error, request_id) for error in result.errors or ()],
             result.data,
         )
-        errors += _notices(context, result.data)
         # No data at all means the variables could not be coerced: a request error.
         request_error = (
             result.data is None
@@ -233,7 +236,10 @@ class GraphQLEndpoint:
         if request_error:
             for error in errors:
                 error.setdefault("extensions", {}).setdefault("code", "BAD_USER_INPUT")
-        return _result(media_type, errors, _name(operation), result.data, request_error)
+        warnings = [] if request_error else self._warnings(context, result.data, request_id)
+        return _result(
+            media_type, errors, _name(operation), result.data, request_error, warnings=warnings
+        )
 
     async def _read_params(self, request: Request) -> GraphQLParams:
         if request.method == "GET":
@@ -268,6 +274,26 @@ class GraphQLEndpoint:
             return None
         return compile_plan(self._schema, document, get_operation_ast(document, operation_name))
 
+    def _warnings(
+        self, context: Context, data: dict[str, Any] | None, request_id: str
+    ) -> list[dict[str, Any]]:
+        """The response's `extensions.warnings`, each logged and counted once, here.
+
+        Both execution paths make the same set; root fields resolve concurrently and
+        their readers run in different orders, so they are listed by root field, then
+        path, so that the same answer always has the same bytes.
+        """
+        if not context.warnings:
+            return []
+        order = {key: index for index, key in enumerate(data or ())}
+        found = sorted(
+            context.warnings,
+            key=lambda w: (order.get(str(w.path[0]) if w.path else "", -1), _path_key(w.path),
+                           w.message),
+        )  # fmt: skip
+        self._telemetry.upstream_warnings(found, request_id)
+        return [warning.as_json() for warning in found]
+
     def _validate_query(self, query: str) -> list[GraphQLError]:
         document = self._parse(query)
         assert isinstance(document, DocumentNode), "parse errors are answered before"
@@ -284,12 +310,8 @@ class GraphQLEndpoint:
         return errors or check_limits(document, self._limits)
 
 
-def _notices(context: Context, data: dict[str, Any] | None) -> list[dict[str, Any]]:
-    notices = [
-        {"message": n.error.message, "path": list(n.path), "extensions": n.error.extensions}
-        for n in context.notices
-    ]
-    return _by_root_field(notices, data)
+def _path_key(path: tuple[str | int, ...]) -> tuple[tuple[int, int, str], ...]:
+    return tuple((0, part, "") if isinstance(part, int) else (1, 0, part) for part in path)
 
 
 def _by_root_field(
@@ -441,12 +463,19 @@ def _result(
     operation: str | None,
     data: dict[str, Any] | None = None,
     request_error: bool = False,
+    *,
+    warnings: list[dict[str, Any]] | None = None,
 ) -> tuple[Response, list[str], str | None]:
     body: dict[str, Any] = {}
     if errors:
         body["errors"] = errors
     if not request_error:
         body["data"] = data
+    # Tolerated upstream oddities: beside the data, never in `errors`, so that clients
+    # which treat any error as a failure still get the page (DESIGN.md, "Upstream data
+    # the gateway tolerates"). They do not make an answer uncacheable.
+    if warnings:
+        body["extensions"] = {"warnings": warnings}
     # application/json answers 200 to every well-formed request (legacy clients read
     # the body); the newer media type lets the status say that nothing was executed.
     status = 400 if request_error and media_type == GRAPHQL_RESPONSE_JSON else 200

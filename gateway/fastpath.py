@@ -6,11 +6,13 @@ only select `calls` (any aliases, fragments on `Call`, `@skip`/`@include`, varia
 `__typename`) this module builds the result straight from the upstream JSON with one
 projection per selection, planned once per document (the graphql-jit idea).
 
-It is an optimisation, never a second semantics: whenever anything is unusual (a variable
-that does not coerce, an argument the schema path would refuse, an upstream failure, a
-record or value outside the documented shape) it returns None and the standard executor
-answers instead, reusing the upstream answer the operation already fetched. A differential
-test compares both paths byte for byte.
+It is an optimisation, never a second semantics: whenever the operation is unusual (a
+variable that does not coerce, an argument the schema path would refuse, an upstream
+failure) it returns None and the standard executor answers instead, reusing the upstream
+answer the operation already fetched. A record outside the plain shape (an unknown state,
+a malformed field) is served here too, through the schema's own field readers
+(`schema.types.READERS`), with the same warnings. A differential test compares both paths
+byte for byte.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 from functools import lru_cache
 from typing import Any
 
@@ -53,6 +57,7 @@ from gateway.calls import (
     HTTP_METHODS,
     STATES,
     BadRecord,
+    CallRecord,
     ListQuery,
     Odd,
     SortOrderValue,
@@ -61,9 +66,9 @@ from gateway.calls import (
     parse_integer,
     parse_timestamp,
 )
-from gateway.context import Context, left_out_notice
+from gateway.context import Context, left_out_warning
 from gateway.errors import GatewayError
-from gateway.schema.types import SortOrder, serialize_datetime
+from gateway.schema.types import READERS, SortOrder, odd_field_warning, serialize_datetime
 
 Row = dict[str, Any]
 
@@ -76,6 +81,10 @@ class Fallback(Exception):
     """This operation, or this upstream answer, is for the standard executor."""
 
 
+class _OddValue(Exception):
+    """A value outside the plain shape: this record is served by the field readers."""
+
+
 # --- per-field projections: upstream JSON value -> GraphQL result value ------------------
 #
 # A projection is generated as one Python function per selection (one dict display, no
@@ -84,21 +93,21 @@ class Fallback(Exception):
 # own rules (calls.py), so both paths agree on every value.
 
 
-def _fallback() -> Any:
-    raise Fallback
+def _odd() -> Any:
+    raise _OddValue
 
 
 def _int(value: Any) -> int | None:
     number = parse_integer(value)
     if isinstance(number, Odd):
-        raise Fallback
+        raise _OddValue
     return number
 
 
 def _bool(value: Any) -> bool | None:
     checked = parse_boolean(value)
     if isinstance(checked, Odd):
-        raise Fallback
+        raise _OddValue
     return checked
 
 
@@ -106,7 +115,7 @@ def _choice(value: Any, names: frozenset[str]) -> str | None:
     if value is None:
         return None
     if value.__class__ is not str or value.upper() not in names:
-        raise Fallback
+        raise _OddValue
     return value.upper()
 
 
@@ -117,7 +126,7 @@ def _instant(value: Any) -> str | None:
         return _instant_text(value)
     parsed = parse_timestamp(value)
     if isinstance(parsed, Odd) or parsed is None:
-        raise Fallback
+        raise _OddValue
     return serialize_datetime(parsed)
 
 
@@ -131,11 +140,11 @@ def _instant_text(value: str) -> str:
         try:
             datetime.fromisoformat(value)
         except ValueError:
-            raise Fallback from None
+            raise _OddValue from None
         return value
     parsed = parse_timestamp(value)
     if isinstance(parsed, Odd) or parsed is None:
-        raise Fallback
+        raise _OddValue
     return serialize_datetime(parsed)
 
 
@@ -162,14 +171,14 @@ _EXPRESSIONS = {
     "startTime": '_instant(get("startTime"))',
     "activeTime": '_instant(get("activeTime"))',
     "endTime": '_instant(get("endTime"))',
-    "eventsUrl": '(_v if (_v := get("events")) is None or _v.__class__ is str else _fallback())',
+    "eventsUrl": '(_v if (_v := get("events")) is None or _v.__class__ is str else _odd())',
     "callbackHttpMethod": '_choice(get("callbackHttpMethod"), _METHOD_NAMES)',
     "recordingFileFormat": '_choice(get("recordingFileFormat"), _FORMAT_NAMES)',
     "__typename": '"Call"',
 }
 for _name in ("callbackUrl", "fallbackUrl", "bridgeId", "conferenceId"):
     _EXPRESSIONS[_name] = (
-        f'(_v if (_v := get("{_name}")) is None or _v.__class__ is str else _fallback())'
+        f'(_v if (_v := get("{_name}")) is None or _v.__class__ is str else _odd())'
     )
 for _name in ("callbackTimeout", "chargeableDuration"):
     _EXPRESSIONS[_name] = (
@@ -190,15 +199,16 @@ _NAMESPACE: dict[str, Any] = {
     "_choice": _choice,
     "_int": _int,
     "_bool": _bool,
-    "_fallback": _fallback,
+    "_odd": _odd,
     "_sip_headers": _sip_headers,
 }
 
 
-# What the standard path requires of every record, selected or not: a record failing
-# this is left out of the list there, with an error, so the projection returns None and
-# the record parser decides. Numbers and booleans among the SIP header values are
-# rendered by the parser's rules; rare, so those records go to the parser too.
+# The plain shape, checked for every record whatever is selected: a record failing it
+# (no id, an unknown state or direction, odd SIP headers) makes the projection return
+# None, and the record parser and the field readers decide, as on the standard path.
+# Numbers and booleans among the SIP header values are rendered by the parser's rules;
+# rare, so those records go to the parser too.
 _PREAMBLE = """\
 def project(raw):
     get = raw.get
@@ -222,14 +232,21 @@ def project(raw):
 """
 
 
-@lru_cache(maxsize=256)
-def _compile_projection(
-    plan: tuple[tuple[str, str, Any], ...],
-) -> Callable[[Row], Row | None]:
-    """One function building a result object from an upstream record, for this plan.
+Plan = tuple[tuple[str, str, Any], ...]  # (response key, field name, sub-selection)
 
-    It returns None for a record outside the plain shape (see `_PREAMBLE`).
-    """
+
+@dataclass(frozen=True, slots=True)
+class Projection:
+    """A plan and its compiled function; `project` returns None or raises `_OddValue`
+    for a record outside the plain shape (see `_PREAMBLE`)."""
+
+    plan: Plan
+    project: Callable[[Row], Row | None]
+
+
+@lru_cache(maxsize=256)
+def _compile_projection(plan: Plan) -> Projection:
+    """One function building a result object from an upstream record, for this plan."""
     namespace = dict(_NAMESPACE)
     items = []
     for index, (key, field, extra) in enumerate(plan):
@@ -245,7 +262,7 @@ def _compile_projection(
     source = _PREAMBLE + "".join(items) + "    }\n"
     exec(compile(source, "<calls projection>", "exec"), namespace)  # noqa: S102
     project: Callable[[Row], Row | None] = namespace["project"]
-    return project
+    return Projection(plan, project)
 
 
 # --- planning: which fields, in which order, for these variables -------------------------
@@ -294,7 +311,7 @@ def _call_projection(
     nodes: list[FieldNode],
     fragments: Mapping[str, FragmentDefinitionNode],
     variables: VariableValues,
-) -> Callable[[Row], Row | None]:
+) -> Projection:
     fields: dict[str, list[FieldNode]] = {}
     for node in nodes:
         if node.selection_set is None:
@@ -325,7 +342,7 @@ _COERCED_ENTRIES = 32
 _COERCED_KEY_BYTES = 512
 
 # (response key, the `calls` field node or None for `__typename`, its projection)
-Shape = list[tuple[str, FieldNode | None, Callable[[Row], Row | None] | None]]
+Shape = list[tuple[str, FieldNode | None, Projection | None]]
 
 
 class FastPlan:
@@ -416,7 +433,7 @@ class FastPlan:
                 data[key] = _project_page(body, project, context, key)
         except (Fallback, GatewayError):
             # Nothing of this attempt may show: the standard executor starts afresh.
-            context.notices.clear()
+            context.warnings.clear()
             return None
         return data
 
@@ -437,20 +454,47 @@ def _directives_use_variables(
     return found
 
 
-def _project_page(
-    body: list[Any], project: Callable[[Row], Row | None], context: Context, key: str
-) -> list[Row]:
-    page = []
+def _project_page(body: list[Any], projection: Projection, context: Context, key: str) -> list[Row]:
+    project = projection.project
+    page: list[Row] = []
     for raw in body:
-        if raw.__class__ is dict and (row := project(raw)) is not None:
-            page.append(row)
-            continue
-        # Left out with a notice, exactly as the schema's `calls` resolver does.
-        bad = parse_call(raw)
-        if not isinstance(bad, BadRecord):
-            raise Fallback
-        context.notices.append(left_out_notice(bad, (key,)))
+        try:
+            row = project(raw) if raw.__class__ is dict else None
+        except _OddValue:
+            row = None
+        if row is None:
+            parsed = parse_call(raw)
+            if isinstance(parsed, BadRecord):
+                # Left out with a warning, exactly as the schema's `calls` resolver does.
+                context.warnings.append(left_out_warning(parsed, (key,)))
+                continue
+            row = _read_row(parsed, projection.plan, context, (key, len(page)))
+        page.append(row)
     return page
+
+
+def _read_row(record: CallRecord, plan: Plan, context: Context, path: tuple[str | int, ...]) -> Row:
+    """A record outside the plain shape, served by the schema's field readers."""
+    row: Row = {}
+    for key, field, extra in plan:
+        if field == "__typename":
+            row[key] = "Call"
+            continue
+        value, odd = READERS[field](record)
+        if odd is not None:
+            context.warnings.append(odd_field_warning(record, field, odd, value, (*path, key)))
+        if field == "sipHeaders":
+            row[key] = [
+                {sub: (h.name, h.value, "SipHeader")[_SIP_FIELD[name]] for sub, name in extra}
+                for h in value
+            ]
+        elif isinstance(value, Enum):
+            row[key] = value.name
+        elif isinstance(value, datetime):
+            row[key] = serialize_datetime(value)
+        else:
+            row[key] = value
+    return row
 
 
 def _list_query(arguments: Mapping[str, Any]) -> ListQuery:

@@ -100,6 +100,14 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.upstream_warnings = Counter(
+            "gateway_upstream_warnings",
+            "Tolerated upstream oddities reported in `extensions.warnings`, by kind: "
+            "unknown_value, malformed_field, left_out (a record that is not a call), "
+            "next_link (a `Link rel=next` that cannot be followed).",
+            ["kind"],
+            registry=r,
+        )
         self.upstream_retries = Counter(
             "gateway_upstream_retries", "Upstream requests retried after a failure.", registry=r
         )
@@ -185,6 +193,9 @@ class Metrics:
                 self._upstream_statuses[status] = child
         child.inc()
         self.upstream_duration.observe(duration)
+
+    def upstream_warning(self, kind: str) -> None:
+        self.upstream_warnings.labels(kind).inc()
 
     def upstream_retry(self) -> None:
         self.upstream_retries.inc()

@@ -21,9 +21,10 @@ import binascii
 import hashlib
 import hmac
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import unquote
 
 import orjson
+from yarl import URL
 
 from gateway.calls import ListQuery
 from gateway.errors import BadUserInput, GatewayError, UpstreamBadResponse
@@ -104,34 +105,39 @@ class CursorCodec:
 
 
 def next_query(next_url: str, current: ListQuery, *, base_url: str, user_id: str) -> ListQuery:
-    """The upstream's `rel="next"` link as a validated query for the page it names.
+    """The upstream's `rel="next"` target as a validated query for the page it names.
 
-    The link is checked, not followed: it must point at the configured upstream, at the
-    caller's own calls, with only the list parameters, and the same filters and order as
-    the current page. Anything else is the upstream misbehaving (`UPSTREAM_BAD_RESPONSE`).
+    The target (already resolved against the request URL by the upstream client) is
+    checked, not followed: once normalised as RFC 3986 section 6 says (scheme and host
+    case, default port, percent-encoding, dot segments), it must name the configured
+    upstream origin and the caller's own calls path, with only the list parameters and
+    the current page's filters and order. The query is then rebuilt from those values,
+    so a link can never make the gateway fetch anything else. Anything else raises
+    `UpstreamBadResponse` with the reason, for the caller to report beside the page.
     """
-    bad = UpstreamBadResponse('The upstream sent a `Link rel="next"` this gateway cannot follow.')
-    link, base = urlsplit(next_url), urlsplit(base_url)
-    path = f"{base.path.rstrip('/')}/v1/users/{user_id}/calls"
-    if (
-        (link.scheme, link.netloc) != (base.scheme, base.netloc)
-        or link.path.rstrip("/") != path
-        or link.fragment
+    link, base = _normalised(next_url), _normalised(base_url)
+    if link is None or base is None or not link.absolute:
+        raise _unfollowable("it is not an absolute URL")
+    if (link.scheme, link.host, link.port) != (base.scheme, base.host, base.port) or (
+        link.user is not None or link.password is not None
     ):
-        raise bad
+        raise _unfollowable("it points away from the upstream's origin")
+    expected = [*_segments(base), "v1", "users", user_id, "calls"]
+    if _segments(link) != expected:
+        raise _unfollowable("it points away from this user's calls")
     params: dict[str, str] = {}
-    for name, value in parse_qsl(link.query, keep_blank_values=True):
-        if name not in _KNOWN_PARAMS or name in params:
-            raise bad
+    for name, value in _query_pairs(link.raw_query_string):
+        if name not in _KNOWN_PARAMS:
+            raise _unfollowable(f"it has a parameter this gateway does not know ({name[:40]!r})")
+        if name in params:
+            raise _unfollowable(f"it repeats `{name}`")
         params[name] = value
-    filters = {attr: params.get(name) for name, attr in _FILTERS}
-    if any(
-        value is not None and value != getattr(current, attr) for attr, value in filters.items()
-    ):
-        raise bad
+    for name, attr in _FILTERS:
+        if name in params and params[name] != getattr(current, attr):
+            raise _unfollowable(f"it changes the `{name}` filter")
     order = params.get("sortOrder", current.sort_order).lower()
-    if order not in ("asc", "desc"):
-        raise bad
+    if order != current.sort_order:
+        raise _unfollowable("it changes the sort order")
     try:
         return ListQuery.create(
             bridge_id=current.bridge_id,
@@ -140,10 +146,46 @@ def next_query(next_url: str, current: ListQuery, *, base_url: str, user_id: str
             to=current.to,
             page=_integer(params.get("page")),
             size=_integer(params.get("size", str(current.size))),
-            sort_order="asc" if order == "asc" else "desc",
+            sort_order=current.sort_order,
         )
     except (GatewayError, ValueError):
-        raise bad from None
+        raise _unfollowable("its `page` or `size` is missing or out of range") from None
+
+
+def _unfollowable(reason: str) -> UpstreamBadResponse:
+    return UpstreamBadResponse(reason)
+
+
+def _normalised(url: str) -> URL | None:
+    # yarl applies RFC 3986 normalisation as it parses: lower-case scheme and host, no
+    # default port, percent-encoding in upper case and decoded where unreserved, and
+    # dot segments removed; parts and query values are compared decoded.
+    try:
+        return URL(url)
+    except (ValueError, TypeError):
+        return None
+
+
+def _segments(url: URL) -> list[str]:
+    # Decoded path segments without the empty ones a leading or trailing slash makes
+    # (the documentation shows a trailing slash on the calls path, the SDKs send none).
+    parts = list(url.parts)
+    if parts and parts[0] == "/":
+        parts = parts[1:]
+    if parts and parts[-1] == "":
+        parts = parts[:-1]
+    return parts
+
+
+def _query_pairs(raw_query: str) -> list[tuple[str, str]]:
+    # RFC 3986 query values: `+` is a plus sign here (an E.164 number echoed back
+    # unencoded), not the space of HTML forms; commas and colons are data too.
+    pairs = []
+    for piece in raw_query.split("&"):
+        if piece:
+            name, _, value = piece.partition("=")
+            pairs.append((unquote(name), unquote(value)))
+    return pairs
 
 
 def _integer(value: str | None) -> int:

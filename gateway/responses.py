@@ -10,8 +10,9 @@ later layer gets), every value of the headers that shape the answer, and the exa
 request (body or query string), so one caller's answer is never another's and no secret
 is kept in a key. A request whose credentials are refused (missing, malformed, or a
 credential header sent twice) neither reads nor fills the cache. Only successful
-answers without errors are kept, and never beyond the TTL of the oldest upstream answer
-they were built from. `Cache-Control: no-cache` skips the lookup (and refreshes the entry).
+answers without errors (the endpoint says which) are kept, and never beyond the TTL of
+the oldest upstream answer they were built from. `Cache-Control: no-cache` skips the
+lookup (and refreshes the entry).
 The store is this process's memory, bounded, least recently used first out.
 """
 
@@ -48,12 +49,14 @@ class ResponseNote:
 
     It rides in the ASGI scope (`SCOPE_KEY`): the loader adds when each upstream answer
     it used was fetched (wall-clock seconds), so an entry expires with its data, and the
-    endpoint names the operation, so a hit is counted under the same name.
+    endpoint names the operation, so a hit is counted under the same name, and says
+    whether the answer may be kept at all (`cacheable`: no errors; warnings are fine).
     """
 
     SCOPE_KEY: ClassVar[str] = "gateway.response_note"
     fetched_at: list[float] = field(default_factory=list)
     operation: str | None = None
+    cacheable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,8 +185,9 @@ class ResponseCache:
 
         await self.app({**scope, ResponseNote.SCOPE_KEY: note}, _replay(body, receive), capture)
         answer = b"".join(chunks)
-        # An answer with errors is never kept: errors are never cached.
-        if status == 200 and b'"errors"' not in answer:
+        # The endpoint's verdict, not a guess from the bytes (a call's data or a warning
+        # may well contain the word "errors"): an answer with errors is never kept.
+        if status == 200 and note.cacheable:
             expires = min(note.fetched_at, default=started) + self.ttl
             self._entries[key] = _Entry(answer, kept, note.operation, expires)
             self._entries.move_to_end(key)

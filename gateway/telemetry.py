@@ -4,9 +4,10 @@ instrumented upstream transport that adds one child span and one metric per upst
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -24,9 +25,11 @@ from gateway.logs import (
 from gateway.metrics import Metrics
 
 if TYPE_CHECKING:
+    from gateway.context import UpstreamWarning
     from gateway.tracing import Tracing
 
 request_log = RequestLog("gateway.request")
+warnings_log = logging.getLogger("gateway.upstream")
 
 
 class Telemetry:
@@ -65,6 +68,20 @@ class Telemetry:
             unbind_request(token)
             if request_log.enabled():
                 request_log.write("graphql request", record.log_fields(duration))
+
+    def upstream_warnings(self, warnings: Sequence[UpstreamWarning], request_id: str) -> None:
+        """Tolerated upstream oddities of one answer: one log line and one count each."""
+        for warning in warnings:
+            self.metrics.upstream_warning(warning.kind)
+            warnings_log.warning(
+                warning.message,
+                extra={
+                    "request_id": request_id,
+                    "kind": warning.kind,
+                    "path": ".".join(str(part) for part in warning.path),
+                    "call_id": warning.call_id,
+                },
+            )
 
     def cached_answer(
         self, request: Request, request_id: str, operation: str | None

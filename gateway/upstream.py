@@ -31,6 +31,7 @@ from urllib.parse import quote, urlencode
 
 import httpx
 import orjson
+import weblinking
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -219,7 +220,7 @@ class CatapultClient:
             raise _Retryable(UpstreamUnavailable("Could not reach the upstream.")) from exc
         except httpx.TransportError as exc:
             raise UpstreamUnavailable("Could not reach the upstream.") from exc
-        return _answer(response)
+        return _answer(response, self._url(request))
 
     async def _send(
         self, credentials: Credentials, request: UpstreamRequest, seconds: float
@@ -264,16 +265,17 @@ def _would_pass(deadline: float) -> Any:
     return stop
 
 
-def _answer(response: httpx.Response) -> UpstreamAnswer:
+def _answer(response: httpx.Response, url: httpx.URL) -> UpstreamAnswer:
     status = response.status_code
     if status == 200:
         try:
-            body = orjson.loads(response.content)
+            body = read_json(response.content)
         except orjson.JSONDecodeError as exc:
             raise UpstreamBadResponse(
                 "The upstream answered with a body that is not JSON."
             ) from exc
-        return UpstreamAnswer(body=body, links=parse_link_header(response.headers.get("link", "")))
+        links = parse_link_header(response.headers.get_list("link"), base=str(url))
+        return UpstreamAnswer(body=body, links=links)
     error = error_for_status(status, response.headers, response.content)
     if status in RETRYABLE_STATUSES:
         raise _Retryable(error)
@@ -312,9 +314,20 @@ def error_for_status(status: int, headers: Mapping[str, str], content: bytes) ->
     return UpstreamError(message or f"The upstream answered with status {status}.", **extra)
 
 
+def read_json(content: bytes) -> Any:
+    """An upstream body as JSON; a UTF-8 byte order mark before it is skipped.
+
+    RFC 8259 lets a parser ignore the mark, and fetch-based clients do; orjson refuses it.
+    """
+    return orjson.loads(content[3:] if content.startswith(_BOM) else content)
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
 def _error_body(content: bytes) -> tuple[str | None, str | None]:
     try:
-        body = orjson.loads(content)
+        body = read_json(content)
     except orjson.JSONDecodeError:
         return None, None
     if not isinstance(body, dict):
@@ -381,17 +394,22 @@ def _http_date(text: str) -> float | None:
         return None
 
 
-def parse_link_header(value: str) -> dict[str, str]:
-    """RFC 5988 `Link`: `<url>; rel="next",<url>; rel="first"` (space after comma optional)."""
+def parse_link_header(values: str | list[str], *, base: str) -> dict[str, str]:
+    """The `Link` relations of an answer: relation type -> target, resolved against `base`.
+
+    `values` are the header's field values (one per `Link` header line). weblinking reads
+    them as RFC 8288 says (quoted parameters holding commas or semicolons, several
+    relation types in one `rel`, any case, optional whitespace, unreadable links skipped
+    without hiding the others) and resolves each target against the request URL as
+    RFC 3986 section 5 says, since the upstream may send a relative one. The first link
+    of each relation type wins.
+    """
     links: dict[str, str] = {}
-    for entry in value.split(","):
-        url_part, _, params = entry.partition(";")
-        url_part = url_part.strip()
-        if not (url_part.startswith("<") and url_part.endswith(">")):
+    for link in weblinking.parse(values):
+        try:
+            target = link.resolve(base).uri
+        except weblinking.LinkError:
             continue
-        for param in params.split(";"):
-            name, _, rel = param.strip().partition("=")
-            if name.strip().lower() == "rel":
-                for relation in rel.strip().strip('"').split():
-                    links.setdefault(relation.lower(), url_part[1:-1])
+        for relation in link.rels:
+            links.setdefault(relation.lower(), target)
     return links

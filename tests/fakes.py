@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from starlette.applications import Starlette
@@ -20,15 +21,27 @@ from starlette.routing import Route
 
 @dataclass(frozen=True)
 class Canned:
-    """One answer: a status, a body (JSON-encoded unless it is bytes) and headers."""
+    """One answer: a status, a body (JSON-encoded unless it is bytes) and headers.
+
+    `header_lines` are sent as they are, after `headers`, so a header may repeat
+    (several `Link` lines).
+    """
 
     body: Any = None
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
+    header_lines: tuple[tuple[str, str], ...] = ()
 
     def response(self) -> Response:
         content = self.body if isinstance(self.body, bytes) else orjson.dumps(self.body)
-        return Response(content, self.status, headers=self.headers, media_type="application/json")
+        response = Response(
+            content, self.status, headers=self.headers, media_type="application/json"
+        )
+        response.raw_headers += [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in self.header_lines
+        ]
+        return response
 
 
 @dataclass(frozen=True)
@@ -52,15 +65,33 @@ class FakeUpstream:
     def __init__(self) -> None:
         self.url = ""  # set by whoever serves it
         self._answers: dict[str, Canned] = {}
+        self._by_query: dict[tuple[str, frozenset[tuple[str, str]]], Canned] = {}
         self._requests: list[Recorded] = []
         self._lock = threading.Lock()
         self.app = Starlette(routes=[Route("/{path:path}", self._endpoint, methods=["GET"])])
 
-    def answer(self, path: str, body: Any = None, *, status: int = 200, **headers: str) -> None:
-        """Answer requests for `path` (without the query string) with this body from now on."""
-        self._answers[path] = Canned(
-            body, status, {k.replace("_", "-"): v for k, v in headers.items()}
+    def answer(
+        self,
+        path: str,
+        body: Any = None,
+        *,
+        status: int = 200,
+        query: dict[str, str] | None = None,
+        header_lines: tuple[tuple[str, str], ...] = (),
+        **headers: str,
+    ) -> None:
+        """Answer requests for `path` (without the query string) with this body from now on.
+
+        With `query`, only requests whose decoded query parameters are exactly these
+        (in any order and encoding) get this answer; they take precedence.
+        """
+        canned = Canned(
+            body, status, {k.replace("_", "-"): v for k, v in headers.items()}, header_lines
         )
+        if query is None:
+            self._answers[path] = canned
+        else:
+            self._by_query[(path, frozenset(query.items()))] = canned
 
     @property
     def requests(self) -> list[Recorded]:
@@ -77,4 +108,6 @@ class FakeUpstream:
         )
         with self._lock:
             self._requests.append(recorded)
-        return self._answers.get(recorded.path, _NOT_FOUND).response()
+        params = frozenset(parse_qsl(recorded.query, keep_blank_values=True))
+        canned = self._by_query.get((recorded.path, params)) or self._answers.get(recorded.path)
+        return (canned or _NOT_FOUND).response()

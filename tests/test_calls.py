@@ -178,6 +178,20 @@ TIMESTAMPS = [
     pytest.param(1360329347587.0, INSTANT, id="epoch-ms-float"),
     pytest.param("1360329347587", INSTANT, id="epoch-ms-string"),
     pytest.param(None, None, id="missing"),
+    # RFC 3339 section 5.6: `T` and `Z` may be lower case; a space may separate date and time.
+    pytest.param("2013-02-08t13:15:47.587z", INSTANT, id="lower-case-t-z"),
+    pytest.param("2013-02-08 13:15:47.587Z", INSTANT, id="space-separator"),
+    pytest.param("2013-02-08T13:15:47.587+00:00", INSTANT, id="zero-offset"),
+    pytest.param("2013-02-08T13:15:47.587-00:00", INSTANT, id="unknown-local-offset"),
+    pytest.param("2013-02-08T11:15:47.587-0200", INSTANT, id="offset-without-colon"),
+    pytest.param("2013-02-08T13:15:47,587Z", INSTANT, id="comma-decimal"),
+    pytest.param("2013-02-08T13:15:47.587123456Z", INSTANT.replace(microsecond=587123), id="ns"),
+    pytest.param("2016-12-31T23:59:60Z", datetime(2017, 1, 1, tzinfo=UTC), id="leap-second"),
+    pytest.param(
+        "2016-12-31t23:59:60.5z",
+        datetime(2017, 1, 1, 0, 0, 0, 500000, tzinfo=UTC),
+        id="leap-second-lower-case",
+    ),
 ]
 ODD_TIMESTAMPS = [
     pytest.param("yesterday", id="words"),
@@ -188,6 +202,8 @@ ODD_TIMESTAMPS = [
     pytest.param({"ms": 1}, id="object"),
     pytest.param(10**30, id="epoch-overflow"),
     pytest.param(float("nan"), id="nan"),
+    pytest.param("2013-02-08T13:15:61Z", id="second-61"),
+    pytest.param("2013-02-08T13:15:47.587\u00a0Z", id="non-ascii"),
 ]
 
 
@@ -336,23 +352,47 @@ BAD_RECORDS = [
     pytest.param(42, None, "not an object", id="number"),
     pytest.param(None, None, "not an object", id="null"),
     pytest.param(["c-1"], None, "not an object", id="list"),
-    pytest.param(raw_call(id=None), None, "no id", id="no-id"),
-    pytest.param(raw_call(id=7), None, "no id", id="id-number"),
-    pytest.param(raw_call(id=""), None, "no id", id="id-empty"),
-    pytest.param(raw_call(state=None), "c-1", "no `state`", id="no-state"),
-    pytest.param(raw_call(direction=None), "c-1", "no `direction`", id="no-direction"),
-    pytest.param(raw_call(**{"from": None}), "c-1", "no `from`", id="no-from"),
-    pytest.param(raw_call(to=3), "c-1", "no `to`", id="to-number"),
-    pytest.param(raw_call(state="error"), "c-1", "unknown state 'error'", id="state-error"),
-    pytest.param(raw_call(state="exploded"), "c-1", "unknown state", id="state-unknown"),
-    pytest.param(raw_call(direction="sideways"), "c-1", "unknown direction", id="direction"),
-    pytest.param(raw_call(sipHeaders="X-A: 1"), "c-1", "malformed sipHeaders", id="sip-string"),
-    pytest.param(
-        raw_call(sipHeaders=[{"name": "X-A", "value": "1"}]), "c-1", "sipHeaders", id="sip-list"
-    ),
-    pytest.param(raw_call(sipHeaders={"X-A": None}), "c-1", "sipHeaders", id="sip-null-value"),
-    pytest.param(raw_call(sipHeaders={"X-A": {"v": 1}}), "c-1", "sipHeaders", id="sip-nested"),
+    pytest.param(raw_call(id=None), None, "without an id", id="no-id"),
+    pytest.param(raw_call(id=7), None, "without an id", id="id-number"),
+    pytest.param(raw_call(id=""), None, "without an id", id="id-empty"),
+    pytest.param(raw_call(**{"from": None}), "c-1", "without `from`", id="no-from"),
+    pytest.param(raw_call(to=3), "c-1", "without `to`", id="to-number"),
 ]
+# A call all the same: served, with what was off as `Odd` (UNKNOWN, null or [] in the schema).
+ODD_BUT_CALLS = [
+    pytest.param(raw_call(state=None), "state", Odd(None), id="no-state"),
+    pytest.param(raw_call(direction=None), "direction", Odd(None), id="no-direction"),
+    pytest.param(raw_call(state="exploded"), "state", Odd("exploded"), id="state-unknown"),
+    pytest.param(raw_call(direction="sideways"), "direction", Odd("sideways"), id="direction"),
+    pytest.param(raw_call(state="error"), "state", "error", id="state-error-is-known"),
+    pytest.param(raw_call(state="Error"), "state", "error", id="state-error-any-case"),
+    pytest.param(raw_call(sipHeaders="X-A: 1"), "sip_headers", Odd("X-A: 1"), id="sip-string"),
+    pytest.param(
+        raw_call(sipHeaders=[{"name": "X-A", "value": "1"}]),
+        "sip_headers",
+        Odd([{"name": "X-A", "value": "1"}]),
+        id="sip-list",
+    ),
+    pytest.param(
+        raw_call(sipHeaders={"X-A": None}), "sip_headers", Odd({"X-A": None}), id="sip-null-value"
+    ),
+    pytest.param(
+        raw_call(sipHeaders={"X-A": {"v": 1}}),
+        "sip_headers",
+        Odd({"X-A": {"v": 1}}),
+        id="sip-nested",
+    ),
+    pytest.param(raw_call(callbackHttpMethod="get"), "callback_http_method", "GET", id="get"),
+    pytest.param(raw_call(callbackHttpMethod="post"), "callback_http_method", "POST", id="post"),
+]
+
+
+@pytest.mark.parametrize(("raw", "attribute", "expected"), ODD_BUT_CALLS)
+def test_an_odd_record_with_an_id_is_still_a_call(raw: Any, attribute: str, expected: Any) -> None:
+    record = parse_call(raw)
+
+    assert isinstance(record, CallRecord)
+    assert getattr(record, attribute) == expected
 
 
 @pytest.mark.parametrize(("raw", "call_id", "reason"), BAD_RECORDS)
@@ -368,11 +408,12 @@ def test_a_record_that_cannot_be_a_call_is_a_bad_record(
 
 def test_a_bad_record_does_not_blank_the_list() -> None:
     records, bad = parse_call_list(
-        [raw_call(id="c-1"), raw_call(id="c-2", state="error"), 5, raw_call(id="c-3")]
+        [raw_call(id="c-1"), raw_call(id="c-2", to=None), 5, raw_call(id="c-3"), []]
     )
 
     assert [record.id for record in records] == ["c-1", "c-3"]
-    assert [entry.call_id for entry in bad] == ["c-2", None]
+    # Each knows how many calls came before it, so a slice reports only its own.
+    assert [(entry.call_id, entry.before) for entry in bad] == [("c-2", 1), (None, 1), (None, 2)]
 
 
 @pytest.mark.parametrize("body", [{}, "[]", None, 3], ids=repr)
@@ -382,7 +423,8 @@ def test_a_list_body_that_is_not_an_array_is_a_bad_response(body: Any) -> None:
 
 
 def test_odd_values_describe_themselves_briefly() -> None:
-    assert Odd("x" * 200).describe() == repr("x" * 200)[:77] + "..."
+    assert Odd("x" * 200).describe() == '"' + "x" * 76 + "..."
+    assert Odd(None).describe() == "null"
     assert Odd(5).describe() == "5"
 
 

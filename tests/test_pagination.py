@@ -11,6 +11,7 @@ from gateway.calls import ListQuery
 from gateway.errors import BadUserInput, UpstreamBadResponse
 from gateway.pagination import CursorCodec, Position, next_query
 from tests.conftest import Gateway, GatewayFactory, Sandbox
+from tests.fakes import FakeUpstream
 
 CONNECTION = """
 query Walk($filter: CallFilter, $first: Int!, $after: String, $order: SortOrder! = DESC) {
@@ -170,6 +171,15 @@ CURRENT = ListQuery.create(from_="+19195551212", page=0, size=3)
         pytest.param(
             f"{BASE}/v1/users/u-1/calls/?page=2&size=3&sortOrder=Desc", 2, id="slash-case"
         ),
+        # RFC 3986 section 6.2.2 and 6.2.3: the same resource in other spellings.
+        pytest.param(
+            "HTTPS://API.Example.TEST:443/base/v1/users/u-1/calls?page=1", 1, id="case-and-port"
+        ),
+        pytest.param(f"{BASE}/%76%31/users/%75-1/calls?page=1", 1, id="percent-encoded"),
+        pytest.param(f"{BASE}/v1/users/./u-2/../u-1/calls/?page=1", 1, id="dot-segments"),
+        pytest.param(f"{BASE}/v1/users/u-1/calls?from=+19195551212&page=1", 1, id="plus-unencoded"),
+        pytest.param(f"{BASE}/v1/users/u-1/calls?from=%2b19195551212&page=1", 1, id="lower-hex"),
+        pytest.param(f"{BASE}/v1/users/u-1/calls?page=1#frag", 1, id="fragment-ignored"),
     ],
 )
 def test_a_next_link_becomes_the_query_for_its_page(link: str, page: int) -> None:
@@ -191,6 +201,13 @@ def test_a_next_link_becomes_the_query_for_its_page(link: str, page: int) -> Non
         pytest.param(f"{BASE}/v1/users/u-1/calls?page=1&size=5000", id="size-too-big"),
         pytest.param(f"{BASE}/v1/users/u-1/calls", id="no-page"),
         pytest.param(f"{BASE}/v1/users/u-1/calls?page=1&sortOrder=up", id="bad-order"),
+        pytest.param(f"{BASE}/v1/users/u-1/calls?page=1&sortOrder=asc", id="other-order"),
+        pytest.param(f"{BASE}/v1/users/u-1/calls/../../u-2/calls?page=1", id="dots-to-other-user"),
+        pytest.param(f"{BASE}/v1/users/u-1%2Fcalls?page=1", id="encoded-slash"),
+        pytest.param("https://user@api.example.test/base/v1/users/u-1/calls?page=1", id="userinfo"),
+        pytest.param("https://api.example.test:8443/base/v1/users/u-1/calls?page=1", id="port"),
+        pytest.param("/base/v1/users/u-1/calls?page=1", id="unresolved-relative"),
+        pytest.param("https://[::1/v1", id="not-a-url"),
     ],
 )
 def test_a_next_link_elsewhere_is_an_upstream_bad_response(link: str) -> None:
@@ -228,3 +245,46 @@ def test_a_short_cursor_key_stops_start_up_naming_the_setting() -> None:
 
     with pytest.raises(SettingsError, match="GATEWAY_CURSOR_KEY"):
         load_settings({"GATEWAY_CURSOR_KEY": "short"})
+
+
+# -- records left out of a page are reported by the slice that serves their place ----------
+
+
+def _record(call_id: str, **fields: Any) -> dict[str, Any]:
+    return {"id": call_id, "direction": "in", "from": "+19195550100", "to": "+19195550101",
+            "state": "completed", **fields}  # fmt: skip
+
+
+def test_a_left_out_record_is_reported_once_by_the_slice_that_covers_it(
+    gateway_factory: GatewayFactory, fake_upstream: FakeUpstream
+) -> None:
+    # Two upstream pages of 3 entries, each with one record that cannot be a call (no
+    # `from`). Slices of 3 calls: the first ends inside page 1, before its bad record.
+    path = "/v1/users/u-demo/calls/"
+    fake_upstream.answer(
+        path,
+        [_record("c-a"), _record("c-bad-1", **{"from": None}), _record("c-b")],
+        query={"page": "0", "size": "3", "sortOrder": "desc"},
+        header_lines=(("Link", f'<{fake_upstream.url}{path}?page=1&size=3>; rel="next"'),),
+    )
+    fake_upstream.answer(
+        path,
+        [_record("c-c"), _record("c-d"), _record("c-bad-2", to=None), _record("c-e")],
+        query={"page": "1", "size": "3", "sortOrder": "desc"},
+    )
+    gateway = gateway_factory(upstream_url=fake_upstream.url)
+
+    first = gateway.query(CONNECTION, {"first": 3}).json()
+    cursor = first["data"]["callsConnection"]["pageInfo"]["endCursor"]
+    second = gateway.query(CONNECTION, {"first": 3, "after": cursor}).json()
+
+    def ids(body: dict[str, Any]) -> list[str]:
+        return [edge["node"]["id"] for edge in body["data"]["callsConnection"]["edges"]]
+
+    def warned(body: dict[str, Any]) -> list[str]:
+        return [w["callId"] for w in body.get("extensions", {}).get("warnings", [])]
+
+    assert (ids(first), warned(first)) == (["c-a", "c-b", "c-c"], ["c-bad-1"])
+    assert (ids(second), warned(second)) == (["c-d", "c-e"], ["c-bad-2"])
+    assert "errors" not in first
+    assert "errors" not in second

@@ -8,6 +8,7 @@ import pytest
 
 from gateway.app import credential_headers
 from tests.conftest import DEMO, SECOND, GatewayFactory, Sandbox
+from tests.fakes import FakeUpstream
 
 QUERY = "query Latest { calls(size: 2) { id state } }"
 
@@ -128,3 +129,23 @@ def test_a_get_hit_keeps_its_cache_headers_counted_from_now(
     first_age = int(first.headers["cache-control"].rsplit("max-age=", 1)[1])
     second_age = int(second.headers["cache-control"].rsplit("max-age=", 1)[1])
     assert second_age < first_age
+
+
+def test_the_endpoint_decides_what_is_kept_not_the_bytes(
+    gateway_factory: GatewayFactory, fake_upstream: FakeUpstream
+) -> None:
+    # A call whose data holds the word "errors" is an answer without errors.
+    path = f"/v1/users/{DEMO.user_id}/calls/"
+    record = {"id": "c-1", "direction": "in", "from": "+19195550100", "to": "+19195550101",
+              "state": "completed", "sipHeaders": {"X-Tag": "errors"}}  # fmt: skip
+    fake_upstream.answer(path, [record])
+    gateway = gateway_factory(upstream_url=fake_upstream.url, cache_ttl=30)
+    query = "{ calls { id sipHeaders { name value } } }"
+
+    first = gateway.query(query)
+    second = gateway.query(query)
+
+    assert b'"errors"' in first.content
+    assert second.content == first.content
+    # Served whole from the response cache, not rebuilt from the upstream cache.
+    assert "gateway_response_cache_hits_total 1.0" in gateway.http.get("/metrics").text

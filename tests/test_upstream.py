@@ -264,9 +264,51 @@ LINKS = [
     ),
     pytest.param('https://a/3; rel="next", <https://a/0>', {}, id="malformed-skipped"),
     pytest.param("", {}, id="empty"),
+    # What the hand-written parser got wrong (issue 13): RFC 8288 quoting and targets.
+    pytest.param(
+        '<https://a/p?page=1>; title="next page, please"; rel="next"',
+        {"next": "https://a/p?page=1"},
+        id="comma-in-quoted-param",
+    ),
+    pytest.param(
+        '<https://a/p?page=1>; title="a; b"; rel="next", <https://a/p?page=0>; rel=first',
+        {"next": "https://a/p?page=1", "first": "https://a/p?page=0"},
+        id="semicolon-in-quoted-param",
+    ),
+    pytest.param(
+        '<https://a/p?from=sip:ann,bob@example.com&page=1>; rel="next"',
+        {"next": "https://a/p?from=sip:ann,bob@example.com&page=1"},
+        id="comma-in-target",
+    ),
+    pytest.param(
+        '</v1/users/u-demo/calls?page=1>; rel="next"',
+        {"next": "https://u.example/v1/users/u-demo/calls?page=1"},
+        id="relative-to-the-request",
+    ),
+    pytest.param(
+        '<?page=1&size=3>; rel="next"',
+        {"next": "https://u.example/v1/users/u-demo/calls/?page=1&size=3"},
+        id="query-only-reference",
+    ),
+    pytest.param(
+        '  <https://a/3>  ;  rel = "next"  ,  <https://a/0> ; rel = first  ',
+        {"next": "https://a/3", "first": "https://a/0"},
+        id="extra-whitespace",
+    ),
+    pytest.param(
+        ['<https://a/0>; rel="first"', '<https://a/3>; rel="next"'],
+        {"first": "https://a/0", "next": "https://a/3"},
+        id="several-header-lines",
+    ),
+    pytest.param(
+        ['<https://a/0>; title="unclosed', '<https://a/3>; rel="next"'],
+        {"next": "https://a/3"},
+        id="a-broken-line-does-not-hide-the-next",
+    ),
 ]
+REQUEST_URL = "https://u.example/v1/users/u-demo/calls/?page=0&size=3"
 
 
 @pytest.mark.parametrize(("header", "links"), LINKS)
-def test_parse_link_header(header: str, links: dict[str, str]) -> None:
-    assert parse_link_header(header) == links
+def test_parse_link_header(header: str | list[str], links: dict[str, str]) -> None:
+    assert parse_link_header(header, base=REQUEST_URL) == links

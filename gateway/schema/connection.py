@@ -12,8 +12,8 @@ from __future__ import annotations
 import strawberry
 
 from gateway.calls import CallList, ListQuery
-from gateway.context import Context, left_out_notice
-from gateway.errors import BadUserInput
+from gateway.context import Context, UpstreamWarning, left_out_warning
+from gateway.errors import BadUserInput, UpstreamBadResponse
 from gateway.pagination import Position
 from gateway.schema.types import Call
 
@@ -77,12 +77,15 @@ async def walk(
     edges: list[CallEdge] = []
     for _ in range(MAX_PAGES_PER_FIELD):
         found = await context.calls.list_calls(position.query)
-        report_bad_records(context, found, path)
-        following = context.calls.next_query(found, position.query)
         records = found.records
-        for index in range(position.skip, len(records)):
-            if len(edges) == first:
-                return _connection(context, edges, True, position)
+        skip = position.skip
+        end = min(len(records), skip + first - len(edges))
+        # The next link only matters once the slice reaches the end of this page; a
+        # slice that ends before it neither follows nor reports it.
+        reaches_end = end == len(records)
+        following = _following(context, found, position.query, path) if reaches_end else None
+        _report_left_out(context, found, skip, end, path)
+        for index in range(skip, end):
             # The position just after this call; past a page's last call it is the start
             # of the next page, so resuming there does not re-read this one.
             after_this = (
@@ -95,6 +98,8 @@ async def walk(
                     cursor=context.cursors.encode(after_this), node=Call(record=records[index])
                 )
             )
+        if not reaches_end:
+            return _connection(context, edges, True, position)
         if following is None:
             return _connection(context, edges, False, position)
         position = Position(following)
@@ -103,12 +108,45 @@ async def walk(
     return _connection(context, edges, True, position)
 
 
-def report_bad_records(context: Context, found: CallList, path: tuple[str | int, ...]) -> None:
-    """Report the records left out of a page beside the data.
+def _following(
+    context: Context, found: CallList, query: ListQuery, path: tuple[str | int, ...]
+) -> ListQuery | None:
+    """The page after `found`, or None; a next link it cannot follow is a warning.
 
-    In a non-null list, an error in a bad record's place would blank the whole page.
+    The page already fetched is served whatever its link says: a link that cannot be
+    followed ends the walk there (`hasNextPage: false`) and says so beside the data.
     """
-    context.notices.extend(left_out_notice(bad, path) for bad in found.bad)
+    try:
+        return context.calls.next_query(found, query)
+    except UpstreamBadResponse as exc:
+        context.warnings.append(
+            UpstreamWarning(
+                f'The upstream sent a `Link rel="next"` this gateway cannot follow '
+                f"({exc.message}); the calls before it are served and `hasNextPage` is false.",
+                path,
+                None,
+                "next_link",
+            )
+        )
+        return None
+
+
+def _report_left_out(
+    context: Context, found: CallList, skip: int, end: int, path: tuple[str | int, ...]
+) -> None:
+    """Report the records left out of the part of a page this slice serves, and only those.
+
+    A left-out record belongs to the slice that serves the call after it, or, past the
+    page's last call, to the slice that reaches the end of the page from within it: so
+    consecutive slices never repeat a warning, and none is about a call they did not serve.
+    """
+    count = len(found.records)
+    trailing = end == count and (skip < count or skip == 0)
+    context.warnings.extend(
+        left_out_warning(bad, path)
+        for bad in found.bad
+        if skip <= bad.before < end or (trailing and bad.before == count)
+    )
 
 
 def _list_identity(query: ListQuery) -> tuple[object, ...]:

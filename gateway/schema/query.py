@@ -8,8 +8,8 @@ import strawberry
 from strawberry.types import Info
 
 from gateway.calls import MAX_PAGE_SIZE, ListQuery
-from gateway.context import Context
-from gateway.schema.connection import MAX_FIRST, CallConnection, report_bad_records, walk
+from gateway.context import Context, left_out_warning
+from gateway.schema.connection import MAX_FIRST, CallConnection, walk
 from gateway.schema.types import Call, CallFilter, SortOrder, fetch_call
 
 
@@ -41,7 +41,9 @@ class Query:
     ) -> list[Call]:
         query = _list_query(filter, sort_order, page=page, size=size)
         found = await info.context.calls.list_calls(query)
-        report_bad_records(info.context, found, tuple(info.path.as_list()))
+        # The whole upstream page is served, so every record left out of it is reported.
+        path = tuple(info.path.as_list())
+        info.context.warnings.extend(left_out_warning(bad, path) for bad in found.bad)
         return [Call(record=record) for record in found.records]
 
     @strawberry.field(
@@ -84,7 +86,7 @@ class Query:
         info: Info[Context, None],
         id: Annotated[strawberry.ID, strawberry.argument(description="The call's id.")],
     ) -> Call | None:
-        return await fetch_call(info.context, str(id))
+        return await fetch_call(info.context, str(id), tuple(info.path.as_list()))
 
 
 def _list_query(

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any, NewType, TypeVar
+from typing import Any, NewType
 
 import strawberry
 from strawberry.types import Info
 
 from gateway.calls import BadRecord, CallRecord, Odd
-from gateway.context import Context
-from gateway.errors import UpstreamBadResponse
+from gateway.context import Context, UpstreamWarning, WarningKind
 
 
 def serialize_datetime(value: datetime) -> str:
@@ -54,6 +54,13 @@ class SortOrder(Enum):
 class CallDirection(Enum):
     IN = strawberry.enum_value("in", description="An incoming call: someone called you.")
     OUT = strawberry.enum_value("out", description="An outgoing call: you called someone.")
+    UNKNOWN = strawberry.enum_value(
+        "unknown",
+        description=(
+            "A direction this gateway does not know (yet); the response's "
+            "`extensions.warnings` says what the upstream sent."
+        ),
+    )
 
 
 @strawberry.enum(description="Where the call is in its life.")
@@ -68,6 +75,17 @@ class CallState(Enum):
     ACTIVE = strawberry.enum_value("active", description="Answered and in progress.")
     COMPLETED = strawberry.enum_value("completed", description="Ended after being answered.")
     TRANSFERRING = strawberry.enum_value("transferring", description="Being transferred.")
+    ERROR = strawberry.enum_value(
+        "error",
+        description="Failed on the platform's side (a state Bandwidth's own SDKs list).",
+    )
+    UNKNOWN = strawberry.enum_value(
+        "unknown",
+        description=(
+            "A state this gateway does not know (yet), so that a new upstream value never "
+            "breaks a client; the response's `extensions.warnings` says what was sent."
+        ),
+    )
 
 
 @strawberry.enum(description="The HTTP method used to deliver call events to `callbackUrl`.")
@@ -118,31 +136,103 @@ class CallFilter:
     )
 
 
-T = TypeVar("T")
+# -- reading a record's fields: one meaning for the standard and the compiled path ----------
+#
+# Each reader returns the field's value as the schema serves it and, when the upstream's
+# value was off, that value (`Odd`): the field is then served as UNKNOWN, null or an empty
+# list, and the caller reports a warning. fastpath.py serves odd records with these too.
 
 
-def _checked(call: Call, value: T | Odd, field: str) -> T:
+Read = tuple[Any, Odd | None]
+
+
+def _plain(value: Any) -> Read:
+    return (None, value) if isinstance(value, Odd) else (value, None)
+
+
+def _enum(value: Any, enum: type[Enum], fallback: Enum | None) -> Read:
     if isinstance(value, Odd):
-        raise UpstreamBadResponse(
-            f"The upstream sent call {call.record.id} with an unexpected `{field}`: "
-            f"{value.describe()}.",
-            callId=call.record.id,
-            field=field,
+        return fallback, value
+    return (None if value is None else enum(value)), None
+
+
+def _instant_value(value: datetime | Odd | None) -> Read:
+    if isinstance(value, Odd):
+        return None, value
+    return (None if value is None else DateTime(value)), None
+
+
+def _id_value(value: str | Odd | None) -> Read:
+    if isinstance(value, Odd):
+        return None, value
+    return (None if value is None else strawberry.ID(value)), None
+
+
+def _sip_value(value: tuple[tuple[str, str], ...] | Odd) -> Read:
+    if isinstance(value, Odd):
+        return [], value
+    return [SipHeader(name=name, value=header) for name, header in value], None
+
+
+READERS: dict[str, Callable[[CallRecord], Read]] = {
+    "id": lambda r: (strawberry.ID(r.id), None),
+    "direction": lambda r: _enum(r.direction, CallDirection, CallDirection.UNKNOWN),
+    "from": lambda r: (r.from_, None),
+    "to": lambda r: (r.to, None),
+    "state": lambda r: _enum(r.state, CallState, CallState.UNKNOWN),
+    "startTime": lambda r: _instant_value(r.start_time),
+    "activeTime": lambda r: _instant_value(r.active_time),
+    "endTime": lambda r: _instant_value(r.end_time),
+    "callbackUrl": lambda r: _plain(r.callback_url),
+    "callbackHttpMethod": lambda r: _enum(r.callback_http_method, CallbackHttpMethod, None),
+    "callbackTimeout": lambda r: _plain(r.callback_timeout),
+    "fallbackUrl": lambda r: _plain(r.fallback_url),
+    "bridgeId": lambda r: _id_value(r.bridge_id),
+    "conferenceId": lambda r: _id_value(r.conference_id),
+    "chargeableDuration": lambda r: _plain(r.chargeable_duration),
+    "recordingEnabled": lambda r: _plain(r.recording_enabled),
+    "recordingFileFormat": lambda r: _enum(r.recording_file_format, RecordingFileFormat, None),
+    "transcriptionEnabled": lambda r: _plain(r.transcription_enabled),
+    "sipHeaders": lambda r: _sip_value(r.sip_headers),
+    "eventsUrl": lambda r: _plain(r.events_url),
+}
+
+
+_ENUM_FIELDS = frozenset({"direction", "state", "callbackHttpMethod", "recordingFileFormat"})
+
+
+def odd_field_warning(
+    record: CallRecord, field: str, odd: Odd, served: Any, path: tuple[str | int, ...]
+) -> UpstreamWarning:
+    """The warning for a field whose upstream value was off, and what was served instead."""
+    shown = served.name if isinstance(served, Enum) else "an empty list" if served == [] else "null"
+    kind: WarningKind = "unknown_value" if field in _ENUM_FIELDS else "malformed_field"
+    return UpstreamWarning(
+        f"The upstream sent call {record.id} with an unexpected `{field}` "
+        f"({odd.describe()}); it is served as {shown}.",
+        path,
+        record.id,
+        kind,
+    )
+
+
+def read_field(call: Call, info: Info[Context, None], field: str) -> Any:
+    """A field's value; an odd upstream value is reported as a warning at the field's path."""
+    value, odd = READERS[field](call.record)
+    if odd is not None:
+        info.context.warnings.append(
+            odd_field_warning(call.record, field, odd, value, tuple(info.path.as_list()))
         )
     return value
-
-
-def _instant(call: Call, value: datetime | Odd | None, field: str) -> DateTime | None:
-    checked = _checked(call, value, field)
-    return None if checked is None else DateTime(checked)
 
 
 @strawberry.federation.type(
     keys=["id"],
     description=(
-        "A call you made or received. Fields the upstream did not send are null; a field "
-        "whose upstream value is malformed is null with an `UPSTREAM_BAD_RESPONSE` error "
-        "at its path."
+        "A call you made or received. Fields the upstream did not send are null. A field "
+        "whose upstream value is malformed is null (an empty list for `sipHeaders`, UNKNOWN "
+        "for `direction` and `state`), with a warning at its path in the response's "
+        "`extensions.warnings`, never an error."
     ),
 )
 class Call:
@@ -153,8 +243,8 @@ class Call:
         return strawberry.ID(self.record.id)
 
     @strawberry.field(description="Whether the call was incoming or outgoing.")
-    def direction(self) -> CallDirection:
-        return CallDirection(self.record.direction)
+    def direction(self, info: Info[Context, None]) -> CallDirection:
+        return read_field(self, info, "direction")  # type: ignore[no-any-return]
 
     @strawberry.field(
         name="from",
@@ -170,88 +260,97 @@ class Call:
         return self.record.to
 
     @strawberry.field(description="Where the call is in its life.")
-    def state(self) -> CallState:
-        return CallState(self.record.state)
+    def state(self, info: Info[Context, None]) -> CallState:
+        return read_field(self, info, "state")  # type: ignore[no-any-return]
 
     @strawberry.field(description="When the call was created.")
-    def start_time(self) -> DateTime | None:
-        return _instant(self, self.record.start_time, "startTime")
+    def start_time(self, info: Info[Context, None]) -> DateTime | None:
+        return read_field(self, info, "startTime")  # type: ignore[no-any-return]
 
     @strawberry.field(description="When the call was answered; null if it never was.")
-    def active_time(self) -> DateTime | None:
-        return _instant(self, self.record.active_time, "activeTime")
+    def active_time(self, info: Info[Context, None]) -> DateTime | None:
+        return read_field(self, info, "activeTime")  # type: ignore[no-any-return]
 
     @strawberry.field(description="When the call ended; null while it is still going.")
-    def end_time(self) -> DateTime | None:
-        return _instant(self, self.record.end_time, "endTime")
+    def end_time(self, info: Info[Context, None]) -> DateTime | None:
+        return read_field(self, info, "endTime")  # type: ignore[no-any-return]
 
     @strawberry.field(description="The URL that receives this call's events.")
-    def callback_url(self) -> str | None:
-        return _checked(self, self.record.callback_url, "callbackUrl")
+    def callback_url(self, info: Info[Context, None]) -> str | None:
+        return read_field(self, info, "callbackUrl")  # type: ignore[no-any-return]
 
-    @strawberry.field(description="How events are sent to `callbackUrl` (POST by default).")
-    def callback_http_method(self) -> CallbackHttpMethod | None:
-        value = _checked(self, self.record.callback_http_method, "callbackHttpMethod")
-        return None if value is None else CallbackHttpMethod(value)
+    @strawberry.field(
+        description=(
+            "How events are sent to `callbackUrl` (POST by default); the upstream's "
+            "`get`/`post` in any case read as GET/POST."
+        )
+    )
+    def callback_http_method(self, info: Info[Context, None]) -> CallbackHttpMethod | None:
+        return read_field(self, info, "callbackHttpMethod")  # type: ignore[no-any-return]
 
     @strawberry.field(
         description="How long, in milliseconds, the platform waits for `callbackUrl` to answer."
     )
-    def callback_timeout(self) -> int | None:
-        return _checked(self, self.record.callback_timeout, "callbackTimeout")
+    def callback_timeout(self, info: Info[Context, None]) -> int | None:
+        return read_field(self, info, "callbackTimeout")  # type: ignore[no-any-return]
 
     @strawberry.field(description="The URL that receives events when `callbackUrl` fails.")
-    def fallback_url(self) -> str | None:
-        return _checked(self, self.record.fallback_url, "fallbackUrl")
+    def fallback_url(self, info: Info[Context, None]) -> str | None:
+        return read_field(self, info, "fallbackUrl")  # type: ignore[no-any-return]
 
     @strawberry.field(description="The bridge the call is in, if any.")
-    def bridge_id(self) -> strawberry.ID | None:
-        value = _checked(self, self.record.bridge_id, "bridgeId")
-        return None if value is None else strawberry.ID(value)
+    def bridge_id(self, info: Info[Context, None]) -> strawberry.ID | None:
+        return read_field(self, info, "bridgeId")  # type: ignore[no-any-return]
 
     @strawberry.field(description="The conference the call is in, if any.")
-    def conference_id(self) -> strawberry.ID | None:
-        value = _checked(self, self.record.conference_id, "conferenceId")
-        return None if value is None else strawberry.ID(value)
+    def conference_id(self, info: Info[Context, None]) -> strawberry.ID | None:
+        return read_field(self, info, "conferenceId")  # type: ignore[no-any-return]
 
     @strawberry.field(description="The number of seconds the call is billed for.")
-    def chargeable_duration(self) -> int | None:
-        return _checked(self, self.record.chargeable_duration, "chargeableDuration")
+    def chargeable_duration(self, info: Info[Context, None]) -> int | None:
+        return read_field(self, info, "chargeableDuration")  # type: ignore[no-any-return]
 
     @strawberry.field(description="Whether the call was recorded.")
-    def recording_enabled(self) -> bool | None:
-        return _checked(self, self.record.recording_enabled, "recordingEnabled")
+    def recording_enabled(self, info: Info[Context, None]) -> bool | None:
+        return read_field(self, info, "recordingEnabled")  # type: ignore[no-any-return]
 
     @strawberry.field(description="The file format of the call's recordings.")
-    def recording_file_format(self) -> RecordingFileFormat | None:
-        value = _checked(self, self.record.recording_file_format, "recordingFileFormat")
-        return None if value is None else RecordingFileFormat(value)
+    def recording_file_format(self, info: Info[Context, None]) -> RecordingFileFormat | None:
+        return read_field(self, info, "recordingFileFormat")  # type: ignore[no-any-return]
 
     @strawberry.field(description="Whether the call's recordings were transcribed automatically.")
-    def transcription_enabled(self) -> bool | None:
-        return _checked(self, self.record.transcription_enabled, "transcriptionEnabled")
+    def transcription_enabled(self, info: Info[Context, None]) -> bool | None:
+        return read_field(self, info, "transcriptionEnabled")  # type: ignore[no-any-return]
 
     @strawberry.field(
         description="Custom SIP headers sent with the call (up to 5); empty when there were none."
     )
-    def sip_headers(self) -> list[SipHeader]:
-        return [SipHeader(name=name, value=value) for name, value in self.record.sip_headers]
+    def sip_headers(self, info: Info[Context, None]) -> list[SipHeader]:
+        return read_field(self, info, "sipHeaders")  # type: ignore[no-any-return]
 
     @strawberry.field(description="The upstream URL of this call's events.")
-    def events_url(self) -> str | None:
-        return _checked(self, self.record.events_url, "eventsUrl")
+    def events_url(self, info: Info[Context, None]) -> str | None:
+        return read_field(self, info, "eventsUrl")  # type: ignore[no-any-return]
 
     @classmethod
     async def resolve_reference(cls, info: Info[Context, None], id: strawberry.ID) -> Call | None:
         """Federation: another subgraph's `Call` reference, fetched by id (null if unknown)."""
-        return await fetch_call(info.context, str(id))
+        return await fetch_call(info.context, str(id), tuple(info.path.as_list()))
 
 
-async def fetch_call(context: Context, call_id: str) -> Call | None:
-    """One call by id, or None; a record the gateway cannot read is an error."""
+async def fetch_call(context: Context, call_id: str, path: tuple[str | int, ...]) -> Call | None:
+    """One call by id, or None; a record that cannot be a call is None with a warning."""
     found = await context.calls.get_call(call_id)
     if found is None:
         return None
     if isinstance(found, BadRecord):
-        raise UpstreamBadResponse(f"The upstream sent {found.reason}.", callId=found.call_id)
+        context.warnings.append(
+            UpstreamWarning(
+                f"The upstream sent {found.reason}; it is served as null.",
+                path,
+                found.call_id or call_id,
+                "left_out",
+            )
+        )
+        return None
     return Call(record=found)
