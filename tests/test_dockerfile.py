@@ -31,6 +31,7 @@ from dockerfile_parse import DockerfileParser
 
 from gateway.app import credential_headers
 from gateway.sandbox import ACCOUNTS
+from tests.conftest import Gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,6 +121,28 @@ def test_runtime_runs_as_a_fixed_non_root_user_with_a_healthcheck_and_the_serve_
     probe = (ROOT / "docker" / "healthcheck.py").read_text()
     assert "/healthz" in probe
     assert not re.search(r"environ[^\n]*GATEWAY_", probe)
+
+
+def _probe(pid: int) -> int:
+    """The image's HEALTHCHECK script, told which process is the entrypoint."""
+    script = ROOT / "docker" / "healthcheck.py"
+    environ = {**os.environ, "HEALTHCHECK_PID": str(pid)}
+    return subprocess.run([sys.executable, str(script)], env=environ, timeout=30).returncode
+
+
+def test_the_health_probe_finds_the_port_the_process_listens_on(gateway: Gateway) -> None:
+    # This process serves the gateway (on a port no setting names) and the sandbox, whose
+    # /healthz is a 404: the probe tries each listening socket and one answers.
+    assert _probe(os.getpid()) == 0
+
+
+def test_the_health_probe_fails_for_a_process_that_listens_nowhere() -> None:
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert _probe(idle.pid) == 1
+    finally:
+        idle.kill()
+        idle.wait()
 
 
 def test_settings_come_only_from_the_environment() -> None:
