@@ -116,3 +116,27 @@ def test_every_command_in_the_readme_exists(line: str) -> None:
         return
     done = subprocess.run(help_run, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, f"{line}: {' '.join(help_run)} failed:\n{done.stderr}"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "bench/peers/apollo-rest/node_modules/",
+        "bench/peers/hive-gateway/node_modules/",
+        "bench/peers/hive-gateway/supergraph.graphql",
+        "tests/js/clients/node_modules/",
+        "gateway/static/vendor/",
+    ],
+)
+def test_what_commands_install_or_make_stays_out_of_git(path: str) -> None:
+    assert ignored(path)
+
+
+@pytest.mark.parametrize(
+    "lock", [f for f in tracked_files() if Path(f).name == "package-lock.json"]
+)
+def test_lock_files_pin_by_integrity_and_name_no_download_address(lock: str) -> None:
+    text = (ROOT / lock).read_text()
+
+    assert '"resolved"' not in text
+    assert '"integrity": "sha512-' in text
