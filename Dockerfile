@@ -14,12 +14,6 @@ ARG PYTHON_IMAGE=python:3.12.12-slim-bookworm
 
 # --- The virtual environment: dependencies first, so that a source change reuses them.
 FROM ${PYTHON_IMAGE} AS build
-# npm only for `python -m gateway.graphiql fetch` below; this stage is not shipped. npm is
-# not pinned to a Debian revision (DL3008): what it fetches is checked against pinned hashes.
-# hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends npm \
- && rm -rf /var/lib/apt/lists/*
 ENV VIRTUAL_ENV=/opt/venv PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv "$VIRTUAL_ENV"
@@ -28,11 +22,8 @@ RUN python -m venv "$VIRTUAL_ENV"
 COPY requirements.lock ./
 RUN --mount=type=cache,target=/root/.cache/pip \
     "$VIRTUAL_ENV/bin/pip" install --require-hashes -r requirements.lock
-# GraphiQL's pinned files, so the gateway serves them itself (no CDN at run time): npm pack
-# of the pinned packages, each tarball and file checked against the hashes pinned in
-# gateway/graphiql.py. Only that module is copied first, so this layer survives other edits.
-COPY gateway/__init__.py gateway/graphiql.py ./gateway/
-RUN "$VIRTUAL_ENV/bin/python" -m gateway.graphiql fetch gateway/static/vendor
+# The package, GraphiQL's pinned files (gateway/static/vendor/) included: the gateway
+# serves them itself, no CDN and no npm needed.
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 RUN --mount=type=cache,target=/root/.cache/pip \

@@ -125,7 +125,6 @@ def test_every_command_in_the_readme_exists(line: str) -> None:
         "bench/peers/hive-gateway/node_modules/",
         "bench/peers/hive-gateway/supergraph.graphql",
         "tests/js/clients/node_modules/",
-        "gateway/static/vendor/",
     ],
 )
 def test_what_commands_install_or_make_stays_out_of_git(path: str) -> None:
