@@ -3,6 +3,9 @@
 # (GATEWAY_*, OTEL_EXPORTER_OTLP_ENDPOINT; see the README's Configuration table):
 #   docker build -t catapult-gateway .
 #   docker run -p 8000:8000 -e GATEWAY_WORKERS=2 catapult-gateway
+#   docker run -p 8000:8000 catapult-gateway serve --host 0.0.0.0 --sandbox
+# The entrypoint is the `catapult-gateway` command, so arguments after the image name are
+# its subcommand and flags; the default is `serve --host 0.0.0.0`.
 #
 # The base image is pinned to an exact version tag. Pin it by digest as well where you
 # build (`docker buildx imagetools inspect <tag>` prints it): it could not be looked up
@@ -11,23 +14,17 @@ ARG PYTHON_IMAGE=python:3.12.12-slim-bookworm
 
 # --- The virtual environment: dependencies first, so that a source change reuses them.
 FROM ${PYTHON_IMAGE} AS build
-# npm only for `python -m gateway.graphiql fetch` below; this stage is not shipped.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends npm \
- && rm -rf /var/lib/apt/lists/*
 ENV VIRTUAL_ENV=/opt/venv PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv "$VIRTUAL_ENV"
-COPY pyproject.toml ./
+# Exact versions with hashes (`uv pip compile --generate-hashes`, see the README): the same
+# dependencies on every build, and pip refuses any file whose hash is not in the lock.
+COPY requirements.lock ./
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['otel']))" > requirements.txt \
- && "$VIRTUAL_ENV/bin/pip" install -r requirements.txt
-# GraphiQL's pinned files, so the gateway serves them itself (no CDN at run time): npm pack
-# of the pinned packages, each tarball and file checked against the hashes pinned in
-# gateway/graphiql.py. Only that module is copied first, so this layer survives other edits.
-COPY gateway/__init__.py gateway/graphiql.py ./gateway/
-RUN "$VIRTUAL_ENV/bin/python" -m gateway.graphiql fetch gateway/static/vendor
-COPY README.md ./
+    "$VIRTUAL_ENV/bin/pip" install --require-hashes -r requirements.lock
+# The package, GraphiQL's pinned files (gateway/static/vendor/) included: the gateway
+# serves them itself, no CDN and no npm needed.
+COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 RUN --mount=type=cache,target=/root/.cache/pip \
     "$VIRTUAL_ENV/bin/pip" install --no-deps .
@@ -37,9 +34,13 @@ FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 gateway \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin gateway
 COPY --from=build /opt/venv /opt/venv
+COPY docker/healthcheck.py /opt/healthcheck.py
 ENV PATH="/opt/venv/bin:$PATH" PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 USER 10001:10001
 EXPOSE 8000
+# The probe asks the kernel which port the entrypoint (PID 1) listens on, so it follows
+# `--port` as well as GATEWAY_PORT.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('GATEWAY_PORT', '8000') + '/healthz', timeout=2)"]
-CMD ["catapult-gateway", "serve", "--host", "0.0.0.0"]
+  CMD ["python", "/opt/healthcheck.py"]
+ENTRYPOINT ["catapult-gateway"]
+CMD ["serve", "--host", "0.0.0.0"]

@@ -7,12 +7,17 @@ the ratios the performance targets are stated in:
 
     .venv/bin/python bench/compare.py [--duration 10] [--connections 32] [--delay-ms 0]
 
-Needs wrk (Debian: apt-get install wrk). Nothing here is a test: numbers are for people.
+Load comes from wrk (Debian: apt-get install wrk) with bench/load.lua; without wrk, from
+a small closed-loop Python client (`pyload` below) that applies the same checks, which is
+slower than wrk and takes CPU from the servers, so its numbers are lower: the output says
+which one ran. bench/peers.py runs the Node.js gateways through the same functions.
+Nothing here is a test: numbers are for people.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import os
@@ -26,10 +31,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -142,10 +148,23 @@ def rest_line(page: int, size: int, order: str) -> str:
     return f"GET\t/v1/users/{USER}/calls/?page={page}&size={size}&sortOrder={order.lower()}\t"
 
 
+def load_generator() -> str:
+    return "wrk" if shutil.which("wrk") else "python"
+
+
+def load(url: str, lines: list[str], args: argparse.Namespace, seconds: float) -> dict[str, float]:
+    """One run of closed-loop load from `args.connections` connections; wrk when present."""
+    if load_generator() == "wrk":
+        return wrk(url, lines, args, seconds)
+    return asyncio.run(pyload(url, lines, args, seconds))
+
+
 def wrk(url: str, lines: list[str], args: argparse.Namespace, seconds: float) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as file:
         file.write("\n".join(lines) + "\n")
     env = {**os.environ, "BENCH_REQUESTS": file.name, "BENCH_AUTH": AUTH, "BENCH_USER_ID": USER}
+    if getattr(args, "strict", False):
+        env["BENCH_STRICT"] = "1"
     command = [
         "wrk",
         "-t1",
@@ -164,15 +183,88 @@ def wrk(url: str, lines: list[str], args: argparse.Namespace, seconds: float) ->
     return result
 
 
-def measure(
-    server: Server, path: str, lines: list[str], args: argparse.Namespace
+async def pyload(
+    url: str, lines: list[str], args: argparse.Namespace, seconds: float
 ) -> dict[str, float]:
-    wrk(server.url + path, lines, args, args.warmup)
+    """wrk's job without wrk: the same request lines, checks and summary, in Python."""
+    import aiohttp  # the gateway's own dependency; only this fallback needs it
+
+    base = {"Authorization": AUTH, "X-Catapult-User-Id": USER}
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    requests = []
+    for line in lines:
+        method, path, body = [*line.split("\t", 2), ""][:3]
+        headers = {**base, "Content-Type": "application/json"} if body else base
+        # As with wrk, the line's path replaces the URL's.
+        requests.append((method, f"{origin}{path}", body, headers))
+    strict = getattr(args, "strict", False)
+    latencies: list[float] = []
+    counts = {"failures": 0, "socket_errors": 0}
+    counter = 0
+    start_time = time.monotonic()
+    deadline = start_time + seconds
+
+    async def connection(session: aiohttp.ClientSession) -> None:
+        nonlocal counter
+        while time.monotonic() < deadline:
+            counter += 1
+            method, target, body, headers = requests[counter % len(requests)]
+            began = time.monotonic()
+            try:
+                async with session.request(
+                    method, target, data=body or None, headers=headers
+                ) as answer:
+                    text = await answer.read()
+            except (aiohttp.ClientError, TimeoutError):
+                counts["socket_errors"] += 1
+                continue
+            latencies.append(time.monotonic() - began)
+            if answer.status != 200 or (
+                text[:1] == b"{" and (b'"calls"' not in text or (strict and b'"errors"' in text))
+            ):
+                counts["failures"] += 1
+
+    connector = aiohttp.TCPConnector(limit=args.connections)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        await asyncio.gather(*(connection(session) for _ in range(args.connections)))
+    elapsed = time.monotonic() - start_time
+    latencies.sort()
+
+    def percentile(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1e6
+
+    return {
+        "requests": len(latencies),
+        "duration_us": elapsed * 1e6,
+        **counts,
+        "p50_us": percentile(50) if latencies else 0,
+        "p99_us": percentile(99) if latencies else 0,
+    }
+
+
+def measure(
+    server: Server,
+    path: str,
+    lines: list[str],
+    args: argparse.Namespace,
+    upstream_requests: Callable[[], float] | None = None,
+) -> dict[str, float]:
+    """Warm up, then one measured run; with `upstream_requests` (a counter read from the
+    upstream), also the upstream requests per request sent."""
+    load(server.url + path, lines, args, args.warmup)
     cpu_before = server.cpu_seconds()
-    result = wrk(server.url + path, lines, args, args.duration)
+    upstream_before = upstream_requests() if upstream_requests else 0.0
+    result = load(server.url + path, lines, args, args.duration)
     cpu = server.cpu_seconds() - cpu_before
     seconds = result["duration_us"] / 1e6
+    extra = {}
+    if upstream_requests:
+        sent = max(result["requests"], 1)
+        extra["upstream_per_request"] = (upstream_requests() - upstream_before) / sent
     return {
+        **extra,
         "rps": result["requests"] / seconds,
         "p50_ms": result["p50_us"] / 1000,
         "p99_ms": result["p99_us"] / 1000,
@@ -196,9 +288,8 @@ def main() -> int:
         help="repetitions of the plan, alternately forward and reversed (ABBA); medians shown",
     )
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        print("bench/compare.py needs wrk (Debian: apt-get install wrk)", file=sys.stderr)
-        return 2
+    if load_generator() != "wrk":
+        print("no wrk here (Debian: apt-get install wrk): using the Python client", file=sys.stderr)
     cli = [sys.executable, "-m", "gateway"]
     scenarios = args.scenarios.split(",")
     pages25 = [graphql_line(p, 25, o) for o in ("DESC", "ASC") for p in range(100)]
@@ -293,7 +384,8 @@ RATIOS = (("a", "d25"), ("b", "bare"), ("c", "d1000"))
 def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
     rows = [
         f"upstream delay {args.delay_ms:g} ms, {args.connections} connections, "
-        f"{args.duration:g} s per run, one gateway worker, median of {args.repeats} runs",
+        f"{args.duration:g} s per run, one gateway worker, median of {args.repeats} runs, "
+        f"load from {load_generator()}",
         "",
         "| scenario | req/s | p50 ms | p99 ms | gw CPU ms/req | RSS MB | failures |",
         "|---|---|---|---|---|---|---|",

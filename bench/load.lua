@@ -2,11 +2,13 @@
 -- file named by BENCH_REQUESTS (one request per line: METHOD<TAB>PATH<TAB>BODY), so the
 -- per-request Lua cost is one table lookup. Responses that are not 200, and GraphQL answers
 -- without "calls", count as failures (the sandbox's history holds calls in an undocumented
--- state, which come with an "errors" entry beside the data by design). done() prints one
--- BENCH_JSON line.
+-- state, which come with an "errors" entry beside the data by design; with BENCH_STRICT=1,
+-- as bench/peers.py sets for its fake upstream, an "errors" entry is a failure too). done()
+-- prints one BENCH_JSON line.
 
 local auth = os.getenv("BENCH_AUTH")
 local user_id = os.getenv("BENCH_USER_ID")
+local strict = os.getenv("BENCH_STRICT") == "1"
 local threads = {}
 
 function setup(thread)
@@ -39,6 +41,8 @@ function response(status, headers, body)
   if status ~= 200 then
     failures = failures + 1
   elseif body:sub(1, 1) == "{" and not body:find('"calls"', 1, true) then
+    failures = failures + 1
+  elseif strict and body:sub(1, 1) == "{" and body:find('"errors"', 1, true) then
     failures = failures + 1
   end
 end
