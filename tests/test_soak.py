@@ -140,8 +140,12 @@ async def client(url: str, number: int, stop_at: float, tally: Tally) -> None:
     # hundreds of connections would make the test's own client the bottleneck.
     rng = random.Random(number)
     headers = credential_headers(ACCOUNTS[number % len(ACCOUNTS)])
+    # A client must drop an idle connection before the server's keep-alive timeout (5 s)
+    # does, or a request sent as the server closes it fails with ReadError; with think
+    # times up to 3 s and a busy event loop, that race is common on a loaded machine.
+    limits = httpx.Limits(keepalive_expiry=2.0)
     async with httpx.AsyncClient(
-        base_url=url, headers=headers, timeout=CLIENT_DEADLINE, verify=_TLS
+        base_url=url, headers=headers, timeout=CLIENT_DEADLINE, verify=_TLS, limits=limits
     ) as http:
         while time.monotonic() < stop_at:
             # Think time, as people and pages have: about 125 requests a second in all,
