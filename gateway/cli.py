@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import secrets
 import signal
@@ -24,8 +25,11 @@ from gateway.config import (
     env_name,
     load_sandbox_settings,
     load_settings,
+    unknown_variables,
 )
 from gateway.logs import configure_logging
+
+log = logging.getLogger("gateway.cli")
 
 # prometheus-client's own variable; gateway.metrics is not imported here, so that the
 # CLI process sets it before prometheus-client is first imported.
@@ -90,6 +94,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
         sys.stdout.write(print_sdl(build_schema()))
         return 0
+    # Said once, by the process that reads the settings first (workers read them again).
+    warnings = unknown_variables(environ)
     try:
         if args.command == "sandbox":
             sandbox_settings = load_sandbox_settings(
@@ -112,12 +118,18 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"catapult-gateway: {exc}", file=sys.stderr)
         return 2
     if args.command == "sandbox":
-        return _run_sandbox(sandbox_settings)
-    return _serve(settings)
+        return _run_sandbox(sandbox_settings, warnings)
+    return _serve(settings, warnings)
 
 
-def _serve(settings: Settings) -> int:
+def _warn(warnings: Sequence[str]) -> None:
+    for warning in warnings:
+        log.warning(warning)
+
+
+def _serve(settings: Settings, warnings: Sequence[str] = ()) -> int:
     configure_logging(settings.log_level, settings.log_format, batch=True)
+    _warn(warnings)
     # Workers are separate processes: they rebuild the settings from the environment,
     # so the effective values (flags included) travel there. A cursor key drawn here is
     # shared by all workers, so a cursor stays good whichever worker answers next.
@@ -233,10 +245,11 @@ def _print_sandbox_banner(settings: Settings) -> None:
     print("\n".join(lines), flush=True)
 
 
-def _run_sandbox(settings: SandboxSettings) -> int:
+def _run_sandbox(settings: SandboxSettings, warnings: Sequence[str] = ()) -> int:
     from gateway.sandbox import SandboxOptions, create_sandbox_app
 
     configure_logging("info")
+    _warn(warnings)
     app = create_sandbox_app(
         SandboxOptions(latency_ms=settings.latency_ms, rate_limit=settings.rate_limit)
     )

@@ -6,7 +6,8 @@ passes `os.environ` merged with its flags. Nothing here is read at import time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import difflib
+from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -22,6 +23,8 @@ from pydantic import (
 )
 
 ENV_PREFIX = "GATEWAY_"
+# The test suite's own switches (GATEWAY_TEST_REQUIRE_NODE, ...): not settings, not misspelt.
+TEST_ENV_PREFIX = "GATEWAY_TEST_"
 # Settings whose variable is a cross-tool standard rather than GATEWAY_<NAME>.
 STANDARD_ENV_NAMES = {"otlp_endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT"}
 DEFAULT_UPSTREAM_URL = "https://api.catapult.inetwork.com"
@@ -287,6 +290,34 @@ def _validate(
             return flag_name(field) if field in given else variable(field)
 
         raise SettingsError(_one_line(exc, source)) from None
+
+
+def unknown_variables(environ: Mapping[str, str], also_known: Iterable[str] = ()) -> list[str]:
+    """One warning per `GATEWAY_*` variable that is no setting, naming the closest real one.
+
+    Unknown variables stay harmless (see `load_settings`), but a misspelt setting
+    (`GATEWAY_CACHE_TLL`) would otherwise be ignored without a word. The sandbox
+    command's `GATEWAY_SANDBOX_*` settings are known too.
+    """
+    known = sorted(
+        {env_name(name) for name in Settings.model_fields if name not in STANDARD_ENV_NAMES}
+        | {sandbox_env_name(name) for name in SandboxSettings.model_fields}
+        | set(also_known)
+    )
+    warnings = []
+    for key in sorted(environ):
+        upper = key.upper()
+        if not upper.startswith(ENV_PREFIX) or upper.startswith(TEST_ENV_PREFIX):
+            continue
+        if upper in known:
+            continue
+        # Compared without the prefix, which every name shares and would make all look alike.
+        close = difflib.get_close_matches(
+            upper.removeprefix(ENV_PREFIX), [k.removeprefix(ENV_PREFIX) for k in known], n=1
+        )
+        hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
+        warnings.append(f"{key} is not a setting and is ignored{hint}")
+    return warnings
 
 
 def env_name(field: str) -> str:

@@ -48,14 +48,14 @@ def run(*args: str, **environ: str) -> subprocess.CompletedProcess[str]:
 
 
 @contextmanager
-def running(*args: str, health: str, port: int) -> Iterator[subprocess.Popen[str]]:
+def running(*args: str, health: str, port: int, **environ: str) -> Iterator[subprocess.Popen[str]]:
     """Start the command, wait until `health` answers on `port`, terminate it afterwards."""
     process = subprocess.Popen(
         [*COMMAND, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=clean_environment(),
+        env=clean_environment(**environ),
         cwd=ROOT,
     )
     try:
@@ -210,6 +210,30 @@ def test_serve_sandbox_prints_the_way_in_and_answers_a_query() -> None:
         assert account.secret in banner
         assert account.user_id in banner
     assert DEMO_AUTHORIZATION in banner
+
+
+def test_serve_warns_about_a_misspelt_setting_once() -> None:
+    port = free_port()
+
+    with running(
+        "serve",
+        "--sandbox",
+        "--port",
+        str(port),
+        health="/readyz",
+        port=port,
+        GATEWAY_CACHE_TLL="3",
+        GATEWAY_TEST_ANYTHING="1",
+        GATEWAY_LOG_FORMAT="json",
+    ) as served:
+        served.terminate()
+        _, log = served.communicate(timeout=10)
+
+    warnings = [line for line in log.splitlines() if "is not a setting" in line]
+    assert len(warnings) == 1, log
+    assert "GATEWAY_CACHE_TLL" in warnings[0]
+    assert "did you mean GATEWAY_CACHE_TTL?" in warnings[0]
+    assert "GATEWAY_TEST_ANYTHING" not in log
 
 
 def test_the_sandbox_command_serves_the_sandbox() -> None:

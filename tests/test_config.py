@@ -7,7 +7,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from gateway.config import DEFAULT_UPSTREAM_URL, Settings, SettingsError, load_settings
+from gateway.config import (
+    DEFAULT_UPSTREAM_URL,
+    Settings,
+    SettingsError,
+    load_settings,
+    unknown_variables,
+)
 
 DEFAULTS = {
     "host": "127.0.0.1",
@@ -137,6 +143,39 @@ def test_other_variables_are_ignored() -> None:
     settings = load_settings({"GATEWAY_TEST_SOMETHING": "x", "PORT": "1", "HOST": "x"})
 
     assert settings == load_settings({})
+
+
+UNKNOWN_VARIABLES = [
+    pytest.param(
+        {"GATEWAY_CACHE_TLL": "3"},
+        ["GATEWAY_CACHE_TLL is not a setting and is ignored; did you mean GATEWAY_CACHE_TTL?"],
+        id="transposed",
+    ),
+    pytest.param(
+        {"GATEWAY_UPSTREM_URL": "http://x"},
+        ["GATEWAY_UPSTREM_URL is not a setting and is ignored; did you mean GATEWAY_UPSTREAM_URL?"],
+        id="missing-letter",
+    ),
+    pytest.param(
+        {"gateway_cors_origin": "https://a.example"},
+        ["gateway_cors_origin is not a setting and is ignored; did you mean GATEWAY_CORS_ORIGINS?"],
+        id="lower-case",
+    ),
+    pytest.param(
+        {"GATEWAY_XYZZY": "1"}, ["GATEWAY_XYZZY is not a setting and is ignored"], id="no-hint"
+    ),
+    pytest.param({"GATEWAY_TEST_REQUIRE_NODE": "1"}, [], id="test-suite-switch"),
+    pytest.param({"GATEWAY_SANDBOX_PORT": "8001"}, [], id="sandbox-command"),
+    pytest.param({"GATEWAY_CACHE_TTL": "3", "gateway_port": "1", "PATH": "/bin"}, [], id="known"),
+    pytest.param({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x"}, [], id="standard-name"),
+]
+
+
+@pytest.mark.parametrize(("environ", "expected"), UNKNOWN_VARIABLES)
+def test_unknown_gateway_variables_are_named_with_the_closest_setting(
+    environ: dict[str, str], expected: list[str]
+) -> None:
+    assert unknown_variables(environ, ["GATEWAY_SANDBOX_PORT"]) == expected
 
 
 def test_settings_are_frozen() -> None:
