@@ -189,6 +189,26 @@ def create_app(settings: Settings) -> Starlette:
     )
 
 
+# Request headers a browser may send cross-origin: the credential headers and the
+# preflight-forcing ones of the gateway's own, then those real GraphQL clients add on
+# their own (Apollo Client's client awareness, W3C Trace Context and Baggage from browser
+# OpenTelemetry, which the gateway continues). GATEWAY_CORS_ALLOW_HEADERS adds more.
+CORS_ALLOW_HEADERS = (
+    "authorization",
+    "content-type",
+    "x-catapult-user-id",
+    "apollo-require-preflight",
+    "x-apollo-operation-name",
+    "x-request-id",
+    "cache-control",
+    "apollographql-client-name",
+    "apollographql-client-version",
+    "traceparent",
+    "tracestate",
+    "baggage",
+)
+
+
 def _cors(settings: Settings) -> list[Middleware]:
     """CORS for the allow-listed origins only; none by default, so browsers stay same-origin."""
     if not settings.cors_origins:
@@ -198,16 +218,7 @@ def _cors(settings: Settings) -> list[Middleware]:
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST"],
-            # The credential headers and the preflight-forcing ones a browser client sends.
-            allow_headers=[
-                "authorization",
-                "content-type",
-                "x-catapult-user-id",
-                "apollo-require-preflight",
-                "x-apollo-operation-name",
-                "x-request-id",
-                "cache-control",
-            ],
+            allow_headers=list(dict.fromkeys((*CORS_ALLOW_HEADERS, *settings.cors_allow_headers))),
             allow_credentials=True,
             expose_headers=["x-request-id"],
             max_age=600,

@@ -222,7 +222,7 @@ def _environment_value(value: object) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, list):
-        return ",".join(str(item) for item in value)  # GATEWAY_CORS_ORIGINS
+        return ",".join(str(item) for item in value)  # GATEWAY_CORS_ORIGINS, ..._ALLOW_HEADERS
     return str(value)
 
 

@@ -163,7 +163,15 @@ class Settings(BaseModel):
         description="Comma-separated origins allowed to call the API from a browser.",
     )
 
-    @field_validator("cors_origins", mode="before")
+    cors_allow_headers: tuple[str, ...] = Field(
+        (),
+        description=(
+            "Comma-separated request headers browsers may send cross-origin, beyond the "
+            "gateway's own and the GraphQL clients' standard ones (which are always allowed)."
+        ),
+    )
+
+    @field_validator("cors_origins", "cors_allow_headers", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -180,6 +188,15 @@ class Settings(BaseModel):
             if parts.scheme not in {"http", "https"} or not parts.netloc or parts.path:
                 raise ValueError(f"{origin!r} is not an origin such as https://app.example.com")
         return value
+
+    @field_validator("cors_allow_headers")
+    @classmethod
+    def _header_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # RFC 9110 token characters only: a header name is what the browser will compare.
+        for name in value:
+            if not all(c.isascii() and (c.isalnum() or c in "!#$%&'*+-.^_`|~") for c in name):
+                raise ValueError(f"{name!r} is not a header name")
+        return tuple(name.lower() for name in value)
 
     @field_validator("cache_url")
     @classmethod

@@ -289,6 +289,60 @@ def test_allow_listed_origins_get_cors_with_credentials(gateway_factory: Gateway
     assert "x-request-id" in answer.headers["access-control-expose-headers"].lower()
 
 
+CLIENT_HEADERS = [
+    pytest.param("apollographql-client-name, apollographql-client-version", id="apollo-client"),
+    pytest.param("traceparent", id="traceparent"),
+    pytest.param("traceparent, tracestate, baggage", id="otel-browser"),
+    pytest.param(
+        "authorization, content-type, x-catapult-user-id, apollographql-client-name, "
+        "apollographql-client-version, traceparent, tracestate",
+        id="everything-at-once",
+    ),
+    pytest.param("Traceparent, X-Tenant", id="from-the-setting"),
+]
+
+
+@pytest.mark.parametrize("asked", CLIENT_HEADERS)
+def test_preflights_allow_the_headers_graphql_clients_send(
+    gateway_factory: GatewayFactory, asked: str
+) -> None:
+    gateway = gateway_factory(cors_origins="https://app.example.com", cors_allow_headers="X-Tenant")
+
+    preflight = gateway.http.options(
+        "/graphql",
+        headers={
+            "origin": "https://app.example.com",
+            "access-control-request-method": "POST",
+            "access-control-request-headers": asked,
+        },
+    )
+
+    assert preflight.status_code == 200, preflight.text
+    allowed = {h.strip() for h in preflight.headers["access-control-allow-headers"].split(",")}
+    assert {h.strip().lower() for h in asked.split(",")} <= {h.lower() for h in allowed}
+
+
+def test_preflights_still_refuse_headers_nobody_allowed(gateway_factory: GatewayFactory) -> None:
+    gateway = gateway_factory(cors_origins="https://app.example.com")
+
+    preflight = gateway.http.options(
+        "/graphql",
+        headers={
+            "origin": "https://app.example.com",
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "traceparent, x-tenant",
+        },
+    )
+
+    assert preflight.status_code == 400
+
+
+@pytest.mark.parametrize("value", ["x tenant", "x-tenant:", "é"])
+def test_cors_allow_headers_must_be_header_names(value: str) -> None:
+    with pytest.raises(SettingsError, match=r"^GATEWAY_CORS_ALLOW_HEADERS: "):
+        load_settings({"GATEWAY_CORS_ALLOW_HEADERS": value})
+
+
 @pytest.mark.parametrize(
     "value", ["*", "app.example.com", "https://app.example.com/graphql", "ftp://x.example"]
 )
@@ -298,7 +352,13 @@ def test_cors_origins_must_be_plain_origins(value: str) -> None:
 
 
 def test_cors_origins_reach_workers_intact() -> None:
-    settings = load_settings({"GATEWAY_CORS_ORIGINS": "https://a.example, http://b.example:8080"})
+    settings = load_settings(
+        {
+            "GATEWAY_CORS_ORIGINS": "https://a.example, http://b.example:8080",
+            "GATEWAY_CORS_ALLOW_HEADERS": "X-Tenant, x-trace",
+        }
+    )
 
     assert settings.cors_origins == ("https://a.example", "http://b.example:8080")
+    assert settings.cors_allow_headers == ("x-tenant", "x-trace")
     assert load_settings(settings_environment(settings)) == settings
