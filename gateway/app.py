@@ -91,6 +91,9 @@ def create_app(settings: Settings) -> Starlette:
                     on_retry=metrics.upstream_retry,
                 )
                 upstream = create_upstream(settings, catapult, metrics)
+                # Asks the cache store once at start-up: a wrong password or an unreachable
+                # Redis is logged now, not at the first request, and /readyz says so.
+                await upstream.check()
                 try:
                     yield {"catapult": catapult, "upstream": upstream}
                 finally:

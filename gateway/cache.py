@@ -6,6 +6,8 @@ comes from `GATEWAY_CACHE_URL`:
 
     memory://             this process only, bounded, least recently used evicted first
     redis://host:port/db  shared by replicas and workers; also holds the pacing slots
+                          (rediss:// for TLS; user and password percent-encoded, read
+                          by redis-py's own URL parser, exactly as redis-py reads them)
 
 A store that fails or is slow never fails a request: the cache reports a miss, the
 caller goes to the upstream, and the outage is logged once when it starts and once when
@@ -34,6 +36,7 @@ from urllib.parse import urlsplit
 import orjson
 from aiocache import RedisCache, SimpleMemoryCache
 from aiocache.serializers import NullSerializer
+from redis.asyncio.connection import parse_url
 from redis.exceptions import MaxConnectionsError
 
 log = logging.getLogger("gateway.cache")
@@ -88,6 +91,9 @@ class Store(Protocol):
     async def set(self, key: str, value: bytes, ttl: float) -> None: ...
 
     def state(self) -> dict[str, Any]: ...
+
+    async def check(self) -> None:
+        """Ask the store whether it answers, so that `state()` tells the truth."""
 
     @property
     def healthy(self) -> bool: ...
@@ -173,6 +179,11 @@ class ResponseCache(Generic[T]):
             "inFlight": len(self._flights),
         }
 
+    async def check(self) -> dict[str, Any]:
+        """`state()`, after asking the store whether it answers now."""
+        await self.store.check()
+        return self.state()
+
     async def close(self) -> None:
         """Close the store's connections."""
         await self.store.close()
@@ -212,6 +223,9 @@ class MemoryStore:
     @property
     def healthy(self) -> bool:
         return True
+
+    async def check(self) -> None:
+        pass
 
     def state(self) -> dict[str, Any]:
         return {
@@ -259,24 +273,30 @@ class _Outage:
     epoch: int = 0
     errors: int = 0
     outages: int = 0
+    # Until the store has answered once, "ok" would be a guess.
+    answered: bool = False
+    last_error: str | None = None
 
 
 class RedisStore:
     """aiocache's Redis backend behind short timeouts and an outage switch."""
 
     def __init__(self, url: str, *, timeout: float) -> None:
-        parts = urlsplit(url)
-        self._where = f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
+        options = redis_options(url)
+        host, port = options.pop("host"), options.pop("port")
+        self._where = f"{host}:{port}"
         self._cache = RedisCache(
             serializer=NullSerializer(encoding=None),
             namespace=NAMESPACE,
-            endpoint=parts.hostname or "127.0.0.1",
-            port=parts.port or 6379,
-            db=int(parts.path.strip("/") or 0),
-            password=parts.password,
-            ssl=parts.scheme == "rediss",
+            endpoint=host,
+            port=port,
+            db=options.pop("db"),
+            password=options.pop("password", None),
             timeout=timeout,
             create_connection_timeout=timeout,
+            # What aiocache has no argument for (user name, TLS, the URL's query options)
+            # goes to redis-py's connection pool as redis-py's parser produced it.
+            connection_pool_kwargs=options,
         )
         self._outage = _Outage()
 
@@ -334,6 +354,7 @@ class RedisStore:
         finally:
             if probe:
                 outage.probing = False
+        outage.answered = True
         if probe and outage.down_since is not None and outage.epoch == epoch:
             log.info(
                 "cache store reachable again",
@@ -349,6 +370,7 @@ class RedisStore:
     def _failed(self, exc: Exception, epoch: int) -> None:
         outage = self._outage
         outage.errors += 1
+        outage.last_error = type(exc).__name__
         if epoch != outage.epoch:
             # Begun before the store went down (or came back): already accounted for.
             return
@@ -368,18 +390,45 @@ class RedisStore:
     def healthy(self) -> bool:
         return self._outage.down_since is None
 
+    async def check(self) -> None:
+        # A PING under the same guard as every operation: a store that is down is asked
+        # again only once its probe interval has passed.
+        await self._guarded(self._cache.client.ping())
+
     def state(self) -> dict[str, Any]:
         outage = self._outage
-        return {
+        if outage.down_since is not None:
+            status = "unavailable"
+        else:
+            status = "ok" if outage.answered else "unknown"
+        state: dict[str, Any] = {
             "backend": "redis",
-            "status": "ok" if outage.down_since is None else "unavailable",
+            "status": status,
             "errors": outage.errors,
             "outages": outage.outages,
         }
+        if outage.last_error is not None:
+            # The exception's class only: a message could echo the URL or a reply.
+            state["lastError"] = outage.last_error
+        return state
 
     async def close(self) -> None:
         # aiocache's close() calls redis' deprecated close(); aclose() is the current one.
         await self._cache.client.aclose()
+
+
+def redis_options(url: str) -> dict[str, Any]:
+    """The connection options of a `redis://` or `rediss://` URL, as redis-py reads them.
+
+    redis-py's own parser: percent-encoded user names and passwords (which managed Redis
+    services hand out), `rediss://` for TLS, the database as the path or `?db=`, and
+    redis-py's query options. Host, port and database always have a value.
+    """
+    options: dict[str, Any] = dict(parse_url(url))
+    options.setdefault("host", "127.0.0.1")
+    options.setdefault("port", 6379)
+    options.setdefault("db", 0)
+    return options
 
 
 def create_store(url: str, *, max_entries: int, timeout: float) -> MemoryStore | RedisStore:

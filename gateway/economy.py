@@ -90,8 +90,12 @@ class Upstream:
         return await self._cache.get_or_load(key, load, self._ttl, refresh=refresh)
 
     def state(self) -> dict[str, Any]:
-        """The cache's and the pacer's state for /readyz."""
+        """The cache's and the pacer's state, as last seen."""
         return {"cache": self._cache.state(), "pacing": self._pacer.state()}
+
+    async def check(self) -> dict[str, Any]:
+        """The state for /readyz, after asking the cache store whether it answers now."""
+        return {"cache": await self._cache.check(), "pacing": self._pacer.state()}
 
     async def close(self) -> None:
         await self._cache.close()

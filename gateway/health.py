@@ -20,5 +20,5 @@ async def readyz(request: Request) -> JSONResponse:
     upstream = getattr(request.state, "upstream", None)
     if upstream is not None:
         # Reported, not judged: a cache outage slows the gateway but it still serves.
-        body.update(upstream.state())
+        body.update(await upstream.check())
     return JSONResponse(body)

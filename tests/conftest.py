@@ -288,15 +288,27 @@ REQUIRE_REDIS = "GATEWAY_TEST_REQUIRE_REDIS"
 class RedisServer:
     """A redis-server of our own on a free loopback port; can be stopped and started again."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *config: str, username: str | None = None, password: str | None = None
+    ) -> None:
+        """`config`: more redis-server arguments; `username`/`password`: what it requires."""
         binary = shutil.which("redis-server")
         if binary is None:
             if os.environ.get(REQUIRE_REDIS):
                 pytest.fail(f"redis-server is not installed and {REQUIRE_REDIS} is set")
             pytest.skip("redis-server is not installed (set GATEWAY_TEST_REQUIRE_REDIS to fail)")
         self._binary = binary
+        self._config = config
+        self.username = username
+        self.password = password
         self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
+
+    def client(self, db: int = 0) -> redis.Redis:
+        """A redis-py client with the credentials this server requires."""
+        return redis.Redis(
+            port=self.port, db=db, username=self.username, password=self.password, socket_timeout=1
+        )
 
     @property
     def url(self) -> str:
@@ -314,6 +326,7 @@ class RedisServer:
                 "",
                 "--appendonly",
                 "no",
+                *self._config,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -321,7 +334,7 @@ class RedisServer:
         deadline = time.monotonic() + 10
         while True:
             try:
-                with redis.Redis(port=self.port, socket_timeout=1) as client:
+                with self.client() as client:
                     client.ping()
                 return
             except redis.ConnectionError:
@@ -336,14 +349,16 @@ class RedisServer:
             self._process = None
 
     def flush(self) -> None:
-        with redis.Redis(port=self.port) as client:
+        with self.client() as client:
             client.flushall()
 
 
 @contextmanager
-def redis_server() -> Iterator[RedisServer]:
-    """A fresh redis-server for one test that stops and restarts it."""
-    server = RedisServer()
+def redis_server(
+    *config: str, username: str | None = None, password: str | None = None
+) -> Iterator[RedisServer]:
+    """A fresh redis-server for one test that stops and restarts it (or needs a password)."""
+    server = RedisServer(*config, username=username, password=password)
     server.start()
     try:
         yield server

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.app import create_app, credential_headers
-from gateway.cache import CacheKeys, MemoryStore, RedisStore, ResponseCache
+from gateway.cache import CacheKeys, MemoryStore, RedisStore, ResponseCache, redis_options
 from gateway.config import load_settings
 from gateway.credentials import Credentials
 from gateway.economy import AnswerCodec, create_upstream
@@ -545,6 +545,139 @@ def test_readyz_stays_ready_and_reports_the_cache(gateway: Gateway) -> None:
     assert body["status"] == "ready"
     assert body["cache"]["backend"] == "memory"
     assert body["cache"]["status"] == "ok"
+
+
+# -- Redis URLs as managed services hand them out: percent-encoded secrets, users, TLS --
+
+# Every character that means something in a URL, percent-encoded as RFC 3986 asks.
+SECRET = "s3cr@t/pa=ss:#?%"
+ENCODED_SECRET = "s3cr%40t%2Fpa%3Dss%3A%23%3F%25"
+
+
+@pytest.fixture(scope="module")
+def redis_with_password() -> Iterator[RedisServer]:
+    """A redis-server that needs SECRET, for the default user and for the user `al@ice`."""
+    with redis_server(
+        "--requirepass",
+        SECRET,
+        "--user",
+        "al@ice",
+        "on",
+        f">{SECRET}",
+        "~*",
+        "&*",
+        "+@all",
+        password=SECRET,
+    ) as server:
+        yield server
+
+
+REDIS_URLS = [
+    pytest.param("redis://:{secret}@127.0.0.1:{port}/0", 0, id="password-only"),
+    pytest.param("redis://default:{secret}@127.0.0.1:{port}/0", 0, id="default-user"),
+    pytest.param("redis://al%40ice:{secret}@127.0.0.1:{port}/3", 3, id="acl-user-and-db"),
+    pytest.param("redis://:{secret}@127.0.0.1:{port}?db=5", 5, id="db-as-query"),
+]
+
+
+@pytest.mark.parametrize(("template", "db"), REDIS_URLS)
+def test_redis_urls_with_percent_encoded_credentials_connect(
+    gateway_factory: GatewayFactory,
+    sandbox: Sandbox,
+    redis_with_password: RedisServer,
+    template: str,
+    db: int,
+) -> None:
+    redis_with_password.flush()
+    url = template.format(secret=ENCODED_SECRET, port=redis_with_password.port)
+    gateway = gateway_factory(cache_url=url, cache_key="k")
+
+    assert ready(gateway)["cache"]["status"] == "ok"
+    first = ids(gateway.query(LIST))
+    assert ids(gateway.query(LIST)) == first
+
+    # The second answer came from Redis, in the URL's database.
+    assert len(sandbox.requests()) == 1
+    with redis_with_password.client(db) as client:
+        assert client.dbsize() >= 1
+    assert ready(gateway)["cache"] == {**ready(gateway)["cache"], "status": "ok", "errors": 0}
+
+
+def test_a_wrong_redis_password_is_reported_by_readyz_and_logged_once(
+    gateway_factory: GatewayFactory, sandbox: Sandbox, redis_with_password: RedisServer, caplog: Any
+) -> None:
+    url = f"redis://:wrong%40pass@127.0.0.1:{redis_with_password.port}/0"
+    with caplog.at_level(logging.WARNING, logger="gateway.cache"):
+        gateway = gateway_factory(cache_url=url, cache_key="k")
+        # Before any request: start-up asked the store, and readyz tells the truth.
+        before = gateway.http.get("/readyz")
+        assert ids(gateway.query(LIST))
+
+    assert before.status_code == 200
+    assert before.json()["cache"]["status"] == "unavailable"
+    assert before.json()["cache"]["lastError"] == "AuthenticationError"
+    outages = [r for r in caplog.records if "cache store unavailable" in r.getMessage()]
+    assert len(outages) == 1
+    assert "wrong" not in caplog.text
+
+
+def test_readyz_does_not_call_an_unasked_redis_healthy(sandbox: Sandbox) -> None:
+    # A port nobody listens on: start-up's check fails, so the state is never a bare "ok".
+    with serve_silence() as port:
+        pass
+    app = create_app(
+        load_settings(
+            {
+                "GATEWAY_CACHE_URL": f"redis://127.0.0.1:{port}/0",
+                "GATEWAY_UPSTREAM_URL": sandbox.url,
+                "GATEWAY_CACHE_TIMEOUT": "0.2",
+            }
+        )
+    )
+    with serve(app) as url:
+        cache = httpx.get(f"{url}/readyz").json()["cache"]
+    assert cache["status"] == "unavailable"
+    assert cache["lastError"] == "ConnectionError"
+
+
+REDIS_OPTIONS = [
+    pytest.param(
+        f"redis://:{ENCODED_SECRET}@cache.example:6380/2",
+        {"host": "cache.example", "port": 6380, "db": 2, "password": SECRET},
+        id="password",
+    ),
+    pytest.param(
+        f"rediss://al%40ice:{ENCODED_SECRET}@cache.example/1",
+        {"host": "cache.example", "port": 6379, "db": 1, "username": "al@ice", "password": SECRET},
+        id="tls-user",
+    ),
+    pytest.param(
+        "redis://cache.example", {"host": "cache.example", "port": 6379, "db": 0}, id="defaults"
+    ),
+]
+
+
+@pytest.mark.parametrize(("url", "expected"), REDIS_OPTIONS)
+def test_redis_urls_are_read_as_redis_py_reads_them(url: str, expected: dict[str, Any]) -> None:
+    from redis.asyncio.connection import SSLConnection
+
+    options = redis_options(url)
+
+    assert {k: v for k, v in options.items() if k != "connection_class"} == expected
+    assert (options.get("connection_class") is SSLConnection) == url.startswith("rediss://")
+
+
+def test_a_rediss_url_makes_a_tls_connection_pool() -> None:
+    from redis.asyncio.connection import SSLConnection
+
+    store = RedisStore(f"rediss://al%40ice:{ENCODED_SECRET}@cache.example:6390/4", timeout=0.1)
+
+    pool = store._cache.client.connection_pool
+    assert pool.connection_class is SSLConnection
+    assert pool.connection_kwargs["username"] == "al@ice"
+    assert pool.connection_kwargs["password"] == SECRET
+    assert (pool.connection_kwargs["port"], pool.connection_kwargs["db"]) == (6390, 4)
+    asyncio.run(store.close())
 
 
 def test_create_app_with_a_redis_url_closes_cleanly(redis_url: str, sandbox: Sandbox) -> None:
