@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -64,6 +65,8 @@ MIN_RETRY_AFTER = 1
 MAX_RETRY_AFTER = 3600
 # Longer header values are not read (a date is under 40 characters, a number under 20).
 _MAX_NUMBER_HEADER = 64
+
+log = logging.getLogger("gateway.upstream")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +155,9 @@ class CatapultClient:
         self._upstream_timeout = upstream_timeout
         self._connect_timeout = connect_timeout
         self._on_retry = on_retry
+        parts = httpx.URL(self._base_url)
+        # Scheme, host and port only: what an operator needs to find the upstream.
+        self._origin = f"{parts.scheme}://{parts.netloc.decode('ascii')}"
         # Parsing a URL is a tenth of an upstream request's CPU in httpx; the same pages
         # are asked for again and again (polling, paging back and forth), and a URL is
         # immutable, so each request's is made once (bounded, least recently used out).
@@ -208,19 +214,31 @@ class CatapultClient:
                 response = await self._send(credentials, request, timeout)
         except TimeoutError as exc:
             raise UpstreamTimeout(f"The upstream did not answer within {timeout:.1f} s.") from exc
-        except httpx.ConnectTimeout as exc:
-            raise _Retryable(
-                UpstreamUnavailable("Could not connect to the upstream in time.")
-            ) from exc
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(f"The upstream did not answer within {timeout:.1f} s.") from exc
-        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
-            # A refused connection, or one that broke before the answer was complete
-            # (often a stale keep-alive connection): the GET is idempotent, so try again.
-            raise _Retryable(UpstreamUnavailable("Could not reach the upstream.")) from exc
         except httpx.TransportError as exc:
-            raise UpstreamUnavailable("Could not reach the upstream.") from exc
+            # The error codes say only that the upstream could not be reached; operators
+            # need why (refused, DNS, TLS, reset), once per attempt, retries included.
+            self._log_failed_attempt(exc)
+            raise _transport_failure(exc, timeout) from exc
         return _answer(response, self._url(request))
+
+    def _log_failed_attempt(self, exc: httpx.TransportError) -> None:
+        # The transport's own exception (aiohttp's) names the cause best; the chain's end
+        # is the operating system's (ConnectionRefusedError, gaierror, SSLError). Neither
+        # message can hold a credential: those travel in headers, never in the URL.
+        cause: BaseException = exc.__cause__ or exc
+        root = cause
+        while root.__cause__ is not None:
+            root = root.__cause__
+        log.warning(
+            "upstream attempt failed: %s: %s",
+            type(cause).__name__,
+            str(cause)[:500] or "(no message)",
+            extra={
+                "upstream": self._origin,
+                "cause": type(cause).__name__,
+                "root_cause": type(root).__name__,
+            },
+        )
 
     async def _send(
         self, credentials: Credentials, request: UpstreamRequest, seconds: float
@@ -256,6 +274,19 @@ class CatapultClient:
 
 _USER_AGENT = f"catapult-gateway/{__version__}".encode()
 _NO_BODY = httpx.ByteStream(b"")
+
+
+def _transport_failure(exc: httpx.TransportError, timeout: float) -> Exception:
+    """What a failed attempt raises: retryable when trying again can help."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return _Retryable(UpstreamUnavailable("Could not connect to the upstream in time."))
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeout(f"The upstream did not answer within {timeout:.1f} s.")
+    if isinstance(exc, httpx.ConnectError | httpx.RemoteProtocolError | httpx.ReadError):
+        # A refused connection, or one that broke before the answer was complete
+        # (often a stale keep-alive connection): the GET is idempotent, so try again.
+        return _Retryable(UpstreamUnavailable("Could not reach the upstream."))
+    return UpstreamUnavailable("Could not reach the upstream.")
 
 
 def _would_pass(deadline: float) -> Any:

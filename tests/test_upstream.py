@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -21,6 +23,8 @@ from gateway.upstream import (
     parse_link_header,
     retry_after_seconds,
 )
+from tests.conftest import GatewayFactory, Sandbox, leaks
+from tests.servers import free_port
 
 CREDENTIALS = Credentials(authorization="Basic dDpz", user_id="u-demo")
 REQUEST = UpstreamRequest("/v1/users/u-demo/calls/", (("from", "+1919"), ("size", "2")))
@@ -312,3 +316,64 @@ REQUEST_URL = "https://u.example/v1/users/u-demo/calls/?page=0&size=3"
 @pytest.mark.parametrize(("header", "links"), LINKS)
 def test_parse_link_header(header: str | list[str], links: dict[str, str]) -> None:
     assert parse_link_header(header, base=REQUEST_URL) == links
+
+
+# -- why the upstream is unreachable: the cause is logged, once per failing attempt --
+
+
+@pytest.fixture
+def plain_http_port(sandbox: Sandbox) -> int:
+    """The sandbox's port, which speaks plain HTTP: a TLS handshake with it fails."""
+    return int(sandbox.url.rsplit(":", 1)[1])
+
+
+UNREACHABLE = [
+    pytest.param(
+        lambda port: f"http://127.0.0.1:{free_port()}",
+        "ClientConnectorError",
+        "ConnectionRefusedError",
+        "Connect call failed",
+        id="refused",
+    ),
+    pytest.param(
+        lambda port: "http://catapult-upstream.invalid",
+        "ClientConnectorDNSError",
+        "gaierror",
+        "catapult-upstream.invalid",
+        id="dns",
+    ),
+    pytest.param(
+        lambda port: f"https://127.0.0.1:{port}",
+        "ClientConnectorSSLError",
+        "SSLError",
+        "SSL",
+        id="tls-to-plain-http",
+    ),
+]
+
+
+@pytest.mark.parametrize(("upstream", "cause", "root", "detail"), UNREACHABLE)
+def test_an_unreachable_upstream_logs_the_cause_of_every_attempt(
+    gateway_factory: GatewayFactory,
+    plain_http_port: int,
+    caplog: Any,
+    upstream: Callable[[int], str],
+    cause: str,
+    root: str,
+    detail: str,
+) -> None:
+    gateway = gateway_factory(upstream_url=upstream(plain_http_port), upstream_retries=1)
+
+    with caplog.at_level(logging.WARNING, logger="gateway.upstream"):
+        body = gateway.query("{ calls(size: 1) { id } }").json()
+
+    assert [e["extensions"]["code"] for e in body["errors"]] == ["UPSTREAM_UNAVAILABLE"]
+    attempts = [r for r in caplog.records if r.name == "gateway.upstream"]
+    assert len(attempts) == 2  # the first attempt and its one retry
+    for record in attempts:
+        message = record.getMessage()
+        assert message.startswith(f"upstream attempt failed: {cause}: "), message
+        assert detail in message
+        assert (record.cause, record.root_cause) == (cause, root)  # type: ignore[attr-defined]
+        assert record.upstream.startswith(upstream(plain_http_port).split(":")[0])  # type: ignore[attr-defined]
+    assert not leaks(caplog.text.splitlines())
