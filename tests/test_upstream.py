@@ -374,6 +374,6 @@ def test_an_unreachable_upstream_logs_the_cause_of_every_attempt(
         message = record.getMessage()
         assert message.startswith(f"upstream attempt failed: {cause}: "), message
         assert detail in message
-        assert (record.cause, record.root_cause) == (cause, root)  # type: ignore[attr-defined]
-        assert record.upstream.startswith(upstream(plain_http_port).split(":")[0])  # type: ignore[attr-defined]
+        assert (record.cause, record.root_cause) == (cause, root)
+        assert record.upstream.startswith(upstream(plain_http_port).split(":")[0])
     assert not leaks(caplog.text.splitlines())
