@@ -81,7 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="enforce 1 request/s per account [GATEWAY_SANDBOX_RATE_LIMIT]",
     )
 
-    commands.add_parser("export-schema", help="print the GraphQL SDL")
+    export = commands.add_parser("export-schema", help="print the GraphQL SDL")
+    export.add_argument(
+        "--client",
+        action="store_true",
+        help="the SDL for client tools (schema.client.graphql): no federation directives "
+        "or types; without it, the subgraph SDL for routers (schema.graphql)",
+    )
     return parser
 
 
@@ -90,9 +96,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args = build_parser().parse_args(argv)
     environ = os.environ if environ is None else environ
     if args.command == "export-schema":
-        from gateway.schema import build_schema, print_sdl
+        from gateway.schema import build_schema, print_client_sdl, print_sdl
 
-        sys.stdout.write(print_sdl(build_schema()))
+        printer = print_client_sdl if args.client else print_sdl
+        sys.stdout.write(printer(build_schema()))
         return 0
     # Said once, by the process that reads the settings first (workers read them again).
     warnings = unknown_variables(environ)

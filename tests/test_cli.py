@@ -16,11 +16,23 @@ from pathlib import Path
 
 import httpx
 import pytest
-from graphql import get_introspection_query, graphql_sync
+from graphql import (
+    build_ast_schema,
+    get_introspection_query,
+    graphql_sync,
+    parse,
+    specified_directives,
+)
 
 from gateway import __version__
 from gateway.sandbox import ACCOUNTS
-from gateway.schema import build_schema, graphql_core_schema, print_sdl
+from gateway.schema import (
+    FEDERATION_TYPES,
+    build_schema,
+    graphql_core_schema,
+    print_client_sdl,
+    print_sdl,
+)
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,6 +102,34 @@ def test_export_schema_equals_the_checked_in_schema() -> None:
     assert result.returncode == 0
     assert result.stdout == (ROOT / "schema.graphql").read_text()
     assert result.stdout == print_sdl(build_schema())
+
+
+def test_export_schema_client_equals_the_checked_in_client_schema() -> None:
+    result = run("export-schema", "--client")
+
+    assert result.returncode == 0
+    assert result.stdout == (ROOT / "schema.client.graphql").read_text()
+    assert result.stdout == print_client_sdl(build_schema())
+
+
+def test_the_client_schema_is_the_subgraph_schema_without_federation() -> None:
+    subgraph = build_ast_schema(parse((ROOT / "schema.graphql").read_text()), assume_valid=True)
+    # Plain SDL: graphql-core builds it with no directive or type it does not know.
+    client = build_ast_schema(parse((ROOT / "schema.client.graphql").read_text()))
+
+    assert not {d.name for d in client.directives} - {d.name for d in specified_directives}
+    ours = {name for name in subgraph.type_map if name not in FEDERATION_TYPES}
+    assert set(client.type_map) == ours
+    query = client.query_type
+    assert query is not None
+    assert set(query.fields) == {"calls", "callsConnection", "call"}
+    for name, type_ in client.type_map.items():
+        if name.startswith("__"):
+            continue
+        before = subgraph.type_map[name]
+        assert type_.description == before.description, name
+        if hasattr(type_, "fields") and name != "Query":
+            assert set(type_.fields) == set(before.fields), name  # type: ignore[attr-defined]
 
 
 def test_version() -> None:
