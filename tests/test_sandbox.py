@@ -286,9 +286,65 @@ def test_events(client: ClientFactory, all_calls: list[dict[str, Any]]) -> None:
     assert events[-1]["name"] == "hangup"
     for event in events:
         assert set(event) <= {"id", "time", "name", "data"}
-        assert type(event["time"]) is int
+        assert re.fullmatch(r"ce-[a-z0-9]{23}", event["id"])
+        # The list writes instants as the documented list examples: ISO, ms, Z.
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", event["time"])
         assert isinstance(event.get("data", ""), str)
-    assert events[0]["time"] == int(parse_timestamp(completed["startTime"]).timestamp() * 1000)
+    assert parse_timestamp(events[0]["time"]) == parse_timestamp(completed["startTime"])
+
+
+def test_one_event_by_id_has_epoch_ms_time(
+    client: ClientFactory, all_calls: list[dict[str, Any]]
+) -> None:
+    completed = next(c for c in all_calls if c["state"] == "completed")
+    listed = client().get(f"{CALLS}/{completed['id']}/events").json()
+
+    for event in listed:
+        one = client().get(f"{CALLS}/{completed['id']}/events/{event['id']}")
+        assert one.status_code == 200
+        body = one.json()
+        assert {k: v for k, v in body.items() if k != "time"} == {
+            k: v for k, v in event.items() if k != "time"
+        }
+        assert type(body["time"]) is int
+        assert body["time"] == int(parse_timestamp(event["time"]).timestamp() * 1000)
+
+
+@pytest.mark.parametrize(
+    ("path", "code", "message"),
+    [
+        pytest.param(
+            "{call}/events/ce-missing",
+            "resource-not-found",
+            "The call event ce-missing could not be found",
+            id="unknown-event",
+        ),
+        pytest.param(
+            "c-missing/events/ce-x",
+            "call-not-found",
+            "The call c-missing could not be found",
+            id="unknown-call",
+        ),
+    ],
+)
+def test_unknown_event(
+    client: ClientFactory, all_calls: list[dict[str, Any]], path: str, code: str, message: str
+) -> None:
+    response = client().get(f"{CALLS}/{path.format(call=all_calls[0]['id'])}")
+
+    assert response.status_code == 404
+    assert_error_shape(response.json(), "not-found", code)
+    assert response.json()["message"] == message
+
+
+def test_one_event_needs_the_accounts_credentials(
+    client: ClientFactory, all_calls: list[dict[str, Any]]
+) -> None:
+    call = all_calls[0]["id"]
+    event = client().get(f"{CALLS}/{call}/events").json()[0]["id"]
+
+    assert client(None).get(f"{CALLS}/{call}/events/{event}").status_code == 401
+    assert client(SECOND).get(f"{CALLS}/{call}/events/{event}").status_code == 401
 
 
 # -- auth --
@@ -580,4 +636,5 @@ def test_data_variety(all_calls: list[dict[str, Any]]) -> None:
         assert ("chargeableDuration" in call) == (state == "completed")
         assert ("endTime" in call) == (state in {"completed", "rejected", "error"})
         assert ("recordingFileFormat" in call) == (call.get("recordingEnabled") is True)
-        assert re.fullmatch(r"c-[a-z0-9]{20}", call["id"])
+        # As the documented ids (`c-xytsl6nfcayzsxdbqq7q36i`): `c-` and 23 characters.
+        assert re.fullmatch(r"c-[a-z0-9]{23}", call["id"])

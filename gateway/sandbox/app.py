@@ -1,9 +1,30 @@
 """A faithful, deterministic fake of the Catapult v1 call API, plus test controls.
 
 API (as the real service, see shared/upstream/NOTES.md):
-    GET /v1/users/{userId}/calls[/]                 list, paginated, `Link` header
-    GET /v1/users/{userId}/calls/{callId}           one call
-    GET /v1/users/{userId}/calls/{callId}/events    its events
+    GET /v1/users/{userId}/calls[/]                           list, paginated, `Link` header
+    GET /v1/users/{userId}/calls/{callId}                     one call
+    GET /v1/users/{userId}/calls/{callId}/events              its events
+    GET /v1/users/{userId}/calls/{callId}/events/{eventId}    one event
+
+Deliberate oddities, each as a source shows the real API (Bandwidth's v1 documentation,
+list-calls page and NOTES.md, which gathers the docs and the v1 SDKs); clients must cope:
+    - Timestamps mix three ISO 8601 forms: `...47.587Z`, `...20Z` and an hour-only offset
+      `...47-02` (NOTES.md "List calls", from the documented examples).
+    - `state` can be `error`, beyond the five documented states (Bandwidth's C# SDK's
+      CallState enum; NOTES.md).
+    - `callbackHttpMethod` comes as `GET`/`POST` and as `get`/`post` (NOTES.md).
+    - Absent fields are omitted, never null; `callbackUrl` can be `""` (list-calls page
+      examples); `sipHeaders` is a map, only present when there are headers.
+    - `events` is in every call although the property table leaves it out (list-calls page).
+    - `Link` entries are separated by `,` with and without a space, and use
+      `rel="previous"`, not `prev` (NOTES.md "Pagination links").
+    - Both `/calls` and `/calls/` answer: the docs show the slash, the SDKs send none.
+    - Event `time`: an ISO string (`2013-02-08T13:15:47.587Z`) in the events list, as the
+      documented list examples write instants, but epoch milliseconds as a number
+      (`1419032854964`) from the get-one-event endpoint (NOTES.md "List calls").
+    - Ids are `c-` / `ce-` and 23 lower-case letters and digits, like the documented ones.
+    - 429 carries `X-RateLimit-Reset` in epoch milliseconds, no `Retry-After` and no
+      `message` (NOTES.md "Rate limits").
 
 Controls (sandbox only, never recorded):
     GET|DELETE /__sandbox/requests    recorded API requests
@@ -42,6 +63,7 @@ from gateway.sandbox.data import (
     CallRecord,
     UserHistory,
     call_events,
+    format_instant,
     generate_history,
 )
 
@@ -417,7 +439,28 @@ class _Sandbox:
         call = self._find_call(request, history)
         if isinstance(call, Response):
             return call
-        return _json(call_events(call, self.options.seed))
+        events = call_events(call, self.options.seed)
+        # The list writes instants as the documented list examples do.
+        return _json([{**event, "time": format_instant(_ms(event["time"]))} for event in events])
+
+    def get_event(self, request: Request, account: Account, history: UserHistory) -> Response:
+        call = self._find_call(request, history)
+        if isinstance(call, Response):
+            return call
+        event_id = request.path_params["event_id"]
+        for event in call_events(call, self.options.seed):
+            if event["id"] == event_id:
+                # One event keeps `time` as epoch milliseconds, as NOTES.md records it.
+                return _json(event)
+        return _error(
+            request,
+            404,
+            "not-found",
+            "resource-not-found",
+            f"The call event {event_id} could not be found",
+            ("callId", call.id),
+            ("eventId", event_id),
+        )
 
     def unknown(self, request: Request, account: Account, history: UserHistory) -> Response:
         return _error(request, 404, "not-found", "resource-not-found", "Resource not found")
@@ -519,6 +562,11 @@ def create_sandbox_app(options: SandboxOptions | None = None) -> Starlette:
             sandbox.api(sandbox.get_events),
             methods=["GET"],
         ),
+        Route(
+            "/v1/users/{user_id}/calls/{call_id}/events/{event_id}",
+            sandbox.api(sandbox.get_event),
+            methods=["GET"],
+        ),
         Route("/v1/{rest:path}", sandbox.api(sandbox.unknown), methods=any_method),
         Route("/__sandbox/requests", sandbox.get_requests, methods=["GET"]),
         Route("/__sandbox/requests", sandbox.clear_requests, methods=["DELETE"]),
@@ -530,6 +578,11 @@ def create_sandbox_app(options: SandboxOptions | None = None) -> Starlette:
         Route("/__health", _health, methods=["GET"]),
     ]
     return Starlette(routes=routes)
+
+
+def _ms(value: object) -> int:
+    assert isinstance(value, int)
+    return value
 
 
 async def _health(request: Request) -> Response:

@@ -20,6 +20,7 @@ __all__ = [
     "History",
     "UserHistory",
     "call_events",
+    "format_instant",
     "generate_history",
     "parse_timestamp",
 ]
@@ -97,8 +98,26 @@ def _epoch_ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def _token(rng: random.Random, prefix: str) -> str:
-    return prefix + "".join(rng.choices(_ALNUM, k=20))
+def _token(rng: random.Random, prefix: str, k: int = 20) -> str:
+    return prefix + "".join(rng.choices(_ALNUM, k=k))
+
+
+# Call and event ids are `c-` / `ce-` and 23 lower-case letters and digits, like the
+# documented ones (`c-xytsl6nfcayzsxdbqq7q36i`).
+ID_CHARS = 23
+
+
+def _call_id(rng: random.Random, tail: random.Random) -> str:
+    # The first 20 characters come from the history's generator as they always did, so
+    # the rest of the history (states, numbers, times) is what it was before ids grew to
+    # the documented length; the last 3 come from a generator of their own.
+    return _token(rng, "c-") + "".join(tail.choices(_ALNUM, k=ID_CHARS - 20))
+
+
+def format_instant(ms: int) -> str:
+    """Epoch milliseconds as the documented `2013-02-08T13:15:47.587Z`."""
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,11 +222,12 @@ def _make_call(
 def _user_history(seed: int, user_id: str, count: int) -> UserHistory:
     # A string seed is hashed with SHA-512, so it is stable across processes.
     rng = random.Random(f"{seed}:{user_id}")
+    tail = random.Random(f"{seed}:{user_id}:ids")
     pools = _Pools(rng)
     calls: list[CallRecord] = []
     ids: set[str] = set()
     while len(calls) < count:
-        call_id = _token(rng, "c-")
+        call_id = _call_id(rng, tail)
         if call_id in ids:
             continue
         ids.add(call_id)
@@ -231,13 +251,21 @@ def generate_history(
 
 
 def call_events(call: CallRecord, seed: int) -> list[dict[str, object]]:
-    """The call's events, derived from the call and the seed alone (made on demand)."""
+    """The call's events, derived from the call and the seed alone (made on demand).
+
+    `time` is epoch milliseconds here; the list endpoint answers it as an ISO string and
+    the get-one-event endpoint as the number (see the app module's docstring).
+    """
     rng = random.Random(f"{seed}:{call.id}:events")
     fields = call.fields
     events: list[dict[str, object]] = []
 
     def add(name: str, time_ms: int, data: str | None = None) -> None:
-        event: dict[str, object] = {"id": _token(rng, "ev-"), "time": time_ms, "name": name}
+        event: dict[str, object] = {
+            "id": _token(rng, "ce-", ID_CHARS),
+            "time": time_ms,
+            "name": name,
+        }
         if data is not None:
             event["data"] = data
         events.append(event)
