@@ -1,6 +1,6 @@
 // A federated graph built with Apollo's own code, around a running catapult-gateway.
 //
-// 1. A second subgraph ("notes", @apollo/subgraph) references `Call` by id only.
+// 1. A second subgraph ("notes", @apollo/subgraph, notes.mjs) references `Call` by id only.
 // 2. @apollo/composition composes it with catapult-gateway's SDL (export-schema).
 // 3. A real @apollo/gateway runs the supergraph, propagating `Authorization` and
 //    `X-Catapult-User-Id` from the client's request to every subgraph request.
@@ -14,54 +14,12 @@ import { composeServices } from "@apollo/composition";
 import { ApolloGateway, RemoteGraphQLDataSource } from "@apollo/gateway";
 import { ApolloServer } from "@apollo/server";
 import { startStandaloneServer } from "@apollo/server/standalone";
-import { buildSubgraphSchema } from "@apollo/subgraph";
 import { parse } from "graphql";
+import { NOTES_WITH_CALLS, PROPAGATED, env, notesTypeDefs, startNotes } from "./notes.mjs";
 
-const env = (name) => {
-  const value = process.env[name];
-  if (!value) throw new Error(`${name} is not set`);
-  return value;
-};
-
-const notesTypeDefs = parse(`
-  extend schema @link(url: "https://specs.apollo.dev/federation/v2.5", import: ["@key"])
-
-  type Query {
-    notes: [Note!]!
-  }
-
-  type Note {
-    text: String!
-    call: Call
-  }
-
-  type Call @key(fields: "id", resolvable: false) {
-    id: ID!
-  }
-`);
-
-const callIds = env("CALL_IDS").split(",");
-const notesHeaders = [];
-const notes = new ApolloServer({
-  schema: buildSubgraphSchema({
-    typeDefs: notesTypeDefs,
-    resolvers: {
-      Query: {
-        notes: () => callIds.map((id, n) => ({ text: `note ${n + 1}`, call: { id } })),
-      },
-    },
-  }),
-});
-const { url: notesUrl } = await startStandaloneServer(notes, {
-  listen: { host: "127.0.0.1", port: 0 },
-  context: async ({ req }) => {
-    notesHeaders.push({
-      authorization: req.headers.authorization ?? null,
-      userId: req.headers["x-catapult-user-id"] ?? null,
-    });
-    return {};
-  },
-});
+const notes = await startNotes(env("CALL_IDS").split(","));
+const notesUrl = notes.url;
+const notesHeaders = notes.headers;
 
 const composition = composeServices([
   { name: "calls", url: env("CALLS_URL"), typeDefs: parse(readFileSync(env("CALLS_SDL_FILE"), "utf8")) },
@@ -72,8 +30,6 @@ if (composition.errors) {
   process.exit(1);
 }
 
-// The header propagation a router needs in front of catapult-gateway.
-const PROPAGATED = ["authorization", "x-catapult-user-id"];
 class PropagatingDataSource extends RemoteGraphQLDataSource {
   willSendRequest({ request, context }) {
     for (const name of PROPAGATED) {
@@ -93,14 +49,7 @@ const { url: routerUrl } = await startStandaloneServer(router, {
   context: async ({ req }) => ({ headers: req.headers }),
 });
 
-const query = `
-  query NotesWithCalls {
-    notes {
-      text
-      call { id state from to startTime }
-    }
-  }
-`;
+const query = NOTES_WITH_CALLS;
 const response = await fetch(routerUrl, {
   method: "POST",
   headers: {
