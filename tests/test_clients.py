@@ -21,21 +21,10 @@ from graphql import GraphQLError
 from gateway.app import credential_headers
 from gateway.sandbox import SandboxOptions
 from gateway.sandbox.data import generate_history
-from gateway.schema import build_schema, graphql_core_schema
 from tests.conftest import DEMO, Gateway
 from tests.node import node_project, run_node
 
 CLIENT_SCHEMA = Path(__file__).resolve().parent.parent / "schema.client.graphql"
-
-# The whole-history walks need the `error` calls served as data (CallState ERROR, issue 13
-# items 1-3). Until the schema has that state they are expected to fail; strict, so they
-# report at once when it arrives, and the marker then changes nothing.
-_CALL_STATES = graphql_core_schema(build_schema()).type_map["CallState"]
-needs_error_state = pytest.mark.xfail(
-    "ERROR" not in getattr(_CALL_STATES, "values", {}),
-    reason="calls in state `error` still become errors (issue 13 items 1-3)",
-    strict=True,
-)
 
 WALK = gql(
     """
@@ -125,7 +114,6 @@ def test_the_seeded_history_has_error_calls(history_states: Counter[str]) -> Non
     assert history_states["ERROR"] == 40
 
 
-@needs_error_state
 @pytest.mark.parametrize("client", ["apollo", "urql"])
 def test_a_js_client_with_its_defaults_walks_the_whole_history(
     gateway: Gateway, history_states: Counter[str], client: str
@@ -168,7 +156,6 @@ HISTORY_WALK = gql(
 )
 
 
-@needs_error_state
 @pytest.mark.parametrize("schema_from", ["client-schema-file", "introspection"])
 def test_python_gql_validating_against_the_schema_walks_the_whole_history(
     gateway: Gateway, history_states: Counter[str], schema_from: str
