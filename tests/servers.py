@@ -21,18 +21,33 @@ import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
+from gateway.server import ConnectionLimits, GatewayConfig
+
 
 @contextmanager
 def serve(
-    app: ASGIApp, *, lifespan: Literal["auto", "on", "off"] = "on", port: int = 0
+    app: ASGIApp,
+    *,
+    lifespan: Literal["auto", "on", "off"] = "on",
+    port: int = 0,
+    limits: ConnectionLimits | None = None,
 ) -> Iterator[str]:
-    """Serve `app` on 127.0.0.1 and `port` (a free one by default); yields its base URL."""
+    """Serve `app` on 127.0.0.1 and `port` (a free one by default); yields its base URL.
+
+    It runs under the gateway's own guarded HTTP protocol, as `serve` does, with `limits`
+    (the defaults unless given).
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app, lifespan=lifespan, log_level="warning", access_log=False, timeout_graceful_shutdown=2
+    config = GatewayConfig(
+        app,
+        limits=limits or ConnectionLimits(),
+        lifespan=lifespan,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=2,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
