@@ -280,21 +280,23 @@ async def attack(url: str, gateway: Server, args: argparse.Namespace) -> Outcome
         bomb_clients = [
             httpx.AsyncClient(base_url=url, headers=headers_for(account)) for account in BOMBS
         ]
-        tasks = [
-            *(
+        attacks = set(args.attacks.split(","))
+        tasks = [polite_client(url, until, polite), sample_rss(gateway, until, rss)]
+        if "slowloris" in attacks:
+            tasks += [
                 slowloris(port, until, tallies["slow headers"], body=False)
                 for _ in range(args.slowloris)
-            ),
-            *(
+            ]
+            tasks += [
                 slowloris(port, until, tallies["slow body"], body=True)
                 for _ in range(args.slowloris)
-            ),
-            *(header_flood(port, until, tallies["header flood"], n) for n in range(4)),
-            *(cache_stuffer(stuffer, until, tallies["cache stuffing"], n) for n in range(4)),
-            *(bomb_caller(client, until, tallies["bomb"]) for client in bomb_clients),
-            polite_client(url, until, polite),
-            sample_rss(gateway, until, rss),
-        ]
+            ]
+        if "headers" in attacks:
+            tasks += [header_flood(port, until, tallies["header flood"], n) for n in range(4)]
+        if "stuffing" in attacks:
+            tasks += [cache_stuffer(stuffer, until, tallies["cache stuffing"], n) for n in range(4)]
+        if "bomb" in attacks:
+            tasks += [bomb_caller(client, until, tallies["bomb"]) for client in bomb_clients]
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -315,6 +317,11 @@ def main() -> int:
     parser.add_argument("--after", type=float, default=60.0, help="wait before the last RSS")
     parser.add_argument(
         "--slowloris", type=int, default=200, help="dripping connections of each kind"
+    )
+    parser.add_argument(
+        "--attacks",
+        default="slowloris,headers,stuffing,bomb",
+        help="comma-separated attacks to run (default: all four)",
     )
     parser.add_argument("--upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -366,7 +373,10 @@ def main() -> int:
 
     polite, tallies, rss = outcome.polite, outcome.tallies, outcome.rss
     total = polite.ok + polite.failed
-    print(f"attack: {args.seconds:g} s; RSS measured again {args.after:g} s after it ended")
+    print(
+        f"attack: {args.attacks} for {args.seconds:g} s; "
+        f"RSS measured again {args.after:g} s after it ended"
+    )
     for name, tally in tallies.items():
         shown = ", ".join(f"{k}: {v}" for k, v in sorted(tally.statuses.items()))
         print(f"  {name:15} {tally.sent:6} attempts  ({shown})")
