@@ -26,7 +26,7 @@ from gateway.config import (
     load_settings,
 )
 from gateway.logs import configure_logging
-from gateway.server import ConnectionLimits, GatewayConfig
+from gateway.server import ConnectionLimits, GatewayConfig, fit_descriptor_limit
 
 # prometheus-client's own variable; gateway.metrics is not imported here, so that the
 # CLI process sets it before prometheus-client is first imported.
@@ -128,7 +128,9 @@ def _serve(settings: Settings) -> int:
     with _metrics_directory(settings.workers):
         config = GatewayConfig(
             "gateway.app:app_from_environment",
-            limits=connection_limits(settings),
+            limits=fit_descriptor_limit(
+                connection_limits(settings), settings.upstream_max_connections
+            ),
             factory=True,
             host=settings.host,
             port=settings.port,

@@ -182,8 +182,9 @@ class Settings(BaseModel):
         ge=1,
         le=1_000_000,
         description="Client connections one worker process keeps open; one more is "
-        "answered 503 with `Retry-After: 1` at once and closed. Keep it under the "
-        "file descriptor limit (`ulimit -n`) less the upstream pool.",
+        "answered 503 with `Retry-After: 1` at once and closed. Lowered at start-up, with "
+        "a warning, to what the file descriptor limit holds beside the upstream pool and "
+        "64 spare (the soft `ulimit -n` is first raised towards the hard one).",
     )
     introspection: bool = Field(True, description="Answer schema introspection queries.")
     field_suggestions: bool = Field(

@@ -29,7 +29,8 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
-from dataclasses import dataclass
+import resource
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import httptools
@@ -270,3 +271,40 @@ def _warn_refused(now: float, open_connections: int) -> None:
             "refusing connections: %d are open, the GATEWAY_MAX_CONNECTIONS limit",
             open_connections,
         )
+
+
+# Descriptors a worker needs besides client connections and the upstream pool: the
+# listening socket, the event loop, logs, Redis, the interpreter's own files.
+RESERVED_DESCRIPTORS = 64
+
+
+def fit_descriptor_limit(limits: ConnectionLimits, upstream_connections: int) -> ConnectionLimits:
+    """`limits` with `max_connections` that the process's file descriptor limit can hold.
+
+    The soft limit is raised towards the hard one when it is too low (workers inherit it);
+    if that is not enough, `max_connections` is lowered, with a warning, so that the
+    connection cap answers 503 before `accept` starts failing (which stalls every client,
+    `/healthz` included).
+    """
+    reserve = upstream_connections + RESERVED_DESCRIPTORS
+    needed = limits.max_connections + reserve
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return limits
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft >= needed:
+        return limits
+    fitted = max(1, soft - reserve)
+    log.warning(
+        "GATEWAY_MAX_CONNECTIONS lowered from %d to %d: the file descriptor limit is %d",
+        limits.max_connections,
+        fitted,
+        soft,
+    )
+    return replace(limits, max_connections=fitted)

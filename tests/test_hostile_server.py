@@ -342,3 +342,26 @@ def test_the_serve_command_runs_the_guard_with_its_settings(
             sock.sendall(post(b"", length=100_000_000))
             assert status(read_all(sock, seconds=2)) == 413
         assert server.healthy()
+
+
+def test_with_few_file_descriptors_the_cap_answers_503_before_accept_fails(
+    sandbox_server: Sandbox,
+) -> None:
+    # 200 descriptors: the cap is lowered to 200 - 8 (upstream pool) - 64 = 128 at start,
+    # so the 129th connection is answered 503 instead of waiting for an `accept` that
+    # fails for want of a descriptor.
+    env = {
+        "GATEWAY_UPSTREAM_URL": sandbox_server.url,
+        "GATEWAY_UPSTREAM_MAX_CONNECTIONS": "8",
+        "GATEWAY_HEADER_TIMEOUT": "2",
+    }
+    with gateway_process(env=env, descriptors=200) as (_, url), ExitStack() as stack:
+        server = Server(url, int(url.rsplit(":", 1)[1]))
+        for _ in range(250):
+            stack.enter_context(server.connect())
+        with server.connect() as extra:
+            answer = read_all(extra, seconds=1.5)
+        stack.close()
+
+        assert status(answer) == 503
+        assert server.healthy()
