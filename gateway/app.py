@@ -182,7 +182,11 @@ def create_app(settings: Settings) -> Starlette:
     # The response cache is middleware rather than part of the route, so a hit skips
     # routing and exception handling; it sits inside CORS, whose headers are per request.
     response_cache = Middleware(
-        ResponseCache, path="/graphql", ttl=settings.cache_ttl, telemetry=telemetry
+        ResponseCache,
+        path="/graphql",
+        ttl=settings.cache_ttl,
+        telemetry=telemetry,
+        max_body_bytes=settings.max_body_bytes,
     )
     # Outermost: whatever a shutdown cancels inside is answered with a code.
     return Starlette(

@@ -259,6 +259,27 @@ return {1, wait_ms}
 """
 
 
+# Records an account's departure now (returns 0), unless its previous departure is less
+# than an interval old (returns the ms still to wait): the spacing the upstream sees is
+# between departures, whenever each request was planned to leave. Later reservations
+# then start one interval after this departure at the earliest.
+_DEPART = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local interval_ms = tonumber(ARGV[1])
+local last_ms = tonumber(redis.call('GET', KEYS[2]) or '0')
+if last_ms > 0 and now_ms < last_ms + interval_ms then
+  return last_ms + interval_ms - now_ms
+end
+redis.call('SET', KEYS[2], now_ms, 'PX', interval_ms + 1000)
+local next_ms = tonumber(redis.call('GET', KEYS[1]) or '0')
+if next_ms < now_ms + interval_ms then
+  redis.call('SET', KEYS[1], now_ms + interval_ms, 'PX', interval_ms + 1000)
+end
+return 0
+"""
+
+
 @dataclass
 class _Outage:
     """Whether the store is down, since when, and when to try it again."""
@@ -326,6 +347,23 @@ class RedisStore:
             return None
         _, wait_ms = result
         return int(wait_ms) / 1000
+
+    async def depart(self, account: str, interval: float) -> float | None:
+        """Record the account's upstream request as leaving now (0), or the seconds until
+        its previous one is `interval` old; None when Redis cannot be asked."""
+        result = await self._guarded(
+            self._cache.raw(
+                "eval",
+                _DEPART,
+                2,
+                f"{NAMESPACE}:pace:{account}",
+                f"{NAMESPACE}:left:{account}",
+                math.ceil(interval * 1000),
+            )
+        )
+        if result is None:
+            return None
+        return int(result) / 1000
 
     async def _guarded(self, operation: Awaitable[Any]) -> Any:
         outage = self._outage

@@ -28,6 +28,7 @@ from gateway.config import (
     unknown_variables,
 )
 from gateway.logs import configure_logging
+from gateway.server import ConnectionLimits, GatewayConfig, fit_descriptor_limit
 
 log = logging.getLogger("gateway.cli")
 
@@ -144,8 +145,11 @@ def _serve(settings: Settings, warnings: Sequence[str] = ()) -> int:
         settings = settings.model_copy(update={"cursor_key": SecretStr(secrets.token_urlsafe(32))})
     os.environ.update(settings_environment(settings))
     with _metrics_directory(settings.workers):
-        config = uvicorn.Config(
+        config = GatewayConfig(
             "gateway.app:app_from_environment",
+            limits=fit_descriptor_limit(
+                connection_limits(settings), settings.upstream_max_connections
+            ),
             factory=True,
             host=settings.host,
             port=settings.port,
@@ -186,6 +190,19 @@ def _run(config: uvicorn.Config, on_bound: Callable[[], None] | None = None) -> 
         return 0
     finally:
         sock.close()
+
+
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    """The per-connection bounds the HTTP server enforces, from their settings."""
+    return ConnectionLimits(
+        max_header_bytes=settings.max_header_bytes,
+        max_header_line_bytes=settings.max_header_line_bytes,
+        max_headers=settings.max_headers,
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        keepalive_timeout=settings.keepalive_timeout,
+        max_connections=settings.max_connections,
+    )
 
 
 def _exit_zero(signum: int, frame: object) -> None:

@@ -149,7 +149,46 @@ class Settings(BaseModel):
         10, ge=1, le=10_000, description="Upstream requests one operation may cause."
     )
     max_body_bytes: int = Field(
-        1_048_576, ge=1024, description="Largest request body accepted (413 above it)."
+        1_048_576,
+        ge=1024,
+        description="Largest request body accepted, measured after gzip or deflate "
+        "decoding (413 above it; decided from `Content-Length` before reading when declared).",
+    )
+    max_header_bytes: int = Field(
+        65_536,
+        ge=1024,
+        le=16_777_216,
+        description="Largest request line plus headers accepted (431 above it).",
+    )
+    max_header_line_bytes: int = Field(
+        16_384,
+        ge=256,
+        le=16_777_216,
+        description="Longest single request header line accepted (431 above it).",
+    )
+    max_headers: int = Field(
+        100, ge=8, le=10_000, description="Most request header fields accepted (431 above it)."
+    )
+    header_timeout: PositiveSeconds = Field(
+        10.0,
+        description="Seconds a request's line and headers may take to arrive, from the "
+        "connection opening or the request's first byte (408 after it).",
+    )
+    body_timeout: PositiveSeconds = Field(
+        30.0,
+        description="Seconds a request body may take to arrive after its headers (408 after it).",
+    )
+    keepalive_timeout: PositiveSeconds = Field(
+        5.0, description="Seconds an idle keep-alive connection is kept open between requests."
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Client connections one worker process keeps open; one more is "
+        "answered 503 with `Retry-After: 1` at once and closed. Lowered at start-up, with "
+        "a warning, to what the file descriptor limit holds beside the upstream pool and "
+        "64 spare (the soft `ulimit -n` is first raised towards the hard one).",
     )
     introspection: bool = Field(True, description="Answer schema introspection queries.")
     field_suggestions: bool = Field(
@@ -237,6 +276,15 @@ class Settings(BaseModel):
             raise ValueError(
                 "GATEWAY_UPSTREAM_TIMEOUT must be shorter than GATEWAY_REQUEST_TIMEOUT "
                 f"({self.upstream_timeout} >= {self.request_timeout})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _header_line_fits_the_headers(self) -> Settings:
+        if self.max_header_line_bytes > self.max_header_bytes:
+            raise ValueError(
+                "GATEWAY_MAX_HEADER_LINE_BYTES must not exceed GATEWAY_MAX_HEADER_BYTES "
+                f"({self.max_header_line_bytes} > {self.max_header_bytes})"
             )
         return self
 

@@ -23,7 +23,7 @@ from gateway.cache import CacheKeys, RedisStore, ResponseCache, create_store
 from gateway.config import Settings
 from gateway.credentials import Credentials
 from gateway.metrics import Metrics
-from gateway.pacing import Pacer
+from gateway.pacing import MonotonicClock, Pacer
 from gateway.upstream import CatapultClient, UpstreamAnswer, UpstreamRequest
 
 log = logging.getLogger("gateway.cache")
@@ -121,6 +121,7 @@ def create_upstream(
     pacer = Pacer(
         rate=settings.upstream_rate,
         queue_timeout=settings.upstream_queue_timeout,
+        clock=MonotonicClock(),
         shared=shared,
         on_wait=metrics.pacing_wait,
         on_refusal=metrics.pacing_refusal,

@@ -39,6 +39,7 @@ from gateway.limits import OperationLimits, check_limits, parse_document
 from gateway.logs import request_id_from
 from gateway.metrics import Metrics
 from gateway.persisted_queries import PersistedQueries, PersistedQueryError
+from gateway.request_body import BodyRefused, read_body, refused_headers
 from gateway.responses import ResponseNote
 from gateway.telemetry import Telemetry
 
@@ -351,17 +352,10 @@ def _json_param(value: str | None, name: str) -> Any:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, f"The request body is larger than {limit} bytes.")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"The request body is larger than {limit} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    body = await read_body(request.scope, request.receive, limit)
+    if isinstance(body, BodyRefused):
+        raise RequestError(body.status, body.message, refused_headers(body))
+    return body
 
 
 def _negotiate(accept: str | None) -> str:

@@ -9,6 +9,12 @@ timeout fails at once with RATE_LIMITED and `retryAfter`; one that meets a 429 a
 
 With Redis the schedule is shared by every replica (`SharedSlots`); when Redis cannot be
 asked, each process keeps its own.
+
+A slot is a plan; the upstream sees departures. When the CPU is saturated the event loop
+wakes a request late, and the next one, woken on time, would leave less than an interval
+after it. So a request that has waited for its slot checks, as it leaves, the time the
+account's previous request actually left, waits out the rest of the interval if needed,
+and records its own departure (in Redis too, when shared).
 """
 
 from __future__ import annotations
@@ -35,6 +41,30 @@ class SharedSlots(Protocol):
         """Seconds until the account's next slot, reserved only if within `max_wait`;
         None when the shared schedule cannot be reached."""
 
+    async def depart(self, account: str, interval: float) -> float | None:
+        """Record a departure now and return 0, or return the seconds still to wait for
+        the account's previous departure to be `interval` old; None when unreachable."""
+
+
+class Clock(Protocol):
+    """Where the pacer reads the time and waits (a test passes one whose loop runs late)."""
+
+    def now(self) -> float:
+        """Seconds on a monotonic clock."""
+
+    async def sleep(self, seconds: float) -> None:
+        """Return no sooner than `seconds` from now (a busy event loop returns later)."""
+
+
+class MonotonicClock:
+    """The real clock: `time.monotonic` and `asyncio.sleep`."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
 
 class Pacer:
     """Spaces upstream requests per account; `rate` 0 turns pacing (and 429 waits) off."""
@@ -44,6 +74,7 @@ class Pacer:
         *,
         rate: float,
         queue_timeout: float,
+        clock: Clock,
         shared: SharedSlots | None = None,
         on_wait: Callable[[float], None] = lambda seconds: None,
         on_refusal: Callable[[], None] = lambda: None,
@@ -52,11 +83,14 @@ class Pacer:
         self._rate = rate
         self._queue_timeout = queue_timeout
         self._shared = shared
+        self._clock = clock
         # Metrics hooks: a wait for a slot (seconds), a refusal.
         self._on_wait = on_wait
         self._on_refusal = on_refusal
-        # Local schedule: the monotonic instant of each account's next free slot.
+        # Local schedule: the monotonic instant of each account's next free slot, and of
+        # its last actual departure.
         self._next_slot: dict[str, float] = {}
+        self._departed: dict[str, float] = {}
         self.refused = 0
         self.waited_out_429 = 0
 
@@ -76,7 +110,7 @@ class Pacer:
             if exc.retry_after > self._queue_timeout:
                 raise
             self.waited_out_429 += 1
-            await asyncio.sleep(exc.retry_after)
+            await self._clock.sleep(exc.retry_after)
         await self._wait_for_slot(account)
         return await call()
 
@@ -84,7 +118,27 @@ class Pacer:
         wait = await self._reserve(account)
         if wait > 0:
             self._on_wait(wait)
-            await asyncio.sleep(wait)
+            await self._clock.sleep(wait)
+        # Hold the spacing from the previous request's actual departure, however late the
+        # loop woke either of them (each check moves on, so this ends).
+        while (late := await self._depart(account)) > 0:
+            await self._clock.sleep(late)
+
+    async def _depart(self, account: str) -> float:
+        """0 once this request may leave (its departure recorded), else seconds to wait."""
+        if self._shared is not None:
+            wait = await self._shared.depart(account, self._interval)
+            if wait is not None and wait > 0:
+                return wait
+        # Also checked with Redis: a departure made while Redis was unreachable is local.
+        now = self._clock.now()
+        previous = self._departed.get(account)
+        if previous is not None and now < previous + self._interval:
+            return previous + self._interval - now
+        self._departed[account] = now
+        # Later reservations start one interval after this departure at the earliest.
+        self._next_slot[account] = max(self._next_slot.get(account, 0.0), now + self._interval)
+        return 0.0
 
     async def _reserve(self, account: str) -> float:
         if self._shared is not None:
@@ -92,7 +146,7 @@ class Pacer:
             if wait is not None:
                 self._check(wait)
                 return wait
-        now = time.monotonic()
+        now = self._clock.now()
         slot = max(now, self._next_slot.get(account, 0.0))
         wait = slot - now
         self._check(wait)
@@ -115,6 +169,7 @@ class Pacer:
     def _forget_past(self, now: float) -> None:
         for account in [a for a, slot in self._next_slot.items() if slot <= now]:
             del self._next_slot[account]
+            self._departed.pop(account, None)
 
     def state(self) -> dict[str, float | int]:
         """Counters for /readyz."""

@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.credentials import Credentials, request_credentials
 from gateway.errors import Unauthenticated
 from gateway.logs import request_id_from
+from gateway.request_body import BodyRefused, read_body
 from gateway.telemetry import Telemetry
 
 # Headers made afresh for every answer, never stored with an entry.
@@ -86,8 +87,8 @@ class ResponseCache:
         path: str,
         ttl: float,
         telemetry: Telemetry,
+        max_body_bytes: int,
         max_entries: int = 1024,
-        max_body_bytes: int = 1 << 20,
     ) -> None:
         self.app = app
         self.path = path
@@ -116,11 +117,12 @@ class ResponseCache:
         headers = Headers(scope=scope)
         body = b""
         if scope["method"] == "POST":
-            body, complete = await _read(receive, self.max_body_bytes)
-            if not complete:
-                # Too large to be a cacheable request: the endpoint answers 413.
-                await self.app(scope, _replay(body, receive, more=True), send)
+            read = await read_body(scope, receive, self.max_body_bytes)
+            if isinstance(read, BodyRefused):
+                # Not a cacheable request: the endpoint answers the refusal.
+                await self.app(scope, receive, send)
                 return
+            body = read
         key = self._key_for(scope, credentials, headers, body)
         if not wants_fresh(headers):
             entry = self._entries.get(key)
@@ -183,7 +185,7 @@ class ResponseCache:
                 chunks.append(message.get("body", b""))
             await send(message)
 
-        await self.app({**scope, ResponseNote.SCOPE_KEY: note}, _replay(body, receive), capture)
+        await self.app({**scope, ResponseNote.SCOPE_KEY: note}, receive, capture)
         answer = b"".join(chunks)
         # The endpoint's verdict, not a guess from the bytes (a call's data or a warning
         # may well contain the word "errors"): an answer with errors is never kept.
@@ -213,33 +215,3 @@ def _aged(header: tuple[bytes, bytes], remaining: int) -> tuple[bytes, bytes]:
     # when the entry was made, so the answer is never kept past its data's TTL.
     name, value = header
     return name, _MAX_AGE.sub(b"max-age=%d" % remaining, value)
-
-
-async def _read(receive: Receive, limit: int) -> tuple[bytes, bool]:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return b"".join(chunks), False
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        chunks.append(chunk)
-        if size > limit:
-            return b"".join(chunks), False
-        if not message.get("more_body", False):
-            return b"".join(chunks), True
-
-
-def _replay(body: bytes, receive: Receive, *, more: bool = False) -> Receive:
-    """A `receive` that first hands out the body already read, then the real stream."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": more}
-        return await receive()
-
-    return replay

@@ -7,6 +7,7 @@ HTTP with any client (sync or async) and the server's lifespan runs for real.
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -21,18 +22,33 @@ import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
+from gateway.server import ConnectionLimits, GatewayConfig
+
 
 @contextmanager
 def serve(
-    app: ASGIApp, *, lifespan: Literal["auto", "on", "off"] = "on", port: int = 0
+    app: ASGIApp,
+    *,
+    lifespan: Literal["auto", "on", "off"] = "on",
+    port: int = 0,
+    limits: ConnectionLimits | None = None,
 ) -> Iterator[str]:
-    """Serve `app` on 127.0.0.1 and `port` (a free one by default); yields its base URL."""
+    """Serve `app` on 127.0.0.1 and `port` (a free one by default); yields its base URL.
+
+    It runs under the gateway's own guarded HTTP protocol, as `serve` does, with `limits`
+    (the defaults unless given).
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app, lifespan=lifespan, log_level="warning", access_log=False, timeout_graceful_shutdown=2
+    config = GatewayConfig(
+        app,
+        limits=limits or ConnectionLimits(),
+        lifespan=lifespan,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=2,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -60,13 +76,19 @@ def free_port() -> int:
 
 @contextmanager
 def gateway_process(
-    *args: str, env: dict[str, str], capture: bool = False
+    *args: str, env: dict[str, str], capture: bool = False, descriptors: int | None = None
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """`catapult-gateway serve ARGS` in its own process, yielded once /readyz answers.
 
     Only `env`'s GATEWAY_* settings apply (the test run's own are dropped). With
     `capture`, stdout and stderr are kept for the test to read with `communicate()`.
+    With `descriptors`, the process may open no more files than that (`ulimit -n`).
     """
+
+    def limit_descriptors() -> None:
+        if descriptors is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (descriptors, descriptors))
+
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     environ.update(env, GATEWAY_PORT=str(port))
@@ -77,6 +99,7 @@ def gateway_process(
         stdout=output,
         stderr=output,
         text=True,
+        preexec_fn=limit_descriptors,
     )
     url = f"http://127.0.0.1:{port}"
     try:

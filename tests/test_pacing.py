@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
+import time
 from typing import Any
 
 import httpx
 import pytest
 
 from gateway.app import credential_headers
+from gateway.cache import RedisStore
 from gateway.errors import RateLimited
-from gateway.pacing import Pacer
+from gateway.pacing import MonotonicClock, Pacer
 from tests.conftest import DEMO, GatewayFactory, Sandbox
 
 
@@ -137,7 +141,7 @@ def test_two_gateways_sharing_redis_pace_one_account_together(
 
 def test_rate_0_turns_pacing_off() -> None:
     async def run() -> None:
-        pacer = Pacer(rate=0, queue_timeout=0)
+        pacer = Pacer(rate=0, queue_timeout=0, clock=MonotonicClock())
         calls = 0
 
         async def call() -> int:
@@ -161,7 +165,7 @@ def test_rate_0_turns_pacing_off() -> None:
 def test_accounts_are_paced_separately() -> None:
     async def run() -> None:
         # A bound of zero: only a request whose slot is free right now may go.
-        pacer = Pacer(rate=1, queue_timeout=0)
+        pacer = Pacer(rate=1, queue_timeout=0, clock=MonotonicClock())
 
         async def call() -> str:
             return "ok"
@@ -173,3 +177,143 @@ def test_accounts_are_paced_separately() -> None:
         assert 1 <= refused.value.retry_after <= 2
 
     asyncio.run(run())
+
+
+class LateLoopClock:
+    """A fake clock whose event loop the test drives: each sleeper wakes when told to."""
+
+    def __init__(self) -> None:
+        self.time = 0.0
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    def now(self) -> float:
+        return self.time
+
+    async def sleep(self, seconds: float) -> None:
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self.time + seconds, woken))
+        await woken
+
+    async def wake_next(self, late: float = 0.0) -> bool:
+        """Wake the sleeper due first, `late` seconds after it was due; False if none."""
+        await _settle()
+        if not self._sleepers:
+            return False
+        self._sleepers.sort(key=lambda sleeper: sleeper[0])
+        due, woken = self._sleepers.pop(0)
+        self.time = max(self.time, due + late)
+        woken.set_result(None)
+        await _settle()
+        return True
+
+
+async def _settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def gaps(departures: list[float]) -> list[float]:
+    return [later - earlier for earlier, later in itertools.pairwise(departures)]
+
+
+@pytest.mark.parametrize(
+    "lateness",
+    [
+        pytest.param([0.85, 0.0], id="first-sleeper-late-next-on-time"),
+        pytest.param([0.5, 0.0, 0.9, 0.0], id="two-late-wakes"),
+        pytest.param([0.0, 0.0, 0.0], id="loop-on-time"),
+    ],
+)
+def test_spacing_holds_from_actual_departures_when_the_loop_wakes_late(
+    lateness: list[float],
+) -> None:
+    async def run() -> list[float]:
+        clock = LateLoopClock()
+        pacer = Pacer(rate=1, queue_timeout=30, clock=clock)
+        departures: list[float] = []
+
+        async def call() -> None:
+            departures.append(clock.now())
+
+        tasks = [asyncio.create_task(pacer.run("a", call)) for _ in range(len(lateness) + 1)]
+        for late in lateness:
+            await clock.wake_next(late)
+        while await clock.wake_next():
+            pass
+        await asyncio.gather(*tasks)
+        return departures
+
+    departures = asyncio.run(run())
+
+    assert len(departures) == len(lateness) + 1
+    # Before departures were checked, a request woken 0.85 s late left 0.2 s before its
+    # on-time neighbour.
+    assert min(gaps(departures)) >= 1.0
+
+
+def test_spacing_holds_with_the_event_loop_busy_on_the_cpu() -> None:
+    # The real clock, and a loop made late by work that holds it 0-80 ms at a time.
+    rate = 10.0
+
+    async def run() -> list[float]:
+        pacer = Pacer(rate=rate, queue_timeout=30, clock=MonotonicClock())
+        departures: list[float] = []
+        done = False
+
+        async def call() -> None:
+            departures.append(time.monotonic())
+
+        async def hog() -> None:
+            generator = random.Random(7)
+            while not done:
+                until = time.monotonic() + generator.uniform(0, 0.08)
+                while time.monotonic() < until:
+                    pass
+                await asyncio.sleep(0)
+
+        hogs = [asyncio.create_task(hog()) for _ in range(3)]
+        await asyncio.gather(*(pacer.run("a", call) for _ in range(15)))
+        done = True
+        await asyncio.gather(*hogs)
+        return sorted(departures)
+
+    departures = asyncio.run(run())
+
+    assert min(gaps(departures)) >= 1 / rate
+
+
+def test_replicas_sharing_redis_space_departures_when_one_wakes_late(redis_url: str) -> None:
+    # Replica A's request is woken 0.3 s late; B's, planned one interval later, on time.
+    rate = 2.0
+
+    class LateOnce(MonotonicClock):
+        def __init__(self, late: float) -> None:
+            self.late = late
+
+        async def sleep(self, seconds: float) -> None:
+            late, self.late = self.late, 0.0
+            await asyncio.sleep(seconds + late)
+
+    async def run() -> list[float]:
+        stores = [RedisStore(redis_url, timeout=1), RedisStore(redis_url, timeout=1)]
+        a = Pacer(rate=rate, queue_timeout=10, clock=LateOnce(0.3), shared=stores[0])
+        b = Pacer(rate=rate, queue_timeout=10, clock=MonotonicClock(), shared=stores[1])
+        departures: list[float] = []
+
+        async def call() -> None:
+            departures.append(time.monotonic())
+
+        try:
+            await a.run("acct", call)  # leaves at once
+            first = asyncio.create_task(a.run("acct", call))  # planned +0.525, wakes late
+            await asyncio.sleep(0.05)
+            second = asyncio.create_task(b.run("acct", call))  # planned +1.05, on time
+            await asyncio.gather(first, second)
+        finally:
+            for store in stores:
+                await store.close()
+        return sorted(departures)
+
+    departures = asyncio.run(run())
+
+    assert min(gaps(departures)) >= 1 / rate

@@ -1,0 +1,310 @@
+"""The HTTP server: uvicorn's httptools protocol with bounds on what a client may hold.
+
+uvicorn bounds nothing a client sends before the application sees it: with httptools a
+64 MB header line or 100,000 headers are buffered and accepted, a client that drips its
+headers or body holds its connection (and a file descriptor) for ever, and a fresh
+connection that never speaks is never closed. `GuardedHttpToolsProtocol` adds, per
+connection:
+
+- header bounds: the request line and headers together at most `max_header_bytes`
+  (counted while they arrive, so an endless header line is cut off, not buffered), each
+  header field line at most `max_header_line_bytes`, at most `max_headers` fields; beyond
+  any of them: `431`, and the connection is closed;
+- read deadlines: a request's line and headers must be complete `header_timeout` seconds
+  after the connection opened or the request's first byte arrived, its body
+  `body_timeout` seconds after its headers; late: `408`, closed. Between requests a
+  keep-alive connection may idle `keepalive_timeout` seconds, then it is closed silently;
+- a connection limit per process: one more connection than `max_connections` is
+  answered `503` with `Retry-After: 1` at once, without reading it, and closed, so that
+  file descriptors never run out (uvicorn's own `limit_concurrency` answers only once the
+  request's headers arrive, holding the descriptor until then).
+
+Only the httptools protocol is used (`http=` is not a setting): h11 bounds the header
+bytes itself but not their count, and would need the same guard twice. The limits travel
+to worker processes inside the uvicorn `Config` (`GatewayConfig`), which is pickled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import resource
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import httptools
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+log = logging.getLogger("gateway.server")
+
+Phase = Literal["headers", "body", "app", "idle"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """What one client connection may send and how slowly (the `GATEWAY_*` settings)."""
+
+    max_header_bytes: int = 65_536
+    max_header_line_bytes: int = 16_384
+    max_headers: int = 100
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keepalive_timeout: float = 5.0
+    max_connections: int = 1000
+
+
+class GatewayConfig(uvicorn.Config):
+    """A uvicorn `Config` serving with the guarded protocol under `limits`."""
+
+    def __init__(self, app: Any, *, limits: ConnectionLimits, **options: Any) -> None:
+        super().__init__(
+            app,
+            http=GuardedHttpToolsProtocol,
+            # uvicorn's own per-request check would answer 503 only after the headers.
+            limit_concurrency=None,
+            **options,
+        )
+        self.connection_limits = limits
+
+
+class _Refusal(Exception):
+    """Raised inside a parser callback to stop parsing and answer `status`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header bounds, read deadlines and a connection cap."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        limits = getattr(config, "connection_limits", None)
+        self.limits = limits if isinstance(limits, ConnectionLimits) else ConnectionLimits()
+        # uvicorn arms its keep-alive timer with this after each response.
+        self.timeout_keep_alive = self.limits.keepalive_timeout  # type: ignore[assignment]
+        self._phase: Phase = "headers"
+        self._deadline: asyncio.TimerHandle | None = None
+        # Bytes received since the current request's headers began (an upper bound).
+        self._header_bytes = 0
+        self._refused = False
+
+    # -- connection --
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            _warn_refused(self.loop.time(), len(self.connections) - 1)
+            self._refuse(503, "Too many connections; retry shortly.", retry_after=True)
+            return
+        self._arm(self.limits.header_timeout, self._headers_late)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._unset_keepalive_if_required()
+        if self._phase == "idle":
+            # The next request on a kept-alive connection: its headers are now on the clock.
+            self._start_headers()
+        if self._phase == "headers":
+            self._header_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as error:
+            if isinstance(error.__context__, _Refusal):
+                self._refuse(error.__context__.status, error.__context__.message)
+                return
+            self._bad_request()
+            return
+        except httptools.HttpParserUpgrade:
+            # As uvicorn does: hand over to WebSockets, or serve the request as plain HTTP.
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserError:
+            self._bad_request()
+            return
+        if self._phase == "headers" and self._header_bytes > self.limits.max_header_bytes:
+            # Still no end of the headers: refuse before buffering any more of them.
+            self._refuse(431, "The request headers are too large.")
+
+    # -- parser callbacks --
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._phase != "headers":
+            # A pipelined request begins inside a chunk already counted elsewhere.
+            self._start_headers()
+
+    def on_headers_complete(self) -> None:
+        self._check_headers()
+        self._phase = "body"
+        self._header_bytes = 0
+        self._arm(self.limits.body_timeout, self._body_late)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        if self.cycle is not None and self.cycle.response_complete:
+            # The answer went out before the body ended: now the connection is idle.
+            self._phase = "idle"
+            self._arm(self.limits.keepalive_timeout, self.transport.close)
+        else:
+            self._phase = "app"
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        if self._phase == "app":
+            self._phase = "idle"
+        # A body still arriving after the answer stays under the body deadline; uvicorn
+        # arms the keep-alive timer otherwise.
+        super().on_response_complete()
+
+    # -- bounds --
+
+    def _check_headers(self) -> None:
+        limits = self.limits
+        if len(self.headers) > limits.max_headers:
+            raise _Refusal(431, f"More than {limits.max_headers} request headers.")
+        total = len(self.url)
+        for name, value in self.headers:
+            line = len(name) + len(value) + 2
+            if line > limits.max_header_line_bytes:
+                raise _Refusal(431, "A request header line is too long.")
+            total += line + 2
+        if total > limits.max_header_bytes:
+            raise _Refusal(431, "The request headers are too large.")
+
+    def _start_headers(self) -> None:
+        self._phase = "headers"
+        self._header_bytes = 0
+        self._arm(self.limits.header_timeout, self._headers_late)
+
+    def _headers_late(self) -> None:
+        self._deadline = None
+        if self._header_bytes == 0 and self._phase in ("headers", "idle"):
+            # Not a byte of a request: an idle connection, closed without an answer.
+            self.transport.close()
+            return
+        self._refuse(408, "The request headers did not arrive in time.")
+
+    def _body_late(self) -> None:
+        self._deadline = None
+        self._refuse(408, "The request body did not arrive in time.")
+
+    # -- timers and answers --
+
+    def _arm(self, seconds: float, callback: Any) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, callback)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _bad_request(self) -> None:
+        self.logger.warning("Invalid HTTP request received.")
+        self._refuse(400, "Invalid HTTP request received.")
+
+    def _refuse(self, status: int, message: str, *, retry_after: bool = False) -> None:
+        """Answer `status` with a plain-text `message` and close, reading nothing more."""
+        self._refused = True
+        self._disarm()
+        self._unset_keepalive_if_required()
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.disconnected:
+            if not cycle.more_body and not cycle.response_complete:
+                # An earlier request on this connection is still being answered: that
+                # answer goes out whole, then the connection closes; this one gets none.
+                cycle.keep_alive = False
+                return
+            if cycle.more_body:
+                # The application waiting for this body sees the client gone (its answer,
+                # if any, is dropped); an answer already under way is cut off by the close.
+                cycle.disconnected = True
+                cycle.message_event.set()
+                if cycle.response_started:
+                    self.transport.close()
+                    return
+        body = message.encode()
+        phrase = http.HTTPStatus(status).phrase.encode()
+        head = [
+            b"HTTP/1.1 %d %s\r\n" % (status, phrase),
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n",
+        ]
+        if retry_after:
+            head.append(b"retry-after: 1\r\n")
+        self.transport.write(b"".join([*head, b"\r\n", body]))
+        self.transport.close()
+
+
+_last_refusal_warning = [float("-inf")]
+
+
+def _warn_refused(now: float, open_connections: int) -> None:
+    # At most once a second: a flood of refused connections must not flood the log too.
+    if now - _last_refusal_warning[0] >= 1.0:
+        _last_refusal_warning[0] = now
+        log.warning(
+            "refusing connections: %d are open, the GATEWAY_MAX_CONNECTIONS limit",
+            open_connections,
+        )
+
+
+# Descriptors a worker needs besides client connections and the upstream pool: the
+# listening socket, the event loop, logs, Redis, the interpreter's own files.
+RESERVED_DESCRIPTORS = 64
+
+
+def fit_descriptor_limit(limits: ConnectionLimits, upstream_connections: int) -> ConnectionLimits:
+    """`limits` with `max_connections` that the process's file descriptor limit can hold.
+
+    The soft limit is raised towards the hard one when it is too low (workers inherit it);
+    if that is not enough, `max_connections` is lowered, with a warning, so that the
+    connection cap answers 503 before `accept` starts failing (which stalls every client,
+    `/healthz` included).
+    """
+    reserve = upstream_connections + RESERVED_DESCRIPTORS
+    needed = limits.max_connections + reserve
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return limits
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft >= needed:
+        return limits
+    fitted = max(1, soft - reserve)
+    log.warning(
+        "GATEWAY_MAX_CONNECTIONS lowered from %d to %d: the file descriptor limit is %d",
+        limits.max_connections,
+        fitted,
+        soft,
+    )
+    return replace(limits, max_connections=fitted)
