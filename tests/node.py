@@ -1,12 +1,14 @@
 """Running the JavaScript checks in tests/js/: real Apollo and urql code, driven from pytest.
 
 Each folder under tests/js/ has its own package.json and committed package-lock.json;
-`npm ci` installs exactly the locked versions when node_modules is missing. Without node
+`npm ci` installs exactly the locked versions when node_modules is missing or was
+installed from another version of the lock file (a machine kept between checkouts). Without node
 and npm the tests are skipped, unless GATEWAY_TEST_REQUIRE_NODE is set (CI sets it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -27,7 +29,9 @@ def node_project(name: str) -> Path:
             pytest.fail(f"node and npm are required ({REQUIRE} is set) but missing")
         pytest.skip(f"node and npm are not installed (set {REQUIRE} to make this a failure)")
     folder = JS / name
-    if not (folder / "node_modules").is_dir():
+    lock = hashlib.sha256((folder / "package-lock.json").read_bytes()).hexdigest()
+    stamp = folder / "node_modules" / ".installed-from-lock"
+    if not stamp.is_file() or stamp.read_text() != lock:
         subprocess.run(
             ["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
             cwd=folder,
@@ -35,6 +39,7 @@ def node_project(name: str) -> Path:
             capture_output=True,
             timeout=600,
         )
+        stamp.write_text(lock)
     return folder
 
 
