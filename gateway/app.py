@@ -187,6 +187,9 @@ def create_app(settings: Settings) -> Starlette:
         ttl=settings.cache_ttl,
         telemetry=telemetry,
         max_body_bytes=settings.max_body_bytes,
+        max_entries=settings.response_cache_max_entries,
+        max_bytes=settings.response_cache_max_bytes,
+        max_answer_bytes=settings.response_cache_max_answer_bytes,
     )
     # Outermost: whatever a shutdown cancels inside is answered with a code.
     return Starlette(

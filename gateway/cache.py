@@ -4,7 +4,8 @@ The only module that imports aiocache (untyped, so it stays confined here). Cons
 `ResponseCache.get_or_load(key, load, ttl)` and `CacheKeys`; which store sits behind them
 comes from `GATEWAY_CACHE_URL`:
 
-    memory://             this process only, bounded, least recently used evicted first
+    memory://             this process only, bounded by entries and bytes, least recently
+                          used evicted first, expired entries freed as they expire
     redis://host:port/db  shared by replicas and workers; also holds the pacing slots
                           (rediss:// for TLS; user and password percent-encoded, read
                           by redis-py's own URL parser, exactly as redis-py reads them)
@@ -27,17 +28,18 @@ import logging
 import math
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
-from aiocache import RedisCache, SimpleMemoryCache
+from aiocache import RedisCache
 from aiocache.serializers import NullSerializer
 from redis.asyncio.connection import parse_url
 from redis.exceptions import MaxConnectionsError
+
+from gateway.bounded import BoundedCache
 
 log = logging.getLogger("gateway.cache")
 
@@ -190,35 +192,30 @@ class ResponseCache(Generic[T]):
 
 
 class MemoryStore:
-    """aiocache's memory backend with the bound it lacks: least recently used goes first."""
+    """This process's memory, bounded by entries and by bytes, least recently used first out.
 
-    def __init__(self, max_entries: int) -> None:
-        # NullSerializer: values are already bytes, immutable, so nothing can alter an entry.
-        self._cache = SimpleMemoryCache(serializer=NullSerializer(), timeout=None)
-        self._recency: OrderedDict[str, None] = OrderedDict()
-        self._max_entries = max_entries
-        self.evictions = 0
+    Not aiocache's memory backend: that one has no bound at all (neither entries nor
+    bytes) and arms one timer per key; a `BoundedCache` has both bounds and one sweep.
+    """
+
+    def __init__(self, max_entries: int, max_bytes: int = 128 * 1024 * 1024) -> None:
+        # Values are bytes, immutable, so nothing can alter an entry once stored.
+        self._cache: BoundedCache[str, bytes] = BoundedCache(
+            max_entries=max_entries, max_bytes=max_bytes
+        )
 
     async def get(self, key: str) -> bytes | None:
-        value: bytes | None = await self._cache.get(key)
-        if value is None:
-            # Expired (aiocache dropped it) or never stored.
-            self._recency.pop(key, None)
-            return None
-        self._recency.move_to_end(key)
-        return value
+        return self._cache.get(key)
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
-        await self._cache.set(key, value, ttl=ttl)
-        self._recency[key] = None
-        self._recency.move_to_end(key)
-        while len(self._recency) > self._max_entries:
-            oldest, _ = self._recency.popitem(last=False)
-            await self._cache.delete(oldest)
-            self.evictions += 1
+        self._cache.set(key, value, size=len(value), expires=time.monotonic() + ttl)
 
     def __len__(self) -> int:
-        return len(self._recency)
+        return len(self._cache)
+
+    @property
+    def evictions(self) -> int:
+        return self._cache.evictions
 
     @property
     def healthy(self) -> bool:
@@ -231,14 +228,15 @@ class MemoryStore:
         return {
             "backend": "memory",
             "status": "ok",
-            "entries": len(self._recency),
-            "maxEntries": self._max_entries,
-            "evictions": self.evictions,
+            "entries": len(self._cache),
+            "maxEntries": self._cache.max_entries,
+            "bytes": self._cache.size,
+            "maxBytes": self._cache.max_bytes,
+            "evictions": self._cache.evictions,
         }
 
     async def close(self) -> None:
-        await self._cache.clear()
-        self._recency.clear()
+        self._cache.clear()
 
 
 # Reserves the next free slot of an account: returns {reserved, wait in ms}. The clock is
@@ -469,8 +467,10 @@ def redis_options(url: str) -> dict[str, Any]:
     return options
 
 
-def create_store(url: str, *, max_entries: int, timeout: float) -> MemoryStore | RedisStore:
+def create_store(
+    url: str, *, max_entries: int, max_bytes: int, timeout: float
+) -> MemoryStore | RedisStore:
     """The store `GATEWAY_CACHE_URL` names (the settings have checked its scheme)."""
     if urlsplit(url).scheme == "memory":
-        return MemoryStore(max_entries)
+        return MemoryStore(max_entries, max_bytes)
     return RedisStore(url, timeout=timeout)

@@ -59,6 +59,14 @@ class Settings(BaseModel):
     upstream_max_connections: int = Field(
         32, ge=1, le=1024, description="Size of the upstream connection pool."
     )
+    upstream_max_body_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=64 * 1024,
+        description=(
+            "Largest upstream body accepted, counted after decompression "
+            "(UPSTREAM_BAD_RESPONSE above it); ~3x a 1000-call page with every field."
+        ),
+    )
     upstream_retries: int = Field(
         2,
         ge=0,
@@ -74,6 +82,24 @@ class Settings(BaseModel):
     )
     cache_max_entries: int = Field(
         10_000, ge=1, description="Entries the memory cache holds before evicting the least used."
+    )
+    cache_max_bytes: int = Field(
+        128 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Bytes of answers the memory cache holds before evicting the least used.",
+    )
+    response_cache_max_entries: int = Field(
+        1024, ge=1, description="Whole GraphQL answers the answer cache holds."
+    )
+    response_cache_max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Bytes of whole GraphQL answers the answer cache holds.",
+    )
+    response_cache_max_answer_bytes: int = Field(
+        2 * 1024 * 1024,
+        ge=1024,
+        description="Largest GraphQL answer the answer cache keeps (larger ones are not kept).",
     )
     cache_key: SecretStr | None = Field(
         None,

@@ -107,7 +107,10 @@ def create_upstream(
     """Build the cache, keys and pacer that `settings` describe around `client`."""
     metrics = Metrics() if metrics is None else metrics
     store = create_store(
-        settings.cache_url, max_entries=settings.cache_max_entries, timeout=settings.cache_timeout
+        settings.cache_url,
+        max_entries=settings.cache_max_entries,
+        max_bytes=settings.cache_max_bytes,
+        timeout=settings.cache_timeout,
     )
     secret = settings.cache_key
     keys = CacheKeys(None if secret is None else secret.get_secret_value().encode())

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -31,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from gateway.bounded import BoundedCache, memoize
 from gateway.context import Context
 from gateway.errors import GatewayError, PersistedQueryNotFound
 from gateway.fastpath import FastPlan, compile_plan
@@ -44,6 +44,16 @@ from gateway.responses import ResponseNote
 from gateway.telemetry import Telemetry
 
 log = logging.getLogger("gateway.request")
+
+# What a document's parse, validation and plan cost in memory, per character of its text,
+# at most: measured at 230-250 bytes for documents dense with tokens (one alias or field
+# name after another), about 1 for one long comment. Each cache holds at most 512
+# documents and 32 MiB by this estimate; a document estimated above 4 MiB (16 KiB of
+# text) is prepared afresh each time rather than kept.
+DOCUMENT_BYTES_PER_CHARACTER = 256
+DOCUMENT_CACHE_ENTRIES = 512
+DOCUMENT_CACHE_BYTES = 32 * 1024 * 1024
+DOCUMENT_CACHE_ITEM_BYTES = 4 * 1024 * 1024
 
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 JSON = "application/json"
@@ -111,11 +121,11 @@ class GraphQLEndpoint:
             else (*specified_rules, NoSchemaIntrospectionCustomRule)
         )
         self._hide_suggestions = not suggestions
-        self._parse = lru_cache(maxsize=512)(self._parse_document)
+        self._parse = memoize(self._parse_document, _document_cache(), _document_weight)
         # Keyed by the query text, not the document: hashing a document walks its tree.
-        self._validate = lru_cache(maxsize=512)(self._validate_query)
+        self._validate = memoize(self._validate_query, _document_cache(), _document_weight)
         self._fast_path = fast_path
-        self._plan = lru_cache(maxsize=512)(self._plan_query)
+        self._plan = memoize(self._plan_query, _document_cache(), _document_weight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # An ASGI app rather than a request function, so that every method reaches it
@@ -313,6 +323,18 @@ class GraphQLEndpoint:
 
 def _path_key(path: tuple[str | int, ...]) -> tuple[tuple[int, int, str], ...]:
     return tuple((0, part, "") if isinstance(part, int) else (1, 0, part) for part in path)
+
+
+def _document_cache() -> BoundedCache[Any, Any]:
+    return BoundedCache(
+        max_entries=DOCUMENT_CACHE_ENTRIES,
+        max_bytes=DOCUMENT_CACHE_BYTES,
+        max_item_bytes=DOCUMENT_CACHE_ITEM_BYTES,
+    )
+
+
+def _document_weight(query: str, *_: Any) -> int:
+    return len(query) * DOCUMENT_BYTES_PER_CHARACTER
 
 
 def _by_root_field(

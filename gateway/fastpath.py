@@ -123,17 +123,27 @@ def _instant(value: Any) -> str | None:
     if value is None:
         return None
     if value.__class__ is str:
-        return _instant_text(value)
+        # Only instant-sized text is memoised: the keys are the upstream's strings.
+        return _instant_text(value) if len(value) <= _INSTANT_TEXT else _instant_uncached(value)
     parsed = parse_timestamp(value)
     if isinstance(parsed, Odd) or parsed is None:
         raise _OddValue
     return serialize_datetime(parsed)
 
 
+# The instants the upstream sends are 20 to 24 characters; longer text is never a cache
+# key, so the 32768 entries kept stay under ~4 MB whatever the upstream sends.
+_INSTANT_TEXT = 40
+
+
 @lru_cache(maxsize=32768)
 def _instant_text(value: str) -> str:
     # Memoised: the same calls come back page after page (polling, paging back and
     # forth), and printing an instant costs more than looking it up. Bounded (~4 MB).
+    return _instant_uncached(value)
+
+
+def _instant_uncached(value: str) -> str:
     if len(value) == 24 and _CANONICAL_INSTANT.fullmatch(value):
         # A canonical instant prints back as the same text, once it is known to be a
         # real date (the pattern alone would let 2013-02-30 through).
@@ -244,6 +254,11 @@ class Projection:
     project: Callable[[Row], Row | None]
 
 
+# The projections memoised are of plans of at most this many fields (~20 KB each), so the
+# 256 kept take at most ~5 MB.
+_MEMOISED_PLAN_FIELDS = 64
+
+
 @lru_cache(maxsize=256)
 def _compile_projection(plan: Plan) -> Projection:
     """One function building a result object from an upstream record, for this plan."""
@@ -332,6 +347,9 @@ def _call_projection(
             plan.append((key, name, pairs))
         else:
             plan.append((key, name, None))
+    if len(plan) > _MEMOISED_PLAN_FIELDS:
+        # Large plans come from large documents, whose plans the endpoint keeps anyway.
+        return _compile_projection.__wrapped__(tuple(plan))
     return _compile_projection(tuple(plan))
 
 

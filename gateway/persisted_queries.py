@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections import OrderedDict
 from typing import Any
 
+from gateway.bounded import BoundedCache
 from gateway.errors import PersistedQueryNotFound
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -31,10 +31,9 @@ class PersistedQueries:
     """The hash -> document store and the protocol's checks."""
 
     def __init__(self, *, max_entries: int = 2000, max_bytes: int = 8 * 1024 * 1024) -> None:
-        self._documents: OrderedDict[str, str] = OrderedDict()
-        self._max_entries = max_entries
-        self._max_bytes = max_bytes
-        self._bytes = 0
+        self._documents: BoundedCache[str, str] = BoundedCache(
+            max_entries=max_entries, max_bytes=max_bytes
+        )
 
     def __len__(self) -> int:
         return len(self._documents)
@@ -59,7 +58,6 @@ class PersistedQueries:
             known = self._documents.get(digest)
             if known is None:
                 raise PersistedQueryNotFound("PersistedQueryNotFound")
-            self._documents.move_to_end(digest)
             return known
         if hashlib.sha256(query.encode()).hexdigest() != digest:
             raise PersistedQueryError("provided sha does not match query")
@@ -67,14 +65,5 @@ class PersistedQueries:
         return query
 
     def _register(self, digest: str, query: str) -> None:
-        size = len(query.encode())
-        if size > self._max_bytes:
-            return
-        previous = self._documents.pop(digest, None)
-        if previous is not None:
-            self._bytes -= len(previous.encode())
-        self._documents[digest] = query
-        self._bytes += size
-        while len(self._documents) > self._max_entries or self._bytes > self._max_bytes:
-            _, evicted = self._documents.popitem(last=False)
-            self._bytes -= len(evicted.encode())
+        # UTF-8 bytes: no fewer than the text takes in memory, whatever its characters.
+        self._documents.set(digest, query, size=len(query.encode()))

@@ -13,7 +13,9 @@ credential header sent twice) neither reads nor fills the cache. Only successful
 answers without errors (the endpoint says which) are kept, and never beyond the TTL of
 the oldest upstream answer they were built from. `Cache-Control: no-cache` skips the
 lookup (and refreshes the entry).
-The store is this process's memory, bounded, least recently used first out.
+The store is this process's memory, bounded by entries and by bytes, least recently used
+first out; an answer larger than `max_answer_bytes` is not kept, and expired answers are
+freed when they expire, not when next asked for.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import hashlib
 import re
 import secrets
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -30,6 +31,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.bounded import BoundedCache
 from gateway.credentials import Credentials, request_credentials
 from gateway.errors import Unauthenticated
 from gateway.logs import request_id_from
@@ -39,6 +41,7 @@ from gateway.telemetry import Telemetry
 # Headers made afresh for every answer, never stored with an entry.
 _FRESH_HEADERS = frozenset({b"content-length", b"x-request-id"})
 _MAX_AGE = re.compile(rb"max-age=\d+")
+_HEADERS_ALLOWANCE = 8 * 1024
 # Besides the credentials, what the endpoint reads to shape an answer. Every value of a
 # repeated header is part of the key, so no reading of the repeats can tell two keys apart.
 _KEY_HEADERS = ("accept", "content-type")
@@ -88,16 +91,25 @@ class ResponseCache:
         ttl: float,
         telemetry: Telemetry,
         max_body_bytes: int,
-        max_entries: int = 1024,
+        max_entries: int,
+        max_bytes: int,
+        max_answer_bytes: int,
     ) -> None:
         self.app = app
         self.path = path
         self.ttl = ttl
-        self.max_entries = max_entries
         self.max_body_bytes = max_body_bytes
+        self.max_answer_bytes = max_answer_bytes
         self._telemetry = telemetry
         self._key = secrets.token_bytes(32)
-        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
+        # Expiry is wall-clock time: it follows the upstream answers' fetch times.
+        self._entries: BoundedCache[bytes, _Entry] = BoundedCache(
+            max_entries=max_entries,
+            max_bytes=max_bytes,
+            # The answer's headers are charged with it; they are a few hundred bytes.
+            max_item_bytes=max_answer_bytes + _HEADERS_ALLOWANCE,
+            timer=time.time,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -126,11 +138,14 @@ class ResponseCache:
         key = self._key_for(scope, credentials, headers, body)
         if not wants_fresh(headers):
             entry = self._entries.get(key)
-            if entry is not None and entry.expires > time.time():
-                self._entries.move_to_end(key)
+            if entry is not None:
                 await self._answer(entry, scope, headers, send)
                 return
         await self._fill(key, scope, body, receive, send)
+
+    def state(self) -> dict[str, int]:
+        """How many answers are kept and the bytes they take."""
+        return {"entries": len(self._entries), "bytes": self._entries.size}
 
     def _key_for(
         self, scope: Scope, credentials: Credentials, headers: Headers, body: bytes
@@ -172,8 +187,10 @@ class ResponseCache:
         kept: tuple[tuple[bytes, bytes], ...] = ()
         chunks: list[bytes] = []
 
+        size = 0
+
         async def capture(message: Message) -> None:
-            nonlocal status, kept
+            nonlocal status, kept, size
             if message["type"] == "http.response.start":
                 status = message["status"]
                 kept = tuple(
@@ -182,19 +199,27 @@ class ResponseCache:
                     if name.lower() not in _FRESH_HEADERS
                 )
             elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                # An answer too large to keep is not copied: it only passes through.
+                if size <= self.max_answer_bytes:
+                    chunks.append(chunk)
+                else:
+                    chunks.clear()
             await send(message)
 
         await self.app({**scope, ResponseNote.SCOPE_KEY: note}, receive, capture)
+        if status != 200 or size > self.max_answer_bytes:
+            return
         answer = b"".join(chunks)
+        chunks.clear()
         # The endpoint's verdict, not a guess from the bytes (a call's data or a warning
         # may well contain the word "errors"): an answer with errors is never kept.
-        if status == 200 and note.cacheable:
+        if note.cacheable:
             expires = min(note.fetched_at, default=started) + self.ttl
-            self._entries[key] = _Entry(answer, kept, note.operation, expires)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            entry = _Entry(answer, kept, note.operation, expires)
+            headers_size = sum(len(name) + len(value) for name, value in kept)
+            self._entries.set(key, entry, size=len(answer) + headers_size, expires=expires)
 
 
 def wants_fresh(headers: Headers) -> bool:

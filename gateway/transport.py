@@ -5,6 +5,14 @@ tests), but on this workload httpx's own transport (httpcore, h11, anyio) costs 
 three times the CPU per upstream request of aiohttp's C-accelerated one. The query
 string is passed through exactly as built (aiohttp would otherwise re-normalise it),
 and aiohttp's exceptions become httpx's, so the upstream client maps one family.
+
+The body is bounded by its size after decoding. aiohttp decodes gzip and deflate in pieces
+of at most its read buffer, pausing the socket while the reader catches up, so counting
+what it hands over and stopping at the bound never holds more than the bound: a
+1 MB gzip body that would inflate to 1 GiB costs at most the bound. Only the encodings
+offered in `Accept-Encoding` are taken; any other (br, zstd, stacked ones) is refused
+before a byte of the body is read. A response whose body was not read to its end closes
+its connection, which is never returned to the pool.
 """
 
 from __future__ import annotations
@@ -14,14 +22,29 @@ from contextlib import contextmanager
 
 import aiohttp
 import httpx
+from aiohttp.http_exceptions import ContentEncodingError
 from yarl import URL
+
+# Fixed rather than aiohttp's default, which grows with the optional decoders that happen
+# to be installed (brotli, zstd): what the gateway accepts must not depend on that.
+ACCEPT_ENCODING = "gzip, deflate"
+_DECODED = frozenset({"gzip", "deflate"})
+_IDENTITY = frozenset({"", "identity"})
+# Headers that describe the encoded body; the body handed on is decoded.
+_ENCODED_BODY_HEADERS = frozenset({b"content-encoding", b"content-length"})
+
+
+class BodyRefused(httpx.TransportError):
+    """The upstream's body is larger than the bound after decoding, or in an encoding the
+    gateway did not offer. Its connection is closed, not reused."""
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """Sends httpx requests through one aiohttp session, made on first use."""
 
-    def __init__(self, limits: httpx.Limits) -> None:
+    def __init__(self, limits: httpx.Limits, *, max_body_bytes: int) -> None:
         self._limits = limits
+        self._max_body_bytes = max_body_bytes
         self._session: aiohttp.ClientSession | None = None
 
     def _session_in_loop(self) -> aiohttp.ClientSession:
@@ -45,26 +68,66 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             async with session.request(
                 request.method,
                 URL(str(request.url), encoded=True),
-                headers=request.headers.multi_items(),
+                headers=[*request.headers.multi_items(), ("accept-encoding", ACCEPT_ENCODING)],
                 data=body or None,
                 allow_redirects=False,
-                auto_decompress=False,
+                auto_decompress=True,
                 timeout=aiohttp.ClientTimeout(
                     sock_connect=timeout.get("connect"),
                     sock_read=timeout.get("read"),
                     connect=timeout.get("pool"),
                 ),
             ) as response:
-                content = await response.read()
+                try:
+                    content = await self._read(response)
+                except BaseException:
+                    # Unread bytes would be the start of the next answer on this connection.
+                    response.close()
+                    raise
         # A stream rather than `content=`: httpx then skips re-deriving headers from the
         # body, a third of the cost of an upstream request's httpx objects.
         return httpx.Response(
             response.status,
-            headers=response.raw_headers,
+            headers=[
+                (name, value)
+                for name, value in response.raw_headers
+                if name.lower() not in _ENCODED_BODY_HEADERS
+            ],
             stream=httpx.ByteStream(content),
             request=request,
             extensions={"http_version": b"HTTP/1.1"},
         )
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        """The decoded body, read up to the bound and no further."""
+        encodings = [
+            token.strip().lower()
+            for value in response.headers.getall("content-encoding", ())
+            for token in value.split(",")
+        ]
+        encodings = [token for token in encodings if token not in _IDENTITY]
+        if len(encodings) > 1 or (encodings and encodings[0] not in _DECODED):
+            raise BodyRefused("The upstream answered in a content encoding that was not offered.")
+        limit = self._max_body_bytes
+        # Encoded or not, a body declared larger than the bound is not worth reading.
+        if response.content_length is not None and response.content_length > limit:
+            raise BodyRefused(f"The upstream's answer is larger than {limit} bytes.")
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in response.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyRefused(f"The upstream's answer is larger than {limit} bytes.")
+                chunks.append(chunk)
+        except BaseException:
+            # The exception's traceback holds this frame, and asyncio's exceptions are
+            # often in reference cycles, freed only by a full garbage collection (rare in
+            # this process, see app.tune_garbage_collector): without this, every refused
+            # body would stay in memory until then, up to the bound each.
+            chunks.clear()
+            raise
+        return b"".join(chunks)
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -76,17 +139,34 @@ def _httpx_errors() -> Iterator[None]:
     # Most specific first: aiohttp's connect timeout is also a ServerTimeoutError.
     try:
         yield
+    except (aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as exc:
+        # A body aiohttp cannot decode (corrupt, or an encoding it has no decoder for)
+        # is the upstream's fault and the same on every try; anything else broke on the way.
+        if _caused_by(exc, ContentEncodingError):
+            raise BodyRefused("The upstream's body could not be decoded.") from exc
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            raise httpx.RemoteProtocolError(str(exc) or "server disconnected") from exc
+        raise httpx.RemoteProtocolError(str(exc)) from exc
     except aiohttp.ConnectionTimeoutError as exc:
         raise httpx.ConnectTimeout(str(exc)) from exc
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise httpx.ReadTimeout(str(exc) or "timed out") from exc
     except aiohttp.ClientConnectorError as exc:
         raise httpx.ConnectError(str(exc)) from exc
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
+    except aiohttp.ServerDisconnectedError as exc:
         raise httpx.RemoteProtocolError(str(exc) or "server disconnected") from exc
-    except aiohttp.ClientResponseError as exc:
-        raise httpx.RemoteProtocolError(str(exc)) from exc
     except (aiohttp.ClientOSError, aiohttp.ClientConnectionError) as exc:
         raise httpx.ReadError(str(exc)) from exc
     except aiohttp.ClientError as exc:
         raise httpx.TransportError(str(exc)) from exc
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain is a few links long; never loop on a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

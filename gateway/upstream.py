@@ -56,7 +56,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.transport import AiohttpTransport
+from gateway.transport import AiohttpTransport, BodyRefused
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 # What `extensions.retryAfter` may say: a client is never told to wait for nothing, nor
@@ -126,7 +126,9 @@ def create_transport(
         max_keepalive_connections=settings.upstream_max_connections,
         keepalive_expiry=30,
     )
-    transport: httpx.AsyncBaseTransport = AiohttpTransport(limits)
+    transport: httpx.AsyncBaseTransport = AiohttpTransport(
+        limits, max_body_bytes=settings.upstream_max_body_bytes
+    )
     return transport if wrap_transport is None else wrap_transport(transport)
 
 
@@ -214,12 +216,22 @@ class CatapultClient:
                 response = await self._send(credentials, request, timeout)
         except TimeoutError as exc:
             raise UpstreamTimeout(f"The upstream did not answer within {timeout:.1f} s.") from exc
+        except BodyRefused as exc:
+            # Not retried: the same request would get the same body.
+            refused = str(exc)
+        except httpx.DecodingError as exc:
+            raise UpstreamBadResponse("The upstream's body could not be decoded.") from exc
         except httpx.TransportError as exc:
             # The error codes say only that the upstream could not be reached; operators
             # need why (refused, DNS, TLS, reset), once per attempt, retries included.
             self._log_failed_attempt(exc)
             raise _transport_failure(exc, timeout) from exc
-        return _answer(response, self._url(request))
+        else:
+            return _answer(response, self._url(request))
+        # Raised outside the handler, so not chained to the refusal: its traceback holds the
+        # transport's frames and their buffers, which an error caught in a reference cycle
+        # (graphql-core's, asyncio's) would otherwise keep until a full collection.
+        raise UpstreamBadResponse(refused)
 
     def _log_failed_attempt(self, exc: httpx.TransportError) -> None:
         # The transport's own exception (aiohttp's) names the cause best; the chain's end

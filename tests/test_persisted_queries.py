@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from gateway.bounded import ENTRY_OVERHEAD
 from gateway.persisted_queries import PersistedQueries
 from tests.conftest import Gateway, GatewayFactory, Sandbox
 
@@ -110,7 +111,7 @@ def test_the_ttl_setting_is_the_max_age(gateway_factory: GatewayFactory) -> None
 
 
 def test_the_store_is_bounded_least_recently_used_first() -> None:
-    store = PersistedQueries(max_entries=2, max_bytes=1000)
+    store = PersistedQueries(max_entries=2, max_bytes=10_000)
     documents = [f"{{ calls(size: {n}) {{ id }} }}" for n in range(1, 4)]
     digests = [hashlib.sha256(d.encode()).hexdigest() for d in documents]
     store.resolve(documents[0], extension(digests[0]))
@@ -123,7 +124,8 @@ def test_the_store_is_bounded_least_recently_used_first() -> None:
     with pytest.raises(Exception, match="PersistedQueryNotFound"):
         store.resolve(None, extension(digests[1]))
 
-    small = PersistedQueries(max_entries=100, max_bytes=60)
+    # Each entry is charged its bytes and ENTRY_OVERHEAD: 3 x (25 + overhead) would not fit.
+    small = PersistedQueries(max_entries=100, max_bytes=2 * (25 + ENTRY_OVERHEAD) + 20)
     for document, digest in zip(documents, digests, strict=True):
         small.resolve(document, extension(digest))
-    assert len(small) == 2  # 3 x 25 bytes would exceed 60
+    assert len(small) == 2

@@ -55,7 +55,7 @@ def server() -> Iterator[str]:
 
 def send(url: str, **extensions: Any) -> httpx.Response:
     async def go() -> httpx.Response:
-        transport = AiohttpTransport(LIMITS)
+        transport = AiohttpTransport(LIMITS, max_body_bytes=1 << 20)
         try:
             request = httpx.Request(
                 "GET", url, headers={"Authorization": "Basic dDpz"}, extensions=extensions
@@ -81,7 +81,7 @@ def test_the_query_string_reaches_the_server_byte_for_byte(server: str) -> None:
 
 def test_no_cookie_is_carried_from_one_request_to_the_next(server: str) -> None:
     async def twice() -> list[httpx.Response]:
-        transport = AiohttpTransport(LIMITS)
+        transport = AiohttpTransport(LIMITS, max_body_bytes=1 << 20)
         try:
             answers = []
             for _ in range(2):

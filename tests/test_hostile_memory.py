@@ -1,0 +1,200 @@
+"""Hostile memory use: every in-memory cache is bounded by bytes, whatever is asked.
+
+The issue's input: 20 aliases of `calls(size: 1000)` in one request (a 10.6 MB answer),
+sent again and again differing only by a comment, grew the RSS by 1.25 GB over 120
+requests, held after the TTL. Measured here in the gateway's own process, which must
+not grow by more than the stated bound and must still answer /healthz within a second.
+The caches themselves are checked in process: bytes held never above their bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from starlette.types import Receive, Scope, Send
+
+from gateway.cache import MemoryStore
+from gateway.metrics import Metrics
+from gateway.responses import ResponseCache
+from gateway.telemetry import Telemetry
+from tests.hostile import Hostile, hostile_upstream
+from tests.memory import MIB, rss
+from tests.servers import gateway_process
+
+KIB = 1024
+ALIASES = " ".join(f"a{n}: calls(size: 1000) {{ {{FIELDS}} }}" for n in range(20))
+FIELDS = (
+    "id direction from to state startTime activeTime endTime chargeableDuration "
+    "callbackUrl callbackHttpMethod callbackTimeout recordingEnabled bridgeId "
+    "sipHeaders { name value }"
+)
+
+
+@dataclass
+class Running:
+    url: str
+    pid: int
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Hostile]:
+    with hostile_upstream() as hostile:
+        yield hostile
+
+
+@pytest.fixture
+def running(upstream: Hostile) -> Iterator[Running]:
+    env = {
+        "GATEWAY_UPSTREAM_URL": upstream.url,
+        "GATEWAY_UPSTREAM_RATE": "0",
+        # Long enough that nothing expires during the test: what is kept is kept.
+        "GATEWAY_CACHE_TTL": "60",
+        "GATEWAY_LOG_LEVEL": "error",
+    }
+    with gateway_process(env=env) as (process, url):
+        yield Running(url, process.pid)
+
+
+# The hostile upstream's `page`: 1000 calls with every field, a legitimate page.
+HEADERS = {"Authorization": "Basic dC1wYWdlOnMtcGFnZQ==", "X-Catapult-User-Id": "u-page"}
+
+
+def post(url: str, query: str) -> httpx.Response:
+    response = httpx.post(f"{url}/graphql", json={"query": query}, headers=HEADERS, timeout=60)
+    assert response.status_code == 200
+    assert b'"errors"' not in response.content[:100]
+    return response
+
+
+def healthy(url: str) -> bool:
+    return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+
+
+@pytest.mark.slow
+def test_large_answers_differing_by_a_comment_do_not_accumulate(running: Running) -> None:
+    query = "{ " + ALIASES.replace("{FIELDS}", FIELDS) + " }"
+    first = post(running.url, f"# warm-up\n{query}")
+    assert len(first.content) > 8 * MIB  # over the 2 MiB an answer may be kept
+    for n in range(3):  # the allocator settles (see the test below)
+        post(running.url, f"# warm-up {n}\n{query}")
+    before = rss(running.pid)
+
+    for n in range(20):
+        post(running.url, f"# request {n}\n{query}")
+
+    # Before: every 10.4 MiB answer was kept (+208 MiB here), up to 1,024 of them;
+    # after: none is (+25 MiB measured over 40 requests, the allocator's own drift).
+    grown = rss(running.pid) - before
+    assert grown < 100 * MIB, f"RSS grew by {grown / MIB:.0f} MiB"
+    assert healthy(running.url)
+
+
+@pytest.mark.slow
+def test_documents_with_huge_comments_are_not_kept(running: Running) -> None:
+    def ask(n: int) -> None:
+        # Just under the 1 MiB body limit, a few tokens of GraphQL after a huge comment.
+        post(running.url, f"# {n} {'x' * (900 * KIB)}\n{{ calls(size: 1) {{ id }} }}")
+
+    # The first requests settle the allocator (freed request buffers are not all handed
+    # back to the system): ~+80 MiB, then flat. What is kept grows with every request.
+    for n in range(50):
+        ask(n)
+    before = rss(running.pid)
+
+    for n in range(50, 150):
+        ask(n)
+
+    # Before: the parse, validation and plan caches kept every text, +1.8 MB a request
+    # (+178 MiB over these 100); after: +15 MiB, the allocator's own drift.
+    grown = rss(running.pid) - before
+    assert grown < 60 * MIB, f"RSS grew by {grown / MIB:.0f} MiB"
+    assert healthy(running.url)
+
+
+def answers_of(size: int) -> ResponseCache:
+    """The answer cache around an app answering `size` bytes for any request."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b'{"data":"' + b"x" * size + b'"}'})
+
+    return ResponseCache(
+        app,
+        path="/graphql",
+        ttl=0.2,
+        telemetry=Telemetry(Metrics()),
+        max_entries=1000,
+        max_bytes=1 * MIB,
+        max_answer_bytes=256 * KIB,
+    )
+
+
+async def ask_distinct(cache: ResponseCache, count: int) -> None:
+    transport = httpx.ASGITransport(app=cache)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        for n in range(count):
+            response = await client.post(
+                "/graphql", json={"query": f"# {n}\n{{ a }}"}, headers=HEADERS
+            )
+            assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("size", "count", "kept"),
+    [
+        pytest.param(100 * KIB, 5, 5, id="small-answers-all-kept"),
+        # Each is charged its body, headers and 512 bytes: 10 fit in 1 MiB.
+        pytest.param(100 * KIB, 100, 10, id="many-answers-bounded-by-bytes"),
+        # The body is `{"data":"` + size bytes + `"}`: 11 bytes more than `size`.
+        pytest.param(256 * KIB - 11, 3, 3, id="answer-at-the-size-bound"),
+        pytest.param(256 * KIB - 10, 3, 0, id="answer-one-byte-over-the-size-bound"),
+        pytest.param(8 * MIB, 3, 0, id="answer-far-over-the-size-bound"),
+    ],
+)
+def test_the_answer_cache_holds_at_most_its_bytes(size: int, count: int, kept: int) -> None:
+    cache = answers_of(size)
+
+    asyncio.run(ask_distinct(cache, count))
+
+    assert cache.state()["entries"] == kept
+    assert cache.state()["bytes"] <= 1 * MIB
+
+
+def test_expired_answers_are_freed_without_being_asked_for() -> None:
+    cache = answers_of(10 * KIB)
+
+    async def scenario() -> tuple[int, int]:
+        await ask_distinct(cache, 20)
+        held = cache.state()["entries"]
+        await asyncio.sleep(1.5)  # TTL 0.2 s; the sweep runs every second
+        return held, cache.state()["entries"]
+
+    assert asyncio.run(scenario()) == (20, 0)
+
+
+@pytest.mark.parametrize(
+    ("size", "count"),
+    [
+        pytest.param(100 * KIB, 200, id="many-small"),
+        pytest.param(3 * MIB, 20, id="largest-pages"),
+        pytest.param(9 * MIB, 3, id="over-the-bound"),
+    ],
+)
+def test_the_upstream_memory_cache_holds_at_most_its_bytes(size: int, count: int) -> None:
+    store = MemoryStore(max_entries=10_000, max_bytes=8 * MIB)
+
+    async def fill() -> None:
+        for n in range(count):
+            await store.set(f"key-{n}", b"x" * size, ttl=60)
+
+    asyncio.run(fill())
+
+    state = store.state()
+    assert state["bytes"] <= 8 * MIB
+    assert state["entries"] == min(count, 8 * MIB // (size + 512))
