@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.cache import MemoryStore
 from gateway.metrics import Metrics
-from gateway.responses import ResponseCache
+from gateway.responses import ResponseCache, ResponseNote
 from gateway.telemetry import Telemetry
 from tests.hostile import Hostile, hostile_upstream
 from tests.memory import MIB, rss
@@ -119,7 +119,7 @@ def answers_of(size: int) -> ResponseCache:
     """The answer cache around an app answering `size` bytes for any request."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await receive()
+        scope[ResponseNote.SCOPE_KEY].cacheable = True  # the endpoint's verdict: no errors
         headers = [(b"content-type", b"application/json")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b'{"data":"' + b"x" * size + b'"}'})
@@ -129,6 +129,7 @@ def answers_of(size: int) -> ResponseCache:
         path="/graphql",
         ttl=0.2,
         telemetry=Telemetry(Metrics()),
+        max_body_bytes=1 * MIB,
         max_entries=1000,
         max_bytes=1 * MIB,
         max_answer_bytes=256 * KIB,
