@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gc
 import secrets
@@ -46,6 +47,8 @@ from gateway.upstream import (
 )
 
 SANDBOX_PATH = "/sandbox"
+# How often cyclic garbage is collected on a clock, besides after allocations.
+CYCLE_COLLECTION_SECONDS = 10.0
 
 
 def sandbox_upstream_url(settings: Settings) -> AnyHttpUrl:
@@ -78,6 +81,7 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         metrics.process_started()
+        collector = asyncio.get_running_loop().create_task(collect_cycles(CYCLE_COLLECTION_SECONDS))
         try:
             async with create_transport(
                 settings, lambda inner: InstrumentedTransport(inner, telemetry)
@@ -100,6 +104,7 @@ def create_app(settings: Settings) -> Starlette:
                     await upstream.close()
         finally:
             # After the last in-flight request (uvicorn drains them before the lifespan ends).
+            collector.cancel()
             if telemetry.tracing is not None:
                 await anyio.to_thread.run_sync(telemetry.tracing.shutdown)
             metrics.process_exited()
@@ -276,3 +281,16 @@ def tune_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 50)
+
+
+async def collect_cycles(interval: float) -> None:
+    """Run a full cyclic garbage collection every `interval` seconds, forever.
+
+    `tune_garbage_collector` makes full collections follow allocations only, rarely: the
+    reference cycles a burst leaves behind (a failed upstream answer's exception holds its
+    traceback, frames and buffers) would stay until the next burst. Collected on a clock,
+    they are freed within `interval` of the load stopping, so memory comes back down.
+    """
+    while True:
+        await asyncio.sleep(interval)
+        gc.collect()
