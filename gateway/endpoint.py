@@ -32,11 +32,12 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.bounded import BoundedCache, memoize
 from gateway.context import Context
-from gateway.errors import GatewayError, PersistedQueryNotFound
+from gateway.credentials import request_credentials
+from gateway.errors import GatewayError, PersistedQueryNotFound, Unauthenticated
 from gateway.fastpath import FastPlan, compile_plan
 from gateway.graphiql import GraphiQLPage
 from gateway.limits import OperationLimits, check_limits, parse_document
-from gateway.logs import request_id_from
+from gateway.logs import RequestRecord, request_id_from
 from gateway.metrics import Metrics
 from gateway.persisted_queries import PersistedQueries, PersistedQueryError
 from gateway.request_body import BodyRefused, read_body, refused_headers
@@ -137,11 +138,14 @@ class GraphQLEndpoint:
         """Answer one HTTP request to the endpoint (any method)."""
         request_id = _request_id(request)
         with self._telemetry.request(request, request_id) as record:
-            response, codes, operation = await self._handle(request, request_id)
+            response, codes, operation = await self._handle(request, request_id, record)
             response.headers["x-request-id"] = request_id
             if request.method == "GET":
                 _cache_headers(response, codes, self._get_max_age)
             record.operation, record.error_codes = operation, codes
+            if "UNAUTHENTICATED" in codes:
+                # The upstream refused the credentials: the name is still unchecked.
+                record.operation_checked = False
             record.status = response.status_code
             note = request.scope.get(ResponseNote.SCOPE_KEY)
             if isinstance(note, ResponseNote):
@@ -152,7 +156,7 @@ class GraphQLEndpoint:
         return response
 
     async def _handle(
-        self, request: Request, request_id: str
+        self, request: Request, request_id: str, record: RequestRecord
     ) -> tuple[Response, list[str], str | None]:
         if (
             request.method == "GET"
@@ -210,6 +214,8 @@ class GraphQLEndpoint:
                     _name(operation),
                     request_error=True,
                 )
+            # Only now may the operation's name take a metrics slot (see `Metrics`).
+            record.operation_checked = _has_credentials(request)
             context = self._make_context(request, request_id)
             plan = self._plan(query, params.operation_name) if self._fast_path else None
             if plan is not None:
@@ -432,6 +438,14 @@ def _preflighted(request: Request) -> bool:
         # A GET without a content type is a simple request.
         return False
     return content_type.split(";")[0].strip().lower() not in _SIMPLE_CONTENT_TYPES
+
+
+def _has_credentials(request: Request) -> bool:
+    try:
+        request_credentials(request.scope)
+    except Unauthenticated:
+        return False
+    return True
 
 
 def _request_id(request: Request) -> str:

@@ -26,9 +26,55 @@ import orjson
 
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
+# Container runtimes split lines longer than 16 KiB, and a split JSON line is two broken
+# ones. Every value a line holds may come from outside (an operation name, a header, an
+# upstream's text), so each is cut to a bound, with a marker saying how much was cut: the
+# message to MAX_MESSAGE_CHARS, every other text to MAX_FIELD_CHARS, a traceback to
+# MAX_EXCEPTION_CHARS, and a list to MAX_FIELD_ITEMS items. A JSON line still longer than
+# MAX_LINE_BYTES (many fields, characters escaped six bytes each) keeps its time, level,
+# logger and message, a shorter traceback and the names of the fields it left out.
+MAX_MESSAGE_CHARS = 1024
+MAX_FIELD_CHARS = 256
+MAX_EXCEPTION_CHARS = 8192
+MAX_FIELD_ITEMS = 16
+MAX_LINE_BYTES = 16_000
+
+
+def bounded_text(text: str, limit: int = MAX_FIELD_CHARS) -> str:
+    """`text`, or its first `limit` characters and a marker saying how many were cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...[{len(text) - limit} more characters]"
+
+
+def bounded_value(value: Any) -> Any:
+    """A log field's value with every text in it bounded (see `bounded_text`)."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str):
+        return bounded_text(value)
+    if isinstance(value, (list, tuple)):
+        items = [bounded_value(item) for item in value[:MAX_FIELD_ITEMS]]
+        if len(value) > MAX_FIELD_ITEMS:
+            items.append(f"...[{len(value) - MAX_FIELD_ITEMS} more items]")
+        return items
+    if isinstance(value, dict):
+        kept = list(value.items())[:MAX_FIELD_ITEMS]
+        bounded = {bounded_text(str(key)): bounded_value(item) for key, item in kept}
+        if len(value) > MAX_FIELD_ITEMS:
+            bounded["..."] = f"[{len(value) - MAX_FIELD_ITEMS} more items]"
+        return bounded
+    return bounded_text(str(value))
+
 
 def _extra(record: logging.LogRecord) -> dict[str, Any]:
-    return {key: value for key, value in vars(record).items() if key not in _STANDARD}
+    return {
+        key: bounded_value(value) for key, value in vars(record).items() if key not in _STANDARD
+    }
+
+
+def _message(record: logging.LogRecord) -> str:
+    return bounded_text(record.getMessage(), MAX_MESSAGE_CHARS)
 
 
 class JsonFormatter(logging.Formatter):
@@ -42,20 +88,23 @@ class JsonFormatter(logging.Formatter):
             record.created,
             record.levelname.lower(),
             record.name,
-            record.getMessage(),
+            _message(record),
             _extra(record),
         )
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+            entry["exception"] = bounded_text(
+                self.formatException(record.exc_info), MAX_EXCEPTION_CHARS
+            )
+        return _dump(entry)
 
     def line(
         self, created: float, level: str, name: str, message: str, fields: dict[str, Any]
     ) -> str:
         """The line `format` writes for a record with these `extra` fields, without the record."""
-        return orjson.dumps(
-            self._entry(created, level, name, message, fields), default=str
-        ).decode()
+        bounded = {key: bounded_value(value) for key, value in fields.items()}
+        return _dump(
+            self._entry(created, level, name, bounded_text(message, MAX_MESSAGE_CHARS), bounded)
+        )
 
     def _entry(
         self, created: float, level: str, name: str, message: str, fields: dict[str, Any]
@@ -80,6 +129,23 @@ class JsonFormatter(logging.Formatter):
         return f"{self._second_text}.{int((created - second) * 1000):03d}+00:00"
 
 
+_CORE = ("time", "level", "logger", "message")
+
+
+def _dump(entry: dict[str, Any]) -> str:
+    line = orjson.dumps(entry, default=str)
+    if len(line) <= MAX_LINE_BYTES:
+        return line.decode()
+    # Rare: only many long fields, or text that JSON escapes, get here.
+    short = {key: entry[key] for key in _CORE}
+    if "exception" in entry:
+        short["exception"] = bounded_text(str(entry["exception"]), 1024)
+    short["fields_left_out"] = [bounded_text(key, 64) for key in entry if key not in short][
+        :MAX_FIELD_ITEMS
+    ]
+    return orjson.dumps(short, default=str).decode()
+
+
 class ConsoleFormatter(logging.Formatter):
     """Formats a record for people: `12:00:01.123 info  logger: message key=value ...`."""
 
@@ -89,11 +155,12 @@ class ConsoleFormatter(logging.Formatter):
             f"{key}={orjson.dumps(value, default=str).decode()}"
             for key, value in _extra(record).items()
         )
-        line = f"{time} {record.levelname.lower():<7} {record.name}: {record.getMessage()}"
+        line = f"{time} {record.levelname.lower():<7} {record.name}: {_message(record)}"
         if fields:
             line = f"{line}  {fields}"
         if record.exc_info:
-            line = f"{line}\n{self.formatException(record.exc_info)}"
+            exception = bounded_text(self.formatException(record.exc_info), MAX_EXCEPTION_CHARS)
+            line = f"{line}\n{exception}"
         return line
 
 
@@ -251,6 +318,8 @@ class RequestRecord:
     upstream_requests: int = 0
     cache: Counter[str] = field(default_factory=Counter)
     trace_id: str | None = None
+    # Parsed, validated, with usable credentials: the name may take a metrics slot.
+    operation_checked: bool = False
 
     def log_fields(self, duration: float) -> dict[str, Any]:
         fields: dict[str, Any] = {

@@ -1,7 +1,9 @@
 """Prometheus metrics: the metric objects and the small API the rest of the gateway records with.
 
 Labels never hold a credential, a user id, a call id or a path: operation names are the
-only caller-chosen label, and they are bounded (`operation_label`).
+only caller-chosen label, and they are bounded (`operation_label`). The labels that stand
+for a group of names are in parentheses, which no GraphQL name can hold, so that no
+operation is ever counted under one of them.
 
 Latency per operation is kept affordable: the whole-request histogram has no operation
 label (one set of buckets per process, for quantiles and SLOs), and each operation gets a
@@ -36,14 +38,26 @@ from prometheus_client.exposition import choose_encoder
 from gateway.logs import current_request
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-# At most this many distinct operation names per process; later ones count as "other".
+# At most this many distinct operation names per process; later ones count as OTHER.
 # The first names seen keep their label rather than the most frequent ones: a series that
-# moved between its name and "other" as rankings changed would break every rate() over it.
+# moved between its name and OTHER as rankings changed would break every rate() over it.
 MAX_OPERATIONS = 100
+# Labels for groups of names. GraphQL names are [_A-Za-z][_0-9A-Za-z]*: none of these is one.
+ANONYMOUS = "(anonymous)"  # an operation without a name
+INVALID = "(invalid)"  # a name longer than a label may be
+OTHER = "(other)"  # a valid name seen after MAX_OPERATIONS others took their slots
+# A name without a slot, on a request that did not validate or carried no usable
+# credentials: such a request may not take one of the MAX_OPERATIONS slots.
+UNCHECKED = "(unchecked)"
 _OPERATION_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
 # Seconds; the upstream answers in tens to hundreds of milliseconds, the deadline is 25 s.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25)
 CACHE_RESULTS = frozenset({"hit", "miss", "error"})
+
+
+def _bounded_label(code: str) -> str:
+    # Error codes are the gateway's own, but a label is kept short whatever reaches it.
+    return code if len(code) <= 64 else INVALID
 
 
 class Metrics:
@@ -56,7 +70,8 @@ class Metrics:
         self.multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
         self._operations: set[str] = set()
         self._upstream_statuses: dict[int | str, Counter] = {}
-        self._finished: dict[tuple[str | None, str], tuple[Counter, Summary]] = {}
+        # Keyed by the bounded label, never the caller's name: see `request_finished`.
+        self._finished: dict[tuple[str, str], tuple[Counter, Summary]] = {}
         r = self.registry
         self.requests = Counter(
             "gateway_requests",
@@ -154,34 +169,44 @@ class Metrics:
 
     # -- the recording API -------------------------------------------------------------
 
-    def operation_label(self, name: str | None) -> str:
-        """A bounded label for a caller-chosen operation name."""
+    def operation_label(self, name: str | None, *, checked: bool) -> str:
+        """A bounded label for a caller-chosen operation name.
+
+        `checked`: the operation parsed and validated, and the request carried usable
+        credentials. Only such a request may give a new name one of the
+        `MAX_OPERATIONS` slots; a name that has one keeps it on any request.
+        """
         if name is None:
-            return "anonymous"
+            return ANONYMOUS
         if not _OPERATION_NAME.fullmatch(name):
-            return "invalid"
+            return INVALID
         if name not in self._operations:
+            if not checked:
+                return UNCHECKED
             if len(self._operations) >= MAX_OPERATIONS:
-                return "other"
+                return OTHER
             self._operations.add(name)
         return name
 
-    def request_finished(self, operation: str | None, codes: list[str], duration: float) -> None:
-        outcome = codes[0] if codes else "OK"
-        children = self._finished.get((operation, outcome))
+    def request_finished(
+        self, operation: str | None, codes: list[str], duration: float, *, checked: bool
+    ) -> None:
+        outcome = _bounded_label(codes[0]) if codes else "OK"
+        # Label look-ups cost a hit several microseconds each, so the pairs seen are kept
+        # (up to a bound of their own), keyed by the label: a name is caller-chosen and
+        # may be a megabyte long, a label is at most 64 characters.
+        label = self.operation_label(operation, checked=checked)
+        children = self._finished.get((label, outcome))
         if children is None:
-            # Label look-ups cost a hit several microseconds each; operation names and
-            # codes are bounded, so the pairs seen are kept (up to a bound of their own).
-            label = self.operation_label(operation)
             children = self.requests.labels(label, outcome), self.operation_duration.labels(label)
             if len(self._finished) < 4 * MAX_OPERATIONS:
-                self._finished[(operation, outcome)] = children
+                self._finished[(label, outcome)] = children
         count, latency = children
         count.inc()
         latency.observe(duration)
         self.request_duration.observe(duration)
         for code in sorted(set(codes)):
-            self.errors.labels(code).inc()
+            self.errors.labels(_bounded_label(code)).inc()
 
     def upstream_request(self, status: int | str, duration: float) -> None:
         """One upstream HTTP attempt: its status code, or a transport error's name."""

@@ -19,6 +19,7 @@ from gateway.logs import (
     RequestLog,
     RequestRecord,
     bind_request,
+    bounded_text,
     current_request,
     unbind_request,
 )
@@ -57,14 +58,18 @@ class Telemetry:
                     yield record
                 finally:
                     if record.operation:
-                        span.set_attribute("graphql.operation.name", record.operation)
+                        span.set_attribute(
+                            "graphql.operation.name", bounded_text(record.operation)
+                        )
                     if record.error_codes:
                         span.set_attribute("gateway.error_codes", sorted(set(record.error_codes)))
                     self.tracing.set_status(span, record.status)
         finally:
             duration = time.perf_counter() - started
             self.metrics.in_flight.dec()
-            self.metrics.request_finished(record.operation, record.error_codes, duration)
+            self.metrics.request_finished(
+                record.operation, record.error_codes, duration, checked=record.operation_checked
+            )
             unbind_request(token)
             if request_log.enabled():
                 request_log.write("graphql request", record.log_fields(duration))
@@ -102,6 +107,8 @@ class Telemetry:
     ) -> Iterator[object]:
         with self.request(request, request_id) as record:
             record.operation, record.status = operation, 200
+            # Only a checked request's answer is cached (200, no errors, credentials).
+            record.operation_checked = True
             self.metrics.response_hit()
             yield record
 
@@ -130,7 +137,8 @@ class _Hit:
     ) -> None:
         duration = time.perf_counter() - self._started
         self._metrics.response_hits.inc()
-        self._metrics.request_finished(self._operation, [], duration)
+        # Only a checked request's answer is cached (200, no errors, credentials).
+        self._metrics.request_finished(self._operation, [], duration, checked=True)
         if request_log.enabled():
             record = RequestRecord(
                 self._request_id,

@@ -353,3 +353,71 @@ def test_new_request_ids_are_unique_and_well_formed() -> None:
     assert all(re.fullmatch(r"[0-9a-f]{32}", value) for value in ids)
     assert request_id_from("caller-chosen.id:1") == "caller-chosen.id:1"
     assert request_id_from("no spaces allowed") != "no spaces allowed"
+
+
+HUGE = 900_000
+
+
+def _huge_record(*, many_fields: bool) -> logging.LogRecord:
+    try:
+        raise ValueError("x" * HUGE)
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = logging.makeLogRecord(
+        {
+            "name": "gateway.upstream",
+            "levelname": "WARNING",
+            "msg": "upstream said %s",
+            "args": ("m" * HUGE,),
+            "exc_info": exc_info,
+        }
+    )
+    record.operation = "N" * HUGE
+    record.path = ["a" * HUGE] * 40
+    record.other = object()
+    if many_fields:
+        for i in range(40):
+            setattr(record, f"header_{i}", "\x01" * HUGE)  # escaped as six bytes each
+    return record
+
+
+@pytest.mark.parametrize("many_fields", [False, True], ids=["few-fields", "many-fields"])
+@pytest.mark.parametrize("formatter", [JsonFormatter(), ConsoleFormatter()], ids=["json", "console"])
+def test_every_logged_value_is_bounded(formatter: logging.Formatter, many_fields: bool) -> None:
+    # Before: a 900 KB operation name (or message, or traceback) made a 900 KB line,
+    # which container runtimes split at 16 KiB into broken JSON.
+    line = formatter.format(_huge_record(many_fields=many_fields))
+
+    assert f"...[{HUGE + 14 - 1024} more characters]" in line  # "upstream said ", cut
+    if isinstance(formatter, ConsoleFormatter):
+        return  # for people at a terminal: bounded values, no line budget
+    assert len(line.encode()) <= 16_000
+    entry = json.loads(line)
+    if many_fields:
+        assert entry["fields_left_out"][:3] == ["operation", "path", "other"]
+        assert entry["exception"].startswith("Traceback")
+    else:
+        assert entry["operation"] == "N" * 256 + f"...[{HUGE - 256} more characters]"
+        assert entry["path"][-1] == "...[24 more items]"
+        assert entry["exception"].endswith(" more characters]")
+
+
+def test_a_huge_operation_name_makes_a_bounded_request_line(
+    gateway_factory: GatewayFactory, log_stream: io.StringIO
+) -> None:
+    gateway = gateway_factory()
+    name = "N" * HUGE
+
+    gateway.query(f"query {name} {{ calls(size: 1) {{ id }} }}")
+
+    [line] = [text for text in log_stream.getvalue().splitlines() if "gateway.request" in text]
+    assert len(line.encode()) < 16 * 1024
+    assert json.loads(line)["operation"] == "N" * 256 + f"...[{HUGE - 256} more characters]"
+
+
+def test_the_direct_request_line_is_bounded_too() -> None:
+    record = RequestRecord("r-1", "X" * HUGE, "N" * HUGE, 200)
+
+    line = JsonFormatter().line(0.0, "info", "gateway.request", "m" * HUGE, record.log_fields(0.1))
+
+    assert len(line.encode()) < 16 * 1024

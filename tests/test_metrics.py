@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import sys
 
 import httpx
 import pytest
@@ -58,12 +59,12 @@ def test_metrics_after_a_scripted_set_of_requests(
     samples = scrape(response.text)
     requests = "gateway_requests_total"
     assert value(samples, requests, operation="Latest", outcome="OK") == 2
-    assert value(samples, requests, operation="anonymous", outcome="OK") == 1
-    assert value(samples, requests, operation="NoCredentials", outcome="UNAUTHENTICATED") == 1
-    assert value(samples, requests, operation="WrongUser", outcome="UNAUTHENTICATED") == 1
+    assert value(samples, requests, operation="(anonymous)", outcome="OK") == 1
+    # Names from requests without usable credentials take no slot of their own.
+    assert value(samples, requests, operation="(unchecked)", outcome="UNAUTHENTICATED") == 2
     assert value(samples, requests, operation="Broken", outcome="UPSTREAM_ERROR") == 1
-    assert value(samples, requests, operation="invalid", outcome="OK") == 1
-    assert value(samples, requests, operation="anonymous", outcome="BAD_REQUEST") == 1
+    assert value(samples, requests, operation="(invalid)", outcome="OK") == 1
+    assert value(samples, requests, operation="(anonymous)", outcome="BAD_REQUEST") == 1
     assert value(samples, "gateway_errors_total", code="UNAUTHENTICATED") == 2
     assert value(samples, "gateway_operation_duration_seconds_count", operation="Latest") == 2
     assert value(samples, "gateway_request_duration_seconds_count") == 8
@@ -104,14 +105,80 @@ def test_metrics_after_a_scripted_set_of_requests(
 def test_operation_labels_are_bounded() -> None:
     metrics = Metrics()
 
-    labels = [metrics.operation_label(f"op_{i}") for i in range(MAX_OPERATIONS + 5)]
+    labels = [
+        metrics.operation_label(f"op_{i}", checked=True) for i in range(MAX_OPERATIONS + 5)
+    ]
 
     assert labels[:MAX_OPERATIONS] == [f"op_{i}" for i in range(MAX_OPERATIONS)]
-    assert labels[MAX_OPERATIONS:] == ["other"] * 5
-    assert metrics.operation_label("op_0") == "op_0"
-    assert metrics.operation_label(None) == "anonymous"
-    assert metrics.operation_label("has space") == "invalid"
-    assert metrics.operation_label("x" * 65) == "invalid"
+    assert labels[MAX_OPERATIONS:] == ["(other)"] * 5
+    assert metrics.operation_label("op_0", checked=True) == "op_0"
+    assert metrics.operation_label("op_0", checked=False) == "op_0"
+    assert metrics.operation_label(None, checked=True) == "(anonymous)"
+    assert metrics.operation_label("has space", checked=True) == "(invalid)"
+    assert metrics.operation_label("x" * 65, checked=True) == "(invalid)"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["other", "invalid", "anonymous", "unchecked"],
+    ids=["other", "invalid", "anonymous", "unchecked"],
+)
+def test_operation_names_never_count_under_a_group_label(name: str) -> None:
+    # Before: `query other` and the 101st name were both counted as "other".
+    metrics = Metrics()
+    for i in range(MAX_OPERATIONS):
+        metrics.request_finished(f"op_{i}", [], 0.01, checked=True)
+    metrics.request_finished("late", [], 0.01, checked=True)
+    metrics.request_finished(None, [], 0.01, checked=True)
+    metrics.request_finished("x" * 65, [], 0.01, checked=True)
+    metrics.request_finished("never_checked", [], 0.01, checked=False)
+    fresh = Metrics()
+    fresh.request_finished(name, [], 0.01, checked=True)
+
+    group_labels = {
+        dict(labels)["operation"]
+        for (sample, labels) in scrape(metrics.exposition()[0].decode())
+        if sample == "gateway_requests_total"
+    } - {f"op_{i}" for i in range(MAX_OPERATIONS)}
+
+    assert group_labels == {"(other)", "(anonymous)", "(invalid)", "(unchecked)"}
+    assert fresh.operation_label(name, checked=True) == name
+    assert all(not re.fullmatch(r"[_A-Za-z][_0-9A-Za-z]*", label) for label in group_labels)
+
+
+def test_unchecked_requests_take_no_operation_slot() -> None:
+    # Before: every name took a slot, so junk from requests that failed validation or
+    # had no credentials filled all 100 and real operations were counted as "other".
+    metrics = Metrics()
+    for i in range(2 * MAX_OPERATIONS):
+        metrics.request_finished(f"junk_{i}", ["GRAPHQL_VALIDATION_FAILED"], 0.01, checked=False)
+
+    assert metrics.operation_label("Latest", checked=True) == "Latest"
+    samples = scrape(metrics.exposition()[0].decode())
+    assert value(
+        samples,
+        "gateway_requests_total",
+        operation="(unchecked)",
+        outcome="GRAPHQL_VALIDATION_FAILED",
+    ) == 2 * MAX_OPERATIONS
+    assert not any("junk_" in str(labels) for (_, labels) in samples)
+
+
+@pytest.mark.parametrize("checked", [True, False], ids=["checked", "unchecked"])
+def test_long_operation_names_are_not_retained(checked: bool) -> None:
+    # Before: the per-(name, outcome) cache kept each caller's raw name, up to 400 of
+    # them: 330 names of 900,000 characters took a process from 93 MB to 694 MB.
+    metrics = Metrics()
+    long_names = [f"N{i}_" + "B" * 900_000 for i in range(40)]
+    for name in long_names:
+        metrics.request_finished(name, ["UNAUTHENTICATED"], 0.01, checked=checked)
+    retained = sum(
+        sys.getsizeof(label) + sys.getsizeof(outcome) for label, outcome in metrics._finished
+    )
+
+    assert retained < 4 * MAX_OPERATIONS * 2 * 200
+    assert all(len(label) <= 64 for label, _ in metrics._finished)
+    assert all(len(name) <= 64 for name in metrics._operations)
 
 
 def test_the_recording_api_for_cache_and_pacing() -> None:
@@ -158,15 +225,15 @@ def test_request_counts_stay_right_past_the_operation_bound() -> None:
 
     for _ in range(2):
         for name in names:
-            metrics.request_finished(name, [], 0.01)
-            metrics.request_finished(name, ["UPSTREAM_ERROR"], 0.01)
+            metrics.request_finished(name, [], 0.01, checked=True)
+            metrics.request_finished(name, ["UPSTREAM_ERROR"], 0.01, checked=True)
 
     samples = scrape(metrics.exposition()[0].decode())
     requests = "gateway_requests_total"
     assert value(samples, requests, operation="op_0", outcome="OK") == 2
     assert value(samples, requests, operation="op_0", outcome="UPSTREAM_ERROR") == 2
     named = MAX_OPERATIONS
-    assert value(samples, requests, operation="other", outcome="OK") == 2 * (len(names) - named)
+    assert value(samples, requests, operation="(other)", outcome="OK") == 2 * (len(names) - named)
     assert sum(v for (name, _), v in samples.items() if name == requests) == 4 * len(names)
     assert value(samples, "gateway_errors_total", code="UPSTREAM_ERROR") == 2 * len(names)
 
@@ -180,11 +247,11 @@ def test_many_operation_names_make_a_bounded_exposition(operations: int) -> None
     metrics = Metrics()
 
     for i in range(operations):
-        metrics.request_finished(f"op_{i}", [], 0.01)
+        metrics.request_finished(f"op_{i}", [], 0.01, checked=True)
 
     text = metrics.exposition()[0].decode()
     # Before: 3,646 lines for 200 names (a 15-series histogram per name). Now: per name
-    # (100 of them, then "other") a request count and a count + sum of latency, each with
+    # (100 of them, then "(other)") a request count and a count + sum of latency, each with
     # its _created series, plus the rest of the gateway's metrics.
     assert len(sample_lines(text)) == 567
     samples = scrape(text)
@@ -196,7 +263,7 @@ def test_many_operation_names_make_a_bounded_exposition(operations: int) -> None
         pytest.approx(0.01)
     )
     other = operations - MAX_OPERATIONS
-    assert value(samples, "gateway_operation_duration_seconds_count", operation="other") == other
+    assert value(samples, "gateway_operation_duration_seconds_count", operation="(other)") == other
 
 
 OPENMETRICS = "application/openmetrics-text"
