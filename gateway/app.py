@@ -53,7 +53,7 @@ CYCLE_COLLECTION_SECONDS = 10.0
 
 def sandbox_upstream_url(settings: Settings) -> AnyHttpUrl:
     """Where `serve --sandbox` finds its in-process sandbox."""
-    host = "127.0.0.1" if settings.host in {"0.0.0.0", "::", ""} else settings.host  # noqa: S104
+    host = "127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host  # noqa: S104
     if ":" in host:
         host = f"[{host}]"
     return AnyHttpUrl(f"http://{host}:{settings.port}{SANDBOX_PATH}")

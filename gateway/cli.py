@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,6 +32,7 @@ from gateway.logs import configure_logging
 from gateway.server import ConnectionLimits, GatewayConfig, fit_descriptor_limit
 
 log = logging.getLogger("gateway.cli")
+uvicorn_log = logging.getLogger("uvicorn.error")
 
 # prometheus-client's own variable; gateway.metrics is not imported here, so that the
 # CLI process sets it before prometheus-client is first imported.
@@ -161,10 +163,15 @@ def _serve(settings: Settings, warnings: Sequence[str] = ()) -> int:
             timeout_graceful_shutdown=settings.shutdown_timeout,
         )
         banner = (lambda: _print_sandbox_banner(settings)) if settings.sandbox else None
-        return _run(config, on_bound=banner)
+        return _run(config, on_bound=banner, where=("--host/GATEWAY_HOST", "--port/GATEWAY_PORT"))
 
 
-def _run(config: uvicorn.Config, on_bound: Callable[[], None] | None = None) -> int:
+def _run(
+    config: uvicorn.Config,
+    on_bound: Callable[[], None] | None = None,
+    *,
+    where: tuple[str, str],
+) -> int:
     """Bind, call `on_bound`, serve until SIGTERM/SIGINT; 0 after a graceful stop.
 
     What `uvicorn.run` does, with the socket bound first, so that a banner saying where
@@ -174,7 +181,19 @@ def _run(config: uvicorn.Config, on_bound: Callable[[], None] | None = None) -> 
     # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully, which
     # would end the process with "killed by SIGTERM" (143); a graceful stop exits 0.
     signal.signal(signal.SIGTERM, _exit_zero)
-    sock = config.bind_socket()
+    try:
+        sock = _bind(config)
+    except OSError as exc:
+        host_setting, port_setting = where
+        log.error(
+            "cannot listen on %s port %d: %s; choose another with %s or %s",
+            config.host,
+            config.port,
+            exc.strerror or exc,
+            port_setting,
+            host_setting,
+        )
+        return STARTUP_FAILURE
     try:
         if on_bound is not None:
             on_bound()
@@ -190,6 +209,28 @@ def _run(config: uvicorn.Config, on_bound: Callable[[], None] | None = None) -> 
         return 0
     finally:
         sock.close()
+
+
+def _bind(config: uvicorn.Config) -> socket.socket:
+    """uvicorn's `Config.bind_socket` for a host and port, raising instead of exiting.
+
+    uvicorn logs a bare `[Errno 98] Address already in use` and exits; the caller here
+    names the host, the port and the settings that change them.
+    """
+    ipv6 = ":" in config.host
+    sock = socket.socket(family=socket.AF_INET6 if ipv6 else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((config.host, config.port))
+    except OSError:
+        sock.close()
+        raise
+    host = f"[{config.host}]" if ipv6 else config.host
+    uvicorn_log.info(
+        "Uvicorn running on http://%s:%d (Press CTRL+C to quit)", host, sock.getsockname()[1]
+    )
+    sock.set_inheritable(True)
+    return sock
 
 
 def connection_limits(settings: Settings) -> ConnectionLimits:
@@ -280,4 +321,4 @@ def _run_sandbox(settings: SandboxSettings, warnings: Sequence[str] = ()) -> int
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False
     )
-    return _run(config)
+    return _run(config, where=("--host/GATEWAY_SANDBOX_HOST", "--port/GATEWAY_SANDBOX_PORT"))

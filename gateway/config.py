@@ -30,10 +30,24 @@ TEST_ENV_PREFIX = "GATEWAY_TEST_"
 STANDARD_ENV_NAMES = {"otlp_endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT"}
 DEFAULT_UPSTREAM_URL = "https://api.catapult.inetwork.com"
 
-Seconds = Annotated[float, Field(ge=0)]
-PositiveSeconds = Annotated[float, Field(gt=0)]
+# Every duration is finite and at most an hour: `inf` or 1e308 would overflow the
+# conversions downstream (int(), event-loop timers) or serialise as invalid JSON.
+MAX_SECONDS = 3600.0
+Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
+# Secrets: long enough to resist guessing, and not a template's placeholder left in place.
+MIN_SECRET_CHARS = 16
+PLACEHOLDER_PREFIXES = ("replace-me", "changeme", "change-me")
 # `serve` and `sandbox` check ports alike: a socket call would take 99999 modulo 65536.
 Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+def interface_host(value: str) -> str:
+    """`value` if it can name an interface to listen on: not empty, not padded."""
+    # An empty host would make uvicorn listen on every interface.
+    if not value.strip() or value != value.strip():
+        raise ValueError("must be an interface address such as 127.0.0.1 (0.0.0.0 for every one)")
+    return value
 
 
 class Settings(BaseModel):
@@ -43,7 +57,11 @@ class Settings(BaseModel):
     # always reads os.environ as well, and the environment must be an explicit input.
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    host: str = Field(
+        "127.0.0.1",
+        max_length=253,
+        description="Interface to listen on (`0.0.0.0` for every IPv4 one; never empty).",
+    )
     port: Port = Field(8000, description="TCP port to listen on.")
     workers: int = Field(1, ge=1, le=64, description="Worker processes sharing the port.")
     upstream_url: AnyHttpUrl = Field(
@@ -62,6 +80,7 @@ class Settings(BaseModel):
     upstream_max_body_bytes: int = Field(
         10 * 1024 * 1024,
         ge=64 * 1024,
+        le=1024**3,
         description=(
             "Largest upstream body accepted, counted after decompression "
             "(UPSTREAM_BAD_RESPONSE above it); ~3x a 1000-call page with every field."
@@ -77,35 +96,45 @@ class Settings(BaseModel):
         25.0, description="Deadline for a whole GraphQL request, retries included."
     )
     cache_url: str = Field("memory://", description="`memory://` or `redis://host:port/db`.")
-    cache_ttl: Seconds = Field(
-        5.0, description="Seconds an upstream answer is reused; 0 turns caching off."
+    cache_ttl: float = Field(
+        5.0,
+        ge=0,
+        le=86_400,
+        allow_inf_nan=False,
+        description="Seconds an upstream answer is reused (at most a day); 0 turns caching off.",
     )
     cache_max_entries: int = Field(
-        10_000, ge=1, description="Entries the memory cache holds before evicting the least used."
+        10_000,
+        ge=1,
+        le=10_000_000,
+        description="Entries the memory cache holds before evicting the least used.",
     )
     cache_max_bytes: int = Field(
         128 * 1024 * 1024,
         ge=1024 * 1024,
+        le=64 * 1024**3,
         description="Bytes of answers the memory cache holds before evicting the least used.",
     )
     response_cache_max_entries: int = Field(
-        1024, ge=1, description="Whole GraphQL answers the answer cache holds."
+        1024, ge=1, le=10_000_000, description="Whole GraphQL answers the answer cache holds."
     )
     response_cache_max_bytes: int = Field(
         64 * 1024 * 1024,
         ge=1024 * 1024,
+        le=64 * 1024**3,
         description="Bytes of whole GraphQL answers the answer cache holds.",
     )
     response_cache_max_answer_bytes: int = Field(
         2 * 1024 * 1024,
         ge=1024,
+        le=1024**3,
         description="Largest GraphQL answer the answer cache keeps (larger ones are not kept).",
     )
     cache_key: SecretStr | None = Field(
         None,
         description=(
-            "HMAC key for cache and pacing keys; replicas sharing Redis must share it "
-            "(unset: a random key per process)."
+            "HMAC key for cache and pacing keys (16+ characters); replicas sharing Redis "
+            "must share it (unset: a random key per process)."
         ),
     )
     cache_timeout: PositiveSeconds = Field(
@@ -114,6 +143,8 @@ class Settings(BaseModel):
     upstream_rate: float = Field(
         1.0,
         ge=0,
+        le=10_000,
+        allow_inf_nan=False,
         description="Upstream requests per second per account (the upstream's limit); 0: off.",
     )
     upstream_queue_timeout: Seconds = Field(
@@ -146,7 +177,6 @@ class Settings(BaseModel):
     sandbox: bool = Field(False, description="Serve in front of the built-in sandbox upstream.")
     cursor_key: SecretStr | None = Field(
         None,
-        min_length=16,
         description=(
             "Secret that signs `callsConnection` cursors (16+ characters). Without it each "
             "process draws a random key: `serve --workers N` shares one drawn at start-up, "
@@ -177,6 +207,7 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(
         1_048_576,
         ge=1024,
+        le=1024**3,
         description="Largest request body accepted, measured after gzip or deflate "
         "decoding (413 above it; decided from `Content-Length` before reading when declared).",
     )
@@ -287,6 +318,32 @@ class Settings(BaseModel):
     def _empty_key_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("cache_key", "cursor_key")
+    @classmethod
+    def _a_real_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # The messages never hold the value (see `_one_line`, which shows no input here).
+        if value is None:
+            return None
+        secret = value.get_secret_value()
+        if not secret.strip():
+            raise ValueError("must not be whitespace only")
+        if secret != secret.strip():
+            raise ValueError("must not start or end with whitespace")
+        if len(secret) < MIN_SECRET_CHARS:
+            raise ValueError(
+                f"must be at least {MIN_SECRET_CHARS} characters (e.g. `openssl rand -hex 32`)"
+            )
+        if secret.lower().startswith(PLACEHOLDER_PREFIXES):
+            raise ValueError(
+                "is still a placeholder; set a random value (e.g. `openssl rand -hex 32`)"
+            )
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _a_host(cls, value: str) -> str:
+        return interface_host(value)
+
     @field_validator("upstream_url")
     @classmethod
     def _no_path_query_or_credentials(cls, value: AnyHttpUrl) -> AnyHttpUrl:
@@ -302,6 +359,17 @@ class Settings(BaseModel):
             raise ValueError(
                 "GATEWAY_UPSTREAM_TIMEOUT must be shorter than GATEWAY_REQUEST_TIMEOUT "
                 f"({self.upstream_timeout} >= {self.request_timeout})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _sandbox_needs_a_known_port(self) -> Settings:
+        # The in-process sandbox is reached over loopback at the configured port: with 0
+        # (any free port) the gateway would call port 0 and every query would fail.
+        if self.sandbox and self.port == 0:
+            raise ValueError(
+                "GATEWAY_PORT (--port) must not be 0 with GATEWAY_SANDBOX (--sandbox): "
+                "the gateway reaches its sandbox at that port; choose a free one"
             )
         return self
 
@@ -325,14 +393,38 @@ class SandboxSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    host: str = Field(
+        "127.0.0.1",
+        max_length=253,
+        description="Interface to listen on (`0.0.0.0` for every IPv4 one; never empty).",
+    )
     port: Port = Field(8001, description="TCP port to listen on.")
-    latency_ms: float = Field(0.0, ge=0, description="Milliseconds every answer is delayed.")
+    latency_ms: float = Field(
+        0.0,
+        ge=0,
+        le=MAX_SECONDS * 1000,
+        allow_inf_nan=False,
+        description="Milliseconds every answer is delayed.",
+    )
     rate_limit: bool = Field(False, description="Enforce 1 request/second per account.")
+
+    @field_validator("host")
+    @classmethod
+    def _a_host(cls, value: str) -> str:
+        return interface_host(value)
 
 
 SANDBOX_ENV_PREFIX = "GATEWAY_SANDBOX_"
 M = TypeVar("M", bound=BaseModel)
+# Settings whose values an error message never repeats.
+SECRET_SETTINGS = frozenset({"cache_key", "cursor_key", "cache_url", "otlp_endpoint"})
+
+
+def bounded_input(value: object) -> object:
+    """A rejected value as an error line shows it: long text is cut."""
+    if isinstance(value, str) and len(value) > 80:
+        return value[:80] + "..."
+    return value
 
 
 class SettingsError(Exception):
@@ -438,5 +530,7 @@ def _one_line(exc: ValidationError, source: Callable[[str], str]) -> str:
     if not location and message.startswith("Value error, "):
         return message.removeprefix("Value error, ")
     given = error.get("input")
-    shown = "" if isinstance(given, dict) else f" (got {given!r})"
+    # A secret's value is never shown, nor a URL that may carry a password.
+    hidden = isinstance(given, dict) or location in SECRET_SETTINGS
+    shown = "" if hidden else f" (got {bounded_input(given)!r})"
     return f"{name}: {message.removeprefix('Value error, ')}{shown}"

@@ -32,12 +32,36 @@ def _default(field: FieldInfo) -> str:
     return f"`{value}`"
 
 
+def _number(value: object) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _range(field: FieldInfo) -> str:
+    """The bounds a numeric setting is checked against, as `0 to 3,600` or `> 0, ≤ 3,600`."""
+    bounds = {
+        key: getattr(rule, key)
+        for rule in field.metadata
+        for key in ("ge", "gt", "le", "lt")
+        if getattr(rule, key, None) is not None
+    }
+    if not bounds:
+        return ""
+    high = f"≤ {_number(bounds['le'])}" if "le" in bounds else f"< {_number(bounds['lt'])}"
+    if "ge" in bounds:
+        return f"{_number(bounds['ge'])} to {high.removeprefix('≤ ')}"
+    if "gt" in bounds:
+        return f"> {_number(bounds['gt'])}, {high}"
+    return high
+
+
 def settings_table() -> str:
-    """A Markdown table: each setting's variable, default and description."""
-    rows = ["| Variable | Default | Description |", "|---|---|---|"]
+    """A Markdown table: each setting's variable, default, range and description."""
+    rows = ["| Variable | Default | Range | Description |", "|---|---|---|---|"]
     for name, field in Settings.model_fields.items():
         description = (field.description or "").replace("|", "\\|")
-        rows.append(f"| `{env_name(name)}` | {_default(field)} | {description} |")
+        rows.append(f"| `{env_name(name)}` | {_default(field)} | {_range(field)} | {description} |")
     return "\n".join(rows) + "\n"
 
 

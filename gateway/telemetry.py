@@ -58,9 +58,7 @@ class Telemetry:
                     yield record
                 finally:
                     if record.operation:
-                        span.set_attribute(
-                            "graphql.operation.name", bounded_text(record.operation)
-                        )
+                        span.set_attribute("graphql.operation.name", bounded_text(record.operation))
                     if record.error_codes:
                         span.set_attribute("gateway.error_codes", sorted(set(record.error_codes)))
                     self.tracing.set_status(span, record.status)

@@ -165,7 +165,7 @@ _asks = st.lists(st.tuples(_tokens, _secrets, _users, _params), min_size=1, max_
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(asks=_asks, cache_key=st.sampled_from([None, "shared"]))
+@given(asks=_asks, cache_key=st.sampled_from([None, "a shared cache key"]))
 def test_property_every_answer_is_the_one_fetched_with_the_callers_own_credentials(
     asks: list[tuple[str, str, str, list[tuple[str, str]]]], cache_key: str | None
 ) -> None:
@@ -440,7 +440,7 @@ def own_redis() -> Iterator[RedisServer]:
 def test_redis_stopped_mid_run_requests_still_succeed_and_service_resumes(
     gateway_factory: GatewayFactory, sandbox: Sandbox, own_redis: RedisServer, caplog: Any
 ) -> None:
-    gateway = gateway_factory(cache_url=own_redis.url, cache_key="k")
+    gateway = gateway_factory(cache_url=own_redis.url, cache_key="a sixteen+ char key")
     ids(gateway.query(fresh(LIST)))
     ids(gateway.query(fresh(LIST)))
     assert len(sandbox.requests()) == 1
@@ -590,7 +590,7 @@ def test_redis_urls_with_percent_encoded_credentials_connect(
 ) -> None:
     redis_with_password.flush()
     url = template.format(secret=ENCODED_SECRET, port=redis_with_password.port)
-    gateway = gateway_factory(cache_url=url, cache_key="k")
+    gateway = gateway_factory(cache_url=url, cache_key="a sixteen+ char key")
 
     assert ready(gateway)["cache"]["status"] == "ok"
     first = ids(gateway.query(LIST))
@@ -608,7 +608,7 @@ def test_a_wrong_redis_password_is_reported_by_readyz_and_logged_once(
 ) -> None:
     url = f"redis://:wrong%40pass@127.0.0.1:{redis_with_password.port}/0"
     with caplog.at_level(logging.WARNING, logger="gateway.cache"):
-        gateway = gateway_factory(cache_url=url, cache_key="k")
+        gateway = gateway_factory(cache_url=url, cache_key="a sixteen+ char key")
         # Before any request: start-up asked the store, and readyz tells the truth.
         before = gateway.http.get("/readyz")
         assert ids(gateway.query(LIST))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import signal
@@ -166,6 +167,21 @@ BAD_SETTINGS = [
         "GATEWAY_UPSTREAM_TIMEOUT",
         id="serve-timeouts",
     ),
+    # Review findings: each started (or crashed with a traceback and status 1) before.
+    pytest.param(["serve", "--host", ""], {}, "--host", id="serve-host-flag-empty"),
+    pytest.param(["serve"], {"GATEWAY_HOST": ""}, "GATEWAY_HOST", id="serve-host-variable-empty"),
+    pytest.param(["serve", "--sandbox", "--port", "0"], {}, "GATEWAY_PORT", id="sandbox-port-0"),
+    pytest.param(["serve"], {"GATEWAY_CACHE_TTL": "inf"}, "GATEWAY_CACHE_TTL", id="cache-ttl-inf"),
+    pytest.param(
+        ["serve"], {"GATEWAY_UPSTREAM_RATE": "inf"}, "GATEWAY_UPSTREAM_RATE", id="rate-inf"
+    ),
+    pytest.param(
+        ["serve"],
+        {"GATEWAY_CURSOR_KEY": "replace-me-with-openssl-rand-hex-32"},
+        "GATEWAY_CURSOR_KEY",
+        id="cursor-key-placeholder",
+    ),
+    pytest.param(["sandbox", "--host", ""], {}, "--host", id="sandbox-host-flag-empty"),
     pytest.param(["sandbox", "--port", "99999"], {}, "--port", id="sandbox-port-flag-range"),
     pytest.param(["sandbox", "--port", "-1"], {}, "--port", id="sandbox-port-flag-negative"),
     pytest.param(
@@ -210,7 +226,13 @@ def test_a_taken_port_fails_before_the_banner() -> None:
 
     assert result.returncode == 3  # uvicorn's start-up failure status
     assert "is serving" not in result.stdout
-    assert "address already in use" in result.stderr.lower()
+    [line] = result.stderr.splitlines()
+    # Before: only `[Errno 98] Address already in use`.
+    message = json.loads(line)["message"]
+    assert message == (
+        f"cannot listen on 127.0.0.1 port {port}: Address already in use; "
+        "choose another with --port/GATEWAY_PORT or --host/GATEWAY_HOST"
+    )
 
 
 @pytest.mark.parametrize(

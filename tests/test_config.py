@@ -103,6 +103,34 @@ BAD_VALUES = [
     pytest.param("GATEWAY_CACHE_TTL", "-1", id="cache-ttl-negative"),
     pytest.param("GATEWAY_LOG_LEVEL", "loud", id="log-level"),
     pytest.param("GATEWAY_SANDBOX", "maybe", id="sandbox"),
+    # Non-finite and absurd numbers: `inf` made /readyz answer 500 and GATEWAY_CACHE_TTL
+    # crash start-up with an OverflowError traceback; the others were accepted.
+    pytest.param("GATEWAY_UPSTREAM_RATE", "inf", id="upstream-rate-inf"),
+    pytest.param("GATEWAY_UPSTREAM_RATE", "nan", id="upstream-rate-nan"),
+    pytest.param("GATEWAY_UPSTREAM_RATE", "1e9", id="upstream-rate-huge"),
+    pytest.param("GATEWAY_CACHE_TTL", "inf", id="cache-ttl-inf"),
+    pytest.param("GATEWAY_CACHE_TTL", "86401", id="cache-ttl-over-a-day"),
+    pytest.param("GATEWAY_CACHE_TIMEOUT", "inf", id="cache-timeout-inf"),
+    pytest.param("GATEWAY_UPSTREAM_QUEUE_TIMEOUT", "inf", id="queue-timeout-inf"),
+    pytest.param("GATEWAY_UPSTREAM_QUEUE_TIMEOUT", "nan", id="queue-timeout-nan"),
+    pytest.param("GATEWAY_REQUEST_TIMEOUT", "1e308", id="request-timeout-1e308"),
+    pytest.param("GATEWAY_REQUEST_TIMEOUT", "3601", id="request-timeout-over-an-hour"),
+    pytest.param("GATEWAY_UPSTREAM_TIMEOUT", "inf", id="upstream-timeout-inf"),
+    pytest.param("GATEWAY_UPSTREAM_CONNECT_TIMEOUT", "nan", id="connect-timeout-nan"),
+    pytest.param("GATEWAY_HEADER_TIMEOUT", "inf", id="header-timeout-inf"),
+    pytest.param("GATEWAY_BODY_TIMEOUT", "-inf", id="body-timeout-minus-inf"),
+    pytest.param("GATEWAY_KEEPALIVE_TIMEOUT", "1e308", id="keepalive-timeout-1e308"),
+    pytest.param("GATEWAY_CACHE_MAX_ENTRIES", "1" + "0" * 30, id="cache-max-entries-huge"),
+    pytest.param("GATEWAY_CACHE_MAX_BYTES", "1" + "0" * 30, id="cache-max-bytes-huge"),
+    pytest.param("GATEWAY_RESPONSE_CACHE_MAX_ENTRIES", "1e30", id="answer-cache-entries"),
+    pytest.param("GATEWAY_RESPONSE_CACHE_MAX_BYTES", "1" + "0" * 30, id="answer-cache-bytes"),
+    pytest.param("GATEWAY_RESPONSE_CACHE_MAX_ANSWER_BYTES", "1" + "0" * 12, id="answer-bytes"),
+    pytest.param("GATEWAY_UPSTREAM_MAX_BODY_BYTES", "1" + "0" * 30, id="upstream-body-huge"),
+    pytest.param("GATEWAY_MAX_BODY_BYTES", "1" + "0" * 30, id="max-body-huge"),
+    # An empty host made uvicorn listen on every interface.
+    pytest.param("GATEWAY_HOST", "", id="host-empty"),
+    pytest.param("GATEWAY_HOST", "   ", id="host-blank"),
+    pytest.param("GATEWAY_HOST", " 127.0.0.1", id="host-padded"),
 ]
 
 
@@ -116,6 +144,84 @@ def test_a_bad_value_is_one_line_naming_the_setting(variable: str, value: str) -
     assert "\n" not in message
     assert raised.value.__cause__ is None  # no pydantic traceback chained on
     assert raised.value.__suppress_context__
+
+
+def test_every_float_setting_refuses_non_finite_numbers() -> None:
+    # The table above names the known ones; this catches a float setting added later.
+    floats = [name for name, field in Settings.model_fields.items() if field.annotation is float]
+    assert "cache_ttl" in floats
+    assert "upstream_rate" in floats
+    for name in floats:
+        for value in ("inf", "-inf", "nan", "1e308"):
+            with pytest.raises(SettingsError, match=f"^GATEWAY_{name.upper()}:"):
+                load_settings({f"GATEWAY_{name.upper()}": value})
+
+
+def test_every_numeric_setting_has_an_upper_bound() -> None:
+    unbounded = [
+        name
+        for name, field in Settings.model_fields.items()
+        if field.annotation in (int, float)
+        and not any(getattr(rule, "le", None) is not None for rule in field.metadata)
+        and not any(getattr(rule, "lt", None) is not None for rule in field.metadata)
+    ]
+
+    assert unbounded == []
+
+
+SECRET_SETTINGS = ["GATEWAY_CACHE_KEY", "GATEWAY_CURSOR_KEY"]
+BAD_SECRETS = [
+    pytest.param("q", "at least 16 characters", id="one-character"),
+    pytest.param("fifteen-chars-x", "at least 16 characters", id="fifteen"),
+    pytest.param(" " * 20, "whitespace", id="spaces-only"),
+    pytest.param("\t" * 20, "whitespace", id="tabs-only"),
+    pytest.param(" 0123456789abcdef0123", "whitespace", id="leading-space"),
+    pytest.param("0123456789abcdef0123\n", "whitespace", id="trailing-newline"),
+    pytest.param("replace-me-with-openssl-rand-hex-32", "placeholder", id="replace-me"),
+    pytest.param("REPLACE-ME-please-0123456789", "placeholder", id="replace-me-upper"),
+    pytest.param("changeme-changeme-changeme", "placeholder", id="changeme"),
+]
+
+
+@pytest.mark.parametrize("variable", SECRET_SETTINGS)
+@pytest.mark.parametrize(("value", "reason"), BAD_SECRETS)
+def test_a_weak_secret_is_refused_without_echoing_it(
+    variable: str, value: str, reason: str
+) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings({variable: value})
+
+    message = str(raised.value)
+    assert message.startswith(f"{variable}: ")
+    assert reason in message
+    assert "\n" not in message
+    assert not value.strip() or value.strip() not in message
+    assert "(got" not in message
+
+
+@pytest.mark.parametrize("variable", SECRET_SETTINGS)
+def test_a_good_secret_is_accepted(variable: str) -> None:
+    settings = load_settings({variable: "0123456789abcdef"})
+
+    secret = getattr(settings, variable.removeprefix("GATEWAY_").lower())
+    assert secret.get_secret_value() == "0123456789abcdef"
+
+
+def test_a_redis_url_error_does_not_echo_its_password() -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings({"GATEWAY_CACHE_URL": "redis://:hunter2-secret@host:6379/x"})
+
+    assert "hunter2-secret" not in str(raised.value)
+
+
+def test_sandbox_refuses_port_0() -> None:
+    # Before: the banner said port 0 and the in-process sandbox was called at port 0,
+    # so every query failed with UPSTREAM_UNAVAILABLE while /readyz said ready.
+    with pytest.raises(SettingsError) as raised:
+        load_settings({"GATEWAY_SANDBOX": "true", "GATEWAY_PORT": "0"})
+
+    assert str(raised.value).startswith("GATEWAY_PORT (--port) must not be 0 with")
+    assert load_settings({"GATEWAY_PORT": "0"}).port == 0  # without the sandbox: fine
 
 
 @pytest.mark.parametrize(

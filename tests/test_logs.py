@@ -382,7 +382,9 @@ def _huge_record(*, many_fields: bool) -> logging.LogRecord:
 
 
 @pytest.mark.parametrize("many_fields", [False, True], ids=["few-fields", "many-fields"])
-@pytest.mark.parametrize("formatter", [JsonFormatter(), ConsoleFormatter()], ids=["json", "console"])
+@pytest.mark.parametrize(
+    "formatter", [JsonFormatter(), ConsoleFormatter()], ids=["json", "console"]
+)
 def test_every_logged_value_is_bounded(formatter: logging.Formatter, many_fields: bool) -> None:
     # Before: a 900 KB operation name (or message, or traceback) made a 900 KB line,
     # which container runtimes split at 16 KiB into broken JSON.

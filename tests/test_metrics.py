@@ -102,12 +102,36 @@ def test_metrics_after_a_scripted_set_of_requests(
         assert secret not in response.text
 
 
+def test_only_checked_requests_give_a_name_a_slot_over_http(
+    gateway_factory: GatewayFactory,
+) -> None:
+    gateway = gateway_factory()
+    no_credentials = f"{gateway.url}/graphql"
+    # A name that failed validation, one without credentials (nothing upstream needed), one
+    # whose credentials are malformed, then a checked request and the same name without.
+    gateway.query("query FailsValidation { nope }")
+    httpx.post(no_credentials, json={"query": "query NoCredentials { __typename }"})
+    httpx.post(
+        no_credentials,
+        json={"query": "query BadCredentials { __typename }"},
+        headers={"Authorization": "Basic !!", "X-Catapult-User-Id": "u-demo"},
+    )
+    assert gateway.query("query Latest { calls(size: 1) { id } }").status_code == 200
+    httpx.post(no_credentials, json={"query": "query Latest { calls(size: 1) { id } }"})
+
+    samples = scrape(gateway.http.get("/metrics").text)
+
+    requests = "gateway_requests_total"
+    operations = {dict(labels)["operation"] for (name, labels) in samples if name == requests}
+    assert operations == {"(unchecked)", "Latest"}
+    assert value(samples, requests, operation="(unchecked)", outcome="OK") == 2
+    assert value(samples, requests, operation="Latest", outcome="UNAUTHENTICATED") == 1
+
+
 def test_operation_labels_are_bounded() -> None:
     metrics = Metrics()
 
-    labels = [
-        metrics.operation_label(f"op_{i}", checked=True) for i in range(MAX_OPERATIONS + 5)
-    ]
+    labels = [metrics.operation_label(f"op_{i}", checked=True) for i in range(MAX_OPERATIONS + 5)]
 
     assert labels[:MAX_OPERATIONS] == [f"op_{i}" for i in range(MAX_OPERATIONS)]
     assert labels[MAX_OPERATIONS:] == ["(other)"] * 5
@@ -155,12 +179,15 @@ def test_unchecked_requests_take_no_operation_slot() -> None:
 
     assert metrics.operation_label("Latest", checked=True) == "Latest"
     samples = scrape(metrics.exposition()[0].decode())
-    assert value(
-        samples,
-        "gateway_requests_total",
-        operation="(unchecked)",
-        outcome="GRAPHQL_VALIDATION_FAILED",
-    ) == 2 * MAX_OPERATIONS
+    assert (
+        value(
+            samples,
+            "gateway_requests_total",
+            operation="(unchecked)",
+            outcome="GRAPHQL_VALIDATION_FAILED",
+        )
+        == 2 * MAX_OPERATIONS
+    )
     assert not any("junk_" in str(labels) for (_, labels) in samples)
 
 

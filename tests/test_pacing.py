@@ -122,7 +122,7 @@ def test_two_gateways_sharing_redis_pace_one_account_together(
 ) -> None:
     shared = {
         "cache_url": redis_url,
-        "cache_key": "shared",
+        "cache_key": "a shared cache key",
         "upstream_rate": 1,
         "upstream_queue_timeout": 4,
     }
