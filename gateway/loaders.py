@@ -43,6 +43,7 @@ from gateway.errors import (
     GatewayError,
     NotFound,
     OperationTooComplex,
+    RateLimited,
     Unauthenticated,
     UpstreamBadResponse,
 )
@@ -249,6 +250,15 @@ class OperationLoader:
             answer = await asyncio.shield(future)
         except (Unauthenticated, Forbidden) as exc:
             self._refusals.setdefault((credentials.authorization, credentials.user_id), exc)
+            raise
+        except RateLimited:
+            # Refused a pacing slot while an earlier request of this operation was still
+            # out: if that one comes back refused, its code is the true answer. Waiting
+            # costs nothing, as the response waits for every field anyway.
+            others = [f for f in self._inflight.values() if f is not future and not f.done()]
+            if others:
+                await asyncio.wait(others)
+            self._refused(credentials)
             raise
         self.fetched_at.append(answer.fetched_at)
         return answer
