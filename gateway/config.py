@@ -111,6 +111,14 @@ class Settings(BaseModel):
     cache_timeout: PositiveSeconds = Field(
         0.25, description="Seconds one Redis operation may take before the cache is bypassed."
     )
+    pacing_file: str | None = Field(
+        None,
+        description=(
+            "A file through which the processes of one host share the pacing schedule "
+            "when there is no Redis; `serve --workers N` sets a fresh one (unset: each "
+            "process paces alone)."
+        ),
+    )
     upstream_rate: float = Field(
         1.0,
         ge=0,

@@ -26,7 +26,8 @@ from gateway.config import Settings
 from gateway.credentials import Credentials
 from gateway.entities import EntityView, KnownCall
 from gateway.metrics import Metrics
-from gateway.pacing import MonotonicClock, Pacer
+from gateway.pacing import MonotonicClock, Pacer, SharedSlots
+from gateway.slots import FileSlots
 from gateway.upstream import CatapultClient, UpstreamAnswer, UpstreamRequest
 
 log = logging.getLogger("gateway.cache")
@@ -61,6 +62,7 @@ class Upstream:
         *,
         ttl: float,
         entities: EntityView | None = None,
+        slots_file: FileSlots | None = None,
     ) -> None:
         self._client = client
         self._cache = cache
@@ -68,6 +70,7 @@ class Upstream:
         self._pacer = pacer
         self._ttl = ttl
         self._entities = entities
+        self._slots_file = slots_file
 
     async def fetch(
         self,
@@ -128,6 +131,8 @@ class Upstream:
         await self._cache.close()
         if self._entities is not None:
             await self._entities.close()
+        if self._slots_file is not None:
+            self._slots_file.close()
 
 
 def create_upstream(
@@ -143,9 +148,11 @@ def create_upstream(
     )
     secret = settings.cache_key
     keys = CacheKeys(None if secret is None else secret.get_secret_value().encode())
-    # Redis holds the pacing schedule too, so that replicas pace each account together.
-    shared = store if isinstance(store, RedisStore) else None
-    if shared is not None and not keys.shared:
+    # Redis holds the pacing schedule too, so that replicas pace each account together;
+    # without it, the processes of one host (`serve --workers N`) share a locked file.
+    slots_file = None if settings.pacing_file is None else FileSlots(settings.pacing_file)
+    shared: SharedSlots | None = store if isinstance(store, RedisStore) else slots_file
+    if isinstance(store, RedisStore) and not keys.shared:
         log.warning(
             "GATEWAY_CACHE_URL is Redis but GATEWAY_CACHE_KEY is unset: this process uses a "
             "random key, so replicas will not share cache entries or pacing"
@@ -180,4 +187,12 @@ def create_upstream(
         entities = EntityView(
             entity_store, keys, ttl=settings.cache_ttl, owns_store=entity_store is not store
         )
-    return Upstream(client, cache, keys, pacer, ttl=settings.cache_ttl, entities=entities)
+    return Upstream(
+        client,
+        cache,
+        keys,
+        pacer,
+        ttl=settings.cache_ttl,
+        entities=entities,
+        slots_file=slots_file,
+    )
