@@ -105,7 +105,7 @@ class Settings(BaseModel):
         None,
         description=(
             "HMAC key for cache and pacing keys; replicas sharing Redis must share it "
-            "(unset: a random key per process)."
+            "(unset: `serve` draws a random one shared by its workers)."
         ),
     )
     cache_timeout: PositiveSeconds = Field(

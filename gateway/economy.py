@@ -181,6 +181,7 @@ def create_upstream(
             else create_store(
                 settings.cache_url,
                 max_entries=settings.cache_max_entries,
+                max_bytes=settings.cache_max_bytes,
                 timeout=settings.cache_timeout,
             )
         )
