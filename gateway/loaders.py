@@ -144,6 +144,8 @@ class OperationLoader:
         if future is None:
             loop = asyncio.get_running_loop()
             future = loop.create_future()
+            # Marks a failure retrieved even when every field waiting for it went away.
+            future.add_done_callback(_retrieve)
             self._calls[call_id] = future
             if not self._batch:
                 # Every id asked for until the loop comes round joins this batch (graphql
@@ -262,3 +264,8 @@ class OperationLoader:
             raise
         self.fetched_at.append(answer.fetched_at)
         return answer
+
+
+def _retrieve(future: asyncio.Future[Found]) -> None:
+    if not future.cancelled():
+        future.exception()
