@@ -7,7 +7,7 @@ import base64
 import gc
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import TypedDict
@@ -29,7 +29,7 @@ from gateway.endpoint import GraphQLEndpoint
 from gateway.graphiql import ASSET_ROUTE, GraphiQLPage
 from gateway.health import healthz, readyz
 from gateway.limits import OperationLimits
-from gateway.loaders import OperationLoader
+from gateway.loaders import CallsIn, OperationLoader
 from gateway.logs import configure_logging
 from gateway.metrics import Metrics
 from gateway.pagination import CursorCodec
@@ -124,13 +124,28 @@ def create_app(settings: Settings) -> Starlette:
         deadline = time.monotonic() + settings.request_timeout
         refresh = wants_fresh(request.headers)
 
-        async def fetch(credentials: Credentials, wanted: UpstreamRequest) -> UpstreamAnswer:
-            return await upstream.fetch(credentials, wanted, deadline=deadline, refresh=refresh)
+        async def fetch(
+            credentials: Credentials,
+            wanted: UpstreamRequest,
+            *,
+            gate: Callable[[], None],
+            calls_in: CallsIn | None,
+        ) -> UpstreamAnswer:
+            return await upstream.fetch(
+                credentials,
+                wanted,
+                deadline=deadline,
+                refresh=refresh,
+                gate=gate,
+                calls_in=calls_in,
+            )
 
         loader = OperationLoader(
             fetch,
             partial(request_credentials, request.scope),
             upstream_base=client.base_url,
+            # `Cache-Control: no-cache` skips every cache read, the entity view's too.
+            recall=None if refresh else upstream.recall_calls,
             fetched_at=_fetched_at(request),
             max_requests=settings.max_upstream_requests,
         )

@@ -67,6 +67,10 @@ class CacheKeys:
         # requests (or two different callers) encode to the same bytes.
         return self._digest(["request", authorization, user_id, path, sorted(params)])
 
+    def call(self, authorization: str, user_id: str, call_id: str) -> str:
+        """The key of one call record in the entity view, under these credentials."""
+        return self._digest(["call", authorization, user_id, call_id])
+
     def account(self, authorization: str) -> str:
         """The key of the account the credentials belong to (the upstream limits accounts)."""
         return self._digest(["account", authorization])
@@ -91,6 +95,10 @@ class Store(Protocol):
     async def get(self, key: str) -> bytes | None: ...
 
     async def set(self, key: str, value: bytes, ttl: float) -> None: ...
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
+
+    async def set_many(self, entries: Sequence[tuple[str, bytes]], ttl: float) -> None: ...
 
     def state(self) -> dict[str, Any]: ...
 
@@ -210,6 +218,13 @@ class MemoryStore:
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         self._cache.set(key, value, size=len(value), expires=time.monotonic() + ttl)
 
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return [await self.get(key) for key in keys]
+
+    async def set_many(self, entries: Sequence[tuple[str, bytes]], ttl: float) -> None:
+        for key, value in entries:
+            await self.set(key, value, ttl)
+
     def __len__(self) -> int:
         return len(self._cache)
 
@@ -327,6 +342,15 @@ class RedisStore:
         # A float TTL makes aiocache use PSETEX (milliseconds), so fractions are honoured;
         # below one millisecond Redis would refuse it.
         await self._guarded(self._cache.set(key, value, ttl=max(float(ttl), 0.001)))
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        # One MGET, one round trip, however many keys.
+        values: list[bytes | None] | None = await self._guarded(self._cache.multi_get(list(keys)))
+        return [None] * len(keys) if values is None else values
+
+    async def set_many(self, entries: Sequence[tuple[str, bytes]], ttl: float) -> None:
+        # One pipelined MSET with a PEXPIRE per key (a float TTL is taken in milliseconds).
+        await self._guarded(self._cache.multi_set(list(entries), ttl=max(float(ttl), 0.001)))
 
     async def reserve(self, account: str, interval: float, max_wait: float) -> float | None:
         """Seconds until the account's next upstream slot, reserved for the caller only if

@@ -141,12 +141,25 @@ def _serve(settings: Settings, warnings: Sequence[str] = ()) -> int:
     configure_logging(settings.log_level, settings.log_format, batch=True)
     _warn(warnings)
     # Workers are separate processes: they rebuild the settings from the environment,
-    # so the effective values (flags included) travel there. A cursor key drawn here is
-    # shared by all workers, so a cursor stays good whichever worker answers next.
+    # so the effective values (flags included) travel there. Keys drawn here are shared
+    # by all workers: a cursor stays good whichever worker answers next, and the workers
+    # agree on every cache and pacing key (an account is one account in all of them).
     if settings.cursor_key is None:
         settings = settings.model_copy(update={"cursor_key": SecretStr(secrets.token_urlsafe(32))})
-    os.environ.update(settings_environment(settings))
-    with _metrics_directory(settings.workers):
+    if settings.cache_key is None:
+        if not settings.cache_url.startswith("memory:"):
+            log.warning(
+                "GATEWAY_CACHE_URL is Redis but GATEWAY_CACHE_KEY is unset: this server's "
+                "workers share a key drawn at start-up, but other replicas will not share "
+                "cache entries or pacing with them"
+            )
+        settings = settings.model_copy(update={"cache_key": SecretStr(secrets.token_urlsafe(32))})
+    with _worker_directory(settings.workers) as directory:
+        if directory is not None and settings.pacing_file is None:
+            # Without Redis the workers pace each account together through this file.
+            pacing_file = os.path.join(directory, "pacing")
+            settings = settings.model_copy(update={"pacing_file": pacing_file})
+        os.environ.update(settings_environment(settings))
         config = GatewayConfig(
             "gateway.app:app_from_environment",
             limits=fit_descriptor_limit(
@@ -251,19 +264,23 @@ def _exit_zero(signum: int, frame: object) -> None:
 
 
 @contextmanager
-def _metrics_directory(workers: int) -> Iterator[None]:
-    """With several workers, a fresh directory where they all write their metrics.
+def _worker_directory(workers: int) -> Iterator[str | None]:
+    """With several workers, a fresh private directory they all share, removed at exit.
 
-    Fresh on every start: samples left by an earlier run would be counted again. It is
-    set before any worker starts (prometheus-client reads it when first imported).
+    It holds the metrics every worker writes (`metrics/`) and the pacing schedule they
+    share without Redis (`pacing`). Fresh on every start: samples left by an earlier run
+    would be counted again. MULTIPROC_ENV is set before any worker starts
+    (prometheus-client reads it when first imported).
     """
     if workers == 1:
-        yield
+        yield None
         return
-    with tempfile.TemporaryDirectory(prefix="catapult-gateway-metrics-") as directory:
-        os.environ[MULTIPROC_ENV] = directory
+    with tempfile.TemporaryDirectory(prefix="catapult-gateway-workers-") as directory:
+        metrics = os.path.join(directory, "metrics")
+        os.mkdir(metrics)
+        os.environ[MULTIPROC_ENV] = metrics
         try:
-            yield
+            yield directory
         finally:
             del os.environ[MULTIPROC_ENV]
 

@@ -134,11 +134,19 @@ class Settings(BaseModel):
         None,
         description=(
             "HMAC key for cache and pacing keys (16+ characters); replicas sharing Redis "
-            "must share it (unset: a random key per process)."
+            "must share it (unset: `serve` draws a random one shared by its workers)."
         ),
     )
     cache_timeout: PositiveSeconds = Field(
         0.25, description="Seconds one Redis operation may take before the cache is bypassed."
+    )
+    pacing_file: str | None = Field(
+        None,
+        description=(
+            "A file through which the processes of one host share the pacing schedule "
+            "when there is no Redis; `serve --workers N` sets a fresh one (unset: each "
+            "process paces alone)."
+        ),
     )
     upstream_rate: float = Field(
         1.0,

@@ -5,7 +5,9 @@
                                      identical concurrent misses share one load
                                      (skipped with TTL 0: nothing is reused then)
       -> Pacer.run                   wait for the account's slot (or RATE_LIMITED)
+      -> gate                        the operation's own veto (a refusal it already had)
       -> CatapultClient.fetch        HTTP, retries, errors
+      -> EntityView.remember         every call record in the answer, by id
 
 Only successful answers reach the cache: an error raised by the client passes through
 `get_or_load` to every waiter and nothing is stored.
@@ -14,7 +16,7 @@ Only successful answers reach the cache: an error raised by the client passes th
 from __future__ import annotations
 
 import logging
-from functools import partial
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -22,8 +24,10 @@ import orjson
 from gateway.cache import CacheKeys, RedisStore, ResponseCache, create_store
 from gateway.config import Settings
 from gateway.credentials import Credentials
+from gateway.entities import EntityView, KnownCall
 from gateway.metrics import Metrics
-from gateway.pacing import MonotonicClock, Pacer
+from gateway.pacing import MonotonicClock, Pacer, SharedSlots
+from gateway.slots import FileSlots
 from gateway.upstream import CatapultClient, UpstreamAnswer, UpstreamRequest
 
 log = logging.getLogger("gateway.cache")
@@ -57,12 +61,16 @@ class Upstream:
         pacer: Pacer,
         *,
         ttl: float,
+        entities: EntityView | None = None,
+        slots_file: FileSlots | None = None,
     ) -> None:
         self._client = client
         self._cache = cache
         self._keys = keys
         self._pacer = pacer
         self._ttl = ttl
+        self._entities = entities
+        self._slots_file = slots_file
 
     async def fetch(
         self,
@@ -71,14 +79,28 @@ class Upstream:
         *,
         deadline: float,
         refresh: bool = False,
+        gate: Callable[[], None] = lambda: None,
+        calls_in: Callable[[Any], Iterable[tuple[str, Any]]] | None = None,
     ) -> UpstreamAnswer:
-        """The answer to `request` under these credentials; `refresh` skips the cache read."""
+        """The answer to `request` under these credentials; `refresh` skips the cache read.
+
+        `gate` runs right before the request leaves (after any wait for a slot) and may
+        raise to keep it from leaving; `calls_in` names the call records of an answer,
+        which the entity view then keeps.
+        """
+
+        async def send() -> UpstreamAnswer:
+            gate()
+            return await self._client.fetch(credentials, request, deadline=deadline)
 
         async def load() -> UpstreamAnswer:
-            call = partial(self._client.fetch, credentials, request, deadline=deadline)
-            if not self._pacer.enabled:
-                return await call()
-            return await self._pacer.run(self._keys.account(credentials.authorization), call)
+            if self._pacer.enabled:
+                answer = await self._pacer.run(self._keys.account(credentials.authorization), send)
+            else:
+                answer = await send()
+            if calls_in is not None and self._entities is not None:
+                await self._entities.remember(credentials, calls_in(answer.body), answer.fetched_at)
+            return answer
 
         if self._ttl <= 0:
             # TTL 0 means no upstream answer is reused across client requests, including
@@ -88,6 +110,14 @@ class Upstream:
             credentials.authorization, credentials.user_id, request.path, request.params
         )
         return await self._cache.get_or_load(key, load, self._ttl, refresh=refresh)
+
+    async def recall_calls(
+        self, credentials: Credentials, call_ids: Sequence[str]
+    ) -> dict[str, KnownCall]:
+        """The calls among `call_ids` that the entity view holds for these credentials."""
+        if self._entities is None:
+            return {}
+        return await self._entities.recall(credentials, call_ids)
 
     def state(self) -> dict[str, Any]:
         """The cache's and the pacer's state, as last seen."""
@@ -99,6 +129,10 @@ class Upstream:
 
     async def close(self) -> None:
         await self._cache.close()
+        if self._entities is not None:
+            await self._entities.close()
+        if self._slots_file is not None:
+            self._slots_file.close()
 
 
 def create_upstream(
@@ -114,9 +148,11 @@ def create_upstream(
     )
     secret = settings.cache_key
     keys = CacheKeys(None if secret is None else secret.get_secret_value().encode())
-    # Redis holds the pacing schedule too, so that replicas pace each account together.
-    shared = store if isinstance(store, RedisStore) else None
-    if shared is not None and not keys.shared:
+    # Redis holds the pacing schedule too, so that replicas pace each account together;
+    # without it, the processes of one host (`serve --workers N`) share a locked file.
+    slots_file = None if settings.pacing_file is None else FileSlots(settings.pacing_file)
+    shared: SharedSlots | None = store if isinstance(store, RedisStore) else slots_file
+    if isinstance(store, RedisStore) and not keys.shared:
         log.warning(
             "GATEWAY_CACHE_URL is Redis but GATEWAY_CACHE_KEY is unset: this process uses a "
             "random key, so replicas will not share cache entries or pacing"
@@ -135,4 +171,29 @@ def create_upstream(
         on_lookup=metrics.cache_result,
         on_share=metrics.singleflight_share,
     )
-    return Upstream(client, cache, keys, pacer, ttl=settings.cache_ttl)
+    entities = None
+    if settings.cache_ttl > 0:
+        # Its own store: a page of 1,000 calls must not evict the whole-answer entries.
+        # With Redis both live in one server under different keys.
+        entity_store = (
+            store
+            if isinstance(store, RedisStore)
+            else create_store(
+                settings.cache_url,
+                max_entries=settings.cache_max_entries,
+                max_bytes=settings.cache_max_bytes,
+                timeout=settings.cache_timeout,
+            )
+        )
+        entities = EntityView(
+            entity_store, keys, ttl=settings.cache_ttl, owns_store=entity_store is not store
+        )
+    return Upstream(
+        client,
+        cache,
+        keys,
+        pacer,
+        ttl=settings.cache_ttl,
+        entities=entities,
+        slots_file=slots_file,
+    )

@@ -3,15 +3,31 @@
 An `OperationLoader` lives for one GraphQL operation. Two fields asking for the same
 upstream resource (aliases, or `call` and `_entities` for one id) share one upstream
 request, whether or not the cross-request cache is on.
+
+Single calls (`call(id)`, federation `_entities`) are batched: every id asked for in the
+same tick of the event loop is looked up together, first in the entity view (no upstream
+request, not counted against `maxUpstreamRequests`), then, for the ids not there:
+
+    fewer than BATCH_THRESHOLD   one paced GET .../calls/{id} each
+    BATCH_THRESHOLD or more      one newest page of 1,000 first (it fills the entity view),
+                                 then one paced GET .../calls/{id} for each id not in it
+
+The upstream allows about one request per second per account, so twenty references cost
+one request (a second of the account's budget) instead of twenty.
+
+After a 401 or 403 for its credentials, the operation asks the upstream nothing more:
+every further request fails at once with the same code, including those already waiting
+for a pacing slot.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 from gateway.calls import (
+    MAX_PAGE_SIZE,
     BadRecord,
     CallList,
     CallRecord,
@@ -21,14 +37,47 @@ from gateway.calls import (
     validate_id,
 )
 from gateway.credentials import Credentials
-from gateway.errors import NotFound, OperationTooComplex, UpstreamBadResponse
+from gateway.entities import KnownCall, call_in_answer, calls_in_list
+from gateway.errors import (
+    Forbidden,
+    GatewayError,
+    NotFound,
+    OperationTooComplex,
+    RateLimited,
+    Unauthenticated,
+    UpstreamBadResponse,
+)
 from gateway.pagination import next_query
 from gateway.upstream import UpstreamAnswer, UpstreamRequest, call_path, calls_path
 
-Fetch = Callable[[Credentials, UpstreamRequest], Awaitable[UpstreamAnswer]]
+# From this many ids missing from the entity view in one batch, one newest page of
+# MAX_PAGE_SIZE is asked first: one request instead of (at least) three.
+BATCH_THRESHOLD = 3
+NEWEST_PAGE = ListQuery(page=0, size=MAX_PAGE_SIZE, sort_order="desc")
+
+CallsIn = Callable[[Any], Iterable[tuple[str, Any]]]
+
+
+class Fetch(Protocol):
+    """The cached, paced upstream (`economy.Upstream.fetch` with the request's settings)."""
+
+    def __call__(
+        self,
+        credentials: Credentials,
+        request: UpstreamRequest,
+        /,
+        *,
+        gate: Callable[[], None],
+        calls_in: CallsIn | None,
+    ) -> Awaitable[UpstreamAnswer]: ...
+
+
 # The request's credentials as `credentials.request_credentials` read them (the one
 # reader of the credential headers); raises `Unauthenticated`.
 ReadCredentials = Callable[[], Credentials]
+# The entity view's records for some ids under these credentials.
+Recall = Callable[[Credentials, Sequence[str]], Awaitable[dict[str, KnownCall]]]
+Found = CallRecord | BadRecord | None
 
 
 class OperationLoader:
@@ -40,17 +89,25 @@ class OperationLoader:
         credentials: ReadCredentials,
         *,
         upstream_base: str,
+        recall: Recall | None = None,
         fetched_at: list[float] | None = None,
         max_requests: int | None = None,
     ) -> None:
         self._fetch = fetch
         self._credentials = credentials
         self._upstream_base = upstream_base
+        # None: no entity view (TTL 0, or `Cache-Control: no-cache` skips cache reads).
+        self._recall = recall
         # When each answer this operation used was fetched; see responses.ResponseNote.
         self.fetched_at = [] if fetched_at is None else fetched_at
         self._max_requests = max_requests
         self._inflight: dict[UpstreamRequest, asyncio.Future[UpstreamAnswer]] = {}
         self.upstream_requests = 0
+        # Single calls by id, and the ids waiting for the next batch.
+        self._calls: dict[str, asyncio.Future[Found]] = {}
+        self._batch: list[str] = []
+        # The first 401/403 per (authorization, user id): the operation's last word to it.
+        self._refusals: dict[tuple[str, str], GatewayError] = {}
 
     def credentials(self) -> Credentials:
         """The caller's credentials; raises `Unauthenticated` before any upstream request."""
@@ -78,15 +135,78 @@ class OperationLoader:
     async def _list(self, query: ListQuery) -> UpstreamAnswer:
         credentials = self.credentials()
         request = UpstreamRequest(calls_path(credentials.user_id), tuple(query.params()))
-        return await self._get(credentials, request)
+        return await self._get(credentials, request, calls_in_list)
 
-    async def get_call(self, call_id: str) -> CallRecord | BadRecord | None:
+    async def get_call(self, call_id: str) -> Found:
         validate_id(call_id, "id")
-        credentials = self.credentials()
+        self.credentials()
+        future = self._calls.get(call_id)
+        if future is None:
+            loop = asyncio.get_running_loop()
+            future = loop.create_future()
+            # Marks a failure retrieved even when every field waiting for it went away.
+            future.add_done_callback(_retrieve)
+            self._calls[call_id] = future
+            if not self._batch:
+                # Every id asked for until the loop comes round joins this batch (graphql
+                # starts all of an `_entities` list's resolvers before awaiting any).
+                loop.call_soon(self._dispatch)
+            self._batch.append(call_id)
+        # shield: one field being cancelled must not cancel the look-up for the others.
+        return await asyncio.shield(future)
+
+    def _dispatch(self) -> None:
+        batch, self._batch = self._batch, []
+        task = asyncio.ensure_future(self._resolve(batch))
+        # Marks a failure retrieved: it has already reached every waiter.
+        task.add_done_callback(lambda done: None if done.cancelled() else done.exception())
+
+    async def _resolve(self, batch: list[str]) -> None:
         try:
-            answer = await self._get(
-                credentials, UpstreamRequest(call_path(credentials.user_id, call_id))
-            )
+            await self._resolve_batch(batch)
+        except Exception as exc:
+            for call_id in batch:
+                future = self._calls[call_id]
+                if not future.done():
+                    future.set_exception(exc)
+
+    async def _resolve_batch(self, batch: list[str]) -> None:
+        credentials = self.credentials()
+        known = {} if self._recall is None else await self._recall(credentials, batch)
+        for call_id, call in known.items():
+            self.fetched_at.append(call.fetched_at)
+            self._settle(call_id, parse_call(call.raw))
+        cold = [call_id for call_id in batch if call_id not in known]
+        if len(cold) >= BATCH_THRESHOLD:
+            # The account's newest calls usually hold every id asked for.
+            body = await self.list_calls_raw(NEWEST_PAGE)
+            wanted = set(cold)
+            for call_id, raw in calls_in_list(body):
+                if call_id in wanted:
+                    wanted.discard(call_id)
+                    self._settle(call_id, parse_call(raw))
+            cold = [call_id for call_id in cold if call_id in wanted]
+        await asyncio.gather(*(self._settle_one(credentials, call_id) for call_id in cold))
+
+    def _settle(self, call_id: str, found: Found) -> None:
+        future = self._calls[call_id]
+        if not future.done():
+            future.set_result(found)
+
+    async def _settle_one(self, credentials: Credentials, call_id: str) -> None:
+        future = self._calls[call_id]
+        try:
+            found = await self._get_one(credentials, call_id)
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+            return
+        self._settle(call_id, found)
+
+    async def _get_one(self, credentials: Credentials, call_id: str) -> Found:
+        request = UpstreamRequest(call_path(credentials.user_id, call_id))
+        try:
+            answer = await self._get(credentials, request, call_in_answer)
         except NotFound as exc:
             # An unknown call is an expected outcome (null); an unknown user is an error.
             if exc.extra.get("upstreamCode") == "call-not-found":
@@ -96,7 +216,16 @@ class OperationLoader:
             raise UpstreamBadResponse("The upstream answered a call that is not a JSON object.")
         return parse_call(answer.body)
 
-    async def _get(self, credentials: Credentials, request: UpstreamRequest) -> UpstreamAnswer:
+    def _refused(self, credentials: Credentials) -> None:
+        refusal = self._refusals.get((credentials.authorization, credentials.user_id))
+        if refusal is not None:
+            # A new instance each time: every error of the response has its own path.
+            raise type(refusal)(refusal.message, **refusal.extra)
+
+    async def _get(
+        self, credentials: Credentials, request: UpstreamRequest, calls_in: CallsIn
+    ) -> UpstreamAnswer:
+        self._refused(credentials)
         future = self._inflight.get(request)
         if future is None:
             # The backstop of the limit checked before execution, which cannot see
@@ -107,9 +236,36 @@ class OperationLoader:
                     limit="maxUpstreamRequests",
                 )
             self.upstream_requests += 1
-            future = asyncio.ensure_future(self._fetch(credentials, request))
+            future = asyncio.ensure_future(
+                self._fetch(
+                    credentials,
+                    request,
+                    # Checked again when the request is about to leave: one already
+                    # waiting for its pacing slot stays home after a refusal.
+                    gate=lambda: self._refused(credentials),
+                    calls_in=calls_in,
+                )
+            )
             self._inflight[request] = future
         # shield: one field being cancelled must not cancel the request for the others.
-        answer = await asyncio.shield(future)
+        try:
+            answer = await asyncio.shield(future)
+        except (Unauthenticated, Forbidden) as exc:
+            self._refusals.setdefault((credentials.authorization, credentials.user_id), exc)
+            raise
+        except RateLimited:
+            # Refused a pacing slot while an earlier request of this operation was still
+            # out: if that one comes back refused, its code is the true answer. Waiting
+            # costs nothing, as the response waits for every field anyway.
+            others = [f for f in self._inflight.values() if f is not future and not f.done()]
+            if others:
+                await asyncio.wait(others)
+            self._refused(credentials)
+            raise
         self.fetched_at.append(answer.fetched_at)
         return answer
+
+
+def _retrieve(future: asyncio.Future[Found]) -> None:
+    if not future.cancelled():
+        future.exception()

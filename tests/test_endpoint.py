@@ -384,7 +384,9 @@ FAILING_SCHEMA = GraphQLSchema(
 )
 
 
-async def _never_fetch(credentials: Credentials, request: UpstreamRequest) -> UpstreamAnswer:
+async def _never_fetch(
+    credentials: Credentials, request: UpstreamRequest, **options: Any
+) -> UpstreamAnswer:
     raise AssertionError("the failing schema makes no upstream requests")
 
 

@@ -110,3 +110,36 @@ def test_two_workers_serve_and_report_metrics_from_both(sandbox: Sandbox, tmp_pa
         assert labels == {"operation": "Slow", "outcome": "OK"}
         assert total == 10
     assert not metrics_dir.exists()  # a fresh directory each start, removed at exit
+
+
+def test_two_workers_keep_one_account_under_the_upstreams_limit_without_redis(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # The upstream's real limit: one request per second per account, 429 past it.
+    sandbox.faults(rate_limit=True, rate_limit_interval_ms=1000)
+    env = {"GATEWAY_UPSTREAM_URL": sandbox.url, "TMPDIR": str(tmp_path)}
+    with gateway_process("--workers", "2", env=env) as (process, url):
+        deadline = time.monotonic() + 20
+        while len(scrape(url).get("gateway_worker_up", [])) < 2:
+            assert time.monotonic() < deadline, "the second worker did not start"
+            time.sleep(0.1)
+        # One caller paging through ten distinct pages, waiting for each answer; a new
+        # connection each time, so the pages are spread over both workers.
+        answers = [
+            httpx.post(
+                f"{url}/graphql",
+                json={"query": f"{{ calls(page: {page}, size: 5) {{ id }} }}"},
+                headers=credential_headers(DEMO),
+                timeout=30,
+            ).json()
+            for page in range(10)
+        ]
+        samples = scrape(url)
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+
+    assert [answer.get("errors") for answer in answers] == [None] * 10
+    assert [len(answer["data"]["calls"]) for answer in answers] == [5] * 10
+    statuses = [r["status"] for r in sandbox.requests()]
+    assert statuses == [200] * 10  # no upstream 429
+    assert len({labels["pid"] for labels, _ in samples["gateway_worker_up"]}) == 2

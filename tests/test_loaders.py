@@ -1,0 +1,73 @@
+"""The operation loader: batched cold look-ups and one refusal per operation and account."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from gateway.config import Settings
+from tests.conftest import DEMO, GatewayFactory, Sandbox
+
+LIST_PATH = f"/v1/users/{DEMO.user_id}/calls/"
+DEFAULT_RATE = Settings.model_fields["upstream_rate"].default
+WRONG = base64.b64encode(f"{DEMO.token}:not-the-secret".encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("cold", "expected"),
+    [
+        pytest.param(1, ["one"], id="one-cold-id"),
+        pytest.param(2, ["one", "one"], id="two-cold-ids"),
+        pytest.param(3, ["page"], id="three-cold-ids"),
+        pytest.param(9, ["page"], id="nine-cold-ids"),
+    ],
+)
+def test_cold_ids_cost_the_fewest_requests(
+    gateway_factory: GatewayFactory, sandbox: Sandbox, cold: int, expected: list[str]
+) -> None:
+    ids = [
+        c["id"]
+        for c in gateway_factory().query("{ calls(size: 50) { id } }").json()["data"]["calls"]
+    ]
+    gateway = gateway_factory()
+    sandbox.reset()
+    fields = " ".join(f'c{n}: call(id: "{ids[n * 3]}") {{ id }}' for n in range(cold))
+
+    answer = gateway.query(f"{{ {fields} }}").json()
+
+    assert answer == {"data": {f"c{n}": {"id": ids[n * 3]} for n in range(cold)}}
+    kinds = ["page" if r["path"] == LIST_PATH else "one" for r in sandbox.requests()]
+    assert kinds == expected
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        pytest.param('{ a: call(id: "c-a") { id } b: call(id: "c-b") { id } }', id="two-calls"),
+        pytest.param('{ calls(size: 2) { id } call(id: "c-a") { id } }', id="list-and-call"),
+        pytest.param(
+            "{ a: calls(size: 2) { id } b: calls(size: 3) { id } c: calls(size: 4) { id } }",
+            id="three-lists",
+        ),
+    ],
+)
+@pytest.mark.parametrize("status", [401, 403])
+def test_one_refusal_ends_the_operations_upstream_traffic(
+    gateway_factory: GatewayFactory, sandbox: Sandbox, query: str, status: int
+) -> None:
+    # Default pacing: the second request waits for its slot, and must then stay home.
+    gateway = gateway_factory(upstream_rate=DEFAULT_RATE)
+    if status == 401:
+        headers = {"Authorization": f"Basic {WRONG}", "X-Catapult-User-Id": DEMO.user_id}
+    else:
+        headers = None
+        sandbox.faults(fail_status=403, fail_rate=1.0)
+
+    answer = gateway.query(query, headers=headers).json()
+
+    code = "UNAUTHENTICATED" if status == 401 else "FORBIDDEN"
+    # Every field that failed says the refusal's code (a non-null list that failed
+    # nulls the whole data, so not every field gets as far as an error).
+    assert {e["extensions"]["code"] for e in answer["errors"]} == {code}
+    assert [r["status"] for r in sandbox.requests()] == [status]
