@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.app import collect_cycles
+from gateway.app import collect_cycles, heap_trimmer
 
 
 class Node:
@@ -38,7 +38,7 @@ def test_cycles_left_behind_are_collected_on_a_clock() -> None:
     del first, second
 
     async def run() -> None:
-        collector = asyncio.create_task(collect_cycles(0.05))
+        collector = asyncio.create_task(collect_cycles(0.05, lambda: None))
         await asyncio.sleep(0)
         assert left_behind() is not None  # nothing but the clock will free it now
         for _ in range(200):
@@ -49,3 +49,32 @@ def test_cycles_left_behind_are_collected_on_a_clock() -> None:
 
     asyncio.run(run())
     assert left_behind() is None
+
+
+def test_the_heap_is_trimmed_after_each_collection() -> None:
+    events: list[str] = []
+    collections = gc.callbacks
+
+    def collected(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            events.append("collected")
+
+    async def run() -> None:
+        collector = asyncio.create_task(collect_cycles(0.01, lambda: events.append("trimmed")))
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if "trimmed" in events:
+                break
+        collector.cancel()
+
+    collections.append(collected)
+    try:
+        asyncio.run(run())
+    finally:
+        collections.remove(collected)
+    trimmed = events.index("trimmed")
+    assert "collected" in events[:trimmed]
+
+
+def test_the_heap_trimmer_runs_whatever_the_c_library() -> None:
+    heap_trimmer()()  # glibc's malloc_trim here, nothing where the C library has none
