@@ -28,6 +28,7 @@ from yarl import URL
 
 from gateway.calls import ListQuery
 from gateway.errors import BadUserInput, GatewayError, UpstreamBadResponse
+from gateway.upstream import ANCHORED
 
 VERSION = "v1"
 _FILTERS = (
@@ -36,6 +37,9 @@ _FILTERS = (
     ("from", "from_"),
     ("to", "to"),
 )
+# The most calls a cursor may skip into one upstream page: far more than any page an
+# upstream body within the size limit can hold.
+MAX_SKIP = 10_000_000
 _KNOWN_PARAMS = frozenset({name for name, _ in _FILTERS} | {"page", "size", "sortOrder"})
 
 
@@ -96,7 +100,11 @@ class CursorCodec:
             skip = payload["skip"]
         except (orjson.JSONDecodeError, KeyError, TypeError, GatewayError):
             raise forged from None
-        if not isinstance(skip, int) or not 0 <= skip <= query.size:
+        # The skip was signed with the rest, so it is what the page held when the cursor
+        # was issued: not bounded by `size`, since an upstream may answer with more
+        # records than asked for (a bridge or conference filter returns every match).
+        # A page that has shrunk since is read from its end (walk() copes).
+        if type(skip) is not int or not 0 <= skip <= MAX_SKIP:
             raise forged
         return Position(query, skip)
 
@@ -112,9 +120,28 @@ def next_query(next_url: str, current: ListQuery, *, base_url: str, user_id: str
     case, default port, percent-encoding, dot segments), it must name the configured
     upstream origin and the caller's own calls path, with only the list parameters and
     the current page's filters and order. The query is then rebuilt from those values,
-    so a link can never make the gateway fetch anything else. Anything else raises
+    so a link can never make the gateway fetch anything else. The page it names must
+    come after the current one: a link back to it, or to an earlier page, would make a
+    walk loop. An empty parameter (`&to=`) counts as absent. Anything else raises
     `UpstreamBadResponse` with the reason, for the caller to report beside the page.
+
+    Total: whatever the text, reading it raises nothing but `UpstreamBadResponse`
+    (URL parsing raises `ValueError`, `UnicodeError` for an odd IDNA host, and others).
     """
+    try:
+        following = _next_query(next_url, current, base_url=base_url, user_id=user_id)
+    except UpstreamBadResponse:
+        raise
+    except Exception as exc:  # a link's text must never fail the page
+        raise _unfollowable(f"it cannot be read as a URL ({type(exc).__name__})") from None
+    if following.page <= current.page:
+        raise _unfollowable("it does not move forward (it names this page or an earlier one)")
+    return following
+
+
+def _next_query(next_url: str, current: ListQuery, *, base_url: str, user_id: str) -> ListQuery:
+    if next_url.startswith(ANCHORED):
+        raise _unfollowable("it has an `anchor`, so it is another resource's link, not this page's")
     link, base = _normalised(next_url), _normalised(base_url)
     if link is None or base is None or not link.absolute:
         raise _unfollowable("it is not an absolute URL")
@@ -127,6 +154,8 @@ def next_query(next_url: str, current: ListQuery, *, base_url: str, user_id: str
         raise _unfollowable("it points away from this user's calls")
     params: dict[str, str] = {}
     for name, value in _query_pairs(link.raw_query_string):
+        if not value:
+            continue
         if name not in _KNOWN_PARAMS:
             raise _unfollowable(f"it has a parameter this gateway does not know ({name[:40]!r})")
         if name in params:

@@ -446,13 +446,33 @@ def parse_link_header(values: str | list[str], *, base: str) -> dict[str, str]:
     without hiding the others) and resolves each target against the request URL as
     RFC 3986 section 5 says, since the upstream may send a relative one. The first link
     of each relation type wins.
+
+    A link with an `anchor` naming another resource is that resource's link, not this
+    answer's (RFC 8288 section 3.2): it never wins, and if it is all there is, its target
+    is kept behind the `ANCHORED` mark so that the reader can report it, not follow it.
+    Total: no header text makes this raise.
     """
     links: dict[str, str] = {}
-    for link in weblinking.parse(values):
+    anchored: dict[str, str] = {}
+    try:
+        parsed = list(weblinking.parse(values))
+    except Exception:  # an unreadable header is no links, not a failure
+        return links
+    for link in parsed:
         try:
-            target = link.resolve(base).uri
-        except weblinking.LinkError:
+            resolved = link.resolve(base)
+            target = resolved.uri
+            anchor = resolved.anchor
+            relations = [relation.lower() for relation in link.rels]
+        except Exception:  # noqa: S112 - one unreadable link does not hide the others
             continue
-        for relation in link.rels:
-            links.setdefault(relation.lower(), target)
+        into = links if anchor is None or anchor == base else anchored
+        for relation in relations:
+            into.setdefault(relation, target)
+    for relation, target in anchored.items():
+        links.setdefault(relation, ANCHORED + target)
     return links
+
+
+# Marks a `Link` target whose `anchor` names another resource; never a URL's start.
+ANCHORED = "anchored "

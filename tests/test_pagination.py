@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.calls import ListQuery
 from gateway.errors import BadUserInput, UpstreamBadResponse
 from gateway.pagination import CursorCodec, Position, next_query
+from gateway.upstream import ANCHORED, parse_link_header
 from tests.conftest import Gateway, GatewayFactory, Sandbox
 from tests.fakes import FakeUpstream
 
@@ -101,6 +105,39 @@ def test_a_bridge_is_one_complete_page(gateway: Gateway, sandbox: Sandbox) -> No
     assert page["pageInfo"]["hasNextPage"] is False
     [request] = sandbox.requests()
     assert request["query"] == f"bridgeId={bridge}&sortOrder=desc"
+
+
+@pytest.mark.parametrize(
+    ("field", "first"),
+    [("bridgeId", 1), ("bridgeId", 2), ("conferenceId", 1), ("conferenceId", 3)],
+    ids=["bridge-first-1", "bridge-first-2", "conference-first-1", "conference-first-3"],
+)
+def test_an_unpaginated_filter_walks_to_the_end_in_small_slices(
+    gateway: Gateway, field: str, first: int
+) -> None:
+    # The upstream answers these filters with every match, whatever `size` says, so a
+    # page holds more calls than the query's size: each cursor must still be accepted.
+    calls = gateway.query("{ calls(size: 1000) { bridgeId conferenceId } }").json()["data"]
+    counts: dict[str, int] = {}
+    for call in calls["calls"]:
+        if call[field]:
+            counts[call[field]] = counts.get(call[field], 0) + 1
+    value = max(counts, key=lambda name: counts[name])
+    assert counts[value] > 2 * first
+    whole = connection(gateway, filter={field: value}, first=1000)
+    expected = [edge["node"]["id"] for edge in whole["edges"]]
+
+    seen: list[str] = []
+    after = None
+    while True:
+        page = connection(gateway, filter={field: value}, first=first, after=after)
+        seen += [edge["node"]["id"] for edge in page["edges"]]
+        if not page["pageInfo"]["hasNextPage"]:
+            break
+        after = page["pageInfo"]["endCursor"]
+
+    assert seen == expected
+    assert len(seen) >= counts[value]
 
 
 @pytest.mark.parametrize("first", [0, -1, 1001], ids=["zero", "negative", "over-1000"])
@@ -288,3 +325,148 @@ def test_a_left_out_record_is_reported_once_by_the_slice_that_covers_it(
     assert (ids(second), warned(second)) == (["c-d", "c-e"], ["c-bad-2"])
     assert "errors" not in first
     assert "errors" not in second
+
+
+# -- next links that would loop, that cannot be read, or that are not this page's ------------
+
+
+@pytest.mark.parametrize(
+    ("link", "current"),
+    [
+        pytest.param(f"{BASE}/v1/users/u-1/calls?page=0&size=3", CURRENT, id="same-page"),
+        pytest.param(
+            f"{BASE}/v1/users/u-1/calls?page=0&size=3",
+            ListQuery.create(from_="+19195551212", page=1, size=3),
+            id="back-to-page-0",
+        ),
+        pytest.param(
+            f"{BASE}/v1/users/u-1/calls?page=1&size=3",
+            ListQuery.create(from_="+19195551212", page=1, size=3),
+            id="identical-query",
+        ),
+        pytest.param("http://xn--a/base/v1/users/u-1/calls?page=1", CURRENT, id="idna-xn--a"),
+        pytest.param("https://xn--/base/v1/users/u-1/calls?page=1", CURRENT, id="idna-xn--"),
+        pytest.param("https://xn--zz/base/v1/users/u-1/calls?page=1", CURRENT, id="idna-xn--zz"),
+        pytest.param(
+            "anchored https://api.example.test/base/v1/users/u-1/calls?page=1", CURRENT, id="anchor"
+        ),
+    ],
+)
+def test_a_next_link_that_loops_or_cannot_be_read_is_refused(link: str, current: ListQuery) -> None:
+    with pytest.raises(UpstreamBadResponse):
+        next_query(link, current, base_url=BASE, user_id="u-1")
+
+
+def test_an_empty_filter_in_a_next_link_counts_as_absent() -> None:
+    link = f"{BASE}/v1/users/u-1/calls?from=%2B19195551212&to=&bridgeId=&page=1&size=3"
+    query = next_query(link, CURRENT, base_url=BASE, user_id="u-1")
+    assert query == ListQuery.create(from_="+19195551212", page=1, size=3)
+
+
+def test_an_anchored_next_link_is_kept_only_as_a_mark_and_never_wins() -> None:
+    base = f"{BASE}/v1/users/u-1/calls/?page=0"
+    target = f"{BASE}/v1/users/u-1/calls/?page=1"
+    anchored = f'<{target}>; rel="next"; anchor="http://evil.example/"'
+    assert parse_link_header(anchored, base=base) == {"next": ANCHORED + target}
+    assert parse_link_header([anchored, f'<{target}>; rel="next"'], base=base) == {"next": target}
+    # An anchor naming the answer itself is its own link.
+    assert parse_link_header(f'<{target}>; rel="next"; anchor="{base}"', base=base) == {
+        "next": target
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    header=st.one_of(
+        st.text(max_size=200),
+        st.builds(
+            lambda host, rest, params: f"<http://{host}/{rest}>; rel=next{params}",
+            st.sampled_from(["xn--a", "xn--", "xn--zz", "[::1", "a:b:c", "é.example", "%zz"])
+            | st.text(max_size=20),
+            st.text(max_size=40),
+            st.text(max_size=40),
+        ),
+    )
+)
+def test_no_link_header_text_raises_out_of_link_reading(header: str) -> None:
+    links = parse_link_header(header, base=f"{BASE}/v1/users/u-1/calls/?page=0")
+    if "next" in links:
+        with contextlib.suppress(UpstreamBadResponse):
+            next_query(links["next"], CURRENT, base_url=BASE, user_id="u-1")
+
+
+PATH = "/v1/users/u-demo/calls/"
+
+
+def _warnings(body: dict[str, Any]) -> list[dict[str, Any]]:
+    warnings: list[dict[str, Any]] = body.get("extensions", {}).get("warnings", [])
+    return warnings
+
+
+@pytest.mark.parametrize(
+    "pages",
+    [
+        pytest.param({"0": "0"}, id="page-0-links-to-itself"),
+        pytest.param({"0": "1", "1": "0"}, id="page-1-links-back-to-0"),
+        pytest.param({"0": "1", "1": "1"}, id="page-1-links-to-itself"),
+        pytest.param({"0": "xn--a"}, id="idna-host"),
+    ],
+)
+def test_a_next_link_that_does_not_move_forward_ends_the_walk_with_a_warning(
+    gateway_factory: GatewayFactory, fake_upstream: FakeUpstream, pages: dict[str, str]
+) -> None:
+    for page, target in pages.items():
+        link = (
+            f"<http://xn--a{PATH}?page=1&size=5&sortOrder=desc>"
+            if target == "xn--a"
+            else f"<{fake_upstream.url}{PATH}?page={target}&size=5&sortOrder=desc>"
+        )
+        fake_upstream.answer(
+            PATH,
+            [_record(f"c-{page}-{n}") for n in range(2)],
+            query={"page": page, "size": "5", "sortOrder": "desc"},
+            header_lines=(("Link", f'{link}; rel="next"'),),
+        )
+    gateway = gateway_factory(upstream_url=fake_upstream.url)
+
+    ids: list[str] = []
+    after = None
+    for _ in range(5):
+        body = gateway.query(CONNECTION, {"first": 5, "after": after}).json()
+        assert "errors" not in body, body
+        result = body["data"]["callsConnection"]
+        ids += [edge["node"]["id"] for edge in result["edges"]]
+        if not result["pageInfo"]["hasNextPage"]:
+            break
+        after = result["pageInfo"]["endCursor"]
+    else:
+        pytest.fail("the walk never ended")
+
+    assert len(ids) == len(set(ids))
+    assert ids == [f"c-{page}-{n}" for page in sorted(pages) for n in range(2)]
+    assert [w["code"] for w in _warnings(body)] == ["UPSTREAM_BAD_RESPONSE"]
+
+
+def test_a_call_listed_twice_in_one_slice_is_served_once_with_a_warning(
+    gateway_factory: GatewayFactory, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.answer(
+        PATH,
+        [_record("c-a"), _record("c-b"), _record("c-a")],
+        query={"page": "0", "size": "5", "sortOrder": "desc"},
+        header_lines=(
+            ("Link", f'<{fake_upstream.url}{PATH}?page=1&size=5&sortOrder=desc>; rel="next"'),
+        ),
+    )
+    fake_upstream.answer(
+        PATH,
+        [_record("c-b"), _record("c-c")],
+        query={"page": "1", "size": "5", "sortOrder": "desc"},
+    )
+    gateway = gateway_factory(upstream_url=fake_upstream.url)
+
+    body = gateway.query(CONNECTION, {"first": 5}).json()
+
+    edges = body["data"]["callsConnection"]["edges"]
+    assert [edge["node"]["id"] for edge in edges] == ["c-a", "c-b", "c-c"]
+    assert [w["callId"] for w in _warnings(body)] == ["c-a", "c-b"]

@@ -75,6 +75,9 @@ async def walk(
                 argument="after",
             )
     edges: list[CallEdge] = []
+    # A call the upstream lists twice (a page repeating, or overlapping the next) is
+    # served once per slice; the repeat is reported, never served.
+    served: set[str] = set()
     for _ in range(MAX_PAGES_PER_FIELD):
         found = await context.calls.list_calls(position.query)
         records = found.records
@@ -93,6 +96,10 @@ async def walk(
                 if index + 1 == len(records) and following is not None
                 else Position(position.query, index + 1)
             )
+            if records[index].id in served:
+                context.warnings.append(_repeat_warning(records[index].id, path))
+                continue
+            served.add(records[index].id)
             edges.append(
                 CallEdge(
                     cursor=context.cursors.encode(after_this), node=Call(record=records[index])
@@ -129,6 +136,15 @@ def _following(
             )
         )
         return None
+
+
+def _repeat_warning(call_id: str, path: tuple[str | int, ...]) -> UpstreamWarning:
+    return UpstreamWarning(
+        "The upstream listed this call again in the same walk; the repeat was left out.",
+        path,
+        call_id,
+        "left_out",
+    )
 
 
 def _report_left_out(
