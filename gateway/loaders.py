@@ -134,7 +134,9 @@ class OperationLoader:
 
     async def _list(self, query: ListQuery) -> UpstreamAnswer:
         credentials = self.credentials()
-        request = UpstreamRequest(calls_path(credentials.user_id), tuple(query.params()))
+        request = UpstreamRequest(
+            calls_path(credentials.user_id), tuple(query.params()), shape="array"
+        )
         return await self._get(credentials, request, calls_in_list)
 
     async def get_call(self, call_id: str) -> Found:
@@ -204,7 +206,7 @@ class OperationLoader:
         self._settle(call_id, found)
 
     async def _get_one(self, credentials: Credentials, call_id: str) -> Found:
-        request = UpstreamRequest(call_path(credentials.user_id, call_id))
+        request = UpstreamRequest(call_path(credentials.user_id, call_id), shape="object")
         try:
             answer = await self._get(credentials, request, call_in_answer)
         except NotFound as exc:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
 import httpx
@@ -75,6 +75,10 @@ class UpstreamRequest:
 
     path: str
     params: tuple[tuple[str, str], ...] = ()
+    # The JSON shape a good answer has ("array": a call list, "object": one call). An
+    # answer of another shape is an UPSTREAM_BAD_RESPONSE raised by the client itself,
+    # before any cache can keep it: errors are never cached.
+    shape: Literal["array", "object"] | None = field(default=None, compare=False)
 
     @property
     def target(self) -> str:
@@ -227,7 +231,7 @@ class CatapultClient:
             self._log_failed_attempt(exc)
             raise _transport_failure(exc, timeout) from exc
         else:
-            return _answer(response, self._url(request))
+            return _answer(response, self._url(request), request.shape)
         # Raised outside the handler, so not chained to the refusal: its traceback holds the
         # transport's frames and their buffers, which an error caught in a reference cycle
         # (graphql-core's, asyncio's) would otherwise keep until a full collection.
@@ -308,7 +312,9 @@ def _would_pass(deadline: float) -> Any:
     return stop
 
 
-def _answer(response: httpx.Response, url: httpx.URL) -> UpstreamAnswer:
+def _answer(
+    response: httpx.Response, url: httpx.URL, shape: Literal["array", "object"] | None = None
+) -> UpstreamAnswer:
     status = response.status_code
     if status == 200:
         try:
@@ -317,6 +323,10 @@ def _answer(response: httpx.Response, url: httpx.URL) -> UpstreamAnswer:
             raise UpstreamBadResponse(
                 "The upstream answered with a body that is not JSON."
             ) from exc
+        if shape == "array" and not isinstance(body, list):
+            raise UpstreamBadResponse("The upstream answered a call list that is not a JSON array.")
+        if shape == "object" and not isinstance(body, dict):
+            raise UpstreamBadResponse("The upstream answered a call that is not a JSON object.")
         links = parse_link_header(response.headers.get_list("link"), base=str(url))
         return UpstreamAnswer(body=body, links=links)
     error = error_for_status(status, response.headers, response.content)

@@ -34,6 +34,7 @@ from tests.conftest import (
     Sandbox,
     redis_server,
 )
+from tests.fakes import FakeUpstream
 from tests.servers import gateway_process, serve
 
 LIST = "{ calls(size: 2) { id from } }"
@@ -686,3 +687,60 @@ def test_create_app_with_a_redis_url_closes_cleanly(redis_url: str, sandbox: San
     )
     with serve(app) as url:
         assert httpx.get(f"{url}/readyz").json()["cache"]["backend"] == "redis"
+
+
+ONE_CALL = {"id": "c-1", "direction": "in", "from": "+19195550100", "to": "+19195550101"}
+
+
+@pytest.mark.parametrize(
+    ("path", "bad", "good", "query"),
+    [
+        pytest.param(
+            "/v1/users/u-demo/calls/",
+            {"calls": []},
+            [],
+            "{ calls { id } }",
+            id="list-object-not-array",
+        ),
+        pytest.param(
+            "/v1/users/u-demo/calls/",
+            "calls",
+            [],
+            "{ calls { id } }",
+            id="list-string-not-array",
+        ),
+        pytest.param(
+            "/v1/users/u-demo/calls/c-1",
+            ["c-1"],
+            ONE_CALL,
+            '{ call(id: "c-1") { id } }',
+            id="one-call-array-not-object",
+        ),
+        pytest.param(
+            "/v1/users/u-demo/calls/c-1",
+            None,
+            ONE_CALL,
+            '{ call(id: "c-1") { id } }',
+            id="one-call-null-not-object",
+        ),
+    ],
+)
+def test_an_answer_of_the_wrong_shape_is_never_cached(
+    gateway_factory: GatewayFactory,
+    fake_upstream: FakeUpstream,
+    path: str,
+    bad: Any,
+    good: Any,
+    query: str,
+) -> None:
+    # A list of non-objects is not an error (each entry is left out with a warning), so
+    # only the shapes that fail the whole answer are here.
+    fake_upstream.answer(path, bad)
+    gateway = gateway_factory(upstream_url=fake_upstream.url, cache_ttl=60)
+
+    assert codes(gateway.query(query)) == ["UPSTREAM_BAD_RESPONSE"]
+    fake_upstream.answer(path, good)
+    second = gateway.query(query).json()
+
+    assert "errors" not in second, second
+    assert len(fake_upstream.requests) == 2
