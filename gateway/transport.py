@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 import aiohttp
 import httpx
-from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from yarl import URL
 
 # Fixed rather than aiohttp's default, which grows with the optional decoders that happen
@@ -146,6 +146,14 @@ def _httpx_errors() -> Iterator[None]:
             raise BodyRefused("The upstream's body could not be decoded.") from exc
         if isinstance(exc, aiohttp.ClientPayloadError):
             raise httpx.RemoteProtocolError(str(exc) or "server disconnected") from exc
+        if _caused_by(exc, HttpProcessingError):
+            # The status line or a header could not be parsed (LineTooLong past 8190
+            # bytes, BadStatusLine, InvalidHeader): the same answer would come again, so
+            # it is refused like a bad body, not retried.
+            raise BodyRefused(
+                "The upstream's answer is not HTTP this gateway can read "
+                f"({_parse_error_name(exc)})."
+            ) from exc
         raise httpx.RemoteProtocolError(str(exc)) from exc
     except aiohttp.ConnectionTimeoutError as exc:
         raise httpx.ConnectTimeout(str(exc)) from exc
@@ -159,6 +167,21 @@ def _httpx_errors() -> Iterator[None]:
         raise httpx.ReadError(str(exc)) from exc
     except aiohttp.ClientError as exc:
         raise httpx.TransportError(str(exc)) from exc
+
+
+def _parse_error_name(exc: BaseException) -> str:
+    # The most specific parse error of the chain (LineTooLong rather than the generic
+    # HttpProcessingError aiohttp wraps it in); its message holds header bytes, so
+    # only its class is named.
+    seen: BaseException | None = exc
+    name = "HttpProcessingError"
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, HttpProcessingError):
+            name = type(seen).__name__
+        seen = seen.__cause__ or seen.__context__
+    return name
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:

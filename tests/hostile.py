@@ -197,6 +197,15 @@ class _Server:
             writer.write(_head(200, [*headers, ("content-length", str(len(body)))]))
             await _send_slowly(writer, body)
             return True
+        if kind == "long-header":
+            # One header line of 100 KB, over aiohttp's 8190-byte bound for a line.
+            link = (
+                "<http://127.0.0.1/v1/users/u-x/calls/?page=1&x=" + "a" * 100_000 + '>; rel="next"'
+            )
+            body = b"[]"
+            headers = [json, ("link", link), ("content-length", str(len(body)))]
+            writer.write(_head(200, headers) + body)
+            return True
         if kind == "corrupt-gzip":
             body = b"\x1f\x8b\x08\x00" + b"not gzip at all" * 10
             headers = [json, ("content-encoding", "gzip"), ("content-length", str(len(body)))]

@@ -105,6 +105,8 @@ RECEIVED_WHOLE = frozenset({"over-bound-gzip"})
         pytest.param("gzip-twice", BAD, id="stacked-gzip"),
         pytest.param("compress", BAD, id="unknown-encoding"),
         pytest.param("corrupt-gzip", BAD, id="corrupt-gzip"),
+        # Not HTTP this client reads (a header line over 8190 bytes): the same every time.
+        pytest.param("long-header", BAD, id="100KB-header-line"),
         pytest.param("over-bound", BAD, id="identity-one-byte-over"),
         pytest.param("over-bound-gzip", BAD, id="gzip-one-byte-over-once-decoded"),
         pytest.param("large-declared", BAD, id="identity-50MB-content-length"),
