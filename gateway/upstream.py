@@ -22,6 +22,7 @@ import asyncio
 import email.utils
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -239,8 +240,10 @@ class CatapultClient:
 
     def _log_failed_attempt(self, exc: httpx.TransportError) -> None:
         # The transport's own exception (aiohttp's) names the cause best; the chain's end
-        # is the operating system's (ConnectionRefusedError, gaierror, SSLError). Neither
-        # message can hold a credential: those travel in headers, never in the URL.
+        # is the operating system's (ConnectionRefusedError, gaierror, SSLError). Its
+        # message is scrubbed: aiohttp puts the request URL in it (the user id and the
+        # filters: phone numbers) and sometimes raw header bytes; only scheme, host and
+        # port of a URL are kept, and no byte string.
         cause: BaseException = exc.__cause__ or exc
         root = cause
         while root.__cause__ is not None:
@@ -248,7 +251,7 @@ class CatapultClient:
         log.warning(
             "upstream attempt failed: %s: %s",
             type(cause).__name__,
-            str(cause)[:500] or "(no message)",
+            scrubbed(str(cause)[:2000])[:500] or "(no message)",
             extra={
                 "upstream": self._origin,
                 "cause": type(cause).__name__,
@@ -286,6 +289,31 @@ class CatapultClient:
         finally:
             await response.aclose()
         return response
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*")
+_BYTES = re.compile(
+    r"""(?<![A-Za-z0-9_])(?:b|bytearray\()(?:'(?:[^'\\]|\\.)*'?|"(?:[^"\\]|\\.)*"?)"""
+)
+
+
+def scrubbed(message: str) -> str:
+    """An exception message fit for a log: each URL as scheme://host:port, no bytes.
+
+    Paths and queries name the user and the filters; byte strings are header or body
+    bytes. A URL that cannot be parsed is replaced whole.
+    """
+    message = _BYTES.sub("<bytes>", message)
+    return _URL.sub(_origin_of, message)
+
+
+def _origin_of(match: re.Match[str]) -> str:
+    try:
+        url = httpx.URL(match.group(0))
+        port = f":{url.port}" if url.port is not None else ""
+        return f"{url.scheme}://{url.host}{port}"
+    except Exception:  # any URL text, however odd, ends as a placeholder
+        return "<url>"
 
 
 _USER_AGENT = f"catapult-gateway/{__version__}".encode()

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import httpx
 import orjson
 import pytest
@@ -377,3 +378,39 @@ def test_an_unreachable_upstream_logs_the_cause_of_every_attempt(
         assert (record.cause, record.root_cause) == (cause, root)
         assert record.upstream.startswith(upstream(plain_http_port).split(":")[0])
     assert not leaks(caplog.text.splitlines())
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        pytest.param(
+            "400, message='Invalid header', url='http://upstream:8080/v1/users/u-x/calls/"
+            "?from=%2B19195550100&size=2'",
+            id="aiohttp-url",
+        ),
+        pytest.param(
+            "Invalid header value: b'Link: <http://upstream/v1/users/u-x/calls/?to=%2B1919>'",
+            id="header-bytes",
+        ),
+        pytest.param("http://upstream/v1/users/u-x/calls/?from=+19195550100", id="bare-url"),
+    ],
+)
+def test_a_failed_attempt_logs_no_path_query_or_header_bytes(caplog: Any, message: str) -> None:
+    def broken(request: httpx.Request) -> httpx.Response:
+        try:
+            raise aiohttp.ClientError(message)
+        except aiohttp.ClientError as exc:
+            raise httpx.RemoteProtocolError(str(exc)) from exc
+
+    client = CatapultClient(
+        httpx.MockTransport(broken), base_url="http://upstream", retries=0, upstream_timeout=5
+    )
+    with caplog.at_level(logging.WARNING, logger="gateway.upstream"), pytest.raises(GatewayError):
+        asyncio.run(client.fetch(CREDENTIALS, REQUEST, deadline=time.monotonic() + 5))
+
+    [record] = [r for r in caplog.records if r.name == "gateway.upstream"]
+    logged = record.getMessage()
+    assert logged.startswith("upstream attempt failed: ClientError: "), logged
+    for secret in ("u-x", "1919", "Link", "/v1/", "?"):
+        assert secret not in logged, logged
+    assert "http://upstream" in logged or "<bytes>" in logged
