@@ -31,7 +31,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.bounded import BoundedCache, memoize
-from gateway.context import Context
+from gateway.context import Context, UpstreamWarning
 from gateway.credentials import request_credentials
 from gateway.errors import GatewayError, PersistedQueryNotFound, Unauthenticated
 from gateway.fastpath import FastPlan, compile_plan
@@ -45,6 +45,9 @@ from gateway.responses import ResponseNote
 from gateway.telemetry import Telemetry
 
 log = logging.getLogger("gateway.request")
+
+# `extensions.warnings` shown in one response; past it, one more entry gives the count.
+MAX_WARNINGS = 100
 
 # What a document's parse, validation and plan cost in memory, per character of its text,
 # at most: measured at 230-250 bytes for documents dense with tokens (one alias or field
@@ -309,7 +312,20 @@ class GraphQLEndpoint:
                            w.message),
         )  # fmt: skip
         self._telemetry.upstream_warnings(found, request_id)
-        return [warning.as_json() for warning in found]
+        shown = [warning.as_json() for warning in found[:MAX_WARNINGS]]
+        if len(found) > MAX_WARNINGS:
+            # Every odd field of a 1000-call page, times aliases, would be megabytes of
+            # warnings: the first ones say what is wrong, a count says how much more.
+            left = len(found) - MAX_WARNINGS
+            shown.append(
+                {
+                    "message": f"{left} more upstream warnings were left out of this response.",
+                    "path": [],
+                    "code": UpstreamWarning.CODE,
+                    "leftOut": left,
+                }
+            )
+        return shown
 
     def _validate_query(self, query: str) -> list[GraphQLError]:
         document = self._parse(query)

@@ -73,9 +73,20 @@ class Telemetry:
                 request_log.write("graphql request", record.log_fields(duration))
 
     def upstream_warnings(self, warnings: Sequence[UpstreamWarning], request_id: str) -> None:
-        """Tolerated upstream oddities of one answer: one log line and one count each."""
+        """Tolerated upstream oddities of one answer: one count each, one log line per kind.
+
+        A page of 1000 calls with every field odd is 18,000 warnings: each is counted, but
+        only the first of each (kind, field) is logged, with how many it stands for.
+        """
+        first: dict[tuple[str, str], UpstreamWarning] = {}
+        repeats: dict[tuple[str, str], int] = {}
         for warning in warnings:
             self.metrics.upstream_warning(warning.kind)
+            field = next((str(p) for p in reversed(warning.path) if isinstance(p, str)), "")
+            key = (warning.kind, field)
+            first.setdefault(key, warning)
+            repeats[key] = repeats.get(key, 0) + 1
+        for (kind, field), warning in first.items():
             warnings_log.warning(
                 warning.message,
                 extra={
@@ -83,6 +94,7 @@ class Telemetry:
                     "kind": warning.kind,
                     "path": ".".join(str(part) for part in warning.path),
                     "call_id": warning.call_id,
+                    "count": repeats[(kind, field)],
                 },
             )
 

@@ -9,6 +9,7 @@ operation, and every error code the gateway has so far.
 from __future__ import annotations
 
 import base64
+import logging
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -728,3 +729,31 @@ def test_a_single_odd_call_is_a_warning_at_its_field(
     # A body that is not a call object at all is not a record: the answer is broken.
     assert array["data"] == {"call": None}
     assert [e["extensions"]["code"] for e in array["errors"]] == ["UPSTREAM_BAD_RESPONSE"]
+
+
+def test_warnings_are_capped_per_response_and_logged_once_per_kind_and_field(
+    gateway_factory: GatewayFactory, fake_upstream: FakeUpstream, caplog: Any
+) -> None:
+    # 300 calls with two odd fields each: 600 warnings, twice over with an alias.
+    fake_upstream.answer(
+        LIST_PATH,
+        [good_record(f"c-{n}", state="exploded", direction="sideways") for n in range(300)],
+    )
+    gateway = gateway_factory(upstream_url=fake_upstream.url)
+
+    with caplog.at_level(logging.WARNING, logger="gateway.upstream"):
+        body = gateway.query(
+            "{ a: calls(size: 300) { id state direction } b: calls(size: 300) { state } }"
+        ).json()
+
+    assert "errors" not in body
+    assert len(body["data"]["a"]) == 300
+    warnings = body["extensions"]["warnings"]
+    assert len(warnings) == 101
+    assert warnings[-1]["leftOut"] == 900 - 100
+    assert str(900 - 100) in warnings[-1]["message"]
+    logged = [r for r in caplog.records if r.name == "gateway.upstream"]
+    assert sorted((r.kind, r.path.rsplit(".", 1)[-1], r.count) for r in logged) == [
+        ("unknown_value", "direction", 300),
+        ("unknown_value", "state", 600),
+    ]
