@@ -6,7 +6,8 @@ scope, so the second gets the same bytes, or the same refusal, without reading a
 
 - A declared `Content-Length` above the limit is refused (413) before a byte is read:
   the client may be waiting for `100 Continue`, or sending 100 MB.
-- `Content-Encoding: gzip` (or `x-gzip`) and `deflate` are decoded as they arrive; the
+- `Content-Encoding: gzip` (or `x-gzip`, any number of members) and `deflate` (zlib or
+  raw) are decoded as they arrive, and bytes after the end are refused (400); the
   limit applies to the decoded bytes, so a small bomb is refused (413) after inflating
   at most the limit. Other encodings are refused (415).
 - A client that goes away, or whose body is cut off by the server's body deadline,
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import ClassVar
 
 from starlette.types import Receive, Scope
 
@@ -35,19 +35,63 @@ class BodyRefused:
     unread: bool = False
 
 
-@dataclass(frozen=True, slots=True)
 class _Decoder:
-    """Decodes one content coding incrementally, never producing more than asked for."""
+    """Decodes one content coding incrementally, never producing more than asked for.
 
-    WBITS: ClassVar[dict[str, int]] = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS}
-    inflater: zlib._Decompress
+    gzip is a series of members (RFC 1952 section 2.2): each member ends, the next
+    begins, and anything after the last that is not a member is refused. deflate is
+    accepted zlib-wrapped (RFC 1950, what RFC 9110 names) or raw (RFC 1951, what some
+    clients send), told apart by the zlib header's check bits, as browsers do; nothing
+    may follow its end.
+    """
 
-    @classmethod
-    def for_coding(cls, coding: str) -> _Decoder | None:
-        if coding == "deflate":
-            # RFC 9110's deflate is the zlib format (RFC 1950).
-            return cls(zlib.decompressobj(zlib.MAX_WBITS))
-        return cls(zlib.decompressobj(cls.WBITS[coding]))
+    def __init__(self, coding: str) -> None:
+        self._gzip = coding != "deflate"
+        self._inflater: zlib._Decompress | None = None
+        # Input not yet given to an inflater (deflate's first byte alone).
+        self._pending = b""
+        self._ended = False
+
+    @property
+    def finished(self) -> bool:
+        """Whether the input so far is a whole body: its last stream ended, nothing after."""
+        return self._ended and self._inflater is None and not self._pending
+
+    def feed(self, data: bytes, room: int) -> list[bytes]:
+        """Decoded pieces of `data`, at most `room + 1` bytes in all; `zlib.error` if invalid."""
+        pieces: list[bytes] = []
+        produced = 0
+        data, self._pending = self._pending + data, b""
+        while data:
+            if self._inflater is None:
+                if self._ended and not self._gzip:
+                    raise zlib.error("data after the end of the deflate stream")
+                if not self._gzip and len(data) < 2:
+                    self._pending = data
+                    break
+                self._inflater = zlib.decompressobj(self._wbits(data))
+            inflater = self._inflater
+            piece = inflater.decompress(data, room - produced + 1)
+            if piece:
+                pieces.append(piece)
+                produced += len(piece)
+                if produced > room:
+                    break
+            if inflater.eof:
+                # Whatever follows must be another gzip member (its header is checked
+                # by the next inflater) or, for deflate, nothing at all.
+                self._inflater, self._ended = None, True
+                data = inflater.unused_data
+            else:
+                data = inflater.unconsumed_tail
+        return pieces
+
+    def _wbits(self, start: bytes) -> int:
+        if self._gzip:
+            return 16 + zlib.MAX_WBITS
+        cmf, flg = start[0], start[1]
+        zlib_wrapped = cmf & 0x0F == 8 and cmf >> 4 <= 7 and (cmf << 8 | flg) % 31 == 0
+        return zlib.MAX_WBITS if zlib_wrapped else -zlib.MAX_WBITS
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | BodyRefused:
@@ -72,7 +116,7 @@ async def _read(scope: Scope, receive: Receive, limit: int) -> bytes | BodyRefus
         return BodyRefused(
             415, "Send the request body unencoded, or encoded with gzip or deflate.", unread=True
         )
-    decoder = _Decoder.for_coding(codings[0].decode()) if codings else None
+    decoder = _Decoder(codings[0].decode()) if codings else None
     if decoder is None:
         return await _read_plain(receive, limit, too_large)
     return await _read_decoded(receive, limit, too_large, decoder)
@@ -101,7 +145,6 @@ async def _read_plain(receive: Receive, limit: int, too_large: BodyRefused) -> b
 async def _read_decoded(
     receive: Receive, limit: int, too_large: BodyRefused, decoder: _Decoder
 ) -> bytes | BodyRefused:
-    inflater = decoder.inflater
     chunks: list[bytes] = []
     size = 0
     received = 0
@@ -117,19 +160,15 @@ async def _read_decoded(
             return too_large
         try:
             # Never inflate more than one byte past the limit, whatever the input holds.
-            decoded = inflater.decompress(chunk, limit - size + 1)
-            while decoded:
+            for decoded in decoder.feed(chunk, limit - size):
                 size += len(decoded)
                 if size > limit:
                     return too_large
                 chunks.append(decoded)
-                if not inflater.unconsumed_tail:
-                    break
-                decoded = inflater.decompress(inflater.unconsumed_tail, limit - size + 1)
         except zlib.error:
             return bad
         if not message.get("more_body", False):
-            if not inflater.eof:
+            if not decoder.finished:
                 return bad
             return b"".join(chunks)
 

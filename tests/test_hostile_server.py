@@ -289,6 +289,11 @@ def test_content_length_lower_than_the_body_parses_the_rest_as_a_bad_request(
     assert server.healthy()
 
 
+def _raw_deflate(body: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return compressor.compress(body) + compressor.flush()
+
+
 @pytest.mark.parametrize(
     ("coding", "encode"),
     [
@@ -296,6 +301,14 @@ def test_content_length_lower_than_the_body_parses_the_rest_as_a_bad_request(
         pytest.param("x-gzip", gzip.compress, id="x-gzip"),
         pytest.param("deflate", zlib.compress, id="deflate"),
         pytest.param("identity", lambda body: body, id="identity"),
+        # RFC 1952: a gzip body may be several members, decoded one after the other.
+        pytest.param(
+            "gzip",
+            lambda body: b"".join(gzip.compress(body[i : i + 7]) for i in range(0, len(body), 7)),
+            id="gzip-multi-member",
+        ),
+        # Raw deflate (RFC 1951, no zlib header), as some clients send `deflate`.
+        pytest.param("deflate", lambda body: _raw_deflate(body), id="deflate-raw"),
     ],
 )
 def test_gzip_and_deflate_bodies_are_decoded(server: Server, coding: str, encode: object) -> None:
@@ -326,6 +339,16 @@ def test_gzip_and_deflate_bodies_are_decoded(server: Server, coding: str, encode
         # inflated.
         pytest.param("gzip", gzip.compress(b"\0" * 10_000_000), 413, id="gzip-bomb"),
         pytest.param("deflate", zlib.compress(b" " * 10_000_000), 413, id="deflate-bomb"),
+        pytest.param("gzip", gzip.compress(QUERY) + b"garbage", 400, id="gzip-then-garbage"),
+        pytest.param("gzip", gzip.compress(QUERY) + b"\0\0", 400, id="gzip-then-zeros"),
+        pytest.param("gzip", gzip.compress(QUERY) + b"\x1f", 400, id="gzip-then-half-member"),
+        pytest.param("deflate", zlib.compress(QUERY) + b"x", 400, id="deflate-then-garbage"),
+        pytest.param("deflate", _raw_deflate(QUERY) + b"xy", 400, id="raw-deflate-then-garbage"),
+        pytest.param("deflate", _raw_deflate(QUERY)[:-3], 400, id="raw-deflate-truncated"),
+        # Each member is small; together they inflate past the limit.
+        pytest.param(
+            "gzip", gzip.compress(b" " * 40_000) * 4, 413, id="gzip-members-over-the-limit"
+        ),
     ],
 )
 def test_bad_or_oversized_encoded_bodies_are_refused(
