@@ -470,3 +470,34 @@ def test_a_call_listed_twice_in_one_slice_is_served_once_with_a_warning(
     edges = body["data"]["callsConnection"]["edges"]
     assert [edge["node"]["id"] for edge in edges] == ["c-a", "c-b", "c-c"]
     assert [w["callId"] for w in _warnings(body)] == ["c-a", "c-b"]
+
+
+@pytest.mark.parametrize(
+    ("link", "follows"),
+    [
+        pytest.param('<{url}{path}?page=1&size=5>; rel="next"; anchor="http://evil.example/"',
+                     False, id="anchor-elsewhere"),
+        pytest.param('<{url}{path}?page=1&size=5&to=&bridgeId=&sortOrder=desc>; rel="next"',
+                     True, id="empty-filters-echoed"),
+    ],
+)  # fmt: skip
+def test_an_anchored_next_link_is_not_followed_and_empty_filters_are_absent(
+    gateway_factory: GatewayFactory, fake_upstream: FakeUpstream, link: str, follows: bool
+) -> None:
+    fake_upstream.answer(
+        PATH,
+        [_record("c-0")],
+        query={"page": "0", "size": "5", "sortOrder": "desc"},
+        header_lines=(("Link", link.format(url=fake_upstream.url, path=PATH)),),
+    )
+    fake_upstream.answer(
+        PATH, [_record("c-1")], query={"page": "1", "size": "5", "sortOrder": "desc"}
+    )
+    gateway = gateway_factory(upstream_url=fake_upstream.url)
+
+    body = gateway.query(CONNECTION, {"first": 5}).json()
+
+    edges = body["data"]["callsConnection"]["edges"]
+    assert [edge["node"]["id"] for edge in edges] == (["c-0", "c-1"] if follows else ["c-0"])
+    assert len(_warnings(body)) == (0 if follows else 1)
+    assert len(fake_upstream.requests) == (2 if follows else 1)
