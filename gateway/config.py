@@ -288,11 +288,33 @@ class Settings(BaseModel):
     def _plain_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         # An allow-list of exact origins: a wildcard would let every site read answers
         # fetched with a visitor's credentials.
+        # Browsers send the origin serialised (RFC 6454): scheme and host in lower case, no
+        # default port. The list is compared as strings, so it is kept in that form.
+        serialised = []
         for origin in value:
-            parts = urlsplit(origin)
-            if parts.scheme not in {"http", "https"} or not parts.netloc or parts.path:
+            parts = urlsplit(origin.lower())
+            scheme = parts.scheme.lower()
+            if (
+                scheme not in {"http", "https"}
+                or not parts.netloc
+                or parts.path
+                or parts.query
+                or parts.fragment
+                or parts.username is not None
+            ):
                 raise ValueError(f"{origin!r} is not an origin such as https://app.example.com")
-        return value
+            try:
+                port = parts.port
+            except ValueError:
+                raise ValueError(f"{origin!r} has a port that is not a number") from None
+            host = parts.hostname or ""
+            if ":" in host:
+                host = f"[{host}]"
+            default = 443 if scheme == "https" else 80
+            serialised.append(
+                f"{scheme}://{host}" + ("" if port in (None, default) else f":{port}")
+            )
+        return tuple(serialised)
 
     @field_validator("cors_allow_headers")
     @classmethod

@@ -289,3 +289,28 @@ def test_settings_are_frozen() -> None:
 
     with pytest.raises(ValidationError):
         settings.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        pytest.param("HTTPS://APP.Example.COM", "https://app.example.com", id="upper-case"),
+        pytest.param("https://app.example.com:443", "https://app.example.com", id="default-port"),
+        pytest.param("http://app.example.com:80", "http://app.example.com", id="default-http"),
+        pytest.param("http://localhost:5173", "http://localhost:5173", id="other-port"),
+        pytest.param("http://[::1]:3000", "http://[::1]:3000", id="ipv6"),
+    ],
+)
+def test_cors_origins_are_kept_as_browsers_send_them(given: str, expected: str) -> None:
+    # Browsers send Origin serialised (RFC 6454); an allow-list entry spelt otherwise
+    # would start fine and then never match.
+    assert load_settings({"GATEWAY_CORS_ORIGINS": given}).cors_origins == (expected,)
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["https://user@app.example.com", "https://app.example.com?x=1", "https://app.example.com:x"],
+)
+def test_cors_origins_that_are_no_origin_are_refused(given: str) -> None:
+    with pytest.raises(SettingsError, match="GATEWAY_CORS_ORIGINS"):
+        load_settings({"GATEWAY_CORS_ORIGINS": given})
