@@ -120,8 +120,14 @@ class Tally:
         self.statuses[what] = self.statuses.get(what, 0) + 1
 
 
+ATTACKER_ADDRESS = "127.0.0.2"
+
+
 async def _connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_connection("127.0.0.1", port)
+    # The raw-socket attackers come from another loopback address than the well-behaved
+    # client (127.0.0.1), as an attacker would: GATEWAY_MAX_CONNECTIONS_PER_CLIENT bounds
+    # them, not everyone on 127.0.0.1.
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(ATTACKER_ADDRESS, 0))
 
 
 async def _first_line(reader: asyncio.StreamReader, seconds: float) -> str:

@@ -235,6 +235,9 @@ def _bind(config: uvicorn.Config) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((config.host, config.port))
+        # Listening now, not when the server starts seconds later: a connection made
+        # once the line below is printed waits in the backlog instead of being refused.
+        sock.listen(config.backlog)
     except OSError:
         sock.close()
         raise
@@ -256,6 +259,7 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
         body_timeout=settings.body_timeout,
         keepalive_timeout=settings.keepalive_timeout,
         max_connections=settings.max_connections,
+        max_connections_per_client=settings.max_connections_per_client,
     )
 
 

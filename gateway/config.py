@@ -255,6 +255,17 @@ class Settings(BaseModel):
         "a warning, to what the file descriptor limit holds beside the upstream pool and "
         "64 spare (the soft `ulimit -n` is first raised towards the hard one).",
     )
+    max_connections_per_client: int = Field(
+        100,
+        ge=1,
+        le=1_000_000,
+        description="Client connections one worker keeps open from one client address "
+        "(IPv6: one /64); more are answered 503 with `Retry-After: 1`. The last "
+        "`GATEWAY_MAX_CONNECTIONS / 50` connections (at least 1, at most 20) are kept "
+        "for addresses holding none, so health checks get in. Behind a proxy or load "
+        "balancer every "
+        "client shares its address: raise this to `GATEWAY_MAX_CONNECTIONS` there.",
+    )
     introspection: bool = Field(True, description="Answer schema introspection queries.")
     field_suggestions: bool = Field(
         True, description='Add "Did you mean ...?" hints to validation errors.'

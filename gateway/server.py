@@ -14,10 +14,22 @@ connection:
   after the connection opened or the request's first byte arrived, its body
   `body_timeout` seconds after its headers; late: `408`, closed. Between requests a
   keep-alive connection may idle `keepalive_timeout` seconds, then it is closed silently;
+- trailers of a chunked body are never request headers (uvicorn's `on_header` would
+  append them to the headers the application reads): they are discarded, and counted
+  with the headers against the same bounds (`431`); the bytes of a chunked body that
+  are not body (chunk lines and trailers) may not exceed `max_header_bytes` plus a few
+  bytes a chunk, so an endless trailer line is cut off too;
 - a connection limit per process: one more connection than `max_connections` is
-  answered `503` with `Retry-After: 1` at once, without reading it, and closed, so that
-  file descriptors never run out (uvicorn's own `limit_concurrency` answers only once the
-  request's headers arrive, holding the descriptor until then).
+  answered `503` with `Retry-After: 1` at once and closed, so that file descriptors never
+  run out (uvicorn's own `limit_concurrency` answers only once the request's headers
+  arrive, holding the descriptor until then). One client address (IPv6: its /64) may
+  hold at most `max_connections_per_client` of them, and the last `reserved_slots(...)`
+  are only for addresses holding none, so a health check gets in while one client, or
+  a few, hold everything they may;
+- every refusal is closed gracefully: the answer, then the write side shut, then what
+  the client still sends is read and dropped for up to a second (at most
+  `MAX_DRAINING` connections at once), so the client reads the answer instead of a
+  reset.
 
 Only the httptools protocol is used (`http=` is not a setting): h11 bounds the header
 bytes itself but not their count, and would need the same guard twice. The limits travel
@@ -28,9 +40,12 @@ from __future__ import annotations
 
 import asyncio
 import http
+import ipaddress
 import logging
 import resource
-from dataclasses import dataclass, replace
+import weakref
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import httptools
@@ -54,6 +69,7 @@ class ConnectionLimits:
     body_timeout: float = 30.0
     keepalive_timeout: float = 5.0
     max_connections: int = 1000
+    max_connections_per_client: int = 100
 
 
 class GatewayConfig(uvicorn.Config):
@@ -68,6 +84,48 @@ class GatewayConfig(uvicorn.Config):
             **options,
         )
         self.connection_limits = limits
+
+
+# Seconds a refused connection is read (and dropped) after its answer, and how many
+# connections may be drained at once (beyond that they are closed at once).
+DRAIN_SECONDS = 1.0
+MAX_DRAINING = 16
+# Bytes of chunk framing allowed per chunk besides `max_header_bytes` ("%x\r\n...\r\n").
+CHUNK_FRAMING_BYTES = 16
+
+
+def reserved_slots(max_connections: int) -> int:
+    """Connections kept for client addresses that hold none (health checks)."""
+    return max(1, min(20, max_connections // 50))
+
+
+def client_key(client: tuple[str, int] | None) -> str:
+    """The address a per-client bound counts by: IPv4 as is, IPv6 by its /64."""
+    if client is None:
+        return ""
+    host = client[0]
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+@dataclass(slots=True)
+class _Admissions:
+    """The connections one server has admitted, in all and by client address."""
+
+    total: int = 0
+    by_client: Counter[str] = field(default_factory=Counter)
+    draining: int = 0
+
+
+# One per uvicorn server (tests run several in one process).
+_admissions: weakref.WeakKeyDictionary[ServerState, _Admissions] = weakref.WeakKeyDictionary()
 
 
 class _Refusal(Exception):
@@ -99,30 +157,76 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # Bytes received since the current request's headers began (an upper bound).
         self._header_bytes = 0
         self._refused = False
+        self._draining = False
+        self._admitted: str | None = None
+        # The request's line and headers (as `_check_headers` counts them), and what a
+        # chunked body brought besides body bytes: chunk lines and trailers.
+        self._head_bytes = 0
+        self._head_count = 0
+        self._trailer_bytes = 0
+        self._trailer_count = 0
+        self._framing_bytes = 0
+        self._chunks = 0
+        self._body_bytes = 0
+        self._admissions = _admissions.setdefault(server_state, _Admissions())
 
     # -- connection --
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if len(self.connections) > self.limits.max_connections:
-            _warn_refused(self.loop.time(), len(self.connections) - 1)
+        refusal = self._admit()
+        if refusal is not None:
+            _warn_refused(self.loop.time(), refusal)
             self._refuse(503, "Too many connections; retry shortly.", retry_after=True)
             return
         self._arm(self.limits.header_timeout, self._headers_late)
 
+    def _admit(self) -> str | None:
+        """Count this connection in, or say which limit refuses it."""
+        limits, admissions = self.limits, self.admissions
+        key = client_key(self.client)
+        held = admissions.by_client[key]
+        if admissions.total >= limits.max_connections:
+            return f"{admissions.total} are open, the GATEWAY_MAX_CONNECTIONS limit"
+        if held >= limits.max_connections_per_client:
+            return f"{held} are open from one client, the GATEWAY_MAX_CONNECTIONS_PER_CLIENT limit"
+        if held and admissions.total >= limits.max_connections - reserved_slots(
+            limits.max_connections
+        ):
+            return f"{admissions.total} are open; the rest are kept for new clients"
+        admissions.total += 1
+        admissions.by_client[key] = held + 1
+        self._admitted = key
+        return None
+
+    @property
+    def admissions(self) -> _Admissions:
+        return self._admissions
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        admissions = self.admissions
+        if self._admitted is not None:
+            admissions.total -= 1
+            admissions.by_client[self._admitted] -= 1
+            if admissions.by_client[self._admitted] <= 0:
+                del admissions.by_client[self._admitted]
+            self._admitted = None
+        if self._draining:
+            self._draining = False
+            admissions.draining -= 1
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
-            return
+            return  # draining: what a refused client still sends is dropped
         self._unset_keepalive_if_required()
         if self._phase == "idle":
             # The next request on a kept-alive connection: its headers are now on the clock.
             self._start_headers()
         if self._phase == "headers":
             self._header_bytes += len(data)
+        in_body, body_before = self._phase == "body", self._body_bytes
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as error:
@@ -144,6 +248,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._phase == "headers" and self._header_bytes > self.limits.max_header_bytes:
             # Still no end of the headers: refuse before buffering any more of them.
             self._refuse(431, "The request headers are too large.")
+        elif in_body and self._phase == "body":
+            # The parser buffers a trailer line whole before handing it over: count what
+            # was not body as it arrives, so an endless trailer line is cut off too.
+            self._framing_bytes += len(data) - (self._body_bytes - body_before)
+            allowed = self.limits.max_header_bytes + CHUNK_FRAMING_BYTES * self._chunks
+            if self._framing_bytes > allowed:
+                self._refuse(431, "The request trailers are too large.")
 
     # -- parser callbacks --
 
@@ -153,10 +264,37 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # A pipelined request begins inside a chunk already counted elsewhere.
             self._start_headers()
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._phase != "body":
+            super().on_header(name, value)
+            return
+        # A trailer of a chunked body: never a request header (the application has the
+        # headers already, and would read a credential or `Accept` sent after them).
+        # Dropped, and counted with the headers against their bounds.
+        limits = self.limits
+        line = len(name) + len(value) + 2
+        self._trailer_count += 1
+        self._trailer_bytes += line + 2
+        if line > limits.max_header_line_bytes:
+            raise _Refusal(431, "A request trailer line is too long.")
+        if self._head_count + self._trailer_count > limits.max_headers:
+            raise _Refusal(431, f"More than {limits.max_headers} request headers and trailers.")
+        if self._head_bytes + self._trailer_bytes > limits.max_header_bytes:
+            raise _Refusal(431, "The request headers and trailers are too large.")
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        super().on_body(body)
+
     def on_headers_complete(self) -> None:
         self._check_headers()
         self._phase = "body"
         self._header_bytes = 0
+        self._trailer_bytes = self._trailer_count = 0
+        self._framing_bytes = self._chunks = self._body_bytes = 0
         self._arm(self.limits.body_timeout, self._body_late)
         super().on_headers_complete()
 
@@ -191,6 +329,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             total += line + 2
         if total > limits.max_header_bytes:
             raise _Refusal(431, "The request headers are too large.")
+        self._head_bytes, self._head_count = total, len(self.headers)
 
     def _start_headers(self) -> None:
         self._phase = "headers"
@@ -257,20 +396,40 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if retry_after:
             head.append(b"retry-after: 1\r\n")
         self.transport.write(b"".join([*head, b"\r\n", body]))
-        self.transport.close()
+        self._close_gracefully()
+
+    def _close_gracefully(self) -> None:
+        """Close after the answer so that the client reads it, not a reset.
+
+        Closing a socket with unread input makes the kernel send a reset, and a reset can
+        discard the answer before the client reads it. So: shut the write side (after
+        the answer), drop what still arrives until the client closes or `DRAIN_SECONDS`
+        pass, then close. At most `MAX_DRAINING` connections drain at once.
+        """
+        admissions = self.admissions
+        transport = self.transport
+        if admissions.draining >= MAX_DRAINING or not transport.can_write_eof():
+            transport.close()
+            return
+        admissions.draining += 1
+        self._draining = True
+        try:
+            transport.write_eof()
+        except OSError:
+            transport.close()
+            return
+        self.flow.resume_reading()
+        self.loop.call_later(DRAIN_SECONDS, transport.close)
 
 
 _last_refusal_warning = [float("-inf")]
 
 
-def _warn_refused(now: float, open_connections: int) -> None:
+def _warn_refused(now: float, reason: str) -> None:
     # At most once a second: a flood of refused connections must not flood the log too.
     if now - _last_refusal_warning[0] >= 1.0:
         _last_refusal_warning[0] = now
-        log.warning(
-            "refusing connections: %d are open, the GATEWAY_MAX_CONNECTIONS limit",
-            open_connections,
-        )
+        log.warning("refusing connections: %s", reason)
 
 
 # Descriptors a worker needs besides client connections and the upstream pool: the

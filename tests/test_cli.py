@@ -397,3 +397,53 @@ def test_the_scripts_set_up_through_ensure_venv(script: str) -> None:
 
     assert "scripts/ensure-venv" in text
     assert "pip install" not in text
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["serve", "--sandbox"], id="serve-sandbox"),
+        pytest.param(["sandbox"], id="sandbox"),
+    ],
+)
+def test_the_port_listens_before_any_line_says_the_server_runs(args: list[str]) -> None:
+    # Each line that says where the server is (uvicorn's "running on", the GraphiQL URL):
+    # when it is printed, a connection is accepted at once (no retry) and answered.
+    port = free_port()
+    process = subprocess.Popen(
+        [*COMMAND, *args, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=clean_environment(),
+        cwd=ROOT,
+    )
+    health = "/healthz" if args[0] == "serve" else "/__health"
+    answered: list[str] = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if "Uvicorn running on" not in line and "GraphiQL:" not in line:
+                continue
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                sock.sendall(
+                    f"GET {health} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()
+                )
+                answer = b""
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+            answered.append(line)
+            if len(answered) == (2 if args[0] == "serve" else 1):
+                break
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+    assert len(answered) == (2 if args[0] == "serve" else 1), answered

@@ -239,6 +239,56 @@ def test_one_connection_over_the_limit_gets_503_at_once(sandbox_server: Sandbox)
         assert server.healthy()
 
 
+def connect_from(server: Server, source: str) -> socket.socket:
+    """A connection to `server` from the loopback address `source` (127.0.0.0/8)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", server.port))
+    return sock
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        pytest.param({"max_connections_per_client": "5"}, id="per-client-cap"),
+        # One address may take every slot but the reserved ones.
+        pytest.param({"max_connections_per_client": "100"}, id="reserved-slot"),
+    ],
+)
+def test_one_address_holding_what_it_may_cannot_stop_another_addresses_healthz(
+    sandbox_server: Sandbox, settings: dict[str, str]
+) -> None:
+    # As the flood did: many connections from one address, each sending only a request
+    # line and holding it under the header deadline.
+    with (
+        guarded_gateway(sandbox_server.url, header_timeout="10", **settings) as server,
+        ExitStack() as stack,
+    ):
+        refused = []
+        for _ in range(30):
+            sock = stack.enter_context(connect_from(server, "127.0.0.1"))
+            with contextlib.suppress(OSError):
+                sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+            refused.append(sock)
+        with connect_from(server, "127.0.0.2") as probe:
+            probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            answer = read_all(probe)
+        # The ones over the limit read their 503 (the request they sent is read and
+        # dropped, so the close is no reset that could discard the answer).
+        answers = []
+        for sock in refused:
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                if sock.recv(1, socket.MSG_PEEK):
+                    sock.setblocking(True)
+                    answers.append(read_all(sock))
+
+        assert status(answer) == 200
+        assert answers
+        assert all(status(refusal) == 503 for refusal in answers)
+
+
 # -- request bodies --
 
 
@@ -365,6 +415,96 @@ def test_bad_or_oversized_encoded_bodies_are_refused(
     )
 
     assert response.status_code == expected, response.text
+    assert server.healthy()
+
+
+def chunked(body: bytes, trailers: bytes, *headers: str) -> bytes:
+    """A chunked POST to /graphql: `body` in one chunk, then the last chunk, `trailers`
+    (whole lines) and the end."""
+    extra = "".join(f"{header}\r\n" for header in headers)
+    return (
+        f"POST /graphql HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        f"{extra}Transfer-Encoding: chunked\r\n\r\n"
+    ).encode() + b"%x\r\n%s\r\n0\r\n%s\r\n" % (len(body), body, trailers)
+
+
+def send_all(sock: socket.socket, data: bytes) -> None:
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        sock.sendall(data)
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        # The flood seen: 8 KB trailer lines without end (here 2,000 of them, 16 MB).
+        pytest.param(
+            chunked(QUERY, b"X-T: " + b"a" * 8000 + b"\r\n", CREDENTIALS.rstrip()),
+            id="trailer-flood",
+        ),
+        pytest.param(chunked(QUERY, b"X-T%d: 1\r\n", CREDENTIALS.rstrip()), id="too-many-trailers"),
+    ],
+)
+def test_trailers_count_against_the_header_bounds(server: Server, request_bytes: bytes) -> None:
+    head, _, trailer = request_bytes.rpartition(b"0\r\n")
+    line = trailer[: -len(b"\r\n")]
+    with server.connect() as sock:
+        send_all(sock, head + b"0\r\n")
+        for n in range(2000):
+            try:
+                sock.sendall(line.replace(b"%d", b"%d" % n))
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        send_all(sock, b"\r\n")
+        answer = read_all(sock)
+
+    assert status(answer) == 431
+    assert server.healthy()
+
+
+def test_an_endless_trailer_line_is_cut_off(server: Server) -> None:
+    with server.connect() as sock:
+        send_all(sock, chunked(QUERY, b"", CREDENTIALS.rstrip())[: -len(b"\r\n")])
+        send_all(sock, b"X-Endless: ")
+        for _ in range(50):
+            try:
+                sock.sendall(b"a" * 8192)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        answer = read_all(sock)
+
+    assert status(answer) == 431
+    assert server.healthy()
+
+
+def test_credentials_sent_only_as_trailers_are_not_credentials(server: Server) -> None:
+    trailers = CREDENTIALS.encode()
+    with server.connect() as sock:
+        sock.sendall(chunked(QUERY, trailers, "Connection: close"))
+        answer = read_all(sock)
+
+    _, _, body = answer.partition(b"\r\n\r\n")
+    assert orjson.loads(body)["data"] is None
+    assert orjson.loads(body)["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+    assert server.healthy()
+
+
+@pytest.mark.parametrize(
+    "trailers",
+    [
+        pytest.param(b"Accept: text/html\r\n", id="accept"),
+        pytest.param(b"X-Catapult-User-Id: u-second\r\n", id="a-second-user-id"),
+        pytest.param(b"X-Note: 1\r\n", id="harmless"),
+    ],
+)
+def test_trailers_are_dropped_and_change_nothing(server: Server, trailers: bytes) -> None:
+    with server.connect() as sock:
+        sock.sendall(chunked(QUERY, trailers, CREDENTIALS.rstrip(), "Connection: close"))
+        answer = read_all(sock)
+
+    assert status(answer) == 200, answer[:300]
+    assert b"content-type: application/json" in answer.lower()
+    _, _, body = answer.partition(b"\r\n\r\n")
+    assert len(orjson.loads(body)["data"]["calls"]) == 1
     assert server.healthy()
 
 

@@ -121,6 +121,8 @@ def servers(tmp_path: Path) -> Iterator[tuple[str, int, Path, Sandbox]]:
             # The sandbox here has no rate limit: paced at 1/s, nearly every request of
             # the soak would be the gateway's own RATE_LIMITED instead of a fault.
             GATEWAY_UPSTREAM_RATE="0",
+            # All 250 clients share one loopback address, as clients behind a proxy do.
+            GATEWAY_MAX_CONNECTIONS_PER_CLIENT="1000",
         ) as pid,
         httpx.Client(base_url=sandbox_url) as control,
     ):  # fmt: skip
