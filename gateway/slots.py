@@ -9,9 +9,14 @@ JSON object; a reservation or departure reads, updates and writes it under an ex
 does for replicas.
 
 The lock is held for a read and a write of a few hundred bytes (microseconds), so it is
-taken on the event loop rather than in a thread, which would cost more than the wait.
-The clock is `CLOCK_MONOTONIC`, one clock for every process of the host. A file that
-cannot be used reads as "unreachable": the caller paces alone, as without Redis.
+taken on the event loop rather than in a thread, which would cost more than the wait; it
+is only ever tried for `LOCK_WAIT` seconds, so a process that holds it (or a stranger who
+planted the file) cannot stall the event loop. The clock is `CLOCK_MONOTONIC`, one clock
+for every process of the host. The file is trusted only as far as it must be: it is never
+opened through a symbolic link, must be a regular file of this user that nobody else may
+write, an entry that is not two plausible times reads as empty, and an unreadable table is
+rewritten. A file that cannot be used reads as "unreachable": the caller paces alone, as
+without Redis.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +35,9 @@ log = logging.getLogger("gateway.pacing")
 
 # Past slots are dropped when the table grows beyond this many accounts.
 MAX_ACCOUNTS = 10_000
+# Longest the event loop tries for the lock, and how far from now a stored time may be.
+LOCK_WAIT = 0.02
+PLAUSIBLE_SECONDS = 3600.0
 
 
 class FileSlots:
@@ -69,7 +78,7 @@ class FileSlots:
     def _locked(self, account: str, change: Callable[[list[float], float], float]) -> float | None:
         try:
             return self._update(account, change)
-        except (OSError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError, BlockingIOError) as exc:
             if not self._failed:
                 self._failed = True
                 log.warning(
@@ -80,15 +89,14 @@ class FileSlots:
 
     def _update(self, account: str, change: Callable[[list[float], float], float]) -> float:
         if self._fd is None:
-            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._fd = _open_private(self._path)
         fd = self._fd
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _lock(fd)
         try:
             table = _read(fd)
             now = time.monotonic()
             # [next free slot, last departure], both on the monotonic clock.
-            stored = table.get(account)
-            entry = [float(stored[0]), float(stored[1])] if stored else [0.0, 0.0]
+            entry = _entry(table.get(account), now)
             result = change(entry, now)
             table[account] = entry
             if len(table) > MAX_ACCOUNTS:
@@ -106,9 +114,48 @@ class FileSlots:
             self._fd = None
 
 
+def _open_private(path: str) -> int:
+    """Open (or create) the file, refusing a link, a non-file or one others may write."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        os.close(fd)
+        raise PermissionError(f"{path} is not a private regular file of this user")
+    return fd
+
+
+def _lock(fd: int) -> None:
+    """Take the exclusive lock, trying for at most `LOCK_WAIT` seconds."""
+    give_up = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= give_up:
+                raise
+            time.sleep(0.001)
+
+
+def _entry(stored: Any, now: float) -> list[float]:
+    """[next slot, last departure] as stored, or empty when they are not plausible times."""
+    if isinstance(stored, list) and len(stored) == 2:
+        try:
+            entry = [float(stored[0]), float(stored[1])]
+        except (TypeError, ValueError):
+            return [0.0, 0.0]
+        if all(value == 0.0 or abs(value - now) <= PLAUSIBLE_SECONDS for value in entry):
+            return entry
+    return [0.0, 0.0]
+
+
 def _read(fd: int) -> dict[str, Any]:
+    """The table; one that cannot be read (cut off, or planted) is started again."""
     size = os.fstat(fd).st_size
     if size == 0:
         return {}
-    table = orjson.loads(os.pread(fd, size, 0))
+    try:
+        table = orjson.loads(os.pread(fd, min(size, 4 * 1024 * 1024), 0))
+    except orjson.JSONDecodeError:
+        return {}
     return table if isinstance(table, dict) else {}
