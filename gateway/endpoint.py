@@ -219,10 +219,16 @@ class GraphQLEndpoint:
             context = self._make_context(request, request_id)
             plan = self._plan(query, params.operation_name) if self._fast_path else None
             if plan is not None:
-                data = await plan.run(context, params.variables)
-                if data is not None:
-                    warnings = self._warnings(context, data, request_id)
-                    return _result(media_type, [], _name(operation), data, warnings=warnings)
+                try:
+                    data = await plan.run(context, params.variables)
+                    if data is not None:
+                        warnings = self._warnings(context, data, request_id)
+                        return _result(media_type, [], _name(operation), data, warnings=warnings)
+                except Exception:
+                    # As the executor masks a resolver's failure: coded, with the request
+                    # id, the detail in the log only (never a bare 500).
+                    log.exception("unexpected error in the fast path (request id %s)", request_id)
+                    return _result(media_type, [_internal_error(request_id)], _name(operation))
             result = execute(
                 self._schema,
                 document,
@@ -476,15 +482,19 @@ def _format_error(error: GraphQLError, request_id: str) -> dict[str, Any]:
         request_id,
         exc_info=original or error,
     )
-    masked: dict[str, Any] = {
-        "message": f"Internal server error (request id {request_id}).",
-        "extensions": {"code": "INTERNAL_SERVER_ERROR", "requestId": request_id},
-    }
+    masked = _internal_error(request_id)
     if error.locations:
         masked["locations"] = [loc._asdict() for loc in error.locations]
     if error.path:
         masked["path"] = error.path
     return masked
+
+
+def _internal_error(request_id: str) -> dict[str, Any]:
+    return {
+        "message": f"Internal server error (request id {request_id}).",
+        "extensions": {"code": "INTERNAL_SERVER_ERROR", "requestId": request_id},
+    }
 
 
 def _result(
