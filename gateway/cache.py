@@ -71,9 +71,9 @@ class CacheKeys:
         """The key of one call record in the entity view, under these credentials."""
         return self._digest(["call", authorization, user_id, call_id])
 
-    def account(self, authorization: str) -> str:
-        """The key of the account the credentials belong to (the upstream limits accounts)."""
-        return self._digest(["account", authorization])
+    def account(self, account: str) -> str:
+        """The key of an account (`Credentials.account`; the upstream limits accounts)."""
+        return self._digest(["account", account])
 
     def _digest(self, parts: list[Any]) -> str:
         mac = self._mac.copy()

@@ -145,7 +145,8 @@ def _echo_client() -> tuple[CatapultClient, httpx.MockTransport, list[httpx.Requ
 
     def answer(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        body = {"auth": request.headers["authorization"], "target": str(request.url)}
+        # In a call record's fields: the client keeps only those (calls.slim_body).
+        body = {"callbackUrl": request.headers["authorization"], "events": str(request.url)}
         return httpx.Response(200, json=body)
 
     transport = httpx.MockTransport(answer)
@@ -181,9 +182,9 @@ def test_property_every_answer_is_the_one_fetched_with_the_callers_own_credentia
             credentials = Credentials(authorization=basic(token, secret), user_id=user)
             request = UpstreamRequest(f"/v1/users/{user}/calls/", tuple(params))
             answer = await upstream.fetch(credentials, request, deadline=time.monotonic() + 5)
-            assert answer.body["auth"] == credentials.authorization
+            assert answer.body["callbackUrl"] == credentials.authorization
             # Parameter order is normalized away: the same parameters are the same request.
-            target = urlsplit(answer.body["target"])
+            target = urlsplit(answer.body["events"])
             assert target.path == request.path
             assert sorted(parse_qsl(target.query)) == sorted(params)
 
