@@ -520,6 +520,55 @@ def test_one_warning_and_one_recovery_line_per_outage_under_concurrency(
     assert sum("reachable again" in m for m in messages) == 1, messages
 
 
+def test_connections_idle_since_before_an_outage_are_not_used_after_it(
+    own_redis: RedisServer, caplog: Any
+) -> None:
+    """Redis killed and restarted under a crowd: one outage, and no stale socket reused.
+
+    Before, the connections idle in the pool since before the restart stayed open; each
+    failed at its first use after the recovery, and that failure read as a new outage
+    (five warnings for one restart, the last seconds after "reachable again").
+    """
+
+    async def crowd(store: RedisStore, size: int = 30) -> None:
+        await asyncio.gather(
+            *(store.get("k") for _ in range(size)),
+            *(store.set(f"k{n}", b"v", 10) for n in range(size)),
+            *(store.reserve(f"a{n}", 0.1, 1.0) for n in range(size // 3)),
+        )
+
+    async def run() -> None:
+        store = RedisStore(own_redis.url, timeout=5.0)
+        pool = store._cache.client.connection_pool
+        try:
+            await crowd(store)
+            before = {id(c._writer) for c in pool._available_connections if c._writer}
+            assert before
+            await asyncio.to_thread(own_redis.kill)
+            # Fewer at once than before: most pooled connections stay idle in the outage.
+            await crowd(store, 1)
+            assert store.state()["status"] == "unavailable"
+            await asyncio.to_thread(own_redis.start)
+            deadline = time.monotonic() + 20
+            while not store.healthy:
+                assert time.monotonic() < deadline, "the cache did not come back"
+                await crowd(store, 1)
+                await asyncio.sleep(0.05)
+            stale = [c for c in pool._available_connections if id(c._writer) in before]
+            assert stale == []
+            for _ in range(20):
+                await crowd(store)
+            assert (store.state()["status"], store.state()["outages"]) == ("ok", 1)
+        finally:
+            await store.close()
+
+    with caplog.at_level(logging.INFO, logger="gateway.cache"):
+        asyncio.run(run())
+    messages = [r.getMessage() for r in caplog.records if r.name == "gateway.cache"]
+    assert sum("unavailable" in m for m in messages) == 1, messages
+    assert sum("reachable again" in m for m in messages) == 1, messages
+
+
 def test_a_redis_that_never_answers_does_not_fail_requests(
     gateway_factory: GatewayFactory, sandbox: Sandbox
 ) -> None:
