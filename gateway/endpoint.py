@@ -8,6 +8,7 @@ INTERNAL_SERVER_ERROR with the request id (the detail goes to the log only).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,11 +38,12 @@ from gateway.errors import GatewayError, PersistedQueryNotFound, Unauthenticated
 from gateway.fastpath import FastPlan, compile_plan
 from gateway.graphiql import GraphiQLPage
 from gateway.limits import OperationLimits, check_limits, parse_document
-from gateway.logs import RequestRecord, request_id_from
+from gateway.logs import RequestRecord, scope_request_id
 from gateway.metrics import Metrics
 from gateway.persisted_queries import PersistedQueries, PersistedQueryError
 from gateway.request_body import BodyRefused, read_body, refused_headers
 from gateway.responses import ResponseNote
+from gateway.shutdown import STOPPED_CODE
 from gateway.telemetry import Telemetry
 
 log = logging.getLogger("gateway.request")
@@ -138,7 +140,13 @@ class GraphQLEndpoint:
         """Answer one HTTP request to the endpoint (any method)."""
         request_id = _request_id(request)
         with self._telemetry.request(request, request_id) as record:
-            response, codes, operation = await self._handle(request, request_id, record)
+            try:
+                response, codes, operation = await self._handle(request, request_id, record)
+            except asyncio.CancelledError:
+                # Cut short (the server's shutdown): the shutdown layer answers 503 with
+                # this code and request id, and the log line must say what was answered.
+                record.status, record.error_codes = 503, [STOPPED_CODE]
+                raise
             response.headers["x-request-id"] = request_id
             if request.method == "GET":
                 _cache_headers(response, codes, self._get_max_age)
@@ -455,7 +463,7 @@ def _has_credentials(request: Request) -> bool:
 
 
 def _request_id(request: Request) -> str:
-    return request_id_from(request.headers.get("x-request-id", ""))
+    return scope_request_id(request.scope)
 
 
 def _name(operation: Any) -> str | None:
