@@ -71,9 +71,9 @@ class CacheKeys:
         """The key of one call record in the entity view, under these credentials."""
         return self._digest(["call", authorization, user_id, call_id])
 
-    def account(self, authorization: str) -> str:
-        """The key of the account the credentials belong to (the upstream limits accounts)."""
-        return self._digest(["account", authorization])
+    def account(self, account: str) -> str:
+        """The key of an account (`Credentials.account`; the upstream limits accounts)."""
+        return self._digest(["account", account])
 
     def _digest(self, parts: list[Any]) -> str:
         mac = self._mac.copy()
@@ -411,6 +411,13 @@ class RedisStore:
         except Exception as exc:
             self._failed(exc, epoch)
             return None
+        else:
+            if probe and outage.down_since is not None and outage.epoch == epoch:
+                # Back: before any other operation may use the pool, close the connections
+                # idle in it since before the outage (this probe's own is among them, and
+                # cheap to open again). Left open, each fails at its next use after the
+                # restart, and those failures read as new outages: a flapping store.
+                await self._drop_idle_connections()
         finally:
             if probe:
                 outage.probing = False
@@ -426,6 +433,14 @@ class RedisStore:
             outage.down_since = None
             outage.epoch += 1
         return result
+
+    async def _drop_idle_connections(self) -> None:
+        # Idle ones only: an operation in flight began before the recovery, and its
+        # outcome belongs to the outage that is ending (see `epoch`).
+        try:
+            await self._cache.client.connection_pool.disconnect(inuse_connections=False)
+        except Exception:  # closing a dead socket can fail; it is closed either way
+            log.debug("closing idle cache connections failed", exc_info=True)
 
     def _failed(self, exc: Exception, epoch: int) -> None:
         outage = self._outage

@@ -183,6 +183,54 @@ HTTP_METHODS = frozenset({"GET", "POST"})
 FILE_FORMATS = frozenset({"wav", "mp3"})
 
 
+# The fields of an upstream call record the gateway reads; `slim_body` drops the rest.
+CALL_FIELDS = (
+    "id", "direction", "from", "to", "state", "startTime", "activeTime", "endTime",
+    "callbackUrl", "callbackHttpMethod", "callbackTimeout", "fallbackUrl", "bridgeId",
+    "conferenceId", "chargeableDuration", "recordingEnabled", "recordingFileFormat",
+    "transcriptionEnabled", "sipHeaders", "events",
+)  # fmt: skip
+# How deep a value below a record's field is kept: a field holds a scalar, `sipHeaders`
+# an object of scalars; anything deeper is odd whatever it holds.
+MAX_FIELD_DEPTH = 3
+
+
+def slim_body(body: Any) -> Any:
+    """An upstream body with only what the gateway reads: the known fields of each record.
+
+    Unknown fields are dropped (the cache keeps less, and no client can ask for them), and
+    containers nested deeper than the records can hold are emptied, keeping their kind
+    (a list stays a list, an object an object), so the record parser decides as it would
+    have: orjson reads 1024 levels but writes only 254, so a deep value could not even be
+    cached or described.
+    """
+    if isinstance(body, list):
+        return [_slim_record(entry) for entry in body]
+    return _slim_record(body)
+
+
+def _slim_record(raw: Any) -> Any:
+    if isinstance(raw, dict):
+        return {
+            key: _bounded(value, MAX_FIELD_DEPTH)
+            for key in CALL_FIELDS
+            if (value := raw.get(key)) is not None
+        }
+    return _bounded(raw, MAX_FIELD_DEPTH)
+
+
+def _bounded(value: Any, depth: int) -> Any:
+    if isinstance(value, dict):
+        if depth <= 0:
+            return {}
+        return {key: _bounded(item, depth - 1) for key, item in value.items()}
+    if isinstance(value, list):
+        if depth <= 0:
+            return []
+        return [_bounded(item, depth - 1) for item in value]
+    return value
+
+
 def parse_call_list(body: Any) -> tuple[list[CallRecord], list[BadRecord]]:
     """Parse a list body; a body that is not a JSON array raises `UpstreamBadResponse`."""
     if not isinstance(body, list):

@@ -1,9 +1,14 @@
 """The caller's Catapult credentials: the one reader of the credential headers.
 
-`Authorization: Basic base64(token:secret)` is forwarded upstream unchanged, and
+`Authorization: Basic base64(token:secret)` is forwarded upstream in one spelling (`Basic`,
+one space, the canonical base64 of the decoded `token:secret`), and
 `X-Catapult-User-Id` names the `{userId}` path segment. Every layer that needs them (the
 whole-answer cache, the per-operation loader) gets them from `request_credentials`,
-which reads the request's raw ASGI header list once and keeps the verdict in the scope:
+which reads the request's raw ASGI header list once and keeps the verdict in the scope.
+The cache and pacing keys are made from that normalised form and the decoded token, never
+from the header's spelling: `basic`, `BASIC`, extra spaces after the scheme and optional
+whitespace around the value (RFC 9110 OWS, stripped) are one caller, not five. And
+the verdict is read once because
 a mapping would keep one of two repeated headers (the first or the last, depending on
 who built it), so two layers could see two different callers in one request.
 
@@ -46,8 +51,15 @@ _SCOPE_KEY = "gateway.credentials"
 class Credentials:
     """A caller's validated credentials. `repr` never shows the Authorization value."""
 
-    authorization: str = field(repr=False)
+    authorization: str = field(repr=False)  # normalised: `Basic <canonical base64>`
     user_id: str
+    # The decoded API token: the account the upstream limits, whatever the secret.
+    token: str = field(default="", repr=False)
+
+    @property
+    def account(self) -> str:
+        """Who the upstream limits: the token (the whole header if built without one)."""
+        return self.token or self.authorization
 
 
 def request_credentials(scope: MutableMapping[str, Any]) -> Credentials:
@@ -87,11 +99,13 @@ def credentials_from_raw_headers(headers: Iterable[tuple[bytes, bytes]]) -> Cred
             "Send your Catapult API token and secret as `Authorization: Basic "
             "base64(token:secret)`."
         )
-    if not _is_basic_token_secret(authorization):
+    basic = _basic_token_secret(authorization.strip(_OWS))
+    if basic is None:
         raise Unauthenticated(
             "The Authorization header must be `Basic base64(token:secret)` with a "
             "non-empty token and secret."
         )
+    user_id = user_id.strip(_OWS)
     if not user_id:
         raise Unauthenticated("Send your Catapult user id in the `X-Catapult-User-Id` header.")
     if not _USER_ID.fullmatch(user_id):
@@ -99,19 +113,28 @@ def credentials_from_raw_headers(headers: Iterable[tuple[bytes, bytes]]) -> Cred
             "The X-Catapult-User-Id header must be a Catapult user id such as `u-abc123` "
             "(letters, digits, `-` and `_` after `u-`)."
         )
-    return Credentials(authorization=authorization.decode("ascii"), user_id=user_id.decode("ascii"))
+    normalised, token = basic
+    return Credentials(authorization=normalised, user_id=user_id.decode("ascii"), token=token)
 
 
-def _is_basic_token_secret(value: bytes) -> bool:
+# Optional whitespace around a field value (RFC 9110 section 5.5): not part of the value.
+_OWS = b" \t"
+
+
+def _basic_token_secret(value: bytes) -> tuple[str, str] | None:
+    """`Basic <canonical base64>` and the decoded token, or None if `value` is not Basic."""
     if len(value) > MAX_AUTHORIZATION_BYTES or not _VISIBLE_ASCII.fullmatch(value):
-        return False
+        return None
     scheme, _, encoded = value.partition(b" ")
     encoded = encoded.strip(b" ")
     if scheme.lower() != b"basic" or not encoded:
-        return False
+        return None
     try:
-        decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
+        raw = base64.b64decode(encoded, validate=True)
+        decoded = raw.decode("utf-8")
     except (binascii.Error, ValueError):
-        return False
+        return None
     token, colon, secret = decoded.partition(":")
-    return bool(colon and token and secret) and decoded.isprintable()
+    if not (colon and token and secret and decoded.isprintable()):
+        return None
+    return "Basic " + base64.b64encode(raw).decode("ascii"), token

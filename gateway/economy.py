@@ -95,7 +95,7 @@ class Upstream:
 
         async def load() -> UpstreamAnswer:
             if self._pacer.enabled:
-                answer = await self._pacer.run(self._keys.account(credentials.authorization), send)
+                answer = await self._pacer.run(self._keys.account(credentials.account), send)
             else:
                 answer = await send()
             if calls_in is not None and self._entities is not None:

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import MutableMapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -366,6 +367,29 @@ def request_id_from(given: str) -> str:
     if given and _REQUEST_ID.fullmatch(given):
         return given
     return _request_ids.new()
+
+
+_SCOPE_REQUEST_ID = "gateway.request_id"
+
+
+def scope_request_id(scope: MutableMapping[str, Any]) -> str:
+    """The request id of the request `scope` describes: chosen once, kept in the scope.
+
+    Every layer (the endpoint, the whole-answer cache, the shutdown answer) asks here, so
+    a request without an `X-Request-Id` of its own has one id in its answer and its log
+    line, not one new id per layer.
+    """
+    found = scope.get(_SCOPE_REQUEST_ID)
+    if isinstance(found, str):
+        return found
+    given = ""
+    for name, value in scope.get("headers") or ():
+        if name.lower() == b"x-request-id":
+            given = value.decode("latin-1")
+            break
+    request_id = request_id_from(given)
+    scope[_SCOPE_REQUEST_ID] = request_id
+    return request_id
 
 
 _current: ContextVar[RequestRecord | None] = ContextVar("gateway_request", default=None)

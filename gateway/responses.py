@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.bounded import BoundedCache
 from gateway.credentials import Credentials, request_credentials
 from gateway.errors import Unauthenticated
-from gateway.logs import request_id_from
+from gateway.logs import scope_request_id
 from gateway.request_body import BodyRefused, read_body
 from gateway.telemetry import Telemetry
 
@@ -165,7 +165,7 @@ class ResponseCache:
         return digest.digest()
 
     async def _answer(self, entry: _Entry, scope: Scope, headers: Headers, send: Send) -> None:
-        request_id = request_id_from(headers.get("x-request-id", ""))
+        request_id = scope_request_id(scope)
         with self._telemetry.cached_answer(Request(scope), request_id, entry.operation):
             response_headers = list(entry.headers)
             if entry.aged is not None:

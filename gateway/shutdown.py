@@ -14,12 +14,13 @@ import asyncio
 import logging
 
 import orjson
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.logs import request_id_from
+from gateway.logs import scope_request_id
 
 log = logging.getLogger("gateway.shutdown")
+# The code of the answer to a request the shutdown cut short (the endpoint logs it too).
+STOPPED_CODE = "INTERNAL_SERVER_ERROR"
 
 
 class ShutdownMiddleware:
@@ -32,6 +33,9 @@ class ShutdownMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # Chosen here, outermost, before any layer copies the scope: the endpoint then logs
+        # the request under the id this layer would answer with.
+        scope_request_id(scope)
         started = False
 
         async def watch(message: Message) -> None:
@@ -55,7 +59,9 @@ class ShutdownMiddleware:
 
 
 async def _answer_stopped(scope: Scope, send: Send) -> None:
-    request_id = request_id_from(Headers(scope=scope).get("x-request-id", ""))
+    # The id the endpoint logs this request under (it set it in the scope), so that the
+    # answer and the request's log line agree.
+    request_id = scope_request_id(scope)
     log.warning(
         "request cut short by shutdown",
         extra={"request_id": request_id, "method": scope["method"], "status": 503},
@@ -66,7 +72,7 @@ async def _answer_stopped(scope: Scope, send: Send) -> None:
                 {
                     "message": "The gateway stopped before this request finished "
                     f"(request id {request_id}); send it again.",
-                    "extensions": {"code": "INTERNAL_SERVER_ERROR", "requestId": request_id},
+                    "extensions": {"code": STOPPED_CODE, "requestId": request_id},
                 }
             ]
         }

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import math
 import re
@@ -43,6 +44,7 @@ from tenacity import (
 )
 
 from gateway import __version__
+from gateway.calls import slim_body
 from gateway.config import Settings
 from gateway.credentials import Credentials
 from gateway.errors import (
@@ -346,7 +348,8 @@ def _answer(
     status = response.status_code
     if status == 200:
         try:
-            body = read_json(response.content)
+            # Only what the gateway reads is kept (see calls.slim_body).
+            body = slim_body(read_json(response.content))
         except orjson.JSONDecodeError as exc:
             raise UpstreamBadResponse(
                 "The upstream answered with a body that is not JSON."
@@ -399,11 +402,62 @@ def read_json(content: bytes) -> Any:
     """An upstream body as JSON; a UTF-8 byte order mark before it is skipped.
 
     RFC 8259 lets a parser ignore the mark, and fetch-based clients do; orjson refuses it.
+    orjson also refuses a whole body for one number out of a double's range (`1e400`, a
+    5000-digit integer), which is valid JSON: such a body is read again by the standard
+    library, with every such number as an `UNREADABLE_NUMBER`-marked object, so the
+    record-level tolerance serves that field as null with a warning and the rest of the
+    page as sent. Raises `orjson.JSONDecodeError` for a body that is not JSON.
     """
-    return orjson.loads(content[3:] if content.startswith(_BOM) else content)
+    if content.startswith(_BOM):
+        content = content[3:]
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError as exc:
+        if not str(exc).startswith("number"):
+            raise
+        return _read_json_tolerantly(content, exc)
 
 
 _BOM = b"\xef\xbb\xbf"
+UNREADABLE_NUMBER = "unreadableNumber"
+# Past 18 digits an integer is read as a float, as orjson does past 64 bits (and int()
+# of a long digit string is slow, then refused past 4300 digits).
+_MAX_INT_DIGITS = 18
+
+
+def _unreadable(text: str) -> dict[str, str]:
+    # An object: whatever field the number stood in, the parser finds it odd (a string
+    # could pass for a URL), and it survives the cache's JSON round trip (inf would not).
+    return {UNREADABLE_NUMBER: text[:40]}
+
+
+def _tolerant_float(text: str) -> Any:
+    value = float(text)
+    return value if math.isfinite(value) else _unreadable(text)
+
+
+def _tolerant_int(text: str) -> Any:
+    digits = len(text) - text.startswith("-")
+    return int(text) if digits <= _MAX_INT_DIGITS else _tolerant_float(text)
+
+
+def _refuse_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not JSON")
+
+
+def _read_json_tolerantly(content: bytes, refusal: orjson.JSONDecodeError) -> Any:
+    try:
+        body = json.loads(
+            content.decode("utf-8"),
+            parse_float=_tolerant_float,
+            parse_int=_tolerant_int,
+            parse_constant=_refuse_constant,
+        )
+        # What orjson refuses besides numbers (lone surrogates) must not reach the cache.
+        orjson.dumps(body)
+    except (ValueError, RecursionError, TypeError):
+        raise refusal from None
+    return body
 
 
 def _error_body(content: bytes) -> tuple[str | None, str | None]:

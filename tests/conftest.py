@@ -348,6 +348,13 @@ class RedisServer:
             self._process.wait(timeout=10)
             self._process = None
 
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to the clients, as when a host or container dies."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(timeout=10)
+            self._process = None
+
     def flush(self) -> None:
         with self.client() as client:
             client.flushall()

@@ -146,7 +146,8 @@ def _echo_client() -> tuple[CatapultClient, httpx.MockTransport, list[httpx.Requ
 
     def answer(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        body = {"auth": request.headers["authorization"], "target": str(request.url)}
+        # In a call record's fields: the client keeps only those (calls.slim_body).
+        body = {"callbackUrl": request.headers["authorization"], "events": str(request.url)}
         return httpx.Response(200, json=body)
 
     transport = httpx.MockTransport(answer)
@@ -182,9 +183,9 @@ def test_property_every_answer_is_the_one_fetched_with_the_callers_own_credentia
             credentials = Credentials(authorization=basic(token, secret), user_id=user)
             request = UpstreamRequest(f"/v1/users/{user}/calls/", tuple(params))
             answer = await upstream.fetch(credentials, request, deadline=time.monotonic() + 5)
-            assert answer.body["auth"] == credentials.authorization
+            assert answer.body["callbackUrl"] == credentials.authorization
             # Parameter order is normalized away: the same parameters are the same request.
-            target = urlsplit(answer.body["target"])
+            target = urlsplit(answer.body["events"])
             assert target.path == request.path
             assert sorted(parse_qsl(target.query)) == sorted(params)
 
@@ -508,6 +509,55 @@ def test_one_warning_and_one_recovery_line_per_outage_under_concurrency(
                 await crowd(store)
                 await asyncio.sleep(0.01)
             for _ in range(10):
+                await crowd(store)
+            assert (store.state()["status"], store.state()["outages"]) == ("ok", 1)
+        finally:
+            await store.close()
+
+    with caplog.at_level(logging.INFO, logger="gateway.cache"):
+        asyncio.run(run())
+    messages = [r.getMessage() for r in caplog.records if r.name == "gateway.cache"]
+    assert sum("unavailable" in m for m in messages) == 1, messages
+    assert sum("reachable again" in m for m in messages) == 1, messages
+
+
+def test_connections_idle_since_before_an_outage_are_not_used_after_it(
+    own_redis: RedisServer, caplog: Any
+) -> None:
+    """Redis killed and restarted under a crowd: one outage, and no stale socket reused.
+
+    Before, the connections idle in the pool since before the restart stayed open; each
+    failed at its first use after the recovery, and that failure read as a new outage
+    (five warnings for one restart, the last seconds after "reachable again").
+    """
+
+    async def crowd(store: RedisStore, size: int = 30) -> None:
+        await asyncio.gather(
+            *(store.get("k") for _ in range(size)),
+            *(store.set(f"k{n}", b"v", 10) for n in range(size)),
+            *(store.reserve(f"a{n}", 0.1, 1.0) for n in range(size // 3)),
+        )
+
+    async def run() -> None:
+        store = RedisStore(own_redis.url, timeout=5.0)
+        pool = store._cache.client.connection_pool
+        try:
+            await crowd(store)
+            before = {id(c._writer) for c in pool._available_connections if c._writer}
+            assert before
+            await asyncio.to_thread(own_redis.kill)
+            # Fewer at once than before: most pooled connections stay idle in the outage.
+            await crowd(store, 1)
+            assert store.state()["status"] == "unavailable"
+            await asyncio.to_thread(own_redis.start)
+            deadline = time.monotonic() + 20
+            while not store.healthy:
+                assert time.monotonic() < deadline, "the cache did not come back"
+                await crowd(store, 1)
+                await asyncio.sleep(0.05)
+            stale = [c for c in pool._available_connections if id(c._writer) in before]
+            assert stale == []
+            for _ in range(20):
                 await crowd(store)
             assert (store.state()["status"], store.state()["outages"]) == ("ok", 1)
         finally:

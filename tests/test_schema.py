@@ -757,3 +757,45 @@ def test_warnings_are_capped_per_response_and_logged_once_per_kind_and_field(
         ("unknown_value", "direction", 300),
         ("unknown_value", "state", 600),
     ]
+
+
+REPRESENTATIONS = [
+    # Extra keys are what a router sends for @requires/@provides: ignored, as Apollo does.
+    pytest.param({"x": 1}, "c-1", id="extra-key"),
+    pytest.param({"state": "ACTIVE", "note": {"a": [1]}}, "c-1", id="extra-fields"),
+    pytest.param({"cls": 1, "info": 2}, "c-1", id="keys-named-like-parameters"),
+]
+
+
+@pytest.mark.parametrize(("extra", "expected"), REPRESENTATIONS)
+def test_a_representation_with_extra_keys_resolves_by_its_id(
+    gateway: Gateway, sandbox: Sandbox, extra: dict[str, Any], expected: str
+) -> None:
+    call_id = sandbox_json(sandbox, LIST_PATH, size=1)[0]["id"]
+    representation = {"__typename": "Call", "id": call_id, **extra}
+
+    body = gateway.query(ENTITIES, {"r": [representation]}).json()
+
+    assert "errors" not in body
+    assert body["data"]["_entities"][0]["id"] == call_id
+
+
+BAD_REPRESENTATIONS = [
+    pytest.param({"__typename": "Call", "id": 1}, id="number-id"),
+    pytest.param({"__typename": "Call", "id": None}, id="null-id"),
+    pytest.param({"__typename": "Call", "id": ["c-1"]}, id="list-id"),
+    pytest.param({"__typename": "Call"}, id="no-id"),
+    pytest.param({"__typename": "Call", "ID": "c-1"}, id="id-in-another-case"),
+]
+
+
+@pytest.mark.parametrize("representation", BAD_REPRESENTATIONS)
+def test_a_representation_without_a_string_id_is_bad_user_input(
+    gateway: Gateway, sandbox: Sandbox, representation: dict[str, Any]
+) -> None:
+    sandbox.reset()
+    body = gateway.query(ENTITIES, {"r": [representation]}).json()
+
+    assert [e["extensions"]["code"] for e in body["errors"]] == ["BAD_USER_INPUT"]
+    assert body["data"] == {"_entities": [None]}
+    assert sandbox.requests() == []

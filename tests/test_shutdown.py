@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -15,7 +16,10 @@ from tests.servers import serve
 
 
 @pytest.mark.server_errors  # the 503 is the point
-def test_a_request_cut_short_by_shutdown_gets_a_coded_answer(sandbox: Sandbox) -> None:
+@pytest.mark.parametrize("given_id", ["cut-short", None], ids=["caller-id", "no-caller-id"])
+def test_a_request_cut_short_by_shutdown_gets_a_coded_answer(
+    sandbox: Sandbox, caplog: pytest.LogCaptureFixture, given_id: str | None
+) -> None:
     # The upstream answers long after the test server's 2 s grace period.
     sandbox.faults(latency_ms=15_000)
     settings = load_settings(
@@ -27,14 +31,20 @@ def test_a_request_cut_short_by_shutdown_gets_a_coded_answer(sandbox: Sandbox) -
         }
     )
     answers: list[httpx.Response] = []
-    with serve(create_app(settings)) as url:
+    with (
+        caplog.at_level(logging.INFO, logger="gateway.request"),
+        serve(create_app(settings)) as url,
+    ):
 
         def ask() -> None:
             answers.append(
                 httpx.post(
                     f"{url}/graphql",
                     json={"query": "{ calls { id } }"},
-                    headers={**credential_headers(DEMO), "X-Request-Id": "cut-short"},
+                    headers={
+                        **credential_headers(DEMO),
+                        **({"X-Request-Id": given_id} if given_id else {}),
+                    },
                     timeout=30,
                 )
             )
@@ -51,7 +61,17 @@ def test_a_request_cut_short_by_shutdown_gets_a_coded_answer(sandbox: Sandbox) -
     [answer] = answers
     assert answer.status_code == 503
     assert answer.headers["retry-after"] == "1"
-    assert answer.headers["x-request-id"] == "cut-short"
+    request_id = answer.headers["x-request-id"]
+    if given_id:
+        assert request_id == given_id
     [error] = answer.json()["errors"]
-    assert error["extensions"] == {"code": "INTERNAL_SERVER_ERROR", "requestId": "cut-short"}
+    assert error["extensions"] == {"code": "INTERNAL_SERVER_ERROR", "requestId": request_id}
     assert "stopped" in error["message"]
+    # The request's log line says what the caller got: one id, the status, the code.
+    [line] = [r for r in caplog.records if r.getMessage() == "graphql request"]
+    logged = {k: getattr(line, k) for k in ("request_id", "status", "error_codes")}
+    assert logged == {
+        "request_id": request_id,
+        "status": 503,
+        "error_codes": ["INTERNAL_SERVER_ERROR"],
+    }

@@ -12,6 +12,7 @@ from strawberry.types import Info
 
 from gateway.calls import BadRecord, CallRecord, Odd
 from gateway.context import Context, UpstreamWarning, WarningKind
+from gateway.errors import BadUserInput
 
 
 def serialize_datetime(value: datetime) -> str:
@@ -333,9 +334,20 @@ class Call:
         return read_field(self, info, "eventsUrl")  # type: ignore[no-any-return]
 
     @classmethod
-    async def resolve_reference(cls, info: Info[Context, None], id: strawberry.ID) -> Call | None:
-        """Federation: another subgraph's `Call` reference, fetched by id (null if unknown)."""
-        return await fetch_call(info.context, str(id), tuple(info.path.as_list()))
+    async def resolve_reference(
+        cls, /, info: Info[Context, None], **representation: Any
+    ) -> Call | None:
+        """Federation: another subgraph's `Call` reference, fetched by id (null if unknown).
+
+        Strawberry passes the representation's keys as keyword arguments. A router may
+        send more than the key (fields of `@requires` or `@provides`), so every other key
+        is ignored, as Apollo subgraphs do (`cls` is positional-only, so even a key named
+        `cls` is just another key); the key itself must be a string id.
+        """
+        call_id = representation.get("id")
+        if not isinstance(call_id, str):
+            raise BadUserInput("Each `Call` representation needs its key `id` as a string.")
+        return await fetch_call(info.context, call_id, tuple(info.path.as_list()))
 
 
 async def fetch_call(context: Context, call_id: str, path: tuple[str | int, ...]) -> Call | None:
