@@ -187,7 +187,8 @@ def create_app(settings: Settings) -> Starlette:
         return Response(body, media_type=media_type)
 
     async def graphiql_asset(request: Request) -> Response:
-        path = graphiql.asset_path(request.path_params["name"])
+        params = request.path_params
+        path = graphiql.asset_path(params["fingerprint"], params["name"])
         if path is None:
             return PlainTextResponse("Not Found", status_code=404)
         return FileResponse(path, headers={"cache-control": "public, max-age=31536000, immutable"})
@@ -197,7 +198,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
-        Route(ASSET_ROUTE + "/{name}", graphiql_asset, methods=["GET"]),
+        # The path carries the file's content hash, so it may be cached as immutable.
+        Route(ASSET_ROUTE + "/{fingerprint}/{name}", graphiql_asset, methods=["GET"]),
     ]
     # The response cache is middleware rather than part of the route, so a hit skips
     # routing and exception handling; it sits inside CORS, whose headers are per request.

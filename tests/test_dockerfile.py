@@ -30,6 +30,7 @@ import pytest
 from dockerfile_parse import DockerfileParser
 
 from gateway.app import credential_headers
+from gateway.graphiql import GRAPHIQL_JS
 from gateway.sandbox import ACCOUNTS
 from tests.conftest import Gateway
 
@@ -310,7 +311,7 @@ def test_the_image_commands_install_and_serve(tmp_path: Path) -> None:
             json={"query": "{ calls(size: 2) { id state } }"},
             headers=credential_headers(ACCOUNTS[0]),
         )
-        asset = httpx.get(f"{url}/graphiql/assets/graphiql.min.js")
+        asset = httpx.get(url + GRAPHIQL_JS.local_url)
     finally:
         server.terminate()
         server.communicate(timeout=30)
