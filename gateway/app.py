@@ -158,7 +158,8 @@ def create_app(settings: Settings) -> Starlette:
         # demo exercises the same client, pool and retries as production does.
         settings = settings.model_copy(update={"upstream_url": sandbox_upstream_url(settings)})
         default_headers = credential_headers(ACCOUNTS[0])
-        routes.append(Mount(SANDBOX_PATH, app=create_sandbox_app()))
+        # Without its test controls: the demo may listen on every interface.
+        routes.append(Mount(SANDBOX_PATH, app=create_sandbox_app(controls=False)))
 
     graphiql = GraphiQLPage(endpoint="/graphql", default_headers=default_headers)
     endpoint = GraphQLEndpoint(
