@@ -23,7 +23,7 @@ NOT_PATHS = ("application/", "text/", "multipart/")
 # Files the README asks the reader to write in their own project, not ours.
 THEIRS = {"router.yaml"}
 # Programs from elsewhere that the README's commands use, each introduced where it is used.
-TOOLS = {"curl", "docker", "kubectl", "export", "openssl", "wrk"}
+TOOLS = {"curl", "docker", "kubectl", "export", "openssl", "printf", "wrk"}
 
 
 def named_paths() -> list[str]:
