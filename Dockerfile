@@ -3,7 +3,7 @@
 # (GATEWAY_*, OTEL_EXPORTER_OTLP_ENDPOINT; see the README's Configuration table):
 #   docker build -t catapult-gateway .
 #   docker run -p 8000:8000 -e GATEWAY_WORKERS=2 catapult-gateway
-#   docker run -p 8000:8000 catapult-gateway serve --host 0.0.0.0 --sandbox
+#   docker run -p 127.0.0.1:8000:8000 catapult-gateway serve --host 0.0.0.0 --sandbox
 # The entrypoint is the `catapult-gateway` command, so arguments after the image name are
 # its subcommand and flags; the default is `serve --host 0.0.0.0`.
 #
@@ -22,12 +22,20 @@ RUN python -m venv "$VIRTUAL_ENV"
 COPY requirements.lock ./
 RUN --mount=type=cache,target=/root/.cache/pip \
     "$VIRTUAL_ENV/bin/pip" install --require-hashes -r requirements.lock
+# The build backend (hatchling and what it needs), pinned and hashed the same way, in a
+# virtual environment of its own that the image never gets.
+COPY requirements-build.lock ./
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -m venv /opt/build-venv \
+ && /opt/build-venv/bin/pip install --require-hashes -r requirements-build.lock
 # The package, GraphiQL's pinned files (gateway/static/vendor/) included: the gateway
-# serves them itself, no CDN and no npm needed.
+# serves them itself, no CDN and no npm needed. Built without build isolation, so pip
+# fetches no unpinned backend: the wheel comes from the backend installed above.
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 RUN --mount=type=cache,target=/root/.cache/pip \
-    "$VIRTUAL_ENV/bin/pip" install --no-deps .
+    /opt/build-venv/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /opt/wheels . \
+ && "$VIRTUAL_ENV/bin/pip" install --no-deps --no-index /opt/wheels/catapult_gateway-*.whl
 
 # --- The image: the virtual environment and nothing else, run as a fixed non-root user.
 FROM ${PYTHON_IMAGE} AS runtime

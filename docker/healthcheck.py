@@ -1,9 +1,10 @@
-"""The image's HEALTHCHECK: GET /healthz on the port the gateway actually listens on.
+"""The image's HEALTHCHECK: the health route on the port the entrypoint actually listens on.
 
 It reads the port from the kernel, not from a setting, so `--port`, `GATEWAY_PORT` and the
 default all work: the listening TCP sockets that process HEALTHCHECK_PID (default 1, the
-container's entrypoint) holds open, as /proc lists them. Standard library only; exit 0 when
-one of them answers /healthz with 200, else 1.
+container's entrypoint) holds open, as /proc lists them. The image runs either command:
+`serve` answers /healthz, `sandbox` (the standalone upstream) /__health. Standard library
+only; exit 0 when one of them answers one of those with 200, else 1.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import urllib.request
 from pathlib import Path
 
 LISTEN = "0A"
+# `catapult-gateway serve`'s liveness route, then `catapult-gateway sandbox`'s.
+HEALTH_PATHS = ("/healthz", "/__health")
 
 
 def socket_inodes(pid: str) -> set[str]:
@@ -50,12 +53,13 @@ def listening(pid: str) -> list[tuple[str, int]]:
 
 def main() -> int:
     for host, port in listening(os.environ.get("HEALTHCHECK_PID", "1")):
-        try:
-            with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=2) as answer:
-                if answer.status == 200:
-                    return 0
-        except OSError:
-            continue
+        for path in HEALTH_PATHS:
+            try:
+                with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=2) as answer:
+                    if answer.status == 200:
+                        return 0
+            except OSError:
+                continue
     return 1
 
 

@@ -161,7 +161,8 @@ def create_app(settings: Settings) -> Starlette:
         # demo exercises the same client, pool and retries as production does.
         settings = settings.model_copy(update={"upstream_url": sandbox_upstream_url(settings)})
         default_headers = credential_headers(ACCOUNTS[0])
-        routes.append(Mount(SANDBOX_PATH, app=create_sandbox_app()))
+        # Without its test controls: the demo may listen on every interface.
+        routes.append(Mount(SANDBOX_PATH, app=create_sandbox_app(controls=False)))
 
     graphiql = GraphiQLPage(endpoint="/graphql", default_headers=default_headers)
     endpoint = GraphQLEndpoint(
@@ -190,7 +191,8 @@ def create_app(settings: Settings) -> Starlette:
         return Response(body, media_type=media_type)
 
     async def graphiql_asset(request: Request) -> Response:
-        path = graphiql.asset_path(request.path_params["name"])
+        params = request.path_params
+        path = graphiql.asset_path(params["fingerprint"], params["name"])
         if path is None:
             return PlainTextResponse("Not Found", status_code=404)
         return FileResponse(path, headers={"cache-control": "public, max-age=31536000, immutable"})
@@ -200,7 +202,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
-        Route(ASSET_ROUTE + "/{name}", graphiql_asset, methods=["GET"]),
+        # The path carries the file's content hash, so it may be cached as immutable.
+        Route(ASSET_ROUTE + "/{fingerprint}/{name}", graphiql_asset, methods=["GET"]),
     ]
     # The response cache is middleware rather than part of the route, so a hit skips
     # routing and exception handling; it sits inside CORS, whose headers are per request.

@@ -536,8 +536,8 @@ def _result(
     if not request_error:
         body["data"] = data
     # Tolerated upstream oddities: beside the data, never in `errors`, so that clients
-    # which treat any error as a failure still get the page (DESIGN.md, "Upstream data
-    # the gateway tolerates"). They do not make an answer uncacheable.
+    # which treat any error as a failure still get the page (the README's "Warnings:
+    # upstream data the gateway tolerates"). They do not make an answer uncacheable.
     if warnings:
         body["extensions"] = {"warnings": warnings}
     # application/json answers 200 to every well-formed request (legacy clients read

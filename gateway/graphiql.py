@@ -7,7 +7,9 @@ without internet access after a plain `pip install`. `python -m gateway.graphiql
 re-fetches them with `npm pack` (to bump a pin, or to restore a deleted folder), checking
 every hash. Only when the folder is gone does the page load the same files from a CDN; the
 browser checks the hashes either way, and if they cannot load at all the page says what to
-run instead of waiting forever.
+run instead of waiting forever. The gateway serves each file under a path that holds its
+content hash (`/graphiql/assets/<hash>/<name>`), so browsers may keep it forever: a new pin
+is a new URL, never a cached old file that fails its integrity check.
 """
 
 from __future__ import annotations
@@ -51,6 +53,19 @@ class Asset:
     @property
     def cdn_url(self) -> str:
         return f"{CDN}/{self.package}@{self.version}/{self.path}"
+
+    @property
+    def fingerprint(self) -> str:
+        """The first 16 hex digits of the file's pinned SHA-384: changes with its bytes."""
+        digest = base64.b64decode(self.integrity.partition("-")[2])
+        return digest.hex()[:16]
+
+    @property
+    def local_url(self) -> str:
+        """Where the gateway serves it. The content hash is part of the path, so the file
+        can be cached as immutable: a new pin is a new URL, never a stale file that fails
+        its integrity check."""
+        return f"{ASSET_ROUTE}/{self.fingerprint}/{self.name}"
 
 
 REACT = Asset(
@@ -137,17 +152,17 @@ class GraphiQLPage:
             )
         self.html = _render(endpoint, self.local, default_headers)
 
-    def asset_path(self, name: str) -> Path | None:
-        """The local file for a pinned asset name, or None."""
+    def asset_path(self, fingerprint: str, name: str) -> Path | None:
+        """The local file served at `ASSET_ROUTE/<fingerprint>/<name>`, or None: only the
+        current pin's fingerprint finds a file."""
         for asset in ASSETS:
-            if asset.name == name and self.local:
+            if (asset.fingerprint, asset.name) == (fingerprint, name) and self.local:
                 return self.static_dir / asset.name
         return None
 
 
 def _src(asset: Asset, local: bool) -> str:
-    url = f"{ASSET_ROUTE}/{asset.name}" if local else asset.cdn_url
-    return html.escape(url)
+    return html.escape(asset.local_url if local else asset.cdn_url)
 
 
 def _render(endpoint: str, local: bool, default_headers: dict[str, str] | None) -> str:

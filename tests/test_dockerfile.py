@@ -22,16 +22,21 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 from dockerfile_parse import DockerfileParser
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from gateway.app import credential_headers
+from gateway.graphiql import GRAPHIQL_JS
 from gateway.sandbox import ACCOUNTS
 from tests.conftest import Gateway
+from tests.test_lock import pins
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,6 +103,37 @@ def test_dependencies_come_from_the_hashed_lock_before_the_source_is_copied() ->
     assert not any("requirements.txt" in value for _, value in order)
 
 
+BUILD_LOCK = ROOT / "requirements-build.lock"
+
+
+def test_the_build_backend_comes_from_a_hashed_lock() -> None:
+    build, _ = stages()
+    runs = build.values("RUN")
+    backend = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    lock = pins(BUILD_LOCK.read_text())
+    given = (ROOT / "requirements-build.in").read_text().splitlines()
+
+    # The lock pins pyproject.toml's [build-system] requires, each with hashes.
+    assert [line for line in given if line and not line.startswith("#")] == backend
+    for raw in backend:
+        requirement = Requirement(raw)
+        version, _ = lock[canonicalize_name(requirement.name)]
+        assert requirement.specifier.contains(version), raw
+    assert all(hashes for _, hashes in lock.values())
+    assert "requirements-build.lock ./" in build.values("COPY")
+    assert any("--require-hashes -r requirements-build.lock" in run for run in runs)
+    # Every pip install either checks hashes or reads nothing but local files; building
+    # the project never lets pip fetch a backend of its own (build isolation).
+    for run in runs:
+        for command in run.split("&&"):
+            if re.search(r"pip\"? install", command):
+                assert "--require-hashes" in command or "--no-index" in command, command
+            if re.search(r"pip\"? (install|wheel)\b.*\s\.(\s|$)", command):
+                assert "--no-build-isolation" in command, command
+    assert any("--no-build-isolation" in run for run in runs)
+    assert "!requirements-build.lock" in (ROOT / ".dockerignore").read_text().splitlines()
+
+
 def test_runtime_runs_as_a_fixed_non_root_user_with_a_healthcheck_and_the_serve_command() -> None:
     _, runtime = stages()
     [user] = runtime.values("USER")
@@ -134,6 +170,33 @@ def test_the_health_probe_finds_the_port_the_process_listens_on(gateway: Gateway
     # This process serves the gateway (on a port no setting names) and the sandbox, whose
     # /healthz is a 404: the probe tries each listening socket and one answers.
     assert _probe(os.getpid()) == 0
+
+
+def test_the_health_probe_passes_for_the_standalone_sandbox() -> None:
+    # `docker run IMAGE sandbox`: the entrypoint serves /__health, not /healthz.
+    port = _free_port()
+    command = Path(sys.executable).parent / "catapult-gateway"
+    sandbox = subprocess.Popen(
+        [str(command), "sandbox", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/__health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert sandbox.poll() is None, "the sandbox exited"
+            assert time.monotonic() < deadline, "the sandbox did not start"
+            time.sleep(0.1)
+
+        assert _probe(sandbox.pid) == 0
+    finally:
+        sandbox.terminate()
+        sandbox.wait(timeout=30)
 
 
 def test_the_health_probe_fails_for_a_process_that_listens_nowhere() -> None:
@@ -310,7 +373,7 @@ def test_the_image_commands_install_and_serve(tmp_path: Path) -> None:
             json={"query": "{ calls(size: 2) { id state } }"},
             headers=credential_headers(ACCOUNTS[0]),
         )
-        asset = httpx.get(f"{url}/graphiql/assets/graphiql.min.js")
+        asset = httpx.get(url + GRAPHIQL_JS.local_url)
     finally:
         server.terminate()
         server.communicate(timeout=30)

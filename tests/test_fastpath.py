@@ -72,7 +72,7 @@ def _gateway(upstream_url: str, *, fast: bool) -> Any:
     )
 
 
-# --- upstream records: mostly well-formed, sometimes odd in every way NOTES.md warns of ----
+# --- upstream records: mostly well-formed, sometimes odd in every way docs/upstream.md warns of
 
 timestamps = st.one_of(
     st.just("2013-02-08T13:15:47.587Z"),

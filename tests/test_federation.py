@@ -100,7 +100,7 @@ def test_a_query_across_two_subgraphs_through_a_router(
     # for, with the caller's own credentials (the router propagated them).
     upstream = sandbox.requests()
     assert [r["path"] for r in upstream] == [LIST_PATH + "c-unknown"]
-    assert {r["authorization"] for r in upstream} == {headers["Authorization"]}
+    assert {r["account"] for r in upstream} == {DEMO.user_id}
 
 
 # -- what 20 references cost, against the real limit -----------------------------------

@@ -11,6 +11,8 @@ chromium the test is skipped, unless GATEWAY_TEST_REQUIRE_BROWSER is set (CI set
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import os
 import subprocess
@@ -19,7 +21,7 @@ import sysconfig
 import time
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -35,6 +37,8 @@ from gateway.config import load_settings
 from gateway.graphiql import (
     ASSETS,
     DEFAULT_STATIC_DIR,
+    GRAPHIQL_JS,
+    REACT,
     TARBALLS,
     FetchError,
     GraphiQLPage,
@@ -42,6 +46,7 @@ from gateway.graphiql import (
     integrity,
     license_name,
 )
+from tests.inprocess import in_process
 from tests.servers import free_port, serve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,6 +150,59 @@ def test_the_vendored_files_are_the_pinned_ones() -> None:
         assert integrity(data, "sha384") == asset.integrity, asset.name
     for package, _version in TARBALLS:
         assert "MIT License" in (DEFAULT_STATIC_DIR / license_name(package)).read_text()
+
+
+# -- the gateway serves each file under its content hash -------------------------------------
+
+
+def gateway_get(*paths: str, **headers: str) -> list[httpx.Response]:
+    """GET each path from the gateway in this process (GraphiQL needs no upstream)."""
+
+    async def run() -> list[httpx.Response]:
+        async with in_process("http://127.0.0.1:9") as client:
+            return [await client.get(path, headers=headers) for path in paths]
+
+    return asyncio.run(run())
+
+
+def test_each_file_is_served_under_its_content_hash_as_immutable() -> None:
+    [page] = gateway_get("/graphql", accept="text/html")
+    answers = gateway_get(*(asset.local_url for asset in ASSETS))
+
+    for asset, answer in zip(ASSETS, answers, strict=True):
+        url = asset.local_url
+        data = (DEFAULT_STATIC_DIR / asset.name).read_bytes()
+        # The path holds the hash of the very bytes served, beside the SRI hash that checks them.
+        digest = hashlib.sha384(data).hexdigest()
+        assert url == f"/graphiql/assets/{digest[:16]}/{asset.name}"
+        assert f'"{url}" integrity="{asset.integrity}"' in page.text
+        assert answer.status_code == 200, url
+        assert answer.content == data
+        assert answer.headers["cache-control"] == "public, max-age=31536000, immutable"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(f"/graphiql/assets/{GRAPHIQL_JS.name}", id="version-less"),
+        pytest.param(f"/graphiql/assets/{'0' * 16}/{GRAPHIQL_JS.name}", id="another-pin"),
+        pytest.param(f"/graphiql/assets/{GRAPHIQL_JS.fingerprint}/{REACT.name}", id="mixed"),
+        pytest.param(f"/graphiql/assets/{GRAPHIQL_JS.fingerprint}/x.js", id="unknown-name"),
+    ],
+)
+def test_no_other_asset_path_finds_a_file(path: str) -> None:
+    # An immutable URL whose bytes could change would be a stale file failing its SRI
+    # check after a pin bump: only the current pin's hash path serves.
+    [answer] = gateway_get(path)
+
+    assert answer.status_code == 404
+
+
+def test_a_new_pin_is_a_new_url() -> None:
+    bumped = replace(GRAPHIQL_JS, version="3.8.4", integrity=integrity(b"other bytes", "sha384"))
+
+    assert bumped.local_url != GRAPHIQL_JS.local_url
+    assert bumped.name == GRAPHIQL_JS.name
 
 
 @pytest.fixture

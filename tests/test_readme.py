@@ -23,7 +23,7 @@ NOT_PATHS = ("application/", "text/", "multipart/")
 # Files the README asks the reader to write in their own project, not ours.
 THEIRS = {"router.yaml"}
 # Programs from elsewhere that the README's commands use, each introduced where it is used.
-TOOLS = {"curl", "docker", "kubectl", "export", "openssl", "wrk"}
+TOOLS = {"curl", "docker", "kubectl", "export", "openssl", "printf", "wrk"}
 
 
 def named_paths() -> list[str]:
@@ -71,6 +71,31 @@ def test_every_path_the_readme_names_is_in_the_repository(path: str) -> None:
 def test_the_readme_names_nothing_outside_the_repository() -> None:
     assert "shared/" not in README
     assert "bench-peers" not in README
+
+
+# The workspace this repository was written in kept notes beside it (a `shared/` folder with
+# its design, style and upstream notes) that a clone does not have: no file may send a
+# reader there. `react-devtools-shared/` (in a vendored file's comment) is another name.
+OUTSIDE = re.compile(r"(?<![\w./-])shared/|\b(?:NOTES|DESIGN|STYLE)\.md\b|bench-peers")
+# This module names them to forbid them; vendored files are third-party bytes.
+NOT_CHECKED = ("tests/test_readme.py", "gateway/static/vendor/")
+
+
+def test_no_tracked_file_names_the_workspace_outside_the_repository() -> None:
+    offenders = []
+    for name in tracked_files():
+        path = ROOT / name
+        if name.startswith(NOT_CHECKED) or not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue  # binary
+        for number, line in enumerate(text.splitlines(), 1):
+            if OUTSIDE.search(line):
+                offenders.append(f"{name}:{number}: {line.strip()}")
+
+    assert offenders == []
 
 
 def commands() -> list[str]:

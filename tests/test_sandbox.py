@@ -1,4 +1,5 @@
-"""The sandbox over real HTTP: the API as NOTES.md describes it, and the test controls."""
+"""The sandbox over real HTTP: the API as docs/upstream.md describes it, and the test
+controls."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from gateway.app import create_app
+from gateway.config import load_settings
 from gateway.sandbox import ACCOUNTS, Account, SandboxOptions, create_sandbox_app, parse_timestamp
-from tests.servers import serve
+from tests.servers import free_port, serve
 
 DEMO, SECOND = ACCOUNTS[0], ACCOUNTS[1]
 CALLS = "/v1/users/u-demo/calls"
@@ -242,7 +245,7 @@ def test_link_header_carries_filters_encoded(
     header = response.headers["link"]
     assert f"to=%2B{number[1:]}" in header
     assert "sortOrder=desc" in header
-    # Both separators NOTES.md allows appear, so clients must cope with either.
+    # Both separators docs/upstream.md allows appear, so clients must cope with either.
     assert '", <' in header
     assert '",<' in header
 
@@ -563,15 +566,44 @@ def test_requests_are_recorded_raw(client: ClientFactory, control: httpx.Client)
     assert first["method"] == "GET"
     assert first["path"] == f"{CALLS}/"
     assert first["query"] == "from=%2B19195550000&size=2"
-    assert first["authorization"].startswith("Basic ")
+    assert (first["authorization"], first["account"]) == ("Basic [redacted]", DEMO.user_id)
+    assert first["headers"]["authorization"] == "Basic [redacted]"
     assert first["headers"]["x-trace"] == "abc"
     assert all(name == name.lower() for name in first["headers"])
     assert first["status"] == 200
-    assert (second["authorization"], second["status"]) == (None, 401)
+    assert (second["authorization"], second["account"], second["status"]) == (None, None, 401)
     assert control.get("/__sandbox/stats").json() == {"requests": 2}
     assert control.delete("/__sandbox/requests").status_code == 204
     assert control.get("/__sandbox/requests").json() == []
     assert control.get("/__sandbox/stats").json() == {"requests": 2}
+
+
+def _basic(token: str, secret: str) -> str:
+    return "Basic " + base64.b64encode(f"{token}:{secret}".encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("authorization", "shown", "account"),
+    [
+        pytest.param(_basic(DEMO.token, DEMO.secret), "Basic [redacted]", "u-demo", id="valid"),
+        pytest.param(_basic(DEMO.token, "a-wrong-secret"), "Basic [redacted]", None, id="wrong"),
+        pytest.param("bearer a-bearer-secret", "bearer [redacted]", None, id="bearer"),
+        pytest.param("a-bare-secret", "[redacted]", None, id="no-scheme"),
+        pytest.param("a-secret with-a-space", "[redacted]", None, id="not-a-scheme"),
+    ],
+)
+def test_recorded_requests_never_show_credentials(
+    base_url: str, control: httpx.Client, authorization: str, shown: str, account: str | None
+) -> None:
+    httpx.get(base_url + CALLS, headers={"Authorization": authorization})
+
+    recording = control.get("/__sandbox/requests")
+    [request] = recording.json()
+    assert (request["authorization"], request["account"]) == (shown, account)
+    assert request["headers"]["authorization"] == shown
+    for secret in (DEMO.secret, "a-wrong-secret", "a-bearer-secret", "a-bare-secret"):
+        assert secret not in recording.text
+    assert authorization.split()[-1] not in recording.text
 
 
 def test_reset_clears_everything(client: ClientFactory, control: httpx.Client) -> None:
@@ -586,6 +618,49 @@ def test_reset_clears_everything(client: ClientFactory, control: httpx.Client) -
 
 def test_health(control: httpx.Client) -> None:
     assert control.get("/__health").json() == {"status": "ok"}
+
+
+# -- the sandbox that `serve --sandbox` mounts: no controls --
+
+CONTROLS = [
+    ("GET", "/__sandbox/requests"),
+    ("DELETE", "/__sandbox/requests"),
+    ("GET", "/__sandbox/stats"),
+    ("GET", "/__sandbox/faults"),
+    ("PUT", "/__sandbox/faults"),
+    ("DELETE", "/__sandbox/faults"),
+    ("POST", "/__sandbox/reset"),
+]
+
+
+@pytest.fixture(scope="module")
+def demo() -> Iterator[str]:
+    """`serve --sandbox` (the demo, which may be published on every interface)."""
+    port = free_port()
+    settings = load_settings({"GATEWAY_SANDBOX": "true", "GATEWAY_PORT": str(port)})
+    with serve(create_app(settings), port=port) as url:
+        yield url
+
+
+@pytest.mark.parametrize(("method", "path"), CONTROLS, ids=[" ".join(c) for c in CONTROLS])
+def test_the_demo_sandbox_has_no_controls(demo: str, method: str, path: str) -> None:
+    auth = (DEMO.token, DEMO.secret)
+    calls = httpx.get(f"{demo}/sandbox{CALLS}", params={"size": 1}, auth=auth)
+    body = {"fail_status": 500} if method == "PUT" else None
+
+    control = httpx.request(method, f"{demo}/sandbox{path}", json=body, auth=auth)
+
+    assert calls.status_code == 200  # the sandbox is there
+    assert control.status_code == 404
+    assert "authorization" not in control.text.lower()
+    # Nothing was changed: the demo's sandbox still answers.
+    assert httpx.get(f"{demo}/sandbox{CALLS}", params={"size": 1}, auth=auth).status_code == 200
+
+
+def test_the_standalone_sandbox_has_the_controls(control: httpx.Client) -> None:
+    for method, path in CONTROLS:
+        body: dict[str, Any] | None = {} if method == "PUT" else None
+        assert control.request(method, path, json=body).status_code < 400, (method, path)
 
 
 # -- data --

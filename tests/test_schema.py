@@ -191,7 +191,9 @@ def test_credentials_are_forwarded_unchanged(
         f"/v1/users/{account.user_id}/calls/{first}",
         f"/v1/users/{account.user_id}/calls/{first}",
     ]
-    assert {r["authorization"] for r in requests} == {basic(account.token, account.secret)}
+    # The sandbox records no credentials, only whose they were: the caller's, every time.
+    assert {r["account"] for r in requests} == {account.user_id}
+    assert {r["authorization"] for r in requests} == {"Basic [redacted]"}
 
 
 # -- every field's mapping, against the sandbox's own JSON ---------------------------
@@ -506,7 +508,10 @@ def test_upstream_refusals_keep_their_meaning(
     assert error["extensions"]["code"] == code
     assert error["extensions"]["upstreamCode"] == upstream_code
     [request] = sandbox.requests()
-    assert request["authorization"] == headers["Authorization"]
+    # The caller's credentials reached the upstream (which records only whose they were).
+    assert request["authorization"] == "Basic [redacted]"
+    valid = headers["Authorization"] == DEMO_AUTHORIZATION
+    assert request["account"] == (DEMO.user_id if valid else None)
     # The upstream's details (the caller's address, the path) never reach the caller.
     assert "127.0.0.1" not in response.text
     assert "details" not in error["extensions"]

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from tests.conftest import Gateway, Sandbox
+from tests.conftest import DEMO, Gateway, Sandbox
 
 
 def test_a_query_reaches_the_sandbox_with_the_callers_credentials(
@@ -12,5 +12,6 @@ def test_a_query_reaches_the_sandbox_with_the_callers_credentials(
     calls = response.json()["data"]["calls"]
     assert len(calls) == 3
     [request] = sandbox.requests()
-    assert request["authorization"] == gateway.http.headers["authorization"]
+    # The sandbox records whose credentials came, never the credentials.
+    assert (request["account"], request["authorization"]) == (DEMO.user_id, "Basic [redacted]")
     assert request["query"] == "page=0&size=3&sortOrder=desc"

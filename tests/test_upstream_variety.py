@@ -1,7 +1,7 @@
 """Odd but legal upstream answers: each one is simply read, the same way on both paths.
 
 Issue 13 collected what real upstreams send and the gateway's own tests never did (from
-`shared/upstream/NOTES.md` and public bug reports of other REST gateways): RFC 8288 `Link`
+`docs/upstream.md` and public bug reports of other REST gateways): RFC 8288 `Link`
 spellings, a UTF-8 byte order mark, RFC 3339 in lower case, values outside the documented
 enums. Each row is sent through a gateway with the compiled path and one without, as a
 `calls` page (the compiled path's shape) and a `callsConnection` walk (which follows the

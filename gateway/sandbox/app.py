@@ -1,36 +1,41 @@
 """A faithful, deterministic fake of the Catapult v1 call API, plus test controls.
 
-API (as the real service, see shared/upstream/NOTES.md):
+API (as the real service, see docs/upstream.md):
     GET /v1/users/{userId}/calls[/]                           list, paginated, `Link` header
     GET /v1/users/{userId}/calls/{callId}                     one call
     GET /v1/users/{userId}/calls/{callId}/events              its events
     GET /v1/users/{userId}/calls/{callId}/events/{eventId}    one event
 
 Deliberate oddities, each as a source shows the real API (Bandwidth's v1 documentation,
-list-calls page and NOTES.md, which gathers the docs and the v1 SDKs); clients must cope:
+list-calls page and docs/upstream.md, which gathers the docs and the v1 SDKs); clients
+must cope:
     - Timestamps mix three ISO 8601 forms: `...47.587Z`, `...20Z` and an hour-only offset
-      `...47-02` (NOTES.md "List calls", from the documented examples).
+      `...47-02` (docs/upstream.md "Requests and answers", from the documented examples).
     - `state` can be `error`, beyond the five documented states (Bandwidth's C# SDK's
-      CallState enum; NOTES.md).
-    - `callbackHttpMethod` comes as `GET`/`POST` and as `get`/`post` (NOTES.md).
+      CallState enum; docs/upstream.md).
+    - `callbackHttpMethod` comes as `GET`/`POST` and as `get`/`post` (docs/upstream.md).
     - Absent fields are omitted, never null; `callbackUrl` can be `""` (list-calls page
       examples); `sipHeaders` is a map, only present when there are headers.
     - `events` is in every call although the property table leaves it out (list-calls page).
     - `Link` entries are separated by `,` with and without a space, and use
-      `rel="previous"`, not `prev` (NOTES.md "Pagination links").
+      `rel="previous"`, not `prev` (docs/upstream.md "Pagination links").
     - Both `/calls` and `/calls/` answer: the docs show the slash, the SDKs send none.
     - Event `time`: an ISO string (`2013-02-08T13:15:47.587Z`) in the events list, as the
       documented list examples write instants, but epoch milliseconds as a number
-      (`1419032854964`) from the get-one-event endpoint (NOTES.md "List calls").
+      (`1419032854964`) from the get-one-event endpoint (docs/upstream.md, "Requests and
+      answers").
     - Ids are `c-` / `ce-` and 23 lower-case letters and digits, like the documented ones.
     - 429 carries `X-RateLimit-Reset` in epoch milliseconds, no `Retry-After` and no
-      `message` (NOTES.md "Rate limits").
+      `message` (docs/upstream.md "Rate limit").
 
-Controls (sandbox only, never recorded):
-    GET|DELETE /__sandbox/requests    recorded API requests
+Controls (for tests and benchmarks, never recorded; `create_sandbox_app(controls=True)`,
+which the standalone `catapult-gateway sandbox` uses; `serve --sandbox` mounts the sandbox
+without them, so the demo has no unauthenticated routes that change it or list requests):
+    GET|DELETE /__sandbox/requests    recorded API requests, Authorization values redacted
     GET /__sandbox/stats              {"requests": N}
     GET|PUT|DELETE /__sandbox/faults  injected latency, failures, garbage, drops, rate limit
     POST /__sandbox/reset             clear requests, faults and rate-limit clocks
+Always:
     GET /__health
 """
 
@@ -202,6 +207,18 @@ class _DroppedResponse(Response):
         await send({"type": "http.response.body", "body": b'[{"id": "c-', "more_body": True})
 
 
+REDACTED = "[redacted]"
+
+
+def _redacted(authorization: str) -> str:
+    """An Authorization value with its credentials replaced: `Basic [redacted]`."""
+    scheme, space, _ = authorization.partition(" ")
+    # A scheme is a short token (RFC 9110); anything else may itself be the secret.
+    if space and scheme.isascii() and scheme.isalpha() and len(scheme) <= 16:
+        return f"{scheme} {REDACTED}"
+    return REDACTED
+
+
 def _int_param(params: QueryParams, name: str, default: int) -> int:
     value = params.get(name)
     if value is None:
@@ -244,12 +261,20 @@ class _Sandbox:
     def _record(self, request: Request) -> dict[str, object]:
         scope = request.scope
         raw_path = scope.get("raw_path")
+        authorization = request.headers.get("authorization")
+        account = self._authenticate(request)
+        headers = dict(request.headers)
+        if authorization is not None:
+            authorization = headers["authorization"] = _redacted(authorization)
         entry: dict[str, object] = {
             "method": request.method,
             "path": raw_path.decode("latin-1") if raw_path else scope["path"],
             "query": scope["query_string"].decode("latin-1"),
-            "authorization": request.headers.get("authorization"),
-            "headers": dict(request.headers),
+            # Credentials never leave the sandbox, even to whoever reads the recording:
+            # the scheme, and the user whose token and secret they were (None if none).
+            "authorization": authorization,
+            "account": account.user_id if account else None,
+            "headers": headers,
             "status": None,
         }
         self.requests.append(entry)
@@ -450,7 +475,7 @@ class _Sandbox:
         event_id = request.path_params["event_id"]
         for event in call_events(call, self.options.seed):
             if event["id"] == event_id:
-                # One event keeps `time` as epoch milliseconds, as NOTES.md records it.
+                # One event keeps `time` as epoch milliseconds, as docs/upstream.md records it.
                 return _json(event)
         return _error(
             request,
@@ -539,15 +564,22 @@ def _render_page(
         entries.append(link(page - 1, "previous"))
     if paginated and (page + 1) * size < len(calls):
         entries.append(link(page + 1, "next"))
-    # NOTES.md: entries come with and without a space after the comma; serve both.
+    # docs/upstream.md: entries come with and without a space after the comma; serve both.
     header = entries[0]
     for index, entry in enumerate(entries[1:]):
         header += (", " if index % 2 == 0 else ",") + entry
     return body, header
 
 
-def create_sandbox_app(options: SandboxOptions | None = None) -> Starlette:
-    """Build the sandbox: fresh seeded data and empty recordings, faults and clocks."""
+def create_sandbox_app(
+    options: SandboxOptions | None = None, *, controls: bool = True
+) -> Starlette:
+    """Build the sandbox: fresh seeded data and empty recordings, faults and clocks.
+
+    `controls=False` leaves out the `/__sandbox/*` routes: anyone who reaches them can
+    read the recorded requests and inject faults, so only the standalone sandbox (for
+    tests and benchmarks) has them, never the demo that `serve --sandbox` publishes.
+    """
     sandbox = _Sandbox(options or SandboxOptions())
     list_calls = sandbox.api(sandbox.list_calls)
     any_method = ["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -568,15 +600,18 @@ def create_sandbox_app(options: SandboxOptions | None = None) -> Starlette:
             methods=["GET"],
         ),
         Route("/v1/{rest:path}", sandbox.api(sandbox.unknown), methods=any_method),
-        Route("/__sandbox/requests", sandbox.get_requests, methods=["GET"]),
-        Route("/__sandbox/requests", sandbox.clear_requests, methods=["DELETE"]),
-        Route("/__sandbox/stats", sandbox.stats, methods=["GET"]),
-        Route("/__sandbox/faults", sandbox.get_faults, methods=["GET"]),
-        Route("/__sandbox/faults", sandbox.put_faults, methods=["PUT"]),
-        Route("/__sandbox/faults", sandbox.clear_faults, methods=["DELETE"]),
-        Route("/__sandbox/reset", sandbox.reset, methods=["POST"]),
         Route("/__health", _health, methods=["GET"]),
     ]
+    if controls:
+        routes += [
+            Route("/__sandbox/requests", sandbox.get_requests, methods=["GET"]),
+            Route("/__sandbox/requests", sandbox.clear_requests, methods=["DELETE"]),
+            Route("/__sandbox/stats", sandbox.stats, methods=["GET"]),
+            Route("/__sandbox/faults", sandbox.get_faults, methods=["GET"]),
+            Route("/__sandbox/faults", sandbox.put_faults, methods=["PUT"]),
+            Route("/__sandbox/faults", sandbox.clear_faults, methods=["DELETE"]),
+            Route("/__sandbox/reset", sandbox.reset, methods=["POST"]),
+        ]
     return Starlette(routes=routes)
 
 
