@@ -4,11 +4,12 @@ Checked once per document, before execution, and cached with the document's vali
 result by the endpoint, so a hostile document costs one walk of its AST however often it
 is sent. Every refusal is an `OPERATION_TOO_COMPLEX` error and no upstream request is made.
 
-The upstream estimate counts the root fields that reach the upstream (`calls`,
-`callsConnection`, `call`, `_entities`), each distinct argument set once, as the
-per-operation loader deduplicates them. It is a lower bound (a connection may follow
-several pages, `_entities` may name many ids through a variable), so the loader also
-counts at run time and refuses the request that would pass the limit.
+The upstream estimate counts the list fields that reach the upstream (`calls`,
+`callsConnection`), each distinct argument set once, as the per-operation loader
+deduplicates them. It is a lower bound (a connection may follow several pages), so the
+loader also counts at run time and refuses the request that would pass the limit. `call`
+and `_entities` add nothing to it: their ids may all be in the entity view, which costs
+no upstream request, and cold ones are batched; only the run-time count knows.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from graphql import (
 from gateway.errors import OperationTooComplex
 
 # Root fields that cost at least one upstream request each.
-UPSTREAM_FIELDS = frozenset({"calls", "callsConnection", "call", "_entities"})
+UPSTREAM_FIELDS = frozenset({"calls", "callsConnection"})
 
 
 @dataclass(frozen=True, slots=True)

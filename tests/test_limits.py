@@ -160,3 +160,20 @@ def test_field_suggestions_can_be_switched_off(gateway_factory: GatewayFactory) 
     assert "Did you mean" in helpful["errors"][0]["message"]
     assert "Did you mean" not in quiet["errors"][0]["message"]
     assert codes(quiet) == ["GRAPHQL_VALIDATION_FAILED"]
+
+
+def test_call_aliases_served_from_the_entity_view_are_not_refused_in_advance(
+    gateway: Gateway, sandbox: Sandbox
+) -> None:
+    # A hit in the entity view costs no upstream request, so twenty `call` fields for
+    # calls just listed must not count against maxUpstreamRequests (10) before running.
+    listed = gateway.query("{ calls(size: 20) { id } }").json()["data"]["calls"]
+    query = (
+        "{" + " ".join(f'c{i}: call(id: "{c["id"]}") {{ id }}' for i, c in enumerate(listed)) + "}"
+    )
+
+    body = gateway.query(query).json()
+
+    assert "errors" not in body
+    assert [body["data"][f"c{i}"]["id"] for i in range(20)] == [c["id"] for c in listed]
+    assert len(sandbox.requests()) == 1
