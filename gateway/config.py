@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -352,6 +353,20 @@ class Settings(BaseModel):
                 redis_connection.parse_url(value)  # type: ignore[no-untyped-call]
             except ValueError as exc:
                 raise ValueError(f"{exc}, as in redis://:password@host:6379/0") from None
+        return value
+
+    @field_validator("pacing_file")
+    @classmethod
+    def _usable_pacing_file(cls, value: str | None) -> str | None:
+        # Said at start-up, not as a warning at the first upstream request: a wrong path
+        # would quietly let N workers send N times the upstream's rate.
+        if value is None:
+            return None
+        path = Path(value)
+        if not value.strip() or path.is_dir() or not path.parent.is_dir():
+            raise ValueError("must be a file path in an existing directory")
+        if path.is_symlink():
+            raise ValueError("must not be a symbolic link")
         return value
 
     @field_validator("cache_key", mode="before")

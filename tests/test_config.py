@@ -314,3 +314,24 @@ def test_cors_origins_are_kept_as_browsers_send_them(given: str, expected: str) 
 def test_cors_origins_that_are_no_origin_are_refused(given: str) -> None:
     with pytest.raises(SettingsError, match="GATEWAY_CORS_ORIGINS"):
         load_settings({"GATEWAY_CORS_ORIGINS": given})
+
+
+@pytest.mark.parametrize(
+    "where", ["a-directory", "missing-directory", "blank", "a-link"], ids=lambda where: where
+)
+def test_an_unusable_pacing_file_stops_start_up(tmp_path: Any, where: str) -> None:
+    (tmp_path / "target").write_text("{}")
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    value = {
+        "a-directory": str(tmp_path),
+        "missing-directory": str(tmp_path / "gone" / "pacing"),
+        "blank": " ",
+        "a-link": str(tmp_path / "link"),
+    }[where]
+    with pytest.raises(SettingsError, match="GATEWAY_PACING_FILE"):
+        load_settings({"GATEWAY_PACING_FILE": value})
+
+
+def test_a_pacing_file_in_an_existing_directory_is_accepted(tmp_path: Any) -> None:
+    path = str(tmp_path / "pacing")
+    assert load_settings({"GATEWAY_PACING_FILE": path}).pacing_file == path
