@@ -476,6 +476,13 @@ def test_redis_stopped_mid_run_requests_still_succeed_and_service_resumes(
 CROWD = 400
 
 
+def assert_one_outage_logged(caplog: Any) -> None:
+    """The cache said "unavailable" once and "reachable again" once."""
+    messages = [r.getMessage() for r in caplog.records if r.name == "gateway.cache"]
+    assert sum("unavailable" in m for m in messages) == 1, messages
+    assert sum("reachable again" in m for m in messages) == 1, messages
+
+
 def test_one_warning_and_one_recovery_line_per_outage_under_concurrency(
     own_redis: RedisServer, caplog: Any
 ) -> None:
@@ -513,9 +520,7 @@ def test_one_warning_and_one_recovery_line_per_outage_under_concurrency(
 
     with caplog.at_level(logging.INFO, logger="gateway.cache"):
         asyncio.run(run())
-    messages = [r.getMessage() for r in caplog.records if r.name == "gateway.cache"]
-    assert sum("unavailable" in m for m in messages) == 1, messages
-    assert sum("reachable again" in m for m in messages) == 1, messages
+    assert_one_outage_logged(caplog)
 
 
 def test_connections_idle_since_before_an_outage_are_not_used_after_it(
@@ -562,9 +567,7 @@ def test_connections_idle_since_before_an_outage_are_not_used_after_it(
 
     with caplog.at_level(logging.INFO, logger="gateway.cache"):
         asyncio.run(run())
-    messages = [r.getMessage() for r in caplog.records if r.name == "gateway.cache"]
-    assert sum("unavailable" in m for m in messages) == 1, messages
-    assert sum("reachable again" in m for m in messages) == 1, messages
+    assert_one_outage_logged(caplog)
 
 
 def test_a_redis_that_never_answers_does_not_fail_requests(
