@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import strawberry
 from graphql import (
     DefinitionNode,
@@ -16,8 +18,11 @@ from graphql import (
     print_schema,
 )
 from graphql.language import Visitor, visit
+from strawberry.federation.schema import FederationAny
 from strawberry.schema.config import StrawberryConfig
+from strawberry.types.info import Info
 
+from gateway.errors import BadUserInput
 from gateway.schema.query import Query
 from gateway.schema.types import DATETIME_SCALAR, Call, DateTime
 
@@ -30,11 +35,49 @@ FEDERATION_TYPES = frozenset(
     {"_Any", "_Entity", "_Service", "_FieldSet", "FieldSet", "link__Import", "link__Purpose"}
 )
 FEDERATION_FIELDS = frozenset({"_entities", "_service"})
+# The types a router may send to `_entities`: those with a `@key` and `resolve_reference`.
+ENTITY_TYPES = frozenset({"Call"})
+
+
+class _Subgraph(strawberry.federation.Schema):
+    """The federation schema, with an `_entities` that checks each representation first.
+
+    Strawberry's own resolver indexes its type map with the representation's
+    `__typename` and lets a missing, unknown or non-entity type name escape as a
+    `KeyError`, failing the whole field as an internal error. A router only sends what
+    the supergraph says; anyone can send anything. A representation that names no
+    entity of this subgraph is a `BAD_USER_INPUT` error at its own index (as
+    `@apollo/subgraph` words it: there is no such entity type), and the others resolve.
+    """
+
+    def entities_resolver(
+        self, info: Info, representations: list[FederationAny]
+    ) -> list[FederationAny]:
+        results: list[Any] = [None] * len(representations)
+        indices: list[int] = []
+        valid: list[FederationAny] = []
+        for index, representation in enumerate(representations):
+            typename = (
+                representation.get("__typename") if isinstance(representation, dict) else None
+            )
+            if isinstance(typename, str) and typename in ENTITY_TYPES:
+                indices.append(index)
+                # A copy: strawberry pops `__typename` from what it is given.
+                valid.append(FederationAny(dict(representation)))  # type: ignore[call-overload]
+            else:
+                results[index] = BadUserInput(
+                    "Each representation needs a `__typename` naming an entity type of "
+                    f"this subgraph ({', '.join(sorted(ENTITY_TYPES))})."
+                )
+        resolved = super().entities_resolver(info, valid) if valid else []
+        for index, result in zip(indices, resolved, strict=True):
+            results[index] = result
+        return results
 
 
 def build_schema() -> strawberry.federation.Schema:
     """Build the schema; cheap enough to call once per app."""
-    return strawberry.federation.Schema(
+    return _Subgraph(
         query=Query,
         types=[Call],
         federation_version="2.5",
