@@ -10,7 +10,13 @@ request, not counted against `maxUpstreamRequests`), then, for the ids not there
 
     fewer than BATCH_THRESHOLD   one paced GET .../calls/{id} each
     BATCH_THRESHOLD or more      one newest page of 1,000 first (it fills the entity view),
-                                 then one paced GET .../calls/{id} for each id not in it
+                                 then one paced GET .../calls/{id} for each id not in it,
+                                 unless that page is the account's whole history (below)
+
+A newest page that holds fewer than 1,000 calls and no `next` link is the account's whole
+history at the moment it was fetched. When it was fetched for this very batch (not an
+earlier answer from the cache), an id it does not hold names no call: it is answered
+null at once, without a GET per id. A cached page proves nothing about calls made since.
 
 The upstream allows about one request per second per account, so twenty references cost
 one request (a second of the account's budget) instead of twenty.
@@ -23,6 +29,7 @@ for a pacing slot.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
@@ -181,12 +188,17 @@ class OperationLoader:
         cold = [call_id for call_id in batch if call_id not in known]
         if len(cold) >= BATCH_THRESHOLD:
             # The account's newest calls usually hold every id asked for.
-            body = await self.list_calls_raw(NEWEST_PAGE)
+            asked_at = time.time()
+            newest = await self._list(NEWEST_PAGE)
             wanted = set(cold)
-            for call_id, raw in calls_in_list(body):
+            for call_id, raw in calls_in_list(newest.body):
                 if call_id in wanted:
                     wanted.discard(call_id)
                     self._settle(call_id, parse_call(raw))
+            if _whole_history(newest, asked_at):
+                for call_id in wanted:
+                    self._settle(call_id, None)
+                wanted.clear()
             cold = [call_id for call_id in cold if call_id in wanted]
         await asyncio.gather(*(self._settle_one(credentials, call_id) for call_id in cold))
 
@@ -266,6 +278,16 @@ class OperationLoader:
             raise
         self.fetched_at.append(answer.fetched_at)
         return answer
+
+
+def _whole_history(newest: UpstreamAnswer, asked_at: float) -> bool:
+    """Whether a newest page fetched since `asked_at` holds every call of the account."""
+    return (
+        newest.fetched_at >= asked_at
+        and isinstance(newest.body, list)
+        and len(newest.body) < MAX_PAGE_SIZE
+        and "next" not in newest.links
+    )
 
 
 def _retrieve(future: asyncio.Future[Found]) -> None:

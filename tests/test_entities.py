@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from gateway.app import credential_headers
+from gateway.sandbox import SandboxOptions, create_sandbox_app
 from tests.conftest import DEMO, GatewayFactory, Sandbox
+from tests.servers import serve
 
 ENTITIES = "query($r: [_Any!]!) { _entities(representations: $r) { ... on Call { id state } } }"
 LIST_PATH = f"/v1/users/{DEMO.user_id}/calls/"
@@ -38,7 +42,8 @@ def test_calls_that_were_listed_are_served_without_the_upstream(
     gateway_factory: GatewayFactory, sandbox: Sandbox, cache_url: str, listing: str
 ) -> None:
     # One upstream request allowed per operation: entity hits do not count against it.
-    gateway = gateway_factory(cache_url=cache_url, max_upstream_requests=1)
+    # A TTL no slow machine outlasts between the two operations.
+    gateway = gateway_factory(cache_url=cache_url, max_upstream_requests=1, cache_ttl=300)
     data = gateway.query(listing).json()["data"]
     listed = (
         data["calls"] if "calls" in data else [e["node"] for e in data["callsConnection"]["edges"]]
@@ -110,3 +115,72 @@ def test_ttl_zero_keeps_no_view(gateway_factory: GatewayFactory, sandbox: Sandbo
     gateway.query(f'{{ call(id: "{call_id}") {{ id }} }}')
 
     assert [r["path"] for r in sandbox.requests()] == [LIST_PATH + call_id]
+
+
+@pytest.mark.parametrize(
+    "representation",
+    [
+        pytest.param({"__typename": "Nope", "id": "c-1"}, id="unknown-type"),
+        pytest.param({"id": "c-1"}, id="no-typename"),
+        pytest.param({"__typename": 5, "id": "c-1"}, id="typename-not-a-string"),
+        pytest.param({"__typename": "SipHeader", "name": "a"}, id="a-type-that-is-no-entity"),
+        pytest.param({"__typename": "Query"}, id="a-root-type"),
+        pytest.param("Call", id="not-an-object"),
+    ],
+)
+def test_a_representation_that_names_no_entity_is_bad_user_input_at_its_index(
+    gateway_factory: GatewayFactory, sandbox: Sandbox, representation: Any
+) -> None:
+    gateway = gateway_factory()
+    call_id = gateway.query("{ calls(size: 1) { id } }").json()["data"]["calls"][0]["id"]
+    sandbox.reset()
+
+    answer = gateway.query(
+        ENTITIES, {"r": [representation, {"__typename": "Call", "id": call_id}]}
+    ).json()
+
+    assert answer["data"]["_entities"][0] is None
+    assert answer["data"]["_entities"][1]["id"] == call_id
+    assert [(e["path"], e["extensions"]["code"]) for e in answer["errors"]] == [
+        (["_entities", 0], "BAD_USER_INPUT")
+    ]
+    assert sandbox.requests() == []
+
+
+@pytest.fixture
+def small_history() -> Iterator[Sandbox]:
+    """A sandbox whose accounts have 40 calls each: one newest page holds them all."""
+    with (
+        serve(create_sandbox_app(SandboxOptions(calls_per_user=40))) as url,
+        httpx.Client(base_url=url) as control,
+    ):
+        yield Sandbox(url, control)
+
+
+def test_ids_a_fresh_whole_history_lacks_are_null_without_a_get_each(
+    gateway_factory: GatewayFactory, small_history: Sandbox
+) -> None:
+    # Default pacing (1/s): twenty GETs would be RATE_LIMITED, one page is not.
+    gateway = gateway_factory(upstream_url=small_history.url, upstream_rate=1)
+    missing = [f"c-missing-{n}" for n in range(20)]
+
+    answer = gateway.query(ENTITIES, representations(missing)).json()
+
+    assert answer == {"data": {"_entities": [None] * 20}}
+    assert [r["path"] for r in small_history.requests()] == [LIST_PATH]
+
+
+def test_a_cached_whole_history_proves_nothing_about_calls_made_since(
+    gateway_factory: GatewayFactory, small_history: Sandbox
+) -> None:
+    gateway = gateway_factory(upstream_url=small_history.url, cache_ttl=300)
+    gateway.query("{ calls(size: 1000) { id } }")  # the newest page, now in the cache
+    small_history.reset()
+    missing = [f"c-missing-{n}" for n in range(3)]
+
+    answer = gateway.query(ENTITIES, representations(missing)).json()
+
+    assert answer == {"data": {"_entities": [None] * 3}}
+    assert sorted(r["path"] for r in small_history.requests()) == [
+        f"{LIST_PATH}{call_id}" for call_id in missing
+    ]
