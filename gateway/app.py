@@ -25,7 +25,6 @@ from starlette.routing import Mount, Route
 from gateway.config import Settings
 from gateway.context import Context
 from gateway.credentials import Credentials, request_credentials
-from gateway.economy import Upstream, create_upstream
 from gateway.endpoint import GraphQLEndpoint
 from gateway.graphiql import ASSET_ROUTE, GraphiQLPage
 from gateway.health import healthz, readyz
@@ -40,12 +39,13 @@ from gateway.sandbox import ACCOUNTS, Account, create_sandbox_app
 from gateway.schema import build_schema, graphql_core_schema
 from gateway.shutdown import ShutdownMiddleware
 from gateway.telemetry import InstrumentedTransport, Telemetry
-from gateway.upstream import (
+from gateway.upstream.client import (
     CatapultClient,
     UpstreamAnswer,
     UpstreamRequest,
     create_transport,
 )
+from gateway.upstream.service import Upstream, create_upstream
 
 SANDBOX_PATH = "/sandbox"
 # How often cyclic garbage is collected on a clock, besides after allocations.

@@ -347,7 +347,7 @@ class Settings(BaseModel):
         if parts.scheme != "memory" and db and not (db.isascii() and db.isdigit()):
             raise ValueError("the Redis database must be a number, as in redis://host:6379/0")
         if parts.scheme != "memory":
-            # redis-py's own parser reads the URL at start-up (see gateway.cache): the same
+            # redis-py's own parser reads the URL at start-up (see gateway.upstream.cache): the same
             # one checks it here, so what passes here connects as written.
             try:
                 redis_connection.parse_url(value)  # type: ignore[no-untyped-call]

@@ -18,8 +18,8 @@ from typing import Any
 
 import orjson
 
-from gateway.cache import CacheKeys, Store
 from gateway.credentials import Credentials
+from gateway.upstream.cache import CacheKeys, Store
 
 
 @dataclass(frozen=True, slots=True)

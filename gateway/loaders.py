@@ -55,7 +55,7 @@ from gateway.errors import (
     UpstreamBadResponse,
 )
 from gateway.pagination import next_query
-from gateway.upstream import UpstreamAnswer, UpstreamRequest, call_path, calls_path
+from gateway.upstream.client import UpstreamAnswer, UpstreamRequest, call_path, calls_path
 
 # From this many ids missing from the entity view in one batch, one newest page of
 # MAX_PAGE_SIZE is asked first: one request instead of (at least) three.
@@ -66,7 +66,7 @@ CallsIn = Callable[[Any], Iterable[tuple[str, Any]]]
 
 
 class Fetch(Protocol):
-    """The cached, paced upstream (`economy.Upstream.fetch` with the request's settings)."""
+    """The cached, paced upstream (`upstream.service.Upstream.fetch`, bound to the request)."""
 
     def __call__(
         self,

@@ -28,7 +28,7 @@ from yarl import URL
 
 from gateway.calls import ListQuery
 from gateway.errors import BadUserInput, GatewayError, UpstreamBadResponse
-from gateway.upstream import ANCHORED
+from gateway.upstream.client import ANCHORED
 
 VERSION = "v1"
 _FILTERS = (

@@ -20,7 +20,7 @@ from schemathesis.core.result import Ok
 from gateway.calls import ListQuery, parse_call, parse_call_list, validate_id, validate_number
 from gateway.credentials import credentials_from_raw_headers
 from gateway.errors import ERROR_CODES, GatewayError
-from gateway.upstream import parse_link_header, retry_after_seconds
+from gateway.upstream.client import parse_link_header, retry_after_seconds
 from tests.conftest import Gateway
 
 BOUNDED = settings(

@@ -17,10 +17,10 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from gateway.cache import MemoryStore
 from gateway.metrics import Metrics
 from gateway.responses import ResponseCache, ResponseNote
 from gateway.telemetry import Telemetry
+from gateway.upstream.cache import MemoryStore
 from tests.hostile import Hostile, hostile_upstream
 from tests.memory import MIB, rss
 from tests.servers import gateway_process

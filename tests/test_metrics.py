@@ -75,7 +75,7 @@ def test_metrics_after_a_scripted_set_of_requests(
     # response cache answers it, counted as a request and a hit, without the upstream.
     assert value(samples, "gateway_response_cache_hits_total") == 1
     # The long-named query asks the upstream what the anonymous one did: the upstream
-    # cache (gateway/cache.py) answers it, so only two 200s reach the upstream.
+    # cache (gateway/upstream/cache.py) answers it, so only two 200s reach the upstream.
     assert value(samples, "gateway_upstream_requests_total", status="200") == 2
     assert value(samples, "gateway_cache_requests_total", result="hit") == 1
     assert value(samples, "gateway_upstream_retries_total") == 2

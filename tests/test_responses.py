@@ -60,7 +60,7 @@ def test_an_answer_is_never_reused_for_a_different_caller_or_request(
     )
     # Every other caller with credentials has its own request reach the upstream (the one
     # without credentials is refused before any). The same caller asking for another
-    # media type gets the upstream answer from the upstream cache (gateway/cache.py).
+    # media type gets the upstream answer from the upstream cache (gateway/upstream/cache.py).
     same_caller = other.get("Authorization") == credential_headers(DEMO)["Authorization"]
     expected = 1 if "Authorization" not in other or same_caller else 2
     assert upstream_count(sandbox) == expected

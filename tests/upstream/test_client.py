@@ -17,7 +17,7 @@ import pytest
 
 from gateway.credentials import Credentials
 from gateway.errors import ERROR_CODES, GatewayError
-from gateway.upstream import (
+from gateway.upstream.client import (
     CatapultClient,
     UpstreamAnswer,
     UpstreamRequest,

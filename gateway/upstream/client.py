@@ -59,7 +59,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.transport import AiohttpTransport, BodyRefused
+from gateway.upstream.transport import AiohttpTransport, BodyRefused
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 # What `extensions.retryAfter` may say: a client is never told to wait for nothing, nor

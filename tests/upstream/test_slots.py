@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.slots import FileSlots
+from gateway.upstream.slots import FileSlots
 
 
 def test_two_holders_of_one_file_share_one_schedule(tmp_path: Path) -> None:

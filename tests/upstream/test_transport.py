@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from gateway.transport import AiohttpTransport
+from gateway.upstream.transport import AiohttpTransport
 from tests.servers import free_port, serve
 
 LIMITS = httpx.Limits(max_connections=4, keepalive_expiry=5)

@@ -21,14 +21,14 @@ from typing import Any
 
 import orjson
 
-from gateway.cache import CacheKeys, RedisStore, ResponseCache, create_store
 from gateway.config import Settings
 from gateway.credentials import Credentials
 from gateway.entities import EntityView, KnownCall
 from gateway.metrics import Metrics
-from gateway.pacing import MonotonicClock, Pacer, SharedSlots
-from gateway.slots import FileSlots
-from gateway.upstream import CatapultClient, UpstreamAnswer, UpstreamRequest
+from gateway.upstream.cache import CacheKeys, RedisStore, ResponseCache, create_store
+from gateway.upstream.client import CatapultClient, UpstreamAnswer, UpstreamRequest
+from gateway.upstream.pacing import MonotonicClock, Pacer, SharedSlots
+from gateway.upstream.slots import FileSlots
 
 log = logging.getLogger("gateway.cache")
 

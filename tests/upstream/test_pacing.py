@@ -12,9 +12,9 @@ import httpx
 import pytest
 
 from gateway.app import credential_headers
-from gateway.cache import RedisStore
 from gateway.errors import RateLimited
-from gateway.pacing import MonotonicClock, Pacer
+from gateway.upstream.cache import RedisStore
+from gateway.upstream.pacing import MonotonicClock, Pacer
 from tests.conftest import DEMO, GatewayFactory, Sandbox
 
 

@@ -19,12 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.app import create_app, credential_headers
-from gateway.cache import CacheKeys, MemoryStore, RedisStore, ResponseCache, redis_options
 from gateway.config import load_settings
 from gateway.credentials import Credentials
-from gateway.economy import AnswerCodec, create_upstream
 from gateway.errors import UpstreamError
-from gateway.upstream import CatapultClient, UpstreamAnswer, UpstreamRequest
+from gateway.upstream.cache import CacheKeys, MemoryStore, RedisStore, ResponseCache, redis_options
+from gateway.upstream.client import CatapultClient, UpstreamAnswer, UpstreamRequest
+from gateway.upstream.service import AnswerCodec, create_upstream
 from tests.conftest import (
     DEMO,
     SECOND,
