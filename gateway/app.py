@@ -39,12 +39,8 @@ from gateway.sandbox import ACCOUNTS, Account, create_sandbox_app
 from gateway.schema import build_schema, graphql_core_schema
 from gateway.shutdown import ShutdownMiddleware
 from gateway.telemetry import InstrumentedTransport, Telemetry
-from gateway.upstream.client import (
-    CatapultClient,
-    UpstreamAnswer,
-    UpstreamRequest,
-    create_transport,
-)
+from gateway.upstream.client import CatapultClient, UpstreamAnswer, create_transport
+from gateway.upstream.routes import UpstreamRequest
 from gateway.upstream.service import Upstream, create_upstream
 
 SANDBOX_PATH = "/sandbox"

@@ -55,7 +55,9 @@ from gateway.errors import (
     UpstreamBadResponse,
 )
 from gateway.pagination import next_query
-from gateway.upstream.client import UpstreamAnswer, UpstreamRequest, call_path, calls_path
+from gateway.upstream import routes
+from gateway.upstream.client import UpstreamAnswer
+from gateway.upstream.routes import UpstreamRequest
 
 # From this many ids missing from the entity view in one batch, one newest page of
 # MAX_PAGE_SIZE is asked first: one request instead of (at least) three.
@@ -141,9 +143,7 @@ class OperationLoader:
 
     async def _list(self, query: ListQuery) -> UpstreamAnswer:
         credentials = self.credentials()
-        request = UpstreamRequest(
-            calls_path(credentials.user_id), tuple(query.params()), shape="array"
-        )
+        request = routes.list_calls(credentials.user_id, query)
         return await self._get(credentials, request, calls_in_list)
 
     async def get_call(self, call_id: str) -> Found:
@@ -218,7 +218,7 @@ class OperationLoader:
         self._settle(call_id, found)
 
     async def _get_one(self, credentials: Credentials, call_id: str) -> Found:
-        request = UpstreamRequest(call_path(credentials.user_id, call_id), shape="object")
+        request = routes.get_call(credentials.user_id, call_id)
         try:
             answer = await self._get(credentials, request, call_in_answer)
         except NotFound as exc:

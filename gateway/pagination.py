@@ -28,6 +28,7 @@ from yarl import URL
 
 from gateway.calls import ListQuery
 from gateway.errors import BadUserInput, GatewayError, UpstreamBadResponse
+from gateway.upstream import routes
 from gateway.upstream.client import ANCHORED
 
 VERSION = "v1"
@@ -149,7 +150,7 @@ def _next_query(next_url: str, current: ListQuery, *, base_url: str, user_id: st
         link.user is not None or link.password is not None
     ):
         raise _unfollowable("it points away from the upstream's origin")
-    expected = [*_segments(base), "v1", "users", user_id, "calls"]
+    expected = [*_segments(base), *routes.calls_segments(user_id)]
     if _segments(link) != expected:
         raise _unfollowable("it points away from this user's calls")
     params: dict[str, str] = {}

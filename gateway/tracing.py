@@ -8,7 +8,6 @@ never a failed request.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 
@@ -21,20 +20,13 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, format_trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway import __version__
-
-# The user and call ids are the caller's data: spans name the route, not the path.
-_UPSTREAM_ROUTES = (
-    (re.compile(r"^/v1/users/[^/]+/calls/?$"), "/v1/users/{userId}/calls/"),
-    (re.compile(r"^/v1/users/[^/]+/calls/[^/]+$"), "/v1/users/{userId}/calls/{callId}"),
-)
+from gateway.upstream import routes
 
 
 def upstream_route(path: str) -> str:
-    """The route template of an upstream path, without any id in it."""
-    for pattern, route in _UPSTREAM_ROUTES:
-        if pattern.match(path):
-            return route
-    return "other"
+    """The route template of an upstream path: the user and call ids are the caller's data,
+    so spans name the route, not the path."""
+    return routes.template(path)
 
 
 class Tracing:

@@ -25,7 +25,8 @@ from gateway.graphiql import ASSETS
 from gateway.loaders import OperationLoader
 from gateway.pagination import CursorCodec
 from gateway.sandbox import ACCOUNTS
-from gateway.upstream.client import UpstreamAnswer, UpstreamRequest
+from gateway.upstream.client import UpstreamAnswer
+from gateway.upstream.routes import UpstreamRequest
 from tests.conftest import Gateway, Sandbox
 from tests.servers import free_port, serve
 

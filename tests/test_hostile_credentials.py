@@ -21,7 +21,7 @@ from gateway.app import credential_headers
 from gateway.credentials import MAX_AUTHORIZATION_BYTES, credentials_from_raw_headers
 from gateway.errors import Unauthenticated
 from gateway.upstream.cache import CacheKeys
-from gateway.upstream.client import calls_path
+from gateway.upstream.routes import calls_path
 from tests.conftest import DEMO, SECOND, GatewayFactory
 from tests.fakes import FakeUpstream
 from tests.inprocess import CALLS_QUERY, assert_healthy, error_codes, in_process, post_graphql

@@ -19,7 +19,7 @@ import pytest
 
 from gateway.app import credential_headers
 from gateway.calls import slim_body
-from gateway.upstream.client import calls_path
+from gateway.upstream.routes import calls_path
 from tests.conftest import DEMO
 from tests.fakes import FakeUpstream
 from tests.inprocess import assert_healthy, in_process

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from functools import lru_cache
 from typing import Any, Literal
-from urllib.parse import quote, urlencode
 
 import httpx
 import orjson
@@ -59,6 +58,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gateway.upstream.routes import UpstreamRequest
 from gateway.upstream.transport import AiohttpTransport, BodyRefused
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
@@ -73,25 +73,6 @@ log = logging.getLogger("gateway.upstream")
 
 
 @dataclass(frozen=True, slots=True)
-class UpstreamRequest:
-    """One idempotent GET: a path below the base URL and its query parameters."""
-
-    path: str
-    params: tuple[tuple[str, str], ...] = ()
-    # The JSON shape a good answer has ("array": a call list, "object": one call). An
-    # answer of another shape is an UPSTREAM_BAD_RESPONSE raised by the client itself,
-    # before any cache can keep it: errors are never cached.
-    shape: Literal["array", "object"] | None = field(default=None, compare=False)
-
-    @property
-    def target(self) -> str:
-        """Path and query string, with every parameter percent-encoded (`+` as `%2B`)."""
-        if not self.params:
-            return self.path
-        return f"{self.path}?{urlencode(self.params, quote_via=quote, safe='')}"
-
-
-@dataclass(frozen=True, slots=True)
 class UpstreamAnswer:
     """A successful upstream answer: the decoded JSON body and its `Link` relations."""
 
@@ -100,16 +81,6 @@ class UpstreamAnswer:
     # Wall-clock time of the upstream answer, kept through caches: whatever is built from
     # this answer may be reused only until fetched_at + TTL.
     fetched_at: float = field(default_factory=time.time, compare=False)
-
-
-def calls_path(user_id: str) -> str:
-    """The list-calls path; the documentation shows the trailing slash."""
-    return f"/v1/users/{user_id}/calls/"
-
-
-def call_path(user_id: str, call_id: str) -> str:
-    """The get-one-call path."""
-    return f"/v1/users/{user_id}/calls/{call_id}"
 
 
 class _Retryable(Exception):

@@ -26,8 +26,9 @@ from gateway.credentials import Credentials
 from gateway.entities import EntityView, KnownCall
 from gateway.metrics import Metrics
 from gateway.upstream.cache import CacheKeys, RedisStore, ResponseCache, create_store
-from gateway.upstream.client import CatapultClient, UpstreamAnswer, UpstreamRequest
+from gateway.upstream.client import CatapultClient, UpstreamAnswer
 from gateway.upstream.pacing import MonotonicClock, Pacer, SharedSlots
+from gateway.upstream.routes import UpstreamRequest
 from gateway.upstream.slots import FileSlots
 
 log = logging.getLogger("gateway.cache")

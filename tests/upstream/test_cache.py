@@ -23,7 +23,8 @@ from gateway.config import load_settings
 from gateway.credentials import Credentials
 from gateway.errors import UpstreamError
 from gateway.upstream.cache import CacheKeys, MemoryStore, RedisStore, ResponseCache, redis_options
-from gateway.upstream.client import CatapultClient, UpstreamAnswer, UpstreamRequest
+from gateway.upstream.client import CatapultClient, UpstreamAnswer
+from gateway.upstream.routes import UpstreamRequest
 from gateway.upstream.service import AnswerCodec, create_upstream
 from tests.conftest import (
     DEMO,

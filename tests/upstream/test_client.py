@@ -20,10 +20,10 @@ from gateway.errors import ERROR_CODES, GatewayError
 from gateway.upstream.client import (
     CatapultClient,
     UpstreamAnswer,
-    UpstreamRequest,
     parse_link_header,
     retry_after_seconds,
 )
+from gateway.upstream.routes import UpstreamRequest
 from tests.conftest import GatewayFactory, Sandbox, leaks
 from tests.servers import free_port
 
