@@ -23,24 +23,19 @@ import email.utils
 import json
 import logging
 import math
+import random
 import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
 from functools import lru_cache
+from types import TracebackType
 from typing import Any, Literal
 
 import httpx
 import orjson
 import weblinking
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
 from gateway import __version__
 from gateway.calls import slim_body
@@ -62,6 +57,10 @@ from gateway.upstream.routes import UpstreamRequest
 from gateway.upstream.transport import AiohttpTransport, BodyRefused
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
+# The wait after the n-th failed attempt: random in 0..min(MAX_BACKOFF, BACKOFF * 2^(n-1))
+# ("full jitter"), so that callers retrying together spread out.
+BACKOFF = 0.05
+MAX_BACKOFF = 1.0
 # What `extensions.retryAfter` may say: a client is never told to wait for nothing, nor
 # for longer than an hour, whatever the upstream's headers claim.
 MIN_RETRY_AFTER = 1
@@ -81,14 +80,6 @@ class UpstreamAnswer:
     # Wall-clock time of the upstream answer, kept through caches: whatever is built from
     # this answer may be reused only until fetched_at + TTL.
     fetched_at: float = field(default_factory=time.time, compare=False)
-
-
-class _Retryable(Exception):
-    """Internal: a failed attempt worth another; carries the error to raise if none is left."""
-
-    def __init__(self, error: GatewayError) -> None:
-        super().__init__(error.message)
-        self.error = error
 
 
 def create_transport(
@@ -154,83 +145,50 @@ class CatapultClient:
     async def fetch(
         self, credentials: Credentials, request: UpstreamRequest, *, deadline: float
     ) -> UpstreamAnswer:
-        """GET `request`; raises a `GatewayError` for every failure, after retries."""
-        try:
-            return await self._attempt(credentials, request, deadline)
-        except _Retryable as exc:
-            failure: _Retryable | None = exc
-        # Only a failed first attempt pays for setting up the retries (~17 µs of CPU, as
-        # much as a tenth of a request). Tenacity's first attempt replays that failure,
-        # so its waits, stops and counts are exactly those of a loop that made it.
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._retries + 1) | _would_pass(deadline),
-            wait=wait_random_exponential(multiplier=0.05, max=1.0),
-            retry=retry_if_exception(lambda exc: isinstance(exc, _Retryable)),
-            before_sleep=lambda state: self._on_retry(),
-            reraise=True,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    if failure is not None:
-                        replayed, failure = failure, None
-                        raise replayed
-                    return await self._attempt(credentials, request, deadline)
-        except _Retryable as exc:
-            raise exc.error from exc.__cause__
-        raise AssertionError("unreachable: tenacity either returns or reraises")
+        """GET `request`; raises a `GatewayError` for every failure, after retries.
+
+        An attempt is retried when its failure says another may help (see `_Attempt`),
+        at most `retries` times, and only when the wait before it ends within `deadline`.
+        """
+        tries = 1
+        while True:
+            attempt = _Attempt(self._origin)
+            try:
+                return await self._attempt(credentials, request, deadline, attempt)
+            except GatewayError:
+                wait = _backoff(tries)
+                if (
+                    not attempt.retryable
+                    or tries > self._retries
+                    or time.monotonic() + wait >= deadline
+                ):
+                    raise
+            self._on_retry()
+            await asyncio.sleep(wait)
+            tries += 1
 
     async def _attempt(
-        self, credentials: Credentials, request: UpstreamRequest, deadline: float
+        self,
+        credentials: Credentials,
+        request: UpstreamRequest,
+        deadline: float,
+        attempt: _Attempt,
     ) -> UpstreamAnswer:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise UpstreamTimeout("The upstream did not answer within the request's deadline.")
-        timeout = min(self._upstream_timeout, remaining)
-        try:
+        attempt.timeout = timeout = min(self._upstream_timeout, remaining)
+        with attempt:
             # The transport's timeouts bound each socket operation; this bounds the whole
             # answer, so a slowly dripping upstream cannot outlast the deadline.
             async with asyncio.timeout(timeout):
                 response = await self._send(credentials, request, timeout)
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"The upstream did not answer within {timeout:.1f} s.") from exc
-        except BodyRefused as exc:
-            # Not retried: the same request would get the same body.
-            refused = str(exc)
-        except httpx.DecodingError as exc:
-            raise UpstreamBadResponse("The upstream's body could not be decoded.") from exc
-        except httpx.TransportError as exc:
-            # The error codes say only that the upstream could not be reached; operators
-            # need why (refused, DNS, TLS, reset), once per attempt, retries included.
-            self._log_failed_attempt(exc)
-            raise _transport_failure(exc, timeout) from exc
-        else:
             return _answer(response, self._url(request), request.shape)
-        # Raised outside the handler, so not chained to the refusal: its traceback holds the
-        # transport's frames and their buffers, which an error caught in a reference cycle
-        # (graphql-core's, asyncio's) would otherwise keep until a full collection.
-        raise UpstreamBadResponse(refused)
-
-    def _log_failed_attempt(self, exc: httpx.TransportError) -> None:
-        # The transport's own exception (aiohttp's) names the cause best; the chain's end
-        # is the operating system's (ConnectionRefusedError, gaierror, SSLError). Its
-        # message is scrubbed: aiohttp puts the request URL in it (the user id and the
-        # filters: phone numbers) and sometimes raw header bytes; only scheme, host and
-        # port of a URL are kept, and no byte string.
-        cause: BaseException = exc.__cause__ or exc
-        root = cause
-        while root.__cause__ is not None:
-            root = root.__cause__
-        log.warning(
-            "upstream attempt failed: %s: %s",
-            type(cause).__name__,
-            scrubbed(str(cause)[:2000])[:500] or "(no message)",
-            extra={
-                "upstream": self._origin,
-                "cause": type(cause).__name__,
-                "root_cause": type(root).__name__,
-            },
-        )
+        # Only a refused body gets here (`_Attempt` swallowed it), and is raised outside any
+        # handler, so not chained to the refusal: its traceback holds the transport's frames
+        # and their buffers, which an error caught in a reference cycle (graphql-core's,
+        # asyncio's) would otherwise keep until a full collection.
+        raise UpstreamBadResponse(attempt.refused)
 
     async def _send(
         self, credentials: Credentials, request: UpstreamRequest, seconds: float
@@ -293,24 +251,93 @@ _USER_AGENT = f"catapult-gateway/{__version__}".encode()
 _NO_BODY = httpx.ByteStream(b"")
 
 
-def _transport_failure(exc: httpx.TransportError, timeout: float) -> Exception:
-    """What a failed attempt raises: retryable when trying again can help."""
-    if isinstance(exc, httpx.ConnectTimeout):
-        return _Retryable(UpstreamUnavailable("Could not connect to the upstream in time."))
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamTimeout(f"The upstream did not answer within {timeout:.1f} s.")
-    if isinstance(exc, httpx.ConnectError | httpx.RemoteProtocolError | httpx.ReadError):
-        # A refused connection, or one that broke before the answer was complete
-        # (often a stale keep-alive connection): the GET is idempotent, so try again.
-        return _Retryable(UpstreamUnavailable("Could not reach the upstream."))
-    return UpstreamUnavailable("Could not reach the upstream.")
+class _Attempt:
+    """One try at an upstream request: the one place its failures become `GatewayError`s.
+
+    Like httpx's `map_httpcore_exceptions`, a context manager around the attempt that
+    raises the gateway's error from whatever the transport raised, and besides marks
+    whether another try may help (`retryable`): the GET is idempotent, so a connection
+    that could not be made, or broke before the answer was complete (often a stale
+    keep-alive one), is worth another, as is a 502, 503 or 504 (a proxy in front of the
+    upstream failing). A slow answer is not (the deadline would pass), nor an answer that
+    was refused or read (the same one would come again).
+    """
+
+    __slots__ = ("origin", "refused", "retryable", "timeout")
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+        self.timeout = 0.0
+        self.retryable = False
+        self.refused = ""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        if exc is None:
+            return False
+        if isinstance(exc, GatewayError):
+            # An error answer (`_answer`), already translated.
+            self.retryable = exc.extra.get("upstreamStatus") in RETRYABLE_STATUSES
+            return False
+        if isinstance(exc, TimeoutError):
+            raise UpstreamTimeout(
+                f"The upstream did not answer within {self.timeout:.1f} s."
+            ) from exc
+        if isinstance(exc, BodyRefused):
+            # Swallowed, and raised by the attempt itself as UPSTREAM_BAD_RESPONSE: see there.
+            self.refused = str(exc)
+            return True
+        if isinstance(exc, httpx.DecodingError):
+            raise UpstreamBadResponse("The upstream's body could not be decoded.") from exc
+        if isinstance(exc, httpx.TransportError):
+            # The error codes say only that the upstream could not be reached; operators
+            # need why (refused, DNS, TLS, reset), once per attempt, retries included.
+            _log_failed_attempt(self.origin, exc)
+            if isinstance(exc, httpx.ConnectTimeout):
+                self.retryable = True
+                raise UpstreamUnavailable("Could not connect to the upstream in time.") from exc
+            if isinstance(exc, httpx.TimeoutException):
+                raise UpstreamTimeout(
+                    f"The upstream did not answer within {self.timeout:.1f} s."
+                ) from exc
+            self.retryable = isinstance(
+                exc, httpx.ConnectError | httpx.RemoteProtocolError | httpx.ReadError
+            )
+            raise UpstreamUnavailable("Could not reach the upstream.") from exc
+        return False
 
 
-def _would_pass(deadline: float) -> Any:
-    def stop(state: RetryCallState) -> bool:
-        return time.monotonic() + (state.upcoming_sleep or 0) >= deadline
+def _backoff(tries: int) -> float:
+    return random.uniform(0, min(MAX_BACKOFF, BACKOFF * 2 ** (tries - 1)))  # noqa: S311 - not a secret
 
-    return stop
+
+def _log_failed_attempt(origin: str, exc: httpx.TransportError) -> None:
+    # The transport's own exception (aiohttp's) names the cause best; the chain's end
+    # is the operating system's (ConnectionRefusedError, gaierror, SSLError). Its
+    # message is scrubbed: aiohttp puts the request URL in it (the user id and the
+    # filters: phone numbers) and sometimes raw header bytes; only scheme, host and
+    # port of a URL are kept, and no byte string.
+    cause: BaseException = exc.__cause__ or exc
+    root = cause
+    while root.__cause__ is not None:
+        root = root.__cause__
+    log.warning(
+        "upstream attempt failed: %s: %s",
+        type(cause).__name__,
+        scrubbed(str(cause)[:2000])[:500] or "(no message)",
+        extra={
+            "upstream": origin,
+            "cause": type(cause).__name__,
+            "root_cause": type(root).__name__,
+        },
+    )
 
 
 def _answer(
@@ -331,10 +358,7 @@ def _answer(
             raise UpstreamBadResponse("The upstream answered a call that is not a JSON object.")
         links = parse_link_header(response.headers.get_list("link"), base=str(url))
         return UpstreamAnswer(body=body, links=links)
-    error = error_for_status(status, response.headers, response.content)
-    if status in RETRYABLE_STATUSES:
-        raise _Retryable(error)
-    raise error
+    raise error_for_status(status, response.headers, response.content)
 
 
 def error_for_status(status: int, headers: Mapping[str, str], content: bytes) -> GatewayError:
