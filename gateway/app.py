@@ -39,9 +39,10 @@ from gateway.sandbox import ACCOUNTS, Account, create_sandbox_app
 from gateway.schema import build_schema, graphql_core_schema
 from gateway.shutdown import ShutdownMiddleware
 from gateway.telemetry import InstrumentedTransport, Telemetry
-from gateway.upstream.client import CatapultClient, UpstreamAnswer, create_transport
+from gateway.upstream.client import CatapultClient, UpstreamAnswer
 from gateway.upstream.routes import UpstreamRequest
 from gateway.upstream.service import Upstream, create_upstream
+from gateway.upstream.transport import create_transport
 
 SANDBOX_PATH = "/sandbox"
 # How often cyclic garbage is collected on a clock, besides after allocations.
@@ -82,9 +83,11 @@ def create_app(settings: Settings) -> Starlette:
             collect_cycles(CYCLE_COLLECTION_SECONDS, heap_trimmer())
         )
         try:
-            async with create_transport(
-                settings, lambda inner: InstrumentedTransport(inner, telemetry)
-            ) as transport:
+            pool = create_transport(
+                max_connections=settings.upstream_max_connections,
+                max_body_bytes=settings.upstream_max_body_bytes,
+            )
+            async with InstrumentedTransport(pool, telemetry) as transport:
                 catapult = CatapultClient(
                     transport,
                     base_url=settings.upstream_base,

@@ -39,7 +39,6 @@ import weblinking
 
 from gateway import __version__
 from gateway.calls import slim_body
-from gateway.config import Settings
 from gateway.credentials import Credentials
 from gateway.errors import (
     BadUserInput,
@@ -54,7 +53,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.upstream.routes import UpstreamRequest
-from gateway.upstream.transport import AiohttpTransport, BodyRefused
+from gateway.upstream.transport import BodyRefused
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 # The wait after the n-th failed attempt: random in 0..min(MAX_BACKOFF, BACKOFF * 2^(n-1))
@@ -80,25 +79,6 @@ class UpstreamAnswer:
     # Wall-clock time of the upstream answer, kept through caches: whatever is built from
     # this answer may be reused only until fetched_at + TTL.
     fetched_at: float = field(default_factory=time.time, compare=False)
-
-
-def create_transport(
-    settings: Settings,
-    wrap_transport: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] | None = None,
-) -> httpx.AsyncBaseTransport:
-    """The one shared upstream connection pool; the app's lifespan owns (and closes) it.
-
-    `wrap_transport` lets the app observe every HTTP attempt (metrics, trace spans).
-    """
-    limits = httpx.Limits(
-        max_connections=settings.upstream_max_connections,
-        max_keepalive_connections=settings.upstream_max_connections,
-        keepalive_expiry=30,
-    )
-    transport: httpx.AsyncBaseTransport = AiohttpTransport(
-        limits, max_body_bytes=settings.upstream_max_body_bytes
-    )
-    return transport if wrap_transport is None else wrap_transport(transport)
 
 
 class CatapultClient:

@@ -1,8 +1,9 @@
-"""An httpx transport over aiohttp's connection pool.
+"""An httpx transport over aiohttp's connection pool, and the one pool the app shares.
 
-The gateway keeps httpx's client API (timeouts, limits, event hooks, MockTransport in
-tests), but on this workload httpx's own transport (httpcore, h11, anyio) costs about
-three times the CPU per upstream request of aiohttp's C-accelerated one. The query
+The upstream client is written against httpx's transport interface (requests, responses,
+timeouts, limits; `httpx.MockTransport` in tests; the app wraps it to count and trace
+each attempt), but on this workload httpx's own transport (httpcore, h11, anyio) costs
+about three times the CPU per upstream request of aiohttp's C-accelerated one. The query
 string is passed through exactly as built (aiohttp would otherwise re-normalise it),
 and aiohttp's exceptions become httpx's, so the upstream client maps one family.
 
@@ -37,6 +38,16 @@ _ENCODED_BODY_HEADERS = frozenset({b"content-encoding", b"content-length"})
 class BodyRefused(httpx.TransportError):
     """The upstream's body is larger than the bound after decoding, or in an encoding the
     gateway did not offer. Its connection is closed, not reused."""
+
+
+def create_transport(*, max_connections: int, max_body_bytes: int) -> AiohttpTransport:
+    """The one shared upstream connection pool; the app's lifespan owns (and closes) it."""
+    limits = httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections,
+        keepalive_expiry=30,
+    )
+    return AiohttpTransport(limits, max_body_bytes=max_body_bytes)
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
