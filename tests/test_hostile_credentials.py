@@ -21,6 +21,7 @@ from gateway.app import credential_headers
 from gateway.credentials import MAX_AUTHORIZATION_BYTES, credentials_from_raw_headers
 from gateway.errors import Unauthenticated
 from gateway.upstream.cache import CacheKeys
+from gateway.upstream.pacing import account_key
 from gateway.upstream.routes import calls_path
 from tests.conftest import DEMO, SECOND, GatewayFactory
 from tests.fakes import FakeUpstream
@@ -208,7 +209,7 @@ def test_every_spelling_is_one_caller(spelling: bytes) -> None:
     assert credentials == canonical
     assert credentials.account == canonical.account == DEMO.token
     keys = CacheKeys(b"k")
-    assert keys.account(credentials.account) == keys.account(canonical.account)
+    assert account_key(keys, credentials.account) == account_key(keys, canonical.account)
 
 
 def test_the_spellings_of_one_account_share_one_cache_entry(upstream: FakeUpstream) -> None:

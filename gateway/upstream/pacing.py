@@ -7,8 +7,9 @@ little late instead of refused. A request whose slot is further away than the qu
 timeout fails at once with RATE_LIMITED and `retryAfter`; one that meets a 429 anyway
 (another client on the same account) waits out the reset once, if the reset is that near.
 
-With Redis the schedule is shared by every replica (`SharedSlots`); when Redis cannot be
-asked, each process keeps its own.
+With Redis the schedule is shared by every replica (`RedisSlots`: two Lua scripts on
+Redis's own clock); when Redis cannot be asked, each process keeps its own. Accounts are
+keyed by an HMAC (`account_key`), never a credential.
 
 A slot is a plan; the upstream sees departures. When the CPU is saturated the event loop
 wakes a request late, and the next one, woken on time, would leave less than an interval
@@ -26,6 +27,8 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
 from gateway.errors import RateLimited
+from gateway.upstream.cache import CacheKeys
+from gateway.upstream.redis import NAMESPACE, RedisStore
 
 T = TypeVar("T")
 
@@ -34,8 +37,13 @@ T = TypeVar("T")
 JITTER_MARGIN = 1.05
 
 
+def account_key(keys: CacheKeys, account: str) -> str:
+    """The key of an account (`Credentials.account`; the upstream limits accounts)."""
+    return keys.digest(["account", account])
+
+
 class SharedSlots(Protocol):
-    """A schedule shared by replicas (the Redis store implements it)."""
+    """A schedule shared by replicas (`RedisSlots`) or by one host's workers (`FileSlots`)."""
 
     async def reserve(self, account: str, interval: float, max_wait: float) -> float | None:
         """Seconds until the account's next slot, reserved only if within `max_wait`;
@@ -178,3 +186,74 @@ class Pacer:
             "refused": self.refused,
             "waitedOut429": self.waited_out_429,
         }
+
+
+# Reserves the next free slot of an account: returns {reserved, wait in ms}. The clock is
+# Redis's own (TIME), so replicas with skewed clocks still agree on one schedule.
+_RESERVE_SLOT = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local interval_ms = tonumber(ARGV[1])
+local max_wait_ms = tonumber(ARGV[2])
+local next_ms = tonumber(redis.call('GET', KEYS[1]) or '0')
+local slot_ms = math.max(now_ms, next_ms)
+local wait_ms = slot_ms - now_ms
+if wait_ms > max_wait_ms then
+  return {0, wait_ms}
+end
+redis.call('SET', KEYS[1], slot_ms + interval_ms, 'PX', wait_ms + interval_ms + 1000)
+return {1, wait_ms}
+"""
+
+
+# Records an account's departure now (returns 0), unless its previous departure is less
+# than an interval old (returns the ms still to wait): the spacing the upstream sees is
+# between departures, whenever each request was planned to leave. Later reservations
+# then start one interval after this departure at the earliest.
+_DEPART = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local interval_ms = tonumber(ARGV[1])
+local last_ms = tonumber(redis.call('GET', KEYS[2]) or '0')
+if last_ms > 0 and now_ms < last_ms + interval_ms then
+  return last_ms + interval_ms - now_ms
+end
+redis.call('SET', KEYS[2], now_ms, 'PX', interval_ms + 1000)
+local next_ms = tonumber(redis.call('GET', KEYS[1]) or '0')
+if next_ms < now_ms + interval_ms then
+  redis.call('SET', KEYS[1], now_ms + interval_ms, 'PX', interval_ms + 1000)
+end
+return 0
+"""
+
+
+class RedisSlots:
+    """The `SharedSlots` of every replica that uses one Redis."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self._store = store
+
+    async def reserve(self, account: str, interval: float, max_wait: float) -> float | None:
+        """Seconds until the account's next upstream slot, reserved for the caller only if
+        it is within `max_wait`; None when Redis cannot be asked (pace locally then)."""
+        result = await self._store.run_script(
+            _RESERVE_SLOT,
+            [f"{NAMESPACE}:pace:{account}"],
+            [math.ceil(interval * 1000), math.floor(max_wait * 1000)],
+        )
+        if result is None:
+            return None
+        _, wait_ms = result
+        return int(wait_ms) / 1000
+
+    async def depart(self, account: str, interval: float) -> float | None:
+        """Record the account's upstream request as leaving now (0), or the seconds until
+        its previous one is `interval` old; None when Redis cannot be asked."""
+        result = await self._store.run_script(
+            _DEPART,
+            [f"{NAMESPACE}:pace:{account}", f"{NAMESPACE}:left:{account}"],
+            [math.ceil(interval * 1000)],
+        )
+        if result is None:
+            return None
+        return int(result) / 1000

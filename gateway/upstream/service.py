@@ -1,7 +1,7 @@
 """Upstream economy: the cache, shared in-flight requests and pacing, in front of the client.
 
     fetch(credentials, request)
-      -> ResponseCache.get_or_load   a hit under the same credentials' key ends here;
+      -> SingleFlightCache.get_or_load  a hit under the same credentials' key ends here;
                                      identical concurrent misses share one load
                                      (skipped with TTL 0: nothing is reused then)
       -> Pacer.run                   wait for the account's slot (or RATE_LIMITED)
@@ -25,9 +25,10 @@ from gateway.config import Settings
 from gateway.credentials import Credentials
 from gateway.entities import EntityView, KnownCall
 from gateway.metrics import Metrics
-from gateway.upstream.cache import CacheKeys, RedisStore, ResponseCache, create_store
+from gateway.upstream.cache import CacheKeys, SingleFlightCache, create_store
 from gateway.upstream.client import CatapultClient, UpstreamAnswer
-from gateway.upstream.pacing import MonotonicClock, Pacer, SharedSlots
+from gateway.upstream.pacing import MonotonicClock, Pacer, RedisSlots, SharedSlots, account_key
+from gateway.upstream.redis import RedisStore
 from gateway.upstream.routes import UpstreamRequest
 from gateway.upstream.slots import FileSlots
 
@@ -57,7 +58,7 @@ class Upstream:
     def __init__(
         self,
         client: CatapultClient,
-        cache: ResponseCache[UpstreamAnswer],
+        cache: SingleFlightCache[UpstreamAnswer],
         keys: CacheKeys,
         pacer: Pacer,
         *,
@@ -96,7 +97,7 @@ class Upstream:
 
         async def load() -> UpstreamAnswer:
             if self._pacer.enabled:
-                answer = await self._pacer.run(self._keys.account(credentials.account), send)
+                answer = await self._pacer.run(account_key(self._keys, credentials.account), send)
             else:
                 answer = await send()
             if calls_in is not None and self._entities is not None:
@@ -152,7 +153,7 @@ def create_upstream(
     # Redis holds the pacing schedule too, so that replicas pace each account together;
     # without it, the processes of one host (`serve --workers N`) share a locked file.
     slots_file = None if settings.pacing_file is None else FileSlots(settings.pacing_file)
-    shared: SharedSlots | None = store if isinstance(store, RedisStore) else slots_file
+    shared: SharedSlots | None = RedisSlots(store) if isinstance(store, RedisStore) else slots_file
     if isinstance(store, RedisStore) and not keys.shared:
         log.warning(
             "GATEWAY_CACHE_URL is Redis but GATEWAY_CACHE_KEY is unset: this process uses a "
@@ -166,7 +167,7 @@ def create_upstream(
         on_wait=metrics.pacing_wait,
         on_refusal=metrics.pacing_refusal,
     )
-    cache = ResponseCache(
+    cache = SingleFlightCache(
         store,
         AnswerCodec(),
         on_lookup=metrics.cache_result,

@@ -22,8 +22,10 @@ from gateway.app import create_app, credential_headers
 from gateway.config import load_settings
 from gateway.credentials import Credentials
 from gateway.errors import UpstreamError
-from gateway.upstream.cache import CacheKeys, MemoryStore, RedisStore, ResponseCache, redis_options
+from gateway.upstream.cache import CacheKeys, MemoryStore, SingleFlightCache
 from gateway.upstream.client import CatapultClient, UpstreamAnswer
+from gateway.upstream.pacing import RedisSlots
+from gateway.upstream.redis import RedisStore, redis_options
 from gateway.upstream.routes import UpstreamRequest
 from gateway.upstream.service import AnswerCodec, create_upstream
 from tests.conftest import (
@@ -249,7 +251,7 @@ def test_no_cache_skips_the_read_and_refreshes_the_entry(
 
 def test_refresh_replaces_the_entry_that_later_reads_get() -> None:
     async def run() -> None:
-        cache = ResponseCache(MemoryStore(10), AnswerCodec())
+        cache = SingleFlightCache(MemoryStore(10), AnswerCodec())
         loads = iter(range(1, 10))
 
         async def load() -> UpstreamAnswer:
@@ -343,7 +345,7 @@ def test_a_shared_failure_reaches_every_waiter_and_is_not_cached(
 
 def test_a_cancelled_waiter_does_not_cancel_the_shared_load() -> None:
     async def run() -> None:
-        cache = ResponseCache(MemoryStore(10), AnswerCodec())
+        cache = SingleFlightCache(MemoryStore(10), AnswerCodec())
         release = asyncio.Event()
         calls = 0
 
@@ -366,7 +368,7 @@ def test_a_cancelled_waiter_does_not_cancel_the_shared_load() -> None:
 
 def test_a_failed_load_raises_in_every_waiter() -> None:
     async def run() -> None:
-        cache = ResponseCache(MemoryStore(10), AnswerCodec())
+        cache = SingleFlightCache(MemoryStore(10), AnswerCodec())
 
         async def load() -> UpstreamAnswer:
             await asyncio.sleep(0.01)
@@ -538,7 +540,7 @@ def test_connections_idle_since_before_an_outage_are_not_used_after_it(
         await asyncio.gather(
             *(store.get("k") for _ in range(size)),
             *(store.set(f"k{n}", b"v", 10) for n in range(size)),
-            *(store.reserve(f"a{n}", 0.1, 1.0) for n in range(size // 3)),
+            *(RedisSlots(store).reserve(f"a{n}", 0.1, 1.0) for n in range(size // 3)),
         )
 
     async def run() -> None:

@@ -13,8 +13,8 @@ import pytest
 
 from gateway.app import credential_headers
 from gateway.errors import RateLimited
-from gateway.upstream.cache import RedisStore
-from gateway.upstream.pacing import MonotonicClock, Pacer
+from gateway.upstream.pacing import MonotonicClock, Pacer, RedisSlots
+from gateway.upstream.redis import RedisStore
 from tests.conftest import DEMO, GatewayFactory, Sandbox
 
 
@@ -296,8 +296,8 @@ def test_replicas_sharing_redis_space_departures_when_one_wakes_late(redis_url: 
 
     async def run() -> list[float]:
         stores = [RedisStore(redis_url, timeout=1), RedisStore(redis_url, timeout=1)]
-        a = Pacer(rate=rate, queue_timeout=10, clock=LateOnce(0.3), shared=stores[0])
-        b = Pacer(rate=rate, queue_timeout=10, clock=MonotonicClock(), shared=stores[1])
+        a = Pacer(rate=rate, queue_timeout=10, clock=LateOnce(0.3), shared=RedisSlots(stores[0]))
+        b = Pacer(rate=rate, queue_timeout=10, clock=MonotonicClock(), shared=RedisSlots(stores[1]))
         departures: list[float] = []
 
         async def call() -> None:
