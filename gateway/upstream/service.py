@@ -27,10 +27,16 @@ from gateway.entities import EntityView, KnownCall
 from gateway.metrics import Metrics
 from gateway.upstream.cache import CacheKeys, SingleFlightCache, create_store
 from gateway.upstream.client import CatapultClient, UpstreamAnswer
-from gateway.upstream.pacing import MonotonicClock, Pacer, RedisSlots, SharedSlots, account_key
+from gateway.upstream.pacing import (
+    FileSlots,
+    MonotonicClock,
+    Pacer,
+    RedisSlots,
+    SharedSlots,
+    account_key,
+)
 from gateway.upstream.redis import RedisStore
 from gateway.upstream.routes import UpstreamRequest
-from gateway.upstream.slots import FileSlots
 
 log = logging.getLogger("gateway.cache")
 
@@ -152,7 +158,8 @@ def create_upstream(
     keys = CacheKeys(None if secret is None else secret.get_secret_value().encode())
     # Redis holds the pacing schedule too, so that replicas pace each account together;
     # without it, the processes of one host (`serve --workers N`) share a locked file.
-    slots_file = None if settings.pacing_file is None else FileSlots(settings.pacing_file)
+    clock = MonotonicClock()
+    slots_file = None if settings.pacing_file is None else FileSlots(settings.pacing_file, clock)
     shared: SharedSlots | None = RedisSlots(store) if isinstance(store, RedisStore) else slots_file
     if isinstance(store, RedisStore) and not keys.shared:
         log.warning(
@@ -162,7 +169,7 @@ def create_upstream(
     pacer = Pacer(
         rate=settings.upstream_rate,
         queue_timeout=settings.upstream_queue_timeout,
-        clock=MonotonicClock(),
+        clock=clock,
         shared=shared,
         on_wait=metrics.pacing_wait,
         on_refusal=metrics.pacing_refusal,

@@ -1,19 +1,23 @@
-"""Pacing against the sandbox enforcing the upstream's 1 request/second per account."""
+"""Pacing: against the sandbox enforcing the upstream's 1 request/second per account, on a
+fake clock, and the schedules shared through Redis and through a locked file."""
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import itertools
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from gateway.app import credential_headers
 from gateway.errors import RateLimited
-from gateway.upstream.pacing import MonotonicClock, Pacer, RedisSlots
+from gateway.upstream.pacing import FileSlots, MonotonicClock, Pacer, RedisSlots
 from gateway.upstream.redis import RedisStore
 from tests.conftest import DEMO, GatewayFactory, Sandbox
 
@@ -141,7 +145,7 @@ def test_two_gateways_sharing_redis_pace_one_account_together(
 
 def test_rate_0_turns_pacing_off() -> None:
     async def run() -> None:
-        pacer = Pacer(rate=0, queue_timeout=0, clock=MonotonicClock())
+        pacer = Pacer(rate=0, queue_timeout=0, clock=FakeClock())
         calls = 0
 
         async def call() -> int:
@@ -165,7 +169,7 @@ def test_rate_0_turns_pacing_off() -> None:
 def test_accounts_are_paced_separately() -> None:
     async def run() -> None:
         # A bound of zero: only a request whose slot is free right now may go.
-        pacer = Pacer(rate=1, queue_timeout=0, clock=MonotonicClock())
+        pacer = Pacer(rate=1, queue_timeout=0, clock=FakeClock())
 
         async def call() -> str:
             return "ok"
@@ -177,6 +181,72 @@ def test_accounts_are_paced_separately() -> None:
         assert 1 <= refused.value.retry_after <= 2
 
     asyncio.run(run())
+
+
+class FakeClock:
+    """A clock that only moves when slept on, recording each sleep: no test really waits."""
+
+    def __init__(self, start: float = 100.0) -> None:
+        self.time = start
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.time
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.time += seconds
+        await asyncio.sleep(0)
+
+
+def test_requests_in_a_row_wait_one_interval_each_on_a_fake_clock() -> None:
+    clock = FakeClock()
+    pacer = Pacer(rate=1, queue_timeout=5, clock=clock)
+    departures: list[float] = []
+
+    async def call() -> None:
+        departures.append(clock.now())
+
+    async def run() -> None:
+        for _ in range(3):
+            await pacer.run("a", call)
+
+    asyncio.run(run())
+
+    assert clock.sleeps == pytest.approx([1.05, 1.05])
+    assert gaps(departures) == pytest.approx([1.05, 1.05])
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "sleeps", "outcome"),
+    [
+        pytest.param(2, [2.0], "ok", id="within-the-bound-waited-out"),
+        pytest.param(9, [], "RATE_LIMITED", id="beyond-the-bound-raised"),
+    ],
+)
+def test_an_upstream_429_is_waited_out_once_on_a_fake_clock(
+    retry_after: int, sleeps: list[float], outcome: str
+) -> None:
+    clock = FakeClock()
+    pacer = Pacer(rate=1, queue_timeout=5, clock=clock)
+    answers: list[Exception | str] = [RateLimited("429", retry_after=retry_after), "ok"]
+
+    async def call() -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def run() -> str:
+        try:
+            return await pacer.run("a", call)
+        except RateLimited as exc:
+            return exc.code
+
+    assert asyncio.run(run()) == outcome
+    # After a wait of retry_after, the request's slot (one interval on) is already due.
+    assert clock.sleeps == sleeps
+    assert pacer.state()["waitedOut429"] == (1 if outcome == "ok" else 0)
 
 
 class LateLoopClock:
@@ -317,3 +387,104 @@ def test_replicas_sharing_redis_space_departures_when_one_wakes_late(redis_url: 
     departures = asyncio.run(run())
 
     assert min(gaps(departures)) >= 1 / rate
+
+
+# -- FileSlots: the schedule the workers of one host share through a locked file --
+
+
+def test_two_holders_of_one_file_share_one_schedule(tmp_path: Path) -> None:
+    clock = FakeClock()
+    first, second = (
+        FileSlots(str(tmp_path / "pacing"), clock),
+        FileSlots(str(tmp_path / "pacing"), clock),
+    )
+    try:
+        waits = [
+            complete(first.reserve("account", 1.0, 5.0)),
+            complete(second.reserve("account", 1.0, 5.0)),
+            complete(first.reserve("other account", 1.0, 5.0)),
+            complete(second.reserve("account", 1.0, 5.0)),
+        ]
+    finally:
+        first.close()
+        second.close()
+
+    assert waits == [0, 1.0, 0, 2.0]
+
+
+def test_a_slot_past_the_wait_bound_is_not_reserved(tmp_path: Path) -> None:
+    slots = FileSlots(str(tmp_path / "pacing"), FakeClock())
+    try:
+        complete(slots.reserve("account", 3.0, 5.0))
+        refused = complete(slots.reserve("account", 3.0, 1.0))  # 3 s away: refused
+        next_wait = complete(slots.reserve("account", 3.0, 5.0))
+    finally:
+        slots.close()
+
+    assert refused == 3.0
+    assert next_wait == 3.0  # the refusal took no slot
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"not json", b"[1, 2]", b'{"account": [1]}', b'{"account": [1e9, 1e9]}', b'{"account": {}}'],
+    ids=["garbage", "not-an-object", "short-entry", "far-future", "entry-not-a-list"],
+)
+def test_a_corrupt_or_planted_table_is_started_again(tmp_path: Path, content: bytes) -> None:
+    # A write cut short or a planted value must neither stop sharing nor stall an account.
+    path = tmp_path / "pacing"
+    path.write_bytes(content)
+    path.chmod(0o600)
+    slots = FileSlots(str(path), FakeClock())
+    try:
+        wait = complete(slots.reserve("account", 1.0, 5.0))
+    finally:
+        slots.close()
+
+    assert wait == 0
+    assert isinstance(orjson.loads(path.read_bytes())["account"], list)
+
+
+def test_a_symbolic_link_is_never_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"[1, 2, 3]")
+    (tmp_path / "pacing").symlink_to(victim)
+    slots = FileSlots(str(tmp_path / "pacing"), FakeClock())
+    try:
+        assert complete(slots.reserve("account", 1.0, 5.0)) is None
+    finally:
+        slots.close()
+
+    assert victim.read_bytes() == b"[1, 2, 3]"
+
+
+def test_a_file_others_may_write_is_not_trusted(tmp_path: Path) -> None:
+    path = tmp_path / "pacing"
+    path.write_bytes(b"{}")
+    path.chmod(0o666)
+    slots = FileSlots(str(path), FakeClock())
+    try:
+        assert complete(slots.reserve("account", 1.0, 5.0)) is None
+    finally:
+        slots.close()
+
+
+def test_a_lock_held_elsewhere_is_not_waited_for(tmp_path: Path) -> None:
+    path = tmp_path / "pacing"
+    slots = FileSlots(str(path), FakeClock())
+    with path.open("a") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        try:
+            assert complete(slots.reserve("account", 1.0, 5.0)) is None
+        finally:
+            slots.close()
+
+
+def test_a_missing_directory_means_pacing_alone(tmp_path: Path) -> None:
+    slots = FileSlots(str(tmp_path / "gone" / "pacing"), FakeClock())
+
+    assert complete(slots.reserve("account", 1.0, 5.0)) is None
+
+
+def complete(pending: Any) -> Any:
+    return asyncio.run(pending)
