@@ -24,12 +24,12 @@ from starlette.routing import Mount, Route
 
 from gateway.config import Settings
 from gateway.context import Context
-from gateway.credentials import Credentials, request_credentials
+from gateway.credentials import request_credentials
 from gateway.endpoint import GraphQLEndpoint
 from gateway.graphiql import ASSET_ROUTE, GraphiQLPage
 from gateway.health import healthz, readyz
 from gateway.limits import OperationLimits
-from gateway.loaders import CallsIn, OperationLoader
+from gateway.loaders import OperationLoader
 from gateway.logs import configure_logging
 from gateway.metrics import Metrics
 from gateway.pagination import CursorCodec
@@ -39,9 +39,8 @@ from gateway.sandbox import ACCOUNTS, Account, create_sandbox_app
 from gateway.schema import build_schema, graphql_core_schema
 from gateway.shutdown import ShutdownMiddleware
 from gateway.telemetry import InstrumentedTransport, Telemetry
-from gateway.upstream.client import CatapultClient, UpstreamAnswer
-from gateway.upstream.routes import UpstreamRequest
-from gateway.upstream.service import Upstream, create_upstream
+from gateway.upstream.client import CatapultClient
+from gateway.upstream.service import CatapultService, create_upstream
 from gateway.upstream.transport import create_transport
 
 SANDBOX_PATH = "/sandbox"
@@ -67,7 +66,7 @@ class State(TypedDict):
     """What the lifespan hands every request (`request.state`)."""
 
     catapult: CatapultClient
-    upstream: Upstream
+    upstream: CatapultService
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -96,7 +95,20 @@ def create_app(settings: Settings) -> Starlette:
                     connect_timeout=settings.upstream_connect_timeout,
                     on_retry=metrics.upstream_retry,
                 )
-                upstream = create_upstream(settings, catapult, metrics)
+                secret = settings.cache_key
+                upstream = create_upstream(
+                    catapult,
+                    metrics,
+                    cache_url=settings.cache_url,
+                    cache_key=None if secret is None else secret.get_secret_value().encode(),
+                    cache_ttl=settings.cache_ttl,
+                    cache_max_entries=settings.cache_max_entries,
+                    cache_max_bytes=settings.cache_max_bytes,
+                    cache_timeout=settings.cache_timeout,
+                    rate=settings.upstream_rate,
+                    queue_timeout=settings.upstream_queue_timeout,
+                    pacing_file=settings.pacing_file,
+                )
                 # Asks the cache store once at start-up: a wrong password or an unreachable
                 # Redis is logged now, not at the first request, and /readyz says so.
                 await upstream.check()
@@ -122,32 +134,12 @@ def create_app(settings: Settings) -> Starlette:
 
     def make_context(request: Request, request_id: str) -> Context:
         client: CatapultClient = request.state.catapult
-        upstream: Upstream = request.state.upstream
-        deadline = time.monotonic() + settings.request_timeout
-        refresh = wants_fresh(request.headers)
-
-        async def fetch(
-            credentials: Credentials,
-            wanted: UpstreamRequest,
-            *,
-            gate: Callable[[], None],
-            calls_in: CallsIn | None,
-        ) -> UpstreamAnswer:
-            return await upstream.fetch(
-                credentials,
-                wanted,
-                deadline=deadline,
-                refresh=refresh,
-                gate=gate,
-                calls_in=calls_in,
-            )
-
         loader = OperationLoader(
-            fetch,
+            request.state.upstream,
             partial(request_credentials, request.scope),
+            deadline=time.monotonic() + settings.request_timeout,
+            refresh=wants_fresh(request.headers),
             upstream_base=client.base_url,
-            # `Cache-Control: no-cache` skips every cache read, the entity view's too.
-            recall=None if refresh else upstream.recall_calls,
             fetched_at=_fetched_at(request),
             max_requests=settings.max_upstream_requests,
         )

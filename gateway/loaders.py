@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from gateway.calls import (
@@ -44,48 +44,57 @@ from gateway.calls import (
     validate_id,
 )
 from gateway.credentials import Credentials
-from gateway.entities import KnownCall, call_in_answer, calls_in_list
+from gateway.entities import KnownCall, calls_in_list
 from gateway.errors import (
     Forbidden,
     GatewayError,
-    NotFound,
     OperationTooComplex,
     RateLimited,
     Unauthenticated,
     UpstreamBadResponse,
 )
 from gateway.pagination import next_query
-from gateway.upstream import routes
 from gateway.upstream.client import UpstreamAnswer
-from gateway.upstream.routes import UpstreamRequest
 
 # From this many ids missing from the entity view in one batch, one newest page of
 # MAX_PAGE_SIZE is asked first: one request instead of (at least) three.
 BATCH_THRESHOLD = 3
 NEWEST_PAGE = ListQuery(page=0, size=MAX_PAGE_SIZE, sort_order="desc")
 
-CallsIn = Callable[[Any], Iterable[tuple[str, Any]]]
 
+class Upstream(Protocol):
+    """The cached, paced upstream (`upstream.service.CatapultService`)."""
 
-class Fetch(Protocol):
-    """The cached, paced upstream (`upstream.service.Upstream.fetch`, bound to the request)."""
-
-    def __call__(
+    async def list_calls(
         self,
         credentials: Credentials,
-        request: UpstreamRequest,
-        /,
+        query: ListQuery,
         *,
+        deadline: float,
+        refresh: bool,
         gate: Callable[[], None],
-        calls_in: CallsIn | None,
-    ) -> Awaitable[UpstreamAnswer]: ...
+    ) -> UpstreamAnswer: ...
+
+    async def get_call(
+        self,
+        credentials: Credentials,
+        call_id: str,
+        *,
+        deadline: float,
+        refresh: bool,
+        gate: Callable[[], None],
+    ) -> UpstreamAnswer | None: ...
+
+    async def recall_calls(
+        self, credentials: Credentials, call_ids: Sequence[str]
+    ) -> dict[str, KnownCall]: ...
 
 
 # The request's credentials as `credentials.request_credentials` read them (the one
 # reader of the credential headers); raises `Unauthenticated`.
 ReadCredentials = Callable[[], Credentials]
-# The entity view's records for some ids under these credentials.
-Recall = Callable[[Credentials, Sequence[str]], Awaitable[dict[str, KnownCall]]]
+# Sends one upstream request, with the operation's veto to run right before it leaves.
+Send = Callable[[Callable[[], None]], Awaitable[UpstreamAnswer | None]]
 Found = CallRecord | BadRecord | None
 
 
@@ -94,23 +103,26 @@ class OperationLoader:
 
     def __init__(
         self,
-        fetch: Fetch,
+        upstream: Upstream,
         credentials: ReadCredentials,
         *,
+        deadline: float,
+        refresh: bool,
         upstream_base: str,
-        recall: Recall | None = None,
         fetched_at: list[float] | None = None,
         max_requests: int | None = None,
     ) -> None:
-        self._fetch = fetch
+        self._upstream = upstream
         self._credentials = credentials
+        self._deadline = deadline
+        # `Cache-Control: no-cache`: every cache read is skipped, the entity view's too.
+        self._refresh = refresh
         self._upstream_base = upstream_base
-        # None: no entity view (TTL 0, or `Cache-Control: no-cache` skips cache reads).
-        self._recall = recall
         # When each answer this operation used was fetched; see responses.ResponseNote.
         self.fetched_at = [] if fetched_at is None else fetched_at
         self._max_requests = max_requests
-        self._inflight: dict[UpstreamRequest, asyncio.Future[UpstreamAnswer]] = {}
+        # By what was asked: a list's upstream parameters, or a call's id.
+        self._inflight: dict[object, asyncio.Future[UpstreamAnswer | None]] = {}
         self.upstream_requests = 0
         # Single calls by id, and the ids waiting for the next batch.
         self._calls: dict[str, asyncio.Future[Found]] = {}
@@ -143,8 +155,16 @@ class OperationLoader:
 
     async def _list(self, query: ListQuery) -> UpstreamAnswer:
         credentials = self.credentials()
-        request = routes.list_calls(credentials.user_id, query)
-        return await self._get(credentials, request, calls_in_list)
+
+        def send(gate: Callable[[], None]) -> Awaitable[UpstreamAnswer]:
+            return self._upstream.list_calls(
+                credentials, query, deadline=self._deadline, refresh=self._refresh, gate=gate
+            )
+
+        # Two queries that send the same parameters (a bridge filter's pages) are one request.
+        answer = await self._get(credentials, tuple(query.params()), send)
+        assert answer is not None, "only a call may be absent, never a list"
+        return answer
 
     async def get_call(self, call_id: str) -> Found:
         validate_id(call_id, "id")
@@ -181,7 +201,7 @@ class OperationLoader:
 
     async def _resolve_batch(self, batch: list[str]) -> None:
         credentials = self.credentials()
-        known = {} if self._recall is None else await self._recall(credentials, batch)
+        known = {} if self._refresh else await self._upstream.recall_calls(credentials, batch)
         for call_id, call in known.items():
             self.fetched_at.append(call.fetched_at)
             self._settle(call_id, parse_call(call.raw))
@@ -218,14 +238,14 @@ class OperationLoader:
         self._settle(call_id, found)
 
     async def _get_one(self, credentials: Credentials, call_id: str) -> Found:
-        request = routes.get_call(credentials.user_id, call_id)
-        try:
-            answer = await self._get(credentials, request, call_in_answer)
-        except NotFound as exc:
-            # An unknown call is an expected outcome (null); an unknown user is an error.
-            if exc.extra.get("upstreamCode") == "call-not-found":
-                return None
-            raise
+        def send(gate: Callable[[], None]) -> Awaitable[UpstreamAnswer | None]:
+            return self._upstream.get_call(
+                credentials, call_id, deadline=self._deadline, refresh=self._refresh, gate=gate
+            )
+
+        answer = await self._get(credentials, call_id, send)
+        if answer is None:
+            return None
         if not isinstance(answer.body, dict):
             raise UpstreamBadResponse("The upstream answered a call that is not a JSON object.")
         return parse_call(answer.body)
@@ -237,10 +257,10 @@ class OperationLoader:
             raise type(refusal)(refusal.message, **refusal.extra)
 
     async def _get(
-        self, credentials: Credentials, request: UpstreamRequest, calls_in: CallsIn
-    ) -> UpstreamAnswer:
+        self, credentials: Credentials, asked: object, send: Send
+    ) -> UpstreamAnswer | None:
         self._refused(credentials)
-        future = self._inflight.get(request)
+        future = self._inflight.get(asked)
         if future is None:
             # The backstop of the limit checked before execution, which cannot see
             # requests that depend on variables or on the upstream's answers.
@@ -250,17 +270,10 @@ class OperationLoader:
                     limit="maxUpstreamRequests",
                 )
             self.upstream_requests += 1
-            future = asyncio.ensure_future(
-                self._fetch(
-                    credentials,
-                    request,
-                    # Checked again when the request is about to leave: one already
-                    # waiting for its pacing slot stays home after a refusal.
-                    gate=lambda: self._refused(credentials),
-                    calls_in=calls_in,
-                )
-            )
-            self._inflight[request] = future
+            # The refusal is checked again when the request is about to leave: one
+            # already waiting for its pacing slot stays home after a refusal.
+            future = asyncio.ensure_future(send(lambda: self._refused(credentials)))
+            self._inflight[asked] = future
         # shield: one field being cancelled must not cancel the request for the others.
         try:
             answer = await asyncio.shield(future)
@@ -276,7 +289,8 @@ class OperationLoader:
                 await asyncio.wait(others)
             self._refused(credentials)
             raise
-        self.fetched_at.append(answer.fetched_at)
+        if answer is not None:
+            self.fetched_at.append(answer.fetched_at)
         return answer
 
 

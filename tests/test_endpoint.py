@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -18,15 +19,15 @@ from starlette.requests import Request
 from gateway.app import create_app, credential_headers
 from gateway.config import load_settings
 from gateway.context import Context
-from gateway.credentials import Credentials, request_credentials
+from gateway.credentials import request_credentials
 from gateway.endpoint import GRAPHQL_RESPONSE_JSON, GraphQLEndpoint
+from gateway.entities import KnownCall
 from gateway.errors import UpstreamTimeout
 from gateway.graphiql import ASSETS
 from gateway.loaders import OperationLoader
 from gateway.pagination import CursorCodec
 from gateway.sandbox import ACCOUNTS
 from gateway.upstream.client import UpstreamAnswer
-from gateway.upstream.routes import UpstreamRequest
 from tests.conftest import Gateway, Sandbox
 from tests.servers import free_port, serve
 
@@ -384,18 +385,27 @@ FAILING_SCHEMA = GraphQLSchema(
 )
 
 
-async def _never_fetch(
-    credentials: Credentials, request: UpstreamRequest, **options: Any
-) -> UpstreamAnswer:
-    raise AssertionError("the failing schema makes no upstream requests")
+class _NoUpstream:
+    """The failing schema makes no upstream requests."""
+
+    async def list_calls(self, *args: Any, **options: Any) -> UpstreamAnswer:
+        raise AssertionError("the failing schema makes no upstream requests")
+
+    async def get_call(self, *args: Any, **options: Any) -> UpstreamAnswer | None:
+        raise AssertionError("the failing schema makes no upstream requests")
+
+    async def recall_calls(self, *args: Any) -> dict[str, KnownCall]:
+        raise AssertionError("the failing schema makes no upstream requests")
 
 
 def _context(request: Request, request_id: str) -> Context:
     return Context(
         request_id=request_id,
         calls=OperationLoader(
-            _never_fetch,
+            _NoUpstream(),
             partial(request_credentials, request.scope),
+            deadline=time.monotonic() + 5,
+            refresh=False,
             upstream_base="http://upstream.test",
         ),
         cursors=CursorCodec(b"a test cursor key"),

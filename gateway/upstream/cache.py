@@ -23,7 +23,7 @@ import hmac
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, overload
 from urllib.parse import urlsplit
 
 import orjson
@@ -112,18 +112,34 @@ class SingleFlightCache(Generic[T]):
         # Metrics hooks: a look-up's result ("hit", "miss", "error"), a shared flight.
         self._on_lookup = on_lookup
         self._on_share = on_share
-        self._flights: dict[str, asyncio.Task[T]] = {}
+        self._flights: dict[str, asyncio.Task[T | None]] = {}
         self.hits = 0
         self.misses = 0
         self.shared_flights = 0
 
+    @overload
     async def get_or_load(
-        self, key: str, load: Callable[[], Awaitable[T]], ttl: float, *, refresh: bool = False
-    ) -> T:
+        self, key: str, load: Callable[[], Awaitable[T]], ttl: float, *, refresh: bool = ...
+    ) -> T: ...
+
+    @overload
+    async def get_or_load(
+        self, key: str, load: Callable[[], Awaitable[T | None]], ttl: float, *, refresh: bool = ...
+    ) -> T | None: ...
+
+    async def get_or_load(
+        self,
+        key: str,
+        load: Callable[[], Awaitable[T | None]],
+        ttl: float,
+        *,
+        refresh: bool = False,
+    ) -> T | None:
         """The cached value for `key`, or the result of `load()`, kept for `ttl` seconds.
 
         `ttl` 0 caches nothing but still shares a load in flight. `refresh` skips the read
-        and replaces the entry. Failures of `load` reach every waiter and are not cached.
+        and replaces the entry. Failures of `load` reach every waiter and are not cached, nor
+        is a None it returns.
         """
         if ttl > 0 and not refresh:
             data = await self.store.get(key)
@@ -147,13 +163,17 @@ class SingleFlightCache(Generic[T]):
         # load the other waiters share.
         return await asyncio.shield(flight)
 
-    async def _load(self, key: str, load: Callable[[], Awaitable[T]], ttl: float) -> T:
+    async def _load(
+        self, key: str, load: Callable[[], Awaitable[T | None]], ttl: float
+    ) -> T | None:
         value = await load()
-        if ttl > 0:
+        # None is nothing found (an unknown call): shared with the waiters but not kept,
+        # as an error is not, since it may stop being true at any moment.
+        if ttl > 0 and value is not None:
             await self.store.set(key, self._codec.encode(value), ttl)
         return value
 
-    def _landed(self, key: str, flight: asyncio.Task[T]) -> None:
+    def _landed(self, key: str, flight: asyncio.Task[T | None]) -> None:
         if self._flights.get(key) is flight:
             del self._flights[key]
         if not flight.cancelled():

@@ -38,7 +38,7 @@ import orjson
 import weblinking
 
 from gateway import __version__
-from gateway.calls import slim_body
+from gateway.calls import ListQuery, slim_body
 from gateway.credentials import Credentials
 from gateway.errors import (
     BadUserInput,
@@ -52,6 +52,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gateway.upstream import routes
 from gateway.upstream.routes import UpstreamRequest
 from gateway.upstream.transport import BodyRefused
 
@@ -64,6 +65,8 @@ MAX_BACKOFF = 1.0
 # for longer than an hour, whatever the upstream's headers claim.
 MIN_RETRY_AFTER = 1
 MAX_RETRY_AFTER = 3600
+# The upstream's error code for a call id it does not know (404), unlike an unknown user.
+CALL_NOT_FOUND = "call-not-found"
 # Longer header values are not read (a date is under 40 characters, a number under 20).
 _MAX_NUMBER_HEADER = 64
 
@@ -121,6 +124,26 @@ class CatapultClient:
     def base_url(self) -> str:
         """The upstream base URL, without a trailing slash."""
         return self._base_url
+
+    async def list_calls(
+        self, credentials: Credentials, query: ListQuery, *, deadline: float
+    ) -> UpstreamAnswer:
+        """One page of the caller's calls (a JSON array)."""
+        request = routes.list_calls(credentials.user_id, query)
+        return await self.fetch(credentials, request, deadline=deadline)
+
+    async def get_call(
+        self, credentials: Credentials, call_id: str, *, deadline: float
+    ) -> UpstreamAnswer | None:
+        """One of the caller's calls (a JSON object), or None when the upstream has none."""
+        request = routes.get_call(credentials.user_id, call_id)
+        try:
+            return await self.fetch(credentials, request, deadline=deadline)
+        except NotFound as exc:
+            # An unknown call is an expected outcome (null); an unknown user is an error.
+            if exc.extra.get("upstreamCode") == CALL_NOT_FOUND:
+                return None
+            raise
 
     async def fetch(
         self, credentials: Credentials, request: UpstreamRequest, *, deadline: float

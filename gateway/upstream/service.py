@@ -1,30 +1,31 @@
-"""Upstream economy: the cache, shared in-flight requests and pacing, in front of the client.
+"""The upstream as operations see it: the cache, shared in-flight requests and pacing,
+in front of the client.
 
-    fetch(credentials, request)
+    list_calls / get_call(credentials, ...)
       -> SingleFlightCache.get_or_load  a hit under the same credentials' key ends here;
-                                     identical concurrent misses share one load
-                                     (skipped with TTL 0: nothing is reused then)
-      -> Pacer.run                   wait for the account's slot (or RATE_LIMITED)
-      -> gate                        the operation's own veto (a refusal it already had)
-      -> CatapultClient.fetch        HTTP, retries, errors
-      -> EntityView.remember         every call record in the answer, by id
+                                        identical concurrent misses share one load
+                                        (skipped with TTL 0: nothing is reused then)
+      -> Pacer.run                      wait for the account's slot (or RATE_LIMITED)
+      -> gate                           the operation's own veto (a refusal it already had)
+      -> CatapultClient                 HTTP, retries, errors; None for an unknown call
+      -> EntityView.remember            every call record in the answer, by id
 
 Only successful answers reach the cache: an error raised by the client passes through
-`get_or_load` to every waiter and nothing is stored.
+`get_or_load` to every waiter and nothing is stored, nor is an unknown call's None.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
-from gateway.config import Settings
+from gateway.calls import ListQuery
 from gateway.credentials import Credentials
-from gateway.entities import EntityView, KnownCall
-from gateway.metrics import Metrics
+from gateway.entities import EntityView, KnownCall, call_in_answer, calls_in_list
+from gateway.upstream import routes
 from gateway.upstream.cache import CacheKeys, SingleFlightCache, create_store
 from gateway.upstream.client import CatapultClient, UpstreamAnswer
 from gateway.upstream.pacing import (
@@ -58,8 +59,28 @@ class AnswerCodec:
         )
 
 
-class Upstream:
-    """The upstream as the operations see it: cached, shared and paced."""
+# A list always has an answer; a call may have none (None: the upstream does not know it).
+Found = TypeVar("Found", UpstreamAnswer, UpstreamAnswer | None)
+
+
+class UpstreamMetrics(Protocol):
+    """What the cache and the pacer report (`metrics.Metrics` does it)."""
+
+    def cache_result(self, result: str) -> None: ...
+
+    def singleflight_share(self) -> None: ...
+
+    def pacing_wait(self, seconds: float) -> None: ...
+
+    def pacing_refusal(self) -> None: ...
+
+
+def _no_veto() -> None:
+    pass
+
+
+class CatapultService:
+    """The Catapult calls API as the operations see it: cached, shared and paced."""
 
     def __init__(
         self,
@@ -69,8 +90,8 @@ class Upstream:
         pacer: Pacer,
         *,
         ttl: float,
-        entities: EntityView | None = None,
-        slots_file: FileSlots | None = None,
+        entities: EntityView | None,
+        slots_file: FileSlots | None,
     ) -> None:
         self._client = client
         self._cache = cache
@@ -80,33 +101,60 @@ class Upstream:
         self._entities = entities
         self._slots_file = slots_file
 
-    async def fetch(
+    async def list_calls(
         self,
         credentials: Credentials,
-        request: UpstreamRequest,
+        query: ListQuery,
         *,
         deadline: float,
         refresh: bool = False,
-        gate: Callable[[], None] = lambda: None,
-        calls_in: Callable[[Any], Iterable[tuple[str, Any]]] | None = None,
+        gate: Callable[[], None] = _no_veto,
     ) -> UpstreamAnswer:
-        """The answer to `request` under these credentials; `refresh` skips the cache read.
+        """One page of the caller's calls; `refresh` skips the cache read.
 
         `gate` runs right before the request leaves (after any wait for a slot) and may
-        raise to keep it from leaving; `calls_in` names the call records of an answer,
-        which the entity view then keeps.
+        raise to keep it from leaving.
         """
 
         async def send() -> UpstreamAnswer:
             gate()
-            return await self._client.fetch(credentials, request, deadline=deadline)
+            return await self._client.list_calls(credentials, query, deadline=deadline)
 
-        async def load() -> UpstreamAnswer:
+        request = routes.list_calls(credentials.user_id, query)
+        return await self._through_cache(credentials, request, send, refresh, calls_in_list)
+
+    async def get_call(
+        self,
+        credentials: Credentials,
+        call_id: str,
+        *,
+        deadline: float,
+        refresh: bool = False,
+        gate: Callable[[], None] = _no_veto,
+    ) -> UpstreamAnswer | None:
+        """One of the caller's calls, or None when the upstream has no such call."""
+
+        async def send() -> UpstreamAnswer | None:
+            gate()
+            return await self._client.get_call(credentials, call_id, deadline=deadline)
+
+        request = routes.get_call(credentials.user_id, call_id)
+        return await self._through_cache(credentials, request, send, refresh, call_in_answer)
+
+    async def _through_cache(
+        self,
+        credentials: Credentials,
+        request: UpstreamRequest,
+        send: Callable[[], Awaitable[Found]],
+        refresh: bool,
+        calls_in: Callable[[Any], Iterable[tuple[str, Any]]],
+    ) -> Found:
+        async def load() -> Found:
             if self._pacer.enabled:
                 answer = await self._pacer.run(account_key(self._keys, credentials.account), send)
             else:
                 answer = await send()
-            if calls_in is not None and self._entities is not None:
+            if answer is not None and self._entities is not None:
                 await self._entities.remember(credentials, calls_in(answer.body), answer.fetched_at)
             return answer
 
@@ -144,22 +192,28 @@ class Upstream:
 
 
 def create_upstream(
-    settings: Settings, client: CatapultClient, metrics: Metrics | None = None
-) -> Upstream:
-    """Build the cache, keys and pacer that `settings` describe around `client`."""
-    metrics = Metrics() if metrics is None else metrics
+    client: CatapultClient,
+    metrics: UpstreamMetrics,
+    *,
+    cache_url: str,
+    cache_key: bytes | None,
+    cache_ttl: float,
+    cache_max_entries: int,
+    cache_max_bytes: int,
+    cache_timeout: float,
+    rate: float,
+    queue_timeout: float,
+    pacing_file: str | None,
+) -> CatapultService:
+    """Build the cache, keys and pacer around `client` (`cache_key` None: a random one)."""
     store = create_store(
-        settings.cache_url,
-        max_entries=settings.cache_max_entries,
-        max_bytes=settings.cache_max_bytes,
-        timeout=settings.cache_timeout,
+        cache_url, max_entries=cache_max_entries, max_bytes=cache_max_bytes, timeout=cache_timeout
     )
-    secret = settings.cache_key
-    keys = CacheKeys(None if secret is None else secret.get_secret_value().encode())
+    keys = CacheKeys(cache_key)
     # Redis holds the pacing schedule too, so that replicas pace each account together;
     # without it, the processes of one host (`serve --workers N`) share a locked file.
     clock = MonotonicClock()
-    slots_file = None if settings.pacing_file is None else FileSlots(settings.pacing_file, clock)
+    slots_file = None if pacing_file is None else FileSlots(pacing_file, clock)
     shared: SharedSlots | None = RedisSlots(store) if isinstance(store, RedisStore) else slots_file
     if isinstance(store, RedisStore) and not keys.shared:
         log.warning(
@@ -167,8 +221,8 @@ def create_upstream(
             "random key, so replicas will not share cache entries or pacing"
         )
     pacer = Pacer(
-        rate=settings.upstream_rate,
-        queue_timeout=settings.upstream_queue_timeout,
+        rate=rate,
+        queue_timeout=queue_timeout,
         clock=clock,
         shared=shared,
         on_wait=metrics.pacing_wait,
@@ -181,28 +235,28 @@ def create_upstream(
         on_share=metrics.singleflight_share,
     )
     entities = None
-    if settings.cache_ttl > 0:
+    if cache_ttl > 0:
         # Its own store: a page of 1,000 calls must not evict the whole-answer entries.
         # With Redis both live in one server under different keys.
         entity_store = (
             store
             if isinstance(store, RedisStore)
             else create_store(
-                settings.cache_url,
-                max_entries=settings.cache_max_entries,
-                max_bytes=settings.cache_max_bytes,
-                timeout=settings.cache_timeout,
+                cache_url,
+                max_entries=cache_max_entries,
+                max_bytes=cache_max_bytes,
+                timeout=cache_timeout,
             )
         )
         entities = EntityView(
-            entity_store, keys, ttl=settings.cache_ttl, owns_store=entity_store is not store
+            entity_store, keys, ttl=cache_ttl, owns_store=entity_store is not store
         )
-    return Upstream(
+    return CatapultService(
         client,
         cache,
         keys,
         pacer,
-        ttl=settings.cache_ttl,
+        ttl=cache_ttl,
         entities=entities,
         slots_file=slots_file,
     )

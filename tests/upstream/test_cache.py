@@ -19,14 +19,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.app import create_app, credential_headers
+from gateway.calls import ListQuery
 from gateway.config import load_settings
 from gateway.credentials import Credentials
 from gateway.errors import UpstreamError
+from gateway.metrics import Metrics
 from gateway.upstream.cache import CacheKeys, MemoryStore, SingleFlightCache
 from gateway.upstream.client import CatapultClient, UpstreamAnswer
 from gateway.upstream.pacing import RedisSlots
 from gateway.upstream.redis import RedisStore, redis_options
-from gateway.upstream.routes import UpstreamRequest
+from gateway.upstream.routes import calls_path
 from gateway.upstream.service import AnswerCodec, create_upstream
 from tests.conftest import (
     DEMO,
@@ -148,7 +150,7 @@ def _echo_client() -> tuple[CatapultClient, httpx.MockTransport, list[httpx.Requ
         seen.append(request)
         # In a call record's fields: the client keeps only those (calls.slim_body).
         body = {"callbackUrl": request.headers["authorization"], "events": str(request.url)}
-        return httpx.Response(200, json=body)
+        return httpx.Response(200, json=[body])
 
     transport = httpx.MockTransport(answer)
     client = CatapultClient(transport, base_url="http://upstream", retries=0, upstream_timeout=5)
@@ -158,41 +160,50 @@ def _echo_client() -> tuple[CatapultClient, httpx.MockTransport, list[httpx.Requ
 _tokens = st.sampled_from(["t-a", "t-b", "t-c"])
 _secrets = st.sampled_from(["s-1", "s-2"])
 _users = st.sampled_from(["u-a", "u-b"])
-_params = st.lists(
-    st.tuples(st.sampled_from(["page", "size", "from"]), st.sampled_from(["0", "1", "+1919"])),
-    max_size=3,
-    unique_by=lambda pair: pair[0],
+_queries = st.builds(
+    ListQuery,
+    from_=st.sampled_from([None, "+19195551212"]),
+    page=st.sampled_from([0, 1]),
+    size=st.sampled_from([1, 25]),
 )
-_asks = st.lists(st.tuples(_tokens, _secrets, _users, _params), min_size=1, max_size=25)
+_asks = st.lists(st.tuples(_tokens, _secrets, _users, _queries), min_size=1, max_size=25)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(asks=_asks, cache_key=st.sampled_from([None, "a shared cache key"]))
 def test_property_every_answer_is_the_one_fetched_with_the_callers_own_credentials(
-    asks: list[tuple[str, str, str, list[tuple[str, str]]]], cache_key: str | None
+    asks: list[tuple[str, str, str, ListQuery]], cache_key: str | None
 ) -> None:
     async def run() -> None:
         client, http, seen = _echo_client()
-        environ = {"GATEWAY_UPSTREAM_RATE": "0"}
-        if cache_key:
-            environ["GATEWAY_CACHE_KEY"] = cache_key
-        upstream = create_upstream(load_settings(environ), client)
+        upstream = create_upstream(
+            client,
+            Metrics(),
+            cache_url="memory://",
+            cache_key=cache_key.encode() if cache_key else None,
+            cache_ttl=30,
+            cache_max_entries=1000,
+            cache_max_bytes=1 << 20,
+            cache_timeout=1,
+            rate=0,
+            queue_timeout=2,
+            pacing_file=None,
+        )
 
         # Sequentially (hits after misses) and all at once (single flight) alike.
-        async def ask(token: str, secret: str, user: str, params: list[tuple[str, str]]) -> None:
+        async def ask(token: str, secret: str, user: str, query: ListQuery) -> None:
             credentials = Credentials(authorization=basic(token, secret), user_id=user)
-            request = UpstreamRequest(f"/v1/users/{user}/calls/", tuple(params))
-            answer = await upstream.fetch(credentials, request, deadline=time.monotonic() + 5)
-            assert answer.body["callbackUrl"] == credentials.authorization
-            # Parameter order is normalized away: the same parameters are the same request.
-            target = urlsplit(answer.body["events"])
-            assert target.path == request.path
-            assert sorted(parse_qsl(target.query)) == sorted(params)
+            answer = await upstream.list_calls(credentials, query, deadline=time.monotonic() + 5)
+            [record] = answer.body
+            assert record["callbackUrl"] == credentials.authorization
+            target = urlsplit(record["events"])
+            assert target.path == calls_path(user)
+            assert parse_qsl(target.query) == query.params()
 
         for each in asks:
             await ask(*each)
         await asyncio.gather(*(ask(*each) for each in reversed(asks)))
-        distinct = {(t, s, u, tuple(sorted(p))) for t, s, u, p in asks}
+        distinct = {(t, s, u, q) for t, s, u, q in asks}
         assert len(seen) == len(distinct)
         await upstream.close()
         await http.aclose()

@@ -1,0 +1,240 @@
+"""The upstream service: cache, single flight, pacing and the entity view around the client,
+driven through a recording fake upstream (`httpx.MockTransport`) and recording metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.calls import ListQuery
+from gateway.credentials import Credentials
+from gateway.errors import GatewayError, NotFound, RateLimited
+from gateway.upstream.client import CatapultClient, UpstreamAnswer
+from gateway.upstream.routes import call_path, calls_path
+from gateway.upstream.service import CatapultService, create_upstream
+
+CREDENTIALS = Credentials(authorization="Basic dDpz", user_id="u-1")
+OTHER_ACCOUNT = Credentials(authorization="Basic dDI6czI=", user_id="u-1")
+QUERY = ListQuery(size=2)
+CALLS = [{"id": "c-1", "state": "completed"}, {"id": "c-2", "state": "active"}]
+
+
+class RecordingMetrics:
+    """`UpstreamMetrics` that keeps every report."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[str, Any]] = []
+
+    def cache_result(self, result: str) -> None:
+        self.reports.append(("cache", result))
+
+    def singleflight_share(self) -> None:
+        self.reports.append(("share", None))
+
+    def pacing_wait(self, seconds: float) -> None:
+        self.reports.append(("wait", seconds))
+
+    def pacing_refusal(self) -> None:
+        self.reports.append(("refusal", None))
+
+
+class RecordingUpstream:
+    """Answers each path from a table (404 `resource-not-found` otherwise); records paths."""
+
+    def __init__(self, answers: dict[str, httpx.Response]) -> None:
+        self.answers = answers
+        self.paths: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        return self.answers.get(request.url.path) or httpx.Response(
+            404, json={"code": "resource-not-found", "message": "no"}
+        )
+
+
+def service(
+    upstream: RecordingUpstream, metrics: RecordingMetrics, *, ttl: float = 30, rate: float = 0
+) -> CatapultService:
+    client = CatapultClient(
+        httpx.MockTransport(upstream), base_url="http://upstream", retries=0, upstream_timeout=5
+    )
+    return create_upstream(
+        client,
+        metrics,
+        cache_url="memory://",
+        cache_key=b"a test cache key",
+        cache_ttl=ttl,
+        cache_max_entries=100,
+        cache_max_bytes=1 << 20,
+        cache_timeout=1,
+        rate=rate,
+        queue_timeout=0,
+        pacing_file=None,
+    )
+
+
+def deadline() -> float:
+    return time.monotonic() + 5
+
+
+def run(main: Callable[[CatapultService], Any], upstream: RecordingUpstream, **options: Any) -> Any:
+    async def go() -> Any:
+        built = service(upstream, options.pop("metrics", RecordingMetrics()), **options)
+        try:
+            return await main(built)
+        finally:
+            await built.close()
+
+    return asyncio.run(go())
+
+
+LIST = {calls_path("u-1"): httpx.Response(200, json=CALLS)}
+
+
+@pytest.mark.parametrize(
+    ("answer", "outcome"),
+    [
+        pytest.param(httpx.Response(200, json=CALLS[0]), "c-1", id="found"),
+        pytest.param(
+            httpx.Response(404, json={"code": "call-not-found", "message": "no"}),
+            None,
+            id="unknown-call-is-none",
+        ),
+        pytest.param(
+            httpx.Response(404, json={"code": "user-not-found", "message": "no"}),
+            "NOT_FOUND",
+            id="unknown-user-is-an-error",
+        ),
+    ],
+)
+def test_get_call_answers_a_call_none_or_an_error(answer: httpx.Response, outcome: Any) -> None:
+    upstream = RecordingUpstream({call_path("u-1", "c-1"): answer})
+
+    async def main(built: CatapultService) -> Any:
+        try:
+            found = await built.get_call(CREDENTIALS, "c-1", deadline=deadline())
+        except NotFound as exc:
+            return exc.code
+        return None if found is None else found.body["id"]
+
+    assert run(main, upstream) == outcome
+
+
+@pytest.mark.parametrize(
+    ("answer", "requests"),
+    [
+        pytest.param(httpx.Response(200, json=CALLS[0]), 1, id="a-call-is-kept"),
+        pytest.param(
+            httpx.Response(404, json={"code": "call-not-found", "message": "no"}),
+            2,
+            id="an-unknown-call-is-not-kept",
+        ),
+    ],
+)
+def test_only_answers_are_cached_never_an_absence(answer: httpx.Response, requests: int) -> None:
+    upstream = RecordingUpstream({call_path("u-1", "c-1"): answer})
+
+    async def main(built: CatapultService) -> None:
+        for _ in range(2):
+            await built.get_call(CREDENTIALS, "c-1", deadline=deadline())
+
+    run(main, upstream)
+
+    assert upstream.paths == [call_path("u-1", "c-1")] * requests
+
+
+@pytest.mark.parametrize(
+    ("ttl", "refresh", "requests", "lookups"),
+    [
+        pytest.param(30, False, 1, [("cache", "miss"), ("cache", "hit")], id="hit-within-ttl"),
+        pytest.param(30, True, 2, [("cache", "miss")], id="refresh-skips-the-read"),
+        pytest.param(0, False, 2, [], id="ttl-0-reuses-nothing"),
+    ],
+)
+def test_a_list_is_reused_within_the_ttl_unless_refreshed(
+    ttl: float, refresh: bool, requests: int, lookups: list[tuple[str, Any]]
+) -> None:
+    upstream = RecordingUpstream(LIST)
+    metrics = RecordingMetrics()
+
+    async def main(built: CatapultService) -> list[UpstreamAnswer]:
+        first = await built.list_calls(CREDENTIALS, QUERY, deadline=deadline())
+        again = await built.list_calls(CREDENTIALS, QUERY, deadline=deadline(), refresh=refresh)
+        return [first, again]
+
+    first, again = run(main, upstream, ttl=ttl, metrics=metrics)
+
+    assert first.body == again.body == CALLS
+    assert upstream.paths == [calls_path("u-1")] * requests
+    assert metrics.reports == lookups
+
+
+def test_concurrent_identical_lists_share_one_request() -> None:
+    upstream = RecordingUpstream(LIST)
+    metrics = RecordingMetrics()
+
+    async def main(built: CatapultService) -> None:
+        await asyncio.gather(
+            *(built.list_calls(CREDENTIALS, QUERY, deadline=deadline()) for _ in range(5))
+        )
+
+    run(main, upstream, metrics=metrics)
+
+    assert upstream.paths == [calls_path("u-1")]
+    assert metrics.reports.count(("share", None)) == 4
+
+
+def test_a_gate_that_refuses_keeps_the_request_home() -> None:
+    upstream = RecordingUpstream(LIST)
+
+    def refuse() -> None:
+        raise GatewayError("vetoed")
+
+    async def main(built: CatapultService) -> None:
+        await built.list_calls(CREDENTIALS, QUERY, deadline=deadline(), gate=refuse)
+
+    with pytest.raises(GatewayError, match="vetoed"):
+        run(main, upstream)
+    assert upstream.paths == []
+
+
+@pytest.mark.parametrize(
+    ("asker", "known"),
+    [
+        pytest.param(CREDENTIALS, ["c-1", "c-2"], id="same-credentials-recall"),
+        pytest.param(OTHER_ACCOUNT, [], id="other-credentials-recall-nothing"),
+    ],
+)
+def test_listed_calls_are_remembered_for_their_credentials_only(
+    asker: Credentials, known: list[str]
+) -> None:
+    upstream = RecordingUpstream(LIST)
+
+    async def main(built: CatapultService) -> list[str]:
+        await built.list_calls(CREDENTIALS, QUERY, deadline=deadline())
+        return sorted(await built.recall_calls(asker, ["c-1", "c-2", "c-3"]))
+
+    assert run(main, upstream) == known
+
+
+def test_pacing_refuses_a_second_request_of_one_account_beyond_the_queue_bound() -> None:
+    upstream = RecordingUpstream({**LIST, calls_path("u-2"): httpx.Response(200, json=[])})
+    metrics = RecordingMetrics()
+    second_page = ListQuery(page=1, size=2)
+
+    async def main(built: CatapultService) -> str:
+        await built.list_calls(CREDENTIALS, QUERY, deadline=deadline())
+        try:
+            await built.list_calls(CREDENTIALS, second_page, deadline=deadline())
+        except RateLimited as exc:
+            return exc.code
+        return "served"
+
+    assert run(main, upstream, rate=1, metrics=metrics) == "RATE_LIMITED"
+    assert upstream.paths == [calls_path("u-1")]
+    assert ("refusal", None) in metrics.reports
