@@ -25,6 +25,8 @@ import httpx
 from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from yarl import URL
 
+from gateway.body_budget import LEASE_EXTENSION, BodyLease
+
 # Fixed rather than aiohttp's default, which grows with the optional decoders that happen
 # to be installed (brotli, zstd): what the gateway accepts must not depend on that.
 ACCEPT_ENCODING = "gzip, deflate"
@@ -79,7 +81,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 ),
             ) as response:
                 try:
-                    content = await self._read(response)
+                    content = await self._read(response, request.extensions.get(LEASE_EXTENSION))
                 except BaseException:
                     # Unread bytes would be the start of the next answer on this connection.
                     response.close()
@@ -98,8 +100,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             extensions={"http_version": b"HTTP/1.1"},
         )
 
-    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
-        """The decoded body, read up to the bound and no further."""
+    async def _read(self, response: aiohttp.ClientResponse, lease: BodyLease | None) -> bytes:
+        """The decoded body, read up to the bound and no further, each chunk taken from
+        the process-wide body budget (`lease`) before it is kept."""
         encodings = [
             token.strip().lower()
             for value in response.headers.getall("content-encoding", ())
@@ -119,6 +122,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 size += len(chunk)
                 if size > limit:
                     raise BodyRefused(f"The upstream's answer is larger than {limit} bytes.")
+                if lease is not None:
+                    await lease.take(len(chunk))
                 chunks.append(chunk)
         except BaseException:
             # The exception's traceback holds this frame, and asyncio's exceptions are

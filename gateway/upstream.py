@@ -44,6 +44,7 @@ from tenacity import (
 )
 
 from gateway import __version__
+from gateway.body_budget import LEASE_EXTENSION, BodyBudget, BodyLease, budget_exhausted
 from gateway.calls import slim_body
 from gateway.config import Settings
 from gateway.credentials import Credentials
@@ -155,10 +156,12 @@ class CatapultClient:
         base_url: str,
         retries: int,
         upstream_timeout: float,
+        body_budget: BodyBudget,
         connect_timeout: float = 3.0,
         on_retry: Callable[[], None] = lambda: None,
     ) -> None:
         self._transport = transport
+        self._body_budget = body_budget
         self._base_url = base_url.rstrip("/")
         self._retries = retries
         self._upstream_timeout = upstream_timeout
@@ -212,6 +215,18 @@ class CatapultClient:
     async def _attempt(
         self, credentials: Credentials, request: UpstreamRequest, deadline: float
     ) -> UpstreamAnswer:
+        # The body counts against the process-wide budget until it has been parsed.
+        with self._body_budget.lease() as lease:
+            try:
+                return await self._attempt_within(credentials, request, deadline, lease)
+            except UpstreamTimeout:
+                if lease.starved:  # the deadline passed waiting for the budget
+                    raise budget_exhausted() from None
+                raise
+
+    async def _attempt_within(
+        self, credentials: Credentials, request: UpstreamRequest, deadline: float, lease: BodyLease
+    ) -> UpstreamAnswer:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise UpstreamTimeout("The upstream did not answer within the request's deadline.")
@@ -220,7 +235,7 @@ class CatapultClient:
             # The transport's timeouts bound each socket operation; this bounds the whole
             # answer, so a slowly dripping upstream cannot outlast the deadline.
             async with asyncio.timeout(timeout):
-                response = await self._send(credentials, request, timeout)
+                response = await self._send(credentials, request, timeout, lease)
         except TimeoutError as exc:
             raise UpstreamTimeout(f"The upstream did not answer within {timeout:.1f} s.") from exc
         except BodyRefused as exc:
@@ -262,7 +277,7 @@ class CatapultClient:
         )
 
     async def _send(
-        self, credentials: Credentials, request: UpstreamRequest, seconds: float
+        self, credentials: Credentials, request: UpstreamRequest, seconds: float, lease: BodyLease
     ) -> httpx.Response:
         # The caller bounds the whole exchange; connecting has a shorter bound of its own,
         # so that a silent host is retried within the deadline.
@@ -283,7 +298,10 @@ class CatapultClient:
             # Reading, writing and waiting for a connection are bounded by the attempt's
             # own timeout (the caller's asyncio.timeout), which always ends first: timers
             # of their own would only cost a reschedule for every chunk read.
-            extensions={"timeout": {"connect": connect, "read": None, "write": None, "pool": None}},
+            extensions={
+                "timeout": {"connect": connect, "read": None, "write": None, "pool": None},
+                LEASE_EXTENSION: lease,
+            },
         )
         response = await self._transport.handle_async_request(outgoing)
         try:
