@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import httpx
 import pytest
@@ -27,7 +28,10 @@ async def settled() -> None:
         await asyncio.sleep(0)
 
 
-def run(scenario: Callable[[BodyBudget], Awaitable[None]], capacity: int = 100) -> BodyBudget:
+Scenario = Callable[[BodyBudget], Coroutine[Any, Any, None]]
+
+
+def run(scenario: Scenario, capacity: int = 100) -> BodyBudget:
     budget = BodyBudget(capacity)
     asyncio.run(scenario(budget))
     return budget
