@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
+import time
 from types import TracebackType
 
 from gateway.errors import RateLimited
@@ -134,6 +136,13 @@ class BodyLease:
         self._future: asyncio.Future[None] | None = None
         self._wanted = 0
         self.starved = False
+        self._timer: asyncio.Timeout | None = None
+        self._deadline = math.inf
+
+    def pause(self, timer: asyncio.Timeout, deadline: float) -> None:
+        """Stop `timer` (the upstream attempt's) while this lease waits for budget, up to
+        `deadline` (`time.monotonic()`): that wait is not the upstream being slow."""
+        self._timer, self._deadline = timer, deadline
 
     async def take(self, size: int) -> None:
         """Hold `size` more bytes, waiting while the budget has none free.
@@ -143,6 +152,12 @@ class BodyLease:
         future = self._budget._take(self, size)
         if future is None:
             return
+        timer, due = self._timer, None
+        if timer is not None and (due := timer.when()) is not None:
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            last = began + (self._deadline - time.monotonic())
+            timer.reschedule(last)
         try:
             await future
         except asyncio.CancelledError:
@@ -150,6 +165,9 @@ class BodyLease:
             self._budget._forget_waiter(self)
             self._budget._settle()
             raise
+        if timer is not None and due is not None:
+            # The attempt's own time resumes where it stopped, never past the deadline.
+            timer.reschedule(min(due + loop.time() - began, last))
 
     def release(self) -> None:
         """Give every byte back (idempotent)."""

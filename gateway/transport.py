@@ -116,14 +116,20 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if response.content_length is not None and response.content_length > limit:
             raise BodyRefused(f"The upstream's answer is larger than {limit} bytes.")
         chunks: list[bytes] = []
-        size = 0
+        size = taken = 0
         try:
+            if lease is not None and not encodings and response.content_length is not None:
+                # A body of known size is taken whole before its first byte: a lease then
+                # holds all of its body or none, and such leases never wait for each other.
+                taken = response.content_length
+                await lease.take(taken)
             async for chunk in response.content.iter_any():
                 size += len(chunk)
                 if size > limit:
                     raise BodyRefused(f"The upstream's answer is larger than {limit} bytes.")
-                if lease is not None:
-                    await lease.take(len(chunk))
+                if lease is not None and size > taken:
+                    await lease.take(size - taken)
+                    taken = size
                 chunks.append(chunk)
         except BaseException:
             # The exception's traceback holds this frame, and asyncio's exceptions are

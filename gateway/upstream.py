@@ -234,7 +234,8 @@ class CatapultClient:
         try:
             # The transport's timeouts bound each socket operation; this bounds the whole
             # answer, so a slowly dripping upstream cannot outlast the deadline.
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout) as timer:
+                lease.pause(timer, deadline)
                 response = await self._send(credentials, request, timeout, lease)
         except TimeoutError as exc:
             raise UpstreamTimeout(f"The upstream did not answer within {timeout:.1f} s.") from exc
