@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
+from gateway.body_budget import BodyBudget
 from gateway.config import Settings
 from gateway.context import Context
 from gateway.credentials import request_credentials
@@ -92,6 +93,7 @@ def create_app(settings: Settings) -> Starlette:
                     base_url=settings.upstream_base,
                     retries=settings.upstream_retries,
                     upstream_timeout=settings.upstream_timeout,
+                    body_budget=BodyBudget(settings.upstream_body_budget_bytes),
                     connect_timeout=settings.upstream_connect_timeout,
                     on_retry=metrics.upstream_retry,
                 )

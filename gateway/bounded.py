@@ -51,7 +51,7 @@ def _size(slot: _Slot) -> int:
 class BoundedCache(Generic[K, V]):
     """Values by key: at most `max_entries` of them, `max_bytes` in all (each charged its
     size and `ENTRY_OVERHEAD`), each value at most `max_item_bytes`; an entry is dropped at
-    its expiry (by `timer`'s clock)."""
+    its expiry (by `timer`'s clock), `lifetime` after it was set unless given one."""
 
     def __init__(
         self,
@@ -61,8 +61,11 @@ class BoundedCache(Generic[K, V]):
         max_item_bytes: int | None = None,
         timer: Callable[[], float] = time.monotonic,
         sweep_interval: float = SWEEP_INTERVAL,
+        lifetime: float = math.inf,
     ) -> None:
         self.max_entries = max_entries
+        # How long an entry set without its own expiry is kept.
+        self.lifetime = lifetime
         self.max_bytes = max_bytes
         self.max_item_bytes = min(max_bytes, max_item_bytes or max_bytes)
         self._timer = timer
@@ -78,8 +81,11 @@ class BoundedCache(Generic[K, V]):
         slot = self._entries.get(key)
         return None if slot is None else slot.value
 
-    def set(self, key: K, value: V, *, size: int, expires: float = math.inf) -> bool:
-        """Keep `value` (taking `size` bytes) until `expires`; False if it is too large."""
+    def set(self, key: K, value: V, *, size: int, expires: float | None = None) -> bool:
+        """Keep `value` (taking `size` bytes) until `expires` (by default `lifetime` from
+        now); False if it is too large."""
+        if expires is None:
+            expires = self._timer() + self.lifetime
         entries = self._entries
         if size > self.max_item_bytes:
             entries.pop(key, None)

@@ -417,3 +417,18 @@ class CallList:
     records: list[CallRecord]
     bad: list[BadRecord]
     next_url: str | None = None
+    # Records the upstream sent past the `size` asked for, which are not served.
+    excess: int = 0
+
+
+def within_size(body: Any, query: ListQuery) -> tuple[Any, int]:
+    """A list body cut to the `size` it was asked for, and how many records were cut.
+
+    An upstream that sends more than it was asked (a bug, or a hostile one) must not make
+    the gateway serve or hold more than the caller asked for. Without pagination (a
+    bridge or conference filter) the upstream rightly sends every match: nothing is cut.
+    Anything but a list is passed on unchanged, for the reader to refuse.
+    """
+    if not query.paginated or not isinstance(body, list) or len(body) <= query.size:
+        return body, 0
+    return body[: query.size], len(body) - query.size

@@ -87,6 +87,16 @@ class Settings(BaseModel):
             "(UPSTREAM_BAD_RESPONSE above it); ~3x a 1000-call page with every field."
         ),
     )
+    upstream_body_budget_bytes: int = Field(
+        48 * 1024 * 1024,
+        ge=64 * 1024,
+        le=16 * 1024**3,
+        description=(
+            "Bytes of upstream bodies read or being parsed at once, process-wide; at least "
+            "GATEWAY_UPSTREAM_MAX_BODY_BYTES. Past it a body waits, within the request's "
+            "deadline (then RATE_LIMITED)."
+        ),
+    )
     upstream_retries: int = Field(
         2,
         ge=0,
@@ -415,6 +425,16 @@ class Settings(BaseModel):
             raise ValueError(
                 "GATEWAY_UPSTREAM_TIMEOUT must be shorter than GATEWAY_REQUEST_TIMEOUT "
                 f"({self.upstream_timeout} >= {self.request_timeout})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_body_fits_the_budget(self) -> Settings:
+        if self.upstream_body_budget_bytes < self.upstream_max_body_bytes:
+            raise ValueError(
+                "GATEWAY_UPSTREAM_BODY_BUDGET_BYTES must be at least "
+                "GATEWAY_UPSTREAM_MAX_BODY_BYTES "
+                f"({self.upstream_body_budget_bytes} < {self.upstream_max_body_bytes})"
             )
         return self
 

@@ -29,7 +29,7 @@ class CallSource(Protocol):
         """The page after `found` (fetched with `query`) per the upstream's `rel="next"`."""
 
 
-WarningKind = Literal["unknown_value", "malformed_field", "left_out", "next_link"]
+WarningKind = Literal["unknown_value", "malformed_field", "left_out", "next_link", "oversized_page"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +63,17 @@ def left_out_warning(bad: BadRecord, path: tuple[str | int, ...]) -> UpstreamWar
         path,
         bad.call_id,
         "left_out",
+    )
+
+
+def oversized_page_warning(excess: int, size: int, path: tuple[str | int, ...]) -> UpstreamWarning:
+    """The warning for a page that held more records than the `size` asked for."""
+    return UpstreamWarning(
+        f"The upstream sent {excess} more calls than the {size} asked for; "
+        f"only the first {size} are served.",
+        path,
+        None,
+        "oversized_page",
     )
 
 

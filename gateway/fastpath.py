@@ -65,8 +65,9 @@ from gateway.calls import (
     parse_call,
     parse_integer,
     parse_timestamp,
+    within_size,
 )
-from gateway.context import Context, left_out_warning
+from gateway.context import Context, left_out_warning, oversized_page_warning
 from gateway.errors import GatewayError
 from gateway.schema.types import READERS, SortOrder, odd_field_warning, serialize_datetime
 
@@ -441,13 +442,17 @@ class FastPlan:
                 calls = context.calls
                 bodies = iter(await asyncio.gather(*(calls.list_calls_raw(q) for q in queries)))
             data: Row = {}
+            asked = iter(queries)
             for key, node, project in shape:
                 if node is None or project is None:
                     data[key] = "Query"
                     continue
-                body = next(bodies)
+                query = next(asked)
+                body, excess = within_size(next(bodies), query)
                 if body.__class__ is not list:
                     return None
+                if excess:
+                    context.warnings.append(oversized_page_warning(excess, query.size, (key,)))
                 data[key] = _project_page(body, project, context, key)
         except (Fallback, GatewayError):
             # Nothing of this attempt may show: the standard executor starts afresh.

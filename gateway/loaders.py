@@ -42,6 +42,7 @@ from gateway.calls import (
     parse_call,
     parse_call_list,
     validate_id,
+    within_size,
 )
 from gateway.credentials import Credentials
 from gateway.entities import KnownCall, calls_in_list
@@ -136,8 +137,9 @@ class OperationLoader:
 
     async def list_calls(self, query: ListQuery) -> CallList:
         answer = await self._list(query)
-        records, bad = parse_call_list(answer.body)
-        return CallList(records, bad, answer.links.get("next"))
+        body, excess = within_size(answer.body, query)
+        records, bad = parse_call_list(body)
+        return CallList(records, bad, answer.links.get("next"), excess)
 
     def next_query(self, found: CallList, query: ListQuery) -> ListQuery | None:
         if found.next_url is None:
@@ -150,7 +152,8 @@ class OperationLoader:
         )
 
     async def list_calls_raw(self, query: ListQuery) -> Any:
-        """The upstream's JSON body for `query`, unparsed (for the compiled path)."""
+        """The upstream's JSON body for `query`, unparsed (for the compiled path), which
+        cuts it to `size` itself (`calls.within_size`), as `list_calls` does."""
         return (await self._list(query)).body
 
     async def _list(self, query: ListQuery) -> UpstreamAnswer:

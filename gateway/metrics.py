@@ -119,7 +119,8 @@ class Metrics:
             "gateway_upstream_warnings",
             "Tolerated upstream oddities reported in `extensions.warnings`, by kind: "
             "unknown_value, malformed_field, left_out (a record that is not a call), "
-            "next_link (a `Link rel=next` that cannot be followed).",
+            "next_link (a `Link rel=next` that cannot be followed), oversized_page (more "
+            "calls than `size`, cut).",
             ["kind"],
             registry=r,
         )

@@ -70,6 +70,20 @@ def json_array(size: int) -> bytes:
     return b"[" + b",".join([CALL] * count) + b"]"
 
 
+# Calls in a `big-page` answer: 9 MB, more than any page may hold.
+BIG_PAGE_CALLS = 13_000
+
+
+@functools.cache
+def big_page() -> bytes:
+    """A 9 MB list of calls with every field, each with its own id."""
+    calls = [
+        FULL_CALL.replace(b"c-abcdefghijklmnopqrst", b"c-%020d" % n, 1)
+        for n in range(BIG_PAGE_CALLS)
+    ]
+    return b"[" + b",".join(calls) + b"]"
+
+
 def json_of_exactly(size: int) -> bytes:
     """A JSON array of calls, padded with trailing whitespace to exactly `size` bytes."""
     body = json_array(size - 4096)
@@ -139,6 +153,13 @@ class _Server:
         if kind == "page":
             body = b"[" + b",".join([FULL_CALL] * 1000) + b"]"
             writer.write(_head(200, [json, ("content-length", str(len(body)))]) + body)
+            return True
+        if kind == "big-page":
+            # 9 MB: 13,000 calls with every field, whatever `size` asked for (at most
+            # 1000), and under the per-body bound: only the sum of such bodies is big.
+            body = big_page()
+            writer.write(_head(200, [json, ("content-length", str(len(body)))]))
+            await _send_slowly(writer, body)
             return True
         if kind in ("gzip-bomb", "deflate-bomb", "error-bomb"):
             encoding = "deflate" if kind == "deflate-bomb" else "gzip"

@@ -108,3 +108,27 @@ def test_memoize_keeps_none_and_skips_results_too_heavy_to_keep() -> None:
 
     assert results == [None, None, "A", "A", heavy.upper(), heavy.upper()]
     assert calls == ["none", "a", heavy, heavy]
+
+
+def test_memoized_results_are_freed_a_lifetime_after_they_were_made() -> None:
+    # The document caches: a burst of distinct documents must not stay resident once the
+    # burst is over, whether or not newer documents come to push them out.
+    async def scenario() -> tuple[int, int, int]:
+        cache: BoundedCache[Hashable, tuple[str]] = BoundedCache(
+            max_entries=100, max_bytes=1 << 20, sweep_interval=0.05, lifetime=0.2
+        )
+        calls: list[str] = []
+
+        def work(text: str) -> str:
+            calls.append(text)
+            return text.upper()
+
+        memoized = memoize(work, cache, lambda text: len(text))
+        for n in range(20):
+            memoized(f"document {n}")
+        memoized("document 0")  # still kept: not made again
+        held = len(cache)
+        await asyncio.sleep(0.5)  # no reads, no inserts: only the sweep can free them
+        return held, len(cache), len(calls)
+
+    assert asyncio.run(scenario()) == (20, 0, 20)

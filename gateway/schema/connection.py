@@ -12,7 +12,7 @@ from __future__ import annotations
 import strawberry
 
 from gateway.calls import CallList, ListQuery
-from gateway.context import Context, UpstreamWarning, left_out_warning
+from gateway.context import Context, UpstreamWarning, left_out_warning, oversized_page_warning
 from gateway.errors import BadUserInput, UpstreamBadResponse
 from gateway.pagination import Position
 from gateway.schema.types import Call
@@ -86,6 +86,9 @@ async def walk(
         # The next link only matters once the slice reaches the end of this page; a
         # slice that ends before it neither follows nor reports it.
         reaches_end = end == len(records)
+        if reaches_end and found.excess:
+            # Only a slice reaching the page's end would have served the calls cut off.
+            context.warnings.append(oversized_page_warning(found.excess, position.query.size, path))
         following = _following(context, found, position.query, path) if reaches_end else None
         _report_left_out(context, found, skip, end, path)
         for index in range(skip, end):

@@ -8,7 +8,7 @@ import strawberry
 from strawberry.types import Info
 
 from gateway.calls import MAX_PAGE_SIZE, ListQuery
-from gateway.context import Context, left_out_warning
+from gateway.context import Context, left_out_warning, oversized_page_warning
 from gateway.schema.connection import MAX_FIRST, CallConnection, walk
 from gateway.schema.types import Call, CallFilter, SortOrder, fetch_call
 
@@ -43,6 +43,8 @@ class Query:
         found = await info.context.calls.list_calls(query)
         # The whole upstream page is served, so every record left out of it is reported.
         path = tuple(info.path.as_list())
+        if found.excess:
+            info.context.warnings.append(oversized_page_warning(found.excess, size, path))
         info.context.warnings.extend(left_out_warning(bad, path) for bad in found.bad)
         return [Call(record=record) for record in found.records]
 

@@ -38,6 +38,7 @@ import orjson
 import weblinking
 
 from gateway import __version__
+from gateway.body_budget import LEASE_EXTENSION, BodyBudget, BodyLease, budget_exhausted
 from gateway.calls import ListQuery, slim_body
 from gateway.credentials import Credentials
 from gateway.errors import (
@@ -100,10 +101,12 @@ class CatapultClient:
         base_url: str,
         retries: int,
         upstream_timeout: float,
+        body_budget: BodyBudget,
         connect_timeout: float = 3.0,
         on_retry: Callable[[], None] = lambda: None,
     ) -> None:
         self._transport = transport
+        self._body_budget = body_budget
         self._base_url = base_url.rstrip("/")
         self._retries = retries
         self._upstream_timeout = upstream_timeout
@@ -177,6 +180,23 @@ class CatapultClient:
         deadline: float,
         attempt: _Attempt,
     ) -> UpstreamAnswer:
+        # The body counts against the process-wide budget until it has been parsed.
+        with self._body_budget.lease() as lease:
+            try:
+                return await self._attempt_within(credentials, request, deadline, attempt, lease)
+            except UpstreamTimeout:
+                if lease.starved:  # the deadline passed waiting for the budget
+                    raise budget_exhausted() from None
+                raise
+
+    async def _attempt_within(
+        self,
+        credentials: Credentials,
+        request: UpstreamRequest,
+        deadline: float,
+        attempt: _Attempt,
+        lease: BodyLease,
+    ) -> UpstreamAnswer:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise UpstreamTimeout("The upstream did not answer within the request's deadline.")
@@ -184,8 +204,9 @@ class CatapultClient:
         with attempt:
             # The transport's timeouts bound each socket operation; this bounds the whole
             # answer, so a slowly dripping upstream cannot outlast the deadline.
-            async with asyncio.timeout(timeout):
-                response = await self._send(credentials, request, timeout)
+            async with asyncio.timeout(timeout) as timer:
+                lease.pause(timer, deadline)
+                response = await self._send(credentials, request, timeout, lease)
             return _answer(response, self._url(request), request.shape)
         # Only a refused body gets here (`_Attempt` swallowed it), and is raised outside any
         # handler, so not chained to the refusal: its traceback holds the transport's frames
@@ -194,7 +215,7 @@ class CatapultClient:
         raise UpstreamBadResponse(attempt.refused)
 
     async def _send(
-        self, credentials: Credentials, request: UpstreamRequest, seconds: float
+        self, credentials: Credentials, request: UpstreamRequest, seconds: float, lease: BodyLease
     ) -> httpx.Response:
         # The caller bounds the whole exchange; connecting has a shorter bound of its own,
         # so that a silent host is retried within the deadline.
@@ -215,7 +236,10 @@ class CatapultClient:
             # Reading, writing and waiting for a connection are bounded by the attempt's
             # own timeout (the caller's asyncio.timeout), which always ends first: timers
             # of their own would only cost a reschedule for every chunk read.
-            extensions={"timeout": {"connect": connect, "read": None, "write": None, "pool": None}},
+            extensions={
+                "timeout": {"connect": connect, "read": None, "write": None, "pool": None},
+                LEASE_EXTENSION: lease,
+            },
         )
         response = await self._transport.handle_async_request(outgoing)
         try:

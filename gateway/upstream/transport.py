@@ -26,6 +26,8 @@ import httpx
 from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from yarl import URL
 
+from gateway.body_budget import LEASE_EXTENSION, BodyLease
+
 # Fixed rather than aiohttp's default, which grows with the optional decoders that happen
 # to be installed (brotli, zstd): what the gateway accepts must not depend on that.
 ACCEPT_ENCODING = "gzip, deflate"
@@ -90,7 +92,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 ),
             ) as response:
                 try:
-                    content = await self._read(response)
+                    content = await self._read(response, request.extensions.get(LEASE_EXTENSION))
                 except BaseException:
                     # Unread bytes would be the start of the next answer on this connection.
                     response.close()
@@ -109,8 +111,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             extensions={"http_version": b"HTTP/1.1"},
         )
 
-    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
-        """The decoded body, read up to the bound and no further."""
+    async def _read(self, response: aiohttp.ClientResponse, lease: BodyLease | None) -> bytes:
+        """The decoded body, read up to the bound and no further, each chunk taken from
+        the process-wide body budget (`lease`) before it is kept."""
         encodings = [
             token.strip().lower()
             for value in response.headers.getall("content-encoding", ())
@@ -124,12 +127,20 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if response.content_length is not None and response.content_length > limit:
             raise BodyRefused(f"The upstream's answer is larger than {limit} bytes.")
         chunks: list[bytes] = []
-        size = 0
+        size = taken = 0
         try:
+            if lease is not None and not encodings and response.content_length is not None:
+                # A body of known size is taken whole before its first byte: a lease then
+                # holds all of its body or none, and such leases never wait for each other.
+                taken = response.content_length
+                await lease.take(taken)
             async for chunk in response.content.iter_any():
                 size += len(chunk)
                 if size > limit:
                     raise BodyRefused(f"The upstream's answer is larger than {limit} bytes.")
+                if lease is not None and size > taken:
+                    await lease.take(size - taken)
+                    taken = size
                 chunks.append(chunk)
         except BaseException:
             # The exception's traceback holds this frame, and asyncio's exceptions are

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.app import create_app, credential_headers
+from gateway.body_budget import BodyBudget
 from gateway.calls import ListQuery
 from gateway.config import load_settings
 from gateway.credentials import Credentials
@@ -153,7 +154,13 @@ def _echo_client() -> tuple[CatapultClient, httpx.MockTransport, list[httpx.Requ
         return httpx.Response(200, json=[body])
 
     transport = httpx.MockTransport(answer)
-    client = CatapultClient(transport, base_url="http://upstream", retries=0, upstream_timeout=5)
+    client = CatapultClient(
+        transport,
+        base_url="http://upstream",
+        retries=0,
+        upstream_timeout=5,
+        body_budget=BodyBudget(1 << 30),
+    )
     return client, transport, seen
 
 

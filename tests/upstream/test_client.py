@@ -15,6 +15,7 @@ import httpx
 import orjson
 import pytest
 
+from gateway.body_budget import BodyBudget
 from gateway.credentials import Credentials
 from gateway.errors import ERROR_CODES, GatewayError
 from gateway.upstream.client import (
@@ -57,6 +58,7 @@ def fetch(
             base_url="http://upstream",
             retries=retries,
             upstream_timeout=5,
+            body_budget=BodyBudget(1 << 30),
         )
         return await client.fetch(CREDENTIALS, REQUEST, deadline=time.monotonic() + deadline_in)
 
@@ -403,7 +405,11 @@ def test_a_failed_attempt_logs_no_path_query_or_header_bytes(caplog: Any, messag
             raise httpx.RemoteProtocolError(str(exc)) from exc
 
     client = CatapultClient(
-        httpx.MockTransport(broken), base_url="http://upstream", retries=0, upstream_timeout=5
+        httpx.MockTransport(broken),
+        base_url="http://upstream",
+        retries=0,
+        upstream_timeout=5,
+        body_budget=BodyBudget(1 << 30),
     )
     with caplog.at_level(logging.WARNING, logger="gateway.upstream"), pytest.raises(GatewayError):
         asyncio.run(client.fetch(CREDENTIALS, REQUEST, deadline=time.monotonic() + 5))

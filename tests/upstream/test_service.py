@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.body_budget import BodyBudget
 from gateway.calls import ListQuery
 from gateway.credentials import Credentials
 from gateway.errors import GatewayError, NotFound, RateLimited
@@ -61,7 +62,11 @@ def service(
     upstream: RecordingUpstream, metrics: RecordingMetrics, *, ttl: float = 30, rate: float = 0
 ) -> CatapultService:
     client = CatapultClient(
-        httpx.MockTransport(upstream), base_url="http://upstream", retries=0, upstream_timeout=5
+        httpx.MockTransport(upstream),
+        base_url="http://upstream",
+        retries=0,
+        upstream_timeout=5,
+        body_budget=BodyBudget(1 << 30),
     )
     return create_upstream(
         client,
