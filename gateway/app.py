@@ -30,15 +30,15 @@ from gateway.graphiql import ASSET_ROUTE, GraphiQLPage
 from gateway.health import healthz, readyz
 from gateway.limits import OperationLimits
 from gateway.loaders import OperationLoader
-from gateway.logs import configure_logging
-from gateway.metrics import Metrics
+from gateway.observability.logging import configure_logging
+from gateway.observability.metrics import Metrics
+from gateway.observability.telemetry import InstrumentedTransport, Telemetry
 from gateway.pagination import CursorCodec
 from gateway.persisted_queries import PersistedQueries
 from gateway.responses import ResponseCache, ResponseNote, wants_fresh
 from gateway.sandbox import ACCOUNTS, Account, create_sandbox_app
 from gateway.schema import build_schema, graphql_core_schema
 from gateway.shutdown import ShutdownMiddleware
-from gateway.telemetry import InstrumentedTransport, Telemetry
 from gateway.upstream.client import CatapultClient
 from gateway.upstream.service import CatapultService, create_upstream
 from gateway.upstream.transport import create_transport
@@ -262,7 +262,7 @@ def create_telemetry(settings: Settings) -> Telemetry:
     """Metrics always; traces only with an OTLP endpoint (and only then import OpenTelemetry)."""
     if settings.otlp_endpoint is None:
         return Telemetry(Metrics())
-    from gateway.tracing import Tracing
+    from gateway.observability.tracing import Tracing
 
     return Telemetry(Metrics(), Tracing(str(settings.otlp_endpoint)))
 

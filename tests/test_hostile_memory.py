@@ -17,9 +17,9 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from gateway.metrics import Metrics
+from gateway.observability.metrics import Metrics
+from gateway.observability.telemetry import Telemetry
 from gateway.responses import ResponseCache, ResponseNote
-from gateway.telemetry import Telemetry
 from gateway.upstream.cache import MemoryStore
 from tests.hostile import Hostile, hostile_upstream
 from tests.memory import MIB, rss

@@ -23,7 +23,7 @@ from gateway.calls import ListQuery
 from gateway.config import load_settings
 from gateway.credentials import Credentials
 from gateway.errors import UpstreamError
-from gateway.metrics import Metrics
+from gateway.observability.metrics import Metrics
 from gateway.upstream.cache import CacheKeys, MemoryStore, SingleFlightCache
 from gateway.upstream.client import CatapultClient, UpstreamAnswer
 from gateway.upstream.pacing import RedisSlots

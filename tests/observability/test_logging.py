@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from gateway.app import credential_headers
-from gateway.logs import (
+from gateway.observability.logging import (
     BatchingStreamHandler,
     ConsoleFormatter,
     JsonFormatter,

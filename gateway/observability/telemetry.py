@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import httpx
 from starlette.requests import Request
 
-from gateway.logs import (
+from gateway.observability.logging import (
     RequestLog,
     RequestRecord,
     bind_request,
@@ -23,11 +23,11 @@ from gateway.logs import (
     current_request,
     unbind_request,
 )
-from gateway.metrics import Metrics
+from gateway.observability.metrics import Metrics
 
 if TYPE_CHECKING:
     from gateway.context import UpstreamWarning
-    from gateway.tracing import Tracing
+    from gateway.observability.tracing import Tracing
 
 request_log = RequestLog("gateway.request")
 warnings_log = logging.getLogger("gateway.upstream")

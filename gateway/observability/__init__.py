@@ -1,0 +1,1 @@
+"""What the gateway observes: logs, the per-request record, metrics and traces."""
