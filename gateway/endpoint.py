@@ -38,8 +38,8 @@ from gateway.errors import GatewayError, PersistedQueryNotFound, Unauthenticated
 from gateway.fastpath import FastPlan, compile_plan
 from gateway.graphiql import GraphiQLPage
 from gateway.limits import OperationLimits, check_limits, parse_document
-from gateway.observability.logging import RequestRecord, scope_request_id
 from gateway.observability.metrics import Metrics
+from gateway.observability.record import RequestRecord, scope_request_id
 from gateway.observability.telemetry import Telemetry
 from gateway.persisted_queries import PersistedQueries, PersistedQueryError
 from gateway.request_body import BodyRefused, read_body, refused_headers

@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.bounded import BoundedCache
 from gateway.credentials import Credentials, request_credentials
 from gateway.errors import Unauthenticated
-from gateway.observability.logging import scope_request_id
+from gateway.observability.record import scope_request_id
 from gateway.observability.telemetry import Telemetry
 from gateway.request_body import BodyRefused, read_body
 

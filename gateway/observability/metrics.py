@@ -35,7 +35,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 
-from gateway.observability.logging import current_request
+from gateway.observability.record import current_request
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # At most this many distinct operation names per process; later ones count as OTHER.

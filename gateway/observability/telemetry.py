@@ -15,15 +15,14 @@ from typing import TYPE_CHECKING
 import httpx
 from starlette.requests import Request
 
-from gateway.observability.logging import (
-    RequestLog,
+from gateway.observability.logging import RequestLog, bounded_text
+from gateway.observability.metrics import Metrics
+from gateway.observability.record import (
     RequestRecord,
     bind_request,
-    bounded_text,
     current_request,
     unbind_request,
 )
-from gateway.observability.metrics import Metrics
 
 if TYPE_CHECKING:
     from gateway.context import UpstreamWarning

@@ -11,8 +11,8 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import credential_headers
-from gateway.observability.logging import RequestRecord, bind_request, unbind_request
 from gateway.observability.metrics import MAX_OPERATIONS, Metrics
+from gateway.observability.record import RequestRecord, bind_request, unbind_request
 from tests.conftest import DEMO, GatewayFactory, Sandbox
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
