@@ -98,7 +98,7 @@ def create_app(settings: Settings) -> Starlette:
                 secret = settings.cache_key
                 upstream = create_upstream(
                     catapult,
-                    metrics,
+                    telemetry,
                     cache_url=settings.cache_url,
                     cache_key=None if secret is None else secret.get_secret_value().encode(),
                     cache_ttl=settings.cache_ttl,
@@ -261,7 +261,7 @@ def _fetched_at(request: Request) -> list[float] | None:
 def create_telemetry(settings: Settings) -> Telemetry:
     """Metrics always; traces only with an OTLP endpoint (and only then import OpenTelemetry)."""
     if settings.otlp_endpoint is None:
-        return Telemetry(Metrics())
+        return Telemetry(Metrics(), None)
     from gateway.observability.tracing import Tracing
 
     return Telemetry(Metrics(), Tracing(str(settings.otlp_endpoint)))

@@ -1,5 +1,7 @@
 """Prometheus metrics: the metric objects and the small API the rest of the gateway records with.
 
+Only Prometheus: what a request's log line says is written by `telemetry`, which calls here.
+
 Labels never hold a credential, a user id, a call id or a path: operation names are the
 only caller-chosen label, and they are bounded (`operation_label`). The labels that stand
 for a group of names are in parentheses, which no GraphQL name can hold, so that no
@@ -34,8 +36,6 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.exposition import choose_encoder
-
-from gateway.observability.record import current_request
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # At most this many distinct operation names per process; later ones count as OTHER.
@@ -230,16 +230,10 @@ class Metrics:
         if result not in CACHE_RESULTS:
             raise ValueError(f"unknown cache result {result!r}")
         self.cache.labels(result).inc()
-        record = current_request()
-        if record is not None:
-            record.cache[result] += 1
 
     def response_hit(self) -> None:
         """A request answered from the response cache."""
         self.response_hits.inc()
-        record = current_request()
-        if record is not None:
-            record.cache["response-hit"] += 1
 
     def singleflight_share(self) -> None:
         self.singleflight_shares.inc()
