@@ -416,9 +416,8 @@ def _context(request: Request, request_id: str) -> Context:
 
 @pytest.fixture(scope="module")
 def failing_endpoint() -> Iterator[str]:
-    endpoint = GraphQLEndpoint(
-        FAILING_SCHEMA, _context, graphiql=None, telemetry=Telemetry(Metrics(), None)
-    )
+    telemetry = Telemetry(Metrics(multiprocess_dir=None), None)
+    endpoint = GraphQLEndpoint(FAILING_SCHEMA, _context, graphiql=None, telemetry=telemetry)
     with serve(endpoint, lifespan="off") as url:
         yield url
 

@@ -128,7 +128,7 @@ def answers_of(size: int) -> ResponseCache:
         app,
         path="/graphql",
         ttl=0.2,
-        telemetry=Telemetry(Metrics(), None),
+        telemetry=Telemetry(Metrics(multiprocess_dir=None), None),
         max_body_bytes=1 * MIB,
         max_entries=1000,
         max_bytes=1 * MIB,

@@ -19,7 +19,8 @@ OpenMetrics text format when the scraper's Accept asks for it (Prometheus does),
 classic text format otherwise. With several worker
 processes (`--workers`), the CLI points `PROMETHEUS_MULTIPROC_DIR` at a fresh directory
 before the workers start; every process then writes its samples there and `/metrics`
-merges them, so a scrape reports all workers whichever one answers it.
+merges them, so a scrape reports all workers whichever one answers it. The directory is
+handed in (`multiprocess_dir`): only the app's factory reads the environment.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # At most this many distinct operation names per process; later ones count as OTHER.
 # The first names seen keep their label rather than the most frequent ones: a series that
 # moved between its name and OTHER as rankings changed would break every rate() over it.
@@ -63,11 +63,11 @@ def _bounded_label(code: str) -> str:
 class Metrics:
     """The gateway's metrics, on a registry of their own (one per app)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, multiprocess_dir: str | None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        # prometheus-client picks its value store when it is imported, from the same
-        # variable; this only decides how a scrape collects.
-        self.multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
+        # prometheus-client picks its value store when it is imported, from the variable
+        # that names this directory; this only decides how a scrape collects.
+        self.multiprocess_dir = multiprocess_dir
         self._operations: set[str] = set()
         self._upstream_statuses: dict[int | str, Counter] = {}
         # Keyed by the bounded label, never the caller's name: see `request_finished`.

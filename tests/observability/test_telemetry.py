@@ -56,7 +56,7 @@ def request_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
 
 
 def telemetry() -> Telemetry:
-    return Telemetry(Metrics(), None)
+    return Telemetry(Metrics(multiprocess_dir=None), None)
 
 
 def _ok(record: RequestRecord) -> None:

@@ -179,7 +179,7 @@ def test_property_every_answer_is_the_one_fetched_with_the_callers_own_credentia
         client, http, seen = _echo_client()
         upstream = create_upstream(
             client,
-            Telemetry(Metrics(), None),
+            Telemetry(Metrics(multiprocess_dir=None), None),
             cache_url="memory://",
             cache_key=cache_key.encode() if cache_key else None,
             cache_ttl=30,
