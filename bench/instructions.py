@@ -52,7 +52,7 @@ async def requester(upstream: str, path: str) -> tuple[Requester, AsyncExitStack
     """A function sending one request to a fresh gateway app, and what closes the app."""
     from gateway.app import create_app, tune_garbage_collector
     from gateway.config import load_settings
-    from gateway.logs import configure_logging
+    from gateway.observability.logging import configure_logging
 
     # A server's set-up: info logs through the batching JSON handler (to nowhere here).
     configure_logging("info", "json", open(os.devnull, "w"), batch=True)  # noqa: SIM115, ASYNC230

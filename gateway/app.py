@@ -31,15 +31,16 @@ from gateway.graphiql import ASSET_ROUTE, GraphiQLPage
 from gateway.health import healthz, readyz
 from gateway.limits import OperationLimits
 from gateway.loaders import OperationLoader
-from gateway.logs import configure_logging
-from gateway.metrics import Metrics
+from gateway.observability import MULTIPROC_ENV
+from gateway.observability.logging import configure_logging
+from gateway.observability.metrics import Metrics
+from gateway.observability.telemetry import InstrumentedTransport, Telemetry
 from gateway.pagination import CursorCodec
 from gateway.persisted_queries import PersistedQueries
 from gateway.responses import ResponseCache, ResponseNote, wants_fresh
 from gateway.sandbox import ACCOUNTS, Account, create_sandbox_app
 from gateway.schema import build_schema, graphql_core_schema
 from gateway.shutdown import ShutdownMiddleware
-from gateway.telemetry import InstrumentedTransport, Telemetry
 from gateway.upstream.client import CatapultClient
 from gateway.upstream.service import CatapultService, create_upstream
 from gateway.upstream.transport import create_transport
@@ -70,10 +71,14 @@ class State(TypedDict):
     upstream: CatapultService
 
 
-def create_app(settings: Settings) -> Starlette:
-    """Build the gateway from settings; nothing is created at import time."""
+def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlette:
+    """Build the gateway from settings; nothing is created at import time.
 
-    telemetry = create_telemetry(settings)
+    `metrics_dir`: where the worker processes of one server share their metrics (see
+    `Metrics`); None for a single process.
+    """
+
+    telemetry = create_telemetry(settings, metrics_dir)
     metrics = telemetry.metrics
 
     @asynccontextmanager
@@ -100,7 +105,7 @@ def create_app(settings: Settings) -> Starlette:
                 secret = settings.cache_key
                 upstream = create_upstream(
                     catapult,
-                    metrics,
+                    telemetry,
                     cache_url=settings.cache_url,
                     cache_key=None if secret is None else secret.get_secret_value().encode(),
                     cache_ttl=settings.cache_ttl,
@@ -260,13 +265,14 @@ def _fetched_at(request: Request) -> list[float] | None:
     return note.fetched_at if isinstance(note, ResponseNote) else None
 
 
-def create_telemetry(settings: Settings) -> Telemetry:
+def create_telemetry(settings: Settings, metrics_dir: str | None) -> Telemetry:
     """Metrics always; traces only with an OTLP endpoint (and only then import OpenTelemetry)."""
+    metrics = Metrics(multiprocess_dir=metrics_dir)
     if settings.otlp_endpoint is None:
-        return Telemetry(Metrics())
-    from gateway.tracing import Tracing
+        return Telemetry(metrics, None)
+    from gateway.observability.tracing import Tracing
 
-    return Telemetry(Metrics(), Tracing(str(settings.otlp_endpoint)))
+    return Telemetry(metrics, Tracing(str(settings.otlp_endpoint)))
 
 
 def app_from_environment() -> Starlette:
@@ -278,7 +284,8 @@ def app_from_environment() -> Starlette:
     settings = load_settings(os.environ)
     # Worker processes start with logging unconfigured; this runs in each of them.
     configure_logging(settings.log_level, settings.log_format, batch=True)
-    app = create_app(settings)
+    # Set by the CLI for `--workers` (or by whoever runs uvicorn with several workers).
+    app = create_app(settings, metrics_dir=os.environ.get(MULTIPROC_ENV) or None)
     tune_garbage_collector()
     return app
 

@@ -28,15 +28,12 @@ from gateway.config import (
     load_settings,
     unknown_variables,
 )
-from gateway.logs import configure_logging
+from gateway.observability import MULTIPROC_ENV
+from gateway.observability.logging import configure_logging
 from gateway.server import ConnectionLimits, GatewayConfig, fit_descriptor_limit
 
 log = logging.getLogger("gateway.cli")
 uvicorn_log = logging.getLogger("uvicorn.error")
-
-# prometheus-client's own variable; gateway.metrics is not imported here, so that the
-# CLI process sets it before prometheus-client is first imported.
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def distribution_version() -> str:

@@ -38,13 +38,12 @@ from gateway.errors import GatewayError, PersistedQueryNotFound, Unauthenticated
 from gateway.fastpath import FastPlan, compile_plan
 from gateway.graphiql import GraphiQLPage
 from gateway.limits import OperationLimits, check_limits, parse_document
-from gateway.logs import RequestRecord, scope_request_id
-from gateway.metrics import Metrics
+from gateway.observability.record import RequestRecord, scope_request_id
+from gateway.observability.telemetry import Telemetry
 from gateway.persisted_queries import PersistedQueries, PersistedQueryError
 from gateway.request_body import BodyRefused, read_body, refused_headers
 from gateway.responses import ResponseNote
 from gateway.shutdown import STOPPED_CODE
-from gateway.telemetry import Telemetry
 
 log = logging.getLogger("gateway.request")
 
@@ -107,7 +106,7 @@ class GraphQLEndpoint:
         make_context: MakeContext,
         *,
         graphiql: GraphiQLPage | None,
-        telemetry: Telemetry | None = None,
+        telemetry: Telemetry,
         max_body_bytes: int = 1_048_576,
         csrf_prevention: bool = True,
         persisted_queries: PersistedQueries | None = None,
@@ -120,7 +119,7 @@ class GraphQLEndpoint:
         self._schema = schema
         self._make_context = make_context
         self._graphiql = graphiql
-        self._telemetry = telemetry or Telemetry(Metrics())
+        self._telemetry = telemetry
         self._max_body_bytes = max_body_bytes
         self._csrf_prevention = csrf_prevention
         self._persisted = persisted_queries

@@ -34,9 +34,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.bounded import BoundedCache
 from gateway.credentials import Credentials, request_credentials
 from gateway.errors import Unauthenticated
-from gateway.logs import scope_request_id
+from gateway.observability.record import scope_request_id
+from gateway.observability.telemetry import Telemetry
 from gateway.request_body import BodyRefused, read_body
-from gateway.telemetry import Telemetry
 
 # Headers made afresh for every answer, never stored with an entry.
 _FRESH_HEADERS = frozenset({b"content-length", b"x-request-id"})

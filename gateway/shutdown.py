@@ -16,7 +16,7 @@ import logging
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.logs import scope_request_id
+from gateway.observability.record import scope_request_id
 
 log = logging.getLogger("gateway.shutdown")
 # The code of the answer to a request the shutdown cut short (the endpoint logs it too).

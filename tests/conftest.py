@@ -20,7 +20,7 @@ import redis
 
 from gateway.app import create_app, credential_headers
 from gateway.config import load_settings
-from gateway.logs import JsonFormatter
+from gateway.observability.logging import JsonFormatter
 from gateway.sandbox import ACCOUNTS, SandboxOptions, create_sandbox_app
 from tests.fakes import FakeUpstream
 from tests.servers import free_port, serve

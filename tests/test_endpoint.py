@@ -25,6 +25,8 @@ from gateway.entities import KnownCall
 from gateway.errors import UpstreamTimeout
 from gateway.graphiql import ASSETS
 from gateway.loaders import OperationLoader
+from gateway.observability.metrics import Metrics
+from gateway.observability.telemetry import Telemetry
 from gateway.pagination import CursorCodec
 from gateway.sandbox import ACCOUNTS
 from gateway.upstream.client import UpstreamAnswer
@@ -414,7 +416,8 @@ def _context(request: Request, request_id: str) -> Context:
 
 @pytest.fixture(scope="module")
 def failing_endpoint() -> Iterator[str]:
-    endpoint = GraphQLEndpoint(FAILING_SCHEMA, _context, graphiql=None)
+    telemetry = Telemetry(Metrics(multiprocess_dir=None), None)
+    endpoint = GraphQLEndpoint(FAILING_SCHEMA, _context, graphiql=None, telemetry=telemetry)
     with serve(endpoint, lifespan="off") as url:
         yield url
 

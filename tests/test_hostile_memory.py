@@ -17,9 +17,9 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from gateway.metrics import Metrics
+from gateway.observability.metrics import Metrics
+from gateway.observability.telemetry import Telemetry
 from gateway.responses import ResponseCache, ResponseNote
-from gateway.telemetry import Telemetry
 from gateway.upstream.cache import MemoryStore
 from tests.hostile import Hostile, hostile_upstream
 from tests.memory import MIB, rss
@@ -128,7 +128,7 @@ def answers_of(size: int) -> ResponseCache:
         app,
         path="/graphql",
         ttl=0.2,
-        telemetry=Telemetry(Metrics()),
+        telemetry=Telemetry(Metrics(multiprocess_dir=None), None),
         max_body_bytes=1 * MIB,
         max_entries=1000,
         max_bytes=1 * MIB,

@@ -64,7 +64,7 @@ Found = TypeVar("Found", UpstreamAnswer, UpstreamAnswer | None)
 
 
 class UpstreamMetrics(Protocol):
-    """What the cache and the pacer report (`metrics.Metrics` does it)."""
+    """What the cache and the pacer report (`observability.telemetry.Telemetry` does it)."""
 
     def cache_result(self, result: str) -> None: ...
 

@@ -24,7 +24,8 @@ from gateway.calls import ListQuery
 from gateway.config import load_settings
 from gateway.credentials import Credentials
 from gateway.errors import UpstreamError
-from gateway.metrics import Metrics
+from gateway.observability.metrics import Metrics
+from gateway.observability.telemetry import Telemetry
 from gateway.upstream.cache import CacheKeys, MemoryStore, SingleFlightCache
 from gateway.upstream.client import CatapultClient, UpstreamAnswer
 from gateway.upstream.pacing import RedisSlots
@@ -185,7 +186,7 @@ def test_property_every_answer_is_the_one_fetched_with_the_callers_own_credentia
         client, http, seen = _echo_client()
         upstream = create_upstream(
             client,
-            Metrics(),
+            Telemetry(Metrics(multiprocess_dir=None), None),
             cache_url="memory://",
             cache_key=cache_key.encode() if cache_key else None,
             cache_ttl=30,

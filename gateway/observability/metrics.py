@@ -1,5 +1,7 @@
 """Prometheus metrics: the metric objects and the small API the rest of the gateway records with.
 
+Only Prometheus: what a request's log line says is written by `telemetry`, which calls here.
+
 Labels never hold a credential, a user id, a call id or a path: operation names are the
 only caller-chosen label, and they are bounded (`operation_label`). The labels that stand
 for a group of names are in parentheses, which no GraphQL name can hold, so that no
@@ -17,7 +19,8 @@ OpenMetrics text format when the scraper's Accept asks for it (Prometheus does),
 classic text format otherwise. With several worker
 processes (`--workers`), the CLI points `PROMETHEUS_MULTIPROC_DIR` at a fresh directory
 before the workers start; every process then writes its samples there and `/metrics`
-merges them, so a scrape reports all workers whichever one answers it.
+merges them, so a scrape reports all workers whichever one answers it. The directory is
+handed in (`multiprocess_dir`): only the app's factory reads the environment.
 """
 
 from __future__ import annotations
@@ -35,9 +38,6 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 
-from gateway.logs import current_request
-
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # At most this many distinct operation names per process; later ones count as OTHER.
 # The first names seen keep their label rather than the most frequent ones: a series that
 # moved between its name and OTHER as rankings changed would break every rate() over it.
@@ -63,11 +63,11 @@ def _bounded_label(code: str) -> str:
 class Metrics:
     """The gateway's metrics, on a registry of their own (one per app)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, multiprocess_dir: str | None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        # prometheus-client picks its value store when it is imported, from the same
-        # variable; this only decides how a scrape collects.
-        self.multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
+        # prometheus-client picks its value store when it is imported, from the variable
+        # that names this directory; this only decides how a scrape collects.
+        self.multiprocess_dir = multiprocess_dir
         self._operations: set[str] = set()
         self._upstream_statuses: dict[int | str, Counter] = {}
         # Keyed by the bounded label, never the caller's name: see `request_finished`.
@@ -231,16 +231,10 @@ class Metrics:
         if result not in CACHE_RESULTS:
             raise ValueError(f"unknown cache result {result!r}")
         self.cache.labels(result).inc()
-        record = current_request()
-        if record is not None:
-            record.cache[result] += 1
 
     def response_hit(self) -> None:
         """A request answered from the response cache."""
         self.response_hits.inc()
-        record = current_request()
-        if record is not None:
-            record.cache["response-hit"] += 1
 
     def singleflight_share(self) -> None:
         self.singleflight_shares.inc()

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from gateway.app import create_app, credential_headers
 from gateway.config import load_settings
-from gateway.tracing import upstream_route
+from gateway.observability.tracing import upstream_route
 from tests.conftest import DEMO, Sandbox
 from tests.servers import serve
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from types import TracebackType
@@ -15,19 +14,18 @@ from typing import TYPE_CHECKING
 import httpx
 from starlette.requests import Request
 
-from gateway.logs import (
-    RequestLog,
+from gateway.observability.logging import RequestLog, bounded_text
+from gateway.observability.metrics import Metrics
+from gateway.observability.record import (
     RequestRecord,
     bind_request,
-    bounded_text,
     current_request,
     unbind_request,
 )
-from gateway.metrics import Metrics
 
 if TYPE_CHECKING:
     from gateway.context import UpstreamWarning
-    from gateway.tracing import Tracing
+    from gateway.observability.tracing import Tracing
 
 request_log = RequestLog("gateway.request")
 warnings_log = logging.getLogger("gateway.upstream")
@@ -36,7 +34,7 @@ warnings_log = logging.getLogger("gateway.upstream")
 class Telemetry:
     """What the app observes: metrics always, traces when tracing is configured."""
 
-    def __init__(self, metrics: Metrics, tracing: Tracing | None = None) -> None:
+    def __init__(self, metrics: Metrics, tracing: Tracing | None) -> None:
         self.metrics = metrics
         self.tracing = tracing
 
@@ -65,12 +63,40 @@ class Telemetry:
         finally:
             duration = time.perf_counter() - started
             self.metrics.in_flight.dec()
-            self.metrics.request_finished(
-                record.operation, record.error_codes, duration, checked=record.operation_checked
-            )
             unbind_request(token)
-            if request_log.enabled():
-                request_log.write("graphql request", record.log_fields(duration))
+            self._finished(record, duration)
+
+    def _finished(self, record: RequestRecord, duration: float) -> None:
+        # The end of every request, the cache hits' included: its metrics and its line.
+        self.metrics.request_finished(
+            record.operation, record.error_codes, duration, checked=record.operation_checked
+        )
+        if request_log.enabled():
+            request_log.write("graphql request", record.log_fields(duration))
+
+    def cache_result(self, result: str) -> None:
+        """An upstream-cache look-up ("hit", "miss" or "error"), noted in the request's line."""
+        self.metrics.cache_result(result)
+        record = current_request()
+        if record is not None:
+            record.cache[result] += 1
+
+    # The rest of what the upstream service reports (its `UpstreamMetrics`) is counted only.
+
+    def singleflight_share(self) -> None:
+        self.metrics.singleflight_share()
+
+    def pacing_wait(self, seconds: float) -> None:
+        self.metrics.pacing_wait(seconds)
+
+    def pacing_refusal(self) -> None:
+        self.metrics.pacing_refusal()
+
+    def upstream_request_sent(self) -> None:
+        """One HTTP attempt to the upstream, retries included, noted in the request's line."""
+        record = current_request()
+        if record is not None:
+            record.upstream_requests += 1
 
     def upstream_warnings(self, warnings: Sequence[UpstreamWarning], request_id: str) -> None:
         """Tolerated upstream oddities of one answer: one count each, one log line per kind.
@@ -109,35 +135,38 @@ class Telemetry:
         """
         if self.tracing is not None:
             return self._traced_hit(request, request_id, operation)
-        return _Hit(self.metrics, request.method, request_id, operation)
+        record = RequestRecord(request_id, request.method)
+        self._answered_from_cache(record, operation)
+        return _Hit(self, record)
 
     @contextmanager
     def _traced_hit(
         self, request: Request, request_id: str, operation: str | None
     ) -> Iterator[object]:
         with self.request(request, request_id) as record:
-            record.operation, record.status = operation, 200
-            # Only a checked request's answer is cached (200, no errors, credentials).
-            record.operation_checked = True
-            self.metrics.response_hit()
+            self._answered_from_cache(record, operation)
             yield record
+
+    def _answered_from_cache(self, record: RequestRecord, operation: str | None) -> None:
+        record.operation, record.status = operation, 200
+        # Only a checked request's answer is cached (200, no errors, credentials).
+        record.operation_checked = True
+        record.cache["response-hit"] += 1
+        self.metrics.response_hit()
 
 
 class _Hit:
-    __slots__ = ("_method", "_metrics", "_operation", "_request_id", "_started")
+    # `request` without the context variable and the gauge (see `cached_answer`).
+    __slots__ = ("_record", "_started", "_telemetry")
 
-    def __init__(
-        self, metrics: Metrics, method: str, request_id: str, operation: str | None
-    ) -> None:
-        self._metrics = metrics
-        self._method = method
-        self._request_id = request_id
-        self._operation = operation
+    def __init__(self, telemetry: Telemetry, record: RequestRecord) -> None:
+        self._telemetry = telemetry
+        self._record = record
         self._started = 0.0
 
     def __enter__(self) -> object:
         self._started = time.perf_counter()
-        return self
+        return self._record
 
     def __exit__(
         self,
@@ -145,19 +174,7 @@ class _Hit:
         value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        duration = time.perf_counter() - self._started
-        self._metrics.response_hits.inc()
-        # Only a checked request's answer is cached (200, no errors, credentials).
-        self._metrics.request_finished(self._operation, [], duration, checked=True)
-        if request_log.enabled():
-            record = RequestRecord(
-                self._request_id,
-                self._method,
-                self._operation,
-                200,
-                cache=Counter({"response-hit": 1}),
-            )
-            request_log.write("graphql request", record.log_fields(duration))
+        self._telemetry._finished(self._record, time.perf_counter() - self._started)
 
 
 class InstrumentedTransport(httpx.AsyncBaseTransport):
@@ -165,13 +182,12 @@ class InstrumentedTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, inner: httpx.AsyncBaseTransport, telemetry: Telemetry) -> None:
         self._inner = inner
+        self._telemetry = telemetry
         self._metrics = telemetry.metrics
         self._tracing = telemetry.tracing
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        record = current_request()
-        if record is not None:
-            record.upstream_requests += 1
+        self._telemetry.upstream_request_sent()
         span_cm = (
             nullcontext(None)
             if self._tracing is None

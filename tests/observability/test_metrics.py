@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -11,8 +12,8 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import credential_headers
-from gateway.logs import RequestRecord, bind_request, unbind_request
-from gateway.metrics import MAX_OPERATIONS, Metrics
+from gateway.observability import MULTIPROC_ENV
+from gateway.observability.metrics import MAX_OPERATIONS, Metrics
 from tests.conftest import DEMO, GatewayFactory, Sandbox
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -129,7 +130,7 @@ def test_only_checked_requests_give_a_name_a_slot_over_http(
 
 
 def test_operation_labels_are_bounded() -> None:
-    metrics = Metrics()
+    metrics = Metrics(multiprocess_dir=None)
 
     labels = [metrics.operation_label(f"op_{i}", checked=True) for i in range(MAX_OPERATIONS + 5)]
 
@@ -149,14 +150,14 @@ def test_operation_labels_are_bounded() -> None:
 )
 def test_operation_names_never_count_under_a_group_label(name: str) -> None:
     # Before: `query other` and the 101st name were both counted as "other".
-    metrics = Metrics()
+    metrics = Metrics(multiprocess_dir=None)
     for i in range(MAX_OPERATIONS):
         metrics.request_finished(f"op_{i}", [], 0.01, checked=True)
     metrics.request_finished("late", [], 0.01, checked=True)
     metrics.request_finished(None, [], 0.01, checked=True)
     metrics.request_finished("x" * 65, [], 0.01, checked=True)
     metrics.request_finished("never_checked", [], 0.01, checked=False)
-    fresh = Metrics()
+    fresh = Metrics(multiprocess_dir=None)
     fresh.request_finished(name, [], 0.01, checked=True)
 
     group_labels = {
@@ -173,7 +174,7 @@ def test_operation_names_never_count_under_a_group_label(name: str) -> None:
 def test_unchecked_requests_take_no_operation_slot() -> None:
     # Before: every name took a slot, so junk from requests that failed validation or
     # had no credentials filled all 100 and real operations were counted as "other".
-    metrics = Metrics()
+    metrics = Metrics(multiprocess_dir=None)
     for i in range(2 * MAX_OPERATIONS):
         metrics.request_finished(f"junk_{i}", ["GRAPHQL_VALIDATION_FAILED"], 0.01, checked=False)
 
@@ -195,7 +196,7 @@ def test_unchecked_requests_take_no_operation_slot() -> None:
 def test_long_operation_names_are_not_retained(checked: bool) -> None:
     # Before: the per-(name, outcome) cache kept each caller's raw name, up to 400 of
     # them: 330 names of 900,000 characters took a process from 93 MB to 694 MB.
-    metrics = Metrics()
+    metrics = Metrics(multiprocess_dir=None)
     long_names = [f"N{i}_" + "B" * 900_000 for i in range(40)]
     for name in long_names:
         metrics.request_finished(name, ["UNAUTHENTICATED"], 0.01, checked=checked)
@@ -209,23 +210,17 @@ def test_long_operation_names_are_not_retained(checked: bool) -> None:
 
 
 def test_the_recording_api_for_cache_and_pacing() -> None:
-    metrics = Metrics()
-    record = RequestRecord("r-1", "POST")
-    token = bind_request(record)
-    try:
-        metrics.cache_result("hit")
-        metrics.cache_result("hit")
-        metrics.cache_result("miss")
-    finally:
-        unbind_request(token)
-    metrics.cache_result("error")  # outside any request: counted, noted nowhere
+    metrics = Metrics(multiprocess_dir=None)
+    metrics.cache_result("hit")
+    metrics.cache_result("hit")
+    metrics.cache_result("miss")
+    metrics.cache_result("error")
     metrics.singleflight_share()
     metrics.pacing_wait(0.4)
     metrics.pacing_refusal()
 
     samples = scrape(metrics.exposition()[0].decode())
 
-    assert record.cache == {"hit": 2, "miss": 1}
     assert value(samples, "gateway_cache_requests_total", result="hit") == 2
     assert value(samples, "gateway_cache_requests_total", result="miss") == 1
     assert value(samples, "gateway_cache_requests_total", result="error") == 1
@@ -238,7 +233,7 @@ def test_the_recording_api_for_cache_and_pacing() -> None:
 
 
 def test_metric_names_follow_prometheus_conventions() -> None:
-    text = Metrics().exposition()[0].decode()
+    text = Metrics(multiprocess_dir=None).exposition()[0].decode()
 
     names = {family.name for family in text_string_to_metric_families(text)}
 
@@ -247,7 +242,7 @@ def test_metric_names_follow_prometheus_conventions() -> None:
 
 
 def test_request_counts_stay_right_past_the_operation_bound() -> None:
-    metrics = Metrics()
+    metrics = Metrics(multiprocess_dir=None)
     names = [f"op_{i}" for i in range(3 * MAX_OPERATIONS)]
 
     for _ in range(2):
@@ -271,7 +266,7 @@ def sample_lines(text: str) -> list[str]:
 
 @pytest.mark.parametrize("operations", [200, 1000], ids=["200-names", "1000-names"])
 def test_many_operation_names_make_a_bounded_exposition(operations: int) -> None:
-    metrics = Metrics()
+    metrics = Metrics(multiprocess_dir=None)
 
     for i in range(operations):
         metrics.request_finished(f"op_{i}", [], 0.01, checked=True)
@@ -337,3 +332,32 @@ def test_metrics_negotiate_openmetrics(
         samples = scrape(response.text)
         assert value(samples, "gateway_requests_total", operation="Latest", outcome="OK") == 1
         assert "# EOF" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("handed", "environment", "exposes_own"),
+    [
+        pytest.param(None, None, True, id="single-process"),
+        pytest.param(None, "elsewhere", True, id="environment-not-read"),
+        pytest.param("handed", None, False, id="directory-handed-in"),
+    ],
+)
+def test_a_scrape_merges_the_directory_handed_in_and_only_that(
+    handed: str | None,
+    environment: str | None,
+    exposes_own: bool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if environment is not None:
+        (tmp_path / environment).mkdir()
+        monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path / environment))
+    if handed is not None:
+        (tmp_path / handed).mkdir()
+    metrics = Metrics(multiprocess_dir=None if handed is None else str(tmp_path / handed))
+    metrics.request_finished("Calls", [], 0.01, checked=True)
+
+    # In one process the samples live in its own registry; the (empty) directory has none.
+    exposed = metrics.exposition()[0].decode()
+
+    assert ('operation="Calls"' in exposed) is exposes_own
