@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -10,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.calls import (
+    CALL_FIELDS,
     BadRecord,
     CallRecord,
     ListQuery,
@@ -242,6 +244,13 @@ def raw_call(**fields: Any) -> dict[str, Any]:
     }
     call.update(fields)
     return {key: value for key, value in call.items() if value is not None}
+
+
+def test_the_field_table_lists_the_record_attributes_in_order() -> None:
+    # `parse_call` fills a `CallRecord` positionally, in the table's order.
+    assert [field.attribute for field in CALL_FIELDS] == [
+        field.name for field in dataclasses.fields(CallRecord)
+    ]
 
 
 def test_a_minimal_call_has_every_optional_field_empty() -> None:
