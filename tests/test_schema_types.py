@@ -13,7 +13,8 @@ from gateway.schema import build_schema, graphql_core_schema
 from gateway.schema.types import ENUMS
 
 # The Call fields as clients see them and where each comes from upstream, written out
-# on purpose (DESIGN.md's schema and the Catapult list-calls page), not read from the table.
+# on purpose (the schema the README promises, the upstream's list-calls fields), not read
+# from the table.
 CONTRACT = {
     "id": ("id", "ID!"),
     "direction": ("direction", "CallDirection!"),
