@@ -1,15 +1,19 @@
 """The call-history domain: validated list queries and tolerantly parsed call records.
 
-Nothing here knows HTTP or GraphQL. The upstream client turns a `ListQuery` into query
-parameters and a JSON body into `CallRecord`s; the schema turns records into GraphQL.
+Nothing here imports HTTP or GraphQL code. The upstream client turns a `ListQuery` into
+query parameters and a JSON body into `CallRecord`s; the schema turns records into GraphQL.
+`CALL_FIELDS` is the one list of a call's fields: the parser, the schema's `Call` type and
+the compiled path (fastpath.py) are all built from it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, overload
+from typing import Any, Literal
 
 import orjson
 
@@ -183,13 +187,6 @@ HTTP_METHODS = frozenset({"GET", "POST"})
 FILE_FORMATS = frozenset({"wav", "mp3"})
 
 
-# The fields of an upstream call record the gateway reads; `slim_body` drops the rest.
-CALL_FIELDS = (
-    "id", "direction", "from", "to", "state", "startTime", "activeTime", "endTime",
-    "callbackUrl", "callbackHttpMethod", "callbackTimeout", "fallbackUrl", "bridgeId",
-    "conferenceId", "chargeableDuration", "recordingEnabled", "recordingFileFormat",
-    "transcriptionEnabled", "sipHeaders", "events",
-)  # fmt: skip
 # How deep a value below a record's field is kept: a field holds a scalar, `sipHeaders`
 # an object of scalars; anything deeper is odd whatever it holds.
 MAX_FIELD_DEPTH = 3
@@ -213,7 +210,7 @@ def _slim_record(raw: Any) -> Any:
     if isinstance(raw, dict):
         return {
             key: _bounded(value, MAX_FIELD_DEPTH)
-            for key in CALL_FIELDS
+            for key in WIRE_KEYS
             if (value := raw.get(key)) is not None
         }
     return _bounded(raw, MAX_FIELD_DEPTH)
@@ -258,34 +255,12 @@ def parse_call(raw: Any) -> CallRecord | BadRecord:
     call_id = raw.get("id")
     if not isinstance(call_id, str) or not call_id:
         return BadRecord(None, "a call without an id")
-    required: dict[str, str] = {}
-    for key in ("from", "to"):
-        value = raw.get(key)
+    for field in _ESSENTIAL:
+        value = raw.get(field.wire)
         if not isinstance(value, str) or not value:
-            return BadRecord(call_id, f"call {call_id} without `{key}`")
-        required[key] = value
-    return CallRecord(
-        id=call_id,
-        direction=_choice(raw.get("direction"), DIRECTIONS, str.lower, required=True),
-        from_=required["from"],
-        to=required["to"],
-        state=_choice(raw.get("state"), STATES, str.lower, required=True),
-        start_time=parse_timestamp(raw.get("startTime")),
-        active_time=parse_timestamp(raw.get("activeTime")),
-        end_time=parse_timestamp(raw.get("endTime")),
-        callback_url=_string(raw.get("callbackUrl")),
-        callback_http_method=_choice(raw.get("callbackHttpMethod"), HTTP_METHODS, str.upper),
-        callback_timeout=parse_integer(raw.get("callbackTimeout")),
-        fallback_url=_string(raw.get("fallbackUrl")),
-        bridge_id=_string(raw.get("bridgeId")),
-        conference_id=_string(raw.get("conferenceId")),
-        chargeable_duration=parse_integer(raw.get("chargeableDuration")),
-        recording_enabled=parse_boolean(raw.get("recordingEnabled")),
-        recording_file_format=_choice(raw.get("recordingFileFormat"), FILE_FORMATS, str.lower),
-        transcription_enabled=parse_boolean(raw.get("transcriptionEnabled")),
-        sip_headers=_sip_headers(raw.get("sipHeaders")),
-        events_url=_string(raw.get("events")),
-    )
+            return BadRecord(call_id, f"call {call_id} without `{field.wire}`")
+    get = raw.get
+    return CallRecord(*[parse(get(wire)) for wire, parse in _PARSERS])
 
 
 def parse_timestamp(value: Any) -> datetime | Odd | None:
@@ -373,14 +348,8 @@ def parse_boolean(value: Any) -> bool | Odd | None:
     return Odd(value)
 
 
-@overload
 def _choice(
-    value: Any, allowed: frozenset[str], normalise: Any, *, required: Literal[True]
-) -> str | Odd: ...
-@overload
-def _choice(value: Any, allowed: frozenset[str], normalise: Any) -> str | Odd | None: ...
-def _choice(
-    value: Any, allowed: frozenset[str], normalise: Any, *, required: bool = False
+    value: Any, allowed: frozenset[str], normalise: Callable[[str], str], required: bool
 ) -> str | Odd | None:
     if value is None and not required:
         return None
@@ -408,6 +377,115 @@ def _json_scalar(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+# -- the field table ------------------------------------------------------------------------
+#
+# One entry per field of a call, in the schema's order (also `CallRecord`'s, which
+# `parse_call` fills positionally). What a kind means:
+#   id, text   a string (an id is an `ID` in the schema); when required, a record without
+#              it cannot be a call at all (`BadRecord`)
+#   choice     one of `choices`, compared after `case` (the upstream mixes `get` and `GET`);
+#              a required one is served as UNKNOWN when off, an optional one as null
+#   instant    a timestamp (`parse_timestamp`); integer, boolean: `parse_integer`, ...
+#   headers    the SIP headers object, served as a list of name/value pairs
+CallFieldKind = Literal["id", "text", "choice", "instant", "integer", "boolean", "headers"]
+
+
+def _essential(value: Any) -> Any:
+    # Checked by `parse_call` before any field is parsed: a non-empty string.
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class CallField:
+    """One field of a call: its schema name, its upstream key, its kind and its meaning."""
+
+    name: str  # the GraphQL field name
+    wire: str  # the upstream JSON key
+    attribute: str  # the `CallRecord` attribute
+    kind: CallFieldKind
+    description: str  # the schema's description of the field
+    required: bool = False  # non-null in the schema
+    choices: frozenset[str] = frozenset()  # kind "choice": the values, after `case`
+    case: Literal["lower", "upper"] = "lower"
+    parse: Callable[[Any], Any] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parse", self._parser())
+
+    def _parser(self) -> Callable[[Any], Any]:
+        kind = self.kind
+        if kind in ("id", "text"):
+            return _essential if self.required else _string
+        if kind == "choice":
+            normalise = str.lower if self.case == "lower" else str.upper
+            allowed, required = self.choices, self.required
+            return lambda value: _choice(value, allowed, normalise, required)
+        return {
+            "instant": parse_timestamp,
+            "integer": parse_integer,
+            "boolean": parse_boolean,
+            "headers": _sip_headers,
+        }[kind]
+
+
+CALL_FIELDS: tuple[CallField, ...] = (
+    CallField("id", "id", "id", "id", "The unique id of the call, e.g. `c-abc123`.",
+              required=True),
+    CallField("direction", "direction", "direction", "choice",
+              "Whether the call was incoming or outgoing.", required=True, choices=DIRECTIONS),
+    CallField("from", "from", "from_", "text",
+              "Who made the call: an E.164 number (`+15555555555`) or a SIP address.",
+              required=True),
+    CallField("to", "to", "to", "text",
+              "Who received the call: an E.164 number (`+15555555555`) or a SIP address.",
+              required=True),
+    CallField("state", "state", "state", "choice", "Where the call is in its life.",
+              required=True, choices=STATES),
+    CallField("startTime", "startTime", "start_time", "instant", "When the call was created."),
+    CallField("activeTime", "activeTime", "active_time", "instant",
+              "When the call was answered; null if it never was."),
+    CallField("endTime", "endTime", "end_time", "instant",
+              "When the call ended; null while it is still going."),
+    CallField("callbackUrl", "callbackUrl", "callback_url", "text",
+              "The URL that receives this call's events."),
+    CallField("callbackHttpMethod", "callbackHttpMethod", "callback_http_method", "choice",
+              "How events are sent to `callbackUrl` (POST by default); the upstream's "
+              "`get`/`post` in any case read as GET/POST.",
+              choices=HTTP_METHODS, case="upper"),
+    CallField("callbackTimeout", "callbackTimeout", "callback_timeout", "integer",
+              "How long, in milliseconds, the platform waits for `callbackUrl` to answer."),
+    CallField("fallbackUrl", "fallbackUrl", "fallback_url", "text",
+              "The URL that receives events when `callbackUrl` fails."),
+    CallField("bridgeId", "bridgeId", "bridge_id", "id", "The bridge the call is in, if any."),
+    CallField("conferenceId", "conferenceId", "conference_id", "id",
+              "The conference the call is in, if any."),
+    CallField("chargeableDuration", "chargeableDuration", "chargeable_duration", "integer",
+              "The number of seconds the call is billed for."),
+    CallField("recordingEnabled", "recordingEnabled", "recording_enabled", "boolean",
+              "Whether the call was recorded."),
+    CallField("recordingFileFormat", "recordingFileFormat", "recording_file_format", "choice",
+              "The file format of the call's recordings.", choices=FILE_FORMATS),
+    CallField("transcriptionEnabled", "transcriptionEnabled", "transcription_enabled", "boolean",
+              "Whether the call's recordings were transcribed automatically."),
+    CallField("sipHeaders", "sipHeaders", "sip_headers", "headers",
+              "Custom SIP headers sent with the call (up to 5); empty when there were none."),
+    # The upstream names its events link `events`; the schema says what it is.
+    CallField("eventsUrl", "events", "events_url", "text",
+              "The upstream URL of this call's events."),
+)  # fmt: skip
+# The fields without which a record cannot be a call, after its id (`parse_call`).
+_ESSENTIAL = tuple(
+    field
+    for field in CALL_FIELDS
+    if field.required and field.kind in ("id", "text") and field.wire != "id"
+)
+# What `parse_call` does for each field, in `CallRecord`'s order (a loop over plain
+# pairs: the parser runs for every record of the standard path).
+_PARSERS = tuple((field.wire, field.parse) for field in CALL_FIELDS)
+# The fields of an upstream call record the gateway reads; `slim_body` drops the rest.
+WIRE_KEYS = tuple(field.wire for field in CALL_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)

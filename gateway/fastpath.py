@@ -52,11 +52,9 @@ from graphql.execution.values import (
 )
 
 from gateway.calls import (
-    DIRECTIONS,
-    FILE_FORMATS,
-    HTTP_METHODS,
-    STATES,
+    CALL_FIELDS,
     BadRecord,
+    CallField,
     CallRecord,
     ListQuery,
     Odd,
@@ -73,8 +71,6 @@ from gateway.schema.types import READERS, SortOrder, odd_field_warning, serializ
 
 Row = dict[str, Any]
 
-_METHOD_NAMES = frozenset(name.upper() for name in HTTP_METHODS)
-_FORMAT_NAMES = frozenset(name.upper() for name in FILE_FORMATS)
 _CANONICAL_INSTANT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
@@ -172,40 +168,91 @@ def _sip_headers(value: dict[str, str], fields: tuple[tuple[str, str], ...]) -> 
 _SIP_FIELD = {"name": 0, "value": 1, "__typename": 2}
 _NAME_VALUE = (("name", "name"), ("value", "value"))
 _INT32 = "-2147483648 <= _v <= 2147483647"
-_EXPRESSIONS = {
-    # Checked by the projection's preamble (_PREAMBLE) before any field is built.
-    "id": "_id",
-    "from": "_from",
-    "to": "_to",
-    "direction": "_direction",
-    "state": "_state",
-    "startTime": '_instant(get("startTime"))',
-    "activeTime": '_instant(get("activeTime"))',
-    "endTime": '_instant(get("endTime"))',
-    "eventsUrl": '(_v if (_v := get("events")) is None or _v.__class__ is str else _odd())',
-    "callbackHttpMethod": '_choice(get("callbackHttpMethod"), _METHOD_NAMES)',
-    "recordingFileFormat": '_choice(get("recordingFileFormat"), _FORMAT_NAMES)',
-    "__typename": '"Call"',
-}
-for _name in ("callbackUrl", "fallbackUrl", "bridgeId", "conferenceId"):
-    _EXPRESSIONS[_name] = (
-        f'(_v if (_v := get("{_name}")) is None or _v.__class__ is str else _odd())'
-    )
-for _name in ("callbackTimeout", "chargeableDuration"):
-    _EXPRESSIONS[_name] = (
-        f'(_v if (_v := get("{_name}")) is None or (_v.__class__ is int and {_INT32}) '
-        "else _int(_v))"
-    )
-for _name in ("recordingEnabled", "transcriptionEnabled"):
-    _EXPRESSIONS[_name] = (
-        f'(_v if (_v := get("{_name}")) is None or _v.__class__ is bool else _bool(_v))'
-    )
+
+# -- the generated source, from the field table (calls.CALL_FIELDS) -----------------------
+#
+# Required fields and the SIP headers are read and checked once per record by the
+# projection's preamble (`_preamble`), into locals named after the field (`_id`,
+# `_direction`); every other field is one inline expression of its upstream value, per
+# kind. A choice is served as its enum's name, its value upper-cased (the schema's enums
+# are written that way, and tests/test_schema_types.py checks it).
+
+
+def _local(field: CallField) -> str:
+    # GraphQL field names are identifiers ([_A-Za-z][_0-9A-Za-z]*), so is this.
+    return f"_{field.name}"
+
+
+def _choice_names(field: CallField) -> Any:
+    """What the generated code looks a choice up in, as `_names_<field>`."""
+    if field.required:  # the upstream's value, normalised, to the enum's name
+        return {value: value.upper() for value in field.choices}
+    return frozenset(value.upper() for value in field.choices)  # for `_choice`
+
+
+def _expression(field: CallField) -> str:
+    """The expression building a field's result value (see `_preamble` for `get`)."""
+    if field.required:
+        return _local(field)  # checked (and a choice named) by the preamble
+    get = f"get({field.wire!r})"
+    return {
+        "id": f"(_v if (_v := {get}) is None or _v.__class__ is str else _odd())",
+        "text": f"(_v if (_v := {get}) is None or _v.__class__ is str else _odd())",
+        "choice": f"_choice({get}, _names_{field.name})",
+        "instant": f"_instant({get})",
+        "integer": (
+            f"(_v if (_v := {get}) is None or (_v.__class__ is int and {_INT32}) else _int(_v))"
+        ),
+        "boolean": f"(_v if (_v := {get}) is None or _v.__class__ is bool else _bool(_v))",
+        # `{pairs}`: the plan's sub-selection of the headers, bound by `_compile_projection`.
+        "headers": f"([] if {_local(field)} is None else _sip_headers({_local(field)}, {{pairs}}))",
+    }[field.kind]
+
+
+def _preamble() -> str:
+    """The start of every projection: the plain shape, checked whatever is selected.
+
+    A record failing it (no id, an unknown state or direction, odd SIP headers) makes the
+    projection return None, and the record parser and the field readers decide, as on
+    the standard path. Numbers and booleans among the SIP header values are rendered by
+    the parser's rules; rare, so those records go to the parser too.
+    """
+    essential = [f for f in CALL_FIELDS if f.required and f.kind in ("id", "text")]
+    choices = [f for f in CALL_FIELDS if f.required and f.kind == "choice"]
+    headers = [f for f in CALL_FIELDS if f.kind == "headers"]
+    if any(f.required for f in CALL_FIELDS if f not in essential and f not in choices):
+        raise TypeError("the compiled path knows required text, ids and choices only")
+    lines = ["def project(raw):", "    get = raw.get"]
+    for group in (essential, choices + headers):
+        names = ", ".join(_local(f) for f in group)
+        lines.append(f"    {names} = {', '.join(f'get({f.wire!r})' for f in group)}")
+    checks = [f"{_local(f)}.__class__ is str and {_local(f)}" for f in essential]
+    checks += [f"{_local(f)}.__class__ is str" for f in choices]
+    lines += ["    if not (", f"        {' and '.join(checks)}", "    ):", "        return None"]
+    for f in choices:
+        lines.append(f"    {_local(f)} = _names_{f.name}.get({_local(f)}.{f.case}())")
+    if choices:
+        unknown = " or ".join(f"{_local(f)} is None" for f in choices)
+        lines += [f"    if {unknown}:", "        return None"]
+    for f in headers:
+        value = _local(f)
+        lines += [
+            f"    if {value} is not None and (",
+            f"        {value}.__class__ is not dict"
+            f" or not all(v.__class__ is str for v in {value}.values())",
+            "    ):",
+            "        return None",
+        ]
+    return "\n".join([*lines, "    return {", ""])
+
+
+_EXPRESSIONS = {field.name: _expression(field) for field in CALL_FIELDS}
+_EXPRESSIONS["__typename"] = '"Call"'
+_HEADERS = frozenset(field.name for field in CALL_FIELDS if field.kind == "headers")
+_PREAMBLE = _preamble()
 
 _NAMESPACE: dict[str, Any] = {
-    "_DIRECTION": {value: value.upper() for value in DIRECTIONS},
-    "_STATE": {value: value.upper() for value in STATES},
-    "_METHOD_NAMES": _METHOD_NAMES,
-    "_FORMAT_NAMES": _FORMAT_NAMES,
+    **{f"_names_{f.name}": _choice_names(f) for f in CALL_FIELDS if f.kind == "choice"},
     "_instant": _instant,
     "_choice": _choice,
     "_int": _int,
@@ -213,34 +260,6 @@ _NAMESPACE: dict[str, Any] = {
     "_odd": _odd,
     "_sip_headers": _sip_headers,
 }
-
-
-# The plain shape, checked for every record whatever is selected: a record failing it
-# (no id, an unknown state or direction, odd SIP headers) makes the projection return
-# None, and the record parser and the field readers decide, as on the standard path.
-# Numbers and booleans among the SIP header values are rendered by the parser's rules;
-# rare, so those records go to the parser too.
-_PREAMBLE = """\
-def project(raw):
-    get = raw.get
-    _id, _from, _to = get("id"), get("from"), get("to")
-    _direction, _state, _sip = get("direction"), get("state"), get("sipHeaders")
-    if not (
-        _id.__class__ is str and _id and _from.__class__ is str and _from
-        and _to.__class__ is str and _to
-        and _direction.__class__ is str and _state.__class__ is str
-    ):
-        return None
-    _direction = _DIRECTION.get(_direction.lower())
-    _state = _STATE.get(_state.lower())
-    if _direction is None or _state is None:
-        return None
-    if _sip is not None and (
-        _sip.__class__ is not dict or not all(v.__class__ is str for v in _sip.values())
-    ):
-        return None
-    return {
-"""
 
 
 Plan = tuple[tuple[str, str, Any], ...]  # (response key, field name, sub-selection)
@@ -266,13 +285,12 @@ def _compile_projection(plan: Plan) -> Projection:
     namespace = dict(_NAMESPACE)
     items = []
     for index, (key, field, extra) in enumerate(plan):
-        if field == "sipHeaders":
+        if field not in _EXPRESSIONS:
+            raise Fallback
+        expression = _EXPRESSIONS[field]
+        if field in _HEADERS:
             namespace[f"_pairs{index}"] = extra
-            expression = f"([] if _sip is None else _sip_headers(_sip, _pairs{index}))"
-        else:
-            if field not in _EXPRESSIONS:
-                raise Fallback
-            expression = _EXPRESSIONS[field]
+            expression = expression.format(pairs=f"_pairs{index}")
         # Response keys are GraphQL names ([_A-Za-z][_0-9A-Za-z]*), safe in a literal.
         items.append(f"        {key!r}: {expression},\n")
     source = _PREAMBLE + "".join(items) + "    }\n"
@@ -336,7 +354,7 @@ def _call_projection(
     plan: list[tuple[str, str, Any]] = []
     for key, field_nodes in fields.items():
         name = field_nodes[0].name.value
-        if name == "sipHeaders":
+        if name in _HEADERS:
             sub: dict[str, list[FieldNode]] = {}
             for node in field_nodes:
                 if node.selection_set is None:
@@ -506,7 +524,7 @@ def _read_row(record: CallRecord, plan: Plan, context: Context, path: tuple[str 
         value, odd = READERS[field](record)
         if odd is not None:
             context.warnings.append(odd_field_warning(record, field, odd, value, (*path, key)))
-        if field == "sipHeaders":
+        if field in _HEADERS:
             row[key] = [
                 {sub: (h.name, h.value, "SipHeader")[_SIP_FIELD[name]] for sub, name in extra}
                 for h in value

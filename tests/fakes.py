@@ -1,5 +1,7 @@
 """A recording fake upstream: canned answers per path, every request it received recorded.
 
+`upstream_call` builds the call records tests give it to answer.
+
 Serve it with `tests.servers.serve(fake.app)` and point a gateway's `upstream_url` at it
 when a test needs an answer the seeded sandbox never gives (an odd record, a header in
 another form). Paths without a canned answer get a 404 in the upstream's error shape.
@@ -111,3 +113,25 @@ class FakeUpstream:
         params = frozenset(parse_qsl(recorded.query, keep_blank_values=True))
         canned = self._by_query.get((recorded.path, params)) or self._answers.get(recorded.path)
         return (canned or _NOT_FOUND).response()
+
+
+# A value for `upstream_call` that leaves its key out of the record.
+ABSENT: Any = object()
+
+
+def upstream_call(call_id: str = "c-1", **fields: Any) -> dict[str, Any]:
+    """One call as the upstream's list answers it: a plain completed outgoing call.
+
+    `fields` replace or add keys by their upstream names (`None` is a JSON null, as the
+    upstream may send it; `from` goes through `**{"from": ...}`); `ABSENT` leaves one out.
+    """
+    record: dict[str, Any] = {
+        "id": call_id,
+        "direction": "out",
+        "from": "+19195550100",
+        "to": "+19195550101",
+        "state": "completed",
+        "startTime": "2013-02-08T13:15:47.587Z",
+        **fields,
+    }
+    return {key: value for key, value in record.items() if value is not ABSENT}

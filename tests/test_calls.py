@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -10,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.calls import (
+    CALL_FIELDS,
     BadRecord,
     CallRecord,
     ListQuery,
@@ -19,6 +21,7 @@ from gateway.calls import (
     parse_timestamp,
 )
 from gateway.errors import BadUserInput, UpstreamBadResponse
+from tests.fakes import ABSENT, upstream_call
 
 INSTANT = datetime(2013, 2, 8, 13, 15, 47, 587000, tzinfo=UTC)
 
@@ -231,28 +234,22 @@ def test_an_unreadable_timestamp_is_odd(raw: Any) -> None:
 # -- parse_call ----------------------------------------------------------------------------------
 
 
-def raw_call(**fields: Any) -> dict[str, Any]:
-    """A minimal valid upstream call; `None` values remove a field."""
-    call: dict[str, Any] = {
-        "id": "c-1",
-        "direction": "in",
-        "from": "+19195550100",
-        "to": "+19195550101",
-        "state": "completed",
-    }
-    call.update(fields)
-    return {key: value for key, value in call.items() if value is not None}
+def test_the_field_table_lists_the_record_attributes_in_order() -> None:
+    # `parse_call` fills a `CallRecord` positionally, in the table's order.
+    assert [field.attribute for field in CALL_FIELDS] == [
+        field.name for field in dataclasses.fields(CallRecord)
+    ]
 
 
 def test_a_minimal_call_has_every_optional_field_empty() -> None:
-    assert parse_call(raw_call()) == CallRecord(
-        id="c-1", direction="in", from_="+19195550100", to="+19195550101", state="completed"
+    assert parse_call(upstream_call(startTime=ABSENT)) == CallRecord(
+        id="c-1", direction="out", from_="+19195550100", to="+19195550101", state="completed"
     )
 
 
 def test_a_full_call_maps_every_field() -> None:
     record = parse_call(
-        raw_call(
+        upstream_call(
             startTime="2013-02-08T13:15:47.587Z",
             activeTime="2013-02-08T13:15:50Z",
             endTime="2013-02-08T11:16:50-02",
@@ -274,7 +271,7 @@ def test_a_full_call_maps_every_field() -> None:
 
     assert record == CallRecord(
         id="c-1",
-        direction="in",
+        direction="out",
         from_="+19195550100",
         to="+19195550101",
         state="completed",
@@ -342,7 +339,7 @@ TOLERATED = [
 def test_optional_fields_are_tolerated(
     fields: dict[str, Any], attribute: str, expected: Any
 ) -> None:
-    record = parse_call(raw_call(**fields))
+    record = parse_call(upstream_call(**fields))
 
     assert isinstance(record, CallRecord)
     assert getattr(record, attribute) == expected
@@ -352,38 +349,43 @@ BAD_RECORDS = [
     pytest.param(42, None, "not an object", id="number"),
     pytest.param(None, None, "not an object", id="null"),
     pytest.param(["c-1"], None, "not an object", id="list"),
-    pytest.param(raw_call(id=None), None, "without an id", id="no-id"),
-    pytest.param(raw_call(id=7), None, "without an id", id="id-number"),
-    pytest.param(raw_call(id=""), None, "without an id", id="id-empty"),
-    pytest.param(raw_call(**{"from": None}), "c-1", "without `from`", id="no-from"),
-    pytest.param(raw_call(to=3), "c-1", "without `to`", id="to-number"),
+    pytest.param(upstream_call(id=ABSENT), None, "without an id", id="no-id"),
+    pytest.param(upstream_call(id=7), None, "without an id", id="id-number"),
+    pytest.param(upstream_call(id=""), None, "without an id", id="id-empty"),
+    pytest.param(upstream_call(**{"from": ABSENT}), "c-1", "without `from`", id="no-from"),
+    pytest.param(upstream_call(to=3), "c-1", "without `to`", id="to-number"),
 ]
 # A call all the same: served, with what was off as `Odd` (UNKNOWN, null or [] in the schema).
 ODD_BUT_CALLS = [
-    pytest.param(raw_call(state=None), "state", Odd(None), id="no-state"),
-    pytest.param(raw_call(direction=None), "direction", Odd(None), id="no-direction"),
-    pytest.param(raw_call(state="exploded"), "state", Odd("exploded"), id="state-unknown"),
-    pytest.param(raw_call(direction="sideways"), "direction", Odd("sideways"), id="direction"),
-    pytest.param(raw_call(state="error"), "state", "error", id="state-error-is-known"),
-    pytest.param(raw_call(state="Error"), "state", "error", id="state-error-any-case"),
-    pytest.param(raw_call(sipHeaders="X-A: 1"), "sip_headers", Odd("X-A: 1"), id="sip-string"),
+    pytest.param(upstream_call(state=ABSENT), "state", Odd(None), id="no-state"),
+    pytest.param(upstream_call(direction=ABSENT), "direction", Odd(None), id="no-direction"),
+    pytest.param(upstream_call(state="exploded"), "state", Odd("exploded"), id="state-unknown"),
+    pytest.param(upstream_call(direction="sideways"), "direction", Odd("sideways"), id="direction"),
+    pytest.param(upstream_call(state="error"), "state", "error", id="state-error-is-known"),
+    pytest.param(upstream_call(state="Error"), "state", "error", id="state-error-any-case"),
+    pytest.param(upstream_call(sipHeaders="X-A: 1"), "sip_headers", Odd("X-A: 1"), id="sip-string"),
     pytest.param(
-        raw_call(sipHeaders=[{"name": "X-A", "value": "1"}]),
+        upstream_call(sipHeaders=[{"name": "X-A", "value": "1"}]),
         "sip_headers",
         Odd([{"name": "X-A", "value": "1"}]),
         id="sip-list",
     ),
     pytest.param(
-        raw_call(sipHeaders={"X-A": None}), "sip_headers", Odd({"X-A": None}), id="sip-null-value"
+        upstream_call(sipHeaders={"X-A": None}),
+        "sip_headers",
+        Odd({"X-A": None}),
+        id="sip-null-value",
     ),
     pytest.param(
-        raw_call(sipHeaders={"X-A": {"v": 1}}),
+        upstream_call(sipHeaders={"X-A": {"v": 1}}),
         "sip_headers",
         Odd({"X-A": {"v": 1}}),
         id="sip-nested",
     ),
-    pytest.param(raw_call(callbackHttpMethod="get"), "callback_http_method", "GET", id="get"),
-    pytest.param(raw_call(callbackHttpMethod="post"), "callback_http_method", "POST", id="post"),
+    pytest.param(upstream_call(callbackHttpMethod="get"), "callback_http_method", "GET", id="get"),
+    pytest.param(
+        upstream_call(callbackHttpMethod="post"), "callback_http_method", "POST", id="post"
+    ),
 ]
 
 
@@ -408,7 +410,13 @@ def test_a_record_that_cannot_be_a_call_is_a_bad_record(
 
 def test_a_bad_record_does_not_blank_the_list() -> None:
     records, bad = parse_call_list(
-        [raw_call(id="c-1"), raw_call(id="c-2", to=None), 5, raw_call(id="c-3"), []]
+        [
+            upstream_call(id="c-1"),
+            upstream_call(id="c-2", to=ABSENT),
+            5,
+            upstream_call(id="c-3"),
+            [],
+        ]
     )
 
     assert [record.id for record in records] == ["c-1", "c-3"]
@@ -466,7 +474,7 @@ def test_parse_call_never_raises(raw: Any) -> None:
     assert isinstance(parse_call(raw), CallRecord | BadRecord)
 
 
-@given(st.dictionaries(CALL_KEYS, JSON_LIKE).map(lambda extra: {**raw_call(), **extra}))
+@given(st.dictionaries(CALL_KEYS, JSON_LIKE).map(lambda extra: {**upstream_call(), **extra}))
 def test_a_call_with_valid_required_fields_never_raises_either(raw: dict[str, Any]) -> None:
     parsed = parse_call(raw)
 

@@ -18,18 +18,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.app import create_app, credential_headers
+from gateway.calls import CALL_FIELDS, CallField
 from gateway.config import load_settings
 from tests.conftest import DEMO
 from tests.fakes import FakeUpstream
 from tests.servers import serve
 
 CALLS_PATH = f"/v1/users/{DEMO.user_id}/calls/"
+# Every field of the table the compiled path builds, so a field added there is fuzzed too
+# (tests/test_schema_types.py pins the table itself).
 SCALAR_FIELDS = (
-    "id", "direction", "from", "to", "state", "startTime", "activeTime", "endTime",
-    "callbackUrl", "callbackHttpMethod", "callbackTimeout", "fallbackUrl", "bridgeId",
-    "conferenceId", "chargeableDuration", "recordingEnabled", "recordingFileFormat",
-    "transcriptionEnabled", "eventsUrl", "__typename",
-)  # fmt: skip
+    *(field.name for field in CALL_FIELDS if field.kind != "headers"),
+    "__typename",
+)
 
 
 @dataclass
@@ -91,30 +92,35 @@ timestamps = st.one_of(
 odd = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.text(max_size=5), st.just([1])
 )
-optional_values: dict[str, st.SearchStrategy[Any]] = {
-    "startTime": timestamps,
-    "activeTime": timestamps,
-    "endTime": timestamps,
-    "callbackUrl": st.one_of(st.just(""), st.just("https://example.com/cb"), odd),
-    "callbackHttpMethod": st.one_of(st.sampled_from(["GET", "get", "post", "Post", "PUT"]), odd),
-    "callbackTimeout": st.one_of(st.integers(-(2**33), 2**33), st.just("15"), st.just(2.0), odd),
-    "fallbackUrl": st.one_of(st.just("https://example.com/fb"), odd),
-    "bridgeId": st.one_of(st.just("brg-1"), odd),
-    "conferenceId": st.one_of(st.just("conf-1"), odd),
-    "chargeableDuration": st.one_of(st.integers(0, 10_000), st.just(2.5), odd),
-    "recordingEnabled": st.one_of(st.booleans(), st.just("true"), st.just("FALSE"), odd),
-    "recordingFileFormat": st.one_of(st.sampled_from(["wav", "MP3", "ogg"]), odd),
-    "transcriptionEnabled": st.one_of(st.booleans(), odd),
-    "events": st.one_of(st.just("https://example.com/events"), odd),
-    "sipHeaders": st.one_of(
-        st.dictionaries(
-            st.sampled_from(["X-A", "X-B", "X-C"]),
-            st.one_of(st.text(max_size=8), st.integers(-(2**40), 2**40), st.booleans()),
-            max_size=3,
-        ),
-        st.just({"X-Bad": None}),
-        st.just(["not", "a", "map"]),
+sip_headers = st.one_of(
+    st.dictionaries(
+        st.sampled_from(["X-A", "X-B", "X-C"]),
+        st.one_of(st.text(max_size=8), st.integers(-(2**40), 2**40), st.booleans()),
+        max_size=3,
     ),
+    st.just({"X-Bad": None}),
+    st.just(["not", "a", "map"]),
+)
+
+
+def upstream_values(field: CallField) -> st.SearchStrategy[Any]:
+    """Values of an optional field, by its kind: documented, legal variants, and odd."""
+    if field.kind == "choice":
+        spellings = sorted({v for c in field.choices for v in (c, c.upper(), c.title())})
+        return st.one_of(st.sampled_from([*spellings, "PUT", "ogg"]), odd)
+    return {
+        "id": st.one_of(st.just("brg-1"), odd),
+        "text": st.one_of(st.just(""), st.just("https://example.com/cb"), odd),
+        "instant": timestamps,
+        "integer": st.one_of(st.integers(-(2**33), 2**33), st.just("15"), st.just(2.0),
+                             st.just(2.5), odd),
+        "boolean": st.one_of(st.booleans(), st.just("true"), st.just("FALSE"), odd),
+        "headers": sip_headers,
+    }[field.kind]  # fmt: skip
+
+
+optional_values = {
+    field.wire: upstream_values(field) for field in CALL_FIELDS if not field.required
 }
 
 

@@ -24,7 +24,7 @@ from gateway.upstream.cache import CacheKeys
 from gateway.upstream.pacing import account_key
 from gateway.upstream.routes import calls_path
 from tests.conftest import DEMO, SECOND, GatewayFactory
-from tests.fakes import FakeUpstream
+from tests.fakes import FakeUpstream, upstream_call
 from tests.inprocess import CALLS_QUERY, assert_healthy, error_codes, in_process, post_graphql
 
 # Account A (the victim) and account B (the attacker), as raw header pairs.
@@ -41,14 +41,9 @@ def basic(raw: bytes) -> bytes:
 @pytest.fixture
 def upstream(fake_upstream: FakeUpstream) -> FakeUpstream:
     """A's and B's call lists, told apart by their ids."""
-    fake_upstream.answer(calls_path(DEMO.user_id), [record("c-of-a")])
-    fake_upstream.answer(calls_path(SECOND.user_id), [record("c-of-b")])
+    fake_upstream.answer(calls_path(DEMO.user_id), [upstream_call("c-of-a")])
+    fake_upstream.answer(calls_path(SECOND.user_id), [upstream_call("c-of-b")])
     return fake_upstream
-
-
-def record(call_id: str) -> dict[str, str]:
-    return {"id": call_id, "direction": "out", "from": "+19195550100", "to": "+19195550101",
-            "state": "completed"}  # fmt: skip
 
 
 def ids(response: httpx.Response) -> list[str]:

@@ -15,7 +15,7 @@ from gateway.errors import BadUserInput, UpstreamBadResponse
 from gateway.pagination import CursorCodec, Position, next_query
 from gateway.upstream.client import ANCHORED, parse_link_header
 from tests.conftest import Gateway, GatewayFactory, Sandbox
-from tests.fakes import FakeUpstream
+from tests.fakes import FakeUpstream, upstream_call
 
 CONNECTION = """
 query Walk($filter: CallFilter, $first: Int!, $after: String, $order: SortOrder! = DESC) {
@@ -287,11 +287,6 @@ def test_a_short_cursor_key_stops_start_up_naming_the_setting() -> None:
 # -- records left out of a page are reported by the slice that serves their place ----------
 
 
-def _record(call_id: str, **fields: Any) -> dict[str, Any]:
-    return {"id": call_id, "direction": "in", "from": "+19195550100", "to": "+19195550101",
-            "state": "completed", **fields}  # fmt: skip
-
-
 def test_a_left_out_record_is_reported_once_by_the_slice_that_covers_it(
     gateway_factory: GatewayFactory, fake_upstream: FakeUpstream
 ) -> None:
@@ -300,13 +295,13 @@ def test_a_left_out_record_is_reported_once_by_the_slice_that_covers_it(
     path = "/v1/users/u-demo/calls/"
     fake_upstream.answer(
         path,
-        [_record("c-a"), _record("c-bad-1", **{"from": None}), _record("c-b")],
+        [upstream_call("c-a"), upstream_call("c-bad-1", **{"from": None}), upstream_call("c-b")],
         query={"page": "0", "size": "3", "sortOrder": "desc"},
         header_lines=(("Link", f'<{fake_upstream.url}{path}?page=1&size=3>; rel="next"'),),
     )
     fake_upstream.answer(
         path,
-        [_record("c-c"), _record("c-d"), _record("c-bad-2", to=None)],
+        [upstream_call("c-c"), upstream_call("c-d"), upstream_call("c-bad-2", to=None)],
         query={"page": "1", "size": "3", "sortOrder": "desc"},
     )
     gateway = gateway_factory(upstream_url=fake_upstream.url)
@@ -423,7 +418,7 @@ def test_a_next_link_that_does_not_move_forward_ends_the_walk_with_a_warning(
         )
         fake_upstream.answer(
             PATH,
-            [_record(f"c-{page}-{n}") for n in range(2)],
+            [upstream_call(f"c-{page}-{n}") for n in range(2)],
             query={"page": page, "size": "5", "sortOrder": "desc"},
             header_lines=(("Link", f'{link}; rel="next"'),),
         )
@@ -452,7 +447,7 @@ def test_a_call_listed_twice_in_one_slice_is_served_once_with_a_warning(
 ) -> None:
     fake_upstream.answer(
         PATH,
-        [_record("c-a"), _record("c-b"), _record("c-a")],
+        [upstream_call("c-a"), upstream_call("c-b"), upstream_call("c-a")],
         query={"page": "0", "size": "5", "sortOrder": "desc"},
         header_lines=(
             ("Link", f'<{fake_upstream.url}{PATH}?page=1&size=5&sortOrder=desc>; rel="next"'),
@@ -460,7 +455,7 @@ def test_a_call_listed_twice_in_one_slice_is_served_once_with_a_warning(
     )
     fake_upstream.answer(
         PATH,
-        [_record("c-b"), _record("c-c")],
+        [upstream_call("c-b"), upstream_call("c-c")],
         query={"page": "1", "size": "5", "sortOrder": "desc"},
     )
     gateway = gateway_factory(upstream_url=fake_upstream.url)
@@ -486,12 +481,12 @@ def test_an_anchored_next_link_is_not_followed_and_empty_filters_are_absent(
 ) -> None:
     fake_upstream.answer(
         PATH,
-        [_record("c-0")],
+        [upstream_call("c-0")],
         query={"page": "0", "size": "5", "sortOrder": "desc"},
         header_lines=(("Link", link.format(url=fake_upstream.url, path=PATH)),),
     )
     fake_upstream.answer(
-        PATH, [_record("c-1")], query={"page": "1", "size": "5", "sortOrder": "desc"}
+        PATH, [upstream_call("c-1")], query={"page": "1", "size": "5", "sortOrder": "desc"}
     )
     gateway = gateway_factory(upstream_url=fake_upstream.url)
 

@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,7 +17,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.config import load_settings
-from gateway.sandbox import ACCOUNTS, Account, SandboxOptions, create_sandbox_app, parse_timestamp
+from gateway.sandbox import ACCOUNTS, Account, SandboxOptions, create_sandbox_app
 from tests.servers import free_port, serve
 
 DEMO, SECOND = ACCOUNTS[0], ACCOUNTS[1]
@@ -80,7 +81,7 @@ def links(response: httpx.Response) -> dict[str, str]:
 
 
 def instant(call: dict[str, Any]) -> tuple[float, str]:
-    return parse_timestamp(call["startTime"]).timestamp(), call["id"]
+    return datetime.fromisoformat(call["startTime"]).timestamp(), call["id"]
 
 
 def assert_error_shape(body: dict[str, Any], category: str, code: str) -> None:
@@ -157,7 +158,7 @@ def test_sort_order_is_case_insensitive_and_by_instant(
     client: ClientFactory, sort_order: str, descending: bool
 ) -> None:
     calls = client().get(CALLS, params={"size": 1000, "sortOrder": sort_order}).json()
-    keys = [parse_timestamp(c["startTime"]) for c in calls]
+    keys = [datetime.fromisoformat(c["startTime"]) for c in calls]
     assert keys == sorted(keys, reverse=descending)
 
 
@@ -293,7 +294,9 @@ def test_events(client: ClientFactory, all_calls: list[dict[str, Any]]) -> None:
         # The list writes instants as the documented list examples: ISO, ms, Z.
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", event["time"])
         assert isinstance(event.get("data", ""), str)
-    assert parse_timestamp(events[0]["time"]) == parse_timestamp(completed["startTime"])
+    assert datetime.fromisoformat(events[0]["time"]) == datetime.fromisoformat(
+        completed["startTime"]
+    )
 
 
 def test_one_event_by_id_has_epoch_ms_time(
@@ -310,7 +313,7 @@ def test_one_event_by_id_has_epoch_ms_time(
             k: v for k, v in event.items() if k != "time"
         }
         assert type(body["time"]) is int
-        assert body["time"] == int(parse_timestamp(event["time"]).timestamp() * 1000)
+        assert body["time"] == int(datetime.fromisoformat(event["time"]).timestamp() * 1000)
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ import pytest
 from gateway.app import credential_headers
 from gateway.sandbox import ACCOUNTS
 from tests.conftest import Gateway, GatewayFactory, Sandbox
-from tests.fakes import FakeUpstream
+from tests.fakes import FakeUpstream, upstream_call
 from tests.servers import free_port
 
 DEMO, SECOND = ACCOUNTS[0], ACCOUNTS[1]
@@ -635,33 +635,20 @@ def test_garbage_from_the_upstream_is_a_bad_response(gateway: Gateway, sandbox: 
 # -- one bad upstream record never blanks the page -------------------------------------
 
 
-def good_record(call_id: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "id": call_id,
-        "direction": "out",
-        "from": "+19195550100",
-        "to": "+19195550101",
-        "state": "completed",
-        "startTime": "2013-02-08T13:15:47.587Z",
-        "events": f"https://fake/v1/users/u-demo/calls/{call_id}/events",
-        **fields,
-    }
-
-
 def test_odd_records_are_warnings_and_the_rest_of_the_page_is_kept(
     gateway_factory: GatewayFactory, fake_upstream: FakeUpstream
 ) -> None:
     fake_upstream.answer(
         LIST_PATH,
         [
-            good_record("c-1"),
-            good_record("c-odd-state", state="exploded"),
+            upstream_call("c-1"),
+            upstream_call("c-odd-state", state="exploded"),
             42,
-            good_record("c-2", startTime="yesterday"),
-            good_record("c-odd-direction", direction="sideways"),
+            upstream_call("c-2", startTime="yesterday"),
+            upstream_call("c-odd-direction", direction="sideways"),
             {"state": "completed"},
-            good_record("c-3", sipHeaders="X-A: b"),
-            good_record("c-4", callbackHttpMethod="put", startTime=1360329347587),
+            upstream_call("c-3", sipHeaders="X-A: b"),
+            upstream_call("c-4", callbackHttpMethod="put", startTime=1360329347587),
         ],
     )
     gateway = gateway_factory(upstream_url=fake_upstream.url)
@@ -703,9 +690,9 @@ def test_odd_records_are_warnings_and_the_rest_of_the_page_is_kept(
 def test_a_single_odd_call_is_a_warning_at_its_field(
     gateway_factory: GatewayFactory, fake_upstream: FakeUpstream
 ) -> None:
-    fake_upstream.answer(LIST_PATH + "c-odd", good_record("c-odd", state="exploded"))
-    fake_upstream.answer(LIST_PATH + "c-no-from", good_record("c-no-from", **{"from": None}))
-    fake_upstream.answer(LIST_PATH + "c-array", [good_record("c-array")])
+    fake_upstream.answer(LIST_PATH + "c-odd", upstream_call("c-odd", state="exploded"))
+    fake_upstream.answer(LIST_PATH + "c-no-from", upstream_call("c-no-from", **{"from": None}))
+    fake_upstream.answer(LIST_PATH + "c-array", [upstream_call("c-array")])
     gateway = gateway_factory(upstream_url=fake_upstream.url)
 
     odd = gateway.query('{ call(id: "c-odd") { id state } }').json()
@@ -742,7 +729,7 @@ def test_warnings_are_capped_per_response_and_logged_once_per_kind_and_field(
     # 300 calls with two odd fields each: 600 warnings, twice over with an alias.
     fake_upstream.answer(
         LIST_PATH,
-        [good_record(f"c-{n}", state="exploded", direction="sideways") for n in range(300)],
+        [upstream_call(f"c-{n}", state="exploded", direction="sideways") for n in range(300)],
     )
     gateway = gateway_factory(upstream_url=fake_upstream.url)
 

@@ -30,6 +30,7 @@ from gateway.pagination import CursorCodec
 from gateway.schema import build_schema, graphql_core_schema
 from tests.conftest import DEMO
 from tests.fakes import FakeUpstream
+from tests.fakes import upstream_call as call  # short: the cases below are tables
 from tests.servers import serve
 
 CALLS_PATH = f"/v1/users/{DEMO.user_id}/calls/"
@@ -42,18 +43,6 @@ CONNECTION = (
 )
 BOM = b"\xef\xbb\xbf"
 NEXT = "{base}" + CALLS_PATH.rstrip("/") + "?page=1&size=3&sortOrder=desc"
-
-
-def call(call_id: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "id": call_id,
-        "direction": "out",
-        "from": "+19195550100",
-        "to": "+19195550101",
-        "state": "completed",
-        "startTime": "2013-02-08T13:15:47.587Z",
-        **fields,
-    }
 
 
 @dataclass(frozen=True)

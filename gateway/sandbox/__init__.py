@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from gateway.sandbox.app import SandboxOptions, create_sandbox_app
-from gateway.sandbox.data import ACCOUNTS, Account, parse_timestamp
+from gateway.sandbox.data import ACCOUNTS, Account
 
-__all__ = ["ACCOUNTS", "Account", "SandboxOptions", "create_sandbox_app", "parse_timestamp"]
+__all__ = ["ACCOUNTS", "Account", "SandboxOptions", "create_sandbox_app"]

@@ -65,7 +65,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.sandbox.data import (
     ACCOUNTS,
     Account,
-    CallRecord,
+    StoredCall,
     UserHistory,
     call_events,
     format_instant,
@@ -432,7 +432,7 @@ class _Sandbox:
     def _invalid(self, request: Request, message: str) -> Response:
         return _error(request, 400, "validation-error", "invalid-parameter", message)
 
-    def _find_call(self, request: Request, history: UserHistory) -> CallRecord | Response:
+    def _find_call(self, request: Request, history: UserHistory) -> StoredCall | Response:
         call_id = request.path_params["call_id"]
         call = history.by_id.get(call_id)
         if call is None:
@@ -533,7 +533,7 @@ class _Sandbox:
         self.rng = random.Random(self.options.seed)
 
 
-def _absolute(call: CallRecord, base: str) -> dict[str, object]:
+def _absolute(call: StoredCall, base: str) -> dict[str, object]:
     return {**call.fields, "events": f"{base}{call.fields['events']}"}
 
 
@@ -546,7 +546,7 @@ def _render_page(
     size: int,
     order: str,
 ) -> tuple[bytes, str]:
-    calls: Sequence[CallRecord] = history.asc if order == "asc" else history.desc
+    calls: Sequence[StoredCall] = history.asc if order == "asc" else history.desc
     if filters:
         calls = [c for c in calls if all(c.fields.get(name) == v for name, v in filters)]
     paginated = not any(name in _UNPAGINATED_FILTERS for name, _ in filters)

@@ -16,13 +16,12 @@ __all__ = [
     "ACCOUNTS",
     "STATES",
     "Account",
-    "CallRecord",
     "History",
+    "StoredCall",
     "UserHistory",
     "call_events",
     "format_instant",
     "generate_history",
-    "parse_timestamp",
 ]
 
 
@@ -54,31 +53,40 @@ _SIP_URIS = (
 _CALLBACK_METHODS = ("GET", "POST", "get", "post", None)
 _HOUR_OFFSETS = (-5, -2, -1, 1, 2, 9)
 _HISTORY_START = datetime(2013, 1, 1, tzinfo=UTC)
+_HISTORY_START_MS = int(_HISTORY_START.timestamp() * 1000)
 _HISTORY_SPAN_MS = 4 * 365 * 24 * 3600 * 1000
 
 
 @dataclass(frozen=True, slots=True)
-class CallRecord:
-    """One stored call.
+class StoredCall:
+    """One call as the sandbox stores it: the upstream's JSON and the instants it was made from.
+
+    Not the gateway's `calls.CallRecord`, on purpose: the sandbox imitates the upstream, so
+    it writes the upstream's JSON (in its timestamp variants and spellings) from its own
+    numbers and never reads it back with the gateway's parser. A bug in that parser can then
+    never be mirrored by the sandbox, and the tests that compare the two can see it.
 
     `fields` is the JSON object the list endpoint answers, except that `events` holds a
     path (`/v1/users/.../events`): the absolute URL depends on the base URL the client used.
-    `start_ms` is the parsed instant of `startTime`, the sort key.
+    The instants are epoch milliseconds: `start_ms` (the sort key) of `startTime`, and
+    `active_ms` and `end_ms` of `activeTime` and `endTime` where the call has them.
     """
 
     id: str
     user_id: str
     start_ms: int
     fields: Mapping[str, object]
+    active_ms: int | None = None
+    end_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class UserHistory:
     """One user's calls, pre-sorted both ways so a page is a slice."""
 
-    asc: tuple[CallRecord, ...]
-    desc: tuple[CallRecord, ...]
-    by_id: Mapping[str, CallRecord]
+    asc: tuple[StoredCall, ...]
+    desc: tuple[StoredCall, ...]
+    by_id: Mapping[str, StoredCall]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,15 +95,6 @@ class History:
 
     seed: int
     users: Mapping[str, UserHistory]
-
-
-def parse_timestamp(value: str) -> datetime:
-    """Parse any of the API's ISO 8601 variants (`...587Z`, `...20Z`, `...47-02`)."""
-    return datetime.fromisoformat(value)
-
-
-def _epoch_ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
 
 
 def _token(rng: random.Random, prefix: str, k: int = 20) -> str:
@@ -128,6 +127,7 @@ class _Stamp:
     offset_hours: int
 
     def format(self, ms: int) -> str:
+        """`ms` after the history's start; the caller drops what the variant cannot show."""
         moment = _HISTORY_START + timedelta(milliseconds=ms)
         if self.variant == 0:
             return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
@@ -156,7 +156,7 @@ class _Pools:
 
 def _make_call(
     rng: random.Random, pools: _Pools, user_id: str, call_id: str, index: int
-) -> CallRecord:
+) -> StoredCall:
     # The first calls of every user cover each state and timestamp variant, so even a
     # small history shows all of them.
     state = STATES[index] if index < len(STATES) else rng.choices(STATES, _STATE_WEIGHTS)[0]
@@ -196,14 +196,18 @@ def _make_call(
     if variant != 0:
         active -= active % 1000
         end -= end % 1000
+    active_ms = end_ms = None
     if state in ("active", "transferring", "completed"):
         fields["activeTime"] = stamp.format(active)
+        active_ms = _HISTORY_START_MS + active
     if state == "completed":
         fields["endTime"] = stamp.format(end)
+        end_ms = _HISTORY_START_MS + end
         billed_seconds = (end - active + 999) // 1000
         fields["chargeableDuration"] = -(-billed_seconds // 60) * 60
     elif state in ("rejected", "error"):
         fields["endTime"] = stamp.format(active)
+        end_ms = _HISTORY_START_MS + active
     roll = rng.random()
     if roll < 0.1:
         fields["bridgeId"] = rng.choice(pools.bridges)
@@ -215,8 +219,14 @@ def _make_call(
         fields["sipHeaders"] = {
             f"X-Header-{n}": f"value-{rng.randrange(1000)}" for n in range(1, count + 1)
         }
-    start_ms = _epoch_ms(parse_timestamp(str(fields["startTime"])))
-    return CallRecord(id=call_id, user_id=user_id, start_ms=start_ms, fields=fields)
+    return StoredCall(
+        id=call_id,
+        user_id=user_id,
+        start_ms=_HISTORY_START_MS + start,
+        fields=fields,
+        active_ms=active_ms,
+        end_ms=end_ms,
+    )
 
 
 def _user_history(seed: int, user_id: str, count: int) -> UserHistory:
@@ -224,7 +234,7 @@ def _user_history(seed: int, user_id: str, count: int) -> UserHistory:
     rng = random.Random(f"{seed}:{user_id}")
     tail = random.Random(f"{seed}:{user_id}:ids")
     pools = _Pools(rng)
-    calls: list[CallRecord] = []
+    calls: list[StoredCall] = []
     ids: set[str] = set()
     while len(calls) < count:
         call_id = _call_id(rng, tail)
@@ -250,7 +260,7 @@ def generate_history(
     )
 
 
-def call_events(call: CallRecord, seed: int) -> list[dict[str, object]]:
+def call_events(call: StoredCall, seed: int) -> list[dict[str, object]]:
     """The call's events, derived from the call and the seed alone (made on demand).
 
     `time` is epoch milliseconds here; the list endpoint answers it as an ISO string and
@@ -271,19 +281,12 @@ def call_events(call: CallRecord, seed: int) -> list[dict[str, object]]:
         events.append(event)
 
     add("create", call.start_ms)
-    active = fields.get("activeTime")
-    if isinstance(active, str):
-        active_ms = _epoch_ms(parse_timestamp(active))
-        add("answer", active_ms)
+    if call.active_ms is not None:
+        add("answer", call.active_ms)
         for step in range(rng.randint(0, 3)):
             name, data = rng.choice((("speak", "done"), ("dtmf", "5"), ("playback", "done")))
-            add(name, active_ms + 500 * (step + 1), data)
-    end = fields.get("endTime")
-    if isinstance(end, str):
+            add(name, call.active_ms + 500 * (step + 1), data)
+    if call.end_ms is not None:
         reasons = {"rejected": "CALL_REJECTED", "error": "INTERNAL_SERVER_ERROR"}
-        add(
-            "hangup",
-            _epoch_ms(parse_timestamp(end)),
-            reasons.get(str(fields["state"]), "NORMAL_CLEARING"),
-        )
+        add("hangup", call.end_ms, reasons.get(str(fields["state"]), "NORMAL_CLEARING"))
     return events

@@ -5,12 +5,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any, NewType
+from operator import attrgetter
+from typing import Any, NewType, TypeVar
 
 import strawberry
 from strawberry.types import Info
 
-from gateway.calls import BadRecord, CallRecord, Odd
+from gateway.calls import (
+    CALL_FIELDS,
+    DIRECTIONS,
+    FILE_FORMATS,
+    HTTP_METHODS,
+    STATES,
+    BadRecord,
+    CallField,
+    CallRecord,
+    Odd,
+)
 from gateway.context import Context, UpstreamWarning, WarningKind
 from gateway.errors import BadUserInput
 
@@ -32,6 +43,7 @@ def _parse_datetime(value: Any) -> datetime:
 
 
 DateTime = NewType("DateTime", datetime)
+_T = TypeVar("_T")
 
 DATETIME_SCALAR = strawberry.scalar(
     name="DateTime",
@@ -175,31 +187,37 @@ def _sip_value(value: tuple[tuple[str, str], ...] | Odd) -> Read:
     return [SipHeader(name=name, value=header) for name, header in value], None
 
 
-READERS: dict[str, Callable[[CallRecord], Read]] = {
-    "id": lambda r: (strawberry.ID(r.id), None),
-    "direction": lambda r: _enum(r.direction, CallDirection, CallDirection.UNKNOWN),
-    "from": lambda r: (r.from_, None),
-    "to": lambda r: (r.to, None),
-    "state": lambda r: _enum(r.state, CallState, CallState.UNKNOWN),
-    "startTime": lambda r: _instant_value(r.start_time),
-    "activeTime": lambda r: _instant_value(r.active_time),
-    "endTime": lambda r: _instant_value(r.end_time),
-    "callbackUrl": lambda r: _plain(r.callback_url),
-    "callbackHttpMethod": lambda r: _enum(r.callback_http_method, CallbackHttpMethod, None),
-    "callbackTimeout": lambda r: _plain(r.callback_timeout),
-    "fallbackUrl": lambda r: _plain(r.fallback_url),
-    "bridgeId": lambda r: _id_value(r.bridge_id),
-    "conferenceId": lambda r: _id_value(r.conference_id),
-    "chargeableDuration": lambda r: _plain(r.chargeable_duration),
-    "recordingEnabled": lambda r: _plain(r.recording_enabled),
-    "recordingFileFormat": lambda r: _enum(r.recording_file_format, RecordingFileFormat, None),
-    "transcriptionEnabled": lambda r: _plain(r.transcription_enabled),
-    "sipHeaders": lambda r: _sip_value(r.sip_headers),
-    "eventsUrl": lambda r: _plain(r.events_url),
+# The enum that serves each set of upstream choices (`CallField.choices`): its values are
+# the choices, plus `unknown` where the field is required.
+ENUMS: dict[frozenset[str], type[Enum]] = {
+    DIRECTIONS: CallDirection,
+    STATES: CallState,
+    HTTP_METHODS: CallbackHttpMethod,
+    FILE_FORMATS: RecordingFileFormat,
 }
 
 
-_ENUM_FIELDS = frozenset({"direction", "state", "callbackHttpMethod", "recordingFileFormat"})
+def _reader(field: CallField) -> Callable[[CallRecord], Read]:
+    get = attrgetter(field.attribute)
+    if field.kind == "choice":
+        enum = ENUMS[field.choices]
+        fallback = enum["UNKNOWN"] if field.required else None
+        return lambda record: _enum(get(record), enum, fallback)
+    if field.kind == "id":
+        return lambda record: _id_value(get(record))
+    if field.kind == "instant":
+        return lambda record: _instant_value(get(record))
+    if field.kind == "headers":
+        return lambda record: _sip_value(get(record))
+    return lambda record: _plain(get(record))
+
+
+READERS: dict[str, Callable[[CallRecord], Read]] = {
+    field.name: _reader(field) for field in CALL_FIELDS
+}
+
+
+_ENUM_FIELDS = frozenset(field.name for field in CALL_FIELDS if field.kind == "choice")
 
 
 def odd_field_warning(
@@ -227,6 +245,58 @@ def read_field(call: Call, info: Info[Context, None], field: str) -> Any:
     return value
 
 
+# The GraphQL type of each kind of field that is not a choice (`ENUMS`) or the headers.
+_SCALARS: dict[str, Any] = {
+    "id": strawberry.ID,
+    "text": str,
+    "instant": DateTime,
+    "integer": int,
+    "boolean": bool,
+}
+
+
+def _graphql_type(field: CallField) -> Any:
+    """The Python annotation strawberry reads the field's GraphQL type from."""
+    if field.kind == "headers":
+        return list[SipHeader]  # never null: no headers is an empty list
+    base = ENUMS[field.choices] if field.kind == "choice" else _SCALARS[field.kind]
+    return base if field.required else base | None
+
+
+def _resolver(field: CallField) -> Callable[..., Any]:
+    name, get = field.name, attrgetter(field.attribute)
+    if field.required and field.kind in ("id", "text"):
+        # Checked by the parser (a record without it is no call): never odd, no warning.
+        def resolve_plain(self: Call) -> Any:
+            return get(self.record)
+
+        resolve: Callable[..., Any] = resolve_plain
+        annotations: dict[str, Any] = {}
+    else:
+
+        def resolve_read(self: Call, info: Info[Context, None]) -> Any:
+            return read_field(self, info, name)
+
+        resolve = resolve_read
+        annotations = {"info": Info[Context, None]}
+    # Strawberry reads the field's type from the resolver's return annotation.
+    resolve.__annotations__ = {**annotations, "return": _graphql_type(field)}
+    resolve.__name__ = resolve.__qualname__ = field.attribute
+    return resolve
+
+
+def _with_call_fields(cls: type[_T]) -> type[_T]:
+    """Add a resolver field for each entry of `CALL_FIELDS`, in the table's order."""
+    for field in CALL_FIELDS:
+        resolver = _resolver(field)
+        setattr(
+            cls,
+            field.attribute,
+            strawberry.field(resolver=resolver, name=field.name, description=field.description),
+        )
+    return cls
+
+
 @strawberry.federation.type(
     keys=["id"],
     description=(
@@ -236,102 +306,9 @@ def read_field(call: Call, info: Info[Context, None], field: str) -> Any:
         "`extensions.warnings`, never an error."
     ),
 )
+@_with_call_fields  # the fields come from calls.CALL_FIELDS, one resolver each
 class Call:
     record: strawberry.Private[CallRecord]
-
-    @strawberry.field(description="The unique id of the call, e.g. `c-abc123`.")
-    def id(self) -> strawberry.ID:
-        return strawberry.ID(self.record.id)
-
-    @strawberry.field(description="Whether the call was incoming or outgoing.")
-    def direction(self, info: Info[Context, None]) -> CallDirection:
-        return read_field(self, info, "direction")  # type: ignore[no-any-return]
-
-    @strawberry.field(
-        name="from",
-        description="Who made the call: an E.164 number (`+15555555555`) or a SIP address.",
-    )
-    def from_(self) -> str:
-        return self.record.from_
-
-    @strawberry.field(
-        description="Who received the call: an E.164 number (`+15555555555`) or a SIP address."
-    )
-    def to(self) -> str:
-        return self.record.to
-
-    @strawberry.field(description="Where the call is in its life.")
-    def state(self, info: Info[Context, None]) -> CallState:
-        return read_field(self, info, "state")  # type: ignore[no-any-return]
-
-    @strawberry.field(description="When the call was created.")
-    def start_time(self, info: Info[Context, None]) -> DateTime | None:
-        return read_field(self, info, "startTime")  # type: ignore[no-any-return]
-
-    @strawberry.field(description="When the call was answered; null if it never was.")
-    def active_time(self, info: Info[Context, None]) -> DateTime | None:
-        return read_field(self, info, "activeTime")  # type: ignore[no-any-return]
-
-    @strawberry.field(description="When the call ended; null while it is still going.")
-    def end_time(self, info: Info[Context, None]) -> DateTime | None:
-        return read_field(self, info, "endTime")  # type: ignore[no-any-return]
-
-    @strawberry.field(description="The URL that receives this call's events.")
-    def callback_url(self, info: Info[Context, None]) -> str | None:
-        return read_field(self, info, "callbackUrl")  # type: ignore[no-any-return]
-
-    @strawberry.field(
-        description=(
-            "How events are sent to `callbackUrl` (POST by default); the upstream's "
-            "`get`/`post` in any case read as GET/POST."
-        )
-    )
-    def callback_http_method(self, info: Info[Context, None]) -> CallbackHttpMethod | None:
-        return read_field(self, info, "callbackHttpMethod")  # type: ignore[no-any-return]
-
-    @strawberry.field(
-        description="How long, in milliseconds, the platform waits for `callbackUrl` to answer."
-    )
-    def callback_timeout(self, info: Info[Context, None]) -> int | None:
-        return read_field(self, info, "callbackTimeout")  # type: ignore[no-any-return]
-
-    @strawberry.field(description="The URL that receives events when `callbackUrl` fails.")
-    def fallback_url(self, info: Info[Context, None]) -> str | None:
-        return read_field(self, info, "fallbackUrl")  # type: ignore[no-any-return]
-
-    @strawberry.field(description="The bridge the call is in, if any.")
-    def bridge_id(self, info: Info[Context, None]) -> strawberry.ID | None:
-        return read_field(self, info, "bridgeId")  # type: ignore[no-any-return]
-
-    @strawberry.field(description="The conference the call is in, if any.")
-    def conference_id(self, info: Info[Context, None]) -> strawberry.ID | None:
-        return read_field(self, info, "conferenceId")  # type: ignore[no-any-return]
-
-    @strawberry.field(description="The number of seconds the call is billed for.")
-    def chargeable_duration(self, info: Info[Context, None]) -> int | None:
-        return read_field(self, info, "chargeableDuration")  # type: ignore[no-any-return]
-
-    @strawberry.field(description="Whether the call was recorded.")
-    def recording_enabled(self, info: Info[Context, None]) -> bool | None:
-        return read_field(self, info, "recordingEnabled")  # type: ignore[no-any-return]
-
-    @strawberry.field(description="The file format of the call's recordings.")
-    def recording_file_format(self, info: Info[Context, None]) -> RecordingFileFormat | None:
-        return read_field(self, info, "recordingFileFormat")  # type: ignore[no-any-return]
-
-    @strawberry.field(description="Whether the call's recordings were transcribed automatically.")
-    def transcription_enabled(self, info: Info[Context, None]) -> bool | None:
-        return read_field(self, info, "transcriptionEnabled")  # type: ignore[no-any-return]
-
-    @strawberry.field(
-        description="Custom SIP headers sent with the call (up to 5); empty when there were none."
-    )
-    def sip_headers(self, info: Info[Context, None]) -> list[SipHeader]:
-        return read_field(self, info, "sipHeaders")  # type: ignore[no-any-return]
-
-    @strawberry.field(description="The upstream URL of this call's events.")
-    def events_url(self, info: Info[Context, None]) -> str | None:
-        return read_field(self, info, "eventsUrl")  # type: ignore[no-any-return]
 
     @classmethod
     async def resolve_reference(
