@@ -11,16 +11,18 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import anyio
+from graphql import NoSchemaIntrospectionCustomRule, specified_rules
 from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.types import Scope
 
 from gateway.body_budget import BodyBudget
 from gateway.config import Settings
@@ -30,6 +32,12 @@ from gateway.endpoint import GraphQLEndpoint
 from gateway.graphiql import ASSET_ROUTE, GraphiQLPage
 from gateway.health import healthz, readyz
 from gateway.limits import OperationLimits
+from gateway.live.hub import LiveHub
+from gateway.live.metrics import LiveMetrics
+from gateway.live.operations import Operations
+from gateway.live.source import page_source
+from gateway.live.sse import EventStreams
+from gateway.live.ws import GraphQLWebSocket
 from gateway.loaders import OperationLoader
 from gateway.observability import MULTIPROC_ENV
 from gateway.observability.logging import configure_logging
@@ -69,6 +77,7 @@ class State(TypedDict):
 
     catapult: CatapultClient
     upstream: CatapultService
+    live: LiveHub
 
 
 def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlette:
@@ -80,6 +89,7 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
 
     telemetry = create_telemetry(settings, metrics_dir)
     metrics = telemetry.metrics
+    live_metrics = LiveMetrics(metrics.registry)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
@@ -119,9 +129,12 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
                 # Asks the cache store once at start-up: a wrong password or an unreachable
                 # Redis is logged now, not at the first request, and /readyz says so.
                 await upstream.check()
+                hub = create_hub(settings, upstream, live_metrics)
                 try:
-                    yield {"catapult": catapult, "upstream": upstream}
+                    yield {"catapult": catapult, "upstream": upstream, "live": hub}
                 finally:
+                    # The connections are gone by now (uvicorn closed the sockets).
+                    await hub.close()
                     await upstream.close()
         finally:
             # After the last in-flight request (uvicorn drains them before the lifespan ends).
@@ -153,7 +166,7 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
         return Context(request_id=request_id, calls=loader, cursors=cursors)
 
     default_headers = None
-    routes: list[Route | Mount] = []
+    routes: list[BaseRoute] = []
     if settings.sandbox:
         # The sandbox is mounted in this very app and reached over loopback HTTP, so the
         # demo exercises the same client, pool and retries as production does.
@@ -163,8 +176,19 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
         routes.append(Mount(SANDBOX_PATH, app=create_sandbox_app(controls=False)))
 
     graphiql = GraphiQLPage(endpoint="/graphql", default_headers=default_headers)
+    schema = graphql_core_schema(build_schema())
+    limits = OperationLimits(
+        max_depth=settings.max_depth,
+        max_aliases=settings.max_aliases,
+        max_tokens=settings.max_tokens,
+        max_root_fields=settings.max_root_fields,
+        max_upstream_requests=settings.max_upstream_requests,
+    )
+    # Queries and mutations over WebSocket and SSE are answered by this very endpoint
+    # (see gateway.live.operations), so it is built before them and handed over.
+    streams = _LateEventStreams()
     endpoint = GraphQLEndpoint(
-        graphql_core_schema(build_schema()),
+        schema,
         make_context,
         graphiql=graphiql,
         telemetry=telemetry,
@@ -173,15 +197,30 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
         fast_path=settings.fast_path,
         max_body_bytes=settings.max_body_bytes,
         csrf_prevention=settings.csrf_prevention,
-        limits=OperationLimits(
-            max_depth=settings.max_depth,
-            max_aliases=settings.max_aliases,
-            max_tokens=settings.max_tokens,
-            max_root_fields=settings.max_root_fields,
-            max_upstream_requests=settings.max_upstream_requests,
-        ),
+        limits=limits,
         introspection=settings.introspection,
         suggestions=settings.field_suggestions,
+        event_streams=streams,
+    )
+    operations = Operations(
+        schema,
+        endpoint,
+        make_context,
+        _hub_of,
+        limits=limits,
+        rules=(
+            specified_rules
+            if settings.introspection
+            else (*specified_rules, NoSchemaIntrospectionCustomRule)
+        ),
+        hide_suggestions=not settings.field_suggestions,
+    )
+    streams.target = EventStreams(operations, keepalive=settings.live_keepalive)
+    websocket = GraphQLWebSocket(
+        operations,
+        allowed_origins=settings.cors_origins,
+        init_timeout=settings.live_init_timeout,
+        max_operations=settings.live_max_per_connection,
     )
 
     async def metrics_endpoint(request: Request) -> Response:
@@ -197,6 +236,7 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
 
     routes += [
         Route("/graphql", endpoint),
+        WebSocketRoute("/graphql", websocket),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
@@ -258,6 +298,32 @@ def _cors(settings: Settings) -> list[Middleware]:
             max_age=600,
         )
     ]
+
+
+def create_hub(settings: Settings, upstream: CatapultService, metrics: LiveMetrics) -> LiveHub:
+    """The live pollers of this process, polling through `upstream`'s cache and pacing."""
+    return LiveHub(
+        page_source(upstream.list_calls, timeout=settings.request_timeout),
+        upstream.list_key,
+        interval=settings.live_interval,
+        max_per_account=settings.live_max_per_account,
+        metrics=metrics,
+    )
+
+
+def _hub_of(scope: Scope) -> LiveHub:
+    hub: LiveHub = scope["state"]["live"]
+    return hub
+
+
+class _LateEventStreams:
+    """The endpoint's event-stream responder, known once the operations are built."""
+
+    target: EventStreams | None = None
+
+    async def respond(self, request: Request, **params: Any) -> Response:
+        assert self.target is not None, "wired in create_app"
+        return await self.target.respond(request, **params)
 
 
 def _fetched_at(request: Request) -> list[float] | None:

@@ -188,6 +188,45 @@ class Settings(BaseModel):
         description="Seconds in-flight requests get to finish after SIGTERM before "
         "their connections are closed.",
     )
+    live_interval: float = Field(
+        5.0,
+        ge=0.05,
+        le=MAX_SECONDS,
+        allow_inf_nan=False,
+        description=(
+            "Seconds between two polls of a page watched with `callsUpdated` (one poll for "
+            "every subscriber with the same credentials and arguments); at least "
+            "1/GATEWAY_UPSTREAM_RATE."
+        ),
+    )
+    live_max_per_connection: int = Field(
+        100,
+        ge=1,
+        le=10_000,
+        description="Operations one WebSocket connection may run at once (past it: RATE_LIMITED).",
+    )
+    live_max_per_account: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Live subscriptions one account may hold on one process (past it: "
+        "RATE_LIMITED).",
+    )
+    live_init_timeout: float = Field(
+        3.0,
+        gt=0,
+        le=300,
+        allow_inf_nan=False,
+        description="Seconds a new WebSocket has to send `connection_init` before it is "
+        "closed with 4408.",
+    )
+    live_keepalive: float = Field(
+        12.0,
+        gt=0,
+        le=300,
+        allow_inf_nan=False,
+        description="Seconds between keep-alive comments on an idle Server-Sent Events stream.",
+    )
     otlp_endpoint: AnyHttpUrl | None = Field(
         None,
         description="OTLP/HTTP collector base URL (traces go to `<url>/v1/traces`); "
@@ -435,6 +474,17 @@ class Settings(BaseModel):
                 "GATEWAY_UPSTREAM_BODY_BUDGET_BYTES must be at least "
                 "GATEWAY_UPSTREAM_MAX_BODY_BYTES "
                 f"({self.upstream_body_budget_bytes} < {self.upstream_max_body_bytes})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _live_polls_fit_the_pacing(self) -> Settings:
+        # One poll per interval per watched page: faster than the pacing allows, every
+        # other tick would wait for a slot or be skipped.
+        if self.upstream_rate > 0 and self.live_interval * self.upstream_rate < 1:
+            raise ValueError(
+                "GATEWAY_LIVE_INTERVAL must be at least 1/GATEWAY_UPSTREAM_RATE "
+                f"({self.live_interval} < {1 / self.upstream_rate:g} seconds)"
             )
         return self
 

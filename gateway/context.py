@@ -29,6 +29,23 @@ class CallSource(Protocol):
         """The page after `found` (fetched with `query`) per the upstream's `rel="next"`."""
 
 
+class LiveSource(Protocol):
+    """Where `callsUpdated` gets its updates from, on behalf of the caller."""
+
+    def watch(self, query: ListQuery) -> LiveStream:
+        """The updates of one page; raises `GatewayError` when it cannot be watched."""
+
+
+class LiveStream(Protocol):
+    """Updates of one page (see `gateway.live.hub.Update`), or the error a poll ended with."""
+
+    def __aiter__(self) -> LiveStream: ...
+
+    async def __anext__(self) -> Any: ...
+
+    async def aclose(self) -> None: ...
+
+
 WarningKind = Literal["unknown_value", "malformed_field", "left_out", "next_link", "oversized_page"]
 
 
@@ -85,3 +102,6 @@ class Context:
     calls: CallSource
     cursors: CursorCodec
     warnings: list[UpstreamWarning] = field(default_factory=list)
+    # Set for operations that arrive over WebSocket or SSE, the transports that can
+    # carry a subscription's updates.
+    live: LiveSource | None = None

@@ -117,6 +117,31 @@ def credentials_from_raw_headers(headers: Iterable[tuple[bytes, bytes]]) -> Cred
     return Credentials(authorization=normalised, user_id=user_id.decode("ascii"), token=token)
 
 
+def raw_credential_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The credential headers of a raw header list, repeats kept, for reading later.
+
+    A WebSocket's operations are read as requests of their own, with these headers.
+    """
+    return [(name, value) for name, value in headers if name.lower() in _NAMES]
+
+
+def credential_fields(fields: Iterable[tuple[str, Any]]) -> list[tuple[bytes, bytes]]:
+    """Credentials given as JSON fields, as the raw headers `credentials_from_raw_headers` reads.
+
+    A WebSocket's `connection_init` payload carries them this way (browsers cannot set
+    headers on a WebSocket): `{"Authorization": ..., "X-Catapult-User-Id": ...}`, names in
+    any case. Every field of those names is kept, so the same rules apply: one given twice
+    is refused, and so is a value that is not a string (kept as a value that fails).
+    An empty list when the fields name neither.
+    """
+    found: list[tuple[bytes, bytes]] = []
+    for name, value in fields:
+        key = name.lower().encode("utf-8", "replace")
+        if key in _NAMES:
+            found.append((key, value.encode("utf-8") if isinstance(value, str) else b"\x00"))
+    return found
+
+
 # Optional whitespace around a field value (RFC 9110 section 5.5): not part of the value.
 _OWS = b" \t"
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from graphql import (
@@ -28,7 +28,7 @@ from graphql import (
     validate,
 )
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway.bounded import BoundedCache, memoize
@@ -38,6 +38,7 @@ from gateway.errors import GatewayError, PersistedQueryNotFound, Unauthenticated
 from gateway.fastpath import FastPlan, compile_plan
 from gateway.graphiql import GraphiQLPage
 from gateway.limits import OperationLimits, check_limits, parse_document
+from gateway.live.media import wants_event_stream
 from gateway.observability.record import RequestRecord, scope_request_id
 from gateway.observability.telemetry import Telemetry
 from gateway.persisted_queries import PersistedQueries, PersistedQueryError
@@ -75,6 +76,20 @@ _SIMPLE_CONTENT_TYPES = frozenset(
 )
 
 MakeContext = Callable[[Request, str], Context]
+
+
+class EventStreamResponder(Protocol):
+    """Answers a request that asked for an event stream (`gateway.live.sse.EventStreams`)."""
+
+    def respond(
+        self,
+        request: Request,
+        *,
+        query: str | None,
+        variables: dict[str, Any] | None,
+        operation_name: str | None,
+        extensions: dict[str, Any] | None,
+    ) -> Awaitable[Response]: ...
 
 
 class RequestError(Exception):
@@ -115,8 +130,10 @@ class GraphQLEndpoint:
         limits: OperationLimits | None = None,
         introspection: bool = True,
         suggestions: bool = True,
+        event_streams: EventStreamResponder | None = None,
     ) -> None:
         self._schema = schema
+        self._event_streams = event_streams
         self._make_context = make_context
         self._graphiql = graphiql
         self._telemetry = telemetry
@@ -167,7 +184,11 @@ class GraphQLEndpoint:
                 note.operation = operation
                 # The verdict the whole-answer cache acts on: a full answer without
                 # errors (warnings do not count; errors are never cached).
-                note.cacheable = response.status_code == 200 and not codes
+                note.cacheable = (
+                    response.status_code == 200
+                    and not codes
+                    and not isinstance(response, StreamingResponse)
+                )
         return response
 
     async def _handle(
@@ -183,7 +204,13 @@ class GraphQLEndpoint:
         try:
             if request.method not in ("GET", "POST"):
                 raise RequestError(405, "Use GET or POST.", {"allow": "GET, POST"})
-            media_type = _negotiate(request.headers.get("accept"))
+            # graphql-sse: the same request checks, then an event stream instead of one answer.
+            streams = (
+                self._event_streams
+                if wants_event_stream(request.headers.getlist("accept"))
+                else None
+            )
+            media_type = JSON if streams is not None else _negotiate(request.headers.get("accept"))
             if self._csrf_prevention and not _preflighted(request):
                 raise RequestError(
                     400,
@@ -192,6 +219,15 @@ class GraphQLEndpoint:
                     "`Apollo-Require-Preflight` header.",
                 )
             params = await self._read_params(request)
+            if streams is not None:
+                response = await streams.respond(
+                    request,
+                    query=params.query,
+                    variables=params.variables,
+                    operation_name=params.operation_name,
+                    extensions=params.extensions,
+                )
+                return response, [], params.operation_name
             try:
                 query = (
                     params.query
@@ -220,6 +256,12 @@ class GraphQLEndpoint:
             ):
                 raise RequestError(
                     405, "Only queries may be sent with GET; use POST.", {"allow": "POST"}
+                )
+            if operation is not None and operation.operation is OperationType.SUBSCRIPTION:
+                raise RequestError(
+                    400,
+                    "Subscriptions are served over WebSocket (the graphql-transport-ws "
+                    "subprotocol) or Server-Sent Events (`Accept: text/event-stream`).",
                 )
             validation_errors = self._validate(query)
             if validation_errors:

@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.bounded import BoundedCache
 from gateway.credentials import Credentials, request_credentials
 from gateway.errors import Unauthenticated
+from gateway.live.media import wants_event_stream
 from gateway.observability.record import scope_request_id
 from gateway.observability.telemetry import Telemetry
 from gateway.request_body import BodyRefused, read_body
@@ -117,6 +118,8 @@ class ResponseCache:
             or scope["path"] != self.path
             or scope["method"] not in ("GET", "POST")
             or self.ttl <= 0
+            # An event stream is neither kept nor copied while it lasts.
+            or wants_event_stream(Headers(scope=scope).getlist("accept"))
         ):
             await self.app(scope, receive, send)
             return

@@ -24,6 +24,7 @@ from strawberry.types.info import Info
 
 from gateway.errors import BadUserInput
 from gateway.schema.query import Query
+from gateway.schema.subscription import Subscription
 from gateway.schema.types import DATETIME_SCALAR, Call, DateTime
 
 __all__ = ["build_schema", "graphql_core_schema", "print_client_sdl", "print_sdl"]
@@ -79,6 +80,7 @@ def build_schema() -> strawberry.federation.Schema:
     """Build the schema; cheap enough to call once per app."""
     return _Subgraph(
         query=Query,
+        subscription=Subscription,
         types=[Call],
         federation_version="2.5",
         config=StrawberryConfig(scalar_map={DateTime: DATETIME_SCALAR}),

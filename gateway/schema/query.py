@@ -39,7 +39,7 @@ class Query:
             SortOrder, strawberry.argument(description="Order by `startTime`.")
         ] = SortOrder.DESC,
     ) -> list[Call]:
-        query = _list_query(filter, sort_order, page=page, size=size)
+        query = list_query(filter, sort_order, page=page, size=size)
         found = await info.context.calls.list_calls(query)
         # The whole upstream page is served, so every record left out of it is reported.
         path = tuple(info.path.as_list())
@@ -77,7 +77,7 @@ class Query:
     ) -> CallConnection:
         # The first upstream page is `first` calls long (capped to what the upstream
         # allows); later pages are whatever the upstream's next link says.
-        query = _list_query(filter, sort_order, page=0, size=min(max(first, 1), MAX_PAGE_SIZE))
+        query = list_query(filter, sort_order, page=0, size=min(max(first, 1), MAX_PAGE_SIZE))
         return await walk(info.context, query, first, after, tuple(info.path.as_list()))
 
     @strawberry.field(
@@ -91,7 +91,7 @@ class Query:
         return await fetch_call(info.context, str(id), tuple(info.path.as_list()))
 
 
-def _list_query(
+def list_query(
     filter: CallFilter | None, sort_order: SortOrder, *, page: int, size: int
 ) -> ListQuery:
     return ListQuery.create(

@@ -167,6 +167,13 @@ class CatapultService:
         )
         return await self._cache.get_or_load(key, load, self._ttl, refresh=refresh)
 
+    def list_key(self, credentials: Credentials, query: ListQuery) -> str:
+        """The keyed hash `list_calls` caches this page under (live pollers share by it)."""
+        request = routes.list_calls(credentials.user_id, query)
+        return self._keys.request(
+            credentials.authorization, credentials.user_id, request.path, request.params
+        )
+
     async def recall_calls(
         self, credentials: Credentials, call_ids: Sequence[str]
     ) -> dict[str, KnownCall]:

@@ -1,0 +1,375 @@
+"""One poller per (credentials, arguments), however many subscribers watch it.
+
+    LiveHub.subscribe(credentials, query)   counts the subscriber against its account,
+                                            joins the poller for this key or starts one
+    Poller                                  polls the page every `interval` seconds through
+                                            the upstream's cache, single flight and pacing;
+                                            publishes a page when its content changed, an
+                                            error when the poll failed
+    Subscriber                              holds only the newest event (a slow consumer
+                                            skips to the latest state, never a backlog)
+                                            and turns pages into updates against the page it
+                                            last delivered: changed and removed ids
+
+A poll the account's pacing did not allow is skipped silently; any other failure is
+published as the error itself, and the subscriptions go on, except after `Unauthenticated`
+or `Forbidden`, which end them (polling again would only be refused again). The poller
+stops when its last subscriber leaves.
+
+With Redis (`sharing`), pollers of the same key on different replicas elect one of them
+through a lease; the others receive its events over pub/sub (see `gateway.live.sharing`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gateway.calls import BadRecord, CallRecord, ListQuery, parse_call_list
+from gateway.credentials import Credentials
+from gateway.errors import Forbidden, GatewayError, RateLimited, Unauthenticated
+
+log = logging.getLogger("gateway.live")
+
+
+class Page:
+    """One poll's answer: the upstream's list body as it came, and when it was fetched."""
+
+    __slots__ = ("_parsed", "body", "fetched_at")
+
+    def __init__(self, body: Any, fetched_at: float) -> None:
+        self.body = body
+        self.fetched_at = fetched_at
+        self._parsed: tuple[list[CallRecord], list[BadRecord]] | None = None
+
+    def parsed(self) -> tuple[list[CallRecord], list[BadRecord]]:
+        """The page's calls and the records that cannot be calls; parsed once for everyone."""
+        if self._parsed is None:
+            self._parsed = parse_call_list(self.body)
+        return self._parsed
+
+
+# What a poller publishes: the page, or the error its poll ended with.
+Event = Page | GatewayError
+# Fetches one page of the caller's calls through the upstream's cache and pacing.
+PageSource = Callable[[Credentials, ListQuery], Awaitable[Page]]
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """What one subscriber is sent: the page, and how it differs from the one sent before."""
+
+    page: Page
+    changed: tuple[str, ...]
+    removed: tuple[str, ...]
+
+
+class HubMetrics(Protocol):
+    """What the hub reports (see `gateway.live.metrics.LiveMetrics`)."""
+
+    def subscriptions(self, delta: int) -> None: ...
+
+    def pollers(self, delta: int) -> None: ...
+
+    def poll(self, outcome: str) -> None: ...
+
+    def update_sent(self) -> None: ...
+
+
+class Sharing(Protocol):
+    """How pollers of one key on several replicas agree on which of them polls."""
+
+    def run(
+        self, key: str, poll: Callable[[], Awaitable[None]], receive: Callable[[Event], None]
+    ) -> Awaitable[None]:
+        """Run until cancelled: `poll` while this replica leads `key`, else `receive`."""
+        ...
+
+    async def publish(self, key: str, event: Event) -> None:
+        """Tell the other replicas' pollers of `key` about `event`."""
+
+
+def is_final(event: Event) -> bool:
+    """Whether an event ends the subscriptions that receive it."""
+    return isinstance(event, Unauthenticated | Forbidden)
+
+
+def copy_error(error: GatewayError) -> GatewayError:
+    """A new instance of `error` for each subscriber: one instance raised in several
+    executions would collect every one's traceback."""
+    extra = dict(error.extra)
+    if isinstance(error, RateLimited):
+        extra.pop("retryAfter", None)
+        return RateLimited(error.message, retry_after=error.retry_after, **extra)
+    return type(error)(error.message, **extra)
+
+
+def _paced_out(error: GatewayError) -> bool:
+    # The gateway's own pacing refused the slot (the upstream's 429 says `upstreamStatus`):
+    # the tick is skipped, the next one comes in `interval` seconds.
+    return isinstance(error, RateLimited) and "upstreamStatus" not in error.extra
+
+
+class Poller:
+    """Polls one page for every subscriber of one key; publishes what changed."""
+
+    def __init__(
+        self,
+        key: str,
+        credentials: Credentials,
+        query: ListQuery,
+        *,
+        source: PageSource,
+        interval: float,
+        metrics: HubMetrics,
+        sharing: Sharing | None,
+    ) -> None:
+        self.key = key
+        self.account = credentials.account
+        self._credentials = credentials
+        self._query = query
+        self._source = source
+        self._interval = interval
+        self._metrics = metrics
+        self._sharing = sharing
+        self.subscribers: set[Subscriber] = set()
+        # The last event published, for whoever subscribes next.
+        self.last: Event | None = None
+        self.finished = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        try:
+            if self._sharing is None:
+                await self.poll_forever()
+            else:
+                await self._sharing.run(self.key, self.poll_forever, self.receive)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug here must not leave subscribers waiting for ever without a word.
+            log.exception("live poller failed")
+            self.receive(GatewayError("The live update poller stopped unexpectedly."))
+
+    async def poll_forever(self) -> None:
+        """Poll every `interval` seconds until a final error (or cancellation)."""
+        loop = asyncio.get_running_loop()
+        while not self.finished:
+            started = loop.time()
+            event = await self._poll()
+            if event is not None:
+                if self._sharing is not None:
+                    await self._sharing.publish(self.key, event)
+                self.receive(event)
+            if self.finished:
+                return
+            await asyncio.sleep(max(0.0, started + self._interval - loop.time()))
+
+    async def _poll(self) -> Event | None:
+        try:
+            page = await self._source(self._credentials, self._query)
+        except GatewayError as exc:
+            if _paced_out(exc):
+                self._metrics.poll("skipped")
+                return None
+            self._metrics.poll("error")
+            return exc
+        if isinstance(self.last, Page) and self.last.body == page.body:
+            self._metrics.poll("unchanged")
+            return None
+        self._metrics.poll("changed")
+        return page
+
+    def receive(self, event: Event) -> None:
+        """Hand `event` to every subscriber (from this replica's poll or another's)."""
+        if self.finished:
+            return
+        if isinstance(event, Page) and isinstance(self.last, Page) and event.body == self.last.body:
+            return
+        self.last = event
+        if is_final(event):
+            self.finished = True
+        for subscriber in self.subscribers:
+            subscriber.offer(event)
+
+
+class Subscriber:
+    """One subscription's view of a poller: the newest event only, and what it last sent."""
+
+    def __init__(self, hub: LiveHub, poller: Poller, metrics: HubMetrics) -> None:
+        self._hub = hub
+        self._poller = poller
+        self._metrics = metrics
+        self._pending: Event | None = None
+        self._ready = asyncio.Event()
+        self._sent: dict[str, Any] | None = None
+        # After an error, the next page is sent even if it did not change: the client
+        # learns that polling works again.
+        self._errored = False
+        self._closed = False
+
+    def offer(self, event: Event) -> None:
+        # Replaces whatever was not read yet: a consumer that reads slowly gets the
+        # latest state, and `changed` still covers everything since its last update.
+        self._pending = event
+        self._ready.set()
+
+    def __aiter__(self) -> Subscriber:
+        return self
+
+    async def __anext__(self) -> Update | GatewayError:
+        """The next update, or the error a poll ended with; stops after a final error."""
+        while not self._closed:
+            await self._ready.wait()
+            self._ready.clear()
+            event, self._pending = self._pending, None
+            if event is None:
+                continue
+            if isinstance(event, GatewayError):
+                if is_final(event):
+                    # Sent once, then the iteration stops.
+                    await self.aclose()
+                self._errored = True
+                return copy_error(event)
+            update = self._diff(event)
+            if update is not None:
+                self._errored = False
+                self._metrics.update_sent()
+                return update
+        raise StopAsyncIteration
+
+    def _diff(self, page: Page) -> Update | None:
+        current = _by_id(page.body)
+        before = self._sent
+        self._sent = current
+        if before is None:
+            return Update(page, tuple(current), ())
+        changed = tuple(call_id for call_id, raw in current.items() if before.get(call_id) != raw)
+        removed = tuple(call_id for call_id in before if call_id not in current)
+        if not (changed or removed or self._errored) and list(before) == list(current):
+            return None
+        return Update(page, changed, removed)
+
+    async def aclose(self) -> None:
+        """Leave the poller (the last subscriber to leave stops it); safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            self._ready.set()
+            await self._hub.leave(self, self._poller)
+
+
+def _by_id(body: Any) -> dict[str, Any]:
+    """The page's records by id, in page order; records without an id are not tracked."""
+    if not isinstance(body, list):
+        return {}
+    return {
+        raw["id"]: raw
+        for raw in body
+        if isinstance(raw, dict) and isinstance(raw.get("id"), str) and raw["id"]
+    }
+
+
+class LiveHub:
+    """Every live subscription of this process, grouped into one poller per key."""
+
+    def __init__(
+        self,
+        source: PageSource,
+        key_of: Callable[[Credentials, ListQuery], str],
+        *,
+        interval: float,
+        max_per_account: int,
+        metrics: HubMetrics,
+        sharing: Sharing | None = None,
+    ) -> None:
+        self._source = source
+        self._key_of = key_of
+        self.interval = interval
+        self._max_per_account = max_per_account
+        self._metrics = metrics
+        self._sharing = sharing
+        self._pollers: dict[str, Poller] = {}
+        self._per_account: Counter[str] = Counter()
+
+    def subscribe(self, credentials: Credentials, query: ListQuery) -> Subscriber:
+        """A subscriber of the page `query` names; `RateLimited` past the account's bound."""
+        account = credentials.account
+        if self._per_account[account] >= self._max_per_account:
+            raise RateLimited(
+                f"This account already holds {self._max_per_account} live subscriptions "
+                "on this server; end one first.",
+                retry_after=max(1, round(self.interval)),
+                limit="GATEWAY_LIVE_MAX_PER_ACCOUNT",
+            )
+        key = self._key_of(credentials, query)
+        poller = self._pollers.get(key)
+        if poller is None or poller.finished:
+            poller = Poller(
+                key,
+                credentials,
+                query,
+                source=self._source,
+                interval=self.interval,
+                metrics=self._metrics,
+                sharing=self._sharing,
+            )
+            self._pollers[key] = poller
+            self._metrics.pollers(1)
+            poller.start()
+        subscriber = Subscriber(self, poller, self._metrics)
+        poller.subscribers.add(subscriber)
+        self._per_account[account] += 1
+        self._metrics.subscriptions(1)
+        if poller.last is not None:
+            subscriber.offer(poller.last)
+        return subscriber
+
+    async def leave(self, subscriber: Subscriber, poller: Poller) -> None:
+        if subscriber not in poller.subscribers:
+            return
+        poller.subscribers.discard(subscriber)
+        self._per_account[poller.account] -= 1
+        if self._per_account[poller.account] <= 0:
+            del self._per_account[poller.account]
+        self._metrics.subscriptions(-1)
+        if not poller.subscribers:
+            if self._pollers.get(poller.key) is poller:
+                del self._pollers[poller.key]
+            self._metrics.pollers(-1)
+            await poller.stop()
+
+    @property
+    def poller_count(self) -> int:
+        return len(self._pollers)
+
+    async def close(self) -> None:
+        """Stop every poller (at shutdown, after the connections have gone)."""
+        pollers, self._pollers = list(self._pollers.values()), {}
+        await asyncio.gather(*(poller.stop() for poller in pollers))
+
+
+class LiveCalls:
+    """The live pages of one caller (the `Context.live` of an operation)."""
+
+    def __init__(self, hub: LiveHub, credentials: Callable[[], Credentials]) -> None:
+        self._hub = hub
+        self._credentials = credentials
+
+    def watch(self, query: ListQuery) -> Subscriber:
+        """Updates of the page `query` names; raises at once without credentials or room.
+
+        The subscriber must be closed (`aclose`) when it is no longer read.
+        """
+        return self._hub.subscribe(self._credentials(), query)

@@ -1,0 +1,268 @@
+"""One GraphQL request arriving over WebSocket or SSE, whatever its operation type.
+
+    Operations.run(request)
+      query or mutation   the HTTP endpoint answers it, as an in-process POST with the
+                          connection's credential headers: the same parsing, limits,
+                          persisted queries, fast path, warnings, logs and metrics as
+                          over HTTP -> `Single` (or `Refused` when it did not validate)
+      subscription        parsed, validated and limited here as the endpoint does, then
+                          graphql-core's `subscribe` with a context whose `live` watches
+                          pages through the hub -> `Stream` of results
+
+Each transport turns these into its own messages: graphql-transport-ws `next`, `error` and
+`complete`, graphql-sse `next` and `complete` events.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import orjson
+from graphql import (
+    ASTValidationRule,
+    DocumentNode,
+    ExecutionResult,
+    GraphQLSchema,
+    OperationType,
+    get_operation_ast,
+    subscribe,
+    validate,
+)
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Scope
+
+from gateway.context import Context
+from gateway.credentials import request_credentials
+from gateway.endpoint import _coded, _format_error
+from gateway.limits import OperationLimits, check_limits, parse_document
+from gateway.live.hub import LiveCalls, LiveHub
+from gateway.observability.record import scope_request_id
+
+log = logging.getLogger("gateway.live")
+
+MakeContext = Callable[[Request, str], Context]
+# Past this many, a response's `extensions.warnings` says how many more there were.
+MAX_WARNINGS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class LiveRequest:
+    """A GraphQL request as a transport received it, with the caller's credential headers."""
+
+    query: str | None
+    variables: dict[str, Any] | None
+    operation_name: str | None
+    extensions: dict[str, Any] | None
+    # Raw header pairs as `credentials.request_credentials` reads them.
+    credential_headers: Sequence[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Single:
+    """The one result of a query or mutation."""
+
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Errors before execution (parsing, validation, limits): no result at all."""
+
+    errors: list[dict[str, Any]]
+
+
+class Stream:
+    """A subscription's results; `aclose` ends it (and leaves its poller)."""
+
+    def __init__(
+        self, results: AsyncIterator[ExecutionResult], context: Context, request_id: str
+    ) -> None:
+        self._results = results
+        self._context = context
+        self._request_id = request_id
+
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        result = await self._results.__anext__()
+        return _payload(result, self._context, self._request_id)
+
+    async def aclose(self) -> None:
+        close = getattr(self._results, "aclose", None)
+        if close is not None:
+            await close()
+
+
+Outcome = Single | Refused | Stream
+
+
+class Operations:
+    """Runs the requests of the WebSocket and SSE transports."""
+
+    def __init__(
+        self,
+        schema: GraphQLSchema,
+        endpoint: ASGIApp,
+        make_context: MakeContext,
+        hub_of: Callable[[Scope], LiveHub],
+        *,
+        limits: OperationLimits,
+        rules: Sequence[type[ASTValidationRule]],
+        hide_suggestions: bool,
+    ) -> None:
+        self._schema = schema
+        self._endpoint = endpoint
+        self._make_context = make_context
+        self._hub_of = hub_of
+        self._limits = limits
+        self._rules = rules
+        self._hide_suggestions = hide_suggestions
+
+    async def run(self, request: LiveRequest, scope: Scope) -> Outcome:
+        """Run `request` for the connection `scope` (its state, client and server)."""
+        document = (
+            None
+            if request.query is None
+            else parse_document(request.query, self._limits.max_tokens)
+        )
+        if isinstance(document, DocumentNode):
+            operation = get_operation_ast(document, request.operation_name)
+            if operation is not None and operation.operation is OperationType.SUBSCRIPTION:
+                return await self._subscribe(document, request, scope)
+        # Queries, mutations, and whatever does not parse or name an operation: the
+        # endpoint answers those exactly as it would over HTTP.
+        return await self._single(request, scope)
+
+    async def _single(self, request: LiveRequest, scope: Scope) -> Outcome:
+        body = orjson.dumps(
+            {
+                key: value
+                for key, value in (
+                    ("query", request.query),
+                    ("variables", request.variables),
+                    ("operationName", request.operation_name),
+                    ("extensions", request.extensions),
+                )
+                if value is not None
+            }
+        )
+        status, answer = await _post(self._endpoint, _http_scope(scope, request), body)
+        try:
+            payload = orjson.loads(answer)
+        except orjson.JSONDecodeError:
+            payload = None
+        if not isinstance(payload, dict):
+            log.error("the endpoint answered a live request with status %d and no JSON", status)
+            return Refused([{"message": "Internal server error.", "extensions": {
+                "code": "INTERNAL_SERVER_ERROR"}}])  # fmt: skip
+        if "data" not in payload:
+            # A request error (parsing, validation, a persisted query unknown): nothing ran.
+            return Refused(list(payload.get("errors") or ()))
+        return Single(payload)
+
+    async def _subscribe(
+        self, document: DocumentNode, request: LiveRequest, scope: Scope
+    ) -> Outcome:
+        errors = validate(
+            self._schema, document, self._rules, hide_suggestions=self._hide_suggestions
+        ) or check_limits(document, self._limits)
+        if errors:
+            return Refused([_coded(error, "GRAPHQL_VALIDATION_FAILED") for error in errors])
+        http_scope = _http_scope(scope, request)
+        request_id = scope_request_id(http_scope)
+        context = self._make_context(Request(http_scope), request_id)
+        context.live = LiveCalls(self._hub_of(scope), partial(request_credentials, http_scope))
+        result = subscribe(
+            self._schema,
+            document,
+            context_value=context,
+            variable_values=request.variables,
+            operation_name=request.operation_name,
+            hide_suggestions=self._hide_suggestions,
+        )
+        if not isinstance(result, ExecutionResult | AsyncIterator):
+            result = await result
+        if isinstance(result, ExecutionResult):
+            # The stream never started (a bad argument, no credentials, no room): one
+            # result with the coded error, as graphql-ws sends it, then complete.
+            if result.data is None and result.errors and all(e.path is None for e in result.errors):
+                return Refused([_format_error(error, request_id) for error in result.errors])
+            return Single(_payload(result, context, request_id))
+        return Stream(result, context, request_id)
+
+
+def _payload(result: ExecutionResult, context: Context, request_id: str) -> dict[str, Any]:
+    payload: dict[str, Any] = {"data": result.data}
+    if result.errors:
+        payload["errors"] = [_format_error(error, request_id) for error in result.errors]
+    # One update's warnings: the context outlives it (graphql-core executes every event
+    # with the same context), so they are taken out as they are reported.
+    warnings, context.warnings[:] = list(context.warnings), []
+    if warnings:
+        shown = [warning.as_json() for warning in warnings[:MAX_WARNINGS]]
+        if len(warnings) > MAX_WARNINGS:
+            shown.append(
+                {
+                    "message": f"{len(warnings) - MAX_WARNINGS} more upstream warnings were "
+                    "left out of this update.",
+                    "path": [],
+                    "code": "UPSTREAM_BAD_RESPONSE",
+                    "leftOut": len(warnings) - MAX_WARNINGS,
+                }
+            )
+        payload["extensions"] = {"warnings": shown}
+    return payload
+
+
+def _http_scope(scope: Scope, request: LiveRequest) -> Scope:
+    """An HTTP POST scope for `request` on the connection `scope` came from."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "https" if scope.get("scheme") in ("https", "wss") else "http",
+        "path": scope.get("path", "/graphql"),
+        "raw_path": scope.get("raw_path", b"/graphql"),
+        "root_path": scope.get("root_path", ""),
+        "query_string": b"",
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"accept", b"application/json"),
+            *request.credential_headers,
+        ],
+        "client": scope.get("client"),
+        "server": scope.get("server"),
+        # The lifespan's state: the upstream client, cache and pacing of this process.
+        "state": scope.get("state", {}),
+        "extensions": {},
+    }
+
+
+async def _post(app: ASGIApp, scope: Scope, body: bytes) -> tuple[int, bytes]:
+    """Send `body` to the ASGI `app` as one request; its status and whole answer."""
+    status = 500
+    chunks: list[bytes] = []
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return status, b"".join(chunks)

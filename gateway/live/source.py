@@ -1,0 +1,36 @@
+"""The page a poller watches, fetched as the `calls` query fetches it.
+
+The same upstream request (path and parameters) through the same cached, shared and
+paced upstream service: a `calls` query for the same page within the cache's TTL and a
+poll share one upstream answer, and a poll waits for the account's pacing slot like any
+request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from typing import Protocol
+
+from gateway.calls import ListQuery
+from gateway.credentials import Credentials
+from gateway.live.hub import Page, PageSource
+from gateway.upstream.client import UpstreamAnswer
+
+
+class ListCalls(Protocol):
+    """`CatapultService.list_calls`: the upstream behind its cache, single flight and pacing."""
+
+    def __call__(
+        self, credentials: Credentials, query: ListQuery, *, deadline: float
+    ) -> Awaitable[UpstreamAnswer]: ...
+
+
+def page_source(list_calls: ListCalls, *, timeout: float) -> PageSource:
+    """Polls through `list_calls`, each poll given `timeout` seconds like a request."""
+
+    async def poll(credentials: Credentials, query: ListQuery) -> Page:
+        answer = await list_calls(credentials, query, deadline=time.monotonic() + timeout)
+        return Page(answer.body, answer.fetched_at)
+
+    return poll
