@@ -7,11 +7,10 @@ test client thread): the network is not what these tests check.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
-import httpx
 import orjson
 from asgi_lifespan import LifespanManager
 from starlette.types import ASGIApp, Message
@@ -19,6 +18,7 @@ from starlette.types import ASGIApp, Message
 from gateway.app import create_app, credential_headers
 from gateway.config import load_settings
 from gateway.sandbox import ACCOUNTS
+from tests.servers import serve
 
 DEMO, SECOND = ACCOUNTS[0], ACCOUNTS[1]
 CALLS_PATH = f"/v1/users/{DEMO.user_id}/calls/"
@@ -56,8 +56,12 @@ async def live_app(upstream_url: str, **settings: Any) -> AsyncIterator[ASGIApp]
         yield manager.app
 
 
-def http_client(app: ASGIApp) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway.test")
+@contextmanager
+def live_server(upstream_url: str, **settings: Any) -> Iterator[str]:
+    """The gateway under uvicorn on a loopback port (streams need a real server: httpx's
+    ASGI transport reads a whole answer before it returns); yields its base URL."""
+    with serve(create_app(load_settings(settings_environ(upstream_url, **settings)))) as url:
+        yield url
 
 
 def init_payload(account: Any = DEMO) -> dict[str, str]:

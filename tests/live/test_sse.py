@@ -1,0 +1,207 @@
+"""GraphQL over Server-Sent Events (graphql-sse, distinct connections mode), in process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from gateway.live.media import wants_event_stream
+from tests.fakes import FakeUpstream
+from tests.live.helpers import (
+    CALLS_PATH,
+    SUBSCRIPTION,
+    WAIT,
+    call,
+    init_payload,
+    live_server,
+)
+
+STREAM_HEADERS = {"accept": "text/event-stream", "content-type": "application/json"}
+
+
+def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(test())
+
+
+@pytest.fixture
+def url(fake_upstream: FakeUpstream) -> Iterator[str]:
+    """A gateway in front of the fake upstream (tests that want settings start their own)."""
+    with live_server(fake_upstream.url) as base:
+        yield base
+
+
+async def events(response: httpx.Response) -> AsyncIterator[tuple[str, Any]]:
+    """(event, data) pairs as an EventSource reads them; comments as ("", None)."""
+    buffer = ""
+    async for text in response.aiter_text():
+        buffer += text
+        while "\n\n" in buffer:
+            block, buffer = buffer.split("\n\n", 1)
+            if block.startswith(":"):
+                yield "", None
+                continue
+            fields: dict[str, str] = {}
+            for line in block.split("\n"):
+                name, _, value = line.partition(":")
+                fields[name] = value.removeprefix(" ")
+            data = fields.get("data") or ""
+            yield fields["event"], orjson.loads(data) if data else None
+
+
+async def read(stream: AsyncIterator[tuple[str, Any]]) -> tuple[str, Any]:
+    """The next event that is not a comment."""
+    async with asyncio.timeout(WAIT):
+        async for event, data in stream:
+            if event:
+                return event, data
+    raise AssertionError("the stream ended")
+
+
+def test_a_subscription_streams_next_events(fake_upstream: FakeUpstream, url: str) -> None:
+    fake_upstream.answer(CALLS_PATH, [call("c-1", "started")])
+
+    async def body() -> None:
+        async with (
+            httpx.AsyncClient(base_url=url, timeout=WAIT) as client,
+            client.stream(
+                "POST",
+                "/graphql",
+                json={"query": SUBSCRIPTION},
+                headers={**STREAM_HEADERS, **init_payload()},
+            ) as response,
+        ):
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            assert response.headers["cache-control"] == "no-cache"
+            stream = events(response)
+            event, data = await read(stream)
+            assert event == "next"
+            assert data["data"]["callsUpdated"]["changed"] == ["c-1"]
+            fake_upstream.answer(CALLS_PATH, [call("c-1", "completed")])
+            event, data = await read(stream)
+            update = data["data"]["callsUpdated"]
+            assert (event, update["changed"], update["calls"][0]["state"]) == (
+                "next",
+                ["c-1"],
+                "COMPLETED",
+            )
+
+    run(body)
+
+
+@pytest.mark.parametrize(
+    ("method", "request_kwargs"),
+    [
+        ("POST", {"json": {"query": "{ calls { id } }"}}),
+        ("GET", {"params": {"query": "{ calls { id } }"}}),
+    ],
+    ids=["post", "get"],
+)
+def test_a_query_is_one_next_then_complete(
+    fake_upstream: FakeUpstream, url: str, method: str, request_kwargs: dict[str, Any]
+) -> None:
+    fake_upstream.answer(CALLS_PATH, [call("c-1")])
+    # GET passes the CSRF rules with a preflight-forcing header (X-Catapult-User-Id is one).
+    headers = {"accept": "text/event-stream", **init_payload()}
+
+    async def body() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=WAIT) as client:
+            response = await client.request(method, "/graphql", headers=headers, **request_kwargs)
+            assert response.status_code == 200
+            found = [(e, d) async for e, d in events(response) if e]
+            assert found == [("next", {"data": {"calls": [{"id": "c-1"}]}}), ("complete", None)]
+
+    run(body)
+
+
+def test_errors_before_execution_are_a_next_event(fake_upstream: FakeUpstream, url: str) -> None:
+    async def body() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=WAIT) as client:
+            response = await client.post(
+                "/graphql",
+                json={"query": "subscription { callsUpdated { nope } }"},
+                headers={**STREAM_HEADERS, **init_payload()},
+            )
+            assert response.status_code == 200
+            found = [(e, d) async for e, d in events(response) if e]
+            assert [e for e, _ in found] == ["next", "complete"]
+            codes = [error["extensions"]["code"] for error in found[0][1]["errors"]]
+            assert codes == ["GRAPHQL_VALIDATION_FAILED"]
+
+    run(body)
+    assert fake_upstream.requests == []
+
+
+def test_csrf_rules_still_apply(url: str) -> None:
+    async def body() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=WAIT) as client:
+            response = await client.get(
+                "/graphql",
+                params={"query": SUBSCRIPTION},
+                headers={"accept": "text/event-stream"},
+            )
+            assert response.status_code == 400
+            assert response.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+
+    run(body)
+
+
+def test_a_subscription_over_plain_http_is_refused(fake_upstream: FakeUpstream, url: str) -> None:
+    async def body() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=WAIT) as client:
+            response = await client.post(
+                "/graphql", json={"query": SUBSCRIPTION}, headers=init_payload()
+            )
+            assert response.status_code == 400
+            assert "Subscriptions are served over" in response.json()["errors"][0]["message"]
+
+    run(body)
+    assert fake_upstream.requests == []
+
+
+def test_an_idle_stream_gets_keep_alive_comments(fake_upstream: FakeUpstream) -> None:
+    fake_upstream.answer(CALLS_PATH, [call("c-1")])
+
+    async def body(url: str) -> None:
+        async with (
+            httpx.AsyncClient(base_url=url, timeout=WAIT) as client,
+            client.stream(
+                "POST",
+                "/graphql",
+                json={"query": SUBSCRIPTION},
+                headers={**STREAM_HEADERS, **init_payload()},
+            ) as response,
+        ):
+            stream = events(response)
+            assert (await read(stream))[0] == "next"
+            comments = 0
+            async with asyncio.timeout(WAIT):
+                async for event, _ in stream:
+                    assert event == ""
+                    comments += 1
+                    if comments == 3:
+                        break
+
+    with live_server(fake_upstream.url, live_keepalive=0.1) as url:
+        asyncio.run(body(url))
+
+
+@pytest.mark.parametrize(
+    ("accept", "wanted"),
+    [
+        ("text/event-stream", True),
+        ("application/json, text/event-stream;q=0.5", True),
+        ("TEXT/EVENT-STREAM", True),
+        ("text/event-stream;q=0", False),
+        ("application/json", False),
+        ("text/event-streamx", False),
+    ],
+    ids=["exact", "listed", "case", "q0", "json", "prefix"],
+)
+def test_wants_event_stream(accept: str, wanted: bool) -> None:
+    assert wants_event_stream([accept]) is wanted
