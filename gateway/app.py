@@ -35,6 +35,7 @@ from gateway.limits import OperationLimits
 from gateway.live.hub import LiveHub
 from gateway.live.metrics import LiveMetrics
 from gateway.live.operations import Operations
+from gateway.live.sharing import RedisSharing
 from gateway.live.source import page_source
 from gateway.live.sse import EventStreams
 from gateway.live.ws import GraphQLWebSocket
@@ -129,12 +130,15 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
                 # Asks the cache store once at start-up: a wrong password or an unreachable
                 # Redis is logged now, not at the first request, and /readyz says so.
                 await upstream.check()
-                hub = create_hub(settings, upstream, live_metrics)
+                sharing = create_sharing(settings)
+                hub = create_hub(settings, upstream, live_metrics, sharing)
                 try:
                     yield {"catapult": catapult, "upstream": upstream, "live": hub}
                 finally:
                     # The connections are gone by now (uvicorn closed the sockets).
                     await hub.close()
+                    if sharing is not None:
+                        await sharing.close()
                     await upstream.close()
         finally:
             # After the last in-flight request (uvicorn drains them before the lifespan ends).
@@ -300,7 +304,26 @@ def _cors(settings: Settings) -> list[Middleware]:
     ]
 
 
-def create_hub(settings: Settings, upstream: CatapultService, metrics: LiveMetrics) -> LiveHub:
+def create_sharing(settings: Settings) -> RedisSharing | None:
+    """With a Redis cache, the replicas share each live poller through that Redis."""
+    if settings.cache_url.startswith("memory:"):
+        return None
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(
+        settings.cache_url,
+        socket_timeout=settings.cache_timeout,
+        socket_connect_timeout=settings.cache_timeout,
+    )
+    return RedisSharing(client, interval=settings.live_interval)
+
+
+def create_hub(
+    settings: Settings,
+    upstream: CatapultService,
+    metrics: LiveMetrics,
+    sharing: RedisSharing | None = None,
+) -> LiveHub:
     """The live pollers of this process, polling through `upstream`'s cache and pacing."""
     return LiveHub(
         page_source(upstream.list_calls, timeout=settings.request_timeout),
@@ -308,6 +331,7 @@ def create_hub(settings: Settings, upstream: CatapultService, metrics: LiveMetri
         interval=settings.live_interval,
         max_per_account=settings.live_max_per_account,
         metrics=metrics,
+        sharing=sharing,
     )
 
 

@@ -53,6 +53,8 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from gateway.shutdown import DRAINING_SCOPE_KEY
+
 log = logging.getLogger("gateway.server")
 
 Phase = Literal["headers", "body", "app", "idle"]
@@ -122,6 +124,15 @@ class _Admissions:
     total: int = 0
     by_client: Counter[str] = field(default_factory=Counter)
     draining: int = 0
+    # Set when the server starts shutting down.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _release(admissions: _Admissions, client: str) -> None:
+    admissions.total -= 1
+    admissions.by_client[client] -= 1
+    if admissions.by_client[client] <= 0:
+        del admissions.by_client[client]
 
 
 # One per uvicorn server (tests run several in one process).
@@ -207,15 +218,36 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         admissions = self.admissions
         if self._admitted is not None:
-            admissions.total -= 1
-            admissions.by_client[self._admitted] -= 1
-            if admissions.by_client[self._admitted] <= 0:
-                del admissions.by_client[self._admitted]
+            _release(admissions, self._admitted)
             self._admitted = None
         if self._draining:
             self._draining = False
             admissions.draining -= 1
         super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self) -> None:
+        # The socket is the WebSocket protocol's from now on: no HTTP deadline may fire
+        # on it, and it holds its admission until that protocol loses the connection
+        # (this one's `connection_lost` is never called again).
+        self._disarm()
+        admitted, self._admitted = self._admitted, None
+        super().handle_websocket_upgrade()
+        if admitted is None:
+            return
+        protocol = self.transport.get_protocol()
+        lost = protocol.connection_lost
+        admissions = self.admissions
+
+        def connection_lost(exc: Exception | None) -> None:
+            _release(admissions, admitted)
+            lost(exc)
+
+        # An attribute of this one instance: the transport calls it by name.
+        protocol.connection_lost = connection_lost  # type: ignore[method-assign]
+
+    def shutdown(self) -> None:
+        self.admissions.stopping.set()
+        super().shutdown()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -290,6 +322,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_body(body)
 
     def on_headers_complete(self) -> None:
+        # Long answers (event streams) learn here that the server is shutting down.
+        self.scope[DRAINING_SCOPE_KEY] = self.admissions.stopping  # type: ignore[literal-required]
         self._check_headers()
         self._phase = "body"
         self._header_bytes = 0

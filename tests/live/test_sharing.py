@@ -1,0 +1,161 @@
+"""Replicas on one Redis share one poller per key: a lease, pub/sub, a takeover."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import pytest
+
+from gateway.errors import GatewayError, RateLimited, Unauthenticated, UpstreamError
+from gateway.live.hub import Page
+from gateway.live.sharing import decode_event, encode_event
+from tests.conftest import RedisServer
+from tests.fakes import FakeUpstream
+from tests.live.helpers import (
+    CALLS_PATH,
+    DEMO,
+    SUBSCRIPTION,
+    InProcessSocket,
+    call,
+    initialised,
+    live_app,
+    websocket,
+)
+
+INTERVAL = 0.2
+KEY = "a-shared-cache-key-of-32-characters-at-least"
+
+
+@asynccontextmanager
+async def replica(upstream: str, redis_url: str) -> AsyncIterator[InProcessSocket]:
+    """One gateway on the shared Redis, with one socket subscribed to the first page."""
+    async with AsyncExitStack() as stack:
+        app = await stack.enter_async_context(
+            live_app(
+                upstream,
+                cache_url=redis_url,
+                cache_key=KEY,
+                live_interval=INTERVAL,
+                # Polls are what is counted here, not what the cache saves.
+                cache_ttl=0,
+            )
+        )
+        ws = await stack.enter_async_context(websocket(app))
+        await initialised(ws)
+        await ws.send_json({"id": "1", "type": "subscribe", "payload": {"query": SUBSCRIPTION}})
+        yield ws
+
+
+async def changed(ws: InProcessSocket) -> list[str]:
+    message = await ws.receive_json()
+    assert message["type"] == "next", message
+    ids: list[str] = message["payload"]["data"]["callsUpdated"]["changed"]
+    return ids
+
+
+def test_two_replicas_poll_once_and_both_deliver(
+    fake_upstream: FakeUpstream, redis_session: RedisServer
+) -> None:
+    redis_session.flush()
+    fake_upstream.answer(CALLS_PATH, [call("c-1")])
+
+    async def body() -> None:
+        async with (
+            replica(fake_upstream.url, redis_session.url) as first,
+            replica(fake_upstream.url, redis_session.url) as second,
+        ):
+            assert await changed(first) == ["c-1"]
+            assert await changed(second) == ["c-1"]
+            before = len(fake_upstream.requests)
+            await asyncio.sleep(INTERVAL * 10)
+            polls = len(fake_upstream.requests) - before
+            # One poller for both: about ten polls, never two replicas' worth (twenty).
+            assert 3 <= polls <= 13, polls
+            fake_upstream.answer(CALLS_PATH, [call("c-2"), call("c-1")])
+            assert await changed(first) == ["c-2"]
+            assert await changed(second) == ["c-2"]
+
+    asyncio.run(body())
+
+
+def test_another_replica_takes_over_when_the_leader_stops(
+    fake_upstream: FakeUpstream, redis_session: RedisServer
+) -> None:
+    redis_session.flush()
+    fake_upstream.answer(CALLS_PATH, [call("c-1")])
+
+    async def body() -> None:
+        async with AsyncExitStack() as leader_stack:
+            # The first replica to watch the page leads it.
+            leader = await leader_stack.enter_async_context(
+                replica(fake_upstream.url, redis_session.url)
+            )
+            assert await changed(leader) == ["c-1"]
+            async with replica(fake_upstream.url, redis_session.url) as stays:
+                assert await changed(stays) == ["c-1"]
+                polls = len(fake_upstream.requests)
+                await leader_stack.aclose()
+                fake_upstream.answer(CALLS_PATH, [call("c-3")])
+                # The lease was given back: the other replica polls now.
+                async with asyncio.timeout(10):
+                    assert await changed(stays) == ["c-3"]
+                assert len(fake_upstream.requests) > polls
+
+    asyncio.run(body())
+
+
+def test_no_credential_in_a_redis_key_or_channel(
+    fake_upstream: FakeUpstream, redis_session: RedisServer
+) -> None:
+    redis_session.flush()
+    fake_upstream.answer(CALLS_PATH, [call("c-1")])
+    basic = base64.b64encode(f"{DEMO.token}:{DEMO.secret}".encode()).decode()
+    found: dict[str, Any] = {}
+
+    async def body() -> None:
+        async with replica(fake_upstream.url, redis_session.url) as ws:
+            await changed(ws)
+            with redis_session.client() as client:
+                found["keys"] = [key.decode() for key in client.keys("*")]
+                found["channels"] = [c.decode() for c in client.pubsub_channels()]
+
+    asyncio.run(body())
+    live = [name for name in found["keys"] + found["channels"] if name.startswith("gateway:live")]
+    assert live, found
+    for name in live:
+        for secret in (DEMO.token, DEMO.secret, basic, DEMO.user_id):
+            assert secret not in name
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        Page([call("c-1")], 1_700_000_000.5),
+        UpstreamError("The upstream failed.", upstreamStatus=502),
+        Unauthenticated("The upstream refused these credentials."),
+        RateLimited("Slow down.", retry_after=3, upstreamStatus=429),
+    ],
+    ids=["page", "upstream-error", "unauthenticated", "rate-limited"],
+)
+def test_events_cross_redis_unchanged(event: Any) -> None:
+    origin, decoded = decode_event(encode_event(event, "me"))
+    assert origin == "me"
+    assert type(decoded) is type(event)
+    if isinstance(event, Page):
+        assert isinstance(decoded, Page)
+        assert (decoded.body, decoded.fetched_at) == (event.body, event.fetched_at)
+    else:
+        assert isinstance(decoded, GatewayError)
+        assert (decoded.message, decoded.extensions) == (event.message, event.extensions)
+
+
+@pytest.mark.parametrize(
+    "data", [b"not json", b"[]", b'{"origin": "x"}', b'{"origin": "x", "error": 5}'], ids=str
+)
+def test_anything_else_on_the_channel_is_not_an_event(data: bytes) -> None:
+    with pytest.raises(ValueError, match="not a live event"):
+        decode_event(data)
