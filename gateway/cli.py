@@ -171,6 +171,8 @@ def _serve(settings: Settings, warnings: Sequence[str] = ()) -> int:
             server_header=False,
             proxy_headers=False,
             timeout_graceful_shutdown=settings.shutdown_timeout,
+            # A WebSocket message is a request body too (uvicorn's default is 16 MiB).
+            ws_max_size=settings.max_body_bytes,
         )
         banner = (lambda: _print_sandbox_banner(settings)) if settings.sandbox else None
         return _run(config, on_bound=banner, where=("--host/GATEWAY_HOST", "--port/GATEWAY_PORT"))
