@@ -55,8 +55,9 @@ class Page:
 
 # What a poller publishes: the page, or the error its poll ended with.
 Event = Page | GatewayError
-# Fetches one page of the caller's calls through the upstream's cache and pacing.
-PageSource = Callable[[Credentials, ListQuery], Awaitable[Page]]
+# Fetches one page of the caller's calls through the upstream's cache and pacing; with
+# `fresh`, not from the cache (but joining an identical request in flight).
+PageSource = Callable[[Credentials, ListQuery, bool], Awaitable[Page]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +141,7 @@ class Poller:
         # The last event published, for whoever subscribes next.
         self.last: Event | None = None
         self.finished = False
+        self._polled = False
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -178,8 +180,13 @@ class Poller:
             await asyncio.sleep(max(0.0, started + self._interval - loop.time()))
 
     async def _poll(self) -> Event | None:
+        # The first poll may take a cached answer (a `calls` query's, seconds old): the
+        # subscriber gets its page at once. Later ones must not: an answer cached at the
+        # previous poll would still be fresh for the cache (TTL 5 s, interval 5 s) and
+        # every other poll would miss a change, doubling the delay.
+        fresh, self._polled = self._polled, True
         try:
-            page = await self._source(self._credentials, self._query)
+            page = await self._source(self._credentials, self._query, fresh)
         except GatewayError as exc:
             if _paced_out(exc):
                 self._metrics.poll("skipped")

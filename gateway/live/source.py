@@ -1,9 +1,10 @@
 """The page a poller watches, fetched as the `calls` query fetches it.
 
 The same upstream request (path and parameters) through the same cached, shared and
-paced upstream service: a `calls` query for the same page within the cache's TTL and a
-poll share one upstream answer, and a poll waits for the account's pacing slot like any
-request.
+paced upstream service: a `calls` query for the same page within the cache's TTL gets the
+poll's answer, a poll joins an identical request already in flight, and it waits for the
+account's pacing slot like any request. Only the first poll of a poller reads the cache
+(see `Poller._poll`).
 """
 
 from __future__ import annotations
@@ -22,15 +23,17 @@ class ListCalls(Protocol):
     """`CatapultService.list_calls`: the upstream behind its cache, single flight and pacing."""
 
     def __call__(
-        self, credentials: Credentials, query: ListQuery, *, deadline: float
+        self, credentials: Credentials, query: ListQuery, *, deadline: float, refresh: bool
     ) -> Awaitable[UpstreamAnswer]: ...
 
 
 def page_source(list_calls: ListCalls, *, timeout: float) -> PageSource:
     """Polls through `list_calls`, each poll given `timeout` seconds like a request."""
 
-    async def poll(credentials: Credentials, query: ListQuery) -> Page:
-        answer = await list_calls(credentials, query, deadline=time.monotonic() + timeout)
+    async def poll(credentials: Credentials, query: ListQuery, fresh: bool) -> Page:
+        answer = await list_calls(
+            credentials, query, deadline=time.monotonic() + timeout, refresh=fresh
+        )
         return Page(answer.body, answer.fetched_at)
 
     return poll

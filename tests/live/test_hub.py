@@ -39,9 +39,11 @@ class FakeSource:
     def __init__(self) -> None:
         self.answers: dict[str, Any] = {}
         self.polls: list[tuple[str, ListQuery]] = []
+        self.fresh: list[bool] = []
 
-    async def __call__(self, credentials: Credentials, query: ListQuery) -> Page:
+    async def __call__(self, credentials: Credentials, query: ListQuery, fresh: bool) -> Page:
         self.polls.append((credentials.user_id, query))
+        self.fresh.append(fresh)
         answer = self.answers.get(credentials.user_id, [])
         if isinstance(answer, GatewayError):
             raise answer
@@ -249,5 +251,20 @@ def test_a_subscriber_closed_before_reading_leaves_nothing_behind() -> None:
         await subscriber.aclose()
         assert hub.poller_count == 0
         assert gauge(metrics, "active_subscriptions") == 0
+
+    run(body)
+
+
+def test_only_the_first_poll_may_be_answered_from_the_cache() -> None:
+    async def body() -> None:
+        source = FakeSource()
+        hub, _ = hub_with(source)
+        subscriber = hub.subscribe(ALICE, FIRST)
+        await next_event(subscriber)
+        await asyncio.sleep(INTERVAL * 4)
+        await subscriber.aclose()
+        assert source.fresh[0] is False
+        assert len(source.fresh) >= 2
+        assert all(source.fresh[1:])
 
     run(body)
