@@ -309,11 +309,16 @@ def create_sharing(settings: Settings) -> RedisSharing | None:
     if settings.cache_url.startswith("memory:"):
         return None
     import redis.asyncio
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
 
     client = redis.asyncio.Redis.from_url(
         settings.cache_url,
         socket_timeout=settings.cache_timeout,
         socket_connect_timeout=settings.cache_timeout,
+        # One retry (a pooled connection gone stale after a Redis restart), not redis-py's
+        # default of three with backoff: seconds a new subscriber would wait in an outage.
+        retry=Retry(NoBackoff(), 1),
     )
     return RedisSharing(client, interval=settings.live_interval)
 

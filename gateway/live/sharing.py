@@ -44,6 +44,8 @@ _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
 return 0
 """
+# Seconds Redis is left alone after it failed to answer.
+OUTAGE_PROBE_SECONDS = 5.0
 # What `_ask` answers when Redis could not be asked (None is one of Redis's answers).
 UNREACHABLE: Any = object()
 _ERRORS: dict[str, type[GatewayError]] = {
@@ -92,6 +94,7 @@ class RedisSharing:
         self._receivers: dict[str, Callable[[Event], None]] = {}
         self._lock = asyncio.Lock()
         self._warned = False
+        self._down_until = 0.0
 
     async def run(
         self, key: str, poll: Callable[[], Awaitable[None]], receive: Callable[[Event], None]
@@ -170,7 +173,7 @@ class RedisSharing:
                 raise
             except Exception as exc:
                 self._warn(exc)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(OUTAGE_PROBE_SECONDS)
                 # Resubscribe what is still watched, on a fresh connection.
                 async with self._lock:
                     old, self._pubsub = (
@@ -197,12 +200,22 @@ class RedisSharing:
             receive(event)
 
     async def _ask(self, operation: Awaitable[Any]) -> Any:
-        """The answer, or `UNREACHABLE` when Redis cannot be asked (logged once per outage)."""
+        """The answer, or `UNREACHABLE` when Redis cannot be asked (logged once per outage).
+
+        After a failure Redis is not asked again for `OUTAGE_PROBE_SECONDS`: each attempt
+        costs a connect timeout, and a new subscriber would wait for every one of them.
+        """
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._down_until:
+            if asyncio.iscoroutine(operation):
+                operation.close()
+            return UNREACHABLE
         try:
             result = await operation
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            self._down_until = loop.time() + OUTAGE_PROBE_SECONDS
             self._warn(exc)
             return UNREACHABLE
         self._warned = False

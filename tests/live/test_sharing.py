@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from gateway.errors import GatewayError, RateLimited, Unauthenticated, UpstreamError
 from gateway.live.hub import Page
-from gateway.live.sharing import decode_event, encode_event
+from gateway.live.sharing import RedisSharing, decode_event, encode_event
 from tests.conftest import RedisServer
 from tests.fakes import FakeUpstream
 from tests.live.helpers import (
@@ -25,6 +29,7 @@ from tests.live.helpers import (
     live_app,
     websocket,
 )
+from tests.servers import free_port
 
 INTERVAL = 0.2
 KEY = "a-shared-cache-key-of-32-characters-at-least"
@@ -159,3 +164,63 @@ def test_events_cross_redis_unchanged(event: Any) -> None:
 def test_anything_else_on_the_channel_is_not_an_event(data: bytes) -> None:
     with pytest.raises(ValueError, match="not a live event"):
         decode_event(data)
+
+
+def test_a_lease_left_by_a_dead_replica_lapses_and_is_taken_over(
+    redis_session: RedisServer,
+) -> None:
+    redis_session.flush()
+    key = "k" * 64
+    # As if another replica took the lease and died without giving it back.
+    with redis_session.client() as client:
+        client.set(f"gateway:live:lease:{key}", "dead", px=600)
+    polled: list[float] = []
+
+    async def poll() -> None:
+        polled.append(time.monotonic())
+        await asyncio.sleep(3600)
+
+    async def body() -> None:
+        sharing = RedisSharing(redis.asyncio.Redis.from_url(redis_session.url), interval=0.2)
+        started = time.monotonic()
+        task = asyncio.ensure_future(sharing.run(key, poll, lambda event: None))
+        try:
+            async with asyncio.timeout(10):
+                while not polled:  # noqa: ASYNC110 (poll is the seam being observed)
+                    await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await sharing.close()
+        # Not while the dead replica's lease held, but within a renewal period after.
+        assert 0.5 <= polled[0] - started <= 0.6 + sharing.lease_seconds
+
+    asyncio.run(body())
+    with redis_session.client() as client:
+        # Given back when it stopped.
+        assert client.get(f"gateway:live:lease:{key}") is None
+
+
+def test_without_redis_a_replica_polls_on_its_own() -> None:
+    polled = asyncio.Event()
+
+    async def poll() -> None:
+        polled.set()
+        await asyncio.sleep(3600)
+
+    async def body() -> None:
+        client = redis.asyncio.Redis(
+            port=free_port(), socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 1)
+        )
+        sharing = RedisSharing(client, interval=0.2)
+        task = asyncio.ensure_future(sharing.run("k" * 64, poll, lambda event: None))
+        try:
+            # Two connect timeouts at most (a try and its retry), then it polls.
+            async with asyncio.timeout(3):
+                await polled.wait()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await sharing.close()
+
+    asyncio.run(body())
