@@ -172,7 +172,8 @@ class GraphQLEndpoint:
                 record.status, record.error_codes = 503, [STOPPED_CODE]
                 raise
             response.headers["x-request-id"] = request_id
-            if request.method == "GET":
+            # An event stream is never reused: it says so itself (`no-cache`).
+            if request.method == "GET" and not isinstance(response, StreamingResponse):
                 _cache_headers(response, codes, self._get_max_age)
             record.operation, record.error_codes = operation, codes
             if "UNAUTHENTICATED" in codes:

@@ -163,7 +163,8 @@ class Poller:
         except Exception:
             # A bug here must not leave subscribers waiting for ever without a word.
             log.exception("live poller failed")
-            self.receive(GatewayError("The live update poller stopped unexpectedly."))
+            # Final: nothing polls for these subscribers any more.
+            self.receive(GatewayError("The live update poller stopped unexpectedly."), final=True)
 
     async def poll_forever(self) -> None:
         """Poll every `interval` seconds until a final error (or cancellation)."""
@@ -199,17 +200,18 @@ class Poller:
         self._metrics.poll("changed")
         return page
 
-    def receive(self, event: Event) -> None:
+    def receive(self, event: Event, *, final: bool = False) -> None:
         """Hand `event` to every subscriber (from this replica's poll or another's)."""
         if self.finished:
             return
         if isinstance(event, Page) and isinstance(self.last, Page) and event.body == self.last.body:
             return
         self.last = event
-        if is_final(event):
+        final = final or is_final(event)
+        if final:
             self.finished = True
         for subscriber in self.subscribers:
-            subscriber.offer(event)
+            subscriber.offer(event, final=final)
 
 
 class Subscriber:
@@ -225,12 +227,14 @@ class Subscriber:
         # After an error, the next page is sent even if it did not change: the client
         # learns that polling works again.
         self._errored = False
+        self._final = False
         self._closed = False
 
-    def offer(self, event: Event) -> None:
+    def offer(self, event: Event, *, final: bool = False) -> None:
         # Replaces whatever was not read yet: a consumer that reads slowly gets the
         # latest state, and `changed` still covers everything since its last update.
         self._pending = event
+        self._final = self._final or final
         self._ready.set()
 
     def __aiter__(self) -> Subscriber:
@@ -245,7 +249,7 @@ class Subscriber:
             if event is None:
                 continue
             if isinstance(event, GatewayError):
-                if is_final(event):
+                if self._final or is_final(event):
                     # Sent once, then the iteration stops.
                     await self.aclose()
                 self._errored = True
@@ -340,7 +344,7 @@ class LiveHub:
         self._per_account[account] += 1
         self._metrics.subscriptions(1)
         if poller.last is not None:
-            subscriber.offer(poller.last)
+            subscriber.offer(poller.last, final=poller.finished)
         return subscriber
 
     async def leave(self, subscriber: Subscriber, poller: Poller) -> None:

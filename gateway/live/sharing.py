@@ -133,6 +133,8 @@ class RedisSharing:
                         await asyncio.gather(polling, return_exceptions=True)
                         polling = None
                     elif polling.done():
+                        # Ended by a final error, or failed: the poller says which.
+                        polling.result()
                         return
                 await asyncio.sleep(renew_every)
         finally:

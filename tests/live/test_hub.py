@@ -45,7 +45,7 @@ class FakeSource:
         self.polls.append((credentials.user_id, query))
         self.fresh.append(fresh)
         answer = self.answers.get(credentials.user_id, [])
-        if isinstance(answer, GatewayError):
+        if isinstance(answer, GatewayError) or answer is ZeroDivisionError:
             raise answer
         return Page(answer, 1_700_000_000.0)
 
@@ -266,5 +266,24 @@ def test_only_the_first_poll_may_be_answered_from_the_cache() -> None:
         assert source.fresh[0] is False
         assert len(source.fresh) >= 2
         assert all(source.fresh[1:])
+
+    run(body)
+
+
+@pytest.mark.server_errors
+def test_a_poller_that_fails_unexpectedly_ends_its_subscriptions_with_a_code() -> None:
+    async def body() -> None:
+        source = FakeSource()
+        source.answers["u-alice"] = [call("c-1")]
+        hub, _ = hub_with(source)
+        subscriber = hub.subscribe(ALICE, FIRST)
+        await next_event(subscriber)
+        source.answers["u-alice"] = ZeroDivisionError  # not a GatewayError: a bug
+        error = await next_event(subscriber)
+        assert isinstance(error, GatewayError)
+        assert error.extensions == {"code": "INTERNAL_SERVER_ERROR"}
+        with pytest.raises(StopAsyncIteration):
+            await next_event(subscriber)
+        assert hub.poller_count == 0
 
     run(body)

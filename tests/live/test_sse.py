@@ -113,6 +113,7 @@ def test_a_query_is_one_next_then_complete(
         async with httpx.AsyncClient(base_url=url, timeout=WAIT) as client:
             response = await client.request(method, "/graphql", headers=headers, **request_kwargs)
             assert response.status_code == 200
+            assert response.headers["cache-control"] == "no-cache"
             found = [(e, d) async for e, d in events(response) if e]
             assert found == [("next", {"data": {"calls": [{"id": "c-1"}]}}), ("complete", None)]
 
