@@ -235,6 +235,7 @@ def _http_scope(scope: Scope, request: LiveRequest) -> Scope:
             (b"content-type", b"application/json"),
             (b"accept", b"application/json"),
             *request.credential_headers,
+            *_passed_on(scope),
         ],
         "client": scope.get("client"),
         "server": scope.get("server"),
@@ -242,6 +243,26 @@ def _http_scope(scope: Scope, request: LiveRequest) -> Scope:
         "state": scope.get("state", {}),
         "extensions": {},
     }
+
+
+# What the connection's request said that matters to each operation on it: skipping the
+# cache, the trace it belongs to, the client's name. An event stream's request id too (one
+# request, one id); a socket's is not, as all its operations would share it.
+_PASSED_ON = frozenset(
+    {
+        b"cache-control",
+        b"traceparent",
+        b"tracestate",
+        b"baggage",
+        b"apollographql-client-name",
+        b"apollographql-client-version",
+    }
+)
+
+
+def _passed_on(scope: Scope) -> list[tuple[bytes, bytes]]:
+    names = _PASSED_ON | {b"x-request-id"} if scope.get("type") == "http" else _PASSED_ON
+    return [(name, value) for name, value in scope.get("headers") or () if name.lower() in names]
 
 
 async def _post(app: ASGIApp, scope: Scope, body: bytes) -> tuple[int, bytes]:

@@ -206,3 +206,27 @@ def test_an_idle_stream_gets_keep_alive_comments(fake_upstream: FakeUpstream) ->
 )
 def test_wants_event_stream(accept: str, wanted: bool) -> None:
     assert wants_event_stream([accept]) is wanted
+
+
+def test_no_cache_and_the_request_id_reach_the_operation(
+    fake_upstream: FakeUpstream, url: str
+) -> None:
+    fake_upstream.answer(CALLS_PATH, [call("c-1")])
+    headers = {
+        **STREAM_HEADERS,
+        **init_payload(),
+        "cache-control": "no-cache",
+        "x-request-id": "req-live-1",
+    }
+
+    async def body() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=WAIT) as client:
+            for _ in range(2):
+                response = await client.post(
+                    "/graphql", json={"query": "{ calls { id } }"}, headers=headers
+                )
+                assert response.headers["x-request-id"] == "req-live-1"
+
+    run(body)
+    # Both went upstream: neither read the cache.
+    assert len(fake_upstream.requests) == 2
