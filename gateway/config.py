@@ -147,8 +147,8 @@ class Settings(BaseModel):
         None,
         description=(
             "A file through which the processes of one host share the pacing schedule "
-            "when there is no Redis; `serve --workers N` sets a fresh one (unset: each "
-            "process paces alone)."
+            "when there is no Redis (they must share one GATEWAY_CACHE_KEY too); "
+            "`serve --workers N` sets a fresh one (unset: each process paces alone)."
         ),
     )
     upstream_rate: float = Field(
