@@ -150,6 +150,14 @@ def _serve(settings: Settings, warnings: Sequence[str] = ()) -> int:
                 "workers share a key drawn at start-up, but other replicas will not share "
                 "cache entries or pacing with them"
             )
+        if settings.pacing_file is not None:
+            # Accounts are keyed in the file by an HMAC under this key: another process
+            # with a key of its own writes other entries and paces every account alone.
+            log.warning(
+                "GATEWAY_PACING_FILE is set but GATEWAY_CACHE_KEY is unset: this server's "
+                "workers share the file, but other processes using it will not share "
+                "pacing with them"
+            )
         settings = settings.model_copy(update={"cache_key": SecretStr(secrets.token_urlsafe(32))})
     with _worker_directory(settings.workers) as directory:
         if directory is not None and settings.pacing_file is None:

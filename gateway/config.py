@@ -7,6 +7,8 @@ passes `os.environ` merged with its flags. Nothing here is read at import time.
 from __future__ import annotations
 
 import difflib
+import os
+import stat
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -155,8 +157,8 @@ class Settings(BaseModel):
         None,
         description=(
             "A file through which the processes of one host share the pacing schedule "
-            "when there is no Redis; `serve --workers N` sets a fresh one (unset: each "
-            "process paces alone)."
+            "when there is no Redis (they must share one GATEWAY_CACHE_KEY too); "
+            "`serve --workers N` sets a fresh one (unset: each process paces alone)."
         ),
     )
     upstream_rate: float = Field(
@@ -416,6 +418,16 @@ class Settings(BaseModel):
             raise ValueError("must be a file path in an existing directory")
         if path.is_symlink():
             raise ValueError("must not be a symbolic link")
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            return value  # created private (0600) at the first upstream request
+        # The pacer's own rule (`upstream.pacing._open_private`): a file it refuses there
+        # leaves every worker pacing alone, N workers sending N requests a second.
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+            raise ValueError("must be a regular file of the user running the gateway")
+        if info.st_mode & 0o022:
+            raise ValueError("must not be writable by others or the group (chmod 600)")
         return value
 
     @field_validator("cache_key", mode="before")

@@ -298,6 +298,31 @@ def test_serve_warns_about_a_misspelt_setting_once() -> None:
     assert "GATEWAY_TEST_ANYTHING" not in log
 
 
+def test_serve_warns_that_a_pacing_file_without_a_cache_key_is_not_shared(
+    tmp_path: Path,
+) -> None:
+    # Each `serve` draws its own cache key, and the file keys accounts by an HMAC under it:
+    # two servers given one GATEWAY_PACING_FILE each paced every account alone, silently.
+    port = free_port()
+
+    with running(
+        "serve",
+        "--sandbox",
+        "--port",
+        str(port),
+        health="/readyz",
+        port=port,
+        GATEWAY_PACING_FILE=str(tmp_path / "pacing"),
+        GATEWAY_LOG_FORMAT="json",
+    ) as served:
+        served.terminate()
+        _, log = served.communicate(timeout=10)
+
+    warnings = [line for line in log.splitlines() if "GATEWAY_PACING_FILE is set" in line]
+    assert len(warnings) == 1, log
+    assert "GATEWAY_CACHE_KEY is unset" in warnings[0]
+
+
 def test_the_sandbox_command_serves_the_sandbox() -> None:
     port = free_port()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -317,21 +318,45 @@ def test_cors_origins_that_are_no_origin_are_refused(given: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "where", ["a-directory", "missing-directory", "blank", "a-link"], ids=lambda where: where
+    "where",
+    [
+        "a-directory",
+        "missing-directory",
+        "blank",
+        "a-link",
+        "others-may-write",
+        "group-may-write",
+        "a-fifo",
+    ],
+    ids=lambda where: where,
 )
 def test_an_unusable_pacing_file_stops_start_up(tmp_path: Any, where: str) -> None:
     (tmp_path / "target").write_text("{}")
     (tmp_path / "link").symlink_to(tmp_path / "target")
+    # Files the pacer's own check (`pacing._open_private`) refuses at the first request,
+    # after which every worker paces alone: N workers, N requests a second, upstream 429s.
+    (tmp_path / "planted").write_text("{}")
+    (tmp_path / "planted").chmod(0o666)
+    (tmp_path / "shared").write_text("{}")
+    (tmp_path / "shared").chmod(0o620)
+    os.mkfifo(tmp_path / "fifo", 0o600)
     value = {
         "a-directory": str(tmp_path),
         "missing-directory": str(tmp_path / "gone" / "pacing"),
         "blank": " ",
         "a-link": str(tmp_path / "link"),
+        "others-may-write": str(tmp_path / "planted"),
+        "group-may-write": str(tmp_path / "shared"),
+        "a-fifo": str(tmp_path / "fifo"),
     }[where]
     with pytest.raises(SettingsError, match="GATEWAY_PACING_FILE"):
         load_settings({"GATEWAY_PACING_FILE": value})
 
 
-def test_a_pacing_file_in_an_existing_directory_is_accepted(tmp_path: Any) -> None:
-    path = str(tmp_path / "pacing")
-    assert load_settings({"GATEWAY_PACING_FILE": path}).pacing_file == path
+@pytest.mark.parametrize("exists", [False, True], ids=["a-new-file", "a-private-file"])
+def test_a_pacing_file_in_an_existing_directory_is_accepted(tmp_path: Any, exists: bool) -> None:
+    path = tmp_path / "pacing"
+    if exists:
+        path.write_text("{}")
+        path.chmod(0o600)
+    assert load_settings({"GATEWAY_PACING_FILE": str(path)}).pacing_file == str(path)

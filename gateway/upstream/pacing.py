@@ -268,8 +268,8 @@ class RedisSlots:
         return int(result) / 1000
 
 
-# Past slots are dropped when the table grows beyond this many accounts.
-MAX_ACCOUNTS = 10_000
+# An account whose slot and departure are this far past holds nothing a request needs.
+IDLE_SECONDS = 60.0
 # Longest the event loop tries for the lock, and how far from now a stored time may be.
 LOCK_WAIT = 0.02
 PLAUSIBLE_SECONDS = 3600.0
@@ -354,8 +354,9 @@ class FileSlots:
             entry = _entry(table.get(account), now)
             result = change(entry, now)
             table[account] = entry
-            if len(table) > MAX_ACCOUNTS:
-                table = {key: e for key, e in table.items() if max(e) + 60 > now}
+            # Idle accounts leave at every write: the table is read and written whole
+            # under the lock, and one of thousands of accounts holds it past LOCK_WAIT.
+            table = {key: e for key, e in table.items() if key == account or _busy(e, now)}
             data = orjson.dumps(table)
             os.pwrite(fd, data, 0)
             os.ftruncate(fd, len(data))
@@ -404,6 +405,11 @@ def _entry(stored: Any, now: float) -> list[float]:
         if all(value == 0.0 or abs(value - now) <= PLAUSIBLE_SECONDS for value in entry):
             return entry
     return [0.0, 0.0]
+
+
+def _busy(stored: Any, now: float) -> bool:
+    """Whether an entry still holds a slot or departure within `IDLE_SECONDS` of now."""
+    return max(_entry(stored, now)) + IDLE_SECONDS > now
 
 
 def _read(fd: int) -> dict[str, Any]:
