@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.upstream.pacing import holds_a_pacing_table
+
 ENV_PREFIX = "GATEWAY_"
 # The test suite's own switches (GATEWAY_TEST_REQUIRE_NODE, ...): not settings, not misspelt.
 TEST_ENV_PREFIX = "GATEWAY_TEST_"
@@ -428,6 +430,11 @@ class Settings(BaseModel):
             raise ValueError("must be a regular file of the user running the gateway")
         if info.st_mode & 0o022:
             raise ValueError("must not be writable by others or the group (chmod 600)")
+        with path.open("rb") as file:
+            first_byte = file.read(1)
+        if not holds_a_pacing_table(first_byte):
+            # The pacer rewrites the file whole: a mistyped path must not cost a file.
+            raise ValueError("holds something other than a pacing table (empty or JSON)")
         return value
 
     @field_validator("cache_key", mode="before")

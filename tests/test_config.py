@@ -327,6 +327,7 @@ def test_cors_origins_that_are_no_origin_are_refused(given: str) -> None:
         "others-may-write",
         "group-may-write",
         "a-fifo",
+        "another-file",
     ],
     ids=lambda where: where,
 )
@@ -340,6 +341,9 @@ def test_an_unusable_pacing_file_stops_start_up(tmp_path: Any, where: str) -> No
     (tmp_path / "shared").write_text("{}")
     (tmp_path / "shared").chmod(0o620)
     os.mkfifo(tmp_path / "fifo", 0o600)
+    # A private file that holds something else: the first reservation would overwrite it.
+    (tmp_path / "passwd").write_text("root:x:0:0:keep me\n")
+    (tmp_path / "passwd").chmod(0o600)
     value = {
         "a-directory": str(tmp_path),
         "missing-directory": str(tmp_path / "gone" / "pacing"),
@@ -348,15 +352,27 @@ def test_an_unusable_pacing_file_stops_start_up(tmp_path: Any, where: str) -> No
         "others-may-write": str(tmp_path / "planted"),
         "group-may-write": str(tmp_path / "shared"),
         "a-fifo": str(tmp_path / "fifo"),
+        "another-file": str(tmp_path / "passwd"),
     }[where]
     with pytest.raises(SettingsError, match="GATEWAY_PACING_FILE"):
         load_settings({"GATEWAY_PACING_FILE": value})
 
 
-@pytest.mark.parametrize("exists", [False, True], ids=["a-new-file", "a-private-file"])
-def test_a_pacing_file_in_an_existing_directory_is_accepted(tmp_path: Any, exists: bool) -> None:
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(None, id="a-new-file"),
+        pytest.param("", id="an-empty-file"),
+        pytest.param("{}", id="a-private-file"),
+        # A write cut off by a crash: the pacer starts such a table again.
+        pytest.param('{"acct": [17', id="a-torn-table"),
+    ],
+)
+def test_a_pacing_file_in_an_existing_directory_is_accepted(
+    tmp_path: Any, content: str | None
+) -> None:
     path = tmp_path / "pacing"
-    if exists:
-        path.write_text("{}")
+    if content is not None:
+        path.write_text(content)
         path.chmod(0o600)
     assert load_settings({"GATEWAY_PACING_FILE": str(path)}).pacing_file == str(path)

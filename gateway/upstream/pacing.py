@@ -370,6 +370,18 @@ class FileSlots:
             self._fd = None
 
 
+def holds_a_pacing_table(first_byte: bytes) -> bool:
+    """Whether a file starting with `first_byte` may be a pacing table (or empty).
+
+    The table is one JSON object, rewritten whole at every reservation; a write cut off
+    by a crash still starts with `{` (and is started again), whereas a mistyped path to
+    some other file of the user must not have that file overwritten. Checked at start-up
+    (`config`); once running, whatever the file holds is the table, started again when
+    it cannot be read.
+    """
+    return first_byte in (b"", b"{")
+
+
 def _open_private(path: str) -> int:
     """Open (or create) the file, refusing a link, a non-file or one others may write."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
