@@ -1,4 +1,4 @@
-"""Shared fixtures: a real sandbox upstream and gateways served by uvicorn over loopback."""
+"""Shared fixtures: a real sandbox upstream, gateways in this process or on loopback ports."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -23,6 +24,7 @@ from gateway.config import load_settings
 from gateway.observability.logging import JsonFormatter
 from gateway.sandbox import ACCOUNTS, SandboxOptions, create_sandbox_app
 from tests.fakes import FakeUpstream
+from tests.inprocess import BASE_URL, gateway_environ, serve_in_process
 from tests.servers import free_port, serve
 
 DEMO, SECOND = ACCOUNTS[0], ACCOUNTS[1]
@@ -168,16 +170,30 @@ def sandbox(sandbox_server: Sandbox) -> Sandbox:
 
 @dataclass
 class Gateway:
-    """A gateway on a loopback port and an HTTP client that talks GraphQL to it."""
+    """A gateway and an HTTP client that talks GraphQL to it.
 
-    url: str
+    In this process (`gateway`, `gateway_factory`, `shared_gateway`) unless the test asked
+    for one on a loopback port (`loopback_gateway`, `loopback_gateway_factory`): only
+    that one has a `url` that a client other than `http` can reach.
+    """
+
     http: httpx.Client
     # Sent with every query that passes no headers of its own; passed headers replace them.
     headers: dict[str, str] | None = None
+    loopback_url: str | None = None
+
+    @property
+    def url(self) -> str:
+        if self.loopback_url is None:
+            raise RuntimeError(
+                "this gateway runs in this process and answers only through `http`; a test "
+                "whose client needs a URL asks for `loopback_gateway(_factory)` instead"
+            )
+        return self.loopback_url
 
     def as_caller(self, headers: dict[str, str]) -> Gateway:
         """The same gateway, queried with these headers (and no others) by default."""
-        return Gateway(self.url, self.http, headers)
+        return replace(self, headers=headers)
 
     def query(
         self,
@@ -196,42 +212,58 @@ class Gateway:
             "/graphql", json=body, headers=self.headers if headers is None else headers
         )
 
+    def burst(self, query: str, count: int) -> list[httpx.Response]:
+        """`count` copies of `query` sent at once, one thread each; the answers in order."""
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            return list(pool.map(lambda _: self.query(query), range(count)))
+
 
 GatewayFactory = Callable[..., Gateway]
 
 
-@pytest.fixture
-def gateway_factory(sandbox: Sandbox) -> Iterator[GatewayFactory]:
-    """Start gateways in front of the sandbox; keyword arguments are settings.
+def gateways(stack: ExitStack, sandbox: Sandbox, *, loopback: bool) -> GatewayFactory:
+    """A factory of gateways in front of the sandbox; keyword arguments are settings.
 
     Requests carry the demo account's credentials unless a test passes other headers.
+    With `loopback`, each gateway runs under uvicorn on a loopback port (the way
+    `serve` runs it); otherwise in this process through httpx.ASGITransport.
     """
+
+    def start(
+        *,
+        headers: dict[str, str] | None = None,
+        upstream_url: str | None = None,
+        **settings: Any,
+    ) -> Gateway:
+        # Pacing off unless a test asks for it: the sandbox has no rate limit by
+        # default, and pacing at 1/s would make every multi-request test slow.
+        settings.setdefault("upstream_rate", 0)
+        app = create_app(load_settings(gateway_environ(upstream_url or sandbox.url, settings)))
+        default_headers = credential_headers(DEMO) if headers is None else headers
+        if loopback:
+            url = stack.enter_context(serve(app))
+            client = httpx.Client(base_url=url, headers=default_headers, timeout=30)
+            return Gateway(stack.enter_context(client), loopback_url=url)
+        transport = stack.enter_context(serve_in_process(app))
+        client = httpx.Client(transport=transport, base_url=BASE_URL, headers=default_headers)
+        return Gateway(stack.enter_context(client))
+
+    return start
+
+
+@pytest.fixture
+def gateway_factory(sandbox: Sandbox) -> Iterator[GatewayFactory]:
+    """Start gateways in this process in front of the sandbox; keyword arguments are settings."""
     with ExitStack() as stack:
+        yield gateways(stack, sandbox, loopback=False)
 
-        def start(
-            *,
-            headers: dict[str, str] | None = None,
-            upstream_url: str | None = None,
-            **settings: Any,
-        ) -> Gateway:
-            # Pacing off unless a test asks for it: the sandbox has no rate limit by
-            # default, and pacing at 1/s would make every multi-request test slow.
-            settings.setdefault("upstream_rate", 0)
-            environ = {
-                "GATEWAY_UPSTREAM_URL": upstream_url or sandbox.url,
-                **{f"GATEWAY_{k.upper()}": str(v) for k, v in settings.items()},
-            }
-            url = stack.enter_context(serve(create_app(load_settings(environ))))
-            client = stack.enter_context(
-                httpx.Client(
-                    base_url=url,
-                    headers=credential_headers(DEMO) if headers is None else headers,
-                    timeout=30,
-                )
-            )
-            return Gateway(url, client)
 
-        yield start
+@pytest.fixture
+def loopback_gateway_factory(sandbox: Sandbox) -> Iterator[GatewayFactory]:
+    """Start gateways under uvicorn on loopback ports: for tests where the network is the
+    point (HTTP framing, real clients and browsers, connection handling)."""
+    with ExitStack() as stack:
+        yield gateways(stack, sandbox, loopback=True)
 
 
 def pacing_off() -> dict[str, Any]:
@@ -246,29 +278,31 @@ def pacing_off() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def shared_gateway(sandbox_server: Sandbox) -> Iterator[Gateway]:
-    """One gateway per test module, caching and pacing off, demo credentials by default.
+    """One gateway per test module, in this process, caching and pacing off.
 
-    Starting and stopping a uvicorn server costs ~0.2 s, so tests that need no settings
-    of their own share this one (use it with the `sandbox` fixture, which resets the
-    sandbox). Its client sends no headers of its own: `as_caller(headers)` sends exactly
-    the given ones.
+    Its client sends no headers of its own: `as_caller(headers)` sends exactly the given
+    ones (demo credentials by default). Use it with the `sandbox` fixture, which resets
+    the sandbox, in tests that need no settings of their own.
     """
-    environ = {
-        "GATEWAY_UPSTREAM_URL": sandbox_server.url,
-        "GATEWAY_CACHE_TTL": "0",
-        **{f"GATEWAY_{k.upper()}": str(v) for k, v in pacing_off().items()},
-    }
+    settings = {"cache_ttl": 0, **pacing_off()}
+    app = create_app(load_settings(gateway_environ(sandbox_server.url, settings)))
     with (
-        serve(create_app(load_settings(environ))) as url,
-        httpx.Client(base_url=url, timeout=30) as http,
+        serve_in_process(app) as transport,
+        httpx.Client(transport=transport, base_url=BASE_URL) as http,
     ):
-        yield Gateway(url, http, credential_headers(DEMO))
+        yield Gateway(http, credential_headers(DEMO))
 
 
 @pytest.fixture
 def gateway(gateway_factory: GatewayFactory) -> Gateway:
-    """A gateway with default settings in front of the sandbox."""
+    """A gateway in this process with default settings in front of the sandbox."""
     return gateway_factory()
+
+
+@pytest.fixture
+def loopback_gateway(loopback_gateway_factory: GatewayFactory) -> Gateway:
+    """A gateway under uvicorn on a loopback port with default settings."""
+    return loopback_gateway_factory()
 
 
 @pytest.fixture

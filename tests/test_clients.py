@@ -26,6 +26,13 @@ from tests.node import node_project, run_node
 
 CLIENT_SCHEMA = Path(__file__).resolve().parent.parent / "schema.client.graphql"
 
+
+@pytest.fixture
+def gateway(loopback_gateway: Gateway) -> Gateway:
+    """Real clients reach the gateway the way they would in production: over HTTP."""
+    return loopback_gateway
+
+
 WALK = gql(
     """
     query CallsFrom($from: String!, $first: Int!, $after: String) {

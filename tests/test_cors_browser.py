@@ -39,13 +39,13 @@ async def _page(request: Request) -> HTMLResponse:
 
 
 def test_a_browser_on_an_allowed_origin_sends_client_and_tracing_headers(
-    gateway_factory: GatewayFactory,
+    loopback_gateway_factory: GatewayFactory,
 ) -> None:
     _require("chromium", CHROMIUM.is_file(), "GATEWAY_TEST_REQUIRE_BROWSER")
     from playwright.sync_api import sync_playwright
 
     with serve(Starlette(routes=[Route("/", _page)])) as frontend:
-        gateway = gateway_factory(cors_origins=frontend)
+        gateway = loopback_gateway_factory(cors_origins=frontend)
         headers = {
             **credential_headers(DEMO),
             "apollographql-client-name": "web",

@@ -166,7 +166,9 @@ def _probe(pid: int) -> int:
     return subprocess.run([sys.executable, str(script)], env=environ, timeout=30).returncode
 
 
-def test_the_health_probe_finds_the_port_the_process_listens_on(gateway: Gateway) -> None:
+def test_the_health_probe_finds_the_port_the_process_listens_on(
+    loopback_gateway: Gateway,
+) -> None:
     # This process serves the gateway (on a port no setting names) and the sandbox, whose
     # /healthz is a 404: the probe tries each listening socket and one answers.
     assert _probe(os.getpid()) == 0

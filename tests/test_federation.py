@@ -71,14 +71,14 @@ def run_router(
 
 @pytest.mark.parametrize(("script", "joined", "error_paths"), ROUTERS)
 def test_a_query_across_two_subgraphs_through_a_router(
-    gateway_factory: GatewayFactory,
+    loopback_gateway_factory: GatewayFactory,
     sandbox: Sandbox,
     tmp_path: Path,
     script: str,
     joined: str,
     error_paths: list[list[str | int]],
 ) -> None:
-    gateway = gateway_factory(cache_ttl=LONG_TTL)
+    gateway = loopback_gateway_factory(cache_ttl=LONG_TTL)
     calls = gateway.query("{ calls(size: 2) { id state from } }").json()["data"]["calls"]
     ids = [call["id"] for call in calls] + ["c-unknown"]
     headers = credential_headers(DEMO)
@@ -129,9 +129,9 @@ def codes(out: dict[str, Any]) -> list[str]:
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_twenty_references_to_calls_listed_within_the_ttl_cost_no_upstream_request(
-    gateway_factory: GatewayFactory, sandbox: Sandbox, tmp_path: Path, script: str
+    loopback_gateway_factory: GatewayFactory, sandbox: Sandbox, tmp_path: Path, script: str
 ) -> None:
-    gateway = gateway_factory(upstream_rate=DEFAULT_RATE, cache_ttl=LONG_TTL)
+    gateway = loopback_gateway_factory(upstream_rate=DEFAULT_RATE, cache_ttl=LONG_TTL)
     listed = gateway.query("{ calls(size: 25) { id } }").json()["data"]["calls"]
     ids = [call["id"] for call in listed][:REFERENCES]
     limited_sandbox(sandbox)
@@ -146,10 +146,14 @@ def test_twenty_references_to_calls_listed_within_the_ttl_cost_no_upstream_reque
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_twenty_cold_references_cost_one_upstream_request_within_the_limit(
-    gateway_factory: GatewayFactory, sandbox: Sandbox, tmp_path: Path, script: str
+    gateway_factory: GatewayFactory,
+    loopback_gateway_factory: GatewayFactory,
+    sandbox: Sandbox,
+    tmp_path: Path,
+    script: str,
 ) -> None:
     ids = newest_ids(gateway_factory(), REFERENCES)
-    gateway = gateway_factory(upstream_rate=DEFAULT_RATE)  # its caches are empty
+    gateway = loopback_gateway_factory(upstream_rate=DEFAULT_RATE)  # its caches are empty
     limited_sandbox(sandbox)
 
     out = run_router(script, gateway, tmp_path, ids, credential_headers(DEMO))
@@ -165,10 +169,14 @@ def test_twenty_cold_references_cost_one_upstream_request_within_the_limit(
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_twenty_references_with_wrong_credentials_cost_one_upstream_request(
-    gateway_factory: GatewayFactory, sandbox: Sandbox, tmp_path: Path, script: str
+    gateway_factory: GatewayFactory,
+    loopback_gateway_factory: GatewayFactory,
+    sandbox: Sandbox,
+    tmp_path: Path,
+    script: str,
 ) -> None:
     ids = newest_ids(gateway_factory(), REFERENCES)
-    gateway = gateway_factory(upstream_rate=DEFAULT_RATE)
+    gateway = loopback_gateway_factory(upstream_rate=DEFAULT_RATE)
     limited_sandbox(sandbox)
     wrong = base64.b64encode(f"{DEMO.token}:not-the-secret".encode()).decode()
     headers = {"Authorization": f"Basic {wrong}", "X-Catapult-User-Id": DEMO.user_id}

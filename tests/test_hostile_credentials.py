@@ -250,10 +250,10 @@ def test_a_refusal_never_repeats_the_value() -> None:
 
 
 def test_repeated_headers_over_a_real_socket_are_refused(
-    gateway_factory: GatewayFactory, upstream: FakeUpstream
+    loopback_gateway_factory: GatewayFactory, upstream: FakeUpstream
 ) -> None:
     """uvicorn in front, the request written byte by byte: B's pair, then A's pair."""
-    gateway = gateway_factory(upstream_url=upstream.url, cache_ttl=30, headers={})
+    gateway = loopback_gateway_factory(upstream_url=upstream.url, cache_ttl=30, headers={})
     host, port = gateway.url.removeprefix("http://").split(":")
     body = orjson.dumps({"query": CALLS_QUERY})
     lines = [

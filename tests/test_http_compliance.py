@@ -43,9 +43,9 @@ def audit(folder: Path, url: str, *, preflight: bool = False) -> list[dict[str, 
 
 
 def test_the_audit_passes_every_must_against_the_default_gateway(
-    audit_project: Path, gateway_factory: GatewayFactory
+    audit_project: Path, loopback_gateway_factory: GatewayFactory
 ) -> None:
-    gateway = gateway_factory(headers={})
+    gateway = loopback_gateway_factory(headers={})
 
     results = audit(audit_project, gateway.url)
 
@@ -56,10 +56,10 @@ def test_the_audit_passes_every_must_against_the_default_gateway(
 
 
 def test_the_audit_passes_every_audit_for_a_client_that_forces_a_preflight(
-    audit_project: Path, gateway_factory: GatewayFactory
+    audit_project: Path, loopback_gateway_factory: GatewayFactory
 ) -> None:
     # What a browser client of a CSRF-protected server sends (Apollo Client does so).
-    gateway = gateway_factory(headers={})
+    gateway = loopback_gateway_factory(headers={})
 
     results = audit(audit_project, gateway.url, preflight=True)
 

@@ -4,7 +4,6 @@ import re
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
@@ -34,14 +33,15 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def test_metrics_after_a_scripted_set_of_requests(
     gateway_factory: GatewayFactory, sandbox: Sandbox
 ) -> None:
-    gateway = gateway_factory()
+    # The client sends no headers of its own, so one request can go without credentials.
+    gateway = gateway_factory(headers={}).as_caller(credential_headers(DEMO))
     for _ in range(2):
         assert gateway.query("query Latest { calls(size: 2) { id } }").status_code == 200
     gateway.query("{ calls(size: 1) { id } }")
-    httpx.post(
-        f"{gateway.url}/graphql", json={"query": "query NoCredentials { calls { id } }"}
-    ).raise_for_status()
-    gateway.http.post("/graphql", content=b"{}", headers={"Content-Type": "text/x"})
+    gateway.query("query NoCredentials { calls { id } }", headers={}).raise_for_status()
+    gateway.http.post(
+        "/graphql", content=b"{}", headers={**credential_headers(DEMO), "Content-Type": "text/x"}
+    )
     gateway.query(
         "query WrongUser { calls { id } }",
         headers={**credential_headers(DEMO), "X-Catapult-User-Id": "u-second"},
@@ -106,19 +106,18 @@ def test_metrics_after_a_scripted_set_of_requests(
 def test_only_checked_requests_give_a_name_a_slot_over_http(
     gateway_factory: GatewayFactory,
 ) -> None:
-    gateway = gateway_factory()
-    no_credentials = f"{gateway.url}/graphql"
+    # The client sends no headers of its own, so requests can go without credentials.
+    gateway = gateway_factory(headers={}).as_caller(credential_headers(DEMO))
     # A name that failed validation, one without credentials (nothing upstream needed), one
     # whose credentials are malformed, then a checked request and the same name without.
     gateway.query("query FailsValidation { nope }")
-    httpx.post(no_credentials, json={"query": "query NoCredentials { __typename }"})
-    httpx.post(
-        no_credentials,
-        json={"query": "query BadCredentials { __typename }"},
+    gateway.query("query NoCredentials { __typename }", headers={})
+    gateway.query(
+        "query BadCredentials { __typename }",
         headers={"Authorization": "Basic !!", "X-Catapult-User-Id": "u-demo"},
     )
     assert gateway.query("query Latest { calls(size: 1) { id } }").status_code == 200
-    httpx.post(no_credentials, json={"query": "query Latest { calls(size: 1) { id } }"})
+    gateway.query("query Latest { calls(size: 1) { id } }", headers={})
 
     samples = scrape(gateway.http.get("/metrics").text)
 

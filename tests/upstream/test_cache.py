@@ -320,15 +320,6 @@ def test_the_lru_bound_holds_under_ten_times_more_keys(
 # -- single flight --
 
 
-async def _burst(url: str, count: int, query: str = LIST) -> list[httpx.Response]:
-    async with httpx.AsyncClient(
-        base_url=url, headers=credential_headers(DEMO), timeout=30
-    ) as client:
-        return await asyncio.gather(
-            *(client.post("/graphql", json={"query": query}) for _ in range(count))
-        )
-
-
 @pytest.mark.parametrize(
     ("ttl", "upstream_requests"),
     [
@@ -343,7 +334,7 @@ def test_fifty_concurrent_identical_queries_make_one_upstream_request(
     gateway = gateway_factory(cache_ttl=ttl)
     sandbox.faults(latency_ms=400)
 
-    responses = asyncio.run(_burst(gateway.url, 50))
+    responses = gateway.burst(LIST, 50)
 
     assert {tuple(ids(r)) for r in responses} == {tuple(ids(responses[0]))}
     assert len(sandbox.requests()) == upstream_requests
@@ -354,7 +345,7 @@ def test_a_shared_failure_reaches_every_waiter_and_is_not_cached(
 ) -> None:
     sandbox.faults(latency_ms=400, fail_status=500, fail_count=1)
 
-    responses = asyncio.run(_burst(gateway.url, 20))
+    responses = gateway.burst(LIST, 20)
 
     assert [codes(r) for r in responses] == [["UPSTREAM_ERROR"]] * 20
     assert len(sandbox.requests()) == 1

@@ -46,10 +46,10 @@ async def _burst(urls: list[str], count: int) -> list[dict[str, Any]]:
 
 
 def test_a_burst_of_five_pages_waits_in_line_and_never_sees_a_429(
-    gateway_factory: GatewayFactory, sandbox: Sandbox
+    loopback_gateway_factory: GatewayFactory, sandbox: Sandbox
 ) -> None:
     # Five requests at 1/s need four seconds of queue: a bound of 5 s lets them all wait.
-    gateway = gateway_factory(upstream_rate=1, upstream_queue_timeout=5)
+    gateway = loopback_gateway_factory(upstream_rate=1, upstream_queue_timeout=5)
     sandbox.faults(rate_limit=True)
 
     bodies = asyncio.run(_burst([gateway.url], 5))
@@ -63,9 +63,9 @@ def test_a_burst_of_five_pages_waits_in_line_and_never_sees_a_429(
 
 
 def test_a_burst_of_fifty_gets_fast_rate_limited_errors_for_the_overflow(
-    gateway_factory: GatewayFactory, sandbox: Sandbox
+    loopback_gateway_factory: GatewayFactory, sandbox: Sandbox
 ) -> None:
-    gateway = gateway_factory(upstream_rate=1)  # default 2 s queue bound
+    gateway = loopback_gateway_factory(upstream_rate=1)  # default 2 s queue bound
     sandbox.faults(rate_limit=True)
 
     bodies = asyncio.run(_burst([gateway.url], 50))
@@ -122,7 +122,7 @@ def test_an_upstream_429_beyond_the_bound_reaches_the_caller(
 
 
 def test_two_gateways_sharing_redis_pace_one_account_together(
-    gateway_factory: GatewayFactory, sandbox: Sandbox, redis_url: str
+    loopback_gateway_factory: GatewayFactory, sandbox: Sandbox, redis_url: str
 ) -> None:
     shared = {
         "cache_url": redis_url,
@@ -130,7 +130,7 @@ def test_two_gateways_sharing_redis_pace_one_account_together(
         "upstream_rate": 1,
         "upstream_queue_timeout": 4,
     }
-    first, second = gateway_factory(**shared), gateway_factory(**shared)
+    first, second = loopback_gateway_factory(**shared), loopback_gateway_factory(**shared)
     sandbox.faults(rate_limit=True)
 
     bodies = asyncio.run(_burst([first.url, second.url], 4))
