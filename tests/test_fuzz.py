@@ -17,9 +17,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.core.result import Ok
 
-from gateway.calls import ListQuery, parse_call, parse_call_list, validate_id, validate_number
+from gateway.calls import (
+    BadRecord,
+    CallRecord,
+    ListQuery,
+    parse_call,
+    parse_call_list,
+    validate_id,
+    validate_number,
+)
 from gateway.credentials import credentials_from_raw_headers
-from gateway.errors import ERROR_CODES, GatewayError
+from gateway.errors import ERROR_CODES, GatewayError, UpstreamBadResponse
 from gateway.upstream.client import parse_link_header, retry_after_seconds
 from tests.conftest import Gateway
 
@@ -80,17 +88,51 @@ def test_ids_and_numbers_validate_or_refuse_with_a_code(value: str) -> None:
     returns_or_raises_coded(validate_number, value, "from")
 
 
+def _required(record: dict[str, Any], key: str) -> str | None:
+    value = record.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def _readable_id(raw: Any) -> str | None:
+    """The id of an entry that has what a Call cannot do without (id, `from`, `to`)."""
+    if not isinstance(raw, dict):
+        return None
+    id_, from_, to = (_required(raw, key) for key in ("id", "from", "to"))
+    return id_ if from_ and to else None
+
+
 @BOUNDED
 @given(body=json_values | st.lists(call_like | json_values, max_size=5))
 def test_upstream_bodies_parse_or_raise_a_code(body: Any) -> None:
-    returns_or_raises_coded(parse_call_list, body)
-    returns_or_raises_coded(parse_call, body)
+    error = refusal(parse_call_list, body)
+    if not isinstance(body, list):
+        assert isinstance(error, UpstreamBadResponse)
+        return
+    assert error is None
+    records, bad = parse_call_list(body)
+    # Every entry is accounted for: a call, or a bad record that says how many came before.
+    assert [record.id for record in records] == [
+        id_ for id_ in map(_readable_id, body) if id_ is not None
+    ]
+    assert len(bad) == len(body) - len(records)
+    assert all(0 <= entry.before <= len(records) for entry in bad)
 
 
 @BOUNDED
 @given(record=call_like)
 def test_call_records_parse_to_a_record_or_a_bad_record(record: dict[str, Any]) -> None:
-    parse_call(record)
+    # parse_call never raises (any exception fails this test); what it returns depends
+    # on the three fields a Call cannot do without, and only on them.
+    parsed = parse_call(record)
+
+    id_, from_, to = (_required(record, key) for key in ("id", "from", "to"))
+    if id_ and from_ and to:
+        assert isinstance(parsed, CallRecord)
+        assert (parsed.id, parsed.from_, parsed.to) == (id_, from_, to)
+    else:
+        assert isinstance(parsed, BadRecord)
+        assert parsed.call_id == id_
+        assert parsed.reason
 
 
 @BOUNDED
