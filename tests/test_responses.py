@@ -80,16 +80,30 @@ def test_answers_with_errors_are_never_kept(
     assert upstream_count(sandbox) == 2
 
 
+def one_call(call_id: str) -> list[dict[str, str]]:
+    """A list answer holding one call with this id."""
+    return [{"id": call_id, "from": "+19195550100", "to": "+19195550101"}]
+
+
 def test_no_cache_skips_the_lookup_and_refreshes_the_entry(
-    gateway_factory: GatewayFactory, sandbox: Sandbox
+    gateway_factory: GatewayFactory, fake_upstream: FakeUpstream
 ) -> None:
-    gateway = gateway_factory(cache_ttl=30)
-    gateway.query(QUERY)
+    # The upstream's answer changes between requests, so what each one gets back tells a
+    # lookup from a fetch, and a refreshed entry from one left as it was.
+    path = f"/v1/users/{DEMO.user_id}/calls/"
+    gateway = gateway_factory(upstream_url=fake_upstream.url, cache_ttl=30)
+    query = "{ calls { id } }"
+    fake_upstream.answer(path, one_call("c-before"))
+    gateway.query(query)
+    fake_upstream.answer(path, one_call("c-after"))
 
-    gateway.query(QUERY, headers={**credential_headers(DEMO), "Cache-Control": "no-cache"})
-    gateway.query(QUERY)
+    no_cache = {**credential_headers(DEMO), "Cache-Control": "no-cache"}
+    skipped = gateway.query(query, headers=no_cache)
+    later = gateway.query(query)
 
-    assert upstream_count(sandbox) == 2
+    assert skipped.json()["data"]["calls"] == [{"id": "c-after"}]
+    assert later.content == skipped.content
+    assert len(fake_upstream.requests) == 2
 
 
 def test_an_entry_expires_with_the_ttl(gateway_factory: GatewayFactory, sandbox: Sandbox) -> None:
@@ -105,6 +119,8 @@ def test_an_entry_expires_with_the_ttl(gateway_factory: GatewayFactory, sandbox:
 def test_the_ttl_off_turns_the_response_cache_off(
     gateway_factory: GatewayFactory, sandbox: Sandbox
 ) -> None:
+    # The same bytes twice: with either cache on (whole answers or upstream answers), the
+    # second request would not reach the upstream.
     gateway = gateway_factory(cache_ttl=0)
 
     gateway.query(QUERY)
