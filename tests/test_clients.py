@@ -121,6 +121,7 @@ def test_the_seeded_history_has_error_calls(history_states: Counter[str]) -> Non
     assert history_states["ERROR"] == 40
 
 
+@pytest.mark.slow  # 25 pages of 100 through a JS client, each: tens of seconds
 @pytest.mark.parametrize("client", ["apollo", "urql"])
 def test_a_js_client_with_its_defaults_walks_the_whole_history(
     gateway: Gateway, history_states: Counter[str], client: str
@@ -163,6 +164,7 @@ HISTORY_WALK = gql(
 )
 
 
+@pytest.mark.slow  # 25 pages of 100, each validated against the schema by gql
 @pytest.mark.parametrize("schema_from", ["client-schema-file", "introspection"])
 def test_python_gql_validating_against_the_schema_walks_the_whole_history(
     gateway: Gateway, history_states: Counter[str], schema_from: str

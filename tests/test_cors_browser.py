@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
@@ -38,6 +39,7 @@ async def _page(request: Request) -> HTMLResponse:
     return HTMLResponse("<!doctype html><title>frontend</title><p>another origin</p>")
 
 
+@pytest.mark.slow  # a real browser: start-up alone takes seconds
 def test_a_browser_on_an_allowed_origin_sends_client_and_tracing_headers(
     loopback_gateway_factory: GatewayFactory,
 ) -> None:

@@ -349,6 +349,7 @@ CONNECTION = """query($first: Int!, $after: String) {
     edges { cursor node { id } } pageInfo { hasNextPage endCursor } } }"""
 
 
+@pytest.mark.slow  # two gateway processes and a Redis, as deployed
 def test_two_replicas_share_cache_pacing_and_cursor_keys(
     replicas: list[str], sandbox: Sandbox
 ) -> None:

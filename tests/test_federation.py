@@ -26,6 +26,10 @@ from gateway.schema import build_schema, print_sdl
 from tests.conftest import DEMO, Gateway, GatewayFactory, Sandbox
 from tests.node import node_project, run_node
 
+# Each test composes a supergraph and starts a JavaScript router: tens of seconds each,
+# minutes for the module. scripts/test --all and CI run them.
+pytestmark = pytest.mark.slow
+
 LIST_PATH = f"/v1/users/{DEMO.user_id}/calls/"
 DEFAULT_RATE = Settings.model_fields["upstream_rate"].default
 REFERENCES = 20

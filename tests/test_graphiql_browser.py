@@ -214,6 +214,7 @@ def sandbox_gateway() -> Iterator[str]:
         yield url
 
 
+@pytest.mark.slow  # a real browser runs GraphiQL
 def test_graphiql_runs_the_example_query_offline(sandbox_gateway: str) -> None:
     visit = visit_graphiql(
         f"{sandbox_gateway}/graphql", run_query=True, screenshot="graphiql-offline.png"
@@ -222,6 +223,7 @@ def test_graphiql_runs_the_example_query_offline(sandbox_gateway: str) -> None:
     assert_the_example_query_ran_offline(visit)
 
 
+@pytest.mark.slow  # a real browser loads the page
 def test_without_its_files_the_page_says_what_to_run(tmp_path: Path) -> None:
     # No vendored files and no CDN (the browser reaches loopback only).
     page = GraphiQLPage(endpoint="/graphql", static_dir=tmp_path)
