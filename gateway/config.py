@@ -200,7 +200,7 @@ class Settings(BaseModel):
         description=(
             "Seconds between two polls of a page watched with `callsUpdated` (one poll for "
             "every subscriber with the same credentials and arguments); at least "
-            "1/GATEWAY_UPSTREAM_RATE."
+            "1/GATEWAY_UPSTREAM_RATE (unset, it follows a slower rate)."
         ),
     )
     live_max_per_connection: int = Field(
@@ -495,6 +495,22 @@ class Settings(BaseModel):
                 f"({self.upstream_body_budget_bytes} < {self.upstream_max_body_bytes})"
             )
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _live_interval_follows_a_slow_pacing(cls, data: Any) -> Any:
+        # Unset, the interval is its default or the pacing's spacing, whichever is longer:
+        # a slow GATEWAY_UPSTREAM_RATE alone must not stop a gateway that nobody watches.
+        if not isinstance(data, dict) or "live_interval" in data:
+            return data
+        default = cls.model_fields["live_interval"].default
+        try:
+            rate = float(data.get("upstream_rate", cls.model_fields["upstream_rate"].default))
+        except (TypeError, ValueError):
+            return data  # the field's own validation says what is wrong with it
+        if rate > 0 and default * rate < 1:
+            return {**data, "live_interval": min(1 / rate, MAX_SECONDS)}
+        return data
 
     @model_validator(mode="after")
     def _live_polls_fit_the_pacing(self) -> Settings:

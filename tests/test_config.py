@@ -376,3 +376,25 @@ def test_a_pacing_file_in_an_existing_directory_is_accepted(
         path.write_text(content)
         path.chmod(0o600)
     assert load_settings({"GATEWAY_PACING_FILE": str(path)}).pacing_file == str(path)
+
+
+@pytest.mark.parametrize(
+    ("environ", "interval"),
+    [
+        pytest.param({}, 5.0, id="defaults"),
+        pytest.param({"GATEWAY_UPSTREAM_RATE": "0.1"}, 10.0, id="a-slow-rate-alone"),
+        pytest.param({"GATEWAY_UPSTREAM_RATE": "0"}, 5.0, id="pacing-off"),
+        pytest.param(
+            {"GATEWAY_UPSTREAM_RATE": "0.1", "GATEWAY_LIVE_INTERVAL": "30"}, 30.0, id="both-set"
+        ),
+    ],
+)
+def test_the_live_interval_is_never_faster_than_the_pacing(
+    environ: dict[str, str], interval: float
+) -> None:
+    assert load_settings(environ).live_interval == interval
+
+
+def test_a_live_interval_set_faster_than_the_pacing_stops_start_up() -> None:
+    with pytest.raises(SettingsError, match="GATEWAY_LIVE_INTERVAL"):
+        load_settings({"GATEWAY_UPSTREAM_RATE": "0.1", "GATEWAY_LIVE_INTERVAL": "2"})
