@@ -223,6 +223,13 @@ class Settings(BaseModel):
     max_upstream_requests: int = Field(
         10, ge=1, le=10_000, description="Upstream requests one operation may cause."
     )
+    max_entities: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Entity representations one operation may resolve, over all its "
+        "`_entities` fields (a page's worth by default).",
+    )
     max_body_bytes: int = Field(
         1_048_576,
         ge=1024,
