@@ -264,6 +264,11 @@ class Settings(BaseModel):
     keepalive_timeout: PositiveSeconds = Field(
         5.0, description="Seconds an idle keep-alive connection is kept open between requests."
     )
+    send_timeout: PositiveSeconds = Field(
+        60.0,
+        description="Seconds the client may take to read an answer once it is written; "
+        "then the connection is aborted and what it has not read is dropped.",
+    )
     max_connections: int = Field(
         1000,
         ge=1,
