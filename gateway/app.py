@@ -167,7 +167,12 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
             fetched_at=_fetched_at(request),
             max_requests=settings.max_upstream_requests,
         )
-        return Context(request_id=request_id, calls=loader, cursors=cursors)
+        return Context(
+            request_id=request_id,
+            calls=loader,
+            cursors=cursors,
+            max_entities=settings.max_entities,
+        )
 
     default_headers = None
     routes: list[BaseRoute] = []

@@ -265,6 +265,7 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
         header_timeout=settings.header_timeout,
         body_timeout=settings.body_timeout,
         keepalive_timeout=settings.keepalive_timeout,
+        send_timeout=settings.send_timeout,
         max_connections=settings.max_connections,
         max_connections_per_client=settings.max_connections_per_client,
     )

@@ -266,6 +266,13 @@ class Settings(BaseModel):
     max_upstream_requests: int = Field(
         10, ge=1, le=10_000, description="Upstream requests one operation may cause."
     )
+    max_entities: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Entity representations one operation may resolve, over all its "
+        "`_entities` fields (a page's worth by default).",
+    )
     max_body_bytes: int = Field(
         1_048_576,
         ge=1024,
@@ -299,6 +306,11 @@ class Settings(BaseModel):
     )
     keepalive_timeout: PositiveSeconds = Field(
         5.0, description="Seconds an idle keep-alive connection is kept open between requests."
+    )
+    send_timeout: PositiveSeconds = Field(
+        60.0,
+        description="Seconds the client may take to read an answer once it is written; "
+        "then the connection is aborted and what it has not read is dropped.",
     )
     max_connections: int = Field(
         1000,

@@ -101,6 +101,10 @@ class Context:
     request_id: str
     calls: CallSource
     cursors: CursorCodec
+    # GATEWAY_MAX_ENTITIES, and the representations the operation's `_entities` fields
+    # asked for so far: each field alone may be under a bound that their sum is over.
+    max_entities: int
+    entities_asked: int = 0
     warnings: list[UpstreamWarning] = field(default_factory=list)
     # Set for operations that arrive over WebSocket or SSE, the transports that can
     # carry a subscription's updates.

@@ -276,6 +276,11 @@ class OperationLoader:
             # The refusal is checked again when the request is about to leave: one
             # already waiting for its pacing slot stays home after a refusal.
             future = asyncio.ensure_future(send(lambda: self._refused(credentials)))
+            # Marks a failure retrieved even when every field waiting for it went away
+            # (the executor cancels the other root fields once a non-null one fails, and
+            # `asyncio.shield` then forgets the request): else asyncio logs each such
+            # failure as an error, "Task exception was never retrieved".
+            future.add_done_callback(_retrieve)
             self._inflight[asked] = future
         # shield: one field being cancelled must not cancel the request for the others.
         try:
@@ -307,6 +312,6 @@ def _whole_history(newest: UpstreamAnswer, asked_at: float) -> bool:
     )
 
 
-def _retrieve(future: asyncio.Future[Found]) -> None:
+def _retrieve(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()

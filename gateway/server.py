@@ -14,6 +14,10 @@ connection:
   after the connection opened or the request's first byte arrived, its body
   `body_timeout` seconds after its headers; late: `408`, closed. Between requests a
   keep-alive connection may idle `keepalive_timeout` seconds, then it is closed silently;
+- a send deadline: an answer must be read by the client `send_timeout` seconds after it
+  was written whole, else the connection is aborted and the unread rest dropped (a
+  client that never reads would otherwise keep the whole answer in the write buffer, and
+  a close waits for that buffer to drain);
 - trailers of a chunked body are never request headers (uvicorn's `on_header` would
   append them to the headers the application reads): they are discarded, and counted
   with the headers against the same bounds (`431`); the bytes of a chunked body that
@@ -70,6 +74,7 @@ class ConnectionLimits:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     keepalive_timeout: float = 5.0
+    send_timeout: float = 60.0
     max_connections: int = 1000
     max_connections_per_client: int = 100
 
@@ -165,6 +170,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.timeout_keep_alive = self.limits.keepalive_timeout  # type: ignore[assignment]
         self._phase: Phase = "headers"
         self._deadline: asyncio.TimerHandle | None = None
+        # Apart from `_deadline`: the next request's header deadline runs meanwhile.
+        self._send_deadline: asyncio.TimerHandle | None = None
         # Bytes received since the current request's headers began (an upper bound).
         self._header_bytes = 0
         self._refused = False
@@ -216,6 +223,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._send_deadline is not None:
+            self._send_deadline.cancel()
+            self._send_deadline = None
         admissions = self.admissions
         if self._admitted is not None:
             _release(admissions, self._admitted)
@@ -348,6 +358,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # A body still arriving after the answer stays under the body deadline; uvicorn
         # arms the keep-alive timer otherwise.
         super().on_response_complete()
+        if self._send_deadline is not None:
+            self._send_deadline.cancel()
+            self._send_deadline = None
+        if self.transport.get_write_buffer_size() > 0:
+            self._send_deadline = self.loop.call_later(
+                self.limits.send_timeout, self._answer_unread
+            )
+
+    def _answer_unread(self) -> None:
+        self._send_deadline = None
+        if self.transport.get_write_buffer_size() > 0:
+            # Closing would wait for the client to read; aborting drops the buffer.
+            self.transport.abort()
 
     # -- bounds --
 

@@ -411,6 +411,7 @@ def _context(request: Request, request_id: str) -> Context:
             upstream_base="http://upstream.test",
         ),
         cursors=CursorCodec(b"a test cursor key"),
+        max_entities=1000,
     )
 
 

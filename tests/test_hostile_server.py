@@ -31,6 +31,7 @@ LIMITS = {
     "GATEWAY_HEADER_TIMEOUT": "0.5",
     "GATEWAY_BODY_TIMEOUT": "0.5",
     "GATEWAY_KEEPALIVE_TIMEOUT": "0.5",
+    "GATEWAY_SEND_TIMEOUT": "1",
     "GATEWAY_MAX_CONNECTIONS": "20",
     "GATEWAY_MAX_HEADERS": "50",
     "GATEWAY_MAX_HEADER_BYTES": "16384",
@@ -213,6 +214,43 @@ def test_an_idle_keep_alive_connection_is_closed(server: Server) -> None:
 
     assert status(answer) == 200
     assert answer.count(b"HTTP/1.1") == 1
+    assert server.healthy()
+
+
+BIG_ANSWER = orjson.dumps(
+    {
+        "query": "{ "
+        + " ".join(
+            f"a{n}: calls(size: 1000) {{ id direction from to state startTime endTime "
+            "callbackUrl eventsUrl chargeableDuration sipHeaders { name value } }"
+            for n in range(20)
+        )
+        + " }"
+    }
+)
+
+
+@pytest.mark.parametrize("server", ["0"], indirect=True, ids=["answer-cache-off"])
+def test_an_answer_the_client_does_not_read_is_dropped_after_the_send_deadline(
+    server: Server,
+) -> None:
+    # A slow-read attack: the answer (~10 MB) is written to the socket, the client never
+    # reads it, and it stays in the server's write buffer. Before: for as long as the
+    # client kept the connection (4 such connections held +262 MB for 45 s and more;
+    # the keep-alive close waits for the buffer to drain); after GATEWAY_SEND_TIMEOUT
+    # the connection is aborted and the answer dropped.
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(post(BIG_ANSWER))
+        time.sleep(3)  # the answer is written (~1 s) and not read past the deadline
+
+        received = read_all(sock, seconds=10)
+
+    head, _, body = received.partition(b"\r\n\r\n")
+    declared = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    assert declared > 8_000_000
+    assert len(body) < declared, "the whole answer was kept for a client that did not read"
     assert server.healthy()
 
 

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import gc
+import time
+from typing import Any
 
 import pytest
 
+from gateway.calls import ListQuery
 from gateway.config import Settings
+from gateway.credentials import Credentials
+from gateway.entities import KnownCall
+from gateway.errors import UpstreamBadResponse
+from gateway.loaders import OperationLoader
+from gateway.upstream.client import UpstreamAnswer
 from tests.conftest import DEMO, GatewayFactory, Sandbox
 
 LIST_PATH = f"/v1/users/{DEMO.user_id}/calls/"
@@ -71,3 +81,51 @@ def test_one_refusal_ends_the_operations_upstream_traffic(
     # nulls the whole data, so not every field gets as far as an error).
     assert {e["extensions"]["code"] for e in answer["errors"]} == {code}
     assert [r["status"] for r in sandbox.requests()] == [status]
+
+
+class _FailsLater:
+    """An upstream whose every list request fails once `release` is set."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def list_calls(self, *args: Any, **options: Any) -> UpstreamAnswer:
+        await self.release.wait()
+        raise UpstreamBadResponse("The upstream answered with a body that is not JSON.")
+
+    async def get_call(self, *args: Any, **options: Any) -> UpstreamAnswer | None:
+        raise AssertionError("only lists are asked for")
+
+    async def recall_calls(self, *args: Any) -> dict[str, KnownCall]:
+        raise AssertionError("only lists are asked for")
+
+
+def test_a_request_whose_fields_went_away_fails_without_an_unretrieved_exception() -> None:
+    # The executor cancels the other root fields once a non-null one fails; their
+    # upstream request goes on (shielded) and fails later with no one waiting. Before,
+    # asyncio logged "Task exception was never retrieved" at error level for each, as
+    # `asyncio.shield` forgets the request once its waiter is cancelled.
+    unretrieved: list[dict[str, Any]] = []
+
+    async def scenario() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, c: unretrieved.append(c))
+        upstream = _FailsLater()
+        credentials = Credentials(authorization="Basic dDpz", user_id="u-a", token="t")
+        loader = OperationLoader(
+            upstream,
+            lambda: credentials,
+            deadline=time.monotonic() + 5,
+            refresh=False,
+            upstream_base="http://upstream.test",
+        )
+        field = asyncio.ensure_future(loader.list_calls(ListQuery(size=2)))
+        await asyncio.sleep(0.01)
+        field.cancel()
+        upstream.release.set()
+        await asyncio.sleep(0.01)
+        del loader, field  # the operation is over
+        gc.collect()  # a task's unretrieved exception is reported when it is freed
+
+    asyncio.run(scenario())
+
+    assert unretrieved == []

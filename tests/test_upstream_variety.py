@@ -366,7 +366,7 @@ def test_the_compiled_path_answers_odd_records_itself(case: Case) -> None:
     document = parse(CALLS)
     plan = compile_plan(schema, document, get_operation_ast(document))
     assert plan is not None
-    context = Context("r-1", _Source(body), CursorCodec(b"k" * 16))
+    context = Context("r-1", _Source(body), CursorCodec(b"k" * 16), max_entities=1000)
 
     data = asyncio.run(plan.run(context, {"filter": case.filter}))
 
