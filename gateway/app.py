@@ -40,13 +40,13 @@ from gateway.live.source import page_source
 from gateway.live.sse import EventStreams
 from gateway.live.ws import GraphQLWebSocket
 from gateway.loaders import OperationLoader
+from gateway.middleware.answer_cache import AnswerCacheMiddleware, ResponseNote, wants_fresh
 from gateway.observability import MULTIPROC_ENV
 from gateway.observability.logging import configure_logging
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import InstrumentedTransport, Telemetry
 from gateway.pagination import CursorCodec
 from gateway.persisted_queries import PersistedQueries
-from gateway.responses import ResponseCache, ResponseNote, wants_fresh
 from gateway.sandbox import ACCOUNTS, Account, create_sandbox_app
 from gateway.schema import build_schema, graphql_core_schema
 from gateway.shutdown import ShutdownMiddleware
@@ -247,10 +247,10 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
         # The path carries the file's content hash, so it may be cached as immutable.
         Route(ASSET_ROUTE + "/{fingerprint}/{name}", graphiql_asset, methods=["GET"]),
     ]
-    # The response cache is middleware rather than part of the route, so a hit skips
+    # The answer cache is middleware rather than part of the route, so a hit skips
     # routing and exception handling; it sits inside CORS, whose headers are per request.
-    response_cache = Middleware(
-        ResponseCache,
+    answer_cache = Middleware(
+        AnswerCacheMiddleware,
         path="/graphql",
         ttl=settings.cache_ttl,
         telemetry=telemetry,
@@ -262,7 +262,7 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
     # Outermost: whatever a shutdown cancels inside is answered with a code.
     return Starlette(
         routes=routes,
-        middleware=[Middleware(ShutdownMiddleware), *_cors(settings), response_cache],
+        middleware=[Middleware(ShutdownMiddleware), *_cors(settings), answer_cache],
         lifespan=lifespan,
     )
 

@@ -39,11 +39,11 @@ from gateway.fastpath import FastPlan, compile_plan
 from gateway.graphiql import GraphiQLPage
 from gateway.limits import OperationLimits, check_limits, parse_document
 from gateway.live.media import wants_event_stream
+from gateway.middleware.answer_cache import ResponseNote
 from gateway.observability.record import RequestRecord, scope_request_id
 from gateway.observability.telemetry import Telemetry
 from gateway.persisted_queries import PersistedQueries, PersistedQueryError
 from gateway.request_body import BodyRefused, read_body, refused_headers
-from gateway.responses import ResponseNote
 from gateway.shutdown import STOPPED_CODE
 
 log = logging.getLogger("gateway.request")

@@ -17,9 +17,9 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
+from gateway.middleware.answer_cache import AnswerCacheMiddleware, ResponseNote
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry
-from gateway.responses import ResponseCache, ResponseNote
 from gateway.upstream.cache import MemoryStore
 from tests.hostile import Hostile, hostile_upstream
 from tests.memory import MIB, rss
@@ -115,7 +115,7 @@ def test_documents_with_huge_comments_are_not_kept(running: Running) -> None:
     assert healthy(running.url)
 
 
-def answers_of(size: int) -> ResponseCache:
+def answers_of(size: int) -> AnswerCacheMiddleware:
     """The answer cache around an app answering `size` bytes for any request."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -124,7 +124,7 @@ def answers_of(size: int) -> ResponseCache:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b'{"data":"' + b"x" * size + b'"}'})
 
-    return ResponseCache(
+    return AnswerCacheMiddleware(
         app,
         path="/graphql",
         ttl=0.2,
@@ -136,7 +136,7 @@ def answers_of(size: int) -> ResponseCache:
     )
 
 
-async def ask_distinct(cache: ResponseCache, count: int) -> None:
+async def ask_distinct(cache: AnswerCacheMiddleware, count: int) -> None:
     transport = httpx.ASGITransport(app=cache)
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
         for n in range(count):

@@ -49,9 +49,9 @@ _unique = itertools.count()
 
 
 def fresh(query: str) -> str:
-    """The same operation in new bytes. The whole-response cache (gateway/responses.py)
-    answers a repeated identical request before any upstream request is considered; new
-    bytes get past it, so what these tests see is the upstream cache's doing."""
+    """The same operation in new bytes. The whole-answer cache (gateway/middleware/
+    answer_cache.py) answers a repeated identical request before any upstream request is
+    considered; new bytes get past it, so what these tests see is the upstream cache's doing."""
     return f"{query} # {next(_unique)}"
 
 

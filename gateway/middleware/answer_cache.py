@@ -81,8 +81,8 @@ class _Entry:
         object.__setattr__(self, "length", str(len(self.body)).encode())
 
 
-class ResponseCache:
-    """ASGI wrapper serving repeated identical requests of one caller from memory."""
+class AnswerCacheMiddleware:
+    """ASGI middleware serving repeated identical requests of one caller from memory."""
 
     def __init__(
         self,

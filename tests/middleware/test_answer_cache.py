@@ -1,4 +1,4 @@
-"""The response cache: whole answers reused for one caller within the TTL, and only then."""
+"""The answer cache: whole answers reused for one caller within the TTL, and only then."""
 
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def test_an_entry_expires_with_the_ttl(gateway_factory: GatewayFactory, sandbox:
     assert upstream_count(sandbox) == 2
 
 
-def test_the_ttl_off_turns_the_response_cache_off(
+def test_the_ttl_off_turns_the_answer_cache_off(
     gateway_factory: GatewayFactory, sandbox: Sandbox
 ) -> None:
     # The same bytes twice: with either cache on (whole answers or upstream answers), the
@@ -163,5 +163,5 @@ def test_the_endpoint_decides_what_is_kept_not_the_bytes(
 
     assert b'"errors"' in first.content
     assert second.content == first.content
-    # Served whole from the response cache, not rebuilt from the upstream cache.
+    # Served whole from the answer cache, not rebuilt from the upstream cache.
     assert "gateway_response_cache_hits_total 1.0" in gateway.http.get("/metrics").text
