@@ -7,7 +7,6 @@ import base64
 import ctypes
 import gc
 import secrets
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -26,8 +25,7 @@ from starlette.types import Scope
 
 from gateway.body_budget import BodyBudget
 from gateway.config import Settings
-from gateway.context import Context
-from gateway.credentials import request_credentials
+from gateway.context import ContextFactory
 from gateway.endpoint import GraphQLEndpoint
 from gateway.graphiql import ASSET_ROUTE, GraphiQLPage
 from gateway.health import healthz, readyz
@@ -39,8 +37,7 @@ from gateway.live.sharing import RedisSharing
 from gateway.live.source import page_source
 from gateway.live.sse import EventStreams
 from gateway.live.ws import GraphQLWebSocket
-from gateway.loaders import OperationLoader
-from gateway.middleware.answer_cache import AnswerCacheMiddleware, ResponseNote, wants_fresh
+from gateway.middleware.answer_cache import AnswerCacheMiddleware
 from gateway.observability import MULTIPROC_ENV
 from gateway.observability.logging import configure_logging
 from gateway.observability.metrics import Metrics
@@ -154,20 +151,6 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
         if settings.cursor_key is not None
         else secrets.token_bytes(32)
     )
-    cursors = CursorCodec(cursor_key)
-
-    def make_context(request: Request, request_id: str) -> Context:
-        client: CatapultClient = request.state.catapult
-        loader = OperationLoader(
-            request.state.upstream,
-            partial(request_credentials, request.scope),
-            deadline=time.monotonic() + settings.request_timeout,
-            refresh=wants_fresh(request.headers),
-            upstream_base=client.base_url,
-            fetched_at=_fetched_at(request),
-            max_requests=settings.max_upstream_requests,
-        )
-        return Context(request_id=request_id, calls=loader, cursors=cursors)
 
     default_headers = None
     routes: list[BaseRoute] = []
@@ -180,6 +163,12 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
         routes.append(Mount(SANDBOX_PATH, app=create_sandbox_app(controls=False)))
 
     graphiql = GraphiQLPage(endpoint="/graphql", default_headers=default_headers)
+    contexts = ContextFactory(
+        cursors=CursorCodec(cursor_key),
+        upstream_base=settings.upstream_base,
+        request_timeout=settings.request_timeout,
+        max_upstream_requests=settings.max_upstream_requests,
+    )
     schema = graphql_core_schema(build_schema())
     limits = OperationLimits(
         max_depth=settings.max_depth,
@@ -193,7 +182,7 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
     streams = _LateEventStreams()
     endpoint = GraphQLEndpoint(
         schema,
-        make_context,
+        contexts,
         graphiql=graphiql,
         telemetry=telemetry,
         persisted_queries=PersistedQueries(),
@@ -209,7 +198,7 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
     operations = Operations(
         schema,
         endpoint,
-        make_context,
+        contexts,
         _hub_of,
         limits=limits,
         rules=(
@@ -353,11 +342,6 @@ class _LateEventStreams:
     async def respond(self, request: Request, **params: Any) -> Response:
         assert self.target is not None, "wired in create_app"
         return await self.target.respond(request, **params)
-
-
-def _fetched_at(request: Request) -> list[float] | None:
-    note = request.scope.get(ResponseNote.SCOPE_KEY)
-    return note.fetched_at if isinstance(note, ResponseNote) else None
 
 
 def create_telemetry(settings: Settings, metrics_dir: str | None) -> Telemetry:

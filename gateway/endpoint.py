@@ -29,7 +29,7 @@ from graphql import (
 )
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway.bounded import BoundedCache, memoize
 from gateway.context import Context, UpstreamWarning
@@ -39,7 +39,7 @@ from gateway.fastpath import FastPlan, compile_plan
 from gateway.graphiql import GraphiQLPage
 from gateway.limits import OperationLimits, check_limits, parse_document
 from gateway.live.media import wants_event_stream
-from gateway.middleware.answer_cache import ResponseNote
+from gateway.middleware.answer_cache import AnswerVerdict
 from gateway.observability.record import RequestRecord, scope_request_id
 from gateway.observability.telemetry import Telemetry
 from gateway.persisted_queries import PersistedQueries, PersistedQueryError
@@ -157,15 +157,24 @@ class GraphQLEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # An ASGI app rather than a request function, so that every method reaches it
         # and the 405s carry a GraphQL-shaped body.
-        response = await self.handle(Request(scope, receive))
-        await response(scope, receive, send)
+        response, verdict = await self.handle(Request(scope, receive))
 
-    async def handle(self, request: Request) -> Response:
-        """Answer one HTTP request to the endpoint (any method)."""
+        async def with_verdict(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message[AnswerVerdict.KEY] = verdict
+            await send(message)
+
+        await response(scope, receive, with_verdict)
+
+    async def handle(self, request: Request) -> tuple[Response, AnswerVerdict]:
+        """Answer one HTTP request to the endpoint (any method), with the cache's verdict."""
         request_id = _request_id(request)
         with self._telemetry.request(request, request_id) as record:
+            context: list[Context] = []
             try:
-                response, codes, operation = await self._handle(request, request_id, record)
+                response, codes, operation = await self._handle(
+                    request, request_id, record, context
+                )
             except asyncio.CancelledError:
                 # Cut short (the server's shutdown): the shutdown layer answers 503 with
                 # this code and request id, and the log line must say what was answered.
@@ -180,20 +189,18 @@ class GraphQLEndpoint:
                 # The upstream refused the credentials: the name is still unchecked.
                 record.operation_checked = False
             record.status = response.status_code
-            note = request.scope.get(ResponseNote.SCOPE_KEY)
-            if isinstance(note, ResponseNote):
-                note.operation = operation
-                # The verdict the whole-answer cache acts on: a full answer without
-                # errors (warnings do not count; errors are never cached).
-                note.cacheable = (
-                    response.status_code == 200
-                    and not codes
-                    and not isinstance(response, StreamingResponse)
-                )
-        return response
+        fetched_at = min(context[0].fetched_at, default=None) if context else None
+        # A full answer without errors may be kept (warnings do not count); an event
+        # stream never is.
+        cacheable = (
+            response.status_code == 200
+            and not codes
+            and not isinstance(response, StreamingResponse)
+        )
+        return response, AnswerVerdict(cacheable, operation, fetched_at)
 
     async def _handle(
-        self, request: Request, request_id: str, record: RequestRecord
+        self, request: Request, request_id: str, record: RequestRecord, made: list[Context]
     ) -> tuple[Response, list[str], str | None]:
         if (
             request.method == "GET"
@@ -275,6 +282,7 @@ class GraphQLEndpoint:
             # Only now may the operation's name take a metrics slot (see `Metrics`).
             record.operation_checked = _has_credentials(request)
             context = self._make_context(request, request_id)
+            made.append(context)
             plan = self._plan(query, params.operation_name) if self._fast_path else None
             if plan is not None:
                 try:

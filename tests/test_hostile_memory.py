@@ -17,7 +17,7 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from gateway.middleware.answer_cache import AnswerCacheMiddleware, ResponseNote
+from gateway.middleware.answer_cache import AnswerCacheMiddleware, AnswerVerdict
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry
 from gateway.upstream.cache import MemoryStore
@@ -119,9 +119,11 @@ def answers_of(size: int) -> AnswerCacheMiddleware:
     """The answer cache around an app answering `size` bytes for any request."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        scope[ResponseNote.SCOPE_KEY].cacheable = True  # the endpoint's verdict: no errors
         headers = [(b"content-type", b"application/json")]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        # The endpoint's verdict: no errors, no upstream data.
+        verdict = AnswerVerdict(cacheable=True, operation=None, fetched_at=None)
+        start = {"type": "http.response.start", "status": 200, "headers": headers}
+        await send({**start, AnswerVerdict.KEY: verdict})
         await send({"type": "http.response.body", "body": b'{"data":"' + b"x" * size + b'"}'})
 
     return AnswerCacheMiddleware(
