@@ -24,6 +24,7 @@ from gateway.endpoint import GRAPHQL_RESPONSE_JSON, GraphQLEndpoint
 from gateway.entities import KnownCall
 from gateway.errors import UpstreamTimeout
 from gateway.graphiql import ASSETS
+from gateway.limits import OperationLimits
 from gateway.loaders import OperationLoader
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry
@@ -418,8 +419,14 @@ def _context(request: Request, request_id: str) -> Context:
 
 @pytest.fixture(scope="module")
 def failing_endpoint() -> Iterator[str]:
-    telemetry = Telemetry(Metrics(multiprocess_dir=None), None)
-    endpoint = GraphQLEndpoint(FAILING_SCHEMA, _context, graphiql=None, telemetry=telemetry)
+    endpoint = GraphQLEndpoint(
+        FAILING_SCHEMA,
+        _context,
+        graphiql=None,
+        telemetry=Telemetry(Metrics(multiprocess_dir=None), None),
+        persisted_queries=None,
+        limits=OperationLimits(),
+    )
     with serve(endpoint, lifespan="off") as url:
         yield url
 
