@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import ctypes
 import gc
 import secrets
@@ -44,7 +43,7 @@ from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import InstrumentedTransport, Telemetry
 from gateway.pagination import CursorCodec
 from gateway.persisted_queries import PersistedQueries
-from gateway.sandbox import ACCOUNTS, Account, create_sandbox_app
+from gateway.sandbox import ACCOUNTS, create_sandbox_app, credential_headers
 from gateway.schema import build_schema, graphql_core_schema
 from gateway.shutdown import ShutdownMiddleware
 from gateway.upstream.client import CatapultClient
@@ -58,16 +57,7 @@ CYCLE_COLLECTION_SECONDS = 10.0
 
 def sandbox_upstream_url(settings: Settings) -> AnyHttpUrl:
     """Where `serve --sandbox` finds its in-process sandbox."""
-    host = "127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host  # noqa: S104
-    if ":" in host:
-        host = f"[{host}]"
-    return AnyHttpUrl(f"http://{host}:{settings.port}{SANDBOX_PATH}")
-
-
-def credential_headers(account: Account) -> dict[str, str]:
-    """The request headers that carry an account's credentials."""
-    token = base64.b64encode(f"{account.token}:{account.secret}".encode()).decode()
-    return {"Authorization": f"Basic {token}", "X-Catapult-User-Id": account.user_id}
+    return AnyHttpUrl(settings.local_url + SANDBOX_PATH)
 
 
 class State(TypedDict):

@@ -10,13 +10,12 @@ from dataclasses import dataclass, field
 import pytest
 from starlette.requests import Request
 
-from gateway.app import credential_headers
 from gateway.calls import ListQuery
 from gateway.context import Context, ContextFactory
 from gateway.credentials import Credentials
 from gateway.entities import KnownCall
 from gateway.pagination import CursorCodec
-from gateway.sandbox import ACCOUNTS
+from gateway.sandbox import ACCOUNTS, credential_headers
 from gateway.upstream.client import UpstreamAnswer
 
 REQUEST_TIMEOUT = 20.0

@@ -16,7 +16,7 @@ import pytest
 from graphql import GraphQLField, GraphQLObjectType, GraphQLSchema, GraphQLString
 from starlette.requests import Request
 
-from gateway.app import create_app, credential_headers
+from gateway.app import create_app
 from gateway.config import load_settings
 from gateway.context import Context
 from gateway.credentials import request_credentials
@@ -29,7 +29,7 @@ from gateway.loaders import OperationLoader
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry
 from gateway.pagination import CursorCodec
-from gateway.sandbox import ACCOUNTS
+from gateway.sandbox import ACCOUNTS, credential_headers
 from gateway.upstream.client import UpstreamAnswer
 from tests.conftest import Gateway, Sandbox
 from tests.servers import free_port, serve

@@ -10,10 +10,10 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from gateway.app import credential_headers
 from gateway.middleware.answer_cache import AnswerCacheMiddleware, AnswerVerdict
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry
+from gateway.sandbox import credential_headers
 from tests.conftest import DEMO, SECOND, GatewayFactory, Sandbox
 from tests.fakes import FakeUpstream
 
