@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import ctypes
 import gc
 import secrets
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -26,8 +24,7 @@ from starlette.types import Scope
 
 from gateway.body_budget import BodyBudget
 from gateway.config import Settings
-from gateway.context import Context
-from gateway.credentials import request_credentials
+from gateway.context import ContextFactory
 from gateway.endpoint import GraphQLEndpoint
 from gateway.graphiql import ASSET_ROUTE, GraphiQLPage
 from gateway.health import healthz, readyz
@@ -39,15 +36,14 @@ from gateway.live.sharing import RedisSharing
 from gateway.live.source import page_source
 from gateway.live.sse import EventStreams
 from gateway.live.ws import GraphQLWebSocket
-from gateway.loaders import OperationLoader
+from gateway.middleware.answer_cache import AnswerCacheMiddleware
 from gateway.observability import MULTIPROC_ENV
 from gateway.observability.logging import configure_logging
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import InstrumentedTransport, Telemetry
 from gateway.pagination import CursorCodec
 from gateway.persisted_queries import PersistedQueries
-from gateway.responses import ResponseCache, ResponseNote, wants_fresh
-from gateway.sandbox import ACCOUNTS, Account, create_sandbox_app
+from gateway.sandbox import ACCOUNTS, create_sandbox_app, credential_headers
 from gateway.schema import build_schema, graphql_core_schema
 from gateway.shutdown import ShutdownMiddleware
 from gateway.upstream.client import CatapultClient
@@ -61,16 +57,7 @@ CYCLE_COLLECTION_SECONDS = 10.0
 
 def sandbox_upstream_url(settings: Settings) -> AnyHttpUrl:
     """Where `serve --sandbox` finds its in-process sandbox."""
-    host = "127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host  # noqa: S104
-    if ":" in host:
-        host = f"[{host}]"
-    return AnyHttpUrl(f"http://{host}:{settings.port}{SANDBOX_PATH}")
-
-
-def credential_headers(account: Account) -> dict[str, str]:
-    """The request headers that carry an account's credentials."""
-    token = base64.b64encode(f"{account.token}:{account.secret}".encode()).decode()
-    return {"Authorization": f"Basic {token}", "X-Catapult-User-Id": account.user_id}
+    return AnyHttpUrl(settings.local_url + SANDBOX_PATH)
 
 
 class State(TypedDict):
@@ -154,25 +141,6 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
         if settings.cursor_key is not None
         else secrets.token_bytes(32)
     )
-    cursors = CursorCodec(cursor_key)
-
-    def make_context(request: Request, request_id: str) -> Context:
-        client: CatapultClient = request.state.catapult
-        loader = OperationLoader(
-            request.state.upstream,
-            partial(request_credentials, request.scope),
-            deadline=time.monotonic() + settings.request_timeout,
-            refresh=wants_fresh(request.headers),
-            upstream_base=client.base_url,
-            fetched_at=_fetched_at(request),
-            max_requests=settings.max_upstream_requests,
-        )
-        return Context(
-            request_id=request_id,
-            calls=loader,
-            cursors=cursors,
-            max_entities=settings.max_entities,
-        )
 
     default_headers = None
     routes: list[BaseRoute] = []
@@ -185,6 +153,13 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
         routes.append(Mount(SANDBOX_PATH, app=create_sandbox_app(controls=False)))
 
     graphiql = GraphiQLPage(endpoint="/graphql", default_headers=default_headers)
+    contexts = ContextFactory(
+        cursors=CursorCodec(cursor_key),
+        upstream_base=settings.upstream_base,
+        request_timeout=settings.request_timeout,
+        max_upstream_requests=settings.max_upstream_requests,
+        max_entities=settings.max_entities,
+    )
     schema = graphql_core_schema(build_schema())
     limits = OperationLimits(
         max_depth=settings.max_depth,
@@ -198,7 +173,7 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
     streams = _LateEventStreams()
     endpoint = GraphQLEndpoint(
         schema,
-        make_context,
+        contexts,
         graphiql=graphiql,
         telemetry=telemetry,
         persisted_queries=PersistedQueries(),
@@ -214,7 +189,7 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
     operations = Operations(
         schema,
         endpoint,
-        make_context,
+        contexts,
         _hub_of,
         limits=limits,
         rules=(
@@ -252,10 +227,10 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
         # The path carries the file's content hash, so it may be cached as immutable.
         Route(ASSET_ROUTE + "/{fingerprint}/{name}", graphiql_asset, methods=["GET"]),
     ]
-    # The response cache is middleware rather than part of the route, so a hit skips
+    # The answer cache is middleware rather than part of the route, so a hit skips
     # routing and exception handling; it sits inside CORS, whose headers are per request.
-    response_cache = Middleware(
-        ResponseCache,
+    answer_cache = Middleware(
+        AnswerCacheMiddleware,
         path="/graphql",
         ttl=settings.cache_ttl,
         telemetry=telemetry,
@@ -267,7 +242,7 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
     # Outermost: whatever a shutdown cancels inside is answered with a code.
     return Starlette(
         routes=routes,
-        middleware=[Middleware(ShutdownMiddleware), *_cors(settings), response_cache],
+        middleware=[Middleware(ShutdownMiddleware), *_cors(settings), answer_cache],
         lifespan=lifespan,
     )
 
@@ -358,11 +333,6 @@ class _LateEventStreams:
     async def respond(self, request: Request, **params: Any) -> Response:
         assert self.target is not None, "wired in create_app"
         return await self.target.respond(request, **params)
-
-
-def _fetched_at(request: Request) -> list[float] | None:
-    note = request.scope.get(ResponseNote.SCOPE_KEY)
-    return note.fetched_at if isinstance(note, ResponseNote) else None
 
 
 def create_telemetry(settings: Settings, metrics_dir: str | None) -> Telemetry:

@@ -19,6 +19,9 @@ from pydantic import SecretStr
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
+# Neither gateway.app nor gateway.observability.metrics is imported here: uvicorn imports
+# the app in each worker, through the factory string the config names, and the CLI
+# process sets MULTIPROC_ENV before prometheus-client is first imported.
 from gateway.config import (
     SandboxSettings,
     Settings,
@@ -321,13 +324,11 @@ def _environment_value(value: object) -> str:
 
 
 def _print_sandbox_banner(settings: Settings) -> None:
-    from gateway.app import credential_headers
-    from gateway.sandbox import ACCOUNTS
+    from gateway.sandbox import ACCOUNTS, credential_headers
 
-    host = "127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host  # noqa: S104
     lines = [
         "catapult-gateway is serving the built-in sandbox upstream (seeded demo data).",
-        f"  GraphiQL:  http://{host}:{settings.port}/graphql  (headers pre-filled)",
+        f"  GraphiQL:  {settings.local_url}/graphql  (headers pre-filled)",
         "  Sandbox credentials (send both headers):",
     ]
     for account in ACCOUNTS:

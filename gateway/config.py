@@ -560,6 +560,14 @@ class Settings(BaseModel):
         """The upstream base URL without a trailing slash."""
         return str(self.upstream_url).rstrip("/")
 
+    @property
+    def local_url(self) -> str:
+        """Where a client on this machine reaches the gateway: a wildcard host as loopback."""
+        host = "127.0.0.1" if self.host in {"0.0.0.0", "::"} else self.host  # noqa: S104
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
 
 class SandboxSettings(BaseModel):
     """`catapult-gateway sandbox` (each field is the setting `GATEWAY_SANDBOX_<NAME>`)."""

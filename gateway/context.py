@@ -1,16 +1,26 @@
-"""The per-request context handed to every resolver, and the seam it reads calls through.
+"""The per-request context handed to every resolver, the seam it reads calls through, and
+the factory that makes one for each request.
 
 The schema sees only `CallSource`; the implementation (upstream, cache, deduplication)
-is wired by the app, so the schema never learns about HTTP.
+is wired by `ContextFactory`, which the app builds once from its collaborators, so the
+schema never learns about HTTP.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol
+from functools import partial
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
+from gateway.cache_control import wants_fresh
 from gateway.calls import BadRecord, CallList, CallRecord, ListQuery
+from gateway.credentials import request_credentials
+from gateway.loaders import OperationLoader, Upstream
 from gateway.pagination import CursorCodec
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
 
 
 class CallSource(Protocol):
@@ -109,3 +119,43 @@ class Context:
     # Set for operations that arrive over WebSocket or SSE, the transports that can
     # carry a subscription's updates.
     live: LiveSource | None = None
+    # When each upstream answer the operation used was fetched (wall-clock seconds): the
+    # loader adds to it, and the endpoint's verdict on the answer says how old its data is.
+    fetched_at: list[float] = field(default_factory=list)
+
+
+class ContextFactory:
+    """Makes each request's `Context`: its loader, deadline and reading of `no-cache`.
+
+    Built once by the app; the upstream comes from the lifespan's state, as it is opened
+    at start-up, after the routes are made.
+    """
+
+    def __init__(
+        self,
+        *,
+        cursors: CursorCodec,
+        upstream_base: str,
+        request_timeout: float,
+        max_upstream_requests: int,
+        max_entities: int,
+    ) -> None:
+        self._cursors = cursors
+        self._upstream_base = upstream_base
+        self._request_timeout = request_timeout
+        self._max_upstream_requests = max_upstream_requests
+        self._max_entities = max_entities
+
+    def __call__(self, request: Request, request_id: str) -> Context:
+        upstream: Upstream = request.state.upstream
+        fetched_at: list[float] = []
+        loader = OperationLoader(
+            upstream,
+            partial(request_credentials, request.scope),
+            deadline=time.monotonic() + self._request_timeout,
+            refresh=wants_fresh(request.headers),
+            upstream_base=self._upstream_base,
+            fetched_at=fetched_at,
+            max_requests=self._max_upstream_requests,
+        )
+        return Context(request_id, loader, self._cursors, self._max_entities, fetched_at=fetched_at)

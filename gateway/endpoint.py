@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
@@ -28,7 +28,7 @@ from graphql import (
     validate,
 )
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response, StreamingResponse
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.bounded import BoundedCache, memoize
@@ -39,11 +39,11 @@ from gateway.fastpath import FastPlan, compile_plan
 from gateway.graphiql import GraphiQLPage
 from gateway.limits import OperationLimits, check_limits, parse_document
 from gateway.live.media import wants_event_stream
+from gateway.middleware.answer_cache import AnswerVerdict
 from gateway.observability.record import RequestRecord, scope_request_id
 from gateway.observability.telemetry import Telemetry
 from gateway.persisted_queries import PersistedQueries, PersistedQueryError
 from gateway.request_body import BodyRefused, read_body, refused_headers
-from gateway.responses import ResponseNote
 from gateway.shutdown import STOPPED_CODE
 
 log = logging.getLogger("gateway.request")
@@ -112,8 +112,64 @@ class GraphQLParams:
     extensions: dict[str, Any] | None
 
 
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    """What reading the HTTP request found: the document to run, and how to answer."""
+
+    media_type: str
+    query: str
+    params: GraphQLParams
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one request came to, before it is rendered.
+
+    `body` is a GraphQL response body, or the GraphiQL page's HTML. `codes` are its
+    errors' codes (for the log line, the metrics and the cache's verdict); `fetched_at`
+    is when the oldest upstream answer it was built from was fetched, if it used any.
+    """
+
+    body: dict[str, Any] | str
+    media_type: str
+    status: int = 200
+    codes: list[str] = field(default_factory=list)
+    operation: str | None = None
+    headers: dict[str, str] | None = None
+    fetched_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Streamed:
+    """An event stream the responder answers instead of one answer (graphql-sse)."""
+
+    response: Response
+    operation: str | None
+
+
+class GraphQLResponse(Response):
+    """The endpoint's answer, carrying its verdict for the answer cache on its start message.
+
+    The verdict travels with the answer itself, so the cache in front reads what the
+    endpoint decided, never state written into the scope or a guess from the bytes.
+    """
+
+    verdict: AnswerVerdict
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": self.status_code,
+                "headers": self.raw_headers,
+                AnswerVerdict.KEY: self.verdict,
+            }
+        )
+        await send({"type": "http.response.body", "body": self.body})
+
+
 class GraphQLEndpoint:
-    """The `/graphql` route."""
+    """The `/graphql` route: read the HTTP request, execute the operation, render the answer."""
 
     def __init__(
         self,
@@ -122,12 +178,12 @@ class GraphQLEndpoint:
         *,
         graphiql: GraphiQLPage | None,
         telemetry: Telemetry,
+        persisted_queries: PersistedQueries | None,
+        limits: OperationLimits,
         max_body_bytes: int = 1_048_576,
         csrf_prevention: bool = True,
-        persisted_queries: PersistedQueries | None = None,
         get_max_age: int = 0,
         fast_path: bool = True,
-        limits: OperationLimits | None = None,
         introspection: bool = True,
         suggestions: bool = True,
         event_streams: EventStreamResponder | None = None,
@@ -141,7 +197,7 @@ class GraphQLEndpoint:
         self._csrf_prevention = csrf_prevention
         self._persisted = persisted_queries
         self._get_max_age = get_max_age
-        self._limits = limits or OperationLimits()
+        self._limits = limits
         self._rules = (
             specified_rules
             if introspection
@@ -165,162 +221,185 @@ class GraphQLEndpoint:
         request_id = _request_id(request)
         with self._telemetry.request(request, request_id) as record:
             try:
-                response, codes, operation = await self._handle(request, request_id, record)
+                outcome = await self._outcome(request, request_id, record)
             except asyncio.CancelledError:
                 # Cut short (the server's shutdown): the shutdown layer answers 503 with
                 # this code and request id, and the log line must say what was answered.
                 record.status, record.error_codes = 503, [STOPPED_CODE]
                 raise
-            response.headers["x-request-id"] = request_id
-            # An event stream is never reused: it says so itself (`no-cache`).
-            if request.method == "GET" and not isinstance(response, StreamingResponse):
-                _cache_headers(response, codes, self._get_max_age)
-            record.operation, record.error_codes = operation, codes
-            if "UNAUTHENTICATED" in codes:
+            if isinstance(outcome, Streamed):
+                # Without a verdict, so never kept; it says itself not to be (`no-cache`).
+                record.operation, record.status = outcome.operation, outcome.response.status_code
+                outcome.response.headers["x-request-id"] = request_id
+                return outcome.response
+            record.operation, record.error_codes = outcome.operation, outcome.codes
+            if "UNAUTHENTICATED" in outcome.codes:
                 # The upstream refused the credentials: the name is still unchecked.
                 record.operation_checked = False
-            record.status = response.status_code
-            note = request.scope.get(ResponseNote.SCOPE_KEY)
-            if isinstance(note, ResponseNote):
-                note.operation = operation
-                # The verdict the whole-answer cache acts on: a full answer without
-                # errors (warnings do not count; errors are never cached).
-                note.cacheable = (
-                    response.status_code == 200
-                    and not codes
-                    and not isinstance(response, StreamingResponse)
-                )
-        return response
+            record.status = outcome.status
+        return self._render(request, outcome, request_id)
 
-    async def _handle(
+    async def _outcome(
         self, request: Request, request_id: str, record: RequestRecord
-    ) -> tuple[Response, list[str], str | None]:
+    ) -> Outcome | Streamed:
         if (
             request.method == "GET"
             and self._graphiql is not None
             and _wants_html(request)
             and "query" not in request.query_params
         ):
-            return HTMLResponse(self._graphiql.html), [], None
+            return Outcome(self._graphiql.html, "text/html")
         try:
-            if request.method not in ("GET", "POST"):
-                raise RequestError(405, "Use GET or POST.", {"allow": "GET, POST"})
-            # graphql-sse: the same request checks, then an event stream instead of one answer.
-            streams = (
-                self._event_streams
-                if wants_event_stream(request.headers.getlist("accept"))
-                else None
-            )
-            media_type = JSON if streams is not None else _negotiate(request.headers.get("accept"))
-            if self._csrf_prevention and not _preflighted(request):
-                raise RequestError(
-                    400,
-                    "This request has been blocked as a potential Cross-Site Request Forgery. "
-                    "Send it with `Content-Type: application/json`, or add a non-empty "
-                    "`Apollo-Require-Preflight` header.",
-                )
-            params = await self._read_params(request)
-            if streams is not None:
-                response = await streams.respond(
-                    request,
-                    query=params.query,
-                    variables=params.variables,
-                    operation_name=params.operation_name,
-                    extensions=params.extensions,
-                )
-                return response, [], params.operation_name
-            try:
-                query = (
-                    params.query
-                    if self._persisted is None
-                    else self._persisted.resolve(params.query, params.extensions)
-                )
-            except PersistedQueryError as exc:
-                raise RequestError(400, str(exc)) from None
-            except PersistedQueryNotFound as exc:
-                # 200 whatever the media type: Apollo Client's persisted-query link turns
-                # APQ off for good on a 400, instead of resending with the document.
-                body = {"errors": [{"message": exc.message, "extensions": exc.extensions}]}
-                return Response(orjson.dumps(body), 200, media_type=media_type), [exc.code], None
-            if query is None:
-                raise RequestError(400, "The request must carry a GraphQL document in `query`.")
-            document = self._parse(query)
-            if isinstance(document, GraphQLError):
-                return _result(
-                    media_type, [_coded(document, "GRAPHQL_PARSE_FAILED")], None, request_error=True
-                )
-            operation = get_operation_ast(document, params.operation_name)
-            if (
-                request.method == "GET"
-                and operation is not None
-                and operation.operation is not OperationType.QUERY
-            ):
-                raise RequestError(
-                    405, "Only queries may be sent with GET; use POST.", {"allow": "POST"}
-                )
-            if operation is not None and operation.operation is OperationType.SUBSCRIPTION:
-                raise RequestError(
-                    400,
-                    "Subscriptions are served over WebSocket (the graphql-transport-ws "
-                    "subprotocol) or Server-Sent Events (`Accept: text/event-stream`).",
-                )
-            validation_errors = self._validate(query)
-            if validation_errors:
-                return _result(
-                    media_type,
-                    [_coded(error, "GRAPHQL_VALIDATION_FAILED") for error in validation_errors],
-                    _name(operation),
-                    request_error=True,
-                )
-            # Only now may the operation's name take a metrics slot (see `Metrics`).
-            record.operation_checked = _has_credentials(request)
-            context = self._make_context(request, request_id)
-            plan = self._plan(query, params.operation_name) if self._fast_path else None
-            if plan is not None:
-                try:
-                    data = await plan.run(context, params.variables)
-                    if data is not None:
-                        warnings = self._warnings(context, data, request_id)
-                        return _result(media_type, [], _name(operation), data, warnings=warnings)
-                except Exception:
-                    # As the executor masks a resolver's failure: coded, with the request
-                    # id, the detail in the log only (never a bare 500).
-                    log.exception("unexpected error in the fast path (request id %s)", request_id)
-                    return _result(media_type, [_internal_error(request_id)], _name(operation))
-            result = execute(
-                self._schema,
-                document,
-                context_value=context,
-                variable_values=params.variables,
-                operation_name=params.operation_name,
-                hide_suggestions=self._hide_suggestions,
-            )
-            if not isinstance(result, ExecutionResult):
-                result = await result
+            wanted = await self._read(request)
+            if isinstance(wanted, Outcome | Streamed):
+                return wanted
+            return await self._execute(request, wanted, request_id, record)
         except RequestError as exc:
             body = {"errors": [{"message": exc.message, "extensions": {"code": "BAD_REQUEST"}}]}
-            return (
-                Response(orjson.dumps(body), exc.status, exc.headers, media_type=JSON),
-                ["BAD_REQUEST"],
-                None,
+            return Outcome(body, JSON, exc.status, ["BAD_REQUEST"], headers=exc.headers)
+
+    # -- read: from HTTP to the document to run --
+
+    async def _read(self, request: Request) -> Wanted | Outcome | Streamed:
+        """The GraphQL request in `request`; raises `RequestError` for a malformed one."""
+        if request.method not in ("GET", "POST"):
+            raise RequestError(405, "Use GET or POST.", {"allow": "GET, POST"})
+        # graphql-sse: the same request checks, then an event stream instead of one answer.
+        streams = (
+            self._event_streams if wants_event_stream(request.headers.getlist("accept")) else None
+        )
+        media_type = JSON if streams is not None else _negotiate(request.headers.get("accept"))
+        if self._csrf_prevention and not _preflighted(request):
+            raise RequestError(
+                400,
+                "This request has been blocked as a potential Cross-Site Request Forgery. "
+                "Send it with `Content-Type: application/json`, or add a non-empty "
+                "`Apollo-Require-Preflight` header.",
             )
-        errors = _by_root_field(
-            [_format_error(error, request_id) for error in result.errors or ()],
-            result.data,
+        params = await self._read_params(request)
+        if streams is not None:
+            response = await streams.respond(
+                request,
+                query=params.query,
+                variables=params.variables,
+                operation_name=params.operation_name,
+                extensions=params.extensions,
+            )
+            return Streamed(response, params.operation_name)
+        try:
+            query = (
+                params.query
+                if self._persisted is None
+                else self._persisted.resolve(params.query, params.extensions)
+            )
+        except PersistedQueryError as exc:
+            raise RequestError(400, str(exc)) from None
+        except PersistedQueryNotFound as exc:
+            # 200 whatever the media type: Apollo Client's persisted-query link turns
+            # APQ off for good on a 400, instead of resending with the document.
+            body = {"errors": [{"message": exc.message, "extensions": exc.extensions}]}
+            return Outcome(body, media_type, codes=[exc.code])
+        if query is None:
+            raise RequestError(400, "The request must carry a GraphQL document in `query`.")
+        return Wanted(media_type, query, params)
+
+    # -- execute: parse, validate, run --
+
+    async def _execute(
+        self, request: Request, wanted: Wanted, request_id: str, record: RequestRecord
+    ) -> Outcome:
+        media_type, query, params = wanted.media_type, wanted.query, wanted.params
+        document = self._parse(query)
+        if isinstance(document, GraphQLError):
+            return _result(
+                media_type, [_coded(document, "GRAPHQL_PARSE_FAILED")], None, request_error=True
+            )
+        operation = get_operation_ast(document, params.operation_name)
+        name = _name(operation)
+        if (
+            request.method == "GET"
+            and operation is not None
+            and operation.operation is not OperationType.QUERY
+        ):
+            raise RequestError(
+                405, "Only queries may be sent with GET; use POST.", {"allow": "POST"}
+            )
+        if operation is not None and operation.operation is OperationType.SUBSCRIPTION:
+            raise RequestError(
+                400,
+                "Subscriptions are served over WebSocket (the graphql-transport-ws "
+                "subprotocol) or Server-Sent Events (`Accept: text/event-stream`).",
+            )
+        validation_errors = self._validate(query)
+        if validation_errors:
+            errors = [_coded(error, "GRAPHQL_VALIDATION_FAILED") for error in validation_errors]
+            return _result(media_type, errors, name, request_error=True)
+        # Only now may the operation's name take a metrics slot (see `Metrics`).
+        record.operation_checked = _has_credentials(request)
+        context = self._make_context(request, request_id)
+        plan = self._plan(query, params.operation_name) if self._fast_path else None
+        if plan is not None:
+            try:
+                data = await plan.run(context, params.variables)
+            except Exception:
+                # As the executor masks a resolver's failure: coded, with the request
+                # id, the detail in the log only (never a bare 500).
+                log.exception("unexpected error in the fast path (request id %s)", request_id)
+                return _result(media_type, [_internal_error(request_id)], name)
+            if data is not None:
+                return self._executed(context, media_type, name, data, [])
+        result = execute(
+            self._schema,
+            document,
+            context_value=context,
+            variable_values=params.variables,
+            operation_name=params.operation_name,
+            hide_suggestions=self._hide_suggestions,
         )
+        if not isinstance(result, ExecutionResult):
+            result = await result
+        return self._executed(context, media_type, name, result.data, result.errors or [])
+
+    def _executed(
+        self,
+        context: Context,
+        media_type: str,
+        operation: str | None,
+        data: dict[str, Any] | None,
+        raised: Sequence[GraphQLError],
+    ) -> Outcome:
+        """The outcome of an operation that ran, on either path."""
+        errors = _by_root_field([_format_error(e, context.request_id) for e in raised], data)
         # No data at all means the variables could not be coerced: a request error.
-        request_error = (
-            result.data is None
-            and bool(result.errors)
-            and all(error.path is None for error in result.errors or ())
-        )
+        request_error = data is None and bool(raised) and all(e.path is None for e in raised)
         if request_error:
             for error in errors:
                 error.setdefault("extensions", {}).setdefault("code", "BAD_USER_INPUT")
-        warnings = [] if request_error else self._warnings(context, result.data, request_id)
+        warnings = [] if request_error else self._warnings(context, data, context.request_id)
         return _result(
-            media_type, errors, _name(operation), result.data, request_error, warnings=warnings
+            media_type,
+            errors,
+            operation,
+            data,
+            request_error,
+            warnings=warnings,
+            fetched_at=min(context.fetched_at, default=None),
         )
+
+    # -- render: the outcome as an HTTP answer --
+
+    def _render(self, request: Request, outcome: Outcome, request_id: str) -> GraphQLResponse:
+        body = outcome.body if isinstance(outcome.body, str) else orjson.dumps(outcome.body)
+        response = GraphQLResponse(
+            body, outcome.status, outcome.headers, media_type=outcome.media_type
+        )
+        response.headers["x-request-id"] = request_id
+        if request.method == "GET":
+            _cache_headers(response, outcome.codes, self._get_max_age)
+        # A full answer without errors may be kept (warnings do not count).
+        cacheable = outcome.status == 200 and not outcome.codes
+        response.verdict = AnswerVerdict(cacheable, outcome.operation, outcome.fetched_at)
+        return response
 
     async def _read_params(self, request: Request) -> GraphQLParams:
         if request.method == "GET":
@@ -577,7 +656,8 @@ def _result(
     request_error: bool = False,
     *,
     warnings: list[dict[str, Any]] | None = None,
-) -> tuple[Response, list[str], str | None]:
+    fetched_at: float | None = None,
+) -> Outcome:
     body: dict[str, Any] = {}
     if errors:
         body["errors"] = errors
@@ -592,4 +672,4 @@ def _result(
     # the body); the newer media type lets the status say that nothing was executed.
     status = 400 if request_error and media_type == GRAPHQL_RESPONSE_JSON else 200
     codes = [str(e.get("extensions", {}).get("code")) for e in errors]
-    return Response(orjson.dumps(body), status, media_type=media_type), codes, operation
+    return Outcome(body, media_type, status, codes, operation, fetched_at=fetched_at)

@@ -58,7 +58,6 @@ from gateway.calls import (
     CallRecord,
     ListQuery,
     Odd,
-    SortOrderValue,
     parse_boolean,
     parse_call,
     parse_integer,
@@ -67,7 +66,8 @@ from gateway.calls import (
 )
 from gateway.context import Context, left_out_warning, oversized_page_warning
 from gateway.errors import GatewayError
-from gateway.schema.types import READERS, SortOrder, odd_field_warning, serialize_datetime
+from gateway.schema.query import call_filter, list_query
+from gateway.schema.types import READERS, odd_field_warning, serialize_datetime
 
 Row = dict[str, Any]
 
@@ -542,15 +542,8 @@ def _list_query(arguments: Mapping[str, Any]) -> ListQuery:
     filter_ = arguments.get("filter") or {}
     if not isinstance(filter_, Mapping):
         raise Fallback
-    sort_order: SortOrderValue = "asc" if arguments["sortOrder"] is SortOrder.ASC else "desc"
-    return ListQuery.create(
-        bridge_id=filter_.get("bridgeId"),
-        conference_id=filter_.get("conferenceId"),
-        from_=filter_.get("from"),
-        to=filter_.get("to"),
-        page=arguments["page"],
-        size=arguments["size"],
-        sort_order=sort_order,
+    return list_query(
+        call_filter(filter_), arguments["sortOrder"], page=arguments["page"], size=arguments["size"]
     )
 
 

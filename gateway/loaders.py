@@ -110,8 +110,8 @@ class OperationLoader:
         deadline: float,
         refresh: bool,
         upstream_base: str,
-        fetched_at: list[float] | None = None,
-        max_requests: int | None = None,
+        fetched_at: list[float],
+        max_requests: int | None,
     ) -> None:
         self._upstream = upstream
         self._credentials = credentials
@@ -119,8 +119,9 @@ class OperationLoader:
         # `Cache-Control: no-cache`: every cache read is skipped, the entity view's too.
         self._refresh = refresh
         self._upstream_base = upstream_base
-        # When each answer this operation used was fetched; see responses.ResponseNote.
-        self.fetched_at = [] if fetched_at is None else fetched_at
+        # When each answer this operation used was fetched (the context's list, which the
+        # endpoint's verdict on the answer reads).
+        self.fetched_at = fetched_at
         self._max_requests = max_requests
         # By what was asked: a list's upstream parameters, or a call's id.
         self._inflight: dict[object, asyncio.Future[UpstreamAnswer | None]] = {}

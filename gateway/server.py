@@ -164,8 +164,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        limits = getattr(config, "connection_limits", None)
-        self.limits = limits if isinstance(limits, ConnectionLimits) else ConnectionLimits()
+        # uvicorn makes the protocol, so the limits come with the config it is given:
+        # serving without them would quietly serve with none of the settings' values.
+        if not isinstance(config, GatewayConfig):
+            raise TypeError("GuardedHttpToolsProtocol serves a GatewayConfig and its limits")
+        self.limits = config.connection_limits
         # uvicorn arms its keep-alive timer with this after each response.
         self.timeout_keep_alive = self.limits.keepalive_timeout  # type: ignore[assignment]
         self._phase: Phase = "headers"

@@ -19,10 +19,10 @@ import httpx
 import pytest
 import redis
 
-from gateway.app import create_app, credential_headers
+from gateway.app import create_app
 from gateway.config import load_settings
 from gateway.observability.logging import JsonFormatter
-from gateway.sandbox import ACCOUNTS, SandboxOptions, create_sandbox_app
+from gateway.sandbox import ACCOUNTS, SandboxOptions, create_sandbox_app, credential_headers
 from tests.fakes import FakeUpstream
 from tests.inprocess import BASE_URL, gateway_environ, serve_in_process
 from tests.servers import free_port, serve

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import os
@@ -25,6 +26,7 @@ from graphql import (
     specified_directives,
 )
 
+import gateway.cli
 from gateway import __version__
 from gateway.sandbox import ACCOUNTS
 from gateway.schema import (
@@ -131,6 +133,25 @@ def test_the_client_schema_is_the_subgraph_schema_without_federation() -> None:
         assert type_.description == before.description, name
         if hasattr(type_, "fields") and name != "Query":
             assert set(type_.fields) == set(before.fields), name  # type: ignore[attr-defined]
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module `path` imports, at its top or inside a function."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module is not None:
+            found.add(node.module)
+    return found
+
+
+def test_the_cli_imports_neither_the_app_nor_the_metrics() -> None:
+    # uvicorn imports the app in each worker through the factory string; the metrics
+    # module (and so prometheus-client) must come after MULTIPROC_ENV is set.
+    imported = imported_modules(Path(gateway.cli.__file__))
+
+    assert not {"gateway.app", "gateway.observability.metrics"} & imported
 
 
 def test_version() -> None:

@@ -18,8 +18,7 @@ from gql.transport.exceptions import TransportQueryError
 from gql.transport.httpx import HTTPXTransport
 from graphql import GraphQLError
 
-from gateway.app import credential_headers
-from gateway.sandbox import SandboxOptions
+from gateway.sandbox import SandboxOptions, credential_headers
 from gateway.sandbox.data import generate_history
 from tests.conftest import DEMO, Gateway
 from tests.node import node_project, run_node

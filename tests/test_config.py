@@ -398,3 +398,17 @@ def test_the_live_interval_is_never_faster_than_the_pacing(
 def test_a_live_interval_set_faster_than_the_pacing_stops_start_up() -> None:
     with pytest.raises(SettingsError, match="GATEWAY_LIVE_INTERVAL"):
         load_settings({"GATEWAY_UPSTREAM_RATE": "0.1", "GATEWAY_LIVE_INTERVAL": "2"})
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        pytest.param("127.0.0.1", "http://127.0.0.1:8000", id="loopback"),
+        pytest.param("0.0.0.0", "http://127.0.0.1:8000", id="every-ipv4-interface"),  # noqa: S104
+        pytest.param("::", "http://127.0.0.1:8000", id="every-ipv6-interface"),
+        pytest.param("::1", "http://[::1]:8000", id="ipv6-loopback"),
+        pytest.param("gateway.internal", "http://gateway.internal:8000", id="name"),
+    ],
+)
+def test_the_local_url_reaches_the_gateway_from_this_machine(host: str, url: str) -> None:
+    assert load_settings({"GATEWAY_HOST": host}).local_url == url

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
-from gateway.app import credential_headers
+from gateway.sandbox import credential_headers
 from tests.conftest import DEMO, GatewayFactory
 from tests.servers import serve
 from tests.test_graphiql_browser import CHROMIUM, CHROMIUM_FLAGS, _require

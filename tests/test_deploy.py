@@ -19,9 +19,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from gateway.app import credential_headers
 from gateway.config import Settings, env_name
-from gateway.sandbox import ACCOUNTS
+from gateway.sandbox import ACCOUNTS, credential_headers
 from tests.conftest import RedisServer, Sandbox, redis_server
 from tests.servers import gateway_process
 

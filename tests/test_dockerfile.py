@@ -32,9 +32,8 @@ from dockerfile_parse import DockerfileParser
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from gateway.app import credential_headers
 from gateway.graphiql import GRAPHIQL_JS
-from gateway.sandbox import ACCOUNTS
+from gateway.sandbox import ACCOUNTS, credential_headers
 from tests.conftest import Gateway
 from tests.test_lock import pins
 

@@ -16,7 +16,7 @@ import pytest
 from graphql import GraphQLField, GraphQLObjectType, GraphQLSchema, GraphQLString
 from starlette.requests import Request
 
-from gateway.app import create_app, credential_headers
+from gateway.app import create_app
 from gateway.config import load_settings
 from gateway.context import Context
 from gateway.credentials import request_credentials
@@ -24,11 +24,12 @@ from gateway.endpoint import GRAPHQL_RESPONSE_JSON, GraphQLEndpoint
 from gateway.entities import KnownCall
 from gateway.errors import UpstreamTimeout
 from gateway.graphiql import ASSETS
+from gateway.limits import OperationLimits
 from gateway.loaders import OperationLoader
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry
 from gateway.pagination import CursorCodec
-from gateway.sandbox import ACCOUNTS
+from gateway.sandbox import ACCOUNTS, credential_headers
 from gateway.upstream.client import UpstreamAnswer
 from tests.conftest import Gateway, Sandbox
 from tests.servers import free_port, serve
@@ -409,6 +410,8 @@ def _context(request: Request, request_id: str) -> Context:
             deadline=time.monotonic() + 5,
             refresh=False,
             upstream_base="http://upstream.test",
+            fetched_at=[],
+            max_requests=None,
         ),
         cursors=CursorCodec(b"a test cursor key"),
         max_entities=1000,
@@ -417,8 +420,14 @@ def _context(request: Request, request_id: str) -> Context:
 
 @pytest.fixture(scope="module")
 def failing_endpoint() -> Iterator[str]:
-    telemetry = Telemetry(Metrics(multiprocess_dir=None), None)
-    endpoint = GraphQLEndpoint(FAILING_SCHEMA, _context, graphiql=None, telemetry=telemetry)
+    endpoint = GraphQLEndpoint(
+        FAILING_SCHEMA,
+        _context,
+        graphiql=None,
+        telemetry=Telemetry(Metrics(multiprocess_dir=None), None),
+        persisted_queries=None,
+        limits=OperationLimits(),
+    )
     with serve(endpoint, lifespan="off") as url:
         yield url
 

@@ -9,8 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.app import credential_headers
-from gateway.sandbox import SandboxOptions, create_sandbox_app
+from gateway.sandbox import SandboxOptions, create_sandbox_app, credential_headers
 from tests.conftest import DEMO, GatewayFactory, Sandbox
 from tests.servers import serve
 

@@ -17,9 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.app import create_app, credential_headers
+from gateway.app import create_app
 from gateway.calls import CALL_FIELDS, CallField
 from gateway.config import load_settings
+from gateway.sandbox import credential_headers
 from tests.conftest import DEMO
 from tests.fakes import FakeUpstream
 from tests.servers import serve

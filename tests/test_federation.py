@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from gateway.app import credential_headers
 from gateway.config import Settings
+from gateway.sandbox import credential_headers
 from gateway.schema import build_schema, print_sdl
 from tests.conftest import DEMO, Gateway, GatewayFactory, Sandbox
 from tests.node import node_project, run_node

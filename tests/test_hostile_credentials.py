@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.app import credential_headers
 from gateway.credentials import MAX_AUTHORIZATION_BYTES, credentials_from_raw_headers
 from gateway.errors import Unauthenticated
+from gateway.sandbox import credential_headers
 from gateway.upstream.cache import CacheKeys
 from gateway.upstream.pacing import account_key
 from gateway.upstream.routes import calls_path

@@ -17,9 +17,9 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
+from gateway.middleware.answer_cache import AnswerCacheMiddleware, AnswerVerdict
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry
-from gateway.responses import ResponseCache, ResponseNote
 from gateway.upstream.cache import MemoryStore
 from tests.hostile import Hostile, hostile_upstream
 from tests.memory import MIB, rss
@@ -170,16 +170,18 @@ def test_an_operation_asking_for_thousands_of_entities_is_refused_at_once(
     assert healthy(running.url)
 
 
-def answers_of(size: int) -> ResponseCache:
+def answers_of(size: int) -> AnswerCacheMiddleware:
     """The answer cache around an app answering `size` bytes for any request."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        scope[ResponseNote.SCOPE_KEY].cacheable = True  # the endpoint's verdict: no errors
         headers = [(b"content-type", b"application/json")]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        # The endpoint's verdict: no errors, no upstream data.
+        verdict = AnswerVerdict(cacheable=True, operation=None, fetched_at=None)
+        start = {"type": "http.response.start", "status": 200, "headers": headers}
+        await send({**start, AnswerVerdict.KEY: verdict})
         await send({"type": "http.response.body", "body": b'{"data":"' + b"x" * size + b'"}'})
 
-    return ResponseCache(
+    return AnswerCacheMiddleware(
         app,
         path="/graphql",
         ttl=0.2,
@@ -191,7 +193,7 @@ def answers_of(size: int) -> ResponseCache:
     )
 
 
-async def ask_distinct(cache: ResponseCache, count: int) -> None:
+async def ask_distinct(cache: AnswerCacheMiddleware, count: int) -> None:
     transport = httpx.ASGITransport(app=cache)
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
         for n in range(count):

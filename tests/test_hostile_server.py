@@ -21,9 +21,10 @@ import httpx
 import orjson
 import pytest
 
-from gateway.app import create_app, credential_headers
+from gateway.app import create_app
 from gateway.cli import connection_limits
 from gateway.config import load_settings
+from gateway.sandbox import credential_headers
 from tests.conftest import DEMO, Sandbox
 from tests.servers import gateway_process, serve
 

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.app import credential_headers
+from gateway.sandbox import credential_headers
 from gateway.upstream.client import MAX_RETRY_AFTER, MIN_RETRY_AFTER, retry_after_seconds
 from gateway.upstream.routes import calls_path
 from tests.conftest import DEMO

@@ -16,8 +16,8 @@ import httpx
 import orjson
 import pytest
 
-from gateway.app import credential_headers
 from gateway.calls import ListQuery, within_size
+from gateway.sandbox import credential_headers
 from gateway.upstream.routes import calls_path
 from tests.conftest import DEMO
 from tests.fakes import FakeUpstream

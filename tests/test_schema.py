@@ -17,8 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.app import credential_headers
-from gateway.sandbox import ACCOUNTS
+from gateway.sandbox import ACCOUNTS, credential_headers
 from tests.conftest import Gateway, GatewayFactory, Sandbox
 from tests.fakes import FakeUpstream, upstream_call
 from tests.servers import free_port

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.app import credential_headers
+from gateway.sandbox import credential_headers
 from tests.conftest import DEMO, Sandbox
 from tests.servers import gateway_process
 

@@ -9,8 +9,9 @@ import time
 import httpx
 import pytest
 
-from gateway.app import create_app, credential_headers
+from gateway.app import create_app
 from gateway.config import load_settings
+from gateway.sandbox import credential_headers
 from tests.conftest import DEMO, Sandbox
 from tests.servers import serve
 

@@ -28,8 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.app import credential_headers
-from gateway.sandbox import ACCOUNTS
+from gateway.sandbox import ACCOUNTS, credential_headers
 from tests.conftest import Sandbox, leaks
 from tests.servers import free_port
 

@@ -21,12 +21,13 @@ import orjson
 import pytest
 from graphql import get_operation_ast, parse
 
-from gateway.app import create_app, credential_headers
+from gateway.app import create_app
 from gateway.calls import CallList, ListQuery, parse_call_list
 from gateway.config import load_settings
 from gateway.context import Context
 from gateway.fastpath import compile_plan
 from gateway.pagination import CursorCodec
+from gateway.sandbox import credential_headers
 from gateway.schema import build_schema, graphql_core_schema
 from tests.conftest import DEMO
 from tests.fakes import FakeUpstream

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from gateway.sandbox.app import SandboxOptions, create_sandbox_app
-from gateway.sandbox.data import ACCOUNTS, Account
+from gateway.sandbox.data import ACCOUNTS, Account, credential_headers
 
-__all__ = ["ACCOUNTS", "Account", "SandboxOptions", "create_sandbox_app"]
+__all__ = ["ACCOUNTS", "Account", "SandboxOptions", "create_sandbox_app", "credential_headers"]

@@ -6,6 +6,7 @@ serve byte-identical data, which is what lets benchmarks and tests compare runs.
 
 from __future__ import annotations
 
+import base64
 import random
 import string
 from collections.abc import Mapping
@@ -32,6 +33,12 @@ class Account:
     user_id: str
     token: str
     secret: str
+
+
+def credential_headers(account: Account) -> dict[str, str]:
+    """The request headers that carry an account's credentials."""
+    token = base64.b64encode(f"{account.token}:{account.secret}".encode()).decode()
+    return {"Authorization": f"Basic {token}", "X-Catapult-User-Id": account.user_id}
 
 
 ACCOUNTS: tuple[Account, ...] = (

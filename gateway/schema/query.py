@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 import strawberry
 from strawberry.types import Info
@@ -94,6 +95,7 @@ class Query:
 def list_query(
     filter: CallFilter | None, sort_order: SortOrder, *, page: int, size: int
 ) -> ListQuery:
+    """The upstream list request of `calls` and `callsConnection`, on both execution paths."""
     return ListQuery.create(
         bridge_id=None if filter is None else filter.bridge_id,
         conference_id=None if filter is None else filter.conference_id,
@@ -102,4 +104,14 @@ def list_query(
         page=page,
         size=size,
         sort_order="asc" if sort_order is SortOrder.ASC else "desc",
+    )
+
+
+def call_filter(values: Mapping[str, Any]) -> CallFilter:
+    """The `CallFilter` of a coerced GraphQL input (what the compiled path is given)."""
+    return CallFilter(
+        bridge_id=values.get("bridgeId"),
+        conference_id=values.get("conferenceId"),
+        from_=values.get("from"),
+        to=values.get("to"),
     )

@@ -15,9 +15,9 @@ import orjson
 from asgi_lifespan import LifespanManager
 from starlette.types import ASGIApp, Message
 
-from gateway.app import create_app, credential_headers
+from gateway.app import create_app
 from gateway.config import load_settings
-from gateway.sandbox import ACCOUNTS
+from gateway.sandbox import ACCOUNTS, credential_headers
 from tests.servers import serve
 
 DEMO, SECOND = ACCOUNTS[0], ACCOUNTS[1]

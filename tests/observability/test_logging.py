@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from gateway.app import credential_headers
 from gateway.observability.logging import (
     BatchingStreamHandler,
     ConsoleFormatter,
@@ -19,6 +18,7 @@ from gateway.observability.logging import (
     configure_logging,
 )
 from gateway.observability.record import RequestRecord
+from gateway.sandbox import credential_headers
 from tests.conftest import DEMO, GatewayFactory, KeepEveryLine, Sandbox, leaks
 
 

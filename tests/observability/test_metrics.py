@@ -10,9 +10,9 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.app import credential_headers
 from gateway.observability import MULTIPROC_ENV
 from gateway.observability.metrics import MAX_OPERATIONS, Metrics
+from gateway.sandbox import credential_headers
 from tests.conftest import DEMO, GatewayFactory, Sandbox
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -15,9 +15,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.app import create_app, credential_headers
+from gateway.app import create_app
 from gateway.config import load_settings
 from gateway.observability.tracing import upstream_route
+from gateway.sandbox import credential_headers
 from tests.conftest import DEMO, Sandbox
 from tests.servers import serve
 

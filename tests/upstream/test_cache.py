@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.app import create_app, credential_headers
+from gateway.app import create_app
 from gateway.body_budget import BodyBudget
 from gateway.calls import ListQuery
 from gateway.config import load_settings
@@ -26,6 +26,7 @@ from gateway.credentials import Credentials
 from gateway.errors import UpstreamError
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry
+from gateway.sandbox import credential_headers
 from gateway.upstream.cache import CacheKeys, MemoryStore, SingleFlightCache
 from gateway.upstream.client import CatapultClient, UpstreamAnswer
 from gateway.upstream.pacing import RedisSlots
@@ -49,9 +50,9 @@ _unique = itertools.count()
 
 
 def fresh(query: str) -> str:
-    """The same operation in new bytes. The whole-response cache (gateway/responses.py)
-    answers a repeated identical request before any upstream request is considered; new
-    bytes get past it, so what these tests see is the upstream cache's doing."""
+    """The same operation in new bytes. The whole-answer cache (gateway/middleware/
+    answer_cache.py) answers a repeated identical request before any upstream request is
+    considered; new bytes get past it, so what these tests see is the upstream cache's doing."""
     return f"{query} # {next(_unique)}"
 
 

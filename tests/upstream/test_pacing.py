@@ -15,8 +15,8 @@ import httpx
 import orjson
 import pytest
 
-from gateway.app import credential_headers
 from gateway.errors import RateLimited
+from gateway.sandbox import credential_headers
 from gateway.upstream.pacing import FileSlots, MonotonicClock, Pacer, RedisSlots
 from gateway.upstream.redis import RedisStore
 from tests.conftest import DEMO, GatewayFactory, Sandbox

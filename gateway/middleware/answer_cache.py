@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.bounded import BoundedCache
+from gateway.cache_control import wants_fresh
 from gateway.credentials import Credentials, request_credentials
 from gateway.errors import Unauthenticated
 from gateway.live.media import wants_event_stream
@@ -48,20 +49,22 @@ _HEADERS_ALLOWANCE = 8 * 1024
 _KEY_HEADERS = ("accept", "content-type")
 
 
-@dataclass(slots=True)
-class ResponseNote:
-    """What the endpoint tells the cache about the answer it is producing.
+@dataclass(frozen=True, slots=True)
+class AnswerVerdict:
+    """The endpoint's word on the answer it sends, the only thing this cache acts on.
 
-    It rides in the ASGI scope (`SCOPE_KEY`): the loader adds when each upstream answer
-    it used was fetched (wall-clock seconds), so an entry expires with its data, and the
-    endpoint names the operation, so a hit is counted under the same name, and says
-    whether the answer may be kept at all (`cacheable`: no errors; warnings are fine).
+    It travels back with the answer, on its `http.response.start` message under `KEY`
+    (servers ignore keys they do not know): whether the answer may be kept at all
+    (`cacheable`: a 200 without errors; warnings are fine), when the oldest upstream data
+    it was built from was fetched (wall-clock seconds; None when it used none), so that
+    an entry expires with its data, and the operation's name, so that a hit is counted
+    under the same name. An answer without a verdict is never kept.
     """
 
-    SCOPE_KEY: ClassVar[str] = "gateway.response_note"
-    fetched_at: list[float] = field(default_factory=list)
-    operation: str | None = None
-    cacheable: bool = False
+    KEY: ClassVar[str] = "gateway.answer_verdict"
+    cacheable: bool
+    operation: str | None
+    fetched_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +84,8 @@ class _Entry:
         object.__setattr__(self, "length", str(len(self.body)).encode())
 
 
-class ResponseCache:
-    """ASGI wrapper serving repeated identical requests of one caller from memory."""
+class AnswerCacheMiddleware:
+    """ASGI middleware serving repeated identical requests of one caller from memory."""
 
     def __init__(
         self,
@@ -184,18 +187,19 @@ class ResponseCache:
     async def _fill(
         self, key: bytes, scope: Scope, body: bytes, receive: Receive, send: Send
     ) -> None:
-        note = ResponseNote()
         started = time.time()
         status = 0
+        verdict: AnswerVerdict | None = None
         kept: tuple[tuple[bytes, bytes], ...] = ()
         chunks: list[bytes] = []
 
         size = 0
 
         async def capture(message: Message) -> None:
-            nonlocal status, kept, size
+            nonlocal status, verdict, kept, size
             if message["type"] == "http.response.start":
                 status = message["status"]
+                verdict = message.get(AnswerVerdict.KEY)
                 kept = tuple(
                     (name, value)
                     for name, value in message.get("headers", ())
@@ -211,31 +215,23 @@ class ResponseCache:
                     chunks.clear()
             await send(message)
 
-        await self.app({**scope, ResponseNote.SCOPE_KEY: note}, receive, capture)
-        if status != 200 or size > self.max_answer_bytes:
+        await self.app(scope, receive, capture)
+        # The endpoint's verdict, not a guess from the bytes (a call's data or a warning
+        # may well contain the word "errors"): an answer with errors is never kept.
+        if (
+            status != 200
+            or size > self.max_answer_bytes
+            or not isinstance(verdict, AnswerVerdict)
+            or not verdict.cacheable
+        ):
             return
         answer = b"".join(chunks)
         chunks.clear()
-        # The endpoint's verdict, not a guess from the bytes (a call's data or a warning
-        # may well contain the word "errors"): an answer with errors is never kept.
-        if note.cacheable:
-            expires = min(note.fetched_at, default=started) + self.ttl
-            entry = _Entry(answer, kept, note.operation, expires)
-            headers_size = sum(len(name) + len(value) for name, value in kept)
-            self._entries.set(key, entry, size=len(answer) + headers_size, expires=expires)
-
-
-def wants_fresh(headers: Headers) -> bool:
-    """`Cache-Control: no-cache`: skip the cache reads and refresh the entries.
-
-    The one reading of the request's Cache-Control, for this cache and the upstream one:
-    every directive of every Cache-Control header counts.
-    """
-    return any(
-        part.split("=")[0].strip().lower() == "no-cache"
-        for value in headers.getlist("cache-control")
-        for part in value.split(",")
-    )
+        fetched_at = started if verdict.fetched_at is None else verdict.fetched_at
+        expires = fetched_at + self.ttl
+        entry = _Entry(answer, kept, verdict.operation, expires)
+        headers_size = sum(len(name) + len(value) for name, value in kept)
+        self._entries.set(key, entry, size=len(answer) + headers_size, expires=expires)
 
 
 def _aged(header: tuple[bytes, bytes], remaining: int) -> tuple[bytes, bytes]:

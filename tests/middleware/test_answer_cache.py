@@ -1,12 +1,19 @@
-"""The response cache: whole answers reused for one caller within the TTL, and only then."""
+"""The answer cache: whole answers reused for one caller within the TTL, and only then."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from dataclasses import dataclass, field
 
+import httpx
 import pytest
+from starlette.types import Receive, Scope, Send
 
-from gateway.app import credential_headers
+from gateway.middleware.answer_cache import AnswerCacheMiddleware, AnswerVerdict
+from gateway.observability.metrics import Metrics
+from gateway.observability.telemetry import Telemetry
+from gateway.sandbox import credential_headers
 from tests.conftest import DEMO, SECOND, GatewayFactory, Sandbox
 from tests.fakes import FakeUpstream
 
@@ -116,7 +123,7 @@ def test_an_entry_expires_with_the_ttl(gateway_factory: GatewayFactory, sandbox:
     assert upstream_count(sandbox) == 2
 
 
-def test_the_ttl_off_turns_the_response_cache_off(
+def test_the_ttl_off_turns_the_answer_cache_off(
     gateway_factory: GatewayFactory, sandbox: Sandbox
 ) -> None:
     # The same bytes twice: with either cache on (whole answers or upstream answers), the
@@ -163,5 +170,67 @@ def test_the_endpoint_decides_what_is_kept_not_the_bytes(
 
     assert b'"errors"' in first.content
     assert second.content == first.content
-    # Served whole from the response cache, not rebuilt from the upstream cache.
+    # Served whole from the answer cache, not rebuilt from the upstream cache.
     assert "gateway_response_cache_hits_total 1.0" in gateway.http.get("/metrics").text
+
+
+TTL = 30.0
+
+
+@dataclass
+class Answering:
+    """An endpoint stand-in that answers 200 with `verdict` on its start message."""
+
+    verdict: AnswerVerdict | None
+    status: int = 200
+    calls: list[str] = field(default_factory=list)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.calls.append(scope["path"])
+        start = {"type": "http.response.start", "status": self.status, "headers": []}
+        if self.verdict is not None:
+            start[AnswerVerdict.KEY] = self.verdict
+        await send(start)
+        await send({"type": "http.response.body", "body": b'{"data":{"errors":1}}'})
+
+
+async def ask_twice(endpoint: Answering) -> None:
+    cache = AnswerCacheMiddleware(
+        endpoint,
+        path="/graphql",
+        ttl=TTL,
+        telemetry=Telemetry(Metrics(multiprocess_dir=None), None),
+        max_body_bytes=1024,
+        max_entries=10,
+        max_bytes=64 * 1024,
+        max_answer_bytes=1024,
+    )
+    transport = httpx.ASGITransport(app=cache)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        for _ in range(2):
+            await client.post("/graphql", json={"query": "{ a }"}, headers=credential_headers(DEMO))
+
+
+@pytest.mark.parametrize(
+    ("cacheable", "age", "status", "kept"),
+    [
+        pytest.param(True, None, 200, True, id="cacheable-no-upstream-data"),
+        pytest.param(True, 1.0, 200, True, id="cacheable-fresh-data"),
+        pytest.param(None, None, 200, False, id="no-verdict"),
+        pytest.param(False, None, 200, False, id="not-cacheable"),
+        pytest.param(True, None, 500, False, id="cacheable-but-not-a-200"),
+        pytest.param(True, TTL + 1, 200, False, id="data-older-than-ttl"),
+    ],
+)
+def test_only_the_endpoints_verdict_decides_what_is_kept_and_for_how_long(
+    cacheable: bool | None, age: float | None, status: int, kept: bool
+) -> None:
+    # `age`: how long before the request its upstream data was fetched (None: it used none).
+    fetched_at = None if age is None else time.time() - age
+    verdict = None if cacheable is None else AnswerVerdict(cacheable, "Q", fetched_at)
+    endpoint = Answering(verdict, status)
+
+    asyncio.run(ask_twice(endpoint))
+
+    # The body says "errors" every time: the bytes are never what decides.
+    assert len(endpoint.calls) == (1 if kept else 2)

@@ -1,0 +1,1 @@
+"""ASGI middleware: the layers a request passes before routing, outermost first in app.py."""

@@ -1,0 +1,136 @@
+"""ContextFactory: each request's Context, its loader's deadline, and its reading of no-cache."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+from starlette.requests import Request
+
+from gateway.calls import ListQuery
+from gateway.context import Context, ContextFactory
+from gateway.credentials import Credentials
+from gateway.entities import KnownCall
+from gateway.pagination import CursorCodec
+from gateway.sandbox import ACCOUNTS, credential_headers
+from gateway.upstream.client import UpstreamAnswer
+
+REQUEST_TIMEOUT = 20.0
+FETCHED_AT = 1_700_000_000.0
+
+
+@dataclass(frozen=True)
+class Fetched:
+    what: str
+    deadline: float
+    refresh: bool
+
+
+@dataclass
+class RecordingUpstream:
+    """The lifespan's upstream service, recording what each request's loader asks of it."""
+
+    fetched: list[Fetched] = field(default_factory=list)
+    recalled: list[list[str]] = field(default_factory=list)
+
+    async def list_calls(
+        self,
+        credentials: Credentials,
+        query: ListQuery,
+        *,
+        deadline: float,
+        refresh: bool,
+        gate: Callable[[], None],
+    ) -> UpstreamAnswer:
+        self.fetched.append(Fetched("list", deadline, refresh))
+        return UpstreamAnswer(body=[], links={}, fetched_at=FETCHED_AT)
+
+    async def get_call(
+        self,
+        credentials: Credentials,
+        call_id: str,
+        *,
+        deadline: float,
+        refresh: bool,
+        gate: Callable[[], None],
+    ) -> UpstreamAnswer | None:
+        self.fetched.append(Fetched(call_id, deadline, refresh))
+        return UpstreamAnswer(body={"id": call_id}, links={}, fetched_at=FETCHED_AT)
+
+    async def recall_calls(
+        self, credentials: Credentials, call_ids: Sequence[str]
+    ) -> dict[str, KnownCall]:
+        self.recalled.append(list(call_ids))
+        return {}
+
+
+def make_context(upstream: RecordingUpstream, headers: dict[str, str]) -> Context:
+    factory = ContextFactory(
+        cursors=CursorCodec(b"a test cursor key"),
+        upstream_base="http://upstream.test",
+        request_timeout=REQUEST_TIMEOUT,
+        max_upstream_requests=10,
+        max_entities=1000,
+    )
+    sent = {**credential_headers(ACCOUNTS[0]), **headers}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/graphql",
+        "headers": [(name.lower().encode(), value.encode()) for name, value in sent.items()],
+        "state": {"upstream": upstream},
+    }
+    return factory(Request(scope), "r-1")
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "fresh"),
+    [
+        pytest.param(None, False, id="no-header"),
+        pytest.param("no-cache", True, id="no-cache"),
+        pytest.param("max-age=0, No-Cache", True, id="no-cache-among-directives"),
+        pytest.param("no-store", False, id="another-directive"),
+    ],
+)
+def test_no_cache_refreshes_the_upstream_cache_and_skips_the_entity_view(
+    cache_control: str | None, fresh: bool
+) -> None:
+    upstream = RecordingUpstream()
+    headers = {} if cache_control is None else {"Cache-Control": cache_control}
+    context = make_context(upstream, headers)
+
+    async def ask() -> None:
+        await context.calls.list_calls(ListQuery())
+        await context.calls.get_call("c-1")
+
+    asyncio.run(ask())
+
+    assert [fetched.refresh for fetched in upstream.fetched] == [fresh, fresh]
+    assert upstream.recalled == ([] if fresh else [["c-1"]])
+
+
+def test_the_deadline_is_the_request_timeout_from_when_the_context_is_made() -> None:
+    upstream = RecordingUpstream()
+    before = time.monotonic()
+    context = make_context(upstream, {})
+    after = time.monotonic()
+
+    asyncio.run(context.calls.list_calls(ListQuery()))
+
+    (fetched,) = upstream.fetched
+    assert before + REQUEST_TIMEOUT <= fetched.deadline <= after + REQUEST_TIMEOUT
+
+
+def test_the_context_holds_when_the_upstream_answers_it_used_were_fetched() -> None:
+    upstream = RecordingUpstream()
+    context = make_context(upstream, {})
+    assert context.fetched_at == []
+
+    asyncio.run(context.calls.list_calls(ListQuery()))
+
+    # What the endpoint's verdict says about how old the answer's data is.
+    assert context.fetched_at == [FETCHED_AT]
+    assert context.request_id == "r-1"
