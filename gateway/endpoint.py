@@ -38,7 +38,7 @@ from gateway.errors import GatewayError, PersistedQueryNotFound, Unauthenticated
 from gateway.fastpath import FastPlan, compile_plan
 from gateway.graphiql import GraphiQLPage
 from gateway.limits import OperationLimits, check_limits, parse_document
-from gateway.live.media import wants_event_stream
+from gateway.live.media import prefers_event_stream, wants_event_stream
 from gateway.middleware.answer_cache import AnswerVerdict
 from gateway.observability.record import RequestRecord, scope_request_id
 from gateway.observability.telemetry import Telemetry
@@ -264,11 +264,12 @@ class GraphQLEndpoint:
         """The GraphQL request in `request`; raises `RequestError` for a malformed one."""
         if request.method not in ("GET", "POST"):
             raise RequestError(405, "Use GET or POST.", {"allow": "GET, POST"})
-        # graphql-sse: the same request checks, then an event stream instead of one answer.
-        streams = (
-            self._event_streams if wants_event_stream(request.headers.getlist("accept")) else None
-        )
-        media_type = JSON if streams is not None else _negotiate(request.headers.get("accept"))
+        # graphql-sse: the same request checks, then an event stream instead of one answer
+        # (see `live.media` for when a client that lists both gets which).
+        accept = request.headers.getlist("accept")
+        streams = self._event_streams if wants_event_stream(accept) else None
+        preferred = streams is not None and prefers_event_stream(accept)
+        media_type = JSON if preferred else _negotiate(request.headers.get("accept"))
         if self._csrf_prevention and not _preflighted(request):
             raise RequestError(
                 400,
@@ -277,7 +278,7 @@ class GraphQLEndpoint:
                 "`Apollo-Require-Preflight` header.",
             )
         params = await self._read_params(request)
-        if streams is not None:
+        if streams is not None and (preferred or self._subscribes(params)):
             response = await streams.respond(
                 request,
                 query=params.query,
@@ -302,6 +303,16 @@ class GraphQLEndpoint:
         if query is None:
             raise RequestError(400, "The request must carry a GraphQL document in `query`.")
         return Wanted(media_type, query, params)
+
+    def _subscribes(self, params: GraphQLParams) -> bool:
+        """Whether `params` name a subscription (a document that does not parse does not)."""
+        if params.query is None:
+            return False
+        document = self._parse(params.query)
+        if isinstance(document, GraphQLError):
+            return False
+        operation = get_operation_ast(document, params.operation_name)
+        return operation is not None and operation.operation is OperationType.SUBSCRIPTION
 
     # -- execute: parse, validate, run --
 

@@ -10,7 +10,7 @@ import httpx
 import orjson
 import pytest
 
-from gateway.live.media import wants_event_stream
+from gateway.live.media import prefers_event_stream, wants_event_stream
 from tests.fakes import FakeUpstream
 from tests.live.helpers import (
     CALLS_PATH,
@@ -206,6 +206,57 @@ def test_an_idle_stream_gets_keep_alive_comments(fake_upstream: FakeUpstream) ->
 )
 def test_wants_event_stream(accept: str, wanted: bool) -> None:
     assert wants_event_stream([accept]) is wanted
+
+
+# What @urql/core's fetch sends for every operation, queries included.
+URQL_ACCEPT = (
+    "application/graphql-response+json, application/graphql+json, application/json, "
+    "text/event-stream, multipart/mixed"
+)
+
+
+@pytest.mark.parametrize(
+    ("accept", "preferred"),
+    [
+        pytest.param("text/event-stream", True, id="graphql-sse"),
+        pytest.param(URQL_ACCEPT, False, id="urql"),
+        pytest.param("text/event-stream, application/json", True, id="listed-first"),
+        pytest.param("application/json;q=0.5, text/event-stream", True, id="higher-q"),
+        pytest.param("*/*, text/event-stream", False, id="after-a-wildcard"),
+        pytest.param("text/event-stream;q=0, application/json", False, id="q0"),
+        pytest.param("text/event-stream, text/html", True, id="with-a-type-not-served"),
+    ],
+)
+def test_prefers_event_stream(accept: str, preferred: bool) -> None:
+    assert prefers_event_stream([accept]) is preferred
+
+
+def test_a_client_listing_json_first_gets_json_for_a_query_and_a_stream_for_a_subscription(
+    fake_upstream: FakeUpstream, url: str
+) -> None:
+    # Before, urql's Accept turned every query into an event stream, which urql's
+    # history walk gave up on (AbortError).
+    fake_upstream.answer(CALLS_PATH, [call("c-1")])
+    headers = {"accept": URQL_ACCEPT, **init_payload()}
+
+    async def body() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=WAIT) as client:
+            answer = await client.post(
+                "/graphql", json={"query": "{ calls { id } }"}, headers=headers
+            )
+            assert answer.headers["content-type"].startswith("application/graphql-response+json")
+            assert answer.json() == {"data": {"calls": [{"id": "c-1"}]}}
+            async with client.stream(
+                "POST", "/graphql", json={"query": SUBSCRIPTION}, headers=headers
+            ) as streamed:
+                assert streamed.headers["content-type"].startswith("text/event-stream")
+                event, data = await read(events(streamed))
+                assert (event, [c["id"] for c in data["data"]["callsUpdated"]["calls"]]) == (
+                    "next",
+                    ["c-1"],
+                )
+
+    run(body)
 
 
 def test_no_cache_and_the_request_id_reach_the_operation(
