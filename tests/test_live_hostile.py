@@ -1,0 +1,264 @@
+"""Hostile subscribers: every one is bounded, answered with a code, never a 500, and the
+gateway stays responsive (`/healthz` within 1 s) while they run.
+
+- a subscription flood from one WebSocket connection;
+- consumers that never read (WebSocket and Server-Sent Events) beside a polite one;
+- connections that never send `connection_init`;
+- a WebSocket upgrade from a foreign `Origin` (cross-site WebSocket hijacking).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Origin, Subprotocol
+
+from gateway.app import credential_headers
+from tests.live_servers import DEMO, LiveSandbox, live_gateways, live_sandbox
+
+PROTOCOL = Subprotocol("graphql-transport-ws")
+INTERVAL = 1.0
+ALLOWED_ORIGIN = "https://calls.example.com"
+
+
+def subscription(size: int = 5) -> dict[str, Any]:
+    fields = "at changed calls { id state }"
+    return {"query": f"subscription {{ callsUpdated(size: {size}) {{ {fields} }} }}"}
+
+
+def ws_url(http_url: str) -> str:
+    return "ws" + http_url.removeprefix("http")
+
+
+def open_ws(
+    url: str, *, origin: str | None = None, max_queue: int | None = 16, init: bool = True
+) -> ClientConnection:
+    ws = connect(
+        ws_url(url),
+        subprotocols=[PROTOCOL],
+        origin=Origin(origin) if origin else None,
+        proxy=None,
+        open_timeout=5,
+        max_queue=max_queue,
+        max_size=None,
+    )
+    if init:
+        ws.send(json.dumps({"type": "connection_init", "payload": credential_headers(DEMO)}))
+        assert json.loads(ws.recv(timeout=5))["type"] == "connection_ack"
+    return ws
+
+
+def subscribe(ws: ClientConnection, op_id: str, size: int = 5) -> None:
+    ws.send(json.dumps({"id": op_id, "type": "subscribe", "payload": subscription(size)}))
+
+
+def health_latency(base: str) -> float:
+    started = time.monotonic()
+    response = httpx.get(f"{base}/healthz", timeout=5)
+    assert response.status_code == 200
+    return time.monotonic() - started
+
+
+class HealthWatch:
+    """Asks `/healthz` every 0.2 s from another thread while an attack runs."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.latencies: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.latencies.append(health_latency(self.base))
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> HealthWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        assert self.latencies, "/healthz was never asked"
+        assert max(self.latencies) < 1.0, f"/healthz took {max(self.latencies):.2f} s"
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[LiveSandbox]:
+    with live_sandbox(interval=INTERVAL) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture(scope="module")
+def gateway(sandbox: LiveSandbox) -> Iterator[str]:
+    """A gateway (its /graphql URL) polling every second, with an allowed browser origin."""
+    with live_gateways(
+        sandbox.url,
+        live_interval=INTERVAL,
+        cache_ttl=INTERVAL,
+        live_init_timeout=1,
+        cors_origins=ALLOWED_ORIGIN,
+    ) as [url]:
+        yield url
+
+
+def base_of(graphql_url: str) -> str:
+    return graphql_url.removesuffix("/graphql")
+
+
+def read_until(
+    ws: ClientConnection, seconds: float, stop: Callable[[dict[str, Any]], bool]
+) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            message = json.loads(ws.recv(timeout=max(0.01, deadline - time.monotonic())))
+        except TimeoutError:
+            break
+        messages.append(message)
+        if stop(message):
+            break
+    return messages
+
+
+def test_a_subscription_flood_from_one_connection_is_bounded(
+    gateway: str, sandbox: LiveSandbox
+) -> None:
+    sandbox.reset()
+    flood = 500
+    started = time.monotonic()
+    with HealthWatch(base_of(gateway)), open_ws(gateway) as ws:
+        # Every one a different page: each accepted one is a poller of its own.
+        for n in range(flood):
+            subscribe(ws, f"s{n}", size=1 + n)
+        answered: dict[str, str] = {}
+        codes: set[str] = set()
+        close_code: int | None = None
+        deadline = time.monotonic() + 15
+        try:
+            while len(answered) < flood and time.monotonic() < deadline:
+                message = json.loads(ws.recv(timeout=deadline - time.monotonic()))
+                op_id = message.get("id")
+                if op_id is not None and op_id not in answered:
+                    answered[op_id] = message["type"]
+                if message["type"] == "error":
+                    codes |= {e.get("extensions", {}).get("code") for e in message["payload"]}
+        except ConnectionClosed as closed:
+            close_code = closed.rcvd.code if closed.rcvd else None
+        except TimeoutError:
+            pass
+    elapsed = time.monotonic() - started
+
+    served = [op_id for op_id, kind in answered.items() if kind == "next"]
+    refused = [op_id for op_id, kind in answered.items() if kind == "error"]
+    # At most GATEWAY_LIVE_MAX_PER_CONNECTION (100) run; the rest are told why, or the
+    # connection is closed with a protocol code.
+    assert 0 < len(served) <= 100
+    if close_code is None:
+        assert len(served) + len(refused) == flood
+        assert codes == {"RATE_LIMITED"}
+    else:
+        assert 4400 <= close_code < 4500
+    # Each accepted page is polled through the account's pacing: about one request a
+    # second, whatever the flood asked for.
+    assert len(sandbox.list_requests()) <= elapsed * 1 + 3
+
+
+def test_consumers_that_never_read_do_not_hold_up_the_others(
+    gateway: str, sandbox: LiveSandbox
+) -> None:
+    sandbox.reset()
+    with ExitStack() as stack, HealthWatch(base_of(gateway)):
+        # WebSocket consumers that stop reading after the first frame (max_queue=1: the
+        # client library then leaves the socket alone, so TCP pushes back on the gateway),
+        # each watching big pages.
+        for _ in range(5):
+            ws = stack.enter_context(open_ws(gateway, max_queue=1))
+            for s in range(20):
+                subscribe(ws, f"big{s}", size=1000 - s)
+        # Server-Sent Events streams whose body is never read.
+        client = stack.enter_context(httpx.Client(timeout=10))
+        for n in range(5):
+            request = client.build_request(
+                "POST",
+                gateway,
+                json=subscription(1000 - n),
+                headers={**credential_headers(DEMO), "accept": "text/event-stream"},
+            )
+            response = client.send(request, stream=True)
+            stack.callback(response.close)
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+        # A polite subscriber meanwhile sees its first page and then changes on time.
+        with open_ws(gateway) as polite:
+            subscribe(polite, "polite")
+            nexts = read_until(polite, 12, lambda m: False)
+    updates = [m for m in nexts if m["type"] == "next"]
+    assert len(updates) >= 3
+    assert all("errors" not in m["payload"] for m in updates)
+
+
+def test_a_connection_that_never_sends_connection_init_is_closed_with_4408(gateway: str) -> None:
+    with HealthWatch(base_of(gateway)), ExitStack() as stack:
+        silent = [stack.enter_context(open_ws(gateway, init=False)) for _ in range(20)]
+        started = time.monotonic()
+        codes = []
+        for ws in silent:
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=5)
+            codes.append(closed.value.rcvd.code if closed.value.rcvd else None)
+        waited = time.monotonic() - started
+
+    # GATEWAY_LIVE_INIT_TIMEOUT is 1 s here: `4408: Connection initialisation timeout`.
+    assert codes == [4408] * len(silent)
+    assert waited < 3
+
+
+@pytest.mark.parametrize(
+    ("origin", "accepted"),
+    [
+        pytest.param("https://evil.example", False, id="foreign"),
+        pytest.param("null", False, id="opaque"),
+        pytest.param(ALLOWED_ORIGIN, True, id="allowed"),
+        pytest.param(None, True, id="no-origin-not-a-browser"),
+    ],
+)
+def test_a_websocket_from_a_foreign_origin_is_refused(
+    gateway: str, origin: str | None, accepted: bool
+) -> None:
+    # A page on another site may open a WebSocket to the gateway with the victim's
+    # cookies; the browser says where the page came from, and only GATEWAY_CORS_ORIGINS
+    # may connect.
+    if accepted:
+        with open_ws(gateway, origin=origin) as ws:
+            subscribe(ws, "one")
+            assert json.loads(ws.recv(timeout=10))["type"] == "next"
+        return
+    assert refusal(gateway, origin) in {"HTTP 403", "close 4403"}
+    assert health_latency(base_of(gateway)) < 1.0
+
+
+def refusal(gateway: str, origin: str | None) -> str:
+    """How the gateway turned the upgrade away: a 403 answer, or a 4403 close after it."""
+    try:
+        ws = open_ws(gateway, origin=origin, init=False)
+    except InvalidStatus as refused:
+        return f"HTTP {refused.response.status_code}"
+    with ws:
+        try:
+            ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+            message = ws.recv(timeout=5)
+        except ConnectionClosed as closed:
+            return f"close {closed.rcvd.code if closed.rcvd else None}"
+    return f"accepted: {message!r}"
