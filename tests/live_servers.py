@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,7 +18,7 @@ import httpx
 from gateway.app import create_app
 from gateway.config import load_settings
 from gateway.sandbox import ACCOUNTS, Account, SandboxOptions, create_sandbox_app
-from tests.servers import serve
+from tests.servers import free_port, serve
 
 DEMO = ACCOUNTS[0]
 
@@ -59,3 +65,74 @@ def live_gateways(upstream: str, count: int = 1, **settings: Any) -> Iterator[li
             stack.enter_context(serve(create_app(load_settings(environ)))) for _ in range(count)
         ]
         yield [f"{url}/graphql" for url in urls]
+
+
+@dataclass
+class GatewayProcess:
+    """`catapult-gateway serve` in a process of its own, its log in a file."""
+
+    url: str  # its /graphql URL
+    log: Path
+
+    @property
+    def base(self) -> str:
+        return self.url.removesuffix("/graphql")
+
+    def server_errors(self) -> list[str]:
+        """Log lines of errors or 5xx answers (the gateway logs JSON lines)."""
+        found = []
+        for line in self.log.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                found.append(line)  # not the gateway's own format: a traceback or a crash
+                continue
+            status = entry.get("status")
+            if entry.get("level") in ("error", "critical") or (
+                isinstance(status, int) and status >= 500
+            ):
+                found.append(line)
+        return found
+
+
+@contextmanager
+def gateway_process(upstream: str, log: Path, **settings: Any) -> Iterator[GatewayProcess]:
+    """A gateway in its own process, so that the clients a test runs do not share its CPU
+    time (the GIL) and what the test measures is the gateway's own responsiveness."""
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    environ.update(
+        {
+            "GATEWAY_UPSTREAM_URL": upstream,
+            "GATEWAY_PORT": str(port),
+            "GATEWAY_LOG_FORMAT": "json",
+            **{f"GATEWAY_{k.upper()}": str(v) for k, v in settings.items()},
+        }
+    )
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "catapult-gateway"), "serve"],
+            env=environ,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the gateway did not start: {log.read_text()[-2000:]}")
+                time.sleep(0.05)
+            yield GatewayProcess(f"{base}/graphql", log)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
