@@ -73,6 +73,13 @@ class GatewayProcess:
 
     url: str  # its /graphql URL
     log: Path
+    pid: int
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS")
 
     @property
     def base(self) -> str:
@@ -128,7 +135,7 @@ def gateway_process(upstream: str, log: Path, **settings: Any) -> Iterator[Gatew
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the gateway did not start: {log.read_text()[-2000:]}")
                 time.sleep(0.05)
-            yield GatewayProcess(f"{base}/graphql", log)
+            yield GatewayProcess(f"{base}/graphql", log, process.pid)
         finally:
             process.terminate()
             try:
