@@ -132,10 +132,11 @@ query LatestCalls {
   }
 }
 
-# The same calls, live: click in here and press Ctrl-Enter (the run button turns into a
-# stop button). The first update is the whole page; then one whenever it changes, with
-# the ids that are new or changed and those that left. The sandbox starts, answers and
-# ends calls every few seconds.
+# The same calls, live. Click in here, press Ctrl-Enter
+# (the run button becomes a stop button). First the page,
+# then an update whenever it changes: `changed` lists new
+# or changed ids, `removed` those that left. The sandbox
+# starts, answers and ends calls every few seconds.
 subscription WatchCalls {
   callsUpdated(size: 5) {
     at

@@ -71,7 +71,11 @@ def watch_in_graphiql(url: str) -> Watched:
         socket.on("framesent", lambda payload: watched.sent.append(json.loads(payload)))
         socket.on("close", lambda closed: watched.closed.append(closed.url))
 
-    response_text = "() => document.querySelector('.graphiql-response')?.innerText ?? ''"
+    # The editor's whole text: its innerText holds only the lines scrolled into view.
+    response_text = (
+        "() => document.querySelector('.graphiql-response .CodeMirror')?.CodeMirror?.getValue()"
+        " ?? ''"
+    )
     OUTPUT.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
