@@ -28,6 +28,7 @@ import base64
 import hashlib
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -194,9 +195,16 @@ def main() -> int:
         before = gateway.rss_mb()
         control.post("/__sandbox/reset").raise_for_status()
         started = time.monotonic()
+        cpu_before = gateway.cpu_seconds()
+        clients_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         with RssSampler(gateway) as rss:
             out = hold(gateway.url, args)
         held = time.monotonic() - started
+        gateway_cpu = gateway.cpu_seconds() - cpu_before
+        clients = resource.getrusage(resource.RUSAGE_CHILDREN)
+        clients_cpu = (clients.ru_utime + clients.ru_stime) - (
+            clients_before.ru_utime + clients_before.ru_stime
+        )
         recorded = control.get("/__sandbox/requests").json()
         alive = httpx.get(gateway.url + "/healthz", timeout=5).status_code
 
@@ -237,6 +245,11 @@ def main() -> int:
         f"gateway RSS: {before:.0f} MB before, {steady:.0f} MB steady, {peak:.0f} MB peak; "
         f"added per 1,000 subscriptions: {added:.0f} MB "
         f"(target < 100 MB: {'met' if added < 100 else 'MISSED'})"
+    )
+    print(
+        f"CPU: gateway {gateway_cpu:.1f} s ({100 * gateway_cpu / held:.0f}% of a core), "
+        f"the clients (node) {clients_cpu:.1f} s ({100 * clients_cpu / held:.0f}%); the delays "
+        "include the clients' own: one node process reads all 1,000"
     )
     print(f"first update within {out['firstUpdateMaxMs']} ms; /healthz after: {alive}")
     return 0
