@@ -297,7 +297,9 @@ def main() -> int:
     results: dict[str, dict[str, float]] = {}
     with ExitStack() as stack:
         up_port = free_port()
+        # A still history: runs compare byte-identical data.
         sandbox = [*cli, "sandbox", "--port", str(up_port), "--latency-ms", str(args.delay_ms)]
+        sandbox += ["--live-interval", "0"]
         upstream = stack.enter_context(start("sandbox", sandbox, up_port, {}, "/__health"))
         # Production defaults (info logs, one line per request), except pacing: the
         # sandbox here has no rate limit, and pacing would measure the limit, not us.

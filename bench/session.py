@@ -148,7 +148,8 @@ def main() -> int:
     args = parser.parse_args()
     port = free_port()
     sandbox_url = f"http://127.0.0.1:{port}"
-    env = {"GATEWAY_SANDBOX_PORT": str(port)}
+    # A still history: the session counts requests for pages that do not change.
+    env = {"GATEWAY_SANDBOX_PORT": str(port), "GATEWAY_SANDBOX_LIVE_INTERVAL": "0"}
     minutes = POLL_FOR_SECONDS / 60
     print(
         f"session: 2 tabs, pages {list(NAVIGATION)} ({THINK_SECONDS:g} s apart), then a poll "

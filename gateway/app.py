@@ -43,7 +43,7 @@ from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import InstrumentedTransport, Telemetry
 from gateway.pagination import CursorCodec
 from gateway.persisted_queries import PersistedQueries
-from gateway.sandbox import ACCOUNTS, create_sandbox_app, credential_headers
+from gateway.sandbox import ACCOUNTS, SandboxOptions, create_sandbox_app, credential_headers
 from gateway.schema import build_schema, graphql_core_schema
 from gateway.shutdown import ShutdownMiddleware
 from gateway.upstream.client import CatapultClient
@@ -150,7 +150,8 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
         settings = settings.model_copy(update={"upstream_url": sandbox_upstream_url(settings)})
         default_headers = credential_headers(ACCOUNTS[0])
         # Without its test controls: the demo may listen on every interface.
-        routes.append(Mount(SANDBOX_PATH, app=create_sandbox_app(controls=False)))
+        live = SandboxOptions(live_interval=settings.sandbox_live_interval)
+        routes.append(Mount(SANDBOX_PATH, app=create_sandbox_app(live, controls=False)))
 
     graphiql = GraphiQLPage(endpoint="/graphql", default_headers=default_headers)
     contexts = ContextFactory(

@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
         const="true",
         help="enforce 1 request/s per account [GATEWAY_SANDBOX_RATE_LIMIT]",
     )
+    sandbox.add_argument(
+        "--live-interval",
+        help="seconds between live steps, 0 for a still history [GATEWAY_SANDBOX_LIVE_INTERVAL, 3]",
+    )
 
     export = commands.add_parser("export-schema", help="print the GraphQL SDL")
     export.add_argument(
@@ -114,6 +118,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
                 port=args.port,
                 latency_ms=args.latency_ms,
                 rate_limit=args.rate_limit,
+                live_interval=args.live_interval,
             )
         else:
             settings = load_settings(
@@ -346,7 +351,11 @@ def _run_sandbox(settings: SandboxSettings, warnings: Sequence[str] = ()) -> int
     configure_logging("info")
     _warn(warnings)
     app = create_sandbox_app(
-        SandboxOptions(latency_ms=settings.latency_ms, rate_limit=settings.rate_limit)
+        SandboxOptions(
+            latency_ms=settings.latency_ms,
+            rate_limit=settings.rate_limit,
+            live_interval=settings.live_interval,
+        )
     )
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import redis.connection as redis_connection
 from pydantic import (
+    AfterValidator,
     AnyHttpUrl,
     BaseModel,
     ConfigDict,
@@ -45,6 +46,22 @@ MIN_SECRET_CHARS = 16
 PLACEHOLDER_PREFIXES = ("replace-me", "changeme", "change-me")
 # `serve` and `sandbox` check ports alike: a socket call would take 99999 modulo 65536.
 Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+def _off_or_a_tenth(value: float) -> float:
+    # Below a tenth of a second the sandbox would redraw its world on nearly every request.
+    if 0 < value < 0.1:
+        raise ValueError("must be 0 (a still history) or at least 0.1 seconds")
+    return value
+
+
+# Both `serve --sandbox` and `sandbox` read it from GATEWAY_SANDBOX_LIVE_INTERVAL.
+LIVE_SANDBOX_DEFAULT = 3.0
+LIVE_SANDBOX_HELP = (
+    "Seconds between the sandbox's live steps (calls start, are answered, end); "
+    "0 keeps its seeded history still."
+)
+LiveSandboxSeconds = Annotated[Seconds, AfterValidator(_off_or_a_tenth)]
 
 
 def interface_host(value: str) -> str:
@@ -237,6 +254,9 @@ class Settings(BaseModel):
         "unset: no tracing. Needs the `otel` extra.",
     )
     sandbox: bool = Field(False, description="Serve in front of the built-in sandbox upstream.")
+    sandbox_live_interval: LiveSandboxSeconds = Field(
+        LIVE_SANDBOX_DEFAULT, description=LIVE_SANDBOX_HELP + " With `GATEWAY_SANDBOX` only."
+    )
     cursor_key: SecretStr | None = Field(
         None,
         description=(
@@ -588,6 +608,7 @@ class SandboxSettings(BaseModel):
         description="Milliseconds every answer is delayed.",
     )
     rate_limit: bool = Field(False, description="Enforce 1 request/second per account.")
+    live_interval: LiveSandboxSeconds = Field(LIVE_SANDBOX_DEFAULT, description=LIVE_SANDBOX_HELP)
 
     @field_validator("host")
     @classmethod

@@ -10,6 +10,10 @@ browser checks the hashes either way, and if they cannot load at all the page sa
 run instead of waiting forever. The gateway serves each file under a path that holds its
 content hash (`/graphiql/assets/<hash>/<name>`), so browsers may keep it forever: a new pin
 is a new URL, never a cached old file that fails its integrity check.
+
+Subscriptions run over a WebSocket to the same endpoint: GraphiQL's bundle carries the
+graphql-ws client (`createFetcher` loads it for a `subscriptionUrl`), so no further file
+is pinned for them.
 """
 
 from __future__ import annotations
@@ -127,6 +131,27 @@ query LatestCalls {
     chargeableDuration
   }
 }
+
+# The same calls, live. Click in here, press Ctrl-Enter
+# (the run button becomes a stop button). First the page,
+# then an update whenever it changes: `changed` lists new
+# or changed ids, `removed` those that left. The sandbox
+# starts, answers and ends calls every few seconds.
+subscription WatchCalls {
+  callsUpdated(size: 5) {
+    at
+    changed
+    removed
+    calls {
+      id
+      state
+      startTime
+      activeTime
+      endTime
+      chargeableDuration
+    }
+  }
+}
 """
 
 
@@ -212,7 +237,11 @@ def _render(endpoint: str, local: bool, default_headers: dict[str, str] | None) 
       }} else {{
         const config = JSON.parse(document.getElementById("graphiql-config").textContent);
         const url = new URL(config.endpoint, location.href).href;
-        const fetcher = GraphiQL.createFetcher({{ url }});
+        // Subscriptions go over a WebSocket (graphql-transport-ws, with the graphql-ws
+        // client GraphiQL's bundle carries); the headers editor's values travel in its
+        // connection_init payload, since a browser cannot set headers on a WebSocket.
+        const subscriptionUrl = url.replace(/^http/, "ws");
+        const fetcher = GraphiQL.createFetcher({{ url, subscriptionUrl }});
         ReactDOM.createRoot(document.getElementById("graphiql")).render(
           React.createElement(GraphiQL, {{
             fetcher,

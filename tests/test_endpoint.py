@@ -351,10 +351,11 @@ def test_sandbox_mode_answers_the_prefilled_query_with_sandbox_calls(sandbox_mod
     page = httpx.get(sandbox_mode + "/graphql", headers=BROWSER).text
     config = graphiql_config(page)
 
-    # What GraphiQL sends: a JSON POST with the pre-filled headers and the example query.
+    # What GraphiQL sends: a JSON POST with the pre-filled headers and the example query
+    # (the tab holds a second example, the subscription, so it names the operation).
     response = httpx.post(
         sandbox_mode + config["endpoint"],
-        json={"query": config["query"]},
+        json={"query": config["query"], "operationName": "LatestCalls"},
         headers=json.loads(config["headers"]),
     )
 

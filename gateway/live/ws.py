@@ -134,6 +134,10 @@ class _Connection:
             raise _Close(INIT_TIMEOUT, "Connection initialisation timeout") from None
         while True:
             await self._handle(await self._receive())
+            # Messages already buffered are received without a pause, and each subscribe
+            # starts a task: a flood of them would queue all their starts ahead of every
+            # other connection's work. Yielding here lets the others in between.
+            await asyncio.sleep(0)
 
     async def _receive(self) -> str:
         message = await self._ws.receive()

@@ -28,6 +28,10 @@ must cope:
     - 429 carries `X-RateLimit-Reset` in epoch milliseconds, no `Retry-After` and no
       `message` (docs/upstream.md "Rate limit").
 
+Live (`SandboxOptions.live_interval` > 0; `catapult-gateway sandbox` and `serve --sandbox`
+do so by default): on top of the seeded history, calls start, are answered and end every
+few seconds, as live.py describes; the seeded history itself never changes.
+
 Controls (for tests and benchmarks, never recorded; `create_sandbox_app(controls=True)`,
 which the standalone `catapult-gateway sandbox` uses; `serve --sandbox` mounts the sandbox
 without them, so the demo has no unauthenticated routes that change it or list requests):
@@ -65,12 +69,14 @@ from starlette.types import Receive, Scope, Send
 from gateway.sandbox.data import (
     ACCOUNTS,
     Account,
+    History,
     StoredCall,
     UserHistory,
     call_events,
     format_instant,
     generate_history,
 )
+from gateway.sandbox.live import LiveWorld
 
 __all__ = ["SandboxOptions", "create_sandbox_app"]
 
@@ -104,6 +110,10 @@ class SandboxOptions:
     rate_limit_interval_ms: int = 1000
     seed: int = 20130208
     calls_per_user: int = 2500
+    # Seconds between the live sandbox's steps (see live.py); 0 keeps the history still,
+    # as tests that compare answers need it.
+    live_interval: float = 0
+    accounts: tuple[Account, ...] = ACCOUNTS
 
 
 @dataclass(frozen=True)
@@ -235,8 +245,13 @@ class _Sandbox:
 
     def __init__(self, options: SandboxOptions) -> None:
         self.options = options
-        self.history = generate_history(options.seed, options.calls_per_user, ACCOUNTS)
-        self.accounts = {account.token: account for account in ACCOUNTS}
+        self.history = generate_history(options.seed, options.calls_per_user, options.accounts)
+        self.live = (
+            LiveWorld(self.history, interval=options.live_interval)
+            if options.live_interval > 0
+            else None
+        )
+        self.accounts = {account.token: account for account in options.accounts}
         self.requests: deque[dict[str, object]] = deque(maxlen=_MAX_RECORDED)
         self.request_count = 0
         self.faults = _Faults()
@@ -246,6 +261,8 @@ class _Sandbox:
         self.next_allowed_ms: dict[str, float] = {}
         self.pages: OrderedDict[tuple[object, ...], tuple[bytes, str]] = OrderedDict()
         self.page_bytes = 0
+        # The first step draws the last hour of live calls: at start-up, not in a request.
+        self._current()
 
     # -- the API guard: recording, latency, faults, auth, rate limit, user access --
 
@@ -300,7 +317,7 @@ class _Sandbox:
         if limited is not None:
             return limited
         user_id = request.path_params.get("user_id", account.user_id)
-        history = self.history.users.get(user_id)
+        history = self._current().users.get(user_id)
         if history is None:
             return _error(
                 request,
@@ -320,6 +337,17 @@ class _Sandbox:
                 ("userId", user_id),
             )
         return handler(request, account, history)
+
+    def _current(self) -> History:
+        if self.live is None:
+            return self.history
+        current = self.live.history_at(time.time() * 1000)
+        if current is not self.history:
+            # A new tick: every rendered page may show calls that have changed since.
+            self.history = current
+            self.pages.clear()
+            self.page_bytes = 0
+        return current
 
     def _roll(self, rate: float) -> bool:
         # Only draw when a rate is set, so enabling one fault does not shift another's sequence.

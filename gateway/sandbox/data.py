@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import random
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -91,8 +91,8 @@ class StoredCall:
 class UserHistory:
     """One user's calls, pre-sorted both ways so a page is a slice."""
 
-    asc: tuple[StoredCall, ...]
-    desc: tuple[StoredCall, ...]
+    asc: Sequence[StoredCall]
+    desc: Sequence[StoredCall]
     by_id: Mapping[str, StoredCall]
 
 

@@ -1,0 +1,366 @@
+"""Hostile subscribers: every one is bounded, answered with a code, never a 500, and the
+gateway stays responsive (`/healthz` within 1 s) while they run.
+
+- a subscription flood from one WebSocket connection;
+- consumers that never read (WebSocket and Server-Sent Events) beside a polite one;
+- connections that never send `connection_init`;
+- a WebSocket upgrade from a foreign `Origin` (cross-site WebSocket hijacking).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Origin, Subprotocol
+
+from gateway.sandbox import credential_headers
+from tests.fakes import FakeUpstream
+from tests.live.helpers import CALLS_PATH, call, initialised, live_app, websocket
+from tests.live_servers import DEMO, GatewayProcess, LiveSandbox, gateway_process, live_sandbox
+
+PROTOCOL = Subprotocol("graphql-transport-ws")
+SMALL_WINDOW = 8192
+WATCHED = "id state startTime activeTime endTime chargeableDuration callbackUrl"
+SUBSCRIBE = {"query": "subscription { callsUpdated(size: 1) { changed } }"}
+INTERVAL = 1.0
+ALLOWED_ORIGIN = "https://calls.example.com"
+
+
+def subscription(size: int = 5, fields: str = "id state") -> dict[str, Any]:
+    selection = f"at changed calls {{ {fields} }}"
+    return {"query": f"subscription {{ callsUpdated(size: {size}) {{ {selection} }} }}"}
+
+
+def ws_url(http_url: str) -> str:
+    return "ws" + http_url.removeprefix("http")
+
+
+@contextmanager
+def open_ws(
+    url: str,
+    *,
+    origin: str | None = None,
+    max_queue: int | None = 16,
+    init: bool = True,
+    ping_interval: float | None = 20,
+    receive_buffer: int | None = None,
+    compression: str | None = "deflate",
+) -> Iterator[ClientConnection]:
+    sock = None
+    if receive_buffer is not None:
+        # A small receive window: a consumer that stops reading stalls the gateway's
+        # writes after a few messages instead of after megabytes of kernel buffers.
+        address = urlsplit(url)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.connect((address.hostname, address.port))
+    with connect(
+        ws_url(url),
+        sock=sock,
+        compression=compression,
+        subprotocols=[PROTOCOL],
+        origin=Origin(origin) if origin else None,
+        proxy=None,
+        open_timeout=5,
+        max_queue=max_queue,
+        max_size=None,
+        ping_interval=ping_interval,
+    ) as ws:
+        if init:
+            ws.send(json.dumps({"type": "connection_init", "payload": credential_headers(DEMO)}))
+            assert json.loads(ws.recv(timeout=5))["type"] == "connection_ack"
+        yield ws
+
+
+def subscribe(ws: ClientConnection, op_id: str, size: int = 5) -> None:
+    ws.send(json.dumps({"id": op_id, "type": "subscribe", "payload": subscription(size)}))
+
+
+def health_latency(base: str) -> float:
+    started = time.monotonic()
+    response = httpx.get(f"{base}/healthz", timeout=5)
+    assert response.status_code == 200
+    return time.monotonic() - started
+
+
+# Asks /healthz every 0.2 s until stdin closes, then prints the latencies (JSON). A process
+# of its own: in the test's process it would wait for the attackers' threads (the GIL)
+# and measure them instead of the gateway.
+_PROBE = """
+import http.client, json, sys, threading, time
+host, port = sys.argv[1], int(sys.argv[2])
+done = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+latencies = []
+while not done.is_set():
+    started = time.monotonic()
+    connection = http.client.HTTPConnection(host, port, timeout=10)
+    connection.request("GET", "/healthz")
+    status = connection.getresponse().status
+    connection.close()
+    latencies.append(time.monotonic() - started if status == 200 else float(status))
+    done.wait(0.2)
+print(json.dumps(latencies))
+"""
+
+
+class HealthWatch:
+    """Asks `/healthz` from another process while an attack runs: always within 1 s."""
+
+    def __init__(self, base: str) -> None:
+        address = urlsplit(base)
+        self._argv = [sys.executable, "-c", _PROBE, str(address.hostname), str(address.port)]
+        self.latencies: list[float] = []
+
+    def __enter__(self) -> HealthWatch:
+        self._probe = subprocess.Popen(
+            self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        output, _ = self._probe.communicate(input="", timeout=30)
+        self.latencies = json.loads(output)
+        assert self.latencies, "/healthz was never asked"
+        assert max(self.latencies) < 1.0, f"/healthz took {max(self.latencies):.2f} s"
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[LiveSandbox]:
+    with live_sandbox(interval=INTERVAL) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture(scope="module")
+def gateway_process_(
+    sandbox: LiveSandbox, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """A gateway polling every second, with an allowed browser origin, in its own process:
+    the attackers here run in the test's process and must not slow it down themselves."""
+    log = tmp_path_factory.mktemp("hostile") / "gateway.log"
+    with gateway_process(
+        sandbox.url,
+        log,
+        live_interval=INTERVAL,
+        cache_ttl=INTERVAL,
+        live_init_timeout=2,
+        cors_origins=ALLOWED_ORIGIN,
+        log_level="warning",
+    ) as served:
+        yield served
+
+
+@pytest.fixture
+def gateway(gateway_process_: GatewayProcess) -> Iterator[str]:
+    """The gateway's /graphql URL; the test fails if the gateway logged a server error."""
+    seen = len(gateway_process_.server_errors())
+    yield gateway_process_.url
+    new = gateway_process_.server_errors()[seen:]
+    assert new == [], f"the gateway logged {len(new)} server error(s): {new[:3]}"
+
+
+def base_of(graphql_url: str) -> str:
+    return graphql_url.removesuffix("/graphql")
+
+
+def read_until(
+    ws: ClientConnection, seconds: float, stop: Callable[[dict[str, Any]], bool]
+) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            message = json.loads(ws.recv(timeout=max(0.01, deadline - time.monotonic())))
+        except TimeoutError:
+            break
+        messages.append(message)
+        if stop(message):
+            break
+    return messages
+
+
+def test_a_subscription_flood_from_one_connection_is_bounded(
+    gateway: str, sandbox: LiveSandbox
+) -> None:
+    sandbox.reset()
+    flood = 500
+    started = time.monotonic()
+    with HealthWatch(base_of(gateway)), open_ws(gateway) as ws:
+        # Every one a different page: each accepted one is a poller of its own.
+        for n in range(flood):
+            subscribe(ws, f"s{n}", size=1 + n)
+        answered: dict[str, str] = {}
+        codes: set[str] = set()
+        close_code: int | None = None
+        deadline = time.monotonic() + 15
+        try:
+            while len(answered) < flood and time.monotonic() < deadline:
+                message = json.loads(ws.recv(timeout=deadline - time.monotonic()))
+                op_id = message.get("id")
+                if op_id is not None and op_id not in answered:
+                    answered[op_id] = message["type"]
+                if message["type"] == "error":
+                    codes |= {e.get("extensions", {}).get("code") for e in message["payload"]}
+        except ConnectionClosed as closed:
+            close_code = closed.rcvd.code if closed.rcvd else None
+        except TimeoutError:
+            pass
+    elapsed = time.monotonic() - started
+
+    served = [op_id for op_id, kind in answered.items() if kind == "next"]
+    refused = [op_id for op_id, kind in answered.items() if kind == "error"]
+    # At most GATEWAY_LIVE_MAX_PER_CONNECTION (100) run; the rest are told why, or the
+    # connection is closed with a protocol code.
+    assert 0 < len(served) <= 100
+    if close_code is None:
+        # Each accepted page is a poller of its own, and the account's pacing lets one
+        # poll a second through: not all of them have sent their first page yet.
+        assert len(refused) == flood - 100
+        assert codes == {"RATE_LIMITED"}
+    else:
+        assert 4400 <= close_code < 4500
+    # Each accepted page is polled through the account's pacing: about one request a
+    # second, whatever the flood asked for.
+    assert len(sandbox.list_requests()) <= elapsed * 1 + 3
+
+
+def test_consumers_that_never_read_do_not_hold_up_the_others(
+    gateway_process_: GatewayProcess, gateway: str
+) -> None:
+    # Each page here is ~30 kB of JSON; the consumers below read the first frame, then
+    # nothing. The gateway keeps only the newest update per subscriber, so what they do
+    # not read waits in the kernel's socket buffers, never in the gateway's memory.
+    page = subscription(200, fields=WATCHED)
+    with ExitStack() as stack:
+        for _ in range(5):
+            # max_queue=1: the client library stops reading after one frame; no pings
+            # (their answers would wait behind the unread frames); no compression, so
+            # the unread bytes are as many as the gateway writes.
+            ws = stack.enter_context(
+                open_ws(
+                    gateway,
+                    max_queue=1,
+                    ping_interval=None,
+                    receive_buffer=SMALL_WINDOW,
+                    compression=None,
+                )
+            )
+            ws.send(json.dumps({"id": "big", "type": "subscribe", "payload": page}))
+        # Server-Sent Events streams whose body is never read.
+        small = [(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_WINDOW)]
+        transport = httpx.HTTPTransport(socket_options=small)
+        client = stack.enter_context(httpx.Client(timeout=10, transport=transport))
+        for _ in range(3):
+            request = client.build_request(
+                "POST",
+                gateway,
+                json=page,
+                headers={**credential_headers(DEMO), "accept": "text/event-stream"},
+            )
+            response = client.send(request, stream=True)
+            stack.callback(response.close)
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+        time.sleep(3)
+        before = gateway_process_.rss_mb()
+        with HealthWatch(base_of(gateway)), open_ws(gateway) as polite:
+            subscribe(polite, "polite")
+            nexts = read_until(polite, 12, lambda m: False)
+        grown = gateway_process_.rss_mb() - before
+    updates = [m for m in nexts if m["type"] == "next"]
+    # The polite page changes about every second (the sandbox's step) and is polled as often.
+    assert len(updates) >= 4
+    assert all("errors" not in m["payload"] for m in updates)
+    assert grown < 20, f"the gateway grew {grown:.0f} MB while nobody read"
+
+
+def test_a_connection_that_never_sends_connection_init_is_closed_with_4408(gateway: str) -> None:
+    with HealthWatch(base_of(gateway)), ExitStack() as stack:
+        silent = [stack.enter_context(open_ws(gateway, init=False)) for _ in range(20)]
+        started = time.monotonic()
+        codes = []
+        for ws in silent:
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=5)
+            codes.append(closed.value.rcvd.code if closed.value.rcvd else None)
+        waited = time.monotonic() - started
+
+    # GATEWAY_LIVE_INIT_TIMEOUT is 2 s here: `4408: Connection initialisation timeout`.
+    assert codes == [4408] * len(silent)
+    assert waited < 4
+
+
+@pytest.mark.parametrize(
+    ("origin", "accepted"),
+    [
+        pytest.param("https://evil.example", False, id="foreign"),
+        pytest.param("null", False, id="opaque"),
+        pytest.param(ALLOWED_ORIGIN, True, id="allowed"),
+        pytest.param(None, True, id="no-origin-not-a-browser"),
+    ],
+)
+def test_a_websocket_from_a_foreign_origin_is_refused(
+    gateway: str, origin: str | None, accepted: bool
+) -> None:
+    # A page on another site may open a WebSocket to the gateway with the victim's
+    # cookies; the browser says where the page came from, and only GATEWAY_CORS_ORIGINS
+    # may connect.
+    if accepted:
+        with open_ws(gateway, origin=origin) as ws:
+            subscribe(ws, "one")
+            assert json.loads(ws.recv(timeout=10))["type"] == "next"
+        return
+    assert refusal(gateway, origin) in {"HTTP 403", "close 4403"}
+    assert health_latency(base_of(gateway)) < 1.0
+
+
+def refusal(gateway: str, origin: str | None) -> str:
+    """How the gateway turned the upgrade away: a 403 answer, or a 4403 close after it."""
+    try:
+        with open_ws(gateway, origin=origin, init=False) as ws:
+            try:
+                ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+                message = ws.recv(timeout=5)
+            except ConnectionClosed as closed:
+                return f"close {closed.rcvd.code if closed.rcvd else None}"
+    except InvalidStatus as refused:
+        return f"HTTP {refused.response.status_code}"
+    return f"accepted: {message!r}"
+
+
+def test_a_buffered_flood_is_taken_a_message_at_a_time(fake_upstream: FakeUpstream) -> None:
+    # The flood above delayed /healthz by seconds: buffered messages were received without
+    # a pause, so one connection's 500 subscribes were all handled (and their operations
+    # queued to start) before any other connection got a turn.
+    fake_upstream.answer(CALLS_PATH, [call("c-1")])
+
+    async def body() -> list[int]:
+        async with live_app(fake_upstream.url) as app, websocket(app) as ws:
+            await initialised(ws)
+            for n in range(100):
+                await ws.send_json({"id": f"s{n}", "type": "subscribe", "payload": SUBSCRIBE})
+            # Sending only queued them; now watch the backlog drain, one loop turn at a time.
+            backlog = [ws._to_app.qsize()]
+            while backlog[-1] and len(backlog) < 1000:
+                await asyncio.sleep(0)
+                backlog.append(ws._to_app.qsize())
+            return backlog
+
+    backlog = asyncio.run(body())
+    taken = [before - after for before, after in itertools.pairwise(backlog)]
+    assert backlog[-1] == 0
+    assert max(taken) <= 2, f"{max(taken)} messages handled in one turn of the loop"
