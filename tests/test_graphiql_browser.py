@@ -116,7 +116,12 @@ def visit_graphiql(url: str, *, run_query: bool, screenshot: str) -> Visit:
             page.on("pageerror", lambda error: visit.errors.append(str(error)))
             page.goto(url, wait_until="load")
             if run_query:
-                page.locator(".graphiql-execute-button").click(timeout=20_000)
+                # The tab holds two operations (the query and the live example): Ctrl-Enter
+                # runs the one under the cursor, where the execute button would ask which.
+                page.locator(".graphiql-query-editor .CodeMirror").get_by_text(
+                    "LatestCalls", exact=True
+                ).click(timeout=20_000)
+                page.keyboard.press("Control+Enter")
                 page.wait_for_function(
                     "() => (document.querySelector('.graphiql-response')?.innerText ?? '')"
                     ".includes('chargeableDuration')",
