@@ -50,11 +50,15 @@ def assert_everyone_was_served(out: dict[str, Any], seconds: int) -> None:
     assert out["withoutUpdate"] == 0
     # The sandbox moves every 3 s: every subscriber saw changes, not just the first page.
     assert out["minUpdates"] >= seconds // (2 * INTERVAL)
-    # A change waits for the next poll: within an interval (the benchmark's target is an
-    # interval plus 1 s). Polls that read the answer their previous poll had cached (TTL
-    # and interval both 5 s) made it two intervals, p95 9-10 s; half an interval of slack
-    # here for a loaded machine.
-    assert out["delays"]["p95"] <= (1.5 * INTERVAL + 1) * 1000
+    # The delay from a change to its delivery is measured by bench/live.py, not asserted
+    # here (a wall-clock bound fails on a loaded machine: p95 10.6 s in one CI run).
+
+
+def assert_every_tick_polled(requests: int, seconds: int) -> None:
+    """Each tick reached the upstream: polls that read the answer their previous poll
+    had cached (TTL and interval both 5 s) made about half as many requests, and
+    changes arrived an interval late."""
+    assert seconds // INTERVAL - 3 <= requests <= MAX_UPSTREAM
 
 
 @pytest.mark.slow
@@ -69,7 +73,7 @@ def test_100_subscribers_cost_one_poll_per_interval() -> None:
 
     print(f"\n100 subscribers, {SECONDS} s, one replica: {len(requests)} upstream requests; {out}")
     assert_everyone_was_served(out, SECONDS)
-    assert 1 <= len(requests) <= MAX_UPSTREAM
+    assert_every_tick_polled(len(requests), SECONDS)
 
 
 @pytest.mark.slow
@@ -91,4 +95,4 @@ def test_two_replicas_on_one_redis_still_poll_once(redis_session: RedisServer) -
 
     print(f"\n100 subscribers, {SECONDS} s, two replicas: {len(requests)} upstream requests; {out}")
     assert_everyone_was_served(out, SECONDS)
-    assert 1 <= len(requests) <= MAX_UPSTREAM
+    assert_every_tick_polled(len(requests), SECONDS)
