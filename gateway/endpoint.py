@@ -40,11 +40,11 @@ from gateway.graphiql import GraphiQLPage
 from gateway.limits import OperationLimits, check_limits, parse_document
 from gateway.live.media import prefers_event_stream, wants_event_stream
 from gateway.middleware.answer_cache import AnswerVerdict
+from gateway.middleware.shutdown import STOPPED_CODE
 from gateway.observability.record import RequestRecord, scope_request_id
 from gateway.observability.telemetry import Telemetry
 from gateway.persisted_queries import PersistedQueries, PersistedQueryError
 from gateway.request_body import BodyRefused, read_body, refused_headers
-from gateway.shutdown import STOPPED_CODE
 
 log = logging.getLogger("gateway.request")
 
