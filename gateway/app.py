@@ -41,7 +41,8 @@ from gateway.middleware.shutdown import ShutdownMiddleware
 from gateway.observability import MULTIPROC_ENV
 from gateway.observability.logging import configure_logging
 from gateway.observability.metrics import Metrics
-from gateway.observability.telemetry import InstrumentedTransport, Telemetry
+from gateway.observability.telemetry import Telemetry
+from gateway.observability.transport import InstrumentedTransport
 from gateway.pagination import CursorCodec
 from gateway.persisted_queries import PersistedQueries
 from gateway.sandbox import ACCOUNTS, SandboxOptions, create_sandbox_app, credential_headers
