@@ -8,7 +8,7 @@ import itertools
 import logging
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -493,6 +493,21 @@ def assert_one_outage_logged(caplog: Any) -> None:
     assert sum("reachable again" in m for m in messages) == 1, messages
 
 
+async def restart_until_healthy(
+    redis: RedisServer,
+    store: RedisStore,
+    use: Callable[[], Awaitable[None]],
+    pause: float,
+) -> None:
+    """Start Redis again and use the store until it has noticed (it only notices when used)."""
+    await asyncio.to_thread(redis.start)
+    deadline = time.monotonic() + 20
+    while not store.healthy:
+        assert time.monotonic() < deadline, "the cache did not come back"
+        await use()
+        await asyncio.sleep(pause)
+
+
 def test_one_warning_and_one_recovery_line_per_outage_under_concurrency(
     own_redis: RedisServer, caplog: Any
 ) -> None:
@@ -516,12 +531,7 @@ def test_one_warning_and_one_recovery_line_per_outage_under_concurrency(
             for _ in range(3):
                 await crowd(store)
             assert store.state()["status"] == "unavailable"
-            await asyncio.to_thread(own_redis.start)
-            deadline = time.monotonic() + 20
-            while not store.healthy:
-                assert time.monotonic() < deadline, "the cache did not come back"
-                await crowd(store)
-                await asyncio.sleep(0.01)
+            await restart_until_healthy(own_redis, store, lambda: crowd(store), pause=0.01)
             for _ in range(10):
                 await crowd(store)
             assert (store.state()["status"], store.state()["outages"]) == ("ok", 1)
@@ -561,12 +571,7 @@ def test_connections_idle_since_before_an_outage_are_not_used_after_it(
             # Fewer at once than before: most pooled connections stay idle in the outage.
             await crowd(store, 1)
             assert store.state()["status"] == "unavailable"
-            await asyncio.to_thread(own_redis.start)
-            deadline = time.monotonic() + 20
-            while not store.healthy:
-                assert time.monotonic() < deadline, "the cache did not come back"
-                await crowd(store, 1)
-                await asyncio.sleep(0.05)
+            await restart_until_healthy(own_redis, store, lambda: crowd(store, 1), pause=0.05)
             stale = [c for c in pool._available_connections if id(c._writer) in before]
             assert stale == []
             for _ in range(20):
