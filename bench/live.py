@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
 import json
 import os
 import resource
@@ -76,21 +75,6 @@ def run_upstream(port: int) -> int:
 
 
 # -- the clients --
-
-
-def install_clients() -> None:
-    """`npm ci` in tests/js/live when its locked packages are not installed yet."""
-    lock = hashlib.sha256((CLIENTS / "package-lock.json").read_bytes()).hexdigest()
-    stamp = CLIENTS / "node_modules" / ".installed-from-lock"
-    if not stamp.is_file() or stamp.read_text() != lock:
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
-            cwd=CLIENTS,
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-        stamp.write_text(lock)
 
 
 def hold(url: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -152,7 +136,11 @@ def main() -> int:
         return run_upstream(args.upstream)
     if not 0 < args.seconds <= 600:
         parser.error("--seconds must be in (0, 600]")
-    install_clients()
+    # tests/ is read from the checkout (it is not installed): one `npm ci` helper for both.
+    sys.path.insert(0, str(ROOT))
+    from tests.node import install_locked
+
+    install_locked(CLIENTS)
 
     python = sys.executable
     upstream_port, gateway_port = free_port(), free_port()

@@ -37,15 +37,16 @@ from gateway.live.source import page_source
 from gateway.live.sse import EventStreams
 from gateway.live.ws import GraphQLWebSocket
 from gateway.middleware.answer_cache import AnswerCacheMiddleware
+from gateway.middleware.shutdown import ShutdownMiddleware
 from gateway.observability import MULTIPROC_ENV
 from gateway.observability.logging import configure_logging
 from gateway.observability.metrics import Metrics
-from gateway.observability.telemetry import InstrumentedTransport, Telemetry
+from gateway.observability.telemetry import Telemetry
+from gateway.observability.transport import InstrumentedTransport
 from gateway.pagination import CursorCodec
 from gateway.persisted_queries import PersistedQueries
 from gateway.sandbox import ACCOUNTS, SandboxOptions, create_sandbox_app, credential_headers
 from gateway.schema import build_schema, graphql_core_schema
-from gateway.shutdown import ShutdownMiddleware
 from gateway.upstream.client import CatapultClient
 from gateway.upstream.service import CatapultService, create_upstream
 from gateway.upstream.transport import create_transport

@@ -34,17 +34,18 @@ from starlette.types import Receive, Scope, Send
 from gateway.bounded import BoundedCache, memoize
 from gateway.context import Context, UpstreamWarning
 from gateway.credentials import request_credentials
-from gateway.errors import GatewayError, PersistedQueryNotFound, Unauthenticated
+from gateway.errors import PersistedQueryNotFound, Unauthenticated
 from gateway.fastpath import FastPlan, compile_plan
 from gateway.graphiql import GraphiQLPage
+from gateway.graphql_errors import coded, format_error, internal_error
 from gateway.limits import OperationLimits, check_limits, parse_document
 from gateway.live.media import prefers_event_stream, wants_event_stream
 from gateway.middleware.answer_cache import AnswerVerdict
+from gateway.middleware.shutdown import STOPPED_CODE
 from gateway.observability.record import RequestRecord, scope_request_id
 from gateway.observability.telemetry import Telemetry
 from gateway.persisted_queries import PersistedQueries, PersistedQueryError
 from gateway.request_body import BodyRefused, read_body, refused_headers
-from gateway.shutdown import STOPPED_CODE
 
 log = logging.getLogger("gateway.request")
 
@@ -323,7 +324,7 @@ class GraphQLEndpoint:
         document = self._parse(query)
         if isinstance(document, GraphQLError):
             return _result(
-                media_type, [_coded(document, "GRAPHQL_PARSE_FAILED")], None, request_error=True
+                media_type, [coded(document, "GRAPHQL_PARSE_FAILED")], None, request_error=True
             )
         operation = get_operation_ast(document, params.operation_name)
         name = _name(operation)
@@ -343,7 +344,7 @@ class GraphQLEndpoint:
             )
         validation_errors = self._validate(query)
         if validation_errors:
-            errors = [_coded(error, "GRAPHQL_VALIDATION_FAILED") for error in validation_errors]
+            errors = [coded(error, "GRAPHQL_VALIDATION_FAILED") for error in validation_errors]
             return _result(media_type, errors, name, request_error=True)
         # Only now may the operation's name take a metrics slot (see `Metrics`).
         record.operation_checked = _has_credentials(request)
@@ -356,7 +357,7 @@ class GraphQLEndpoint:
                 # As the executor masks a resolver's failure: coded, with the request
                 # id, the detail in the log only (never a bare 500).
                 log.exception("unexpected error in the fast path (request id %s)", request_id)
-                return _result(media_type, [_internal_error(request_id)], name)
+                return _result(media_type, [internal_error(request_id)], name)
             if data is not None:
                 return self._executed(context, media_type, name, data, [])
         result = execute(
@@ -380,7 +381,7 @@ class GraphQLEndpoint:
         raised: Sequence[GraphQLError],
     ) -> Outcome:
         """The outcome of an operation that ran, on either path."""
-        errors = _by_root_field([_format_error(e, context.request_id) for e in raised], data)
+        errors = _by_root_field([format_error(e, context.request_id) for e in raised], data)
         # No data at all means the variables could not be coerced: a request error.
         request_error = data is None and bool(raised) and all(e.path is None for e in raised)
         if request_error:
@@ -622,41 +623,6 @@ def _request_id(request: Request) -> str:
 
 def _name(operation: Any) -> str | None:
     return operation.name.value if operation is not None and operation.name else None
-
-
-def _coded(error: GraphQLError, code: str) -> dict[str, Any]:
-    formatted = dict(error.formatted)
-    formatted["extensions"] = {"code": code, **(error.extensions or {})}
-    return formatted
-
-
-def _format_error(error: GraphQLError, request_id: str) -> dict[str, Any]:
-    original = error.original_error
-    if isinstance(original, GatewayError):
-        return dict(error.formatted)
-    if error.path is None and (original is None or isinstance(original, GraphQLError)):
-        # Variable coercion: the caller's input, worded by graphql-core (which, since 3.3,
-        # keeps the scalar's own GraphQLError as the original error).
-        return _coded(error, "BAD_USER_INPUT")
-    log.error(
-        "unexpected error in %s (request id %s)",
-        ".".join(str(part) for part in error.path or ()),
-        request_id,
-        exc_info=original or error,
-    )
-    masked = _internal_error(request_id)
-    if error.locations:
-        masked["locations"] = [loc._asdict() for loc in error.locations]
-    if error.path:
-        masked["path"] = error.path
-    return masked
-
-
-def _internal_error(request_id: str) -> dict[str, Any]:
-    return {
-        "message": f"Internal server error (request id {request_id}).",
-        "extensions": {"code": "INTERNAL_SERVER_ERROR", "requestId": request_id},
-    }
 
 
 def _result(

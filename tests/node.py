@@ -28,7 +28,14 @@ def node_project(name: str) -> Path:
         if os.environ.get(REQUIRE):
             pytest.fail(f"node and npm are required ({REQUIRE} is set) but missing")
         pytest.skip(f"node and npm are not installed (set {REQUIRE} to make this a failure)")
-    folder = JS / name
+    return install_locked(JS / name)
+
+
+def install_locked(folder: Path) -> Path:
+    """`npm ci` in `folder` unless its node_modules was installed from this very lock file.
+
+    Also what `bench/live.py` installs its clients with (tests/js/live).
+    """
     lock = hashlib.sha256((folder / "package-lock.json").read_bytes()).hexdigest()
     stamp = folder / "node_modules" / ".installed-from-lock"
     if not stamp.is_file() or stamp.read_text() != lock:

@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Message, Scope
 
 from gateway.context import Context
 from gateway.credentials import request_credentials
-from gateway.endpoint import _coded, _format_error
+from gateway.graphql_errors import coded, format_error
 from gateway.limits import OperationLimits, check_limits, parse_document
 from gateway.live.hub import LiveCalls, LiveHub
 from gateway.observability.record import scope_request_id
@@ -172,7 +172,7 @@ class Operations:
             self._schema, document, self._rules, hide_suggestions=self._hide_suggestions
         ) or check_limits(document, self._limits)
         if errors:
-            return Refused([_coded(error, "GRAPHQL_VALIDATION_FAILED") for error in errors])
+            return Refused([coded(error, "GRAPHQL_VALIDATION_FAILED") for error in errors])
         http_scope = _http_scope(scope, request)
         request_id = scope_request_id(http_scope)
         context = self._make_context(Request(http_scope), request_id)
@@ -191,7 +191,7 @@ class Operations:
             # The stream never started (a bad argument, no credentials, no room): one
             # result with the coded error, as graphql-ws sends it, then complete.
             if result.data is None and result.errors and all(e.path is None for e in result.errors):
-                return Refused([_format_error(error, request_id) for error in result.errors])
+                return Refused([format_error(error, request_id) for error in result.errors])
             return Single(_payload(result, context, request_id))
         return Stream(result, context, request_id)
 
@@ -199,7 +199,7 @@ class Operations:
 def _payload(result: ExecutionResult, context: Context, request_id: str) -> dict[str, Any]:
     payload: dict[str, Any] = {"data": result.data}
     if result.errors:
-        payload["errors"] = [_format_error(error, request_id) for error in result.errors]
+        payload["errors"] = [format_error(error, request_id) for error in result.errors]
     # One update's warnings: the context outlives it (graphql-core executes every event
     # with the same context), so they are taken out as they are reported.
     warnings, context.warnings[:] = list(context.warnings), []

@@ -28,7 +28,7 @@ from starlette.types import Scope
 from gateway.credentials import raw_credential_headers
 from gateway.live.media import EVENT_STREAM
 from gateway.live.operations import LiveRequest, Operations, Refused, Single, Stream
-from gateway.shutdown import DRAINING_SCOPE_KEY
+from gateway.middleware.shutdown import DRAINING_SCOPE_KEY
 
 KEEPALIVE = b":\n\n"
 COMPLETE = b"event: complete\ndata:\n\n"

@@ -1,5 +1,6 @@
-"""Per-request telemetry: the request's log line, metrics and server span, and the
-instrumented upstream transport that adds one child span and one metric per upstream call.
+"""Per-request telemetry: the request's log line, metrics and server span.
+
+Each upstream call's span and metric are added by `transport.InstrumentedTransport`.
 """
 
 from __future__ import annotations
@@ -7,11 +8,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-import httpx
 from starlette.requests import Request
 
 from gateway.observability.logging import RequestLog, bounded_text
@@ -175,37 +175,3 @@ class _Hit:
         traceback: TracebackType | None,
     ) -> None:
         self._telemetry._finished(self._record, time.perf_counter() - self._started)
-
-
-class InstrumentedTransport(httpx.AsyncBaseTransport):
-    """Wraps the upstream transport: counts, times and traces every HTTP attempt."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport, telemetry: Telemetry) -> None:
-        self._inner = inner
-        self._telemetry = telemetry
-        self._metrics = telemetry.metrics
-        self._tracing = telemetry.tracing
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self._telemetry.upstream_request_sent()
-        span_cm = (
-            nullcontext(None)
-            if self._tracing is None
-            else self._tracing.client_span(request.method, request.url.path, request.headers)
-        )
-        started = time.perf_counter()
-        with span_cm as span:
-            try:
-                response = await self._inner.handle_async_request(request)
-            except httpx.TransportError as exc:
-                self._metrics.upstream_request(type(exc).__name__, time.perf_counter() - started)
-                if span is not None and self._tracing is not None:
-                    self._tracing.set_status(span, None, type(exc).__name__)
-                raise
-            self._metrics.upstream_request(response.status_code, time.perf_counter() - started)
-            if span is not None and self._tracing is not None:
-                self._tracing.set_status(span, response.status_code)
-            return response
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()

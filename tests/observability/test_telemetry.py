@@ -1,12 +1,9 @@
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.requests import Request
@@ -14,7 +11,7 @@ from starlette.requests import Request
 from gateway.context import UpstreamWarning
 from gateway.observability.metrics import Metrics
 from gateway.observability.record import RequestRecord, current_request
-from gateway.observability.telemetry import InstrumentedTransport, Telemetry
+from gateway.observability.telemetry import Telemetry
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -197,46 +194,6 @@ def test_a_cache_hit_ends_like_any_request_plus_a_response_hit(
         **counts(answered.metrics),
         ("gateway_response_cache_hits_total", ()): 1.0,
     }
-
-
-def _answers(status: int) -> httpx.MockTransport:
-    return httpx.MockTransport(lambda request: httpx.Response(status))
-
-
-def _refuses() -> httpx.MockTransport:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("refused", request=request)
-
-    return httpx.MockTransport(handler)
-
-
-@pytest.mark.parametrize(
-    ("inner", "status"),
-    [
-        pytest.param(_answers(200), "200", id="answered"),
-        pytest.param(_answers(503), "503", id="upstream-error-status"),
-        pytest.param(_refuses(), "ConnectError", id="transport-error"),
-    ],
-)
-def test_every_upstream_attempt_is_counted_and_noted_in_the_request(
-    inner: httpx.AsyncBaseTransport, status: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    observed = telemetry()
-    caplog.set_level(logging.INFO, logger="gateway.request")
-
-    async def attempt_twice() -> None:
-        async with httpx.AsyncClient(transport=InstrumentedTransport(inner, observed)) as client:
-            for _ in range(2):
-                with contextlib.suppress(httpx.ConnectError):
-                    await client.get("http://upstream.test/v1/users/u-1/calls/")
-
-    with observed.request(http_request(), "r-1"):
-        asyncio.run(attempt_twice())
-
-    [line] = request_lines(caplog)
-    assert line["upstream_requests"] == 2
-    assert value(observed.metrics, "gateway_upstream_requests_total", status=status) == 2
-    assert value(observed.metrics, "gateway_upstream_request_duration_seconds_count") == 2
 
 
 def test_upstream_warnings_count_each_and_log_one_line_per_kind_and_field(

@@ -8,7 +8,7 @@ import itertools
 import logging
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -493,6 +493,42 @@ def assert_one_outage_logged(caplog: Any) -> None:
     assert sum("reachable again" in m for m in messages) == 1, messages
 
 
+def run_one_outage(
+    redis: RedisServer, caplog: Any, outage: Callable[[RedisStore], Awaitable[None]]
+) -> None:
+    """Run `outage` on a fresh store; afterwards the store is up, with one outage counted
+    and logged once."""
+
+    async def run() -> None:
+        # Generous: on a loaded test machine a crowd of new connections can take a second,
+        # and a real timeout is an outage; pool exhaustion is the point here.
+        store = RedisStore(redis.url, timeout=5.0)
+        try:
+            await outage(store)
+            assert (store.state()["status"], store.state()["outages"]) == ("ok", 1)
+        finally:
+            await store.close()
+
+    with caplog.at_level(logging.INFO, logger="gateway.cache"):
+        asyncio.run(run())
+    assert_one_outage_logged(caplog)
+
+
+async def restart_until_healthy(
+    redis: RedisServer,
+    store: RedisStore,
+    use: Callable[[], Awaitable[None]],
+    pause: float,
+) -> None:
+    """Start Redis again and use the store until it has noticed (it only notices when used)."""
+    await asyncio.to_thread(redis.start)
+    deadline = time.monotonic() + 20
+    while not store.healthy:
+        assert time.monotonic() < deadline, "the cache did not come back"
+        await use()
+        await asyncio.sleep(pause)
+
+
 def test_one_warning_and_one_recovery_line_per_outage_under_concurrency(
     own_redis: RedisServer, caplog: Any
 ) -> None:
@@ -505,32 +541,18 @@ def test_one_warning_and_one_recovery_line_per_outage_under_concurrency(
     async def crowd(store: RedisStore) -> None:
         await asyncio.gather(*(store.get("k") for _ in range(CROWD)))
 
-    async def run() -> None:
-        # Generous: on a loaded test machine a crowd of new connections can take a second,
-        # and a real timeout is an outage; pool exhaustion is the point here.
-        store = RedisStore(own_redis.url, timeout=5.0)
-        try:
-            await crowd(store)  # up: a full pool is no outage
-            assert store.state()["outages"] == 0
-            await asyncio.to_thread(own_redis.stop)
-            for _ in range(3):
-                await crowd(store)
-            assert store.state()["status"] == "unavailable"
-            await asyncio.to_thread(own_redis.start)
-            deadline = time.monotonic() + 20
-            while not store.healthy:
-                assert time.monotonic() < deadline, "the cache did not come back"
-                await crowd(store)
-                await asyncio.sleep(0.01)
-            for _ in range(10):
-                await crowd(store)
-            assert (store.state()["status"], store.state()["outages"]) == ("ok", 1)
-        finally:
-            await store.close()
+    async def outage(store: RedisStore) -> None:
+        await crowd(store)  # up: a full pool is no outage
+        assert store.state()["outages"] == 0
+        await asyncio.to_thread(own_redis.stop)
+        for _ in range(3):
+            await crowd(store)
+        assert store.state()["status"] == "unavailable"
+        await restart_until_healthy(own_redis, store, lambda: crowd(store), pause=0.01)
+        for _ in range(10):
+            await crowd(store)
 
-    with caplog.at_level(logging.INFO, logger="gateway.cache"):
-        asyncio.run(run())
-    assert_one_outage_logged(caplog)
+    run_one_outage(own_redis, caplog, outage)
 
 
 def test_connections_idle_since_before_an_outage_are_not_used_after_it(
@@ -550,34 +572,22 @@ def test_connections_idle_since_before_an_outage_are_not_used_after_it(
             *(RedisSlots(store).reserve(f"a{n}", 0.1, 1.0) for n in range(size // 3)),
         )
 
-    async def run() -> None:
-        store = RedisStore(own_redis.url, timeout=5.0)
+    async def outage(store: RedisStore) -> None:
         pool = store._cache.client.connection_pool
-        try:
+        await crowd(store)
+        before = {id(c._writer) for c in pool._available_connections if c._writer}
+        assert before
+        await asyncio.to_thread(own_redis.kill)
+        # Fewer at once than before: most pooled connections stay idle in the outage.
+        await crowd(store, 1)
+        assert store.state()["status"] == "unavailable"
+        await restart_until_healthy(own_redis, store, lambda: crowd(store, 1), pause=0.05)
+        stale = [c for c in pool._available_connections if id(c._writer) in before]
+        assert stale == []
+        for _ in range(20):
             await crowd(store)
-            before = {id(c._writer) for c in pool._available_connections if c._writer}
-            assert before
-            await asyncio.to_thread(own_redis.kill)
-            # Fewer at once than before: most pooled connections stay idle in the outage.
-            await crowd(store, 1)
-            assert store.state()["status"] == "unavailable"
-            await asyncio.to_thread(own_redis.start)
-            deadline = time.monotonic() + 20
-            while not store.healthy:
-                assert time.monotonic() < deadline, "the cache did not come back"
-                await crowd(store, 1)
-                await asyncio.sleep(0.05)
-            stale = [c for c in pool._available_connections if id(c._writer) in before]
-            assert stale == []
-            for _ in range(20):
-                await crowd(store)
-            assert (store.state()["status"], store.state()["outages"]) == ("ok", 1)
-        finally:
-            await store.close()
 
-    with caplog.at_level(logging.INFO, logger="gateway.cache"):
-        asyncio.run(run())
-    assert_one_outage_logged(caplog)
+    run_one_outage(own_redis, caplog, outage)
 
 
 def test_a_redis_that_never_answers_does_not_fail_requests(

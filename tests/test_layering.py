@@ -1,0 +1,136 @@
+"""The package's shape, read from its imports (with `ast`, nothing is imported): settings stop
+at the composition root, no module reaches into another's private names, and the layers
+point one way (the README's "How it is built").
+
+Every import counts, the ones inside functions and under `TYPE_CHECKING` too: a lazy import
+is still a dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "gateway"
+
+# Only these see `Settings`: the composition root, the command line, and the README table
+# that is rendered from the settings themselves.
+MAY_READ_SETTINGS = {"gateway.app", "gateway.cli", "gateway.config_table"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts).removesuffix(".__init__")
+
+
+def absolute(node: ast.ImportFrom, importer: str, is_package: bool) -> str:
+    """The module an `from ... import` reads, relative imports resolved."""
+    if not node.level:
+        return node.module or ""
+    base = importer.split(".")
+    base = base[: len(base) - node.level + (1 if is_package else 0)]
+    return ".".join([*base, node.module] if node.module else base)
+
+
+def imports(path: Path, importer: str) -> list[tuple[str, str | None, int]]:
+    """(module, name or None, line) for each import in the file of module `importer`."""
+    is_package = path.name == "__init__.py"
+    found: list[tuple[str, str | None, int]] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, None, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = absolute(node, importer, is_package)
+            found += [(module, alias.name, node.lineno) for alias in node.names]
+    return found
+
+
+MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def reads(module: str, name: str | None, target: str) -> bool:
+    """Whether an import of `name` from `module` reads the module `target`."""
+    full = f"{module}.{name}" if name else module
+    return any(m == target or m.startswith(target + ".") for m in (module, full))
+
+
+def offenders(importers: set[str], target: str) -> list[str]:
+    return [
+        f"{importer}:{line} imports {module}{'.' + name if name else ''}"
+        for importer in sorted(importers)
+        for module, name, line in imports(MODULES[importer], importer)
+        if reads(module, name, target)
+    ]
+
+
+def test_only_the_composition_root_cli_and_config_table_import_settings() -> None:
+    below_the_root = set(MODULES) - MAY_READ_SETTINGS - {"gateway.config"}
+
+    assert offenders(below_the_root, "gateway.config") == []
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    private = [
+        f"{importer}:{line} imports {name} from {module}"
+        for importer, path in MODULES.items()
+        for module, name, line in imports(path, importer)
+        if module.startswith("gateway")
+        and name is not None
+        and name.startswith("_")
+        and not (name.startswith("__") and name.endswith("__"))  # __version__
+    ]
+
+    assert private == []
+
+
+def inside(package: str) -> set[str]:
+    return {m for m in MODULES if m == package or m.startswith(package + ".")}
+
+
+# (importers, what they must not import, why): each row a direction the README promises.
+LAYERS = [
+    pytest.param(set(MODULES) - {"gateway.__main__"}, "gateway.cli", id="nothing-imports-cli"),
+    pytest.param(set(MODULES), "gateway.app", id="nothing-imports-app"),
+    pytest.param(inside("gateway.schema"), "httpx", id="schema-knows-no-http-client"),
+    pytest.param(inside("gateway.schema"), "starlette", id="schema-knows-no-http-server"),
+    pytest.param(inside("gateway.upstream"), "strawberry", id="upstream-knows-no-schema"),
+    pytest.param(inside("gateway.upstream"), "graphql", id="upstream-knows-no-graphql"),
+    pytest.param(inside("gateway.upstream"), "starlette", id="upstream-knows-no-http-server"),
+    pytest.param(inside("gateway.upstream"), "gateway.schema", id="upstream-below-schema"),
+    pytest.param(inside("gateway.upstream"), "gateway.observability", id="upstream-via-seam"),
+    pytest.param(inside("gateway.sandbox"), "gateway.upstream", id="sandbox-stands-alone"),
+]
+
+
+@pytest.mark.parametrize(("importers", "target"), LAYERS)
+def test_dependencies_point_one_way(importers: set[str], target: str) -> None:
+    assert importers, "the row names no module"
+
+    assert offenders(importers, target) == []
+
+
+def test_the_checks_read_every_kind_of_import(tmp_path: Path) -> None:
+    # The checks above pass on a package with no imports at all: this one shows that the
+    # reader finds each spelling, so that a pass means something.
+    package = tmp_path / "gateway" / "schema"
+    package.mkdir(parents=True)
+    source = package / "types.py"
+    source.write_text(
+        "import httpx\n"
+        "from .. import config\n"
+        "from ..endpoint import _coded\n"
+        "def later() -> None:\n"
+        "    from gateway.config import Settings\n"
+    )
+
+    found = [(m, n) for m, n, _ in imports(source, "gateway.schema.types")]
+
+    assert found == [
+        ("httpx", None),
+        ("gateway", "config"),
+        ("gateway.endpoint", "_coded"),
+        ("gateway.config", "Settings"),
+    ]
+    assert [reads(m, n, "gateway.config") for m, n in found] == [False, True, False, True]
