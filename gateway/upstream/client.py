@@ -103,8 +103,8 @@ class CatapultClient:
         retries: int,
         upstream_timeout: float,
         body_budget: BodyBudget,
-        connect_timeout: float = 3.0,
-        on_retry: Callable[[], None] = lambda: None,
+        connect_timeout: float,
+        on_retry: Callable[[], None],
     ) -> None:
         self._transport = transport
         self._body_budget = body_budget
