@@ -12,7 +12,7 @@ sits behind them comes from `GATEWAY_CACHE_URL`:
 
 A store that fails or is slow never fails a request: it reads as a miss. Keys are HMACs,
 so neither keys nor values hold a credential. (The whole-answer cache in front of the
-endpoint is another thing: `responses.py`.)
+endpoint is another thing: `gateway/middleware/answer_cache.py`.)
 """
 
 from __future__ import annotations
