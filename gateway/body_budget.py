@@ -3,17 +3,16 @@
 Each upstream body is bounded alone (`GATEWAY_UPSTREAM_MAX_BODY_BYTES`), but a burst of
 requests for large pages read them all at once: six requests fetching two 9 MB pages
 each took the process to 551 MB. Every upstream attempt holds a `BodyLease` from the
-start of its body until that body is parsed; the transport takes each chunk from the
-lease before keeping it, so the bodies read and held at once never exceed the budget.
+start of its body until that body is parsed; the upstream client takes each chunk from
+the lease before keeping it, so the bodies read and held at once never exceed the budget.
 
 A chunk that does not fit waits (the socket is not read meanwhile, so the upstream is
 held back by TCP). Waiters are served oldest lease first. Leases that are all waiting,
 each holding part of a body, would wait for each other forever; so when nothing that
-holds bytes is still moving, the youngest holders are refused (`RATE_LIMITED`, retry in a
-second) and their bytes go to the oldest ("wound-wait"): the oldest lease always
-finishes, and a lease that holds nothing is never refused, only kept waiting. A wait is
-bounded by the request's deadline; running out of it while waiting for the budget is
-`RATE_LIMITED` too, not `UPSTREAM_TIMEOUT`: the upstream was not what was slow.
+holds bytes is still moving, the youngest holders are refused (`NoBodyBudget`, which the
+client maps to `RATE_LIMITED`, retry in a second) and their bytes go to the oldest
+("wound-wait"): the oldest lease always finishes, and a lease that holds nothing is never
+refused, only kept waiting. The client bounds a wait by the request's deadline.
 """
 
 from __future__ import annotations
@@ -21,24 +20,15 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import math
-import time
 from types import TracebackType
-
-from gateway.errors import RateLimited
 
 # What a refused caller is told to wait: bodies are read in well under a second.
 RETRY_AFTER = 1
-# The upstream request's extension that carries its lease down to the transport.
-LEASE_EXTENSION = "catapult_body_lease"
 
 
-def budget_exhausted() -> RateLimited:
-    """The error of a request refused, or timed out, for want of body budget."""
-    return RateLimited(
-        "The gateway is reading too many large upstream answers at once; retry shortly.",
-        retry_after=RETRY_AFTER,
-    )
+class NoBodyBudget(Exception):
+    """A lease was refused its bytes (to let an older one finish), or its wait for them
+    was cut short; the upstream client turns this into the gateway's error."""
 
 
 class BodyBudget:
@@ -63,10 +53,16 @@ class BodyBudget:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    def _take(self, lease: BodyLease, size: int) -> asyncio.Future[None] | None:
-        """Grant `size` bytes now (None), or a future settled when they are granted."""
+    def _take_now(self, lease: BodyLease, size: int) -> bool:
+        """Grant `size` bytes if they are free and nobody waits before; False otherwise."""
         if not self._waiters and self.used + size <= self.capacity:
             self._grant(lease, size)
+            return True
+        return False
+
+    def _take(self, lease: BodyLease, size: int) -> asyncio.Future[None] | None:
+        """Grant `size` bytes now (None), or a future settled when they are granted."""
+        if self._take_now(lease, size):
             return None
         future = asyncio.get_running_loop().create_future()
         lease._future, lease._wanted = future, size
@@ -122,7 +118,7 @@ class BodyBudget:
             self._holders.discard(victim)
             self.refused += 1
             if future is not None and not future.done():
-                future.set_exception(budget_exhausted())
+                future.set_exception(NoBodyBudget("refused to let an older upstream body finish"))
 
 
 class BodyLease:
@@ -132,42 +128,29 @@ class BodyLease:
         self._budget = budget
         self.order = order
         self.held = 0
-        # Set while waiting for budget; `starved` once a wait was cut short (a deadline).
+        # Set while waiting for budget.
         self._future: asyncio.Future[None] | None = None
         self._wanted = 0
-        self.starved = False
-        self._timer: asyncio.Timeout | None = None
-        self._deadline = math.inf
 
-    def pause(self, timer: asyncio.Timeout, deadline: float) -> None:
-        """Stop `timer` (the upstream attempt's) while this lease waits for budget, up to
-        `deadline` (`time.monotonic()`): that wait is not the upstream being slow."""
-        self._timer, self._deadline = timer, deadline
+    def take_now(self, size: int) -> bool:
+        """Hold `size` more bytes if they are free now, without waiting; False if not."""
+        return self._budget._take_now(self, size)
 
     async def take(self, size: int) -> None:
         """Hold `size` more bytes, waiting while the budget has none free.
 
-        Raises `RateLimited` when this lease is refused to let an older one finish.
+        Raises `NoBodyBudget` when this lease is refused to let an older one finish. A
+        cancelled wait (a deadline) leaves the queue.
         """
         future = self._budget._take(self, size)
         if future is None:
             return
-        timer, due = self._timer, None
-        if timer is not None and (due := timer.when()) is not None:
-            loop = asyncio.get_running_loop()
-            began = loop.time()
-            last = began + (self._deadline - time.monotonic())
-            timer.reschedule(last)
         try:
             await future
         except asyncio.CancelledError:
-            self.starved = True
             self._budget._forget_waiter(self)
             self._budget._settle()
             raise
-        if timer is not None and due is not None:
-            # The attempt's own time resumes where it stopped, never past the deadline.
-            timer.reschedule(min(due + loop.time() - began, last))
 
     def release(self) -> None:
         """Give every byte back (idempotent)."""

@@ -7,7 +7,7 @@ credentials, user id and call id, never the secret), so that `call(id)` and fede
 
 Records are stored as the upstream sent them (raw JSON) with the time they were fetched,
 and parsed when read: whatever is built from one expires with the answer it came from.
-The store is the response cache's kind (memory, bounded; or Redis, shared by replicas).
+The store is the upstream cache's kind (memory, bounded; or Redis, shared by replicas).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class EntityView:
 
     def __init__(self, store: Store, keys: CacheKeys, *, ttl: float, owns_store: bool) -> None:
         self._store = store
-        # With Redis the view shares the response cache's connection, which that closes.
+        # With Redis the view shares the upstream cache's connection, which that closes.
         self._owns_store = owns_store
         self._keys = keys
         self._ttl = ttl

@@ -233,7 +233,7 @@ class Metrics:
         self.cache.labels(result).inc()
 
     def response_hit(self) -> None:
-        """A request answered from the response cache."""
+        """A request answered whole from the answer cache (middleware/answer_cache.py)."""
         self.response_hits.inc()
 
     def singleflight_share(self) -> None:

@@ -127,7 +127,7 @@ class Telemetry:
     def cached_answer(
         self, request: Request, request_id: str, operation: str | None
     ) -> AbstractContextManager[object]:
-        """Observe a request answered whole from the response cache, around sending it.
+        """Observe a request answered whole from the answer cache, around sending it.
 
         The same log line and request metrics as `request`, plus a response-cache hit.
         Without tracing this skips what only a running request needs (the record in a

@@ -1,4 +1,4 @@
-"""OpenTelemetry traces, exported over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+"""OpenTelemetry traces, exported over OTLP/HTTP to `Settings.otlp_endpoint` when it is set.
 
 Only imported when tracing is on, so the `otel` extra is needed only then. The tracer
 provider belongs to the app (not the process-global one), and spans are exported in
@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 from opentelemetry.context import Context as TraceContext
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, format_trace_id
@@ -32,10 +32,16 @@ def upstream_route(path: str) -> str:
 class Tracing:
     """A tracer exporting to one OTLP/HTTP endpoint, and W3C trace context in and out."""
 
-    def __init__(self, endpoint: str) -> None:
-        # Resource.create also reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES.
-        resource = Resource.create({SERVICE_NAME: "catapult-gateway"})
+    def __init__(self, endpoint: str, *, service_name: str) -> None:
+        # Resource(...) rather than Resource.create(...), which would read OTEL_SERVICE_NAME
+        # and OTEL_RESOURCE_ATTRIBUTES: what the gateway is called is the app's to say.
+        resource = Resource({SERVICE_NAME: service_name, SERVICE_VERSION: __version__})
         self.provider = TracerProvider(resource=resource)
+        # The endpoint is passed in (Settings.otlp_endpoint), so OTEL_EXPORTER_OTLP_*ENDPOINT
+        # is not read here. What OpenTelemetry still reads from the environment itself, as
+        # an operator's deployment knobs with no Settings of their own: the exporter's
+        # OTEL_EXPORTER_OTLP_(TRACES_)HEADERS, _TIMEOUT, _COMPRESSION, _CERTIFICATE and
+        # _CLIENT_KEY/_CLIENT_CERTIFICATE, and the batch processor's OTEL_BSP_*.
         self.provider.add_span_processor(
             BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint.rstrip('/')}/v1/traces"))
         )

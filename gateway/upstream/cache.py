@@ -12,7 +12,7 @@ sits behind them comes from `GATEWAY_CACHE_URL`:
 
 A store that fails or is slow never fails a request: it reads as a miss. Keys are HMACs,
 so neither keys nor values hold a credential. (The whole-answer cache in front of the
-endpoint is another thing: `responses.py`.)
+endpoint is another thing: `gateway/middleware/answer_cache.py`.)
 """
 
 from __future__ import annotations
@@ -92,10 +92,6 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
-def _ignore(*_: object) -> None:
-    pass
-
-
 class SingleFlightCache(Generic[T]):
     """Values by key, loaded once however many callers ask at the same time."""
 
@@ -104,8 +100,8 @@ class SingleFlightCache(Generic[T]):
         store: Store,
         codec: Codec[T],
         *,
-        on_lookup: Callable[[str], None] = _ignore,
-        on_share: Callable[[], None] = _ignore,
+        on_lookup: Callable[[str], None],
+        on_share: Callable[[], None],
     ) -> None:
         self.store = store
         self._codec = codec

@@ -38,7 +38,8 @@ import orjson
 import weblinking
 
 from gateway import __version__
-from gateway.body_budget import LEASE_EXTENSION, BodyBudget, BodyLease, budget_exhausted
+from gateway.body_budget import RETRY_AFTER as BODY_BUDGET_RETRY_AFTER
+from gateway.body_budget import BodyBudget, BodyLease, NoBodyBudget
 from gateway.calls import ListQuery, slim_body
 from gateway.credentials import Credentials
 from gateway.errors import (
@@ -102,8 +103,8 @@ class CatapultClient:
         retries: int,
         upstream_timeout: float,
         body_budget: BodyBudget,
-        connect_timeout: float = 3.0,
-        on_retry: Callable[[], None] = lambda: None,
+        connect_timeout: float,
+        on_retry: Callable[[], None],
     ) -> None:
         self._transport = transport
         self._body_budget = body_budget
@@ -180,42 +181,26 @@ class CatapultClient:
         deadline: float,
         attempt: _Attempt,
     ) -> UpstreamAnswer:
-        # The body counts against the process-wide budget until it has been parsed.
-        with self._body_budget.lease() as lease:
-            try:
-                return await self._attempt_within(credentials, request, deadline, attempt, lease)
-            except UpstreamTimeout:
-                if lease.starved:  # the deadline passed waiting for the budget
-                    raise budget_exhausted() from None
-                raise
-
-    async def _attempt_within(
-        self,
-        credentials: Credentials,
-        request: UpstreamRequest,
-        deadline: float,
-        attempt: _Attempt,
-        lease: BodyLease,
-    ) -> UpstreamAnswer:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise UpstreamTimeout("The upstream did not answer within the request's deadline.")
         attempt.timeout = timeout = min(self._upstream_timeout, remaining)
-        with attempt:
+        with attempt, self._body_budget.lease() as lease:
             # The transport's timeouts bound each socket operation; this bounds the whole
             # answer, so a slowly dripping upstream cannot outlast the deadline.
             async with asyncio.timeout(timeout) as timer:
-                lease.pause(timer, deadline)
-                response = await self._send(credentials, request, timeout, lease)
-            return _answer(response, self._url(request), request.shape)
-        # Only a refused body gets here (`_Attempt` swallowed it), and is raised outside any
-        # handler, so not chained to the refusal: its traceback holds the transport's frames
-        # and their buffers, which an error caught in a reference cycle (graphql-core's,
-        # asyncio's) would otherwise keep until a full collection.
-        raise UpstreamBadResponse(attempt.refused)
+                response = await self._send(credentials, request, timeout)
+                try:
+                    content = await _read_body(response, _Budgeted(lease, timer, deadline))
+                finally:
+                    await response.aclose()
+            # The body counts against the process-wide budget until it has been parsed.
+            return _answer(
+                response.status_code, response.headers, content, self._url(request), request.shape
+            )
 
     async def _send(
-        self, credentials: Credentials, request: UpstreamRequest, seconds: float, lease: BodyLease
+        self, credentials: Credentials, request: UpstreamRequest, seconds: float
     ) -> httpx.Response:
         # The caller bounds the whole exchange; connecting has a shorter bound of its own,
         # so that a silent host is retried within the deadline.
@@ -236,17 +221,76 @@ class CatapultClient:
             # Reading, writing and waiting for a connection are bounded by the attempt's
             # own timeout (the caller's asyncio.timeout), which always ends first: timers
             # of their own would only cost a reschedule for every chunk read.
-            extensions={
-                "timeout": {"connect": connect, "read": None, "write": None, "pool": None},
-                LEASE_EXTENSION: lease,
-            },
+            extensions={"timeout": {"connect": connect, "read": None, "write": None, "pool": None}},
         )
-        response = await self._transport.handle_async_request(outgoing)
+        return await self._transport.handle_async_request(outgoing)
+
+
+class _Budgeted:
+    """An attempt's body lease, and the attempt's timer, which stops while the lease waits
+    for budget: that wait is not the upstream being slow. The request's deadline bounds it."""
+
+    __slots__ = ("deadline", "lease", "timer")
+
+    def __init__(self, lease: BodyLease, timer: asyncio.Timeout, deadline: float) -> None:
+        self.lease = lease
+        self.timer = timer
+        self.deadline = deadline
+
+    async def take(self, size: int) -> None:
+        if self.lease.take_now(size):
+            return
+        due = self.timer.when()
+        self.timer.reschedule(None)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        last = began + (self.deadline - time.monotonic())
         try:
-            await response.aread()
-        finally:
-            await response.aclose()
-        return response
+            async with asyncio.timeout_at(last):
+                await self.lease.take(size)
+        except TimeoutError:
+            raise NoBodyBudget("the request's deadline passed waiting for body budget") from None
+        if due is not None:
+            # The attempt's own time resumes where it stopped, never past the deadline.
+            self.timer.reschedule(min(due + loop.time() - began, last))
+
+
+async def _read_body(response: httpx.Response, budget: _Budgeted) -> bytes:
+    """The whole body, each chunk taken from the body budget before it is kept."""
+    chunks: list[bytes] = []
+    size = taken = 0
+    try:
+        declared = _declared_length(response.headers)
+        if declared is not None:
+            # A body of known size is taken whole before its first byte: a lease then
+            # holds all of its body or none, and such leases never wait for each other.
+            taken = declared
+            await budget.take(taken)
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > taken:
+                await budget.take(size - taken)
+                taken = size
+            chunks.append(chunk)
+    except BaseException:
+        # The exception's traceback holds this frame, and asyncio's exceptions are
+        # often in reference cycles, freed only by a full garbage collection (rare in
+        # this process, see app.tune_garbage_collector): without this, every refused
+        # body would stay in memory until then, up to the bound each.
+        chunks.clear()
+        raise
+    return b"".join(chunks)
+
+
+def _declared_length(headers: httpx.Headers) -> int | None:
+    # Only an unencoded body's length is its decoded length (the transport drops the
+    # length of one it decodes).
+    if "content-encoding" in headers:
+        return None
+    text = headers.get("content-length", "")
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        return None
+    return int(text)
 
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*")
@@ -290,13 +334,12 @@ class _Attempt:
     was refused or read (the same one would come again).
     """
 
-    __slots__ = ("origin", "refused", "retryable", "timeout")
+    __slots__ = ("origin", "retryable", "timeout")
 
     def __init__(self, origin: str) -> None:
         self.origin = origin
         self.timeout = 0.0
         self.retryable = False
-        self.refused = ""
 
     def __enter__(self) -> None:
         return None
@@ -306,21 +349,26 @@ class _Attempt:
         kind: type[BaseException] | None,
         exc: BaseException | None,
         traceback: TracebackType | None,
-    ) -> bool:
+    ) -> None:
         if exc is None:
-            return False
+            return
         if isinstance(exc, GatewayError):
             # An error answer (`_answer`), already translated.
             self.retryable = exc.extra.get("upstreamStatus") in RETRYABLE_STATUSES
-            return False
+            return
         if isinstance(exc, TimeoutError):
             raise UpstreamTimeout(
                 f"The upstream did not answer within {self.timeout:.1f} s."
             ) from exc
+        if isinstance(exc, NoBodyBudget):
+            # Not UPSTREAM_TIMEOUT even when the deadline passed waiting: the upstream was
+            # not what was slow, the gateway was busy with other large answers.
+            raise RateLimited(
+                "The gateway is reading too many large upstream answers at once; retry shortly.",
+                retry_after=BODY_BUDGET_RETRY_AFTER,
+            ) from exc
         if isinstance(exc, BodyRefused):
-            # Swallowed, and raised by the attempt itself as UPSTREAM_BAD_RESPONSE: see there.
-            self.refused = str(exc)
-            return True
+            raise UpstreamBadResponse(str(exc)) from exc
         if isinstance(exc, httpx.DecodingError):
             raise UpstreamBadResponse("The upstream's body could not be decoded.") from exc
         if isinstance(exc, httpx.TransportError):
@@ -338,7 +386,7 @@ class _Attempt:
                 exc, httpx.ConnectError | httpx.RemoteProtocolError | httpx.ReadError
             )
             raise UpstreamUnavailable("Could not reach the upstream.") from exc
-        return False
+        return
 
 
 def _backoff(tries: int) -> float:
@@ -368,13 +416,16 @@ def _log_failed_attempt(origin: str, exc: httpx.TransportError) -> None:
 
 
 def _answer(
-    response: httpx.Response, url: httpx.URL, shape: Literal["array", "object"] | None = None
+    status: int,
+    headers: httpx.Headers,
+    content: bytes,
+    url: httpx.URL,
+    shape: Literal["array", "object"] | None = None,
 ) -> UpstreamAnswer:
-    status = response.status_code
     if status == 200:
         try:
             # Only what the gateway reads is kept (see calls.slim_body).
-            body = slim_body(read_json(response.content))
+            body = slim_body(read_json(content))
         except orjson.JSONDecodeError as exc:
             raise UpstreamBadResponse(
                 "The upstream answered with a body that is not JSON."
@@ -383,9 +434,9 @@ def _answer(
             raise UpstreamBadResponse("The upstream answered a call list that is not a JSON array.")
         if shape == "object" and not isinstance(body, dict):
             raise UpstreamBadResponse("The upstream answered a call that is not a JSON object.")
-        links = parse_link_header(response.headers.get_list("link"), base=str(url))
+        links = parse_link_header(headers.get_list("link"), base=str(url))
         return UpstreamAnswer(body=body, links=links)
-    raise error_for_status(status, response.headers, response.content)
+    raise error_for_status(status, headers, content)
 
 
 def error_for_status(status: int, headers: Mapping[str, str], content: bytes) -> GatewayError:

@@ -92,9 +92,9 @@ class Pacer:
         rate: float,
         queue_timeout: float,
         clock: Clock,
-        shared: SharedSlots | None = None,
-        on_wait: Callable[[float], None] = lambda seconds: None,
-        on_refusal: Callable[[], None] = lambda: None,
+        shared: SharedSlots | None,
+        on_wait: Callable[[float], None],
+        on_refusal: Callable[[], None],
     ) -> None:
         self._interval = JITTER_MARGIN / rate if rate > 0 else 0.0
         self._rate = rate

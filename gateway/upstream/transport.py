@@ -12,21 +12,20 @@ of at most its read buffer, pausing the socket while the reader catches up, so c
 what it hands over and stopping at the bound never holds more than the bound: a
 1 MB gzip body that would inflate to 1 GiB costs at most the bound. Only the encodings
 offered in `Accept-Encoding` are taken; any other (br, zstd, stacked ones) is refused
-before a byte of the body is read. A response whose body was not read to its end closes
-its connection, which is never returned to the pool.
+before a byte of the body is read. The body is handed on as a stream, read (and taken from
+the process-wide body budget) by the upstream client; a response whose body was not read
+to its end closes its connection, which is never returned to the pool.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
 import aiohttp
 import httpx
 from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from yarl import URL
-
-from gateway.body_budget import LEASE_EXTENSION, BodyLease
 
 # Fixed rather than aiohttp's default, which grows with the optional decoders that happen
 # to be installed (brotli, zstd): what the gateway accepts must not depend on that.
@@ -35,6 +34,7 @@ _DECODED = frozenset({"gzip", "deflate"})
 _IDENTITY = frozenset({"", "identity"})
 # Headers that describe the encoded body; the body handed on is decoded.
 _ENCODED_BODY_HEADERS = frozenset({b"content-encoding", b"content-length"})
+_ENCODING_HEADER = frozenset({b"content-encoding"})
 
 
 class BodyRefused(httpx.TransportError):
@@ -74,11 +74,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """The upstream's answer once its headers are in; its body is a stream the caller
+        reads (and must close), so that the caller's body budget bounds what is read."""
         timeout = request.extensions.get("timeout", {})
         session = self._session_in_loop()
         body = await request.aread()
         with _httpx_errors():
-            async with session.request(
+            response = await session.request(
                 request.method,
                 URL(str(request.url), encoded=True),
                 headers=[*request.headers.multi_items(), ("accept-encoding", ACCEPT_ENCODING)],
@@ -90,70 +92,84 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                     sock_read=timeout.get("read"),
                     connect=timeout.get("pool"),
                 ),
-            ) as response:
-                try:
-                    content = await self._read(response, request.extensions.get(LEASE_EXTENSION))
-                except BaseException:
-                    # Unread bytes would be the start of the next answer on this connection.
-                    response.close()
-                    raise
+            )
+        try:
+            encoded = _refuse_unreadable(response, self._max_body_bytes)
+        except BaseException:
+            # Unread bytes would be the start of the next answer on this connection.
+            response.close()
+            raise
         # A stream rather than `content=`: httpx then skips re-deriving headers from the
-        # body, a third of the cost of an upstream request's httpx objects.
+        # body, a third of the cost of an upstream request's httpx objects. The length
+        # of an unencoded body is kept: it is the decoded length, which the reader may
+        # take from its budget before the first byte.
+        dropped = _ENCODED_BODY_HEADERS if encoded else _ENCODING_HEADER
         return httpx.Response(
             response.status,
             headers=[
-                (name, value)
-                for name, value in response.raw_headers
-                if name.lower() not in _ENCODED_BODY_HEADERS
+                (name, value) for name, value in response.raw_headers if name.lower() not in dropped
             ],
-            stream=httpx.ByteStream(content),
+            stream=_AiohttpBody(response, self._max_body_bytes),
             request=request,
             extensions={"http_version": b"HTTP/1.1"},
         )
 
-    async def _read(self, response: aiohttp.ClientResponse, lease: BodyLease | None) -> bytes:
-        """The decoded body, read up to the bound and no further, each chunk taken from
-        the process-wide body budget (`lease`) before it is kept."""
-        encodings = [
-            token.strip().lower()
-            for value in response.headers.getall("content-encoding", ())
-            for token in value.split(",")
-        ]
-        encodings = [token for token in encodings if token not in _IDENTITY]
-        if len(encodings) > 1 or (encodings and encodings[0] not in _DECODED):
-            raise BodyRefused("The upstream answered in a content encoding that was not offered.")
-        limit = self._max_body_bytes
-        # Encoded or not, a body declared larger than the bound is not worth reading.
-        if response.content_length is not None and response.content_length > limit:
-            raise BodyRefused(f"The upstream's answer is larger than {limit} bytes.")
-        chunks: list[bytes] = []
-        size = taken = 0
-        try:
-            if lease is not None and not encodings and response.content_length is not None:
-                # A body of known size is taken whole before its first byte: a lease then
-                # holds all of its body or none, and such leases never wait for each other.
-                taken = response.content_length
-                await lease.take(taken)
-            async for chunk in response.content.iter_any():
-                size += len(chunk)
-                if size > limit:
-                    raise BodyRefused(f"The upstream's answer is larger than {limit} bytes.")
-                if lease is not None and size > taken:
-                    await lease.take(size - taken)
-                    taken = size
-                chunks.append(chunk)
-        except BaseException:
-            # The exception's traceback holds this frame, and asyncio's exceptions are
-            # often in reference cycles, freed only by a full garbage collection (rare in
-            # this process, see app.tune_garbage_collector): without this, every refused
-            # body would stay in memory until then, up to the bound each.
-            chunks.clear()
-            raise
-        return b"".join(chunks)
-
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _refuse_unreadable(response: aiohttp.ClientResponse, limit: int) -> bool:
+    """Refuse a body before its first byte if its encoding was not offered or its declared
+    size is past the bound; True if it is encoded (and decoded on the way)."""
+    encodings = [
+        token.strip().lower()
+        for value in response.headers.getall("content-encoding", ())
+        for token in value.split(",")
+    ]
+    encodings = [token for token in encodings if token not in _IDENTITY]
+    if len(encodings) > 1 or (encodings and encodings[0] not in _DECODED):
+        raise BodyRefused("The upstream answered in a content encoding that was not offered.")
+    # Encoded or not, a body declared larger than the bound is not worth reading.
+    if response.content_length is not None and response.content_length > limit:
+        raise BodyRefused(f"The upstream's answer is larger than {limit} bytes.")
+    return bool(encodings)
+
+
+class _AiohttpBody(httpx.AsyncByteStream):
+    """An upstream body as aiohttp decodes it, refused past the bound; read once.
+
+    Closing it before its end closes the connection, which is never returned to the pool.
+    """
+
+    def __init__(self, response: aiohttp.ClientResponse, limit: int) -> None:
+        self._response = response
+        self._limit = limit
+        self._complete = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunks = self._response.content.iter_any().__aiter__()
+        size = 0
+        while True:
+            with _httpx_errors():
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+            size += len(chunk)
+            if size > self._limit:
+                # Not kept by the refusal's traceback, which outlives this frame.
+                del chunk
+                raise BodyRefused(f"The upstream's answer is larger than {self._limit} bytes.")
+            yield chunk
+        self._complete = True
+
+    async def aclose(self) -> None:
+        if self._complete:
+            self._response.release()
+        else:
+            # Unread bytes would be the start of the next answer on this connection.
+            self._response.close()
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from gateway.app import create_app
 from gateway.config import load_settings
-from gateway.observability.tracing import upstream_route
+from gateway.observability.tracing import Tracing, upstream_route
 from gateway.sandbox import credential_headers
 from tests.conftest import DEMO, Sandbox
 from tests.servers import serve
@@ -150,3 +150,15 @@ def test_no_trace_context_without_an_endpoint(sandbox: Sandbox) -> None:
 )
 def test_upstream_routes_carry_no_ids(path: str, route: str) -> None:
     assert upstream_route(path) == route
+
+
+def test_the_service_name_is_the_apps_not_the_environments(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Resource.create would take OTEL_SERVICE_NAME over the name the app passes.
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-the-environment")
+    tracing = Tracing("http://127.0.0.1:9", service_name="catapult-gateway")
+    try:
+        assert tracing.provider.resource.attributes["service.name"] == "catapult-gateway"
+    finally:
+        tracing.shutdown()

@@ -45,6 +45,11 @@ from tests.conftest import (
 from tests.fakes import FakeUpstream
 from tests.servers import gateway_process, serve
 
+
+def ignore(*_: object) -> None:
+    """A metrics hook these tests do not observe."""
+
+
 LIST = "{ calls(size: 2) { id from } }"
 _unique = itertools.count()
 
@@ -162,6 +167,8 @@ def _echo_client() -> tuple[CatapultClient, httpx.MockTransport, list[httpx.Requ
         retries=0,
         upstream_timeout=5,
         body_budget=BodyBudget(1 << 30),
+        connect_timeout=3.0,
+        on_retry=lambda: None,
     )
     return client, transport, seen
 
@@ -267,7 +274,7 @@ def test_no_cache_skips_the_read_and_refreshes_the_entry(
 
 def test_refresh_replaces_the_entry_that_later_reads_get() -> None:
     async def run() -> None:
-        cache = SingleFlightCache(MemoryStore(10), AnswerCodec())
+        cache = SingleFlightCache(MemoryStore(10), AnswerCodec(), on_lookup=ignore, on_share=ignore)
         loads = iter(range(1, 10))
 
         async def load() -> UpstreamAnswer:
@@ -352,7 +359,7 @@ def test_a_shared_failure_reaches_every_waiter_and_is_not_cached(
 
 def test_a_cancelled_waiter_does_not_cancel_the_shared_load() -> None:
     async def run() -> None:
-        cache = SingleFlightCache(MemoryStore(10), AnswerCodec())
+        cache = SingleFlightCache(MemoryStore(10), AnswerCodec(), on_lookup=ignore, on_share=ignore)
         release = asyncio.Event()
         calls = 0
 
@@ -375,7 +382,7 @@ def test_a_cancelled_waiter_does_not_cancel_the_shared_load() -> None:
 
 def test_a_failed_load_raises_in_every_waiter() -> None:
     async def run() -> None:
-        cache = SingleFlightCache(MemoryStore(10), AnswerCodec())
+        cache = SingleFlightCache(MemoryStore(10), AnswerCodec(), on_lookup=ignore, on_share=ignore)
 
         async def load() -> UpstreamAnswer:
             await asyncio.sleep(0.01)

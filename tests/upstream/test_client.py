@@ -59,6 +59,8 @@ def fetch(
             retries=retries,
             upstream_timeout=5,
             body_budget=BodyBudget(1 << 30),
+            connect_timeout=3.0,
+            on_retry=lambda: None,
         )
         return await client.fetch(CREDENTIALS, REQUEST, deadline=time.monotonic() + deadline_in)
 
@@ -428,6 +430,8 @@ def test_a_failed_attempt_logs_no_path_query_or_header_bytes(caplog: Any, messag
         retries=0,
         upstream_timeout=5,
         body_budget=BodyBudget(1 << 30),
+        connect_timeout=3.0,
+        on_retry=lambda: None,
     )
     with caplog.at_level(logging.WARNING, logger="gateway.upstream"), pytest.raises(GatewayError):
         asyncio.run(client.fetch(CREDENTIALS, REQUEST, deadline=time.monotonic() + 5))

@@ -22,6 +22,10 @@ from gateway.upstream.redis import RedisStore
 from tests.conftest import DEMO, GatewayFactory, Sandbox
 
 
+def ignore(*_: object) -> None:
+    """A metrics hook these tests do not observe."""
+
+
 def page(n: int) -> str:
     return f"{{ calls(page: {n}, size: 1) {{ id }} }}"
 
@@ -145,7 +149,14 @@ def test_two_gateways_sharing_redis_pace_one_account_together(
 
 def test_rate_0_turns_pacing_off() -> None:
     async def run() -> None:
-        pacer = Pacer(rate=0, queue_timeout=0, clock=FakeClock())
+        pacer = Pacer(
+            rate=0,
+            queue_timeout=0,
+            clock=FakeClock(),
+            shared=None,
+            on_wait=ignore,
+            on_refusal=ignore,
+        )
         calls = 0
 
         async def call() -> int:
@@ -169,7 +180,14 @@ def test_rate_0_turns_pacing_off() -> None:
 def test_accounts_are_paced_separately() -> None:
     async def run() -> None:
         # A bound of zero: only a request whose slot is free right now may go.
-        pacer = Pacer(rate=1, queue_timeout=0, clock=FakeClock())
+        pacer = Pacer(
+            rate=1,
+            queue_timeout=0,
+            clock=FakeClock(),
+            shared=None,
+            on_wait=ignore,
+            on_refusal=ignore,
+        )
 
         async def call() -> str:
             return "ok"
@@ -201,7 +219,9 @@ class FakeClock:
 
 def test_requests_in_a_row_wait_one_interval_each_on_a_fake_clock() -> None:
     clock = FakeClock()
-    pacer = Pacer(rate=1, queue_timeout=5, clock=clock)
+    pacer = Pacer(
+        rate=1, queue_timeout=5, clock=clock, shared=None, on_wait=ignore, on_refusal=ignore
+    )
     departures: list[float] = []
 
     async def call() -> None:
@@ -228,7 +248,9 @@ def test_an_upstream_429_is_waited_out_once_on_a_fake_clock(
     retry_after: int, sleeps: list[float], outcome: str
 ) -> None:
     clock = FakeClock()
-    pacer = Pacer(rate=1, queue_timeout=5, clock=clock)
+    pacer = Pacer(
+        rate=1, queue_timeout=5, clock=clock, shared=None, on_wait=ignore, on_refusal=ignore
+    )
     answers: list[Exception | str] = [RateLimited("429", retry_after=retry_after), "ok"]
 
     async def call() -> str:
@@ -299,7 +321,9 @@ def test_spacing_holds_from_actual_departures_when_the_loop_wakes_late(
 ) -> None:
     async def run() -> list[float]:
         clock = LateLoopClock()
-        pacer = Pacer(rate=1, queue_timeout=30, clock=clock)
+        pacer = Pacer(
+            rate=1, queue_timeout=30, clock=clock, shared=None, on_wait=ignore, on_refusal=ignore
+        )
         departures: list[float] = []
 
         async def call() -> None:
@@ -326,7 +350,14 @@ def test_spacing_holds_with_the_event_loop_busy_on_the_cpu() -> None:
     rate = 10.0
 
     async def run() -> list[float]:
-        pacer = Pacer(rate=rate, queue_timeout=30, clock=MonotonicClock())
+        pacer = Pacer(
+            rate=rate,
+            queue_timeout=30,
+            clock=MonotonicClock(),
+            shared=None,
+            on_wait=ignore,
+            on_refusal=ignore,
+        )
         departures: list[float] = []
         done = False
 
@@ -368,8 +399,22 @@ def test_replicas_sharing_redis_space_departures_when_one_wakes_late(redis_url: 
         # A timeout no loaded machine reaches: a timed-out store paces alone, which is
         # another test (the outage), not this one.
         stores = [RedisStore(redis_url, timeout=10), RedisStore(redis_url, timeout=10)]
-        a = Pacer(rate=rate, queue_timeout=10, clock=LateOnce(0.3), shared=RedisSlots(stores[0]))
-        b = Pacer(rate=rate, queue_timeout=10, clock=MonotonicClock(), shared=RedisSlots(stores[1]))
+        a = Pacer(
+            rate=rate,
+            queue_timeout=10,
+            clock=LateOnce(0.3),
+            shared=RedisSlots(stores[0]),
+            on_wait=ignore,
+            on_refusal=ignore,
+        )
+        b = Pacer(
+            rate=rate,
+            queue_timeout=10,
+            clock=MonotonicClock(),
+            shared=RedisSlots(stores[1]),
+            on_wait=ignore,
+            on_refusal=ignore,
+        )
         departures: list[float] = []
 
         async def call() -> None:

@@ -67,6 +67,8 @@ def service(
         retries=0,
         upstream_timeout=5,
         body_budget=BodyBudget(1 << 30),
+        connect_timeout=3.0,
+        on_retry=lambda: None,
     )
     return create_upstream(
         client,

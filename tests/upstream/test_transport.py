@@ -61,7 +61,12 @@ def send(url: str, **extensions: Any) -> httpx.Response:
                 "GET", url, headers={"Authorization": "Basic dDpz"}, extensions=extensions
             )
             response = await transport.handle_async_request(request)
-            await response.aread()  # as a client would: a transport answers with a stream
+            # As the client does: a transport answers with a stream, closed even when
+            # reading it failed (the connection is then not reused).
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
             return response
         finally:
             await transport.aclose()
