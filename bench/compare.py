@@ -139,6 +139,33 @@ def start(
         log.close()
 
 
+@contextmanager
+def upstream_and_gateway(
+    name: str, script: str, **settings: str
+) -> Iterator[tuple[Server, Server]]:
+    """`script --upstream PORT` (a bench script's own upstream) and `catapult-gateway serve`
+    in front of it, each on a fresh loopback port; `settings` are GATEWAY_* values on top of
+    the loopback address, the upstream and warning-level logs."""
+    python = sys.executable
+    upstream_port, gateway_port = free_port(), free_port()
+    env = {
+        "PYTHONPATH": str(HERE),
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(gateway_port),
+        "GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}",
+        "GATEWAY_LOG_LEVEL": "warning",
+        **settings,
+    }
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}, **env}
+    upstream_argv = [python, script, "--upstream", str(upstream_port)]
+    gateway_argv = [str(Path(python).parent / "catapult-gateway"), "serve"]
+    with (
+        start(f"{name}-upstream", upstream_argv, upstream_port, env, "/__health") as upstream,
+        start(f"{name}-gateway", gateway_argv, gateway_port, env, "/readyz") as gateway,
+    ):
+        yield upstream, gateway
+
+
 def graphql_line(page: int, size: int, order: str) -> str:
     body = {"query": QUERY, "variables": {"page": page, "size": size, "sortOrder": order}}
     return "POST\t/graphql\t" + json.dumps(body, separators=(",", ":"))

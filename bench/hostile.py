@@ -31,16 +31,14 @@ import asyncio
 import base64
 import gzip
 import itertools
-import os
 import statistics
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from compare import Server, free_port, start
+from compare import Server, upstream_and_gateway
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -336,32 +334,7 @@ def main() -> int:
     if not 0 < args.seconds <= 600 or not 0 <= args.after <= 600:
         parser.error("--seconds must be in (0, 600] and --after in [0, 600]")
 
-    python = sys.executable
-    upstream_port, gateway_port = free_port(), free_port()
-    env = {
-        "PYTHONPATH": str(ROOT / "bench"),
-        "GATEWAY_HOST": "127.0.0.1",
-        "GATEWAY_PORT": str(gateway_port),
-        "GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}",
-        "GATEWAY_LOG_LEVEL": "warning",
-    }
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}, **env}
-    with (
-        start(
-            "hostile-upstream",
-            [python, __file__, "--upstream", str(upstream_port)],
-            upstream_port,
-            env,
-            "/__health",
-        ),
-        start(
-            "hostile-gateway",
-            [str(Path(python).parent / "catapult-gateway"), "serve"],
-            gateway_port,
-            env,
-            "/readyz",
-        ) as gateway,
-    ):
+    with upstream_and_gateway("hostile", __file__) as (_, gateway):
         # Warm up (the schema, the first pages), then the baseline RSS.
         for _ in range(3):
             httpx.post(

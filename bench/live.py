@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from compare import Server, free_port, start
+from compare import Server, upstream_and_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = ROOT / "tests" / "js" / "live"
@@ -142,33 +142,10 @@ def main() -> int:
 
     install_locked(CLIENTS)
 
-    python = sys.executable
-    upstream_port, gateway_port = free_port(), free_port()
-    env = {
-        "PYTHONPATH": str(ROOT / "bench"),
-        "GATEWAY_HOST": "127.0.0.1",
-        "GATEWAY_PORT": str(gateway_port),
-        "GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}",
-        "GATEWAY_LOG_LEVEL": "warning",
-        # Every client here comes from 127.0.0.1, as clients behind one proxy do.
-        "GATEWAY_MAX_CONNECTIONS_PER_CLIENT": "10000",
-    }
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}, **env}
+    # Every client here comes from 127.0.0.1, as clients behind one proxy do.
+    many_clients = {"GATEWAY_MAX_CONNECTIONS_PER_CLIENT": "10000"}
     with (
-        start(
-            "live-sandbox",
-            [python, __file__, "--upstream", str(upstream_port)],
-            upstream_port,
-            env,
-            "/__health",
-        ) as upstream,
-        start(
-            "live-gateway",
-            [str(Path(python).parent / "catapult-gateway"), "serve"],
-            gateway_port,
-            env,
-            "/readyz",
-        ) as gateway,
+        upstream_and_gateway("live", __file__, **many_clients) as (upstream, gateway),
         httpx.Client(base_url=upstream.url, timeout=30) as control,
     ):
         # Warm up (the schema, one page per account), then the baseline RSS.

@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, PlainTextResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.types import Scope
 
@@ -26,7 +26,7 @@ from gateway.body_budget import BodyBudget
 from gateway.config import Settings
 from gateway.context import ContextFactory
 from gateway.endpoint import GraphQLEndpoint
-from gateway.graphiql import ASSET_ROUTE, GraphiQLPage
+from gateway.graphiql import GraphiQLAssets, GraphiQLPage
 from gateway.health import healthz, readyz
 from gateway.limits import OperationLimits
 from gateway.live.hub import LiveHub
@@ -40,7 +40,7 @@ from gateway.middleware.answer_cache import AnswerCacheMiddleware
 from gateway.middleware.shutdown import ShutdownMiddleware
 from gateway.observability import MULTIPROC_ENV
 from gateway.observability.logging import configure_logging
-from gateway.observability.metrics import Metrics
+from gateway.observability.metrics import Metrics, MetricsEndpoint
 from gateway.observability.telemetry import Telemetry
 from gateway.observability.transport import InstrumentedTransport
 from gateway.pagination import CursorCodec
@@ -211,25 +211,13 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
         max_operations=settings.live_max_per_connection,
     )
 
-    async def metrics_endpoint(request: Request) -> Response:
-        body, media_type = metrics.exposition(request.headers.get("accept"))
-        return Response(body, media_type=media_type)
-
-    async def graphiql_asset(request: Request) -> Response:
-        params = request.path_params
-        path = graphiql.asset_path(params["fingerprint"], params["name"])
-        if path is None:
-            return PlainTextResponse("Not Found", status_code=404)
-        return FileResponse(path, headers={"cache-control": "public, max-age=31536000, immutable"})
-
     routes += [
         Route("/graphql", endpoint),
         WebSocketRoute("/graphql", websocket),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
-        # The path carries the file's content hash, so it may be cached as immutable.
-        Route(ASSET_ROUTE + "/{fingerprint}/{name}", graphiql_asset, methods=["GET"]),
+        Route("/metrics", MetricsEndpoint(metrics), methods=["GET"]),
+        Route(GraphiQLAssets.ROUTE, GraphiQLAssets(graphiql), methods=["GET"]),
     ]
     # The answer cache is middleware rather than part of the route, so a hit skips
     # routing and exception handling; it sits inside CORS, whose headers are per request.

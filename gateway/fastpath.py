@@ -175,7 +175,7 @@ _INT32 = "-2147483648 <= _v <= 2147483647"
 # projection's preamble (`_preamble`), into locals named after the field (`_id`,
 # `_direction`); every other field is one inline expression of its upstream value, per
 # kind. A choice is served as its enum's name, its value upper-cased (the schema's enums
-# are written that way, and tests/test_schema_types.py checks it).
+# are written that way, and tests/schema/test_types.py checks it).
 
 
 def _local(field: CallField) -> str:

@@ -33,11 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+from starlette.requests import Request
+from starlette.responses import FileResponse, PlainTextResponse
+from starlette.types import Receive, Scope, Send
 
 log = logging.getLogger("gateway.graphiql")
 
 CDN = "https://cdn.jsdelivr.net/npm"
 ASSET_ROUTE = "/graphiql/assets"
+# The path carries the file's content hash, so a browser may keep it for good.
+IMMUTABLE = "public, max-age=31536000, immutable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +189,24 @@ class GraphiQLPage:
             if (asset.fingerprint, asset.name) == (fingerprint, name) and self.local:
                 return self.static_dir / asset.name
         return None
+
+
+class GraphiQLAssets:
+    """`GET ASSET_ROUTE/{fingerprint}/{name}`: the page's pinned files, from `page`'s folder."""
+
+    ROUTE = ASSET_ROUTE + "/{fingerprint}/{name}"
+
+    def __init__(self, page: GraphiQLPage) -> None:
+        self._page = page
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        params = Request(scope, receive).path_params
+        path = self._page.asset_path(params["fingerprint"], params["name"])
+        if path is None:
+            response = PlainTextResponse("Not Found", status_code=404)
+            await response(scope, receive, send)
+            return
+        await FileResponse(path, headers={"cache-control": IMMUTABLE})(scope, receive, send)
 
 
 def _src(asset: Asset, local: bool) -> str:

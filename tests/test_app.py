@@ -1,14 +1,17 @@
-"""The composition root's process housekeeping."""
+"""The composition root: it only wires, and its process housekeeping."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import gc
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+import gateway.app
 from gateway.app import collect_cycles, heap_trimmer
 
 
@@ -78,3 +81,24 @@ def test_the_heap_is_trimmed_after_each_collection() -> None:
 
 def test_the_heap_trimmer_runs_whatever_the_c_library() -> None:
     heap_trimmer()()  # glibc's malloc_trim here, nothing where the C library has none
+
+
+def test_create_app_defines_no_handler_of_its_own() -> None:
+    # A function defined inside create_app is a closure on the request path: the handlers
+    # are objects of their own modules, made here with their collaborators. The lifespan is
+    # the one exception, run once at start-up and shutdown.
+    tree = ast.parse(Path(gateway.app.__file__).read_text())
+    [create_app] = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef) and node.name == "create_app"
+    ]
+
+    inner = [
+        "<lambda>" if isinstance(node, ast.Lambda) else node.name
+        for node in ast.walk(create_app)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
+        and node is not create_app
+    ]
+
+    assert inner == ["lifespan"]

@@ -27,7 +27,7 @@ from tests.servers import serve
 
 CALLS_PATH = f"/v1/users/{DEMO.user_id}/calls/"
 # Every field of the table the compiled path builds, so a field added there is fuzzed too
-# (tests/test_schema_types.py pins the table itself).
+# (tests/schema/test_types.py pins the table itself).
 SCALAR_FIELDS = (
     *(field.name for field in CALL_FIELDS if field.kind != "headers"),
     "__typename",

@@ -11,9 +11,6 @@ chromium the test is skipped, unless GATEWAY_TEST_REQUIRE_BROWSER is set (CI set
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import logging
 import os
 import subprocess
 import sys
@@ -21,7 +18,7 @@ import sysconfig
 import time
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -36,18 +33,11 @@ from gateway.app import create_app
 from gateway.config import load_settings
 from gateway.graphiql import (
     ASSETS,
-    DEFAULT_STATIC_DIR,
-    GRAPHIQL_JS,
-    REACT,
-    TARBALLS,
-    FetchError,
     GraphiQLPage,
-    fetch_assets,
     integrity,
-    license_name,
 )
-from tests.inprocess import in_process
 from tests.servers import free_port, serve
+from tests.test_graphiql import FETCH_COMMAND
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -65,7 +55,6 @@ CHROMIUM_FLAGS = [
     # Belt and braces beside the route interception: no name but loopback resolves.
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
 ]
-FETCH_COMMAND = "python -m gateway.graphiql fetch"
 
 
 def _require(tool: str, present: bool, variable: str) -> None:
@@ -149,67 +138,6 @@ def assert_the_example_query_ran_offline(visit: Visit) -> None:
     assert visit.errors == []
 
 
-def test_the_vendored_files_are_the_pinned_ones() -> None:
-    for asset in ASSETS:
-        data = (DEFAULT_STATIC_DIR / asset.name).read_bytes()
-        assert integrity(data, "sha384") == asset.integrity, asset.name
-    for package, _version in TARBALLS:
-        assert "MIT License" in (DEFAULT_STATIC_DIR / license_name(package)).read_text()
-
-
-# -- the gateway serves each file under its content hash -------------------------------------
-
-
-def gateway_get(*paths: str, **headers: str) -> list[httpx.Response]:
-    """GET each path from the gateway in this process (GraphiQL needs no upstream)."""
-
-    async def run() -> list[httpx.Response]:
-        async with in_process("http://127.0.0.1:9") as client:
-            return [await client.get(path, headers=headers) for path in paths]
-
-    return asyncio.run(run())
-
-
-def test_each_file_is_served_under_its_content_hash_as_immutable() -> None:
-    [page] = gateway_get("/graphql", accept="text/html")
-    answers = gateway_get(*(asset.local_url for asset in ASSETS))
-
-    for asset, answer in zip(ASSETS, answers, strict=True):
-        url = asset.local_url
-        data = (DEFAULT_STATIC_DIR / asset.name).read_bytes()
-        # The path holds the hash of the very bytes served, beside the SRI hash that checks them.
-        digest = hashlib.sha384(data).hexdigest()
-        assert url == f"/graphiql/assets/{digest[:16]}/{asset.name}"
-        assert f'"{url}" integrity="{asset.integrity}"' in page.text
-        assert answer.status_code == 200, url
-        assert answer.content == data
-        assert answer.headers["cache-control"] == "public, max-age=31536000, immutable"
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(f"/graphiql/assets/{GRAPHIQL_JS.name}", id="version-less"),
-        pytest.param(f"/graphiql/assets/{'0' * 16}/{GRAPHIQL_JS.name}", id="another-pin"),
-        pytest.param(f"/graphiql/assets/{GRAPHIQL_JS.fingerprint}/{REACT.name}", id="mixed"),
-        pytest.param(f"/graphiql/assets/{GRAPHIQL_JS.fingerprint}/x.js", id="unknown-name"),
-    ],
-)
-def test_no_other_asset_path_finds_a_file(path: str) -> None:
-    # An immutable URL whose bytes could change would be a stale file failing its SRI
-    # check after a pin bump: only the current pin's hash path serves.
-    [answer] = gateway_get(path)
-
-    assert answer.status_code == 404
-
-
-def test_a_new_pin_is_a_new_url() -> None:
-    bumped = replace(GRAPHIQL_JS, version="3.8.4", integrity=integrity(b"other bytes", "sha384"))
-
-    assert bumped.local_url != GRAPHIQL_JS.local_url
-    assert bumped.name == GRAPHIQL_JS.name
-
-
 @pytest.fixture
 def sandbox_gateway() -> Iterator[str]:
     # Sandbox mode reaches its sandbox through its own port, so it must know it up front.
@@ -245,17 +173,6 @@ def test_without_its_files_the_page_says_what_to_run(tmp_path: Path) -> None:
     assert "reinstall catapult-gateway" in visit.text
     assert visit.blocked  # it did try the CDN
     assert visit.errors == []
-
-
-def test_without_its_files_the_start_up_warning_names_the_fix(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    with caplog.at_level(logging.WARNING, logger="gateway.graphiql"):
-        GraphiQLPage(endpoint="/graphql", static_dir=tmp_path)
-
-    [record] = caplog.records
-    assert FETCH_COMMAND in record.getMessage()
-    assert "reinstall catapult-gateway" in record.getMessage()
 
 
 # -- the built wheel, installed into a fresh virtual environment --------------------------------
@@ -355,20 +272,3 @@ def test_the_built_wheel_serves_graphiql_offline(tmp_path: Path) -> None:
     assert_the_example_query_ran_offline(visit)
     assert process.returncode == 0
     assert "GraphiQL files not found" not in stderr
-
-
-def test_fetch_refuses_a_tarball_that_is_not_the_pinned_one(tmp_path: Path) -> None:
-    # A stand-in `npm` that packs a look-alike react: same file names, other bytes.
-    package = tmp_path / "package" / "umd"
-    package.mkdir(parents=True)
-    (package / "react.production.min.js").write_text("/* not react */")
-    fake_npm = tmp_path / "npm"
-    fake_npm.write_text(
-        f'#!/bin/sh\ntar -czf react-18.3.1.tgz -C "{tmp_path}" package\necho react-18.3.1.tgz\n'
-    )
-    fake_npm.chmod(0o755)
-    target = tmp_path / "vendor"
-
-    with pytest.raises(FetchError, match=r"react@18\.3\.1: tarball is sha512-"):
-        fetch_assets(target, npm=str(fake_npm))
-    assert list(target.iterdir()) == []

@@ -37,6 +37,9 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.exposition import choose_encoder
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 # At most this many distinct operation names per process; later ones count as OTHER.
 # The first names seen keep their label rather than the most frequent ones: a series that
@@ -269,3 +272,15 @@ class Metrics:
         self.worker_up.set(0)
         if self.multiprocess_dir is not None:
             multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)  # type: ignore[no-untyped-call]
+
+
+class MetricsEndpoint:
+    """`GET /metrics`: the scrape, in the format the scraper's Accept asks for."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        accept = Request(scope, receive).headers.get("accept")
+        body, media_type = self._metrics.exposition(accept)
+        await Response(body, media_type=media_type)(scope, receive, send)
