@@ -111,7 +111,9 @@ def start(
     log = open(tempfile.gettempdir() + f"/bench-{name}.log", "wb")  # noqa: SIM115
     process = subprocess.Popen(
         argv,
-        env={**os.environ, **env},
+        # The caller's own GATEWAY_* settings stay out: a bench run measures the settings
+        # it names, whatever the shell that started it exports.
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}, **env},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -156,7 +158,6 @@ def upstream_and_gateway(
         "GATEWAY_LOG_LEVEL": "warning",
         **settings,
     }
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}, **env}
     upstream_argv = [python, script, "--upstream", str(upstream_port)]
     gateway_argv = [str(Path(python).parent / "catapult-gateway"), "serve"]
     with (
