@@ -162,6 +162,7 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
         upstream_base=settings.upstream_base,
         request_timeout=settings.request_timeout,
         max_upstream_requests=settings.max_upstream_requests,
+        max_calls_per_operation=settings.max_calls_per_operation,
         max_entities=settings.max_entities,
     )
     schema = graphql_core_schema(build_schema())
@@ -171,6 +172,7 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
         max_tokens=settings.max_tokens,
         max_root_fields=settings.max_root_fields,
         max_upstream_requests=settings.max_upstream_requests,
+        max_calls=settings.max_calls_per_operation,
     )
     # Queries and mutations over WebSocket and SSE are answered by this very endpoint
     # (see gateway.live.operations), so it is built before them and handed over.

@@ -286,6 +286,17 @@ class Settings(BaseModel):
     max_upstream_requests: int = Field(
         10, ge=1, le=10_000, description="Upstream requests one operation may cause."
     )
+    max_calls_per_operation: int = Field(
+        5000,
+        ge=1,
+        le=1_000_000,
+        description="Calls one operation may serve, over all its `calls`, `callsConnection`, "
+        "`call` and `_entities` fields, counted from the document's `size` and `first` "
+        "before any upstream request and again from the pages actually served (past it: "
+        "OPERATION_TOO_COMPLEX). The default is a full page of 1000 plus one "
+        "`callsConnection` walk at its longest (4 pages of 1000): about 16 MB of JSON "
+        "with every field, where 20 aliased pages were 67 MB.",
+    )
     max_entities: int = Field(
         1000,
         ge=1,

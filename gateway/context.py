@@ -38,6 +38,12 @@ class CallSource(Protocol):
     def next_query(self, found: CallList, query: ListQuery) -> ListQuery | None:
         """The page after `found` (fetched with `query`) per the upstream's `rel="next"`."""
 
+    def serve(self, count: int) -> None:
+        """Count `count` more calls served; raises `OperationTooComplex` past the bound."""
+
+    def restart(self) -> None:
+        """Start counting served calls afresh (the compiled path gave the operation up)."""
+
 
 class LiveSource(Protocol):
     """Where `callsUpdated` gets its updates from, on behalf of the caller."""
@@ -138,12 +144,14 @@ class ContextFactory:
         upstream_base: str,
         request_timeout: float,
         max_upstream_requests: int,
+        max_calls_per_operation: int,
         max_entities: int,
     ) -> None:
         self._cursors = cursors
         self._upstream_base = upstream_base
         self._request_timeout = request_timeout
         self._max_upstream_requests = max_upstream_requests
+        self._max_calls = max_calls_per_operation
         self._max_entities = max_entities
 
     def __call__(self, request: Request, request_id: str) -> Context:
@@ -157,5 +165,6 @@ class ContextFactory:
             upstream_base=self._upstream_base,
             fetched_at=fetched_at,
             max_requests=self._max_upstream_requests,
+            max_calls=self._max_calls,
         )
         return Context(request_id, loader, self._cursors, self._max_entities, fetched_at=fetched_at)

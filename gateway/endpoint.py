@@ -34,11 +34,11 @@ from starlette.types import Receive, Scope, Send
 from gateway.bounded import BoundedCache, memoize
 from gateway.context import Context, UpstreamWarning
 from gateway.credentials import request_credentials
-from gateway.errors import PersistedQueryNotFound, Unauthenticated
+from gateway.errors import OperationTooComplex, PersistedQueryNotFound, Unauthenticated
 from gateway.fastpath import FastPlan, compile_plan
 from gateway.graphiql import GraphiQLPage
 from gateway.graphql_errors import coded, format_error, internal_error
-from gateway.limits import OperationLimits, check_limits, parse_document
+from gateway.limits import OperationLimits, check_limits, parse_document, too_complex
 from gateway.live.media import prefers_event_stream, wants_event_stream
 from gateway.middleware.answer_cache import AnswerVerdict
 from gateway.middleware.shutdown import STOPPED_CODE
@@ -353,6 +353,12 @@ class GraphQLEndpoint:
         if plan is not None:
             try:
                 data = await plan.run(context, params.variables)
+            except OperationTooComplex as refusal:
+                # The compiled path counts every page before it builds any: an operation
+                # over GATEWAY_MAX_CALLS_PER_OPERATION is refused as a whole, as the
+                # document check refuses, and nothing large is built or sent.
+                error = too_complex(refusal.message, **refusal.extra)
+                return _result(media_type, [coded(error, refusal.code)], name, request_error=True)
             except Exception:
                 # As the executor masks a resolver's failure: coded, with the request
                 # id, the detail in the log only (never a bare 500).

@@ -442,7 +442,8 @@ class FastPlan:
         return shape
 
     async def run(self, context: Context, raw_variables: dict[str, Any] | None) -> Row | None:
-        """The operation's `data`, or None when the standard executor must answer."""
+        """The operation's `data`, or None when the standard executor must answer; raises
+        `OperationTooComplex` when it serves more calls than the operation may."""
         coerced = self._coerce(raw_variables or {})
         if coerced is None:
             return None  # the standard executor words the variable errors
@@ -454,29 +455,48 @@ class FastPlan:
                 if node is not None
             ]
             if len(queries) == 1:
-                bodies = iter([await context.calls.list_calls_raw(queries[0])])
+                bodies = [await context.calls.list_calls_raw(queries[0])]
             else:
                 # Fetched together, as the standard executor resolves root fields.
                 calls = context.calls
-                bodies = iter(await asyncio.gather(*(calls.list_calls_raw(q) for q in queries)))
+                bodies = await asyncio.gather(*(calls.list_calls_raw(q) for q in queries))
+            pages = [within_size(body, query) for body, query in zip(bodies, queries, strict=True)]
+            served = 0
+            for body, _ in pages:
+                if body.__class__ is not list:
+                    raise Fallback
+                served += len(body)
+        except (Fallback, GatewayError):
+            _given_up(context)
+            return None
+        # Counted before any page is built. Past GATEWAY_MAX_CALLS_PER_OPERATION this
+        # raises `OperationTooComplex` for the endpoint to answer: the whole operation is
+        # known to be over, and building its first pages (or handing it to the standard
+        # executor, which would) is the cost the bound is there to refuse.
+        context.calls.serve(served)
+        try:
             data: Row = {}
+            cut = iter(pages)
             asked = iter(queries)
             for key, node, project in shape:
                 if node is None or project is None:
                     data[key] = "Query"
                     continue
+                body, excess = next(cut)
                 query = next(asked)
-                body, excess = within_size(next(bodies), query)
-                if body.__class__ is not list:
-                    return None
                 if excess:
                     context.warnings.append(oversized_page_warning(excess, query.size, (key,)))
                 data[key] = _project_page(body, project, context, key)
         except (Fallback, GatewayError):
-            # Nothing of this attempt may show: the standard executor starts afresh.
-            context.warnings.clear()
+            _given_up(context)
             return None
         return data
+
+
+def _given_up(context: Context) -> None:
+    # Nothing of this attempt may show: the standard executor starts afresh.
+    context.warnings.clear()
+    context.calls.restart()
 
 
 def _directives_use_variables(

@@ -10,6 +10,12 @@ deduplicates them. It is a lower bound (a connection may follow several pages), 
 loader also counts at run time and refuses the request that would pass the limit. `call`
 and `_entities` add nothing to it: their ids may all be in the entity view, which costs
 no upstream request, and cold ones are batched; only the run-time count knows.
+
+The calls estimate is what the document asks for: each `calls` field's `size` and each
+`callsConnection` field's `first` (their defaults when absent), summed over every response
+key, since aliases that share one upstream request still serve a copy each. A value in a
+variable, or a field under `@skip`/`@include`, counts nothing here; the loader counts every
+call served at run time (`OperationLoader.serve`), which is the bound itself.
 """
 
 from __future__ import annotations
@@ -23,16 +29,20 @@ from graphql import (
     FragmentSpreadNode,
     GraphQLError,
     InlineFragmentNode,
+    IntValueNode,
     OperationDefinitionNode,
     SelectionSetNode,
     parse,
     print_ast,
 )
 
+from gateway.calls import MAX_PAGE_SIZE
 from gateway.errors import OperationTooComplex
 
 # Root fields that cost at least one upstream request each.
 UPSTREAM_FIELDS = frozenset({"calls", "callsConnection"})
+# The argument of each list field that says how many calls it serves, and its default.
+SERVED_BY = {"calls": ("size", 25), "callsConnection": ("first", 25)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +54,7 @@ class OperationLimits:
     max_tokens: int = 2000
     max_root_fields: int = 20
     max_upstream_requests: int = 10
+    max_calls: int = 5000
 
 
 def too_complex(message: str, **extensions: object) -> GraphQLError:
@@ -126,7 +137,36 @@ def _check_operation(
                 limit="maxUpstreamRequests",
             )
         )
+    asked = _calls_asked(root_fields)
+    if asked > limits.max_calls:
+        errors.append(
+            too_complex(
+                f"Operation `{name}` asks for {asked} calls; at most {limits.max_calls} may "
+                "be served per operation.",
+                limit="maxCallsPerOperation",
+            )
+        )
     return errors
+
+
+def _calls_asked(root_fields: list[FieldNode]) -> int:
+    """The calls the root fields ask for, as far as the document alone says."""
+    # Fields under one response key are merged by the executor (validation made their
+    # arguments equal): they serve once.
+    by_key = {(field.alias or field.name).value: field for field in root_fields}
+    asked = 0
+    for field in by_key.values():
+        served_by = SERVED_BY.get(field.name.value)
+        if served_by is None or field.directives:
+            continue
+        argument, count = served_by
+        for node in field.arguments or ():
+            if node.name.value == argument:
+                # A variable counts nothing; an out-of-range value is refused at run time
+                # as BAD_USER_INPUT, so it counts only as much as could be served.
+                count = int(node.value.value) if isinstance(node.value, IntValueNode) else 0
+        asked += min(max(count, 0), MAX_PAGE_SIZE)
+    return asked
 
 
 def _request_key(field: FieldNode) -> tuple[str, tuple[tuple[str, str], ...]]:

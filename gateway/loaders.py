@@ -21,6 +21,13 @@ null at once, without a GET per id. A cached page proves nothing about calls mad
 The upstream allows about one request per second per account, so twenty references cost
 one request (a second of the account's budget) instead of twenty.
 
+Every call the operation serves is counted here (`serve`), whichever field or execution
+path serves it: a list once per list handed out, before anything is built from it (the
+compiled path calls `serve` itself, see `list_calls_raw`), a single call once per ask.
+Past `GATEWAY_MAX_CALLS_PER_OPERATION` the field is `OPERATION_TOO_COMPLEX`: aliases
+share one upstream request but each serves its own copy, and 20 aliased pages of 1000
+were a 67 MB answer (six at once peaked at 495 MB RSS).
+
 After a 401 or 403 for its credentials, the operation asks the upstream nothing more:
 every further request fails at once with the same code, including those already waiting
 for a pacing slot.
@@ -112,6 +119,7 @@ class OperationLoader:
         upstream_base: str,
         fetched_at: list[float],
         max_requests: int | None,
+        max_calls: int,
     ) -> None:
         self._upstream = upstream
         self._credentials = credentials
@@ -126,6 +134,8 @@ class OperationLoader:
         # By what was asked: a list's upstream parameters, or a call's id.
         self._inflight: dict[object, asyncio.Future[UpstreamAnswer | None]] = {}
         self.upstream_requests = 0
+        self._max_calls = max_calls
+        self.calls_served = 0
         # Single calls by id, and the ids waiting for the next batch.
         self._calls: dict[str, asyncio.Future[Found]] = {}
         self._batch: list[str] = []
@@ -139,6 +149,7 @@ class OperationLoader:
     async def list_calls(self, query: ListQuery) -> CallList:
         answer = await self._list(query)
         body, excess = within_size(answer.body, query)
+        self.serve(len(body) if body.__class__ is list else 0)
         records, bad = parse_call_list(body)
         return CallList(records, bad, answer.links.get("next"), excess)
 
@@ -154,8 +165,27 @@ class OperationLoader:
 
     async def list_calls_raw(self, query: ListQuery) -> Any:
         """The upstream's JSON body for `query`, unparsed (for the compiled path), which
-        cuts it to `size` itself (`calls.within_size`), as `list_calls` does."""
+        cuts it to `size` itself (`calls.within_size`), as `list_calls` does, and counts
+        what it serves (`serve`) once it has all its pages: a count made here could land
+        after that path gave up, in the standard executor's fresh count."""
         return (await self._list(query)).body
+
+    def serve(self, count: int) -> None:
+        """Count `count` more calls served; raises `OperationTooComplex` past the bound.
+
+        Once per list or call, never per record: this is on the compiled path's hot path.
+        """
+        self.calls_served += count
+        if self.calls_served > self._max_calls:
+            raise OperationTooComplex(
+                f"This operation serves more than {self._max_calls} calls.",
+                limit="maxCallsPerOperation",
+            )
+
+    def restart(self) -> None:
+        """Forget what was served: the standard executor starts afresh after the compiled
+        path gave up, and nothing that path served is shown."""
+        self.calls_served = 0
 
     async def _list(self, query: ListQuery) -> UpstreamAnswer:
         credentials = self.credentials()
@@ -173,6 +203,7 @@ class OperationLoader:
     async def get_call(self, call_id: str) -> Found:
         validate_id(call_id, "id")
         self.credentials()
+        self.serve(1)
         future = self._calls.get(call_id)
         if future is None:
             loop = asyncio.get_running_loop()

@@ -73,6 +73,7 @@ def make_context(upstream: RecordingUpstream, headers: dict[str, str]) -> Contex
         upstream_base="http://upstream.test",
         request_timeout=REQUEST_TIMEOUT,
         max_upstream_requests=10,
+        max_calls_per_operation=5000,
         max_entities=1000,
     )
     sent = {**credential_headers(ACCOUNTS[0]), **headers}

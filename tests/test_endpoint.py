@@ -413,6 +413,7 @@ def _context(request: Request, request_id: str) -> Context:
             upstream_base="http://upstream.test",
             fetched_at=[],
             max_requests=None,
+            max_calls=5000,
         ),
         cursors=CursorCodec(b"a test cursor key"),
         max_entities=1000,

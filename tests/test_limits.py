@@ -177,3 +177,114 @@ def test_call_aliases_served_from_the_entity_view_are_not_refused_in_advance(
     assert "errors" not in body
     assert [body["data"][f"c{i}"]["id"] for i in range(20)] == [c["id"] for c in listed]
     assert len(sandbox.requests()) == 1
+
+
+# -- GATEWAY_MAX_CALLS_PER_OPERATION: the calls one operation may serve -------------------
+
+LIST = "calls(size: {n}) { id }"
+EDGES = "callsConnection(first: {n}) { edges { node { id } } }"
+CALLS_BOUND = {"max_calls_per_operation": 10}
+REFERENCES = "query($r: [_Any!]!) { _entities(representations: $r) { ... on Call { id } } }"
+
+
+def aliases(field: str, count: int, n: int | str) -> str:
+    return " ".join(f"a{i}: " + field.replace("{n}", str(n)) for i in range(count))
+
+
+@pytest.mark.parametrize(
+    ("settings", "query", "variables", "refused"),
+    [
+        pytest.param(
+            CALLS_BOUND, "{ " + aliases(LIST, 2, 5) + " }", None, None, id="at-the-bound-served"
+        ),
+        # What the document says alone: refused before any upstream request.
+        pytest.param(
+            CALLS_BOUND, "{ " + aliases(LIST, 2, 6) + " }", None, "document", id="aliased-sizes"
+        ),
+        pytest.param(
+            CALLS_BOUND,
+            "{ a: " + LIST.replace("{n}", "6") + " b: " + EDGES.replace("{n}", "6") + " }",
+            None,
+            "document",
+            id="list-and-connection",
+        ),
+        pytest.param(
+            CALLS_BOUND,
+            "{ ...F } fragment F on Query { " + aliases(LIST, 2, 6) + " }",
+            None,
+            "document",
+            id="through-a-fragment",
+        ),
+        pytest.param(
+            {"max_calls_per_operation": 75},
+            "{ " + aliases("calls { id }", 4, "") + " }",
+            None,
+            "document",
+            id="default-sizes-count",
+        ),
+        # Sizes in variables: only the count at run time sees them, on either path.
+        pytest.param(
+            CALLS_BOUND,
+            "query($n: Int!) { " + aliases(LIST, 2, "$n") + " }",
+            {"n": 6},
+            "run time",
+            id="variables-compiled-path",
+        ),
+        pytest.param(
+            {**CALLS_BOUND, "fast_path": False},
+            "query($n: Int!) { " + aliases(LIST, 2, "$n") + " }",
+            {"n": 6},
+            "run time",
+            id="variables-standard-path",
+        ),
+        pytest.param(
+            CALLS_BOUND,
+            "query($n: Int!) { " + aliases(EDGES, 2, "$n") + " }",
+            {"n": 6},
+            "run time",
+            id="variables-connection",
+        ),
+        pytest.param(
+            # Eleven cold ids are more upstream requests than the default allows.
+            {**CALLS_BOUND, "max_upstream_requests": 100},
+            "{ " + " ".join(f'c{i}: call(id: "c-{i}") {{ id }}' for i in range(11)) + " }",
+            None,
+            "run time",
+            id="single-calls",
+        ),
+        pytest.param(
+            {**CALLS_BOUND, "max_upstream_requests": 100},
+            REFERENCES,
+            {"r": [{"__typename": "Call", "id": f"c-{i}"} for i in range(11)]},
+            "run time",
+            id="entities",
+        ),
+    ],
+)
+def test_an_operation_serves_at_most_max_calls(
+    gateway_factory: GatewayFactory,
+    sandbox: Sandbox,
+    settings: dict[str, Any],
+    query: str,
+    variables: dict[str, Any] | None,
+    refused: str | None,
+) -> None:
+    gateway = gateway_factory(**settings)
+
+    body = gateway.query(query, variables).json()
+
+    if refused is None:
+        assert "errors" not in body
+        assert sum(len(page) for page in body["data"].values()) == 10
+        return
+    errors = body.get("errors", [])
+    assert errors, body
+    assert {error["extensions"]["code"] for error in errors} == {"OPERATION_TOO_COMPLEX"}
+    assert {error["extensions"]["limit"] for error in errors} == {"maxCallsPerOperation"}
+    if refused == "document":
+        assert "data" not in body
+        assert sandbox.requests() == []
+    else:
+        # Refused once over the bound: whatever was served stays within it.
+        served = [value for value in (body.get("data") or {}).values() if value is not None]
+        assert len(served) <= 10

@@ -119,6 +119,7 @@ def test_a_request_whose_fields_went_away_fails_without_an_unretrieved_exception
             upstream_base="http://upstream.test",
             fetched_at=[],
             max_requests=None,
+            max_calls=5000,
         )
         field = asyncio.ensure_future(loader.list_calls(ListQuery(size=2)))
         await asyncio.sleep(0.01)

@@ -355,6 +355,12 @@ class _Source:
     def next_query(self, found: CallList, query: ListQuery) -> ListQuery | None:
         return None
 
+    def serve(self, count: int) -> None:
+        pass
+
+    def restart(self) -> None:
+        pass
+
 
 @pytest.mark.parametrize("case", CASES)
 def test_the_compiled_path_answers_odd_records_itself(case: Case) -> None:
