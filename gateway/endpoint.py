@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,7 +32,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.bounded import BoundedCache, memoize
-from gateway.context import Context, UpstreamWarning
+from gateway.context import Context, MakeContext, UpstreamWarning
 from gateway.credentials import request_credentials
 from gateway.errors import (
     BadRequest,
@@ -50,7 +50,7 @@ from gateway.middleware.shutdown import STOPPED_CODE
 from gateway.observability.record import RequestRecord, scope_request_id
 from gateway.observability.telemetry import Telemetry
 from gateway.persisted_queries import PersistedQueries
-from gateway.request_body import BodyRefused, read_body, refused_headers
+from gateway.request_body import RequestBodyRefusal, read_body, refused_headers
 
 log = logging.getLogger("gateway.request")
 
@@ -80,8 +80,6 @@ PREFLIGHT_HEADERS = ("x-apollo-operation-name", "apollo-require-preflight", "x-c
 _SIMPLE_CONTENT_TYPES = frozenset(
     {"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"}
 )
-
-MakeContext = Callable[[Request, str], Context]
 
 
 class EventStreamResponder(Protocol):
@@ -548,7 +546,7 @@ def _json_param(value: str | None, name: str) -> Any:
 
 async def _read_body(request: Request, limit: int) -> bytes:
     body = await read_body(request.scope, request.receive, limit)
-    if isinstance(body, BodyRefused):
+    if isinstance(body, RequestBodyRefusal):
         raise BadRequest(body.message, status=body.status, headers=refused_headers(body))
     return body
 

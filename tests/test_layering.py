@@ -85,6 +85,31 @@ def test_no_module_imports_another_modules_private_names() -> None:
     assert private == []
 
 
+def type_names(path: Path) -> list[str]:
+    """The classes and type aliases (CamelCase names) a module defines at its top level."""
+    names: list[str] = []
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.ClassDef):
+            names.append(node.name)
+        elif isinstance(node, ast.Assign):
+            names += [target.id for target in node.targets if isinstance(target, ast.Name)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.append(node.target.id)
+    return [name for name in names if name[:1].isupper() and not name.isupper()]
+
+
+def test_each_class_or_type_name_means_one_thing() -> None:
+    # Two `BodyRefused`s (a dataclass and an exception) or two `Outcome`s made a reader
+    # check which one a line meant; a concept used in two places is defined once and
+    # imported.
+    homes: dict[str, list[str]] = {}
+    for module, path in MODULES.items():
+        for name in type_names(path):
+            homes.setdefault(name, []).append(module)
+
+    assert {name: found for name, found in homes.items() if len(found) > 1} == {}
+
+
 def inside(package: str) -> set[str]:
     return {m for m in MODULES if m == package or m.startswith(package + ".")}
 
