@@ -62,6 +62,7 @@ from gateway.errors import (
     UpstreamBadResponse,
 )
 from gateway.pagination import next_query
+from gateway.upstream import routes
 from gateway.upstream.client import UpstreamAnswer
 
 # From this many ids missing from the entity view in one batch, one newest page of
@@ -197,7 +198,7 @@ class OperationLoader:
             )
 
         # Two queries that send the same parameters (a bridge filter's pages) are one request.
-        answer = await self._get(credentials, tuple(query.params()), send)
+        answer = await self._get(credentials, routes.list_params(query), send)
         assert answer is not None, "only a call may be absent, never a list"
         return answer
 
