@@ -52,7 +52,6 @@ from gateway.calls import (
     within_size,
 )
 from gateway.credentials import Credentials
-from gateway.entities import KnownCall, calls_in_list
 from gateway.errors import (
     Forbidden,
     GatewayError,
@@ -64,6 +63,7 @@ from gateway.errors import (
 from gateway.pagination import next_query
 from gateway.upstream import routes
 from gateway.upstream.client import UpstreamAnswer
+from gateway.upstream.entities import KnownCall, calls_in_list
 
 # From this many ids missing from the entity view in one batch, one newest page of
 # MAX_PAGE_SIZE is asked first: one request instead of (at least) three.

@@ -24,10 +24,10 @@ import orjson
 
 from gateway.calls import ListQuery
 from gateway.credentials import Credentials
-from gateway.entities import EntityView, KnownCall, call_in_answer, calls_in_list
 from gateway.upstream import routes
 from gateway.upstream.cache import CacheKeys, SingleFlightCache, create_store
 from gateway.upstream.client import CatapultClient, UpstreamAnswer
+from gateway.upstream.entities import EntityView, KnownCall, call_in_answer, calls_in_list
 from gateway.upstream.pacing import (
     FileSlots,
     MonotonicClock,
