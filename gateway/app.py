@@ -51,8 +51,6 @@ from gateway.upstream.client import CatapultClient
 from gateway.upstream.service import CatapultService, create_upstream
 from gateway.upstream.transport import create_transport
 
-# The OpenTelemetry service.name of the gateway's spans.
-SERVICE_NAME = "catapult-gateway"
 SANDBOX_PATH = "/sandbox"
 # How often cyclic garbage is collected on a clock, besides after allocations.
 CYCLE_COLLECTION_SECONDS = 10.0
@@ -336,7 +334,8 @@ def create_telemetry(settings: Settings, metrics_dir: str | None) -> Telemetry:
         return Telemetry(metrics, None)
     from gateway.observability.tracing import Tracing
 
-    return Telemetry(metrics, Tracing(str(settings.otlp_endpoint), service_name=SERVICE_NAME))
+    tracing = Tracing(str(settings.otlp_endpoint), service_name=settings.otel_service_name)
+    return Telemetry(metrics, tracing)
 
 
 def app_from_environment() -> Starlette:

@@ -1,7 +1,8 @@
 """The call-history domain: validated list queries and tolerantly parsed call records.
 
-Nothing here imports HTTP or GraphQL code. The upstream client turns a `ListQuery` into
-query parameters and a JSON body into `CallRecord`s; the schema turns records into GraphQL.
+Nothing here imports HTTP or GraphQL code. The upstream's routes turn a `ListQuery` into
+query parameters (`upstream/routes.py`), this module turns a JSON body into `CallRecord`s,
+and the schema turns records into GraphQL.
 `CALL_FIELDS` is the one list of a call's fields: the parser, the schema's `Call` type and
 the compiled path (fastpath.py) are all built from it.
 """
@@ -103,24 +104,6 @@ class ListQuery:
     def paginated(self) -> bool:
         """False when the upstream returns every match at once (bridge or conference)."""
         return self.bridge_id is None and self.conference_id is None
-
-    def params(self) -> list[tuple[str, str]]:
-        """The upstream query parameters, in a stable order."""
-        params: list[tuple[str, str]] = []
-        for name, value in (
-            ("bridgeId", self.bridge_id),
-            ("conferenceId", self.conference_id),
-            ("from", self.from_),
-            ("to", self.to),
-        ):
-            if value is not None:
-                params.append((name, value))
-        # Catapult ignores page and size with a bridge or conference; not sending them
-        # keeps one upstream request (and one cache entry) per bridge or conference.
-        if self.paginated:
-            params += [("page", str(self.page)), ("size", str(self.size))]
-        params.append(("sortOrder", self.sort_order))
-        return params
 
 
 @dataclass(frozen=True, slots=True)

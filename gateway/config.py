@@ -33,7 +33,10 @@ ENV_PREFIX = "GATEWAY_"
 # The test suite's own switches (GATEWAY_TEST_REQUIRE_NODE, ...): not settings, not misspelt.
 TEST_ENV_PREFIX = "GATEWAY_TEST_"
 # Settings whose variable is a cross-tool standard rather than GATEWAY_<NAME>.
-STANDARD_ENV_NAMES = {"otlp_endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT"}
+STANDARD_ENV_NAMES = {
+    "otlp_endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "otel_service_name": "OTEL_SERVICE_NAME",
+}
 DEFAULT_UPSTREAM_URL = "https://api.catapult.inetwork.com"
 
 # Every duration is finite and at most an hour: `inf` or 1e308 would overflow the
@@ -252,6 +255,12 @@ class Settings(BaseModel):
         None,
         description="OTLP/HTTP collector base URL (traces go to `<url>/v1/traces`); "
         "unset: no tracing. Needs the `otel` extra.",
+    )
+    otel_service_name: str = Field(
+        "catapult-gateway",
+        min_length=1,
+        max_length=255,
+        description="The `service.name` of the gateway's spans, when tracing is on.",
     )
     sandbox: bool = Field(False, description="Serve in front of the built-in sandbox upstream.")
     sandbox_live_interval: LiveSandboxSeconds = Field(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 from gateway.cache_control import wants_fresh
 from gateway.calls import BadRecord, CallList, CallRecord, ListQuery
 from gateway.credentials import request_credentials
-from gateway.loaders import OperationLoader, Upstream
+from gateway.loaders import CallService, OperationLoader
 from gateway.pagination import CursorCodec
 
 if TYPE_CHECKING:
@@ -130,6 +130,13 @@ class Context:
     fetched_at: list[float] = field(default_factory=list)
 
 
+class MakeContext(Protocol):
+    """Makes the Context of one request (`ContextFactory`), for the endpoint and the live
+    operations alike."""
+
+    def __call__(self, request: Request, request_id: str, /) -> Context: ...
+
+
 class ContextFactory:
     """Makes each request's `Context`: its loader, deadline and reading of `no-cache`.
 
@@ -155,7 +162,7 @@ class ContextFactory:
         self._max_entities = max_entities
 
     def __call__(self, request: Request, request_id: str) -> Context:
-        upstream: Upstream = request.state.upstream
+        upstream: CallService = request.state.upstream
         fetched_at: list[float] = []
         loader = OperationLoader(
             upstream,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,9 +32,14 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.bounded import BoundedCache, memoize
-from gateway.context import Context, UpstreamWarning
+from gateway.context import Context, MakeContext, UpstreamWarning
 from gateway.credentials import request_credentials
-from gateway.errors import OperationTooComplex, PersistedQueryNotFound, Unauthenticated
+from gateway.errors import (
+    BadRequest,
+    OperationTooComplex,
+    PersistedQueryNotFound,
+    Unauthenticated,
+)
 from gateway.fastpath import FastPlan, compile_plan
 from gateway.graphiql import GraphiQLPage
 from gateway.graphql_errors import coded, format_error, internal_error
@@ -44,8 +49,8 @@ from gateway.middleware.answer_cache import AnswerVerdict
 from gateway.middleware.shutdown import STOPPED_CODE
 from gateway.observability.record import RequestRecord, scope_request_id
 from gateway.observability.telemetry import Telemetry
-from gateway.persisted_queries import PersistedQueries, PersistedQueryError
-from gateway.request_body import BodyRefused, read_body, refused_headers
+from gateway.persisted_queries import PersistedQueries
+from gateway.request_body import RequestBodyRefusal, read_body, refused_headers
 
 log = logging.getLogger("gateway.request")
 
@@ -76,8 +81,6 @@ _SIMPLE_CONTENT_TYPES = frozenset(
     {"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"}
 )
 
-MakeContext = Callable[[Request, str], Context]
-
 
 class EventStreamResponder(Protocol):
     """Answers a request that asked for an event stream (`gateway.live.sse.EventStreams`)."""
@@ -91,16 +94,6 @@ class EventStreamResponder(Protocol):
         operation_name: str | None,
         extensions: dict[str, Any] | None,
     ) -> Awaitable[Response]: ...
-
-
-class RequestError(Exception):
-    """The HTTP request is not a well-formed GraphQL request: a 4xx, no execution."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,16 +248,16 @@ class GraphQLEndpoint:
             if isinstance(wanted, Outcome | Streamed):
                 return wanted
             return await self._execute(request, wanted, request_id, record)
-        except RequestError as exc:
-            body = {"errors": [{"message": exc.message, "extensions": {"code": "BAD_REQUEST"}}]}
-            return Outcome(body, JSON, exc.status, ["BAD_REQUEST"], headers=exc.headers)
+        except BadRequest as exc:
+            body = {"errors": [{"message": exc.message, "extensions": exc.extensions}]}
+            return Outcome(body, JSON, exc.status, [exc.code], headers=exc.headers)
 
     # -- read: from HTTP to the document to run --
 
     async def _read(self, request: Request) -> Wanted | Outcome | Streamed:
-        """The GraphQL request in `request`; raises `RequestError` for a malformed one."""
+        """The GraphQL request in `request`; raises `BadRequest` for a malformed one."""
         if request.method not in ("GET", "POST"):
-            raise RequestError(405, "Use GET or POST.", {"allow": "GET, POST"})
+            raise BadRequest("Use GET or POST.", status=405, headers={"allow": "GET, POST"})
         # graphql-sse: the same request checks, then an event stream instead of one answer
         # (see `live.media` for when a client that lists both gets which).
         accept = request.headers.getlist("accept")
@@ -272,8 +265,7 @@ class GraphQLEndpoint:
         preferred = streams is not None and prefers_event_stream(accept)
         media_type = JSON if preferred else _negotiate(request.headers.get("accept"))
         if self._csrf_prevention and not _preflighted(request):
-            raise RequestError(
-                400,
+            raise BadRequest(
                 "This request has been blocked as a potential Cross-Site Request Forgery. "
                 "Send it with `Content-Type: application/json`, or add a non-empty "
                 "`Apollo-Require-Preflight` header.",
@@ -294,15 +286,13 @@ class GraphQLEndpoint:
                 if self._persisted is None
                 else self._persisted.resolve(params.query, params.extensions)
             )
-        except PersistedQueryError as exc:
-            raise RequestError(400, str(exc)) from None
         except PersistedQueryNotFound as exc:
             # 200 whatever the media type: Apollo Client's persisted-query link turns
             # APQ off for good on a 400, instead of resending with the document.
             body = {"errors": [{"message": exc.message, "extensions": exc.extensions}]}
             return Outcome(body, media_type, codes=[exc.code])
         if query is None:
-            raise RequestError(400, "The request must carry a GraphQL document in `query`.")
+            raise BadRequest("The request must carry a GraphQL document in `query`.")
         return Wanted(media_type, query, params)
 
     def _subscribes(self, params: GraphQLParams) -> bool:
@@ -333,12 +323,13 @@ class GraphQLEndpoint:
             and operation is not None
             and operation.operation is not OperationType.QUERY
         ):
-            raise RequestError(
-                405, "Only queries may be sent with GET; use POST.", {"allow": "POST"}
+            raise BadRequest(
+                "Only queries may be sent with GET; use POST.",
+                status=405,
+                headers={"allow": "POST"},
             )
         if operation is not None and operation.operation is OperationType.SUBSCRIPTION:
-            raise RequestError(
-                400,
+            raise BadRequest(
                 "Subscriptions are served over WebSocket (the graphql-transport-ws "
                 "subprotocol) or Server-Sent Events (`Accept: text/event-stream`).",
             )
@@ -431,17 +422,16 @@ class GraphQLEndpoint:
         else:
             content_type = request.headers.get("content-type", "")
             if content_type.split(";")[0].strip().lower() != JSON:
-                raise RequestError(
-                    415, "Send GraphQL requests as `Content-Type: application/json`."
+                raise BadRequest(
+                    "Send GraphQL requests as `Content-Type: application/json`.", status=415
                 )
             body = await _read_body(request, self._max_body_bytes)
             try:
                 raw = orjson.loads(body)
             except orjson.JSONDecodeError:
-                raise RequestError(400, "The request body is not valid JSON.") from None
+                raise BadRequest("The request body is not valid JSON.") from None
             if not isinstance(raw, dict):
-                raise RequestError(
-                    400,
+                raise BadRequest(
                     "The request body must be a JSON object (batched requests are not supported).",
                 )
         return _params(raw)
@@ -533,15 +523,15 @@ def _params(raw: dict[str, Any]) -> GraphQLParams:
     extensions = raw.get("extensions")
     persisted = isinstance(extensions, dict) and "persistedQuery" in extensions
     if not (query is None and persisted) and (not isinstance(query, str) or not query.strip()):
-        raise RequestError(400, "The request must carry a GraphQL document in `query`.")
+        raise BadRequest("The request must carry a GraphQL document in `query`.")
     operation_name = raw.get("operationName")
     if operation_name is not None and not isinstance(operation_name, str):
-        raise RequestError(400, "`operationName` must be a string.")
+        raise BadRequest("`operationName` must be a string.")
     variables = raw.get("variables")
     if variables is not None and not isinstance(variables, dict):
-        raise RequestError(400, "`variables` must be a JSON object.")
+        raise BadRequest("`variables` must be a JSON object.")
     if extensions is not None and not isinstance(extensions, dict):
-        raise RequestError(400, "`extensions` must be a JSON object.")
+        raise BadRequest("`extensions` must be a JSON object.")
     return GraphQLParams(query, variables, operation_name or None, extensions)
 
 
@@ -551,13 +541,13 @@ def _json_param(value: str | None, name: str) -> Any:
     try:
         return orjson.loads(value)
     except orjson.JSONDecodeError:
-        raise RequestError(400, f"`{name}` must be JSON.") from None
+        raise BadRequest(f"`{name}` must be JSON.") from None
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
     body = await read_body(request.scope, request.receive, limit)
-    if isinstance(body, BodyRefused):
-        raise RequestError(body.status, body.message, refused_headers(body))
+    if isinstance(body, RequestBodyRefusal):
+        raise BadRequest(body.message, status=body.status, headers=refused_headers(body))
     return body
 
 
@@ -586,7 +576,9 @@ def _negotiate(accept: str | None) -> str:
         if quality > 0 and (best is None or (quality, -position) > (best[0], best[1])):
             best = (quality, -position, choice)
     if best is None:
-        raise RequestError(406, f"This endpoint answers `{GRAPHQL_RESPONSE_JSON}` or `{JSON}`.")
+        raise BadRequest(
+            f"This endpoint answers `{GRAPHQL_RESPONSE_JSON}` or `{JSON}`.", status=406
+        )
     return best[2]
 
 

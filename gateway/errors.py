@@ -1,6 +1,7 @@
 """The gateway's errors: one small tree, one stable code per class.
 
     GatewayError                     INTERNAL_SERVER_ERROR
+    ├── BadRequest                   BAD_REQUEST (an HTTP status; nothing executed)
     ├── BadUserInput                 BAD_USER_INPUT
     ├── Unauthenticated              UNAUTHENTICATED
     ├── Forbidden                    FORBIDDEN
@@ -38,6 +39,25 @@ class GatewayError(Exception):
         # graphql-core copies a dict `extensions` attribute of the original error into
         # the GraphQL error it builds, so this is all a resolver needs to raise.
         return {"code": self.code, **self.extra}
+
+
+class BadRequest(GatewayError):
+    """The HTTP request is not a well-formed GraphQL request: answered with `status`
+    (400, 405, 406, 408, 413, 415) and `headers`, before anything is executed."""
+
+    code = "BAD_REQUEST"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 400,
+        headers: dict[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(message, **extensions)
+        self.status = status
+        self.headers = headers or {}
 
 
 class BadUserInput(GatewayError):
@@ -90,6 +110,7 @@ class UpstreamBadResponse(UpstreamError):
 
 ERROR_CODES: tuple[str, ...] = (
     GatewayError.code,
+    BadRequest.code,
     BadUserInput.code,
     Unauthenticated.code,
     Forbidden.code,

@@ -52,7 +52,6 @@ from gateway.calls import (
     within_size,
 )
 from gateway.credentials import Credentials
-from gateway.entities import KnownCall, calls_in_list
 from gateway.errors import (
     Forbidden,
     GatewayError,
@@ -62,7 +61,9 @@ from gateway.errors import (
     UpstreamBadResponse,
 )
 from gateway.pagination import next_query
+from gateway.upstream import routes
 from gateway.upstream.client import UpstreamAnswer
+from gateway.upstream.entities import KnownCall, calls_in_list
 
 # From this many ids missing from the entity view in one batch, one newest page of
 # MAX_PAGE_SIZE is asked first: one request instead of (at least) three.
@@ -70,8 +71,8 @@ BATCH_THRESHOLD = 3
 NEWEST_PAGE = ListQuery(page=0, size=MAX_PAGE_SIZE, sort_order="desc")
 
 
-class Upstream(Protocol):
-    """The cached, paced upstream (`upstream.service.CatapultService`)."""
+class CallService(Protocol):
+    """What a loader asks of the cached, paced upstream: `upstream.service.CatapultService`."""
 
     async def list_calls(
         self,
@@ -103,7 +104,8 @@ class Upstream(Protocol):
 ReadCredentials = Callable[[], Credentials]
 # Sends one upstream request, with the operation's veto to run right before it leaves.
 Send = Callable[[Callable[[], None]], Awaitable[UpstreamAnswer | None]]
-Found = CallRecord | BadRecord | None
+# What looking one call up came to: its record, a record that is not a call, or no call.
+FoundCall = CallRecord | BadRecord | None
 
 
 class OperationLoader:
@@ -111,7 +113,7 @@ class OperationLoader:
 
     def __init__(
         self,
-        upstream: Upstream,
+        upstream: CallService,
         credentials: ReadCredentials,
         *,
         deadline: float,
@@ -137,7 +139,7 @@ class OperationLoader:
         self._max_calls = max_calls
         self.calls_served = 0
         # Single calls by id, and the ids waiting for the next batch.
-        self._calls: dict[str, asyncio.Future[Found]] = {}
+        self._calls: dict[str, asyncio.Future[FoundCall]] = {}
         self._batch: list[str] = []
         # The first 401/403 per (authorization, user id): the operation's last word to it.
         self._refusals: dict[tuple[str, str], GatewayError] = {}
@@ -196,11 +198,11 @@ class OperationLoader:
             )
 
         # Two queries that send the same parameters (a bridge filter's pages) are one request.
-        answer = await self._get(credentials, tuple(query.params()), send)
+        answer = await self._get(credentials, routes.list_params(query), send)
         assert answer is not None, "only a call may be absent, never a list"
         return answer
 
-    async def get_call(self, call_id: str) -> Found:
+    async def get_call(self, call_id: str) -> FoundCall:
         validate_id(call_id, "id")
         self.credentials()
         self.serve(1)
@@ -257,7 +259,7 @@ class OperationLoader:
             cold = [call_id for call_id in cold if call_id in wanted]
         await asyncio.gather(*(self._settle_one(credentials, call_id) for call_id in cold))
 
-    def _settle(self, call_id: str, found: Found) -> None:
+    def _settle(self, call_id: str, found: FoundCall) -> None:
         future = self._calls[call_id]
         if not future.done():
             future.set_result(found)
@@ -272,7 +274,7 @@ class OperationLoader:
             return
         self._settle(call_id, found)
 
-    async def _get_one(self, credentials: Credentials, call_id: str) -> Found:
+    async def _get_one(self, credentials: Credentials, call_id: str) -> FoundCall:
         def send(gate: Callable[[], None]) -> Awaitable[UpstreamAnswer | None]:
             return self._upstream.get_call(
                 credentials, call_id, deadline=self._deadline, refresh=self._refresh, gate=gate

@@ -32,16 +32,11 @@ from gateway.upstream import routes
 from gateway.upstream.client import ANCHORED
 
 VERSION = "v1"
-_FILTERS = (
-    ("bridgeId", "bridge_id"),
-    ("conferenceId", "conference_id"),
-    ("from", "from_"),
-    ("to", "to"),
-)
+# A cursor's JSON keys are the upstream's parameter names (what a next link carries too).
+_FILTERS = routes.FILTER_PARAMS
 # The most calls a cursor may skip into one upstream page: far more than any page an
 # upstream body within the size limit can hold.
 MAX_SKIP = 10_000_000
-_KNOWN_PARAMS = frozenset({name for name, _ in _FILTERS} | {"page", "size", "sortOrder"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +152,7 @@ def _next_query(next_url: str, current: ListQuery, *, base_url: str, user_id: st
     for name, value in _query_pairs(link.raw_query_string):
         if not value:
             continue
-        if name not in _KNOWN_PARAMS:
+        if name not in routes.LIST_PARAMS:
             raise _unfollowable(f"it has a parameter this gateway does not know ({name[:40]!r})")
         if name in params:
             raise _unfollowable(f"it repeats `{name}`")
@@ -165,7 +160,7 @@ def _next_query(next_url: str, current: ListQuery, *, base_url: str, user_id: st
     for name, attr in _FILTERS:
         if name in params and params[name] != getattr(current, attr):
             raise _unfollowable(f"it changes the `{name}` filter")
-    order = params.get("sortOrder", current.sort_order).lower()
+    order = params.get(routes.SORT_ORDER, current.sort_order).lower()
     if order != current.sort_order:
         raise _unfollowable("it changes the sort order")
     try:
@@ -174,8 +169,8 @@ def _next_query(next_url: str, current: ListQuery, *, base_url: str, user_id: st
             conference_id=current.conference_id,
             from_=current.from_,
             to=current.to,
-            page=_integer(params.get("page")),
-            size=_integer(params.get("size", str(current.size))),
+            page=_integer(params.get(routes.PAGE)),
+            size=_integer(params.get(routes.SIZE, str(current.size))),
             sort_order=current.sort_order,
         )
     except (GatewayError, ValueError):

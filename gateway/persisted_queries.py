@@ -18,13 +18,9 @@ import re
 from typing import Any
 
 from gateway.bounded import BoundedCache
-from gateway.errors import PersistedQueryNotFound
+from gateway.errors import BadRequest, PersistedQueryNotFound
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-
-
-class PersistedQueryError(Exception):
-    """The `persistedQuery` extension is malformed or does not match the document (a 400)."""
 
 
 class PersistedQueries:
@@ -43,16 +39,16 @@ class PersistedQueries:
 
         Returns `query` unchanged when the request does not use the extension. Raises
         `PersistedQueryNotFound` for an unknown hash sent without a document, and
-        `PersistedQueryError` for a bad extension or a hash that is not the document's.
+        `BadRequest` (400) for a bad extension or a hash that is not the document's.
         """
         extension = (extensions or {}).get("persistedQuery")
         if extension is None:
             return query
         if not isinstance(extension, dict) or extension.get("version") != 1:
-            raise PersistedQueryError("Only `persistedQuery` version 1 is supported.")
+            raise BadRequest("Only `persistedQuery` version 1 is supported.")
         digest = extension.get("sha256Hash")
         if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest.lower()):
-            raise PersistedQueryError("`persistedQuery.sha256Hash` must be 64 hex digits.")
+            raise BadRequest("`persistedQuery.sha256Hash` must be 64 hex digits.")
         digest = digest.lower()
         if query is None:
             known = self._documents.get(digest)
@@ -60,7 +56,7 @@ class PersistedQueries:
                 raise PersistedQueryNotFound("PersistedQueryNotFound")
             return known
         if hashlib.sha256(query.encode()).hexdigest() != digest:
-            raise PersistedQueryError("provided sha does not match query")
+            raise BadRequest("provided sha does not match query")
         self._register(digest, query)
         return query
 

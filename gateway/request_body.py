@@ -25,7 +25,7 @@ SCOPE_KEY = "gateway.request_body"
 
 
 @dataclass(frozen=True, slots=True)
-class BodyRefused:
+class RequestBodyRefusal:
     """Why a request body is not accepted: an HTTP status, a message, close or not."""
 
     status: int
@@ -94,26 +94,28 @@ class _Decoder:
         return zlib.MAX_WBITS if zlib_wrapped else -zlib.MAX_WBITS
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | BodyRefused:
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | RequestBodyRefusal:
     """The request's decoded body, at most `limit` bytes, or why it is refused."""
     kept = scope.get(SCOPE_KEY)
-    if isinstance(kept, bytes | BodyRefused):
+    if isinstance(kept, bytes | RequestBodyRefusal):
         return kept
     outcome = await _read(scope, receive, limit)
     scope[SCOPE_KEY] = outcome
     return outcome
 
 
-async def _read(scope: Scope, receive: Receive, limit: int) -> bytes | BodyRefused:
+async def _read(scope: Scope, receive: Receive, limit: int) -> bytes | RequestBodyRefusal:
     headers = _headers(scope)
-    too_large = BodyRefused(413, f"The request body is larger than {limit} bytes.", unread=True)
+    too_large = RequestBodyRefusal(
+        413, f"The request body is larger than {limit} bytes.", unread=True
+    )
     declared = headers.get(b"content-length", b"")
     if declared.isdigit() and int(declared) > limit:
         return too_large
     codings = [c.strip().lower() for c in headers.get(b"content-encoding", b"").split(b",")]
     codings = [c for c in codings if c and c != b"identity"]
     if len(codings) > 1 or (codings and codings[0].decode("latin-1") not in _CODINGS):
-        return BodyRefused(
+        return RequestBodyRefusal(
             415, "Send the request body unencoded, or encoded with gzip or deflate.", unread=True
         )
     decoder = _Decoder(codings[0].decode()) if codings else None
@@ -123,10 +125,12 @@ async def _read(scope: Scope, receive: Receive, limit: int) -> bytes | BodyRefus
 
 
 _CODINGS = frozenset({"gzip", "x-gzip", "deflate"})
-_GONE = BodyRefused(408, "The request body did not arrive.")
+_GONE = RequestBodyRefusal(408, "The request body did not arrive.")
 
 
-async def _read_plain(receive: Receive, limit: int, too_large: BodyRefused) -> bytes | BodyRefused:
+async def _read_plain(
+    receive: Receive, limit: int, too_large: RequestBodyRefusal
+) -> bytes | RequestBodyRefusal:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -143,12 +147,14 @@ async def _read_plain(receive: Receive, limit: int, too_large: BodyRefused) -> b
 
 
 async def _read_decoded(
-    receive: Receive, limit: int, too_large: BodyRefused, decoder: _Decoder
-) -> bytes | BodyRefused:
+    receive: Receive, limit: int, too_large: RequestBodyRefusal, decoder: _Decoder
+) -> bytes | RequestBodyRefusal:
     chunks: list[bytes] = []
     size = 0
     received = 0
-    bad = BodyRefused(400, "The request body is not valid for its Content-Encoding.", unread=True)
+    bad = RequestBodyRefusal(
+        400, "The request body is not valid for its Content-Encoding.", unread=True
+    )
     while True:
         message = await receive()
         if message["type"] != "http.request":
@@ -182,6 +188,6 @@ def _headers(scope: Scope) -> dict[bytes, bytes]:
     return found
 
 
-def refused_headers(refusal: BodyRefused) -> dict[str, str]:
+def refused_headers(refusal: RequestBodyRefusal) -> dict[str, str]:
     """Headers for the answer to a refused body: close if part of it may be unread."""
     return {"connection": "close"} if refusal.unread else {}

@@ -138,34 +138,6 @@ def test_out_of_range_paging_is_bad_user_input(arguments: dict[str, int], name: 
     assert raised.value.extra == {"argument": name}
 
 
-@pytest.mark.parametrize(
-    ("arguments", "params"),
-    [
-        pytest.param({}, [("page", "0"), ("size", "25"), ("sortOrder", "desc")], id="defaults"),
-        pytest.param(
-            {"size": 1, "page": 0}, [("page", "0"), ("size", "1"), ("sortOrder", "desc")], id="min"
-        ),
-        pytest.param(
-            {"size": 1000, "page": 10**6, "sort_order": "asc"},
-            [("page", "1000000"), ("size", "1000"), ("sortOrder", "asc")],
-            id="max-size",
-        ),
-        pytest.param(
-            {"bridge_id": "b", "page": 3, "size": 5},
-            [("bridgeId", "b"), ("sortOrder", "desc")],
-            id="bridge-unpaginated",
-        ),
-        pytest.param(
-            {"conference_id": "c", "from_": "+12"},
-            [("conferenceId", "c"), ("from", "+12"), ("sortOrder", "desc")],
-            id="conference-unpaginated",
-        ),
-    ],
-)
-def test_params_are_in_a_stable_order(arguments: dict[str, Any], params: list[Any]) -> None:
-    assert create(**arguments).params() == params
-
-
 # -- parse_timestamp --------------------------------------------------------------------------
 
 TIMESTAMPS = [

@@ -13,10 +13,10 @@ from starlette.requests import Request
 from gateway.calls import ListQuery
 from gateway.context import Context, ContextFactory
 from gateway.credentials import Credentials
-from gateway.entities import KnownCall
 from gateway.pagination import CursorCodec
 from gateway.sandbox import ACCOUNTS, credential_headers
 from gateway.upstream.client import UpstreamAnswer
+from gateway.upstream.entities import KnownCall
 
 REQUEST_TIMEOUT = 20.0
 FETCHED_AT = 1_700_000_000.0

@@ -21,7 +21,6 @@ from gateway.config import load_settings
 from gateway.context import Context
 from gateway.credentials import request_credentials
 from gateway.endpoint import GRAPHQL_RESPONSE_JSON, GraphQLEndpoint
-from gateway.entities import KnownCall
 from gateway.errors import UpstreamTimeout
 from gateway.graphiql import ASSETS
 from gateway.limits import OperationLimits
@@ -31,6 +30,7 @@ from gateway.observability.telemetry import Telemetry
 from gateway.pagination import CursorCodec
 from gateway.sandbox import ACCOUNTS, credential_headers
 from gateway.upstream.client import UpstreamAnswer
+from gateway.upstream.entities import KnownCall
 from tests.conftest import Gateway, Sandbox
 from tests.servers import free_port, serve
 

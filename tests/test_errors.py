@@ -16,6 +16,7 @@ import pytest
 import gateway.errors
 from gateway.errors import (
     ERROR_CODES,
+    BadRequest,
     BadUserInput,
     Forbidden,
     GatewayError,
@@ -34,6 +35,7 @@ from tests.fakes import FakeUpstream
 
 TREE = [
     pytest.param(GatewayError, "INTERNAL_SERVER_ERROR", Exception, id="GatewayError"),
+    pytest.param(BadRequest, "BAD_REQUEST", GatewayError, id="BadRequest"),
     pytest.param(BadUserInput, "BAD_USER_INPUT", GatewayError, id="BadUserInput"),
     pytest.param(Unauthenticated, "UNAUTHENTICATED", GatewayError, id="Unauthenticated"),
     pytest.param(Forbidden, "FORBIDDEN", GatewayError, id="Forbidden"),
@@ -101,6 +103,14 @@ def test_the_table_error_codes_and_the_tree_are_complete() -> None:
     assert set(tabled) == {GatewayError, *_subclasses(GatewayError)}
     assert tuple(param.values[1] for param in TREE) == ERROR_CODES
     assert len(drawn_tree()) == len(TREE)
+
+
+def test_a_bad_request_carries_its_http_status_and_headers_outside_its_extensions() -> None:
+    error = BadRequest("Use GET or POST.", status=405, headers={"allow": "GET, POST"})
+
+    assert (error.status, error.headers) == (405, {"allow": "GET, POST"})
+    assert error.extensions == {"code": "BAD_REQUEST"}
+    assert BadRequest("Not JSON.").status == 400
 
 
 def test_extensions_carry_the_code_and_whatever_the_raiser_added() -> None:

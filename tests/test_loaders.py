@@ -13,10 +13,10 @@ import pytest
 from gateway.calls import ListQuery
 from gateway.config import Settings
 from gateway.credentials import Credentials
-from gateway.entities import KnownCall
 from gateway.errors import UpstreamBadResponse
 from gateway.loaders import OperationLoader
 from gateway.upstream.client import UpstreamAnswer
+from gateway.upstream.entities import KnownCall
 from tests.conftest import DEMO, GatewayFactory, Sandbox
 
 LIST_PATH = f"/v1/users/{DEMO.user_id}/calls/"

@@ -41,3 +41,18 @@ def test_bad_values_name_their_variable(environ: dict[str, str], message: str) -
 
     assert str(caught.value).startswith(message)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("environ", "name"),
+    [
+        pytest.param({}, "catapult-gateway", id="default-the-apps-name"),
+        pytest.param({"OTEL_SERVICE_NAME": "gw-eu"}, "gw-eu", id="standard-variable"),
+        pytest.param({"OTEL_SERVICE_NAME": ""}, "catapult-gateway", id="empty-is-unset"),
+        pytest.param({"GATEWAY_OTEL_SERVICE_NAME": "gw-eu"}, "catapult-gateway", id="no-prefix"),
+    ],
+)
+def test_the_service_name_comes_from_the_standard_variable(
+    environ: dict[str, str], name: str
+) -> None:
+    assert load_settings(environ).otel_service_name == name

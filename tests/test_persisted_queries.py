@@ -87,7 +87,9 @@ def test_bad_persisted_query_extensions_are_400(
 ) -> None:
     response = gateway.http.post("/graphql", json=body)
     assert response.status_code == 400
-    assert message in response.json()["errors"][0]["message"]
+    [error] = response.json()["errors"]
+    assert message in error["message"]
+    assert error["extensions"] == {"code": "BAD_REQUEST"}
     assert sandbox.requests() == []
 
 

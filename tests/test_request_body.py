@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from starlette.types import Message
 
-from gateway.request_body import BodyRefused, read_body, refused_headers
+from gateway.request_body import RequestBodyRefusal, read_body, refused_headers
 
 BODY = b'{"query": "{ calls { id } }"}'
 LIMIT = 1000
@@ -23,7 +23,7 @@ def raw_deflate(data: bytes) -> bytes:
 
 def read(
     chunks: list[bytes], *headers: tuple[bytes, bytes], limit: int = LIMIT, gone: bool = False
-) -> tuple[bytes | BodyRefused, int]:
+) -> tuple[bytes | RequestBodyRefusal, int]:
     """What `read_body` makes of `chunks` sent one message each, and how many it read."""
     messages: list[Message] = [
         {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1}
@@ -100,7 +100,7 @@ def test_bodies_are_refused_with_a_status(
 ) -> None:
     refusal, _ = read(chunks, *headers)
 
-    assert isinstance(refusal, BodyRefused)
+    assert isinstance(refusal, RequestBodyRefusal)
     assert refusal.status == status
     assert refusal.message
     assert (refused_headers(refusal) == {"connection": "close"}) is close
@@ -115,7 +115,7 @@ def test_a_declared_length_over_the_limit_is_refused_before_reading() -> None:
 def test_a_client_that_goes_away_gets_408() -> None:
     refusal, _ = read([BODY[:5]], gone=True)
 
-    assert refusal == BodyRefused(408, "The request body did not arrive.")
+    assert refusal == RequestBodyRefusal(408, "The request body did not arrive.")
 
 
 def test_the_body_is_read_once_per_request() -> None:
@@ -129,7 +129,7 @@ def test_the_body_is_read_once_per_request() -> None:
         received.append(message)
         return message
 
-    async def twice() -> tuple[bytes | BodyRefused, bytes | BodyRefused]:
+    async def twice() -> tuple[bytes | RequestBodyRefusal, bytes | RequestBodyRefusal]:
         return await read_body(scope, receive, LIMIT), await read_body(scope, receive, LIMIT)
 
     assert asyncio.run(twice()) == (BODY, BODY)

@@ -35,7 +35,7 @@ from graphql import (
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Scope
 
-from gateway.context import Context
+from gateway.context import Context, MakeContext
 from gateway.credentials import request_credentials
 from gateway.graphql_errors import coded, format_error
 from gateway.limits import OperationLimits, check_limits, parse_document
@@ -44,7 +44,6 @@ from gateway.observability.record import scope_request_id
 
 log = logging.getLogger("gateway.live")
 
-MakeContext = Callable[[Request, str], Context]
 # Past this many, a response's `extensions.warnings` says how many more there were.
 MAX_WARNINGS = 100
 
@@ -98,7 +97,7 @@ class Stream:
             await close()
 
 
-Outcome = Single | Refused | Stream
+OperationOutcome = Single | Refused | Stream
 
 
 class Operations:
@@ -123,7 +122,7 @@ class Operations:
         self._rules = rules
         self._hide_suggestions = hide_suggestions
 
-    async def run(self, request: LiveRequest, scope: Scope) -> Outcome:
+    async def run(self, request: LiveRequest, scope: Scope) -> OperationOutcome:
         """Run `request` for the connection `scope` (its state, client and server)."""
         document = (
             None
@@ -138,7 +137,7 @@ class Operations:
         # endpoint answers those exactly as it would over HTTP.
         return await self._single(request, scope)
 
-    async def _single(self, request: LiveRequest, scope: Scope) -> Outcome:
+    async def _single(self, request: LiveRequest, scope: Scope) -> OperationOutcome:
         body = orjson.dumps(
             {
                 key: value
@@ -167,7 +166,7 @@ class Operations:
 
     async def _subscribe(
         self, document: DocumentNode, request: LiveRequest, scope: Scope
-    ) -> Outcome:
+    ) -> OperationOutcome:
         errors = validate(
             self._schema, document, self._rules, hide_suggestions=self._hide_suggestions
         ) or check_limits(document, self._limits)

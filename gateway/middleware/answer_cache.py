@@ -38,7 +38,7 @@ from gateway.errors import Unauthenticated
 from gateway.live.media import wants_event_stream
 from gateway.observability.record import scope_request_id
 from gateway.observability.telemetry import Telemetry
-from gateway.request_body import BodyRefused, read_body
+from gateway.request_body import RequestBodyRefusal, read_body
 
 # Headers made afresh for every answer, never stored with an entry.
 _FRESH_HEADERS = frozenset({b"content-length", b"x-request-id"})
@@ -136,7 +136,7 @@ class AnswerCacheMiddleware:
         body = b""
         if scope["method"] == "POST":
             read = await read_body(scope, receive, self.max_body_bytes)
-            if isinstance(read, BodyRefused):
+            if isinstance(read, RequestBodyRefusal):
                 # Not a cacheable request: the endpoint answers the refusal.
                 await self.app(scope, receive, send)
                 return

@@ -1,10 +1,14 @@
-"""The Catapult v1 REST paths the gateway asks for, written down once.
+"""The Catapult v1 REST paths and query parameters the gateway uses, written down once.
 
     GET /v1/users/{userId}/calls/           a page of the user's calls (a JSON array)
+        ?bridgeId= &conferenceId= &from= &to=       filters, each optional
+        &page= &size=                               not sent with bridgeId or conferenceId
+        &sortOrder=asc|desc
     GET /v1/users/{userId}/calls/{callId}   one call (a JSON object)
 
-Requests are built here, next links are checked against these paths (pagination.py), and
-traces name these templates rather than the paths, which hold the caller's ids.
+Requests are built here, next links are checked against these paths and parameters
+(pagination.py), and traces name these templates rather than the paths, which hold the
+caller's ids.
 """
 
 from __future__ import annotations
@@ -16,9 +20,21 @@ from urllib.parse import quote, urlencode
 
 from gateway.calls import ListQuery
 
-CALLS_ROUTE = "/v1/users/{userId}/calls/"
-CALL_ROUTE = "/v1/users/{userId}/calls/{callId}"
+# The list-calls path, segment by segment; the documentation shows a trailing slash.
+_CALLS_SEGMENTS = ("v1", "users", "{userId}", "calls")
+CALLS_ROUTE = "/" + "/".join(_CALLS_SEGMENTS) + "/"
+CALL_ROUTE = CALLS_ROUTE + "{callId}"
 OTHER_ROUTE = "other"
+
+# The list's filter parameters, each with the `ListQuery` attribute it carries.
+FILTER_PARAMS = (
+    ("bridgeId", "bridge_id"),
+    ("conferenceId", "conference_id"),
+    ("from", "from_"),
+    ("to", "to"),
+)
+PAGE, SIZE, SORT_ORDER = "page", "size", "sortOrder"
+LIST_PARAMS = frozenset({name for name, _ in FILTER_PARAMS} | {PAGE, SIZE, SORT_ORDER})
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,24 +56,39 @@ class UpstreamRequest:
         return f"{self.path}?{urlencode(self.params, quote_via=quote, safe='')}"
 
 
+def calls_segments(user_id: str) -> list[str]:
+    """The list-calls path as its (decoded) segments, without the empty ones."""
+    return [user_id if segment == "{userId}" else segment for segment in _CALLS_SEGMENTS]
+
+
 def calls_path(user_id: str) -> str:
-    """The list-calls path; the documentation shows the trailing slash."""
-    return f"/v1/users/{user_id}/calls/"
+    """The list-calls path."""
+    return "/" + "/".join(calls_segments(user_id)) + "/"
 
 
 def call_path(user_id: str, call_id: str) -> str:
     """The get-one-call path."""
-    return f"/v1/users/{user_id}/calls/{call_id}"
+    return calls_path(user_id) + call_id
 
 
-def calls_segments(user_id: str) -> list[str]:
-    """The list-calls path as its (decoded) segments, without the empty ones."""
-    return ["v1", "users", user_id, "calls"]
+def list_params(query: ListQuery) -> tuple[tuple[str, str], ...]:
+    """The list-calls query parameters of `query`, in a stable order."""
+    params: list[tuple[str, str]] = []
+    for name, attr in FILTER_PARAMS:
+        value = getattr(query, attr)
+        if value is not None:
+            params.append((name, value))
+    # Catapult ignores page and size with a bridge or conference; not sending them
+    # keeps one upstream request (and one cache entry) per bridge or conference.
+    if query.paginated:
+        params += [(PAGE, str(query.page)), (SIZE, str(query.size))]
+    params.append((SORT_ORDER, query.sort_order))
+    return tuple(params)
 
 
 def list_calls(user_id: str, query: ListQuery) -> UpstreamRequest:
     """The request for one page of the user's calls."""
-    return UpstreamRequest(calls_path(user_id), tuple(query.params()), shape="array")
+    return UpstreamRequest(calls_path(user_id), list_params(query), shape="array")
 
 
 def get_call(user_id: str, call_id: str) -> UpstreamRequest:
@@ -66,9 +97,12 @@ def get_call(user_id: str, call_id: str) -> UpstreamRequest:
 
 
 # The user and call ids are the caller's data: spans name the route, not the path.
+_CALLS_PATTERN = "^/" + "/".join(
+    "[^/]+" if segment == "{userId}" else re.escape(segment) for segment in _CALLS_SEGMENTS
+)
 _TEMPLATES = (
-    (re.compile(r"^/v1/users/[^/]+/calls/?$"), CALLS_ROUTE),
-    (re.compile(r"^/v1/users/[^/]+/calls/[^/]+$"), CALL_ROUTE),
+    (re.compile(_CALLS_PATTERN + "/?$"), CALLS_ROUTE),
+    (re.compile(_CALLS_PATTERN + "/[^/]+$"), CALL_ROUTE),
 )
 
 

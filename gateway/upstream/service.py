@@ -24,10 +24,10 @@ import orjson
 
 from gateway.calls import ListQuery
 from gateway.credentials import Credentials
-from gateway.entities import EntityView, KnownCall, call_in_answer, calls_in_list
 from gateway.upstream import routes
 from gateway.upstream.cache import CacheKeys, SingleFlightCache, create_store
 from gateway.upstream.client import CatapultClient, UpstreamAnswer
+from gateway.upstream.entities import EntityView, KnownCall, call_in_answer, calls_in_list
 from gateway.upstream.pacing import (
     FileSlots,
     MonotonicClock,
@@ -60,7 +60,7 @@ class AnswerCodec:
 
 
 # A list always has an answer; a call may have none (None: the upstream does not know it).
-Found = TypeVar("Found", UpstreamAnswer, UpstreamAnswer | None)
+Fetched = TypeVar("Fetched", UpstreamAnswer, UpstreamAnswer | None)
 
 
 class UpstreamMetrics(Protocol):
@@ -145,11 +145,11 @@ class CatapultService:
         self,
         credentials: Credentials,
         request: UpstreamRequest,
-        send: Callable[[], Awaitable[Found]],
+        send: Callable[[], Awaitable[Fetched]],
         refresh: bool,
         calls_in: Callable[[Any], Iterable[tuple[str, Any]]],
-    ) -> Found:
-        async def load() -> Found:
+    ) -> Fetched:
+        async def load() -> Fetched:
             if self._pacer.enabled:
                 answer = await self._pacer.run(account_key(self._keys, credentials.account), send)
             else:

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.app import create_app
+from gateway.app import create_app, create_telemetry
 from gateway.config import load_settings
 from gateway.observability.tracing import Tracing, upstream_route
 from gateway.sandbox import credential_headers
@@ -160,5 +160,22 @@ def test_the_service_name_is_the_apps_not_the_environments(
     tracing = Tracing("http://127.0.0.1:9", service_name="catapult-gateway")
     try:
         assert tracing.provider.resource.attributes["service.name"] == "catapult-gateway"
+    finally:
+        tracing.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("environ", "name"),
+    [
+        pytest.param({}, "catapult-gateway", id="default"),
+        pytest.param({"OTEL_SERVICE_NAME": "gw-eu"}, "gw-eu", id="otel-service-name"),
+    ],
+)
+def test_the_spans_service_name_is_the_settings(environ: dict[str, str], name: str) -> None:
+    settings = load_settings({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", **environ})
+    tracing = create_telemetry(settings, None).tracing
+    assert tracing is not None
+    try:
+        assert tracing.provider.resource.attributes["service.name"] == name
     finally:
         tracing.shutdown()

@@ -27,7 +27,7 @@ from gateway.observability.telemetry import Telemetry
 from gateway.sandbox import credential_headers
 from gateway.upstream.cache import CacheKeys, MemoryStore, SingleFlightCache
 from gateway.upstream.client import CatapultClient, UpstreamAnswer
-from gateway.upstream.routes import calls_path
+from gateway.upstream.routes import calls_path, list_params
 from gateway.upstream.service import AnswerCodec, create_upstream
 from tests.conftest import (
     DEMO,
@@ -208,7 +208,7 @@ def test_property_every_answer_is_the_one_fetched_with_the_callers_own_credentia
             assert record["callbackUrl"] == credentials.authorization
             target = urlsplit(record["events"])
             assert target.path == calls_path(user)
-            assert parse_qsl(target.query) == query.params()
+            assert tuple(parse_qsl(target.query)) == list_params(query)
 
         for each in asks:
             await ask(*each)

@@ -31,7 +31,12 @@ from tests.servers import free_port
 CREDENTIALS = Credentials(authorization="Basic dDpz", user_id="u-demo")
 REQUEST = UpstreamRequest("/v1/users/u-demo/calls/", (("from", "+1919"), ("size", "2")))
 # Codes raised elsewhere than at the upstream boundary (the endpoint, later the limits).
-NOT_FROM_UPSTREAM = {"INTERNAL_SERVER_ERROR", "OPERATION_TOO_COMPLEX", "PERSISTED_QUERY_NOT_FOUND"}
+NOT_FROM_UPSTREAM = {
+    "INTERNAL_SERVER_ERROR",
+    "BAD_REQUEST",
+    "OPERATION_TOO_COMPLEX",
+    "PERSISTED_QUERY_NOT_FOUND",
+}
 
 
 class RecordingUpstream:
