@@ -334,7 +334,11 @@ def create_telemetry(settings: Settings, metrics_dir: str | None) -> Telemetry:
         return Telemetry(metrics, None)
     from gateway.observability.tracing import Tracing
 
-    tracing = Tracing(str(settings.otlp_endpoint), service_name=settings.otel_service_name)
+    tracing = Tracing(
+        str(settings.otlp_endpoint),
+        service_name=settings.otel_service_name,
+        resource_attributes=settings.otel_resource_attributes,
+    )
     return Telemetry(metrics, tracing)
 
 

@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
+from urllib.parse import quote
 
 import uvicorn
 from pydantic import SecretStr
@@ -325,6 +326,9 @@ def _environment_value(value: object) -> str:
         return str(value).lower()
     if isinstance(value, list):
         return ",".join(str(item) for item in value)  # GATEWAY_CORS_ORIGINS, ..._ALLOW_HEADERS
+    if isinstance(value, dict):
+        # OTEL_RESOURCE_ATTRIBUTES, in the form config.py reads back (values percent-encoded)
+        return ",".join(f"{key}={quote(str(item), safe='')}" for key, item in value.items())
     return str(value)
 
 

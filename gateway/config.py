@@ -12,7 +12,7 @@ import stat
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import redis.connection as redis_connection
 from pydantic import (
@@ -36,12 +36,15 @@ TEST_ENV_PREFIX = "GATEWAY_TEST_"
 STANDARD_ENV_NAMES = {
     "otlp_endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT",
     "otel_service_name": "OTEL_SERVICE_NAME",
+    "otel_resource_attributes": "OTEL_RESOURCE_ATTRIBUTES",
 }
 DEFAULT_UPSTREAM_URL = "https://api.catapult.inetwork.com"
 
 # Every duration is finite and at most an hour: `inf` or 1e308 would overflow the
 # conversions downstream (int(), event-loop timers) or serialise as invalid JSON.
 MAX_SECONDS = 3600.0
+# Resource attributes ride on every exported batch: a few hundred bytes is the use.
+MAX_RESOURCE_ATTRIBUTES_CHARS = 4096
 Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
 PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
 # Secrets: long enough to resist guessing, and not a template's placeholder left in place.
@@ -262,6 +265,14 @@ class Settings(BaseModel):
         max_length=255,
         description="The `service.name` of the gateway's spans, when tracing is on.",
     )
+    otel_resource_attributes: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "More resource attributes of the gateway's spans, as `key=value` pairs separated "
+            "by commas, values percent-encoded (OpenTelemetry's format). `service.name` and "
+            "`service.version` here are overridden by `OTEL_SERVICE_NAME` and the release."
+        ),
+    )
     sandbox: bool = Field(False, description="Serve in front of the built-in sandbox upstream.")
     sandbox_live_interval: LiveSandboxSeconds = Field(
         LIVE_SANDBOX_DEFAULT, description=LIVE_SANDBOX_HELP + " With `GATEWAY_SANDBOX` only."
@@ -392,6 +403,24 @@ class Settings(BaseModel):
             "gateway's own and the GraphQL clients' standard ones (which are always allowed)."
         ),
     )
+
+    @field_validator("otel_resource_attributes", mode="before")
+    @classmethod
+    def _resource_attributes(cls, value: Any) -> Any:
+        # OpenTelemetry's own reading of the variable, done here so that only this module
+        # reads the environment: `k=v` pairs, values percent-decoded. A pair without `=`
+        # or with an empty key is an operator's typo: refused at start-up, not dropped.
+        if not isinstance(value, str):
+            return value
+        if len(value) > MAX_RESOURCE_ATTRIBUTES_CHARS:
+            raise ValueError(f"at most {MAX_RESOURCE_ATTRIBUTES_CHARS} characters")
+        attributes: dict[str, str] = {}
+        for pair in filter(None, (part.strip() for part in value.split(","))):
+            key, equals, raw = pair.partition("=")
+            if not equals or not key.strip():
+                raise ValueError(f"{pair!r} is not key=value")
+            attributes[key.strip()] = unquote(raw.strip())
+        return attributes
 
     @field_validator("cors_origins", "cors_allow_headers", mode="before")
     @classmethod

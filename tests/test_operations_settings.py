@@ -26,6 +26,14 @@ def test_settings_travel_to_workers_under_their_own_names() -> None:
     assert load_settings(traced) == load_settings({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"})
 
 
+def test_resource_attributes_travel_to_workers_unchanged() -> None:
+    attributes = {"OTEL_RESOURCE_ATTRIBUTES": "team=calls%2Cvoice,region=eu=west"}
+    settings = load_settings(attributes)
+
+    assert settings.otel_resource_attributes == {"team": "calls,voice", "region": "eu=west"}
+    assert load_settings(settings_environment(settings)) == settings
+
+
 @pytest.mark.parametrize(
     ("environ", "message"),
     [
@@ -56,3 +64,17 @@ def test_the_service_name_comes_from_the_standard_variable(
     environ: dict[str, str], name: str
 ) -> None:
     assert load_settings(environ).otel_service_name == name
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("no-equals-sign", id="no-equals"),
+        pytest.param("=value", id="empty-key"),
+        pytest.param("k=" + "v" * 5000, id="too-long"),
+    ],
+)
+def test_unreadable_resource_attributes_stop_start_up(value: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"OTEL_RESOURCE_ATTRIBUTES": value})
+    assert str(caught.value).startswith("OTEL_RESOURCE_ATTRIBUTES")

@@ -8,7 +8,7 @@ never a failed request.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 
 from opentelemetry.context import Context as TraceContext
@@ -32,10 +32,15 @@ def upstream_route(path: str) -> str:
 class Tracing:
     """A tracer exporting to one OTLP/HTTP endpoint, and W3C trace context in and out."""
 
-    def __init__(self, endpoint: str, *, service_name: str) -> None:
+    def __init__(
+        self, endpoint: str, *, service_name: str, resource_attributes: Mapping[str, str]
+    ) -> None:
         # Resource(...) rather than Resource.create(...), which would read OTEL_SERVICE_NAME
-        # and OTEL_RESOURCE_ATTRIBUTES: what the gateway is called is the app's to say.
-        resource = Resource({SERVICE_NAME: service_name, SERVICE_VERSION: __version__})
+        # and OTEL_RESOURCE_ATTRIBUTES itself: settings read them (config.py), so they are
+        # passed in; the name and the release win over the same keys among the attributes.
+        resource = Resource(
+            {**resource_attributes, SERVICE_NAME: service_name, SERVICE_VERSION: __version__}
+        )
         self.provider = TracerProvider(resource=resource)
         # The endpoint is passed in (Settings.otlp_endpoint), so OTEL_EXPORTER_OTLP_*ENDPOINT
         # is not read here. What OpenTelemetry still reads from the environment itself, as

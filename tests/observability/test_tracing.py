@@ -157,7 +157,7 @@ def test_the_service_name_is_the_apps_not_the_environments(
 ) -> None:
     # Resource.create would take OTEL_SERVICE_NAME over the name the app passes.
     monkeypatch.setenv("OTEL_SERVICE_NAME", "from-the-environment")
-    tracing = Tracing("http://127.0.0.1:9", service_name="catapult-gateway")
+    tracing = Tracing("http://127.0.0.1:9", service_name="catapult-gateway", resource_attributes={})
     try:
         assert tracing.provider.resource.attributes["service.name"] == "catapult-gateway"
     finally:
@@ -165,17 +165,34 @@ def test_the_service_name_is_the_apps_not_the_environments(
 
 
 @pytest.mark.parametrize(
-    ("environ", "name"),
+    ("environ", "expected"),
     [
-        pytest.param({}, "catapult-gateway", id="default"),
-        pytest.param({"OTEL_SERVICE_NAME": "gw-eu"}, "gw-eu", id="otel-service-name"),
+        pytest.param({}, {"service.name": "catapult-gateway"}, id="default"),
+        pytest.param({"OTEL_SERVICE_NAME": "gw-eu"}, {"service.name": "gw-eu"}, id="service-name"),
+        pytest.param(
+            {"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod, team=calls%2Cvoice"},
+            {
+                "service.name": "catapult-gateway",
+                "deployment.environment": "prod",
+                "team": "calls,voice",
+            },
+            id="resource-attributes",
+        ),
+        pytest.param(
+            {"OTEL_RESOURCE_ATTRIBUTES": "service.name=other", "OTEL_SERVICE_NAME": "gw-eu"},
+            {"service.name": "gw-eu"},
+            id="the-service-name-wins",
+        ),
     ],
 )
-def test_the_spans_service_name_is_the_settings(environ: dict[str, str], name: str) -> None:
+def test_the_spans_resource_is_the_settings(
+    environ: dict[str, str], expected: dict[str, str]
+) -> None:
     settings = load_settings({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", **environ})
     tracing = create_telemetry(settings, None).tracing
     assert tracing is not None
     try:
-        assert tracing.provider.resource.attributes["service.name"] == name
+        attributes = tracing.provider.resource.attributes
+        assert {key: attributes.get(key) for key in expected} == expected
     finally:
         tracing.shutdown()
