@@ -209,6 +209,8 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
         allowed_origins=settings.cors_origins,
         init_timeout=settings.live_init_timeout,
         max_operations=settings.live_max_per_connection,
+        # A message is a request as a body is: one bound for both, whatever the server.
+        max_message_bytes=settings.max_body_bytes,
     )
 
     routes += [
