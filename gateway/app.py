@@ -209,6 +209,8 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
         allowed_origins=settings.cors_origins,
         init_timeout=settings.live_init_timeout,
         max_operations=settings.live_max_per_connection,
+        # A message is a request as a body is: one bound for both, whatever the server.
+        max_message_bytes=settings.max_body_bytes,
     )
 
     routes += [
@@ -277,7 +279,16 @@ def _cors(settings: Settings) -> list[Middleware]:
 
 
 def create_sharing(settings: Settings) -> RedisSharing | None:
-    """With a Redis cache, the replicas share each live poller through that Redis."""
+    """With a Redis cache, the replicas share each live poller through that Redis.
+
+    Its own client on the same URL, not the cache store's guarded one
+    (`gateway.upstream.redis`), for two reasons. The store answers None both for "no
+    value" and for "Redis could not be asked", which is right for a cache (either way the
+    request goes to the upstream) but not for a lease: "another replica holds it" must be
+    told from "Redis is down" (then this replica polls on its own). And pub/sub holds a
+    connection in subscribe mode for the life of the process, which would be one fewer
+    in the cache's pool, read under a timeout meant for one-shot commands.
+    """
     if settings.cache_url.startswith("memory:"):
         return None
     import redis.asyncio

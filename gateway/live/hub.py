@@ -11,6 +11,12 @@
                                             and turns pages into updates against the page it
                                             last delivered: changed and removed ids
 
+Per update, the work is done once per poller, not per subscriber: the poller computes the
+update from each previous page once (`Poller.update`), and the `Update` carries `renders`,
+where the transports keep what each distinct GraphQL request made of it, serialized, for
+every subscriber that sent the same request (see `gateway.live.operations`). What stays per
+subscriber is small: the newest event (a shared object) and the page it last delivered.
+
 A poll the account's pacing did not allow is skipped silently; any other failure is
 published as the error itself, and the subscriptions go on, except after `Unauthenticated`
 or `Forbidden`, which end them (polling again would only be refused again). The poller
@@ -23,10 +29,11 @@ through a lease; the others receive its events over pub/sub (see `gateway.live.s
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.calls import BadRecord, CallRecord, ListQuery, parse_call_list
@@ -36,21 +43,34 @@ from gateway.errors import Forbidden, GatewayError, RateLimited, Unauthenticated
 log = logging.getLogger("gateway.live")
 
 
+# Page serials: an update is remembered by the serial of the page it was computed from, so
+# that a page never holds on to the one before it (nor could a reused `id()` mix them up).
+_serials = itertools.count(1)
+
+
 class Page:
     """One poll's answer: the upstream's list body as it came, and when it was fetched."""
 
-    __slots__ = ("_parsed", "body", "fetched_at")
+    __slots__ = ("_by_id", "_parsed", "body", "fetched_at", "serial")
 
     def __init__(self, body: Any, fetched_at: float) -> None:
         self.body = body
         self.fetched_at = fetched_at
+        self.serial = next(_serials)
         self._parsed: tuple[list[CallRecord], list[BadRecord]] | None = None
+        self._by_id: dict[str, Any] | None = None
 
     def parsed(self) -> tuple[list[CallRecord], list[BadRecord]]:
         """The page's calls and the records that cannot be calls; parsed once for everyone."""
         if self._parsed is None:
             self._parsed = parse_call_list(self.body)
         return self._parsed
+
+    def by_id(self) -> dict[str, Any]:
+        """The page's records by id, in page order; records without an id are not tracked."""
+        if self._by_id is None:
+            self._by_id = _by_id(self.body)
+        return self._by_id
 
 
 # What a poller publishes: the page, or the error its poll ended with.
@@ -62,11 +82,32 @@ PageSource = Callable[[Credentials, ListQuery, bool], Awaitable[Page]]
 
 @dataclass(frozen=True, slots=True)
 class Update:
-    """What one subscriber is sent: the page, and how it differs from the one sent before."""
+    """What one subscriber is sent: the page, and how it differs from the one sent before.
+
+    One instance for every subscriber that last received the same page.
+    """
 
     page: Page
     changed: tuple[str, ...]
     removed: tuple[str, ...]
+    # Nothing changed, none left, same order: sent only to a subscriber that saw an error.
+    same: bool = False
+    # What each distinct request (document, variables) made of this update, serialized
+    # once and sent to every subscriber that made the same request (kept by the
+    # transports' `Operations`; the hub never reads it).
+    renders: dict[Hashable, bytes] = field(default_factory=dict, compare=False)
+
+
+def diff(page: Page, before: Page | None) -> Update:
+    """The update that takes a subscriber from `before` (None: nothing yet) to `page`."""
+    current = page.by_id()
+    if before is None:
+        return Update(page, tuple(current), ())
+    previous = before.by_id()
+    changed = tuple(call_id for call_id, raw in current.items() if previous.get(call_id) != raw)
+    removed = tuple(call_id for call_id in previous if call_id not in current)
+    same = not (changed or removed) and list(previous) == list(current)
+    return Update(page, changed, removed, same)
 
 
 class HubMetrics(Protocol):
@@ -143,6 +184,10 @@ class Poller:
         self.finished = False
         self._polled = False
         self._task: asyncio.Task[None] | None = None
+        # The updates to the newest page, by the serial of the page each starts from
+        # (None: a subscriber's first): computed once for all who start there.
+        self._updates_to: Page | None = None
+        self._updates: dict[int | None, Update] = {}
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -213,6 +258,17 @@ class Poller:
         for subscriber in self.subscribers:
             subscriber.offer(event, final=final)
 
+    def update(self, page: Page, before: Page | None) -> Update:
+        """The update from `before` to `page`, the same instance for every subscriber."""
+        if page is not self._updates_to:
+            # A new page: the updates to the previous one are no longer asked for.
+            self._updates_to, self._updates = page, {}
+        start = None if before is None else before.serial
+        update = self._updates.get(start)
+        if update is None:
+            update = self._updates[start] = diff(page, before)
+        return update
+
 
 class Subscriber:
     """One subscription's view of a poller: the newest event only, and what it last sent."""
@@ -223,7 +279,8 @@ class Subscriber:
         self._metrics = metrics
         self._pending: Event | None = None
         self._ready = asyncio.Event()
-        self._sent: dict[str, Any] | None = None
+        # The page last delivered (shared with the poller and the other subscribers).
+        self._sent: Page | None = None
         # After an error, the next page is sent even if it did not change: the client
         # learns that polling works again.
         self._errored = False
@@ -262,16 +319,11 @@ class Subscriber:
         raise StopAsyncIteration
 
     def _diff(self, page: Page) -> Update | None:
-        current = _by_id(page.body)
-        before = self._sent
-        self._sent = current
-        if before is None:
-            return Update(page, tuple(current), ())
-        changed = tuple(call_id for call_id, raw in current.items() if before.get(call_id) != raw)
-        removed = tuple(call_id for call_id in before if call_id not in current)
-        if not (changed or removed or self._errored) and list(before) == list(current):
+        update = self._poller.update(page, self._sent)
+        self._sent = page
+        if update.same and not self._errored:
             return None
-        return Update(page, changed, removed)
+        return update
 
     async def aclose(self) -> None:
         """Leave the poller (the last subscriber to leave stops it); safe to call twice."""

@@ -6,8 +6,16 @@
                           persisted queries, fast path, warnings, logs and metrics as
                           over HTTP -> `Single` (or `Refused` when it did not validate)
       subscription        parsed, validated and limited here as the endpoint does, then
-                          graphql-core's `subscribe` with a context whose `live` watches
-                          pages through the hub -> `Stream` of results
+                          graphql-core's subscription pipeline with a context whose `live`
+                          watches pages through the hub -> `Stream` of serialized results
+
+A subscription's update is executed once per distinct request, not once per subscriber:
+every subscriber of a poller that last received the same page receives the same `Update`,
+and the first of them to read it executes its selection and keeps the serialized result
+in `Update.renders` under the request (document, operation, variables); the others with
+the same request send those bytes. With 1,000 calls on a page an execution takes over a
+second, so executing per subscriber delayed every update by the number of subscribers.
+A result with errors is not shared: its errors carry the subscriber's own request id.
 
 Each transport turns these into its own messages: graphql-transport-ws `next`, `error` and
 `complete`, graphql-sse `next` and `complete` events.
@@ -15,8 +23,9 @@ Each transport turns these into its own messages: graphql-transport-ws `next`, `
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -26,12 +35,16 @@ from graphql import (
     ASTValidationRule,
     DocumentNode,
     ExecutionResult,
+    Executor,
     GraphQLSchema,
     OperationType,
+    create_source_event_stream,
+    execute_subscription_event,
     get_operation_ast,
-    subscribe,
+    map_async_iterable,
     validate,
 )
+from graphql.execution.executor_throwing_on_incremental import ExecutorThrowingOnIncremental
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Scope
 
@@ -41,6 +54,7 @@ from gateway.graphql_errors import coded, format_error
 from gateway.limits import OperationLimits, check_limits, parse_document
 from gateway.live.hub import LiveCalls, LiveHub
 from gateway.observability.record import scope_request_id
+from gateway.schema.subscription import CallsUpdate
 
 log = logging.getLogger("gateway.live")
 
@@ -75,26 +89,49 @@ class Refused:
 
 
 class Stream:
-    """A subscription's results; `aclose` ends it (and leaves its poller)."""
+    """A subscription's results, each a serialized execution result (JSON bytes); `aclose`
+    ends it (and leaves its poller)."""
 
     def __init__(
-        self, results: AsyncIterator[ExecutionResult], context: Context, request_id: str
+        self,
+        events: AsyncIterable[Any],
+        executor: Executor[Context],
+        request: Hashable,
+        context: Context,
+        request_id: str,
     ) -> None:
-        self._results = results
+        self._executor = executor
+        self._request = request
         self._context = context
         self._request_id = request_id
+        # graphql-core's own mapping of events to results (as `subscribe` does): a step
+        # cancelled (a client gone while its stream waits) closes the events, so the
+        # subscriber leaves its poller even where the canceller cannot await `aclose`.
+        self._results = map_async_iterable(events, self._render)
 
     def __aiter__(self) -> Stream:
         return self
 
-    async def __anext__(self) -> dict[str, Any]:
-        result = await self._results.__anext__()
-        return _payload(result, self._context, self._request_id)
+    async def __anext__(self) -> bytes:
+        return await anext(self._results)
 
     async def aclose(self) -> None:
-        close = getattr(self._results, "aclose", None)
-        if close is not None:
-            await close()
+        await self._results.aclose()
+
+    async def _render(self, event: Any) -> bytes:
+        renders: dict[Hashable, bytes] | None = (
+            event.update.renders if isinstance(event, CallsUpdate) else None
+        )
+        if renders is not None and (shared := renders.get(self._request)) is not None:
+            return shared
+        # What graphql-core's `subscribe` does for every event ("ExecuteSubscriptionEvent").
+        executed = execute_subscription_event(self._executor.build_per_event_executor(event))
+        result = executed if isinstance(executed, ExecutionResult) else await executed
+        payload = orjson.dumps(_payload(result, self._context, self._request_id))
+        if renders is not None and not result.errors:
+            # The first to finish is kept (an execution that awaited may have been overtaken).
+            renders.setdefault(self._request, payload)
+        return payload
 
 
 OperationOutcome = Single | Refused | Stream
@@ -176,23 +213,35 @@ class Operations:
         request_id = scope_request_id(http_scope)
         context = self._make_context(Request(http_scope), request_id)
         context.live = LiveCalls(self._hub_of(scope), partial(request_credentials, http_scope))
-        result = subscribe(
+        # graphql-core's `subscribe`, composed by hand (as its documentation suggests) so
+        # that `Stream` decides how each event is executed.
+        executor = ExecutorThrowingOnIncremental.build(
             self._schema,
             document,
             context_value=context,
-            variable_values=request.variables,
+            raw_variable_values=request.variables,
             operation_name=request.operation_name,
             hide_suggestions=self._hide_suggestions,
         )
-        if not isinstance(result, ExecutionResult | AsyncIterator):
-            result = await result
-        if isinstance(result, ExecutionResult):
+        if isinstance(executor, list):
+            # Variables that do not fit the operation: nothing ran.
+            return Refused([format_error(error, request_id) for error in executor])
+        created = create_source_event_stream(executor)
+        events = await created if inspect.isawaitable(created) else created
+        if isinstance(events, ExecutionResult):
             # The stream never started (a bad argument, no credentials, no room): one
             # result with the coded error, as graphql-ws sends it, then complete.
-            if result.data is None and result.errors and all(e.path is None for e in result.errors):
-                return Refused([format_error(error, request_id) for error in result.errors])
-            return Single(_payload(result, context, request_id))
-        return Stream(result, context, request_id)
+            if events.data is None and events.errors and all(e.path is None for e in events.errors):
+                return Refused([format_error(error, request_id) for error in events.errors])
+            return Single(_payload(events, context, request_id))
+        return Stream(events, executor, _request_key(request), context, request_id)
+
+
+def _request_key(request: LiveRequest) -> Hashable:
+    """What makes two subscribers' results the same for the same update: the document,
+    the operation chosen and the variables (credentials are the poller's own)."""
+    variables = orjson.dumps(request.variables, option=orjson.OPT_SORT_KEYS)
+    return (request.query, request.operation_name, variables)
 
 
 def _payload(result: ExecutionResult, context: Context, request_id: str) -> dict[str, Any]:

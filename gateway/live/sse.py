@@ -91,7 +91,7 @@ class EventStreams:
         stop = (
             asyncio.ensure_future(draining.wait()) if isinstance(draining, asyncio.Event) else None
         )
-        pending: asyncio.Future[dict[str, Any]] | None = None
+        pending: asyncio.Future[bytes] | None = None
         try:
             while True:
                 if pending is None:
@@ -114,7 +114,8 @@ class EventStreams:
                     return
                 finally:
                     pending = None
-                yield _next(payload)
+                # Serialized once for every subscriber of the same request.
+                yield _event(payload)
         finally:
             left = [future for future in (pending, stop) if future is not None]
             for future in left:
@@ -125,4 +126,9 @@ class EventStreams:
 
 
 def _next(payload: dict[str, Any]) -> bytes:
-    return b"event: next\ndata: " + orjson.dumps(payload) + b"\n\n"
+    return _event(orjson.dumps(payload))
+
+
+def _event(data: bytes) -> bytes:
+    # orjson never writes a line break (it escapes them in strings): one `data` line.
+    return b"event: next\ndata: " + data + b"\n\n"

@@ -11,6 +11,9 @@ sends them (Apollo Client's `GraphQLWsLink`, urql and GraphiQL use its client):
                                     or error              the id is already running)
     complete {id}               ->  (the operation stops, nothing more is sent for it)
     anything else               ->  close 4400
+    a message over the bound    ->  close 1009 (RFC 6455 "message too big": graphql-ws
+                                    defines no code of its own for it; its server leaves
+                                    the bound to the `ws` library, which closes with 1009)
 
 A subprotocol other than `graphql-transport-ws` is accepted and closed with 4406, as the
 reference server does. A browser's `Origin` not in `GATEWAY_CORS_ORIGINS` (nor the
@@ -54,6 +57,8 @@ INIT_TIMEOUT = 4408
 SUBSCRIBER_EXISTS = 4409
 TOO_MANY_INITS = 4429
 INTERNAL_ERROR = 4500
+# RFC 6455's, for a message larger than the endpoint will read.
+MESSAGE_TOO_BIG = 1009
 # An RFC 6455 close reason is at most 123 bytes.
 _MAX_REASON = 123
 
@@ -68,11 +73,15 @@ class GraphQLWebSocket:
         allowed_origins: Iterable[str],
         init_timeout: float,
         max_operations: int,
+        max_message_bytes: int,
     ) -> None:
         self._operations = operations
         self._allowed_origins = frozenset(allowed_origins)
         self._init_timeout = init_timeout
         self._max_operations = max_operations
+        # The server may bound frames too (uvicorn's `ws_max_size`, which the CLI sets to
+        # the same value), but the gateway cannot count on the server it runs under.
+        self._max_message_bytes = max_message_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send)
@@ -146,6 +155,11 @@ class _Connection:
         text = message.get("text")
         if text is None:
             raise _Close(BAD_REQUEST, "Invalid message received")
+        # A character is one to four bytes in UTF-8: encode only when the count of
+        # characters cannot settle it.
+        limit = self._server._max_message_bytes
+        if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
+            raise _Close(MESSAGE_TOO_BIG, "Message too big")
         return str(text)
 
     async def _handle(self, text: str) -> None:
@@ -226,11 +240,14 @@ class _Connection:
                 await self._send({"id": operation_id, "type": "error", "payload": outcome.errors})
                 return
             if isinstance(outcome, Single):
-                await self._next(operation_id, outcome.payload)
+                await self._send({"id": operation_id, "type": "next", "payload": outcome.payload})
             elif isinstance(outcome, Stream):
+                prefix = b'{"id":' + orjson.dumps(operation_id) + b',"type":"next","payload":'
                 try:
                     async for payload in outcome:
-                        await self._next(operation_id, payload)
+                        # The payload is serialized once for every subscriber of the same
+                        # request (see gateway.live.operations): only the frame is ours.
+                        await self._send_text(prefix + payload + b"}")
                 finally:
                     await outcome.aclose()
             await self._send({"id": operation_id, "type": "complete"})
@@ -245,12 +262,14 @@ class _Connection:
             if self._running.get(operation_id) is asyncio.current_task():
                 del self._running[operation_id]
 
-    async def _next(self, operation_id: str, payload: dict[str, Any]) -> None:
-        await self._send({"id": operation_id, "type": "next", "payload": payload})
-
     async def _send(self, message: dict[str, Any]) -> None:
+        await self._send_text(orjson.dumps(message))
+
+    async def _send_text(self, message: bytes) -> None:
+        # A text frame: graphql-ws's client parses text only (a browser hands it a binary
+        # frame as a Blob).
         async with self._send_lock:
-            await self._ws.send_text(orjson.dumps(message).decode())
+            await self._ws.send_text(message.decode())
 
     async def _close(self, code: int, reason: str) -> None:
         # Already closed by the client, or the transport is gone: nothing left to tell.

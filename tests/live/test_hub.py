@@ -287,3 +287,23 @@ def test_a_poller_that_fails_unexpectedly_ends_its_subscriptions_with_a_code() -
         assert hub.poller_count == 0
 
     run(body)
+
+
+def test_subscribers_at_the_same_page_share_one_update() -> None:
+    async def body() -> None:
+        source = FakeSource()
+        source.answers["u-alice"] = [call("c-1"), call("c-2")]
+        hub, _ = hub_with(source)
+        subscribers = [hub.subscribe(ALICE, FIRST) for _ in range(10)]
+        first = [await next_event(subscriber) for subscriber in subscribers]
+        source.answers["u-alice"] = [call("c-1", "completed"), call("c-2")]
+        second = [await next_event(subscriber) for subscriber in subscribers]
+        # One diff per page for all ten (and so one `renders` for the transports to fill).
+        assert len({id(update) for update in first}) == 1
+        assert len({id(update) for update in second}) == 1
+        assert isinstance(second[0], Update)
+        assert second[0].changed == ("c-1",)
+        for subscriber in subscribers:
+            await subscriber.aclose()
+
+    run(body)

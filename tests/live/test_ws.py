@@ -223,6 +223,43 @@ def test_protocol_violations_close_with_their_code(
     run(body)
 
 
+# A ping is the smallest message with a payload of any size.
+def _ping(filler: str) -> str:
+    return json.dumps({"type": "ping", "payload": {"x": filler}}, ensure_ascii=False)
+
+
+LIMIT = 2048
+_UNDER = _ping("a" * (LIMIT - len(_ping(""))))
+
+
+@pytest.mark.parametrize(
+    ("message", "closed"),
+    [
+        (_UNDER, False),
+        (_ping("a" * (LIMIT + 1 - len(_ping("")))), True),
+        # Fewer characters than the bound, more bytes: the bound is in bytes.
+        (_ping("\u20ac" * (LIMIT // 3 + 1)), True),
+    ],
+    ids=["at-the-bound", "one-byte-over", "multibyte-over"],
+)
+def test_a_message_over_the_body_bound_closes_with_1009(
+    fake_upstream: FakeUpstream, message: str, closed: bool
+) -> None:
+    # In process: no server bounds the frames here, the gateway alone does.
+    assert len(_UNDER.encode()) == LIMIT
+
+    async def body() -> None:
+        async with live_app(fake_upstream.url, max_body_bytes=LIMIT) as app, websocket(app) as ws:
+            await initialised(ws)
+            await ws.send_text(message)
+            if closed:
+                assert await ws.closed() == (1009, "Message too big")
+            else:
+                assert (await ws.receive_json())["type"] == "pong"
+
+    run(body)
+
+
 def test_a_running_id_used_again_closes_with_4409(fake_upstream: FakeUpstream) -> None:
     fake_upstream.answer(CALLS_PATH, [call("c-1")])
 

@@ -1,0 +1,167 @@
+"""A subscription's updates are executed once per request, however many subscribers share it.
+
+The recording fake is the schema's own `CallsUpdate.calls` resolver, wrapped to count its
+runs: each run is one execution of a selection for one update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import orjson
+from graphql import GraphQLObjectType, GraphQLSchema, specified_rules
+from prometheus_client import CollectorRegistry
+
+from gateway.calls import ListQuery
+from gateway.context import ContextFactory
+from gateway.credentials import Credentials
+from gateway.limits import OperationLimits
+from gateway.live.hub import LiveHub, Page
+from gateway.live.metrics import LiveMetrics
+from gateway.live.operations import LiveRequest, Operations, Stream
+from gateway.pagination import CursorCodec
+from gateway.sandbox import credential_headers
+from gateway.schema import build_schema, graphql_core_schema
+from tests.live.helpers import DEMO, SUBSCRIPTION, WAIT, call
+
+SUBSCRIBERS = 20
+# Another selection of the same page: its own execution, its own payload.
+OTHER = "subscription { callsUpdated(size: 3) { calls { id } changed } }"
+
+
+def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(test())
+
+
+class FakeSource:
+    """Serves `body` as the page of every poll."""
+
+    def __init__(self, body: list[dict[str, Any]]) -> None:
+        self.body = body
+
+    async def __call__(self, credentials: Credentials, query: ListQuery, fresh: bool) -> Page:
+        return Page(self.body, 1_700_000_000.0)
+
+
+def recording_schema() -> tuple[GraphQLSchema, list[object]]:
+    """The gateway's schema, with `CallsUpdate.calls` recording the update it ran for."""
+    schema = graphql_core_schema(build_schema())
+    calls_update = schema.get_type("CallsUpdate")
+    assert isinstance(calls_update, GraphQLObjectType)
+    field = calls_update.fields["calls"]
+    resolve = field.resolve
+    assert resolve is not None
+    runs: list[object] = []
+
+    def recording(root: Any, info: Any, **args: Any) -> Any:
+        runs.append(root.update)
+        return resolve(root, info, **args)
+
+    field.resolve = recording
+    return schema, runs
+
+
+def operations_for(schema: GraphQLSchema, hub: LiveHub) -> Operations:
+    contexts = ContextFactory(
+        cursors=CursorCodec(b"k" * 32),
+        upstream_base="http://upstream.invalid",
+        request_timeout=10,
+        max_upstream_requests=10,
+        max_entities=10,
+        max_calls_per_operation=5000,
+    )
+
+    async def no_endpoint(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("a subscription never reaches the HTTP endpoint")
+
+    return Operations(
+        schema,
+        no_endpoint,
+        contexts,
+        lambda scope: hub,
+        limits=OperationLimits(
+            max_depth=10,
+            max_aliases=10,
+            max_tokens=1000,
+            max_root_fields=5,
+            max_upstream_requests=10,
+        ),
+        rules=specified_rules,
+        hide_suggestions=True,
+    )
+
+
+async def subscribe(operations: Operations, query: str) -> Stream:
+    headers = [(k.lower().encode(), v.encode()) for k, v in credential_headers(DEMO).items()]
+    request = LiveRequest(query, None, None, None, headers)
+    scope = {"type": "websocket", "headers": [], "state": {"upstream": None}}
+    stream = await operations.run(request, scope)
+    assert isinstance(stream, Stream)
+    return stream
+
+
+async def next_of(stream: Stream) -> Any:
+    async with asyncio.timeout(WAIT):
+        return await anext(stream)
+
+
+def update_of(payload: Any) -> Any:
+    return orjson.loads(payload)["data"]["callsUpdated"]
+
+
+def test_subscribers_of_one_request_cause_one_execution_per_update() -> None:
+    async def body() -> None:
+        source = FakeSource([call("c-1"), call("c-2", "started")])
+        hub = LiveHub(
+            source,
+            lambda credentials, query: f"{credentials.user_id}|{query}",
+            interval=0.02,
+            max_per_account=100,
+            metrics=LiveMetrics(CollectorRegistry()),
+        )
+        schema, runs = recording_schema()
+        operations = operations_for(schema, hub)
+        same = [await subscribe(operations, SUBSCRIPTION) for _ in range(SUBSCRIBERS)]
+        slow = await subscribe(operations, SUBSCRIPTION)
+        other = await subscribe(operations, OTHER)
+        try:
+            first = [await next_of(stream) for stream in [*same, slow]]
+            other_first = await next_of(other)
+            # One execution for the twenty-one with the same document, one for the other.
+            assert len(runs) == 2
+            assert len(set(first)) == 1
+            assert update_of(first[0])["changed"] == ["c-1", "c-2"]
+            assert update_of(other_first) == {
+                "calls": [{"id": "c-1"}, {"id": "c-2"}],
+                "changed": ["c-1", "c-2"],
+            }
+
+            # A change: read by all but `slow`.
+            source.body = [call("c-1"), call("c-2")]
+            second = [await next_of(stream) for stream in same]
+            await next_of(other)
+            assert len(runs) == 4
+            assert len(set(second)) == 1
+            assert update_of(second[0])["changed"] == ["c-2"]
+
+            # Another: `slow` last received the first page, so its update differs (and is
+            # executed for it alone); everyone else shares one again.
+            source.body = [call("c-3"), call("c-2")]
+            third = [await next_of(stream) for stream in same]
+            behind = update_of(await next_of(slow))
+            assert len(runs) == 6
+            assert len(set(third)) == 1
+            assert (update_of(third[0])["changed"], update_of(third[0])["removed"]) == (
+                ["c-3"],
+                ["c-1"],
+            )
+            assert (behind["changed"], behind["removed"]) == (["c-3", "c-2"], ["c-1"])
+            assert [c["id"] for c in behind["calls"]] == ["c-3", "c-2"]
+        finally:
+            for stream in [*same, slow, other]:
+                await stream.aclose()
+            await hub.close()
+
+    run(body)
