@@ -47,7 +47,12 @@ class AnswerCodec:
 
     def encode(self, value: UpstreamAnswer) -> bytes:
         return orjson.dumps(
-            {"body": value.body, "links": dict(value.links), "fetchedAt": value.fetched_at}
+            {
+                "body": value.body,
+                "links": dict(value.links),
+                "fetchedAt": value.fetched_at,
+                "excess": value.excess,
+            }
         )
 
     def decode(self, data: bytes) -> UpstreamAnswer:
@@ -55,7 +60,11 @@ class AnswerCodec:
         # fetchedAt travels along: whatever is built from a cached answer (a cached whole
         # response) must expire with the answer, not restart its TTL.
         return UpstreamAnswer(
-            body=stored["body"], links=stored["links"], fetched_at=stored["fetchedAt"]
+            body=stored["body"],
+            links=stored["links"],
+            fetched_at=stored["fetchedAt"],
+            # Entries of an older version of this cache had no count.
+            excess=stored.get("excess", 0),
         )
 
 
