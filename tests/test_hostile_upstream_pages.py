@@ -21,7 +21,7 @@ from gateway.sandbox import credential_headers
 from gateway.upstream.routes import calls_path
 from tests.conftest import DEMO
 from tests.fakes import FakeUpstream
-from tests.inprocess import assert_healthy, in_process
+from tests.inprocess import assert_healthy, healthz_within_a_second_while, in_process
 
 HEADERS = [(k.lower().encode(), v.encode()) for k, v in credential_headers(DEMO).items()]
 PATH = calls_path(DEMO.user_id)
@@ -120,22 +120,6 @@ def test_a_connection_slice_reaching_an_oversized_pages_end_says_so(
 # Four million entries in 8 MB, under the body bound: before the cut moved ahead of the
 # per-entry pass, each was slimmed on the event loop (/healthz stalled 4 s).
 HUGE_LIST = b"[" + b"0," * 3_999_999 + b"0]"
-
-
-async def healthz_within_a_second_while(client: httpx.AsyncClient, work: Any) -> Any:
-    """Run `work` while asking `/healthz` every 50 ms; each must answer within 1 s."""
-    task = asyncio.ensure_future(work)
-    slowest = 0.0
-    loop = asyncio.get_running_loop()
-    while not task.done():
-        # Timed from before the pause: a loop blocked by the work delays the wake-up.
-        began = loop.time()
-        await asyncio.sleep(0.05)
-        async with asyncio.timeout(5):
-            assert (await client.get("/healthz")).status_code == 200
-        slowest = max(slowest, loop.time() - began)
-    assert slowest < 1.0, f"/healthz took {slowest:.2f} s"
-    return await task
 
 
 @FAST
