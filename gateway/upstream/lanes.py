@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from gateway.bounded import BoundedCache
 from gateway.credentials import Credentials
@@ -32,6 +32,7 @@ from gateway.upstream.cache import CacheKeys
 from gateway.upstream.pacing import Pacer, account_key
 
 T = TypeVar("T")
+V = TypeVar("V")
 
 # How long an accepted pair keeps the account's lane without a new acceptance: every
 # successful upstream answer renews it, so an active owner never leaves it.
@@ -47,7 +48,8 @@ PROBE_QUEUE_SECONDS = 2.0
 # Pairs remembered per table; past it, the least recently used are forgotten (a
 # forgotten accepted pair probes once more, a forgotten refused one asks once more).
 MAX_PAIRS = 10_000
-_PAIR_BYTES = 200
+# What a remembered pair costs, at most: its hash, and a refusal's message and codes.
+_PAIR_BYTES = 1024
 
 
 class CredentialLanes:
@@ -59,8 +61,8 @@ class CredentialLanes:
         *,
         account: Pacer,
         probe: Pacer,
-        accepted: Remembered,
-        rejected: Remembered,
+        accepted: Remembered[bool],
+        rejected: Remembered[Unauthenticated],
     ) -> None:
         self._keys = keys
         self._account = account
@@ -73,7 +75,9 @@ class CredentialLanes:
 
     async def run(self, credentials: Credentials, call: Callable[[], Awaitable[T]]) -> T:
         """Run `call` in the pair's lane; raises `Unauthenticated` for a pair just refused."""
-        pair = self._keys.digest(["pair", credentials.authorization])
+        # With the user id: the upstream answers 401 as well for a good pair asking for
+        # a user id it may not read, which says nothing of the pair's other user ids.
+        pair = self._keys.digest(["pair", credentials.authorization, credentials.user_id])
         while True:
             self._refuse_if_rejected(pair)
             if self._accepted.get(pair) is not None:
@@ -106,20 +110,22 @@ class CredentialLanes:
         except Unauthenticated as exc:
             if exc.extra.get("upstreamStatus") == 401:
                 self._accepted.pop(pair)
-                self._rejected.set(pair, exc.message)
+                self._rejected.set(pair, exc)
             raise
         except Forbidden:
             # Authenticated, only not allowed this: the pair is the owner's.
-            self._accepted.set(pair, "")
+            self._accepted.set(pair, True)
             raise
-        self._accepted.set(pair, "")
+        self._accepted.set(pair, True)
         return result
 
     def _refuse_if_rejected(self, pair: str) -> None:
-        message = self._rejected.get(pair)
-        if message is not None:
+        refusal = self._rejected.get(pair)
+        if refusal is not None:
             self.refused_locally += 1
-            raise Unauthenticated(message, upstreamStatus=401)
+            # A new instance each time, as the upstream's (its message and codes): one
+            # raised twice would grow its traceback.
+            raise Unauthenticated(refusal.message, **refusal.extra)
 
     def state(self) -> dict[str, float | int]:
         """Pacing's counters for /readyz, over both lanes."""
@@ -132,22 +138,23 @@ class CredentialLanes:
         }
 
 
-class Remembered:
-    """Keyed pair hashes with a short text each, for a fixed time, bounded in count."""
+class Remembered(Generic[V]):
+    """Keyed pair hashes with a small value each, for a fixed time, bounded in count."""
 
     def __init__(self, *, seconds: float, clock: Callable[[], float]) -> None:
-        self._entries: BoundedCache[str, str] = BoundedCache(
+        self._entries: BoundedCache[str, V] = BoundedCache(
             max_entries=MAX_PAIRS,
             max_bytes=MAX_PAIRS * (_PAIR_BYTES + 1024),
             timer=clock,
             lifetime=seconds,
         )
 
-    def get(self, pair: str) -> str | None:
+    def get(self, pair: str) -> V | None:
         return self._entries.get(pair)
 
-    def set(self, pair: str, text: str) -> None:
-        self._entries.set(pair, text[:500], size=_PAIR_BYTES + len(text[:500]))
+    def set(self, pair: str, value: V) -> None:
+        # A refusal's message is at most 500 characters (the client cuts the upstream's).
+        self._entries.set(pair, value, size=_PAIR_BYTES)
 
     def pop(self, pair: str) -> None:
         self._entries.pop(pair)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import time
 from typing import Any
 
 import httpx
@@ -38,8 +39,9 @@ def codes(body: dict[str, Any]) -> list[str]:
     return [error["extensions"]["code"] for error in body.get("errors", [])]
 
 
-async def attack_while_the_owner_asks(url: str, secrets: Any) -> tuple[list[Any], list[str]]:
-    """The owner's codes (one list per request, once a second) and the attackers' codes."""
+async def attack_while_the_owner_asks(url: str, secrets: Any) -> tuple[list[Any], list[str], float]:
+    """The owner's codes (one list per request, once a second), the attackers' codes, and
+    how long the attack lasted (seconds)."""
     owner_codes: list[Any] = []
     attacker_codes: list[str] = []
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
@@ -53,6 +55,7 @@ async def attack_while_the_owner_asks(url: str, secrets: Any) -> tuple[list[Any]
                 response = await client.post("/graphql", json=page(0), headers=wrong(next(secrets)))
                 attacker_codes.extend(codes(response.json()))
 
+        began = time.monotonic()
         loops = [asyncio.ensure_future(attacker()) for _ in range(ATTACKERS)]
         await asyncio.sleep(0.5)  # the attack is under way
         for n in range(1, SECONDS + 1):
@@ -61,7 +64,8 @@ async def attack_while_the_owner_asks(url: str, secrets: Any) -> tuple[list[Any]
             await asyncio.sleep(1)
         stop.set()
         await asyncio.gather(*loops)
-    return owner_codes, attacker_codes
+        lasted = time.monotonic() - began
+    return owner_codes, attacker_codes, lasted
 
 
 @pytest.mark.parametrize(
@@ -69,26 +73,27 @@ async def attack_while_the_owner_asks(url: str, secrets: Any) -> tuple[list[Any]
     [
         # Refused once, then answered here for REJECTED_SECONDS.
         pytest.param(lambda: itertools.repeat("wrong"), 1, id="one-wrong-secret"),
-        # A new pair each time: each probes, one a second at most.
+        # A new pair each time: each probes, one a second at most (None: one a second
+        # of the attack, and one more).
         pytest.param(
-            lambda: (f"wrong-{n}" for n in itertools.count()),
-            SECONDS + 2,
-            id="a-new-secret-each-time",
+            lambda: (f"wrong-{n}" for n in itertools.count()), None, id="a-new-secret-each-time"
         ),
     ],
 )
 def test_callers_without_the_secret_cannot_take_the_owners_slots(
-    loopback_gateway_factory: GatewayFactory, sandbox: Sandbox, secrets: Any, most_401s: int
+    loopback_gateway_factory: GatewayFactory, sandbox: Sandbox, secrets: Any, most_401s: int | None
 ) -> None:
     assert SECONDS + 1 < REJECTED_SECONDS
     gateway = loopback_gateway_factory(upstream_rate=1)
     sandbox.faults(rate_limit=True)
 
-    owner_codes, attacker_codes = asyncio.run(attack_while_the_owner_asks(gateway.url, secrets()))
+    owner_codes, attacker_codes, lasted = asyncio.run(
+        attack_while_the_owner_asks(gateway.url, secrets())
+    )
 
     assert owner_codes == [[]] * SECONDS
     assert attacker_codes
     assert set(attacker_codes) <= {"UNAUTHENTICATED", "RATE_LIMITED"}
     refused = [r for r in sandbox.requests() if r["status"] == 401]
-    assert 1 <= len(refused) <= most_401s
+    assert 1 <= len(refused) <= (most_401s or int(lasted) + 1)
     assert not [r for r in sandbox.requests() if r["status"] == 429]
