@@ -168,6 +168,7 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
         max_depth=settings.max_depth,
         max_aliases=settings.max_aliases,
         max_tokens=settings.max_tokens,
+        max_query_bytes=settings.max_query_bytes,
         max_root_fields=settings.max_root_fields,
         max_upstream_requests=settings.max_upstream_requests,
         max_calls=settings.max_calls_per_operation,

@@ -153,8 +153,10 @@ def memoize(
 ) -> Callable[P, V]:
     """`function` with its results kept in `cache`, each charged `weight(*args)` bytes.
 
-    Keyed by the positional arguments (hashable); a result too heavy to keep is computed
-    each time. Results are kept in a 1-tuple, so that None is a result like any other.
+    Keyed by the positional arguments (hashable); keyword arguments are passed on but are
+    no part of the key: what the positional ones determine, already at hand (a parsed
+    document), so that a miss need not compute it again. A result too heavy to keep is
+    computed each time. Results are kept in a 1-tuple, so that None is a result like any other.
     """
 
     def memoized(*args: P.args, **kwargs: P.kwargs) -> V:

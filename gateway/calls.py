@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from typing import Any, Literal
 
 import orjson
@@ -125,6 +126,14 @@ class Odd:
 
 
 @dataclass(frozen=True, slots=True)
+class TooMany(Odd):
+    """A collection with more entries than the gateway serves: the first ones (`kept`)
+    are served, with a warning, the rest dropped."""
+
+    kept: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class CallRecord:
     """One call as the upstream described it, normalised. Optional fields may be `Odd`."""
 
@@ -146,7 +155,7 @@ class CallRecord:
     recording_enabled: bool | Odd | None = None
     recording_file_format: str | Odd | None = None  # "wav" | "mp3"
     transcription_enabled: bool | Odd | None = None
-    sip_headers: tuple[tuple[str, str], ...] | Odd = ()
+    sip_headers: tuple[tuple[str, str], ...] | Odd = ()  # TooMany past MAX_SIP_HEADERS
     events_url: str | Odd | None = None
 
 
@@ -173,6 +182,12 @@ FILE_FORMATS = frozenset({"wav", "mp3"})
 # How deep a value below a record's field is kept: a field holds a scalar, `sipHeaders`
 # an object of scalars; anything deeper is odd whatever it holds.
 MAX_FIELD_DEPTH = 3
+# SIP headers served per call. Catapult documents up to 5 custom headers; a call with
+# more is served with its first MAX_SIP_HEADERS and a warning (200,000 headers in one call
+# took 40 MB). Any container below a record keeps at most one entry more, so that the
+# parser can tell a cut one from one that was whole.
+MAX_SIP_HEADERS = 25
+_MAX_CONTAINER_ENTRIES = MAX_SIP_HEADERS + 1
 
 
 def slim_body(body: Any) -> Any:
@@ -203,11 +218,12 @@ def _bounded(value: Any, depth: int) -> Any:
     if isinstance(value, dict):
         if depth <= 0:
             return {}
-        return {key: _bounded(item, depth - 1) for key, item in value.items()}
+        entries = islice(value.items(), _MAX_CONTAINER_ENTRIES)
+        return {key: _bounded(item, depth - 1) for key, item in entries}
     if isinstance(value, list):
         if depth <= 0:
             return []
-        return [_bounded(item, depth - 1) for item in value]
+        return [_bounded(item, depth - 1) for item in value[:_MAX_CONTAINER_ENTRIES]]
     return value
 
 
@@ -353,6 +369,9 @@ def _sip_headers(value: Any) -> tuple[tuple[str, str], ...] | Odd:
         # A number or boolean value is still a header value; keep it as the text it was.
         text = header_value if isinstance(header_value, str) else _json_scalar(header_value)
         headers.append((str(name), text))
+        if len(headers) > MAX_SIP_HEADERS:
+            # Served cut, with a warning: the headers are still the call's.
+            return TooMany(value, tuple(headers[:MAX_SIP_HEADERS]))
     return tuple(headers)
 
 
@@ -482,14 +501,36 @@ class CallList:
     excess: int = 0
 
 
+def entries_kept(query: ListQuery) -> int:
+    """How many records of a list answer to `query` are kept: the `size` asked for, or,
+    without pagination (a bridge or conference filter, where the upstream rightly sends
+    every match), the upstream's largest page."""
+    return query.size if query.paginated else MAX_PAGE_SIZE
+
+
 def within_size(body: Any, query: ListQuery) -> tuple[Any, int]:
-    """A list body cut to the `size` it was asked for, and how many records were cut.
+    """A list body cut to the records `query` keeps (`entries_kept`), and how many were cut.
 
     An upstream that sends more than it was asked (a bug, or a hostile one) must not make
-    the gateway serve or hold more than the caller asked for. Without pagination (a
-    bridge or conference filter) the upstream rightly sends every match: nothing is cut.
-    Anything but a list is passed on unchanged, for the reader to refuse.
+    the gateway serve or hold more than the caller asked for. Anything but a list is
+    passed on unchanged, for the reader to refuse.
     """
-    if not query.paginated or not isinstance(body, list) or len(body) <= query.size:
+    limit = entries_kept(query)
+    if not isinstance(body, list) or len(body) <= limit:
         return body, 0
-    return body[: query.size], len(body) - query.size
+    # A copy: the body may be a cache's.
+    return body[:limit], len(body) - limit
+
+
+def cut_in_place(body: Any, limit: int) -> int:
+    """Cut `body` to its first `limit` entries if it is a longer list; how many were cut.
+
+    Done by the upstream client on the freshly parsed body before any per-entry work:
+    five million entries then cost what freeing them costs, not five million record
+    passes on the event loop.
+    """
+    if not isinstance(body, list) or len(body) <= limit:
+        return 0
+    excess = len(body) - limit
+    del body[limit:]
+    return excess

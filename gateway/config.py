@@ -300,6 +300,14 @@ class Settings(BaseModel):
     max_tokens: int = Field(
         2000, ge=10, le=1_000_000, description="GraphQL tokens one document may have."
     )
+    max_query_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        le=1024**3,
+        description="Largest GraphQL document accepted, in UTF-8 bytes, refused "
+        "(OPERATION_TOO_COMPLEX) before parsing: 2000 tokens at 16 bytes each with their "
+        "indentation; the token limit alone let one 900 KB comment cost a 0.5 s parse.",
+    )
     max_root_fields: int = Field(
         20, ge=1, le=10_000, description="Root fields one operation may select."
     )

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 from gateway.cache_control import wants_fresh
 from gateway.calls import BadRecord, CallList, CallRecord, ListQuery
 from gateway.credentials import request_credentials
+from gateway.errors import printable
 from gateway.loaders import CallService, OperationLoader
 from gateway.pagination import CursorCodec
 
@@ -29,8 +30,9 @@ class CallSource(Protocol):
     async def list_calls(self, query: ListQuery) -> CallList:
         """One page of the caller's calls."""
 
-    async def list_calls_raw(self, query: ListQuery) -> Any:
-        """The same page as the upstream's JSON, unparsed; shares its upstream request."""
+    async def list_calls_raw(self, query: ListQuery) -> tuple[Any, int]:
+        """The same page as the upstream's JSON, unparsed, cut to `size`, and how many
+        calls were cut; shares its upstream request."""
 
     async def get_call(self, call_id: str) -> CallRecord | BadRecord | None:
         """One call, or None when the upstream does not know it."""
@@ -80,6 +82,13 @@ class UpstreamWarning:
     path: tuple[str | int, ...]
     call_id: str | None
     kind: WarningKind
+
+    def __post_init__(self) -> None:
+        # Messages hold upstream text (a call's id, an odd value): shown and logged
+        # without control or bidi-override characters.
+        object.__setattr__(self, "message", printable(self.message))
+        if self.call_id is not None:
+            object.__setattr__(self, "call_id", printable(self.call_id))
 
     def as_json(self) -> dict[str, Any]:
         shown: dict[str, Any] = {"message": self.message, "path": list(self.path)}

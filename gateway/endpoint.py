@@ -333,14 +333,18 @@ class GraphQLEndpoint:
                 "Subscriptions are served over WebSocket (the graphql-transport-ws "
                 "subprotocol) or Server-Sent Events (`Accept: text/event-stream`).",
             )
-        validation_errors = self._validate(query)
+        # The document parsed above is handed on: past the document cache's item bound
+        # nothing is kept, and each step parsing the text again cost a parse each.
+        validation_errors = self._validate(query, document=document)
         if validation_errors:
             errors = [coded(error, "GRAPHQL_VALIDATION_FAILED") for error in validation_errors]
             return _result(media_type, errors, name, request_error=True)
         # Only now may the operation's name take a metrics slot (see `Metrics`).
         record.operation_checked = _has_credentials(request)
         context = self._make_context(request, request_id)
-        plan = self._plan(query, params.operation_name) if self._fast_path else None
+        plan = (
+            self._plan(query, params.operation_name, document=document) if self._fast_path else None
+        )
         if plan is not None:
             try:
                 data = await plan.run(context, params.variables)
@@ -436,10 +440,9 @@ class GraphQLEndpoint:
                 )
         return _params(raw)
 
-    def _plan_query(self, query: str, operation_name: str | None) -> FastPlan | None:
-        document = self._parse(query)
-        if isinstance(document, GraphQLError):
-            return None
+    def _plan_query(
+        self, query: str, operation_name: str | None, *, document: DocumentNode
+    ) -> FastPlan | None:
         return compile_plan(self._schema, document, get_operation_ast(document, operation_name))
 
     def _warnings(
@@ -475,13 +478,11 @@ class GraphQLEndpoint:
             )
         return shown
 
-    def _validate_query(self, query: str) -> list[GraphQLError]:
-        document = self._parse(query)
-        assert isinstance(document, DocumentNode), "parse errors are answered before"
+    def _validate_query(self, query: str, *, document: DocumentNode) -> list[GraphQLError]:
         return self._validate_document(document)
 
     def _parse_document(self, query: str) -> DocumentNode | GraphQLError:
-        return parse_document(query, self._limits.max_tokens)
+        return parse_document(query, self._limits)
 
     def _validate_document(self, document: DocumentNode) -> list[GraphQLError]:
         # Limits are checked with validation, so their verdict is cached with the document.
@@ -504,7 +505,7 @@ def _document_cache() -> BoundedCache[Any, Any]:
     )
 
 
-def _document_weight(query: str, *_: Any) -> int:
+def _document_weight(query: str, *_: Any, **__: Any) -> int:
     return len(query) * DOCUMENT_BYTES_PER_CHARACTER
 
 

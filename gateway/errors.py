@@ -16,12 +16,36 @@
 
 Anything raised during a request that is not a `GatewayError` is a bug: the GraphQL
 endpoint masks it as INTERNAL_SERVER_ERROR with a request id and logs the detail.
-Messages are shown to callers, so they never carry credentials.
+Messages are shown to callers, so they never carry credentials, and every message is
+made `printable` here: many carry upstream text (its error `message`, a call's id).
 """
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any, ClassVar
+
+# Kept although they are control characters: ordinary whitespace.
+_WHITESPACE = frozenset("\t\n\r")
+# Control (Cc) and format (Cf: bidi overrides such as U+202E, zero-width ones) characters,
+# and lone surrogates (Cs), which no JSON encoder here writes.
+_UNSHOWN = frozenset({"Cc", "Cf", "Cs"})
+
+
+def printable(text: str) -> str:
+    """`text` with each control, format (bidi override, zero-width) or surrogate
+    character replaced by U+FFFD, ordinary whitespace kept.
+
+    For text from outside (the upstream's error messages, a call's id in a message) that
+    reaches callers or logs: a NUL cuts C strings short in log pipelines, and a U+202E
+    makes a terminal or a page show the rest of the line reversed.
+    """
+    if text.isprintable():  # the common case, at C speed
+        return text
+    return "".join(
+        "\ufffd" if ch not in _WHITESPACE and unicodedata.category(ch) in _UNSHOWN else ch
+        for ch in text
+    )
 
 
 class GatewayError(Exception):
@@ -30,6 +54,7 @@ class GatewayError(Exception):
     code: ClassVar[str] = "INTERNAL_SERVER_ERROR"
 
     def __init__(self, message: str, **extensions: Any) -> None:
+        message = printable(message)
         super().__init__(message)
         self.message = message
         self.extra: dict[str, Any] = extensions

@@ -53,6 +53,7 @@ from graphql.execution.values import (
 
 from gateway.calls import (
     CALL_FIELDS,
+    MAX_SIP_HEADERS,
     BadRecord,
     CallField,
     CallRecord,
@@ -62,7 +63,6 @@ from gateway.calls import (
     parse_call,
     parse_integer,
     parse_timestamp,
-    within_size,
 )
 from gateway.context import Context, left_out_warning, oversized_page_warning
 from gateway.errors import GatewayError
@@ -238,7 +238,7 @@ def _preamble() -> str:
         value = _local(f)
         lines += [
             f"    if {value} is not None and (",
-            f"        {value}.__class__ is not dict"
+            f"        {value}.__class__ is not dict or len({value}) > {MAX_SIP_HEADERS}"
             f" or not all(v.__class__ is str for v in {value}.values())",
             "    ):",
             "        return None",
@@ -460,7 +460,8 @@ class FastPlan:
                 # Fetched together, as the standard executor resolves root fields.
                 calls = context.calls
                 bodies = await asyncio.gather(*(calls.list_calls_raw(q) for q in queries))
-            pages = [within_size(body, query) for body, query in zip(bodies, queries, strict=True)]
+            # Each already cut to its `size`, with how many calls were cut.
+            pages = list(bodies)
             served = 0
             for body, _ in pages:
                 if body.__class__ is not list:

@@ -52,6 +52,7 @@ class OperationLimits:
     max_depth: int = 10
     max_aliases: int = 30
     max_tokens: int = 2000
+    max_query_bytes: int = 32 * 1024
     max_root_fields: int = 20
     max_upstream_requests: int = 10
     max_calls: int = 5000
@@ -63,8 +64,18 @@ def too_complex(message: str, **extensions: object) -> GraphQLError:
     return GraphQLError(message, original_error=error, extensions=error.extensions)
 
 
-def parse_document(query: str, max_tokens: int) -> DocumentNode | GraphQLError:
-    """Parse, refusing documents of more than `max_tokens` tokens before building them."""
+def parse_document(query: str, limits: OperationLimits) -> DocumentNode | GraphQLError:
+    """Parse, refusing documents longer than `max_query_bytes` before reading them and
+    documents of more than `max_tokens` tokens before building them.
+
+    The token limit alone counts a comment or a string of any length as one token: a
+    900 KB comment took 0.5 s to parse, and 6 such requests at once stalled the loop.
+    """
+    if _utf8_longer_than(query, limits.max_query_bytes):
+        return too_complex(
+            f"The document is longer than {limits.max_query_bytes} bytes.", limit="maxQueryBytes"
+        )
+    max_tokens = limits.max_tokens
     try:
         return parse(query, max_tokens=max_tokens)
     except GraphQLError as error:
@@ -79,6 +90,16 @@ def parse_document(query: str, max_tokens: int) -> DocumentNode | GraphQLError:
         # The parser recurses once per nesting level; a document nested deeper than
         # Python's stack allows is over any sensible depth limit anyway.
         return too_complex("The document is nested too deeply to parse.", limit="maxDepth")
+
+
+def _utf8_longer_than(text: str, limit: int) -> bool:
+    # A character is 1 to 4 bytes: only text between limit/4 and limit characters long
+    # needs encoding to know.
+    if len(text) > limit:
+        return True
+    if len(text) * 4 <= limit or text.isascii():
+        return False
+    return len(text.encode("utf-8", "surrogatepass")) > limit
 
 
 def check_limits(document: DocumentNode, limits: OperationLimits) -> list[GraphQLError]:

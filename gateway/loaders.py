@@ -153,7 +153,7 @@ class OperationLoader:
         body, excess = within_size(answer.body, query)
         self.serve(len(body) if body.__class__ is list else 0)
         records, bad = parse_call_list(body)
-        return CallList(records, bad, answer.links.get("next"), excess)
+        return CallList(records, bad, answer.links.get("next"), excess + answer.excess)
 
     def next_query(self, found: CallList, query: ListQuery) -> ListQuery | None:
         if found.next_url is None:
@@ -165,12 +165,15 @@ class OperationLoader:
             user_id=self.credentials().user_id,
         )
 
-    async def list_calls_raw(self, query: ListQuery) -> Any:
-        """The upstream's JSON body for `query`, unparsed (for the compiled path), which
-        cuts it to `size` itself (`calls.within_size`), as `list_calls` does, and counts
-        what it serves (`serve`) once it has all its pages: a count made here could land
-        after that path gave up, in the standard executor's fresh count."""
-        return (await self._list(query)).body
+    async def list_calls_raw(self, query: ListQuery) -> tuple[Any, int]:
+        """The upstream's JSON body for `query`, unparsed (for the compiled path), cut to
+        `size` (`calls.within_size`) as `list_calls` cuts it, and how many calls were cut.
+        The compiled path counts what it serves (`serve`) once it has all its pages: a
+        count made here could land after that path gave up, in the standard executor's
+        fresh count."""
+        answer = await self._list(query)
+        body, excess = within_size(answer.body, query)
+        return body, excess + answer.excess
 
     def serve(self, count: int) -> None:
         """Count `count` more calls served; raises `OperationTooComplex` past the bound.

@@ -218,6 +218,18 @@ class _Server:
             writer.write(_head(200, [*headers, ("content-length", str(len(body)))]))
             await _send_slowly(writer, body)
             return True
+        if kind.startswith("early-hints"):
+            # A million interim answers (~60 MB) before the final one: each is a whole
+            # HTTP answer of its own, which neither the body bound nor a header bound sees.
+            # `early-hints-<n>`: n of them, as a real server might send a few.
+            hint = b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n"
+            count = int(kind.rpartition("-")[2]) if kind[-1].isdigit() else 1_000_000
+            for start in range(0, count, 1000):
+                writer.write(hint * min(1000, count - start))
+                await writer.drain()
+            body = b"[" + CALL + b"]"
+            writer.write(_head(200, [json, ("content-length", str(len(body)))]) + body)
+            return True
         if kind == "long-header":
             # One header line of 100 KB, over aiohttp's 8190-byte bound for a line.
             link = (

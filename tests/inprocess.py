@@ -142,5 +142,21 @@ async def assert_healthy(client: httpx.AsyncClient) -> None:
     assert response.json() == {"status": "ok"}
 
 
+async def healthz_within_a_second_while(client: httpx.AsyncClient, work: Any) -> Any:
+    """Run `work` while asking `/healthz` every 50 ms; each must answer within 1 s."""
+    task = asyncio.ensure_future(work)
+    slowest = 0.0
+    loop = asyncio.get_running_loop()
+    while not task.done():
+        # Timed from before the pause: a loop blocked by the work delays the wake-up.
+        began = loop.time()
+        await asyncio.sleep(0.05)
+        async with asyncio.timeout(5):
+            assert (await client.get("/healthz")).status_code == 200
+        slowest = max(slowest, loop.time() - began)
+    assert slowest < 1.0, f"/healthz took {slowest:.2f} s"
+    return await task
+
+
 def error_codes(response: httpx.Response) -> list[str]:
     return [error["extensions"]["code"] for error in response.json().get("errors", [])]

@@ -57,6 +57,9 @@ def running(upstream: Hostile) -> Iterator[Running]:
         # The 20 aliased pages, which the answer cache must not keep, are over
         # the default bound on calls served (tested below); here they must be served.
         "GATEWAY_MAX_CALLS_PER_OPERATION": "20000",
+        # Likewise the 900 KB documents below, over the default document bound (refused
+        # before parsing: tests/test_limits.py); here the caches must not keep them.
+        "GATEWAY_MAX_QUERY_BYTES": str(1024 * 1024),
     }
     with gateway_process(env=env) as (process, url):
         yield Running(url, process.pid)

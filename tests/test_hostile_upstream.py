@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.upstream.transport import MAX_INTERIM_RESPONSES
 from tests.hostile import BOUND, CALL, Hostile, hostile_upstream
 from tests.memory import MIB, peak_rss, reset_peak, rss
 from tests.servers import gateway_process
@@ -107,6 +108,8 @@ RECEIVED_WHOLE = frozenset({"over-bound-gzip"})
         pytest.param("corrupt-gzip", BAD, id="corrupt-gzip"),
         # Not HTTP this client reads (a header line over 8190 bytes): the same every time.
         pytest.param("long-header", BAD, id="100KB-header-line"),
+        # Not bounded by aiohttp at all: a million `103 Early Hints` before the answer.
+        pytest.param("early-hints", BAD, id="1M-interim-103-answers"),
         pytest.param("over-bound", BAD, id="identity-one-byte-over"),
         pytest.param("over-bound-gzip", BAD, id="gzip-one-byte-over-once-decoded"),
         pytest.param("large-declared", BAD, id="identity-50MB-content-length"),
@@ -185,3 +188,17 @@ def test_refused_bodies_are_released_not_kept_until_a_full_collection(
 
     grown = rss(running.pid) - before
     assert grown < 30 * MIB, f"RSS grew by {grown / MIB:.0f} MiB over 5 rounds"
+
+
+@pytest.mark.parametrize("count", [1, MAX_INTERIM_RESPONSES], ids=["one", "at-bound"])
+def test_a_few_interim_answers_before_the_answer_are_read_past(
+    running: Running, count: int
+) -> None:
+    assert ask(running.url, f"early-hints-{count}") == {"data": {"calls": [{"id": OK_IDS[0]}]}}
+
+
+def test_one_interim_answer_over_the_bound_is_refused(running: Running) -> None:
+    answer = ask(running.url, f"early-hints-{MAX_INTERIM_RESPONSES + 1}")
+
+    assert codes(answer) == [BAD]
+    assert "TooManyInterimResponses" in answer["errors"][0]["message"]

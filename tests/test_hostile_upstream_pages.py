@@ -16,12 +16,12 @@ import httpx
 import orjson
 import pytest
 
-from gateway.calls import ListQuery, within_size
+from gateway.calls import MAX_SIP_HEADERS, ListQuery, within_size
 from gateway.sandbox import credential_headers
 from gateway.upstream.routes import calls_path
 from tests.conftest import DEMO
 from tests.fakes import FakeUpstream
-from tests.inprocess import assert_healthy, in_process
+from tests.inprocess import assert_healthy, healthz_within_a_second_while, in_process
 
 HEADERS = [(k.lower().encode(), v.encode()) for k, v in credential_headers(DEMO).items()]
 PATH = calls_path(DEMO.user_id)
@@ -115,3 +115,94 @@ def test_a_connection_slice_reaching_an_oversized_pages_end_says_so(
     assert connection["pageInfo"] == {"hasNextPage": False}
     [warning] = body["extensions"]["warnings"]
     assert warning["path"] == ["callsConnection"]
+
+
+# Four million entries in 8 MB, under the body bound: before the cut moved ahead of the
+# per-entry pass, each was slimmed on the event loop (/healthz stalled 4 s).
+HUGE_LIST = b"[" + b"0," * 3_999_999 + b"0]"
+
+
+@FAST
+def test_a_list_of_millions_is_cut_before_any_per_entry_pass(
+    fake_upstream: FakeUpstream, fast_path: bool
+) -> None:
+    fake_upstream.answer(PATH, HUGE_LIST)
+
+    async def run() -> dict[str, Any]:
+        async with in_process(fake_upstream.url, fast_path=fast_path) as client:
+            response = await healthz_within_a_second_while(
+                client,
+                client.post(
+                    "/graphql", json={"query": "{ calls(size: 5) { id } }"}, headers=HEADERS
+                ),
+            )
+            body: dict[str, Any] = response.json()
+            return body
+
+    body = asyncio.run(run())
+    # Five entries that cannot be calls are left out; the rest were never read.
+    warnings = body["extensions"]["warnings"]
+    assert any("3999995 more calls than the 5 asked for" in w["message"] for w in warnings)
+    assert len(warnings) == 6
+
+
+def test_a_bridge_list_is_cut_at_the_upstreams_largest_page(fake_upstream: FakeUpstream) -> None:
+    calls = [orjson.loads(FIVE)[0] | {"id": f"c-{n}"} for n in range(1005)]
+    fake_upstream.answer(PATH, orjson.dumps(calls))
+    query = '{ calls(size: 2, filter: {bridgeId: "b-1"}) { id } }'
+
+    async def run() -> dict[str, Any]:
+        async with in_process(fake_upstream.url) as client:
+            response = await client.post("/graphql", json={"query": query}, headers=HEADERS)
+            body: dict[str, Any] = response.json()
+            return body
+
+    body = asyncio.run(run())
+    assert len(body["data"]["calls"]) == 1000
+    [warning] = body["extensions"]["warnings"]
+    assert "5 more calls" in warning["message"]
+
+
+def sip_call(headers: int) -> bytes:
+    call = orjson.loads(FIVE)[0]
+    call["sipHeaders"] = {f"X-H-{n}": f"v-{n}" for n in range(headers)}
+    return orjson.dumps([call])
+
+
+@FAST
+@pytest.mark.parametrize(
+    ("headers", "served", "warned"),
+    [
+        pytest.param(5, 5, False, id="documented-five"),
+        pytest.param(MAX_SIP_HEADERS, MAX_SIP_HEADERS, False, id="at-bound"),
+        pytest.param(MAX_SIP_HEADERS + 1, MAX_SIP_HEADERS, True, id="one-over"),
+        pytest.param(200_000, MAX_SIP_HEADERS, True, id="200k-headers"),
+    ],
+)
+def test_sip_headers_are_served_up_to_the_bound_with_a_warning(
+    fake_upstream: FakeUpstream, fast_path: bool, headers: int, served: int, warned: bool
+) -> None:
+    fake_upstream.answer(PATH, sip_call(headers))
+    query = "{ calls(size: 1) { id sipHeaders { name value } } }"
+
+    async def run() -> dict[str, Any]:
+        async with in_process(fake_upstream.url, fast_path=fast_path) as client:
+            response = await client.post("/graphql", json={"query": query}, headers=HEADERS)
+            body: dict[str, Any] = response.json()
+            return body
+
+    body = asyncio.run(run())
+    assert "errors" not in body
+    [call] = body["data"]["calls"]
+    assert call["sipHeaders"][:2] == [
+        {"name": "X-H-0", "value": "v-0"},
+        {"name": "X-H-1", "value": "v-1"},
+    ]
+    assert len(call["sipHeaders"]) == served
+    warnings = body.get("extensions", {}).get("warnings", [])
+    if warned:
+        [warning] = warnings
+        assert warning["path"] == ["calls", 0, "sipHeaders"]
+        assert f"only the first {MAX_SIP_HEADERS} are served" in warning["message"]
+    else:
+        assert warnings == []

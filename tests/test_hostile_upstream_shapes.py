@@ -211,3 +211,66 @@ def test_a_body_that_is_not_json_beside_a_big_number_is_still_refused(
             await assert_healthy(client)
 
     asyncio.run(run())
+
+
+# What the upstream's text may carry that must reach no caller and no log: NUL and the
+# other C0/C1 controls, bidi overrides and isolates (Cf), zero-width characters.
+HIDDEN = "\x00\x1b\x85\u202e\u2066\u200b\ufeff"
+
+
+def shown(text: str) -> bool:
+    """Nothing of HIDDEN is in `text`, and the replacement character is."""
+    return not any(ch in text for ch in HIDDEN) and "\ufffd" in text
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        pytest.param(400, "BAD_USER_INPUT", id="400"),
+        pytest.param(401, "UNAUTHENTICATED", id="401"),
+        pytest.param(404, "NOT_FOUND", id="404"),
+        pytest.param(429, "RATE_LIMITED", id="429"),
+        pytest.param(500, "UPSTREAM_ERROR", id="500"),
+    ],
+)
+def test_upstream_error_text_reaches_callers_without_control_or_bidi_characters(
+    fake_upstream: FakeUpstream, caplog: pytest.LogCaptureFixture, status: int, code: str
+) -> None:
+    body = {"message": f"evil{HIDDEN}txt.exe\tend", "code": f"c{HIDDEN}"}
+    fake_upstream.answer(PATH, orjson.dumps(body), status=status)
+
+    async def run() -> dict[str, Any]:
+        async with in_process(fake_upstream.url, upstream_retries=0) as client:
+            answer: dict[str, Any] = (await post(client, "{ calls { id } }")).json()
+            return answer
+
+    [error] = asyncio.run(run())["errors"]
+    assert error["extensions"]["code"] == code
+    assert shown(error["message"])
+    assert error["message"].endswith("txt.exe\tend")
+    assert shown(error["extensions"]["upstreamCode"])
+    assert not any(ch in record.getMessage() for record in caplog.records for ch in HIDDEN)
+
+
+@FAST
+def test_warnings_carry_upstream_ids_without_control_or_bidi_characters(
+    fake_upstream: FakeUpstream, fast_path: bool
+) -> None:
+    odd_id = f"c-{HIDDEN}"
+    page = [
+        {"id": odd_id, "direction": "in", "from": "+1", "state": "completed"},  # no `to`
+        {"id": odd_id, "direction": "in", "from": "+1", "to": "+2", "state": "completed",
+         "callbackTimeout": f"x{HIDDEN}"},
+    ]  # fmt: skip
+    fake_upstream.answer(PATH, orjson.dumps(page))
+
+    async def run() -> dict[str, Any]:
+        async with in_process(fake_upstream.url, fast_path=fast_path) as client:
+            answer: dict[str, Any] = (await post(client, "{ calls { id callbackTimeout } }")).json()
+            return answer
+
+    warnings = asyncio.run(run())["extensions"]["warnings"]
+    assert len(warnings) == 2
+    for warning in warnings:
+        assert shown(warning["message"])
+        assert shown(warning["callId"])

@@ -22,7 +22,7 @@ import pytest
 from graphql import get_operation_ast, parse
 
 from gateway.app import create_app
-from gateway.calls import CallList, ListQuery, parse_call_list
+from gateway.calls import CallList, ListQuery, parse_call_list, within_size
 from gateway.config import load_settings
 from gateway.context import Context
 from gateway.fastpath import compile_plan
@@ -346,8 +346,8 @@ class _Source:
         records, bad = parse_call_list(self.body)
         return CallList(records, bad)
 
-    async def list_calls_raw(self, query: ListQuery) -> Any:
-        return self.body
+    async def list_calls_raw(self, query: ListQuery) -> tuple[Any, int]:
+        return within_size(self.body, query)
 
     async def get_call(self, call_id: str) -> None:
         return None

@@ -161,11 +161,7 @@ class Operations:
 
     async def run(self, request: LiveRequest, scope: Scope) -> OperationOutcome:
         """Run `request` for the connection `scope` (its state, client and server)."""
-        document = (
-            None
-            if request.query is None
-            else parse_document(request.query, self._limits.max_tokens)
-        )
+        document = None if request.query is None else parse_document(request.query, self._limits)
         if isinstance(document, DocumentNode):
             operation = get_operation_ast(document, request.operation_name)
             if operation is not None and operation.operation is OperationType.SUBSCRIPTION:

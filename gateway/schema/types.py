@@ -21,6 +21,7 @@ from gateway.calls import (
     CallField,
     CallRecord,
     Odd,
+    TooMany,
 )
 from gateway.context import Context, UpstreamWarning, WarningKind
 from gateway.errors import BadUserInput
@@ -182,6 +183,8 @@ def _id_value(value: str | Odd | None) -> Read:
 
 
 def _sip_value(value: tuple[tuple[str, str], ...] | Odd) -> Read:
+    if isinstance(value, TooMany):
+        return [SipHeader(name=name, value=header) for name, header in value.kept], value
     if isinstance(value, Odd):
         return [], value
     return [SipHeader(name=name, value=header) for name, header in value], None
@@ -226,6 +229,14 @@ def odd_field_warning(
     """The warning for a field whose upstream value was off, and what was served instead."""
     shown = served.name if isinstance(served, Enum) else "an empty list" if served == [] else "null"
     kind: WarningKind = "unknown_value" if field in _ENUM_FIELDS else "malformed_field"
+    if isinstance(odd, TooMany):
+        return UpstreamWarning(
+            f"The upstream sent call {record.id} with more than {len(odd.kept)} `{field}`; "
+            f"only the first {len(odd.kept)} are served.",
+            path,
+            record.id,
+            kind,
+        )
     return UpstreamWarning(
         f"The upstream sent call {record.id} with an unexpected `{field}` "
         f"({odd.describe()}); it is served as {shown}.",

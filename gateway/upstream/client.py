@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from functools import lru_cache
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import orjson
@@ -40,7 +40,7 @@ import weblinking
 from gateway import __version__
 from gateway.body_budget import RETRY_AFTER as BODY_BUDGET_RETRY_AFTER
 from gateway.body_budget import BodyBudget, BodyLease, NoBodyBudget
-from gateway.calls import ListQuery, slim_body
+from gateway.calls import ListQuery, cut_in_place, slim_body
 from gateway.credentials import Credentials
 from gateway.errors import (
     BadUserInput,
@@ -53,6 +53,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
+    printable,
 )
 from gateway.upstream import routes
 from gateway.upstream.routes import UpstreamRequest
@@ -84,6 +85,8 @@ class UpstreamAnswer:
     # Wall-clock time of the upstream answer, kept through caches: whatever is built from
     # this answer may be reused only until fetched_at + TTL.
     fetched_at: float = field(default_factory=time.time, compare=False)
+    # List entries past the request's `limit`, dropped unread (an oversized-page warning).
+    excess: int = 0
 
 
 class CatapultClient:
@@ -196,7 +199,7 @@ class CatapultClient:
                     await response.aclose()
             # The body counts against the process-wide budget until it has been parsed.
             return _answer(
-                response.status_code, response.headers, content, self._url(request), request.shape
+                response.status_code, response.headers, content, self._url(request), request
             )
 
     async def _send(
@@ -406,7 +409,7 @@ def _log_failed_attempt(origin: str, exc: httpx.TransportError) -> None:
     log.warning(
         "upstream attempt failed: %s: %s",
         type(cause).__name__,
-        scrubbed(str(cause)[:2000])[:500] or "(no message)",
+        printable(scrubbed(str(cause)[:2000])[:500]) or "(no message)",
         extra={
             "upstream": origin,
             "cause": type(cause).__name__,
@@ -420,22 +423,27 @@ def _answer(
     headers: httpx.Headers,
     content: bytes,
     url: httpx.URL,
-    shape: Literal["array", "object"] | None = None,
+    request: UpstreamRequest,
 ) -> UpstreamAnswer:
+    shape = request.shape
     if status == 200:
         try:
-            # Only what the gateway reads is kept (see calls.slim_body).
-            body = slim_body(read_json(content))
+            body = read_json(content)
         except orjson.JSONDecodeError as exc:
             raise UpstreamBadResponse(
                 "The upstream answered with a body that is not JSON."
             ) from exc
+        # Entries past what was asked are dropped before any per-entry pass: a 10 MB
+        # `[0,0,...]` of five million entries must not be slimmed entry by entry.
+        excess = 0 if request.limit is None else cut_in_place(body, request.limit)
+        # Only what the gateway reads is kept (see calls.slim_body).
+        body = slim_body(body)
         if shape == "array" and not isinstance(body, list):
             raise UpstreamBadResponse("The upstream answered a call list that is not a JSON array.")
         if shape == "object" and not isinstance(body, dict):
             raise UpstreamBadResponse("The upstream answered a call that is not a JSON object.")
         links = parse_link_header(headers.get_list("link"), base=str(url))
-        return UpstreamAnswer(body=body, links=links)
+        return UpstreamAnswer(body=body, links=links, excess=excess)
     raise error_for_status(status, headers, content)
 
 
@@ -543,8 +551,8 @@ def _error_body(content: bytes) -> tuple[str | None, str | None]:
     message = body.get("message")
     code = body.get("code")
     return (
-        message[:500] if isinstance(message, str) and message else None,
-        code[:100] if isinstance(code, str) and code else None,
+        printable(message[:500]) if isinstance(message, str) and message else None,
+        printable(code[:100]) if isinstance(code, str) and code else None,
     )
 
 

@@ -172,6 +172,19 @@ class Pacer:
             self._forget_past(now)
         return wait
 
+    def left_outside(self, account: str) -> None:
+        """Space the account's next requests from one that just came back from outside its
+        lane (a probe of a new credential pair, which the upstream then accepted).
+
+        Counted from its answer, not its departure: later than it left, so wider, never
+        narrower. Local only: replicas learn of it from the upstream's 429, waited out.
+        """
+        if not self.enabled:
+            return
+        now = self._clock.now()
+        self._departed[account] = max(self._departed.get(account, now), now)
+        self._next_slot[account] = max(self._next_slot.get(account, 0.0), now + self._interval)
+
     def _check(self, wait: float) -> None:
         if wait > self._queue_timeout:
             self.refused += 1

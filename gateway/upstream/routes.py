@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import quote, urlencode
 
-from gateway.calls import ListQuery
+from gateway.calls import ListQuery, entries_kept
 
 # The list-calls path, segment by segment; the documentation shows a trailing slash.
 _CALLS_SEGMENTS = ("v1", "users", "{userId}", "calls")
@@ -47,6 +47,8 @@ class UpstreamRequest:
     # answer of another shape is an UPSTREAM_BAD_RESPONSE raised by the client itself,
     # before any cache can keep it: errors are never cached.
     shape: Literal["array", "object"] | None = field(default=None, compare=False)
+    # For an array: how many entries are read; the rest are dropped unread (a warning).
+    limit: int | None = field(default=None, compare=False)
 
     @property
     def target(self) -> str:
@@ -88,7 +90,9 @@ def list_params(query: ListQuery) -> tuple[tuple[str, str], ...]:
 
 def list_calls(user_id: str, query: ListQuery) -> UpstreamRequest:
     """The request for one page of the user's calls."""
-    return UpstreamRequest(calls_path(user_id), list_params(query), shape="array")
+    return UpstreamRequest(
+        calls_path(user_id), list_params(query), shape="array", limit=entries_kept(query)
+    )
 
 
 def get_call(user_id: str, call_id: str) -> UpstreamRequest:

@@ -5,7 +5,10 @@ in front of the client.
       -> SingleFlightCache.get_or_load  a hit under the same credentials' key ends here;
                                         identical concurrent misses share one load
                                         (skipped with TTL 0: nothing is reused then)
-      -> Pacer.run                      wait for the account's slot (or RATE_LIMITED)
+      -> CredentialLanes.run            UNAUTHENTICATED for a pair the upstream just
+                                        refused; else the lane the pair has earned:
+      -> Pacer.run                      wait for the account's slot, or the token's
+                                        probe slot (or RATE_LIMITED)
       -> gate                           the operation's own veto (a refusal it already had)
       -> CatapultClient                 HTTP, retries, errors; None for an unknown call
       -> EntityView.remember            every call record in the answer, by id
@@ -28,13 +31,20 @@ from gateway.upstream import routes
 from gateway.upstream.cache import CacheKeys, SingleFlightCache, create_store
 from gateway.upstream.client import CatapultClient, UpstreamAnswer
 from gateway.upstream.entities import EntityView, KnownCall, call_in_answer, calls_in_list
+from gateway.upstream.lanes import (
+    ACCEPTED_SECONDS,
+    PROBE_QUEUE_SECONDS,
+    PROBE_RATE,
+    REJECTED_SECONDS,
+    CredentialLanes,
+    Remembered,
+)
 from gateway.upstream.pacing import (
     FileSlots,
     MonotonicClock,
     Pacer,
     RedisSlots,
     SharedSlots,
-    account_key,
 )
 from gateway.upstream.redis import RedisStore
 from gateway.upstream.routes import UpstreamRequest
@@ -47,7 +57,12 @@ class AnswerCodec:
 
     def encode(self, value: UpstreamAnswer) -> bytes:
         return orjson.dumps(
-            {"body": value.body, "links": dict(value.links), "fetchedAt": value.fetched_at}
+            {
+                "body": value.body,
+                "links": dict(value.links),
+                "fetchedAt": value.fetched_at,
+                "excess": value.excess,
+            }
         )
 
     def decode(self, data: bytes) -> UpstreamAnswer:
@@ -55,7 +70,11 @@ class AnswerCodec:
         # fetchedAt travels along: whatever is built from a cached answer (a cached whole
         # response) must expire with the answer, not restart its TTL.
         return UpstreamAnswer(
-            body=stored["body"], links=stored["links"], fetched_at=stored["fetchedAt"]
+            body=stored["body"],
+            links=stored["links"],
+            fetched_at=stored["fetchedAt"],
+            # Entries of an older version of this cache had no count.
+            excess=stored.get("excess", 0),
         )
 
 
@@ -87,7 +106,7 @@ class CatapultService:
         client: CatapultClient,
         cache: SingleFlightCache[UpstreamAnswer],
         keys: CacheKeys,
-        pacer: Pacer,
+        lanes: CredentialLanes,
         *,
         ttl: float,
         entities: EntityView | None,
@@ -96,7 +115,7 @@ class CatapultService:
         self._client = client
         self._cache = cache
         self._keys = keys
-        self._pacer = pacer
+        self._lanes = lanes
         self._ttl = ttl
         self._entities = entities
         self._slots_file = slots_file
@@ -150,10 +169,8 @@ class CatapultService:
         calls_in: Callable[[Any], Iterable[tuple[str, Any]]],
     ) -> Fetched:
         async def load() -> Fetched:
-            if self._pacer.enabled:
-                answer = await self._pacer.run(account_key(self._keys, credentials.account), send)
-            else:
-                answer = await send()
+            # Paced in the lane the credential pair has earned (see lanes.py).
+            answer = await self._lanes.run(credentials, send)
             if answer is not None and self._entities is not None:
                 await self._entities.remember(credentials, calls_in(answer.body), answer.fetched_at)
             return answer
@@ -184,11 +201,14 @@ class CatapultService:
 
     def state(self) -> dict[str, Any]:
         """The cache's and the pacer's state, as last seen."""
-        return {"cache": self._cache.state(), "pacing": self._pacer.state()}
+        return {"cache": self._cache.state(), "pacing": self._lanes.state()}
 
     async def check(self) -> dict[str, Any]:
         """The state for /readyz, after asking the cache store whether it answers now."""
-        return {"cache": await self._cache.check(), "pacing": self._pacer.state()}
+        return {
+            "cache": await self._cache.check(),
+            "pacing": self._lanes.state(),
+        }
 
     async def close(self) -> None:
         await self._cache.close()
@@ -235,6 +255,23 @@ def create_upstream(
         on_wait=metrics.pacing_wait,
         on_refusal=metrics.pacing_refusal,
     )
+    # A pair the upstream has not accepted yet probes in a small lane of its own, so that
+    # callers without the secret cannot take its owner's slots (see lanes.py).
+    probe = Pacer(
+        rate=min(rate, PROBE_RATE),
+        queue_timeout=PROBE_QUEUE_SECONDS,
+        clock=clock,
+        shared=shared,
+        on_wait=metrics.pacing_wait,
+        on_refusal=metrics.pacing_refusal,
+    )
+    lanes = CredentialLanes(
+        keys,
+        account=pacer,
+        probe=probe,
+        accepted=Remembered(seconds=ACCEPTED_SECONDS, clock=clock.now),
+        rejected=Remembered(seconds=REJECTED_SECONDS, clock=clock.now),
+    )
     cache = SingleFlightCache(
         store,
         AnswerCodec(),
@@ -262,7 +299,7 @@ def create_upstream(
         client,
         cache,
         keys,
-        pacer,
+        lanes,
         ttl=cache_ttl,
         entities=entities,
         slots_file=slots_file,

@@ -15,15 +15,24 @@ offered in `Accept-Encoding` are taken; any other (br, zstd, stacked ones) is re
 before a byte of the body is read. The body is handed on as a stream, read (and taken from
 the process-wide body budget) by the upstream client; a response whose body was not read
 to its end closes its connection, which is never returned to the pool.
+
+Interim (1xx) answers before the final one are bounded too (`MAX_INTERIM_RESPONSES`).
+aiohttp reads any number of them and has no setting for it: its response loops over
+them, and while its queue holds parsed ones it never yields, so a million `103 Early
+Hints` (~60 MB, no body at all) stalled the event loop for seconds. Each connection's
+protocol is therefore an `_InterimBounded`, which fails the answer past the bound.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import functools
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import aiohttp
 import httpx
+from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from yarl import URL
 
@@ -35,6 +44,38 @@ _IDENTITY = frozenset({"", "identity"})
 # Headers that describe the encoded body; the body handed on is decoded.
 _ENCODED_BODY_HEADERS = frozenset({b"content-encoding", b"content-length"})
 _ENCODING_HEADER = frozenset({b"content-encoding"})
+
+
+# Interim answers accepted before the final one: RFC 9110 gives a client no bound, but
+# a real server sends one or two (100 Continue, 103 Early Hints); each is a header block
+# of its own, within aiohttp's line and header bounds, so this bounds their bytes too.
+MAX_INTERIM_RESPONSES = 16
+
+
+class TooManyInterimResponses(HttpProcessingError):
+    """More than MAX_INTERIM_RESPONSES 1xx answers before the final one."""
+
+
+class _InterimBounded(ResponseHandler):
+    """aiohttp's connection protocol, failing an answer past MAX_INTERIM_RESPONSES
+    interim answers, then closing its connection (the rest is not worth parsing)."""
+
+    _interim = 0
+
+    def feed_data(self, data: tuple[Any, Any], size: int = 0) -> None:
+        if self._interim > MAX_INTERIM_RESPONSES:
+            return  # refused: nothing after it is an answer (the queue's end raises)
+        message = data[0]
+        if 100 <= message.code < 200 and message.code != 101:
+            self._interim += 1
+            if self._interim > MAX_INTERIM_RESPONSES:
+                self.set_exception(TooManyInterimResponses())
+                if self.transport is not None:
+                    self.transport.close()
+                return
+        else:
+            self._interim = 0
+        super().feed_data(data, size)
 
 
 class BodyRefused(httpx.TransportError):
@@ -67,6 +108,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 limit=self._limits.max_connections or 0,
                 keepalive_timeout=self._limits.keepalive_expiry or 30,
             )
+            # aiohttp has no setting for this: the protocol factory is the one seam.
+            bounded: Callable[[], ResponseHandler] = functools.partial(
+                _InterimBounded, loop=connector._loop
+            )
+            connector._factory = bounded  # type: ignore[assignment]
             # One session serves every caller: no cookie may carry over between them.
             self._session = aiohttp.ClientSession(
                 connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False

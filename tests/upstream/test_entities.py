@@ -183,3 +183,19 @@ def test_a_cached_whole_history_proves_nothing_about_calls_made_since(
     assert sorted(r["path"] for r in small_history.requests()) == [
         f"{LIST_PATH}{call_id}" for call_id in missing
     ]
+
+
+def test_a_thousand_unknown_ids_are_one_refusal_not_one_each(
+    gateway_factory: GatewayFactory, sandbox: Sandbox
+) -> None:
+    # The sandbox's history is longer than a page, so each id past the newest page
+    # needs a GET of its own, and the operation's upstream-request limit (10) ends them:
+    # before, every id past it was an OPERATION_TOO_COMPLEX of its own (210 KB).
+    gateway = gateway_factory()
+    missing = [f"c-missing-{n}" for n in range(1000)]
+
+    answer = gateway.query(ENTITIES, representations(missing)).json()
+
+    assert answer["data"]["_entities"] == [None] * 1000
+    assert [e["extensions"]["code"] for e in answer["errors"]] == ["OPERATION_TOO_COMPLEX"]
+    assert len(sandbox.requests()) == 10
