@@ -4,10 +4,13 @@ Each folder under tests/js/ has its own package.json and committed package-lock.
 `npm ci` installs exactly the locked versions when node_modules is missing or was
 installed from another version of the lock file (a machine kept between checkouts). Without node
 and npm the tests are skipped, unless GATEWAY_TEST_REQUIRE_NODE is set (CI sets it).
+Test processes running side by side (pytest-xdist) take turns at a folder's install: two
+`npm ci` into one node_modules would delete each other's files.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -38,15 +41,18 @@ def install_locked(folder: Path) -> Path:
     """
     lock = hashlib.sha256((folder / "package-lock.json").read_bytes()).hexdigest()
     stamp = folder / "node_modules" / ".installed-from-lock"
-    if not stamp.is_file() or stamp.read_text() != lock:
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
-            cwd=folder,
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-        stamp.write_text(lock)
+    # Beside node_modules, not in it: `npm ci` deletes node_modules first.
+    with (folder / ".npm-ci.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes
+        if not stamp.is_file() or stamp.read_text() != lock:
+            subprocess.run(
+                ["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
+                cwd=folder,
+                check=True,
+                capture_output=True,
+                timeout=600,
+            )
+            stamp.write_text(lock)
     return folder
 
 

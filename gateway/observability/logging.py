@@ -169,7 +169,8 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self, stream: TextIO, interval: float = 0.2) -> None:
         super().__init__(stream)
         self._pending: list[str] = []
-        self._closed = threading.Event()
+        # Not `_closed`: logging.Handler.close sets that to True.
+        self._stopping = threading.Event()
         self._interval = interval
         self._flusher = threading.Thread(target=self._flush_regularly, daemon=True)
         self._flusher.start()
@@ -196,7 +197,7 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self._write()
 
     def close(self) -> None:
-        self._closed.set()
+        self._stopping.set()
         self.flush()
         super().close()
 
@@ -207,7 +208,7 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.stream.flush()
 
     def _flush_regularly(self) -> None:
-        while not self._closed.wait(self._interval):
+        while not self._stopping.wait(self._interval):
             try:
                 self.flush()
             except (OSError, ValueError):  # the stream went away: nothing left to do

@@ -196,6 +196,15 @@ def test_closing_a_batching_handler_writes_what_it_holds() -> None:
     assert json.loads(stream.getvalue())["message"] == "last words"
 
 
+def test_a_batching_handler_can_be_closed_twice() -> None:
+    # logging.config.dictConfig (uvicorn's, at each server start) closes every handler
+    # ever made, closed ones included: logging.Handler.close sets its own `_closed`.
+    handler = BatchingStreamHandler(io.StringIO(), interval=60)
+
+    handler.close()
+    handler.close()
+
+
 def test_a_cache_hit_writes_a_line_like_any_request(
     gateway_factory: GatewayFactory, log_stream: io.StringIO
 ) -> None:
