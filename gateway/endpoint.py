@@ -198,7 +198,8 @@ class GraphQLEndpoint:
             else (*specified_rules, NoSchemaIntrospectionCustomRule)
         )
         self._hide_suggestions = not suggestions
-        self._parse = memoize(self._parse_document, _document_cache(), _document_weight)
+        self._documents: BoundedCache[Any, Any] = _document_cache()
+        self._parse = memoize(self._parse_document, self._documents, _document_weight)
         # Keyed by the query text, not the document: hashing a document walks its tree.
         self._validate = memoize(self._validate_query, _document_cache(), _document_weight)
         self._fast_path = fast_path
@@ -303,7 +304,11 @@ class GraphQLEndpoint:
         if isinstance(document, GraphQLError):
             return False
         operation = get_operation_ast(document, params.operation_name)
-        return operation is not None and operation.operation is OperationType.SUBSCRIPTION
+        if operation is None or operation.operation is not OperationType.SUBSCRIPTION:
+            return False
+        # The live operations parse what they serve themselves: this parse is not kept.
+        self._forget(params.query)
+        return True
 
     # -- execute: parse, validate, run --
 
@@ -323,12 +328,14 @@ class GraphQLEndpoint:
             and operation is not None
             and operation.operation is not OperationType.QUERY
         ):
+            self._forget(query)
             raise BadRequest(
                 "Only queries may be sent with GET; use POST.",
                 status=405,
                 headers={"allow": "POST"},
             )
         if operation is not None and operation.operation is OperationType.SUBSCRIPTION:
+            self._forget(query)
             raise BadRequest(
                 "Subscriptions are served over WebSocket (the graphql-transport-ws "
                 "subprotocol) or Server-Sent Events (`Accept: text/event-stream`).",
@@ -337,8 +344,8 @@ class GraphQLEndpoint:
         # nothing is kept, and each step parsing the text again cost a parse each.
         validation_errors = self._validate(query, document=document)
         if validation_errors:
-            errors = [coded(error, "GRAPHQL_VALIDATION_FAILED") for error in validation_errors]
-            return _result(media_type, errors, name, request_error=True)
+            self._forget(query)
+            return _result(media_type, list(validation_errors), name, request_error=True)
         # Only now may the operation's name take a metrics slot (see `Metrics`).
         record.operation_checked = _has_credentials(request)
         context = self._make_context(request, request_id)
@@ -478,8 +485,23 @@ class GraphQLEndpoint:
             )
         return shown
 
-    def _validate_query(self, query: str, *, document: DocumentNode) -> list[GraphQLError]:
-        return self._validate_document(document)
+    def _validate_query(self, query: str, *, document: DocumentNode) -> tuple[dict[str, Any], ...]:
+        # Kept rendered: a GraphQLError holds its nodes, and through their locations
+        # every token of the document, so a kept verdict would keep the whole parse.
+        errors = self._validate_document(document)
+        return tuple(coded(error, "GRAPHQL_VALIDATION_FAILED") for error in errors)
+
+    def _forget(self, query: str) -> None:
+        """Drop the kept parse of `query`, a document this endpoint will not run.
+
+        A refused document keeps only its verdict, which is small. Its parse is some 80
+        to 250 bytes of small objects per character of text: distinct refused documents
+        (an attacker's cache stuffing) would hold up to the cache's 32 MiB of them for
+        its lifetime, interleaved with whatever else is allocated meanwhile, so that
+        the allocator's arenas stay resident long after the parses are freed (measured
+        with bench/hostile.py: +30 MB of RSS a minute after the attack).
+        """
+        self._documents.pop((query,))
 
     def _parse_document(self, query: str) -> DocumentNode | GraphQLError:
         return parse_document(query, self._limits)

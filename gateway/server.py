@@ -9,7 +9,8 @@ connection:
 - header bounds: the request line and headers together at most `max_header_bytes`
   (counted while they arrive, so an endless header line is cut off, not buffered), each
   header field line at most `max_header_line_bytes`, at most `max_headers` fields; beyond
-  any of them: `431`, and the connection is closed;
+  any of them: `431`, and the connection is closed (a field over a bound as soon as it
+  arrives, so that a flood of fields is never held);
 - read deadlines: a request's line and headers must be complete `header_timeout` seconds
   after the connection opened or the request's first byte arrived, its body
   `body_timeout` seconds after its headers; late: `408`, closed. Between requests a
@@ -311,6 +312,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._phase != "body":
+            # Checked as each field arrives, not only once the headers end: one read may
+            # hold 20,000 header fields, each kept (a tuple of two bytes objects) until
+            # the end of the headers. Freed, such a burst of small objects leaves the
+            # allocator's arenas resident (bench/hostile.py's header flood: +3 MB RSS).
+            limits = self.limits
+            if len(self.headers) >= limits.max_headers:
+                raise _Refusal(431, f"More than {limits.max_headers} request headers.")
+            if len(name) + len(value) + 2 > limits.max_header_line_bytes:
+                raise _Refusal(431, "A request header line is too long.")
             super().on_header(name, value)
             return
         # A trailer of a chunked body: never a request header (the application has the

@@ -3,6 +3,7 @@ and the masking of unexpected errors."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import re
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from graphql import GraphQLField, GraphQLObjectType, GraphQLSchema, GraphQLString
+from graphql.language.ast import Node
 from starlette.requests import Request
 
 from gateway.app import create_app
@@ -472,3 +474,74 @@ def test_a_gateway_error_keeps_its_code_and_message(failing_endpoint: str) -> No
     [error] = response.json()["errors"]
     assert error["message"] == "The upstream did not answer in time."
     assert error["extensions"] == {"code": "UPSTREAM_TIMEOUT"}
+
+
+# -- what a refused document leaves behind --------------------------------------------------
+
+REFUSED = [
+    pytest.param("POST", "{ nope }", "GRAPHQL_VALIDATION_FAILED", id="invalid"),
+    pytest.param(
+        "POST",
+        "{ " + " ".join(f"a{n}: fine" for n in range(25)) + " }",
+        "OPERATION_TOO_COMPLEX",
+        id="over-a-limit",
+    ),
+    pytest.param("POST", "subscription { fine }", "BAD_REQUEST", id="subscription-over-post"),
+    pytest.param("GET", "mutation { fine }", "BAD_REQUEST", id="mutation-over-get"),
+]
+
+
+def _nodes_of(marker: str) -> int:
+    """Syntax nodes still referenced from documents whose text holds `marker`."""
+    gc.collect()
+    return sum(
+        1
+        for o in gc.get_objects()
+        if isinstance(o, Node) and o.loc is not None and marker in o.loc.source.body
+    )
+
+
+@pytest.mark.parametrize(("method", "query", "expected"), REFUSED)
+def test_a_refused_document_keeps_no_parse(
+    failing_endpoint: str, method: str, query: str, expected: str
+) -> None:
+    # Distinct refused documents (cache stuffing) must not fill the document cache with
+    # their syntax trees: a parse held for the cache's lifetime is megabytes of small
+    # objects that keep the allocator's arenas resident after it is freed.
+    marker = f"refused-{method}-{expected}"
+
+    def send(n: int) -> httpx.Response:
+        document = f"# {marker} {n}\n{query}"
+        if method == "GET":
+            preflighted = {"Apollo-Require-Preflight": "true"}
+            return httpx.get(failing_endpoint, params={"query": document}, headers=preflighted)
+        return httpx.post(failing_endpoint, json={"query": document})
+
+    answers = [send(n) for n in range(10)]
+    again = send(0)
+
+    assert [code(answer) for answer in answers] == [expected] * 10
+    # A verdict kept reads the same as the first one.
+    assert again.status_code == answers[0].status_code
+    assert again.json() == answers[0].json()
+    assert _nodes_of(marker) == 0
+
+
+def test_an_accepted_document_keeps_its_parse(failing_endpoint: str) -> None:
+    assert httpx.post(failing_endpoint, json={"query": "# kept\n{ fine }"}).status_code == 200
+    assert _nodes_of("# kept") > 0
+
+
+def test_a_subscription_over_an_event_stream_keeps_no_parse_here(gateway: Gateway) -> None:
+    # The live operations parse and validate what they serve: the endpoint's own parse
+    # of a subscription, made only to see what it is, is not kept.
+    for n in range(3):
+        query = f"# streamed {n}\nsubscription {{ callsUpdated {{ nope }} }}"
+        response = gateway.http.post(
+            "/graphql",
+            json={"query": query},
+            headers={**credential_headers(DEMO), "Accept": "application/json, text/event-stream"},
+        )
+        assert "GRAPHQL_VALIDATION_FAILED" in response.text
+
+    assert _nodes_of("# streamed") == 0

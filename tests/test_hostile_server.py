@@ -158,6 +158,27 @@ def test_oversized_headers_get_431(server: Server, head: bytes) -> None:
     assert server.healthy()
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param(b"".join(b"X-%d: 1\r\n" % n for n in range(51)), id="one-too-many"),
+        # A field is complete once the next one begins (it could continue on the next line).
+        pytest.param(b"X-Big: " + b"a" * 9000 + b"\r\nX-Next: 1\r\n", id="one-line-too-long"),
+    ],
+)
+def test_a_header_field_over_a_bound_is_refused_before_the_headers_end(
+    server: Server, fields: bytes
+) -> None:
+    # Not kept until the end of the headers (or their deadline: 408): a flood of fields
+    # would be held all at once, each a few small objects.
+    with server.connect() as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + fields)
+        answer = read_all(sock)
+
+    assert status(answer) == 431
+    assert server.healthy()
+
+
 def test_headers_at_the_bounds_are_accepted(server: Server) -> None:
     head = b"".join(b"X-%d: %s\r\n" % (n, b"a" * 100) for n in range(45))
     with server.connect() as sock:
