@@ -48,6 +48,7 @@ from gateway.persisted_queries import PersistedQueries
 from gateway.sandbox import ACCOUNTS, SandboxOptions, create_sandbox_app, credential_headers
 from gateway.schema import build_schema, graphql_core_schema
 from gateway.upstream.client import CatapultClient
+from gateway.upstream.pacing import MonotonicClock
 from gateway.upstream.service import CatapultService, create_upstream
 from gateway.upstream.transport import create_transport
 
@@ -114,6 +115,7 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
                     rate=settings.upstream_rate,
                     queue_timeout=settings.upstream_queue_timeout,
                     pacing_file=settings.pacing_file,
+                    clock=MonotonicClock(),
                 )
                 # Asks the cache store once at start-up: a wrong password or an unreachable
                 # Redis is logged now, not at the first request, and /readyz says so.

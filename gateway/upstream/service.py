@@ -40,8 +40,8 @@ from gateway.upstream.lanes import (
     Remembered,
 )
 from gateway.upstream.pacing import (
+    Clock,
     FileSlots,
-    MonotonicClock,
     Pacer,
     RedisSlots,
     SharedSlots,
@@ -231,15 +231,18 @@ def create_upstream(
     rate: float,
     queue_timeout: float,
     pacing_file: str | None,
+    clock: Clock,
 ) -> CatapultService:
-    """Build the cache, keys and pacer around `client` (`cache_key` None: a random one)."""
+    """Build the cache, keys and pacer around `client` (`cache_key` None: a random one).
+
+    `clock`: what the pacers and the pair tables read and sleep on (`MonotonicClock` in
+    the gateway; a test's fake one paces a burst without waiting for it)."""
     store = create_store(
         cache_url, max_entries=cache_max_entries, max_bytes=cache_max_bytes, timeout=cache_timeout
     )
     keys = CacheKeys(cache_key)
     # Redis holds the pacing schedule too, so that replicas pace each account together;
     # without it, the processes of one host (`serve --workers N`) share a locked file.
-    clock = MonotonicClock()
     slots_file = None if pacing_file is None else FileSlots(pacing_file, clock)
     shared: SharedSlots | None = RedisSlots(store) if isinstance(store, RedisStore) else slots_file
     if isinstance(store, RedisStore) and not keys.shared:

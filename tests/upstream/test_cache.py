@@ -27,6 +27,7 @@ from gateway.observability.telemetry import Telemetry
 from gateway.sandbox import credential_headers
 from gateway.upstream.cache import CacheKeys, MemoryStore, SingleFlightCache
 from gateway.upstream.client import CatapultClient, UpstreamAnswer
+from gateway.upstream.pacing import MonotonicClock
 from gateway.upstream.routes import calls_path, list_params
 from gateway.upstream.service import AnswerCodec, create_upstream
 from tests.conftest import (
@@ -198,6 +199,7 @@ def test_property_every_answer_is_the_one_fetched_with_the_callers_own_credentia
             rate=0,
             queue_timeout=2,
             pacing_file=None,
+            clock=MonotonicClock(),
         )
 
         # Sequentially (hits after misses) and all at once (single flight) alike.

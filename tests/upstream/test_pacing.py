@@ -5,21 +5,32 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import heapq
 import itertools
 import random
 import time
+from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
 import pytest
 
+from gateway.body_budget import BodyBudget
+from gateway.calls import ListQuery
+from gateway.credentials import Credentials
 from gateway.errors import RateLimited
 from gateway.sandbox import credential_headers
+from gateway.upstream.client import CatapultClient
 from gateway.upstream.pacing import FileSlots, MonotonicClock, Pacer, RedisSlots
 from gateway.upstream.redis import RedisStore
-from tests.conftest import DEMO, GatewayFactory, Sandbox
+from gateway.upstream.service import CatapultService, create_upstream
+from tests.conftest import DEMO, Gateway, GatewayFactory, Sandbox
+from tests.upstream.test_service import RecordingMetrics
+
+T = TypeVar("T")
 
 
 def ignore(*_: object) -> None:
@@ -30,64 +41,193 @@ def page(n: int) -> str:
     return f"{{ calls(page: {n}, size: 1) {{ id }} }}"
 
 
-async def _burst(urls: list[str], count: int) -> list[dict[str, Any]]:
-    """`count` distinct page requests at once, spread over the gateways at `urls`."""
-    clients = [
-        httpx.AsyncClient(base_url=url, headers=credential_headers(DEMO), timeout=30)
-        for url in urls
-    ]
-    try:
-        responses = await asyncio.gather(
-            *(
-                clients[n % len(clients)].post("/graphql", json={"query": page(n)})
-                for n in range(count)
+class VirtualClock:
+    """A fake clock for whole bursts: time moves only once every task waits on the clock,
+    and then jumps to the first sleeper's due time. Seconds of pacing run in milliseconds,
+    and the same burst always takes the same slots (no loop or network jitter)."""
+
+    def __init__(self) -> None:
+        self.time = 0.0
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    def now(self) -> float:
+        return self.time
+
+    async def sleep(self, seconds: float) -> None:
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self.time + seconds, next(self._order), woken))
+        await woken
+
+    async def run(self, work: Awaitable[T]) -> T:
+        """Await `work`, moving the time on whenever nothing else can run."""
+        task = asyncio.ensure_future(work)
+        while True:
+            await _settle()
+            if task.done():
+                return task.result()
+            assert self._sleepers, "the work waits on something other than the clock"
+            due, _, woken = heapq.heappop(self._sleepers)
+            self.time = max(self.time, due)
+            if not woken.done():
+                woken.set_result(None)
+
+
+class RateLimitedUpstream:
+    """A fake Catapult that allows one request a second per account on the virtual clock,
+    answering the rest 429 (as the sandbox's `rate_limit` fault does on the real one);
+    records each request's time and status."""
+
+    def __init__(self, clock: VirtualClock, interval: float = 1.0) -> None:
+        self._clock = clock
+        self._interval = interval
+        self._next_allowed: dict[str, float] = {}
+        self.requests: list[tuple[float, int]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        now = self._clock.now()
+        account = request.headers["authorization"]
+        if now < self._next_allowed.get(account, 0.0):
+            # Refused requests leave the limit alone, as the real limiter does.
+            self.requests.append((now, 429))
+            return httpx.Response(
+                429, json={"code": "rate-limit-reached"}, headers={"Retry-After": "1"}
             )
-        )
+        self._next_allowed[account] = now + self._interval
+        self.requests.append((now, 200))
+        return httpx.Response(200, json=[{"id": f"c-{len(self.requests)}", "state": "completed"}])
+
+    def statuses(self) -> list[int]:
+        return [status for _, status in self.requests]
+
+
+def paced_service(
+    upstream: RateLimitedUpstream,
+    clock: VirtualClock,
+    metrics: RecordingMetrics,
+    *,
+    queue_timeout: float,
+) -> CatapultService:
+    """The upstream service as the gateway builds it (`create_upstream`: lanes, account and
+    probe pacers, metrics hooks) at 1 request/s, on the virtual clock, in front of `upstream`."""
+    client = CatapultClient(
+        httpx.MockTransport(upstream),
+        base_url="http://upstream.test",
+        retries=0,
+        upstream_timeout=5,
+        body_budget=BodyBudget(1 << 30),
+        connect_timeout=3.0,
+        on_retry=ignore,
+    )
+    return create_upstream(
+        client,
+        metrics,
+        cache_url="memory://",
+        cache_key=b"a test cache key",
+        cache_ttl=5,
+        cache_max_entries=100,
+        cache_max_bytes=1 << 20,
+        cache_timeout=1,
+        rate=1,
+        queue_timeout=queue_timeout,
+        pacing_file=None,
+        clock=clock,
+    )
+
+
+async def _paced_burst(
+    built: CatapultService, clock: VirtualClock, count: int
+) -> list[tuple[float, str | RateLimited]]:
+    """`count` distinct pages of one new credential pair at once: per page, the virtual
+    time it was answered and its first call's id, or the RateLimited it raised."""
+    credentials = Credentials(
+        authorization=credential_headers(DEMO)["Authorization"], user_id=DEMO.user_id
+    )
+
+    async def one(n: int) -> tuple[float, str | RateLimited]:
+        try:
+            answer = await built.list_calls(
+                credentials, ListQuery(page=n, size=1), deadline=time.monotonic() + 60
+            )
+        except RateLimited as exc:
+            return clock.now(), exc
+        return clock.now(), str(answer.body[0]["id"])
+
+    try:
+        return await clock.run(asyncio.gather(*(one(n) for n in range(count))))
     finally:
-        for client in clients:
-            await client.aclose()
-    return [response.json() for response in responses]
+        await built.close()
 
 
-def test_a_burst_of_five_pages_waits_in_line_and_never_sees_a_429(
-    loopback_gateway_factory: GatewayFactory, sandbox: Sandbox
-) -> None:
+def test_a_burst_of_five_pages_waits_in_line_and_never_sees_a_429() -> None:
+    clock = VirtualClock()
+    upstream = RateLimitedUpstream(clock)
     # Five requests at 1/s need four seconds of queue: a bound of 5 s lets them all wait.
-    gateway = loopback_gateway_factory(upstream_rate=1, upstream_queue_timeout=5)
-    sandbox.faults(rate_limit=True)
+    built = paced_service(upstream, clock, RecordingMetrics(), queue_timeout=5)
 
-    bodies = asyncio.run(_burst([gateway.url], 5))
+    answers = asyncio.run(_paced_burst(built, clock, 5))
 
-    assert [body.get("errors") for body in bodies] == [None] * 5
-    statuses = [r["status"] for r in sandbox.requests()]
-    # Paced, the upstream sees no 429. A busy machine can delay one request's departure
-    # until its neighbour lands under one interval; that 429 is waited out, never shown.
-    assert statuses.count(200) == 5
-    assert statuses.count(429) <= 1
+    # No 429 reaches the caller, and paced, the upstream never answers one: the pair's
+    # first page probes, the other four wait for its verdict and then take the account's
+    # slots, one interval (1.05 s) apart from the probe and from each other.
+    assert [answer for _, answer in answers if isinstance(answer, RateLimited)] == []
+    assert upstream.statuses() == [200] * 5
+    assert gaps([at for at, _ in upstream.requests]) == pytest.approx([1.05] * 4)
 
 
-def test_a_burst_of_fifty_gets_fast_rate_limited_errors_for_the_overflow(
-    loopback_gateway_factory: GatewayFactory, sandbox: Sandbox
+def test_a_burst_of_fifty_gets_fast_rate_limited_errors_for_the_overflow() -> None:
+    clock = VirtualClock()
+    upstream = RateLimitedUpstream(clock)
+    metrics = RecordingMetrics()
+    built = paced_service(upstream, clock, metrics, queue_timeout=2)  # the default bound
+
+    answers = asyncio.run(_paced_burst(built, clock, 50))
+
+    served = [answer for _, answer in answers if not isinstance(answer, RateLimited)]
+    refused = [(at, answer) for at, answer in answers if isinstance(answer, RateLimited)]
+    # The probe at 0 s and the account's slot at 1.05 s fit in the 2 s bound; the next,
+    # at 2.1 s, does not.
+    assert len(served) == 2
+    assert len(refused) == 48
+    for at, error in refused:
+        # Fast: refused before the clock moved at all, not after waiting in the queue.
+        assert at == 0.0
+        assert error.retry_after >= 1
+        # The gateway's own refusal: the overflow never reached the upstream.
+        assert "upstreamStatus" not in error.extra
+    assert upstream.statuses() == [200] * len(served)
+    assert metrics.reports.count(("refusal", None)) == len(refused)
+
+
+def _burst(gateways: list[Gateway], count: int) -> list[dict[str, Any]]:
+    """`count` distinct page requests at once (one thread each), spread over `gateways`."""
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        responses = pool.map(lambda n: gateways[n % len(gateways)].query(page(n)), range(count))
+        return [response.json() for response in responses]
+
+
+def test_the_overflow_of_a_burst_is_refused_coded_counted_and_never_sent(
+    gateway_factory: GatewayFactory, sandbox: Sandbox
 ) -> None:
-    gateway = loopback_gateway_factory(upstream_rate=1)  # default 2 s queue bound
+    # The HTTP side of the refusals above (the GraphQL error, /readyz, /metrics), on the
+    # real clock: a bound shorter than one interval refuses every request that cannot
+    # leave at once, so nothing here waits for a slot.
+    gateway = gateway_factory(upstream_rate=1, upstream_queue_timeout=0.5)
     sandbox.faults(rate_limit=True)
 
-    bodies = asyncio.run(_burst([gateway.url], 50))
+    bodies = _burst([gateway], 50)
 
     served = [body for body in bodies if "errors" not in body]
     refused = [body["errors"] for body in bodies if "errors" in body]
-    # About three slots fit in the 2 s bound (a few more if the burst is slow to arrive).
-    assert 2 <= len(served) <= 10
-    assert len(served) + len(refused) == 50
+    # The probe of the new pair is served; the others, behind it by an interval, are not.
+    assert len(served) == 1
+    assert len(refused) == 49
     for errors in refused:
         [error] = errors
         assert error["extensions"]["code"] == "RATE_LIMITED"
         assert error["extensions"]["retryAfter"] >= 1
-        # The gateway's own refusal: the overflow never reached the upstream.
         assert "upstreamStatus" not in error["extensions"]
-    statuses = [r["status"] for r in sandbox.requests()]
-    assert statuses.count(200) == len(served)
-    assert len(statuses) - len(served) <= 1  # at most one jitter 429, waited out
+    assert [r["status"] for r in sandbox.requests()] == [200]
     assert gateway.http.get("/readyz").json()["pacing"]["refused"] == len(refused)
     metrics = gateway.http.get("/metrics").text.splitlines()
     assert f"gateway_pacing_refusals_total {float(len(refused))}" in metrics
@@ -126,7 +266,7 @@ def test_an_upstream_429_beyond_the_bound_reaches_the_caller(
 
 
 def test_two_gateways_sharing_redis_pace_one_account_together(
-    loopback_gateway_factory: GatewayFactory, sandbox: Sandbox, redis_url: str
+    gateway_factory: GatewayFactory, sandbox: Sandbox, redis_url: str
 ) -> None:
     shared = {
         "cache_url": redis_url,
@@ -134,11 +274,12 @@ def test_two_gateways_sharing_redis_pace_one_account_together(
         "upstream_rate": 1,
         "upstream_queue_timeout": 4,
     }
-    first, second = loopback_gateway_factory(**shared), loopback_gateway_factory(**shared)
+    first, second = gateway_factory(**shared), gateway_factory(**shared)
     sandbox.faults(rate_limit=True)
 
-    bodies = asyncio.run(_burst([first.url, second.url], 4))
+    bodies = _burst([first, second], 4)
 
+    # Real time: the shared schedule is on Redis's clock (TIME), which no fake clock moves.
     # Paced apart, each replica alone would send its first two requests together with the
     # other's and meet at least two 429s (one from jitter on a busy machine is tolerated).
     assert [body.get("errors") for body in bodies] == [None] * 4

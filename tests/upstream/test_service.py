@@ -16,6 +16,7 @@ from gateway.calls import ListQuery
 from gateway.credentials import Credentials
 from gateway.errors import GatewayError, NotFound, RateLimited
 from gateway.upstream.client import CatapultClient, UpstreamAnswer
+from gateway.upstream.pacing import MonotonicClock
 from gateway.upstream.routes import call_path, calls_path
 from gateway.upstream.service import CatapultService, create_upstream
 
@@ -82,6 +83,7 @@ def service(
         rate=rate,
         queue_timeout=0,
         pacing_file=None,
+        clock=MonotonicClock(),
     )
 
 
