@@ -263,7 +263,7 @@ class GraphQLEndpoint:
         accept = request.headers.getlist("accept")
         streams = self._event_streams if wants_event_stream(accept) else None
         preferred = streams is not None and prefers_event_stream(accept)
-        media_type = JSON if preferred else _negotiate(request.headers.get("accept"))
+        media_type = JSON if preferred else _negotiate(accept[0] if accept else None)
         if self._csrf_prevention and not _preflighted(request):
             raise BadRequest(
                 "This request has been blocked as a potential Cross-Site Request Forgery. "
