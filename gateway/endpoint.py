@@ -518,6 +518,8 @@ def _by_root_field(
     # Root fields resolve concurrently, so their errors arrive in whatever order their
     # upstream answers did; list them in the order of the fields they belong to, so the
     # same request always gets the same bytes. (Within one field the order is stable.)
+    if len(errors) < 2:
+        return errors  # nothing to order, as in most answers
     order = {key: index for index, key in enumerate(data or ())}
     return sorted(errors, key=lambda error: order.get(str((error.get("path") or ("",))[0]), -1))
 
