@@ -66,10 +66,11 @@ DOCUMENT_BYTES_PER_CHARACTER = 256
 DOCUMENT_CACHE_ENTRIES = 512
 DOCUMENT_CACHE_BYTES = 32 * 1024 * 1024
 DOCUMENT_CACHE_ITEM_BYTES = 4 * 1024 * 1024
-# A prepared document is kept this long: a burst of distinct documents (an attacker's
-# cache stuffing) is freed within it once the burst ends, instead of staying resident
-# until newer documents push it out. Preparing a hot document again twice a minute costs
-# a millisecond or two each time.
+# A prepared document is kept this long after its last use: a burst of distinct
+# documents (an attacker's cache stuffing) is freed within it once the burst ends,
+# instead of staying resident until newer documents push it out, and a document in use
+# is never prepared again (bench/instructions.py under valgrind, whose clock runs some
+# fifty times slower, counted the re-preparations as 4% of every cache miss).
 DOCUMENT_CACHE_SECONDS = 30.0
 
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
