@@ -38,6 +38,9 @@ class _Slot(NamedTuple):
     value: Any
     expires: float
     size: int
+    # Set with the cache's `lifetime` rather than an expiry of its own: kept that long
+    # after its last use (see `BoundedCache.get`).
+    renews: bool = False
 
 
 def _expiry(key: object, slot: _Slot, now: float) -> float:
@@ -51,7 +54,7 @@ def _size(slot: _Slot) -> int:
 class BoundedCache(Generic[K, V]):
     """Values by key: at most `max_entries` of them, `max_bytes` in all (each charged its
     size and `ENTRY_OVERHEAD`), each value at most `max_item_bytes`; an entry is dropped at
-    its expiry (by `timer`'s clock), `lifetime` after it was set unless given one."""
+    its expiry (by `timer`'s clock), or `lifetime` after its last use unless given one."""
 
     def __init__(
         self,
@@ -79,11 +82,19 @@ class BoundedCache(Generic[K, V]):
     def get(self, key: K) -> V | None:
         """The value of `key`, unless absent or expired (counts as used)."""
         slot = self._entries.get(key)
+        if slot is not None and slot.renews:
+            now = self._timer()
+            # Renewed once past half its lifetime rather than on every read (a renewal
+            # is a re-insert): an entry in use is never dropped and made again, one
+            # unused for `lifetime` is freed.
+            if slot.expires - now < self.lifetime / 2:
+                self._entries[key] = slot._replace(expires=now + self.lifetime)
         return None if slot is None else slot.value
 
     def set(self, key: K, value: V, *, size: int, expires: float | None = None) -> bool:
-        """Keep `value` (taking `size` bytes) until `expires` (by default `lifetime` from
-        now); False if it is too large."""
+        """Keep `value` (taking `size` bytes) until `expires` (by default `lifetime` after
+        its last use); False if it is too large."""
+        renews = expires is None and self.lifetime != math.inf
         if expires is None:
             expires = self._timer() + self.lifetime
         entries = self._entries
@@ -102,7 +113,7 @@ class BoundedCache(Generic[K, V]):
         added = key not in entries
         before = len(entries)
         # cachetools evicts least recently used entries to make room for the bytes.
-        entries[key] = _Slot(value, expires, size)
+        entries[key] = _Slot(value, expires, size, renews)
         self.evictions += before + added - len(entries)
         if expires != math.inf:
             self._schedule_sweep()

@@ -43,6 +43,10 @@ def _ranked(accept_values: Sequence[str]) -> list[tuple[float, int, str]]:
 
 def wants_event_stream(accept_values: Sequence[str]) -> bool:
     """Whether `Accept` accepts an event stream at all (with a `q` above 0)."""
+    # Asked of every request to /graphql (the endpoint and the answer cache both ask):
+    # an Accept that never names the type is answered without parsing its items.
+    if not any(EVENT_STREAM in value.lower() for value in accept_values):
+        return False
     return any(media == EVENT_STREAM for _, _, media in _ranked(accept_values))
 
 
