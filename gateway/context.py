@@ -46,6 +46,11 @@ class CallSource(Protocol):
     def restart(self) -> None:
         """Start counting served calls afresh (the compiled path gave the operation up)."""
 
+    @property
+    def oldest_fetch(self) -> float | None:
+        """When the oldest upstream answer used so far was fetched (wall-clock seconds),
+        or None if none was."""
+
 
 class LiveSource(Protocol):
     """Where `callsUpdated` gets its updates from, on behalf of the caller."""
@@ -134,9 +139,6 @@ class Context:
     # Set for operations that arrive over WebSocket or SSE, the transports that can
     # carry a subscription's updates.
     live: LiveSource | None = None
-    # When each upstream answer the operation used was fetched (wall-clock seconds): the
-    # loader adds to it, and the endpoint's verdict on the answer says how old its data is.
-    fetched_at: list[float] = field(default_factory=list)
 
 
 class MakeContext(Protocol):
@@ -172,15 +174,13 @@ class ContextFactory:
 
     def __call__(self, request: Request, request_id: str) -> Context:
         upstream: CallService = request.state.upstream
-        fetched_at: list[float] = []
         loader = OperationLoader(
             upstream,
             partial(request_credentials, request.scope),
             deadline=time.monotonic() + self._request_timeout,
             refresh=wants_fresh(request.headers),
             upstream_base=self._upstream_base,
-            fetched_at=fetched_at,
             max_requests=self._max_upstream_requests,
             max_calls=self._max_calls,
         )
-        return Context(request_id, loader, self._cursors, self._max_entities, fetched_at=fetched_at)
+        return Context(request_id, loader, self._cursors, self._max_entities)

@@ -408,7 +408,7 @@ class GraphQLEndpoint:
             data,
             request_error,
             warnings=warnings,
-            fetched_at=min(context.fetched_at, default=None),
+            fetched_at=context.calls.oldest_fetch,
         )
 
     # -- render: the outcome as an HTTP answer --

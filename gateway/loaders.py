@@ -119,7 +119,6 @@ class OperationLoader:
         deadline: float,
         refresh: bool,
         upstream_base: str,
-        fetched_at: list[float],
         max_requests: int | None,
         max_calls: int,
     ) -> None:
@@ -129,9 +128,10 @@ class OperationLoader:
         # `Cache-Control: no-cache`: every cache read is skipped, the entity view's too.
         self._refresh = refresh
         self._upstream_base = upstream_base
-        # When each answer this operation used was fetched (the context's list, which the
-        # endpoint's verdict on the answer reads).
-        self.fetched_at = fetched_at
+        # When the oldest answer this operation used was fetched (wall-clock seconds), or
+        # None before any: the loader's own record, which the endpoint reads once the
+        # operation has run, to say how old the answer's data is.
+        self.oldest_fetch: float | None = None
         self._max_requests = max_requests
         # By what was asked: a list's upstream parameters, or a call's id.
         self._inflight: dict[object, asyncio.Future[UpstreamAnswer | None]] = {}
@@ -243,7 +243,7 @@ class OperationLoader:
         credentials = self.credentials()
         known = {} if self._refresh else await self._upstream.recall_calls(credentials, batch)
         for call_id, call in known.items():
-            self.fetched_at.append(call.fetched_at)
+            self._used(call.fetched_at)
             self._settle(call_id, parse_call(call.raw))
         cold = [call_id for call_id in batch if call_id not in known]
         if len(cold) >= BATCH_THRESHOLD:
@@ -335,8 +335,12 @@ class OperationLoader:
             self._refused(credentials)
             raise
         if answer is not None:
-            self.fetched_at.append(answer.fetched_at)
+            self._used(answer.fetched_at)
         return answer
+
+    def _used(self, fetched_at: float) -> None:
+        if self.oldest_fetch is None or fetched_at < self.oldest_fetch:
+            self.oldest_fetch = fetched_at
 
 
 def _whole_history(newest: UpstreamAnswer, asked_at: float) -> bool:

@@ -128,10 +128,10 @@ def test_the_deadline_is_the_request_timeout_from_when_the_context_is_made() -> 
 def test_the_context_holds_when_the_upstream_answers_it_used_were_fetched() -> None:
     upstream = RecordingUpstream()
     context = make_context(upstream, {})
-    assert context.fetched_at == []
+    assert context.calls.oldest_fetch is None
 
     asyncio.run(context.calls.list_calls(ListQuery()))
 
     # What the endpoint's verdict says about how old the answer's data is.
-    assert context.fetched_at == [FETCHED_AT]
+    assert context.calls.oldest_fetch == FETCHED_AT
     assert context.request_id == "r-1"

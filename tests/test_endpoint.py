@@ -413,7 +413,6 @@ def _context(request: Request, request_id: str) -> Context:
             deadline=time.monotonic() + 5,
             refresh=False,
             upstream_base="http://upstream.test",
-            fetched_at=[],
             max_requests=None,
             max_calls=5000,
         ),

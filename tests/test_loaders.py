@@ -6,6 +6,7 @@ import asyncio
 import base64
 import gc
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -117,7 +118,6 @@ def test_a_request_whose_fields_went_away_fails_without_an_unretrieved_exception
             deadline=time.monotonic() + 5,
             refresh=False,
             upstream_base="http://upstream.test",
-            fetched_at=[],
             max_requests=None,
             max_calls=5000,
         )
@@ -132,3 +132,66 @@ def test_a_request_whose_fields_went_away_fails_without_an_unretrieved_exception
     asyncio.run(scenario())
 
     assert unretrieved == []
+
+
+class _Answers:
+    """An upstream whose pages and calls were fetched at given times (recording what it
+    was asked)."""
+
+    def __init__(self, pages: dict[int, float], known: dict[str, float]) -> None:
+        self.pages = pages
+        self.known = known
+        self.asked: list[object] = []
+
+    async def list_calls(
+        self, credentials: Credentials, query: ListQuery, **_: Any
+    ) -> UpstreamAnswer:
+        self.asked.append(query.page)
+        return UpstreamAnswer([], {}, fetched_at=self.pages[query.page])
+
+    async def get_call(self, *args: Any, **options: Any) -> UpstreamAnswer | None:
+        raise AssertionError("every id asked for is known")
+
+    async def recall_calls(
+        self, credentials: Credentials, call_ids: Sequence[str]
+    ) -> dict[str, KnownCall]:
+        self.asked.extend(call_ids)
+        return {i: KnownCall({"id": i}, self.known[i]) for i in call_ids if i in self.known}
+
+
+@pytest.mark.parametrize(
+    ("pages", "known", "expected"),
+    [
+        pytest.param({}, {}, None, id="nothing-fetched"),
+        pytest.param({0: 100.0}, {}, 100.0, id="one-page"),
+        pytest.param({0: 100.0, 1: 40.0, 2: 70.0}, {}, 40.0, id="the-oldest-of-three-pages"),
+        pytest.param({0: 100.0}, {"c-1": 30.0}, 30.0, id="an-older-known-call"),
+    ],
+)
+def test_the_loader_says_when_the_oldest_answer_it_used_was_fetched(
+    pages: dict[int, float], known: dict[str, float], expected: float | None
+) -> None:
+    # What the endpoint's verdict on the answer reads, so the answer cache keeps it no
+    # longer than its oldest data allows.
+    upstream = _Answers(pages, known)
+    credentials = Credentials(authorization="Basic dDpz", user_id="u-a", token="t")
+    loader = OperationLoader(
+        upstream,
+        lambda: credentials,
+        deadline=time.monotonic() + 5,
+        refresh=False,
+        upstream_base="http://upstream.test",
+        max_requests=None,
+        max_calls=5000,
+    )
+
+    async def operation() -> None:
+        for page in pages:
+            await loader.list_calls(ListQuery(page=page))
+        for call_id in known:
+            await loader.get_call(call_id)
+
+    asyncio.run(operation())
+
+    assert loader.oldest_fetch == expected
+    assert upstream.asked == [*pages, *known]

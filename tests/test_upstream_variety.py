@@ -339,6 +339,8 @@ def test_an_odd_but_legal_answer_is_read_alike_on_both_paths(pair: Pair, case: C
 class _Source:
     """A `CallSource` over one canned JSON body (what the compiled path reads)."""
 
+    oldest_fetch = None
+
     def __init__(self, body: Any) -> None:
         self.body = body
 
