@@ -319,6 +319,7 @@ def create_hub(
     return LiveHub(
         page_source(upstream.list_calls, timeout=settings.request_timeout),
         upstream.list_key,
+        upstream.identity_key,
         interval=settings.live_interval,
         max_per_account=settings.live_max_per_account,
         metrics=metrics,

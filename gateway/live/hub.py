@@ -1,6 +1,6 @@
 """One poller per (credentials, arguments), however many subscribers watch it.
 
-    LiveHub.subscribe(credentials, query)   counts the subscriber against its account,
+    LiveHub.subscribe(credentials, query)   counts the subscriber against its credentials,
                                             joins the poller for this key or starts one
     Poller                                  polls the page every `interval` seconds through
                                             the upstream's cache, single flight and pacing;
@@ -162,6 +162,7 @@ class Poller:
     def __init__(
         self,
         key: str,
+        identity: str,
         credentials: Credentials,
         query: ListQuery,
         *,
@@ -171,7 +172,7 @@ class Poller:
         sharing: Sharing | None,
     ) -> None:
         self.key = key
-        self.account = credentials.account
+        self.identity = identity
         self._credentials = credentials
         self._query = query
         self._source = source
@@ -351,6 +352,7 @@ class LiveHub:
         self,
         source: PageSource,
         key_of: Callable[[Credentials, ListQuery], str],
+        identity_of: Callable[[Credentials], str],
         *,
         interval: float,
         max_per_account: int,
@@ -359,17 +361,24 @@ class LiveHub:
     ) -> None:
         self._source = source
         self._key_of = key_of
+        # What the per-account bound counts by: the whole credentials (token, secret and
+        # user id), keyed and hashed, never the token alone. Credentials are checked only
+        # when the first poll reaches the upstream: counted by token, anyone who knew an
+        # account's token could fill its room with a wrong secret, and the owner would be
+        # refused. Unchecked credentials fill only their own room, and end at their first
+        # poll (UNAUTHENTICATED).
+        self._identity_of = identity_of
         self.interval = interval
         self._max_per_account = max_per_account
         self._metrics = metrics
         self._sharing = sharing
         self._pollers: dict[str, Poller] = {}
-        self._per_account: Counter[str] = Counter()
+        self._per_identity: Counter[str] = Counter()
 
     def subscribe(self, credentials: Credentials, query: ListQuery) -> Subscriber:
         """A subscriber of the page `query` names; `RateLimited` past the account's bound."""
-        account = credentials.account
-        if self._per_account[account] >= self._max_per_account:
+        identity = self._identity_of(credentials)
+        if self._per_identity[identity] >= self._max_per_account:
             raise RateLimited(
                 f"This account already holds {self._max_per_account} live subscriptions "
                 "on this server; end one first.",
@@ -381,6 +390,7 @@ class LiveHub:
         if poller is None or poller.finished:
             poller = Poller(
                 key,
+                identity,
                 credentials,
                 query,
                 source=self._source,
@@ -393,7 +403,7 @@ class LiveHub:
             poller.start()
         subscriber = Subscriber(self, poller, self._metrics)
         poller.subscribers.add(subscriber)
-        self._per_account[account] += 1
+        self._per_identity[identity] += 1
         self._metrics.subscriptions(1)
         if poller.last is not None:
             subscriber.offer(poller.last, final=poller.finished)
@@ -403,9 +413,9 @@ class LiveHub:
         if subscriber not in poller.subscribers:
             return
         poller.subscribers.discard(subscriber)
-        self._per_account[poller.account] -= 1
-        if self._per_account[poller.account] <= 0:
-            del self._per_account[poller.account]
+        self._per_identity[poller.identity] -= 1
+        if self._per_identity[poller.identity] <= 0:
+            del self._per_identity[poller.identity]
         self._metrics.subscriptions(-1)
         if not poller.subscribers:
             if self._pollers.get(poller.key) is poller:

@@ -20,7 +20,7 @@ from gateway.errors import (
 )
 from gateway.live.hub import LiveHub, Page, Subscriber, Update
 from gateway.live.metrics import LiveMetrics
-from tests.live.helpers import call
+from tests.live.helpers import call, identity_of
 
 ALICE = Credentials(authorization="Basic YTpi", user_id="u-alice", token="a")
 BOB = Credentials(authorization="Basic Yjpj", user_id="u-bob", token="b")
@@ -56,6 +56,7 @@ def hub_with(source: FakeSource, **options: Any) -> tuple[LiveHub, LiveMetrics]:
     hub = LiveHub(
         source,
         lambda credentials, query: f"{credentials.user_id}|{query}",
+        identity_of,
         interval=INTERVAL,
         metrics=metrics,
         **options,
@@ -237,6 +238,23 @@ def test_subscriptions_per_account_are_bounded() -> None:
         await held[0].aclose()
         again = hub.subscribe(ALICE, FIRST)
         for subscriber in (held[1], bob, again):
+            await subscriber.aclose()
+
+    run(body)
+
+
+def test_a_wrong_secret_with_the_owners_token_does_not_use_the_owners_room() -> None:
+    # The secret is checked only when a poll reaches the upstream: counted by token, a
+    # caller knowing only Alice's token filled her room and Alice was refused.
+    async def body() -> None:
+        source = FakeSource()
+        hub, _ = hub_with(source, max_per_account=2)
+        mallory = Credentials(authorization="Basic YTp3cm9uZw==", user_id="u-alice", token="a")
+        held = [hub.subscribe(mallory, FIRST), hub.subscribe(mallory, ListQuery(size=9))]
+        with pytest.raises(RateLimited):
+            hub.subscribe(mallory, ListQuery(size=3))
+        owner = hub.subscribe(ALICE, FIRST)
+        for subscriber in (*held, owner):
             await subscriber.aclose()
 
     run(body)

@@ -24,7 +24,7 @@ from gateway.live.operations import LiveRequest, Operations, Stream
 from gateway.pagination import CursorCodec
 from gateway.sandbox import credential_headers
 from gateway.schema import build_schema, graphql_core_schema
-from tests.live.helpers import DEMO, SUBSCRIPTION, WAIT, call
+from tests.live.helpers import DEMO, SUBSCRIPTION, WAIT, call, identity_of
 
 SUBSCRIBERS = 20
 # Another selection of the same page: its own execution, its own payload.
@@ -117,6 +117,7 @@ def test_subscribers_of_one_request_cause_one_execution_per_update() -> None:
         hub = LiveHub(
             source,
             lambda credentials, query: f"{credentials.user_id}|{query}",
+            identity_of,
             interval=0.02,
             max_per_account=100,
             metrics=LiveMetrics(CollectorRegistry()),
