@@ -134,6 +134,10 @@ class Sharing(Protocol):
     async def publish(self, key: str, event: Event) -> None:
         """Tell the other replicas' pollers of `key` about `event`."""
 
+    async def remember(self, key: str, page: Page) -> None:
+        """Tell them that `key`'s page is still `page` (polled again, unchanged): what a
+        subscriber joining on another replica is sent at once."""
+
 
 def is_final(event: Event) -> bool:
     """Whether an event ends the subscriptions that receive it."""
@@ -218,7 +222,17 @@ class Poller:
         while not self.finished:
             started = loop.time()
             event = await self._poll()
-            if event is not None:
+            if (
+                isinstance(event, Page)
+                and isinstance(self.last, Page)
+                and (self.last.body == event.body)
+            ):
+                self._metrics.poll("unchanged")
+                if self._sharing is not None:
+                    await self._sharing.remember(self.key, event)
+            elif event is not None:
+                if isinstance(event, Page):
+                    self._metrics.poll("changed")
                 if self._sharing is not None:
                     await self._sharing.publish(self.key, event)
                 self.receive(event)
@@ -227,6 +241,8 @@ class Poller:
             await asyncio.sleep(max(0.0, started + self._interval - loop.time()))
 
     async def _poll(self) -> Event | None:
+        """The page polled (changed or not), the error the poll ended with, or None for a
+        tick the pacing skipped."""
         # The first poll may take a cached answer (a `calls` query's, seconds old): the
         # subscriber gets its page at once. Later ones must not: an answer cached at the
         # previous poll would still be fresh for the cache (TTL 5 s, interval 5 s) and
@@ -240,10 +256,6 @@ class Poller:
                 return None
             self._metrics.poll("error")
             return exc
-        if isinstance(self.last, Page) and self.last.body == page.body:
-            self._metrics.poll("unchanged")
-            return None
-        self._metrics.poll("changed")
         return page
 
     def receive(self, event: Event, *, final: bool = False) -> None:
