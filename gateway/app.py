@@ -198,6 +198,7 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
         endpoint,
         contexts,
         _hub_of,
+        report_warnings=telemetry.upstream_warnings,
         limits=limits,
         rules=(
             specified_rules

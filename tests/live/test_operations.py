@@ -7,7 +7,7 @@ runs: each run is one execution of a selection for one update.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import orjson
@@ -15,7 +15,7 @@ from graphql import GraphQLObjectType, GraphQLSchema, specified_rules
 from prometheus_client import CollectorRegistry
 
 from gateway.calls import ListQuery
-from gateway.context import ContextFactory
+from gateway.context import ContextFactory, UpstreamWarning
 from gateway.credentials import Credentials
 from gateway.limits import OperationLimits
 from gateway.live.hub import LiveHub, Page
@@ -63,7 +63,19 @@ def recording_schema() -> tuple[GraphQLSchema, list[object]]:
     return schema, runs
 
 
-def operations_for(schema: GraphQLSchema, hub: LiveHub) -> Operations:
+class RecordingWarnings:
+    """`Telemetry.upstream_warnings`, recording what each execution reported."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[list[UpstreamWarning], str]] = []
+
+    def __call__(self, warnings: Sequence[UpstreamWarning], request_id: str) -> None:
+        self.reports.append((list(warnings), request_id))
+
+
+def operations_for(
+    schema: GraphQLSchema, hub: LiveHub, warnings: RecordingWarnings | None = None
+) -> Operations:
     contexts = ContextFactory(
         cursors=CursorCodec(b"k" * 32),
         upstream_base="http://upstream.invalid",
@@ -81,6 +93,7 @@ def operations_for(schema: GraphQLSchema, hub: LiveHub) -> Operations:
         no_endpoint,
         contexts,
         lambda scope: hub,
+        report_warnings=RecordingWarnings() if warnings is None else warnings,
         limits=OperationLimits(
             max_depth=10,
             max_aliases=10,
@@ -164,5 +177,38 @@ def test_subscribers_of_one_request_cause_one_execution_per_update() -> None:
             for stream in [*same, slow, other]:
                 await stream.aclose()
             await hub.close()
+
+    run(body)
+
+
+def test_an_updates_warnings_are_counted_and_capped_as_a_responses() -> None:
+    # Before: the live path had its own copy of the cap, and never reported its warnings,
+    # so the warnings metric and log missed every one a subscription met.
+    async def body() -> None:
+        odd = [call(f"c-{n}", "teleporting") for n in range(120)]
+        hub = LiveHub(
+            FakeSource(odd),
+            lambda credentials, query: f"{credentials.user_id}|{query}",
+            identity_of,
+            interval=0.02,
+            max_per_account=100,
+            metrics=LiveMetrics(CollectorRegistry()),
+        )
+        warnings = RecordingWarnings()
+        schema, _ = recording_schema()
+        stream = await subscribe(
+            operations_for(schema, hub, warnings),
+            "subscription { callsUpdated(size: 200) { calls { id state } } }",
+        )
+        try:
+            payload = orjson.loads(await next_of(stream))
+        finally:
+            await stream.aclose()
+        await hub.close()
+        shown = payload["extensions"]["warnings"]
+        assert len(shown) == 101
+        assert shown[-1]["leftOut"] == 20
+        assert shown[-1]["message"] == "20 more upstream warnings were left out of this update."
+        assert [len(found) for found, _ in warnings.reports] == [120]
 
     run(body)
