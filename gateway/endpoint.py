@@ -50,7 +50,7 @@ from gateway.graphql_errors import (
     render_warnings,
 )
 from gateway.limits import OperationLimits, check_limits, parse_document, too_complex
-from gateway.live.media import prefers_event_stream, wants_event_stream
+from gateway.media import prefers_event_stream, wants_event_stream
 from gateway.middleware.answer_cache import AnswerVerdict
 from gateway.middleware.shutdown import STOPPED_CODE
 from gateway.observability.record import RequestRecord, scope_request_id
@@ -269,7 +269,7 @@ class GraphQLEndpoint:
         if request.method not in ("GET", "POST"):
             raise BadRequest("Use GET or POST.", status=405, headers={"allow": "GET, POST"})
         # graphql-sse: the same request checks, then an event stream instead of one answer
-        # (see `live.media` for when a client that lists both gets which).
+        # (see `gateway.media` for when a client that lists both gets which).
         accept = request.headers.getlist("accept")
         streams = self._event_streams if wants_event_stream(accept) else None
         preferred = streams is not None and prefers_event_stream(accept)
