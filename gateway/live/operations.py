@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterable, Callable, Hashable, Sequence
+from collections.abc import AsyncIterable, Hashable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -152,7 +152,6 @@ class Operations:
         schema: GraphQLSchema,
         endpoint: ASGIApp,
         make_context: MakeContext,
-        hub_of: Callable[[Scope], LiveHub],
         *,
         report_warnings: WarningsReport,
         limits: OperationLimits,
@@ -162,7 +161,6 @@ class Operations:
         self._schema = schema
         self._endpoint = endpoint
         self._make_context = make_context
-        self._hub_of = hub_of
         self._report_warnings = report_warnings
         self._limits = limits
         self._rules = rules
@@ -217,7 +215,10 @@ class Operations:
         http_scope = _http_scope(scope, request)
         request_id = scope_request_id(http_scope)
         context = self._make_context(Request(http_scope), request_id)
-        context.live = LiveCalls(self._hub_of(scope), partial(request_credentials, http_scope))
+        # The hub comes from the lifespan's state, as the context's upstream does: it is
+        # opened when the app starts, after this was built.
+        hub: LiveHub = Request(http_scope).state.live
+        context.live = LiveCalls(hub, partial(request_credentials, http_scope))
         # graphql-core's `subscribe`, composed by hand (as its documentation suggests) so
         # that `Stream` decides how each event is executed.
         executor = ExecutorThrowingOnIncremental.build(

@@ -73,9 +73,7 @@ class RecordingWarnings:
         self.reports.append((list(warnings), request_id))
 
 
-def operations_for(
-    schema: GraphQLSchema, hub: LiveHub, warnings: RecordingWarnings | None = None
-) -> Operations:
+def operations_for(schema: GraphQLSchema, warnings: RecordingWarnings | None = None) -> Operations:
     contexts = ContextFactory(
         cursors=CursorCodec(b"k" * 32),
         upstream_base="http://upstream.invalid",
@@ -92,7 +90,6 @@ def operations_for(
         schema,
         no_endpoint,
         contexts,
-        lambda scope: hub,
         report_warnings=RecordingWarnings() if warnings is None else warnings,
         limits=OperationLimits(
             max_depth=10,
@@ -106,10 +103,11 @@ def operations_for(
     )
 
 
-async def subscribe(operations: Operations, query: str) -> Stream:
+async def subscribe(operations: Operations, hub: LiveHub, query: str) -> Stream:
+    """Subscribe on a socket of an app whose lifespan opened `hub`."""
     headers = [(k.lower().encode(), v.encode()) for k, v in credential_headers(DEMO).items()]
     request = LiveRequest(query, None, None, None, headers)
-    scope = {"type": "websocket", "headers": [], "state": {"upstream": None}}
+    scope = {"type": "websocket", "headers": [], "state": {"upstream": None, "live": hub}}
     stream = await operations.run(request, scope)
     assert isinstance(stream, Stream)
     return stream
@@ -136,10 +134,10 @@ def test_subscribers_of_one_request_cause_one_execution_per_update() -> None:
             metrics=LiveMetrics(CollectorRegistry()),
         )
         schema, runs = recording_schema()
-        operations = operations_for(schema, hub)
-        same = [await subscribe(operations, SUBSCRIPTION) for _ in range(SUBSCRIBERS)]
-        slow = await subscribe(operations, SUBSCRIPTION)
-        other = await subscribe(operations, OTHER)
+        operations = operations_for(schema)
+        same = [await subscribe(operations, hub, SUBSCRIPTION) for _ in range(SUBSCRIBERS)]
+        slow = await subscribe(operations, hub, SUBSCRIPTION)
+        other = await subscribe(operations, hub, OTHER)
         try:
             first = [await next_of(stream) for stream in [*same, slow]]
             other_first = await next_of(other)
@@ -197,7 +195,8 @@ def test_an_updates_warnings_are_counted_and_capped_as_a_responses() -> None:
         warnings = RecordingWarnings()
         schema, _ = recording_schema()
         stream = await subscribe(
-            operations_for(schema, hub, warnings),
+            operations_for(schema, warnings),
+            hub,
             "subscription { callsUpdated(size: 200) { calls { id state } } }",
         )
         try:
