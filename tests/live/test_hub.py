@@ -325,3 +325,41 @@ def test_subscribers_at_the_same_page_share_one_update() -> None:
             await subscriber.aclose()
 
     run(body)
+
+
+class RecordingSharing:
+    """`Sharing` leading every key: polls here, records what it tells the other replicas."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, Any]] = []
+
+    async def run(
+        self, key: str, poll: Callable[[], Coroutine[Any, Any, None]], receive: Any
+    ) -> None:
+        await poll()
+
+    async def publish(self, key: str, event: Any) -> None:
+        self.told.append(("publish", event.body if isinstance(event, Page) else event))
+
+    async def remember(self, key: str, page: Page) -> None:
+        self.told.append(("remember", page.body))
+
+
+def test_a_leader_tells_the_others_its_page_is_still_current_at_every_unchanged_poll() -> None:
+    # Before: only a change was told, so the page stored for late joiners on the other
+    # replicas aged (and outlived the poller) whatever the polls found.
+    async def body() -> list[tuple[str, Any]]:
+        source = FakeSource()
+        source.answers["u-alice"] = [call("c-1")]
+        sharing = RecordingSharing()
+        hub, _ = hub_with(source, sharing=sharing)
+        subscriber = hub.subscribe(ALICE, FIRST)
+        await next_event(subscriber)
+        # A few more polls, of the same page.
+        await asyncio.sleep(INTERVAL * 8)
+        await subscriber.aclose()
+        return sharing.told
+
+    told = asyncio.run(body())
+    assert told[0] == ("publish", [call("c-1")])
+    assert told[1:3] == [("remember", [call("c-1")])] * 2
