@@ -12,7 +12,10 @@ the reference clients (tests/js/live/hold.mjs, node). It prints:
 - the p95 delay from an upstream change to its delivery (target: within one interval
   plus 1 s). The live sandbox stamps each change with the instant it began to show it
   (startTime / activeTime / endTime), so the client measures the delay from the data;
-- the RSS the gateway added for the 1,000 subscriptions (target: under 100 MB).
+- the RSS the gateway added for the 1,000 subscriptions (target: under 100 MB);
+- the coded errors the subscribers received (every `errors` entry of a `next` payload, by
+  code), beside what the gateway's metrics say of its upstream requests (by status or
+  transport error, and retries): an upstream failure a retry absorbed shows there only.
 
     .venv/bin/python bench/live.py                  # 60 s
     .venv/bin/python bench/live.py --seconds 20
@@ -124,6 +127,25 @@ class RssSampler:
         self._thread.join(timeout=5)
 
 
+def upstream_metrics(exposition: str) -> dict[str, float]:
+    """The gateway's upstream requests by status or transport error, and its retries."""
+    found: dict[str, float] = {}
+    for line in exposition.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.startswith("gateway_upstream_requests_total{"):
+            label = name.split('status="', 1)[1].split('"', 1)[0]
+            found[label] = found.get(label, 0) + float(value)
+        elif name == "gateway_upstream_retries_total":
+            found["retries"] = float(value)
+    return found
+
+
+def by_count(counts: dict[str, float]) -> str:
+    """`CODE n, ...`, the most frequent first."""
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return ", ".join(f"{name} {value:g}" for name, value in ordered if value)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60, help="how long to hold them")
@@ -172,6 +194,7 @@ def main() -> int:
         )
         recorded = control.get("/__sandbox/requests").json()
         alive = httpx.get(gateway.url + "/healthz", timeout=5).status_code
+        upstream_outcomes = upstream_metrics(httpx.get(gateway.url + "/metrics", timeout=5).text)
 
     per_account = Counter(
         r["account"] for r in recorded if r["path"].rstrip("/").endswith("/calls")
@@ -190,8 +213,11 @@ def main() -> int:
     )
     print(
         f"held to the end: {out['liveAtEnd']}/{subscriptions}; updates delivered: "
-        f"{out['updates']} (per subscriber {out['minUpdates']}..{out['maxUpdates']}); "
-        f"errors: {out['errors'] or 'none'}"
+        f"{out['updates']} (per subscriber {out['minUpdates']}..{out['maxUpdates']})"
+    )
+    print(
+        f"errors the subscribers received, by code: {by_count(out['errorCodes']) or 'none'}; "
+        f"the gateway's upstream requests: {by_count(upstream_outcomes) or 'none'}"
     )
     print(
         f"upstream requests per account per minute: mean {statistics.mean(rates):.1f}, "

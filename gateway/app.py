@@ -20,7 +20,6 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
-from starlette.types import Scope
 
 from gateway.body_budget import BodyBudget
 from gateway.config import Settings
@@ -197,7 +196,7 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
         schema,
         endpoint,
         contexts,
-        _hub_of,
+        report_warnings=telemetry.upstream_warnings,
         limits=limits,
         rules=(
             specified_rules
@@ -319,16 +318,12 @@ def create_hub(
     return LiveHub(
         page_source(upstream.list_calls, timeout=settings.request_timeout),
         upstream.list_key,
+        upstream.identity_key,
         interval=settings.live_interval,
         max_per_account=settings.live_max_per_account,
         metrics=metrics,
         sharing=sharing,
     )
-
-
-def _hub_of(scope: Scope) -> LiveHub:
-    hub: LiveHub = scope["state"]["live"]
-    return hub
 
 
 class _LateEventStreams:

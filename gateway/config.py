@@ -237,7 +237,8 @@ class Settings(BaseModel):
         ge=1,
         le=1_000_000,
         description="Live subscriptions one account may hold on one process (past it: "
-        "RATE_LIMITED).",
+        "RATE_LIMITED), counted per credentials (token, secret and user id): a wrong "
+        "secret with the account's token never takes the owner's room.",
     )
     live_init_timeout: float = Field(
         3.0,

@@ -32,7 +32,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.bounded import BoundedCache, memoize
-from gateway.context import Context, MakeContext, UpstreamWarning
+from gateway.context import Context, MakeContext
 from gateway.credentials import request_credentials
 from gateway.errors import (
     BadRequest,
@@ -42,9 +42,15 @@ from gateway.errors import (
 )
 from gateway.fastpath import FastPlan, compile_plan
 from gateway.graphiql import GraphiQLPage
-from gateway.graphql_errors import coded, format_error, internal_error
+from gateway.graphql_errors import (
+    coded,
+    format_error,
+    internal_error,
+    ordered_warnings,
+    render_warnings,
+)
 from gateway.limits import OperationLimits, check_limits, parse_document, too_complex
-from gateway.live.media import prefers_event_stream, wants_event_stream
+from gateway.media import prefers_event_stream, wants_event_stream
 from gateway.middleware.answer_cache import AnswerVerdict
 from gateway.middleware.shutdown import STOPPED_CODE
 from gateway.observability.record import RequestRecord, scope_request_id
@@ -54,8 +60,6 @@ from gateway.request_body import RequestBodyRefusal, read_body, refused_headers
 
 log = logging.getLogger("gateway.request")
 
-# `extensions.warnings` shown in one response; past it, one more entry gives the count.
-MAX_WARNINGS = 100
 
 # What a document's parse, validation and plan cost in memory, per character of its text,
 # at most: measured at 230-250 bytes for documents dense with tokens (one alias or field
@@ -265,7 +269,7 @@ class GraphQLEndpoint:
         if request.method not in ("GET", "POST"):
             raise BadRequest("Use GET or POST.", status=405, headers={"allow": "GET, POST"})
         # graphql-sse: the same request checks, then an event stream instead of one answer
-        # (see `live.media` for when a client that lists both gets which).
+        # (see `gateway.media` for when a client that lists both gets which).
         accept = request.headers.getlist("accept")
         streams = self._event_streams if wants_event_stream(accept) else None
         preferred = streams is not None and prefers_event_stream(accept)
@@ -460,35 +464,12 @@ class GraphQLEndpoint:
     def _warnings(
         self, context: Context, data: dict[str, Any] | None, request_id: str
     ) -> list[dict[str, Any]]:
-        """The response's `extensions.warnings`, each logged and counted once, here.
-
-        Both execution paths make the same set; root fields resolve concurrently and
-        their readers run in different orders, so they are listed by root field, then
-        path, so that the same answer always has the same bytes.
-        """
+        """The response's `extensions.warnings`, each logged and counted once, here."""
         if not context.warnings:
             return []
-        order = {key: index for index, key in enumerate(data or ())}
-        found = sorted(
-            context.warnings,
-            key=lambda w: (order.get(str(w.path[0]) if w.path else "", -1), _path_key(w.path),
-                           w.message),
-        )  # fmt: skip
+        found = ordered_warnings(context.warnings, data)
         self._telemetry.upstream_warnings(found, request_id)
-        shown = [warning.as_json() for warning in found[:MAX_WARNINGS]]
-        if len(found) > MAX_WARNINGS:
-            # Every odd field of a 1000-call page, times aliases, would be megabytes of
-            # warnings: the first ones say what is wrong, a count says how much more.
-            left = len(found) - MAX_WARNINGS
-            shown.append(
-                {
-                    "message": f"{left} more upstream warnings were left out of this response.",
-                    "path": [],
-                    "code": UpstreamWarning.CODE,
-                    "leftOut": left,
-                }
-            )
-        return shown
+        return render_warnings(found, answer="response")
 
     def _validate_query(self, query: str, *, document: DocumentNode) -> tuple[dict[str, Any], ...]:
         # Kept rendered: a GraphQLError holds its nodes, and through their locations
@@ -517,10 +498,6 @@ class GraphQLEndpoint:
             self._schema, document, self._rules, hide_suggestions=self._hide_suggestions
         )
         return errors or check_limits(document, self._limits)
-
-
-def _path_key(path: tuple[str | int, ...]) -> tuple[tuple[int, int, str], ...]:
-    return tuple((0, part, "") if isinstance(part, int) else (1, 0, part) for part in path)
 
 
 def _document_cache() -> BoundedCache[Any, Any]:

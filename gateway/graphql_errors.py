@@ -7,16 +7,24 @@ transports), so that an error reads the same over POST, WebSocket and SSE:
     variable coercion (no path)         BAD_USER_INPUT, worded by graphql-core
     anything else                       INTERNAL_SERVER_ERROR with the request id;
                                         the detail goes to the log only
+
+and the upstream's tolerated oddities beside the data (`extensions.warnings`), in a stable
+order and capped at `MAX_WARNINGS`, the same way for an HTTP response and a live update.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from graphql import GraphQLError
 
+from gateway.context import UpstreamWarning
 from gateway.errors import GatewayError
+
+# `extensions.warnings` shown in one answer; past it, one more entry gives the count.
+MAX_WARNINGS = 100
 
 # The request's logger: a masked error is logged beside the request it belongs to.
 log = logging.getLogger("gateway.request")
@@ -58,3 +66,43 @@ def internal_error(request_id: str) -> dict[str, Any]:
         "message": f"Internal server error (request id {request_id}).",
         "extensions": {"code": "INTERNAL_SERVER_ERROR", "requestId": request_id},
     }
+
+
+def ordered_warnings(
+    warnings: Iterable[UpstreamWarning], data: dict[str, Any] | None
+) -> list[UpstreamWarning]:
+    """`warnings` by root field (in the order of `data`), then path, then message.
+
+    Both execution paths make the same set; root fields resolve concurrently and their
+    readers run in different orders, so they are sorted, so that the same answer always
+    has the same bytes.
+    """
+    order = {key: index for index, key in enumerate(data or ())}
+    return sorted(
+        warnings,
+        key=lambda w: (order.get(str(w.path[0]) if w.path else "", -1), _path_key(w.path),
+                       w.message),
+    )  # fmt: skip
+
+
+def render_warnings(warnings: Sequence[UpstreamWarning], *, answer: str) -> list[dict[str, Any]]:
+    """`extensions.warnings` of one `answer` ("response", "update"): at most `MAX_WARNINGS`,
+    then one entry counting the rest."""
+    shown = [warning.as_json() for warning in warnings[:MAX_WARNINGS]]
+    if len(warnings) > MAX_WARNINGS:
+        # Every odd field of a 1000-call page, times aliases, would be megabytes of
+        # warnings: the first ones say what is wrong, a count says how much more.
+        left = len(warnings) - MAX_WARNINGS
+        shown.append(
+            {
+                "message": f"{left} more upstream warnings were left out of this {answer}.",
+                "path": [],
+                "code": UpstreamWarning.CODE,
+                "leftOut": left,
+            }
+        )
+    return shown
+
+
+def _path_key(path: tuple[str | int, ...]) -> tuple[tuple[int, int, str], ...]:
+    return tuple((0, part, "") if isinstance(part, int) else (1, 0, part) for part in path)

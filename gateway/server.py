@@ -18,7 +18,13 @@ connection:
 - a send deadline: an answer must be read by the client `send_timeout` seconds after it
   was written whole, else the connection is aborted and the unread rest dropped (a
   client that never reads would otherwise keep the whole answer in the write buffer, and
-  a close waits for that buffer to drain);
+  a close waits for that buffer to drain). The same bound holds while an answer is still
+  being written (an event stream, a WebSocket): writes that stay paused, the buffer
+  full, for `send_timeout` seconds abort the connection;
+- at shutdown, a connection whose writes are paused (a client that stopped reading) is
+  aborted after `SHUTDOWN_GRACE` seconds: its application's sends, and a WebSocket's
+  1012 close behind them, would otherwise wait past `GATEWAY_SHUTDOWN_TIMEOUT`, until
+  uvicorn cancels the application (an error in the log) and the close still waits;
 - trailers of a chunked body are never request headers (uvicorn's `on_header` would
   append them to the headers the application reads): they are discarded, and counted
   with the headers against the same bounds (`431`); the bytes of a chunked body that
@@ -98,6 +104,9 @@ class GatewayConfig(uvicorn.Config):
 # connections may be drained at once (beyond that they are closed at once).
 DRAIN_SECONDS = 1.0
 MAX_DRAINING = 16
+# Seconds a connection whose writes are paused may keep them paused once shutdown began
+# (at most half the graceful shutdown timeout): a client still reading drains by then.
+SHUTDOWN_GRACE = 1.0
 # Bytes of chunk framing allowed per chunk besides `max_header_bytes` ("%x\r\n...\r\n").
 CHUNK_FRAMING_BYTES = 16
 
@@ -191,6 +200,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._chunks = 0
         self._body_bytes = 0
         self._admissions = _admissions.setdefault(server_state, _Admissions())
+        self._stall = _Stall(self.loop, self.limits.send_timeout, _shutdown_grace(config))
 
     # -- connection --
 
@@ -227,6 +237,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._stall.end()
         if self._send_deadline is not None:
             self._send_deadline.cancel()
             self._send_deadline = None
@@ -246,11 +257,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         admitted, self._admitted = self._admitted, None
         super().handle_websocket_upgrade()
-        if admitted is None:
-            return
+        self._stall.end()
         protocol = self.transport.get_protocol()
         lost = protocol.connection_lost
         admissions = self.admissions
+        stall = _Stall(self.loop, self.limits.send_timeout, self._stall.grace)
+        stall.watch(protocol, self.transport)
+        if admitted is None:
+            return
 
         def connection_lost(exc: Exception | None) -> None:
             _release(admissions, admitted)
@@ -262,6 +276,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def shutdown(self) -> None:
         self.admissions.stopping.set()
         super().shutdown()
+        self._stall.shutdown(self.transport)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._stall.paused(self.transport)
+
+    def resume_writing(self) -> None:
+        self._stall.resumed()
+        super().resume_writing()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -493,6 +516,95 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
 
 _last_refusal_warning = [float("-inf")]
+
+
+def _shutdown_grace(config: uvicorn.Config) -> float:
+    timeout = config.timeout_graceful_shutdown
+    return SHUTDOWN_GRACE if timeout is None else min(SHUTDOWN_GRACE, timeout / 2)
+
+
+class _Stall:
+    """Aborts a connection whose writes stay paused (its client does not read): after
+    `send_timeout` seconds, or `grace` seconds once the server shuts down.
+
+    Aborting drops the unread buffer and ends the connection at once (a close would wait
+    for the client to read it); the application's pending send then fails as for any
+    client that went away.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, send_timeout: float, grace: float) -> None:
+        self._loop = loop
+        self._send_timeout = send_timeout
+        self.grace = grace
+        self._timer: asyncio.TimerHandle | None = None
+        self._is_paused = False
+        self._stopping = False
+
+    def watch(self, protocol: Any, transport: asyncio.Transport) -> None:
+        """Guard a protocol that took over the transport (a WebSocket's): its pauses and
+        its shutdown, wrapped on this one instance (the transport and the server call
+        them by name)."""
+        pause, resume, shutdown, lost = (
+            protocol.pause_writing,
+            protocol.resume_writing,
+            protocol.shutdown,
+            protocol.connection_lost,
+        )
+
+        def pause_writing() -> None:
+            pause()
+            self.paused(transport)
+
+        def resume_writing() -> None:
+            self.resumed()
+            resume()
+
+        def on_shutdown() -> None:
+            shutdown()
+            self.shutdown(transport)
+
+        def connection_lost(exc: Exception | None) -> None:
+            self.end()
+            lost(exc)
+
+        protocol.pause_writing = pause_writing
+        protocol.resume_writing = resume_writing
+        protocol.shutdown = on_shutdown
+        protocol.connection_lost = connection_lost
+        # Paused already, by the handshake's answer or frames before the takeover.
+        if transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]:
+            self.paused(transport)
+
+    def paused(self, transport: asyncio.Transport) -> None:
+        self._is_paused = True
+        self._arm(transport, self.grace if self._stopping else self._send_timeout)
+
+    def resumed(self) -> None:
+        self._is_paused = False
+        self._cancel()
+
+    def shutdown(self, transport: asyncio.Transport) -> None:
+        self._stopping = True
+        if self._is_paused:
+            self._arm(transport, self.grace)
+
+    def end(self) -> None:
+        self._is_paused = False
+        self._cancel()
+
+    def _arm(self, transport: asyncio.Transport, seconds: float) -> None:
+        self._cancel()
+        self._timer = self._loop.call_later(seconds, self._abort, transport)
+
+    def _abort(self, transport: asyncio.Transport) -> None:
+        self._timer = None
+        if self._is_paused:
+            transport.abort()
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def _warn_refused(now: float, reason: str) -> None:

@@ -74,6 +74,7 @@ class GatewayProcess:
     url: str  # its /graphql URL
     log: Path
     pid: int
+    process: subprocess.Popen[bytes]
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -135,9 +136,10 @@ def gateway_process(upstream: str, log: Path, **settings: Any) -> Iterator[Gatew
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the gateway did not start: {log.read_text()[-2000:]}")
                 time.sleep(0.05)
-            yield GatewayProcess(f"{base}/graphql", log, process.pid)
+            yield GatewayProcess(f"{base}/graphql", log, process.pid, process)
         finally:
-            process.terminate()
+            if process.poll() is None:
+                process.terminate()
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:

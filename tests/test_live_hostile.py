@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -370,3 +371,114 @@ def test_a_buffered_flood_is_taken_a_message_at_a_time(fake_upstream: FakeUpstre
     taken = [before - after for before, after in itertools.pairwise(backlog)]
     assert backlog[-1] == 0
     assert max(taken) <= 2, f"{max(taken)} messages handled in one turn of the loop"
+
+
+SHUTDOWN_TIMEOUT = 5
+# The reviewer's selection: every field of a big page, so that unread frames fill the
+# socket buffers within a few updates.
+EVERY_FIELD = "id from to state startTime endTime callbackUrl sipHeaders { name value }"
+
+
+def test_shutdown_ends_within_its_timeout_when_consumers_never_read(
+    sandbox: LiveSandbox, tmp_path: Path
+) -> None:
+    # A send to a consumer that never reads waits for room in the socket buffer for ever;
+    # the old gateway's 1012 close waited behind it, uvicorn cancelled the connections at
+    # GATEWAY_SHUTDOWN_TIMEOUT (each an "Exception in ASGI application" in the log), and
+    # the process still took ten seconds more to exit.
+    sandbox.reset()
+    log = tmp_path / "gateway.log"
+    with (
+        gateway_process(
+            sandbox.url,
+            log,
+            live_interval=INTERVAL,
+            cache_ttl=INTERVAL,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+            log_level="warning",
+        ) as served,
+        ExitStack() as stack,
+    ):
+        page = subscription(1000, fields=EVERY_FIELD)
+        for _ in range(3):
+            ws = stack.enter_context(
+                open_ws(
+                    served.url,
+                    max_queue=1,
+                    ping_interval=None,
+                    receive_buffer=SMALL_WINDOW,
+                    compression=None,
+                    # The client stopped reading too: it would not see the server go.
+                    close_timeout=0.1,
+                )
+            )
+            for n in range(100):
+                ws.send(json.dumps({"id": f"s{n}", "type": "subscribe", "payload": page}))
+        body = json.dumps(page).encode()
+        for _ in range(3):
+            # Raw sockets: the event stream's request is sent, its answer never read.
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_WINDOW)
+            stack.callback(sock.close)
+            address = urlsplit(served.url)
+            sock.connect((address.hostname, address.port))
+            headers = "".join(f"{k}: {v}\r\n" for k, v in credential_headers(DEMO).items())
+            sock.sendall(
+                f"POST /graphql HTTP/1.1\r\nhost: {address.netloc}\r\n{headers}"
+                "accept: text/event-stream\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+        # Long enough for the unread updates to fill every buffer on the way.
+        time.sleep(4)
+        started = time.monotonic()
+        served.process.terminate()
+        served.process.wait(timeout=30)
+        stopped = time.monotonic() - started
+        errors = served.server_errors()
+    assert stopped < SHUTDOWN_TIMEOUT, f"the gateway took {stopped:.1f} s to stop"
+    assert errors == [], f"the gateway logged {len(errors)} error(s): {errors[:3]}"
+
+
+def live_subscriptions(base: str) -> float:
+    for line in httpx.get(f"{base}/metrics", timeout=5).text.splitlines():
+        if line.startswith("gateway_live_subscriptions "):
+            return float(line.split()[1])
+    raise AssertionError("no gateway_live_subscriptions")
+
+
+def test_a_consumer_that_never_reads_is_dropped_after_the_send_deadline(
+    sandbox: LiveSandbox, tmp_path: Path
+) -> None:
+    # Before: its sends waited for room in the socket buffer for as long as the client
+    # kept the connection, and so did its subscriptions (and their pollers).
+    sandbox.reset()
+    send_timeout = 2
+    with (
+        gateway_process(
+            sandbox.url,
+            tmp_path / "gateway.log",
+            live_interval=INTERVAL,
+            cache_ttl=INTERVAL,
+            send_timeout=send_timeout,
+            log_level="warning",
+        ) as served,
+        open_ws(
+            served.url,
+            max_queue=1,
+            ping_interval=None,
+            receive_buffer=SMALL_WINDOW,
+            compression=None,
+            close_timeout=0.1,
+        ) as ws,
+    ):
+        page = subscription(1000, fields=EVERY_FIELD)
+        for n in range(20):
+            ws.send(json.dumps({"id": f"s{n}", "type": "subscribe", "payload": page}))
+        deadline = time.monotonic() + 4 * send_timeout + 5
+        while live_subscriptions(served.base) > 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        held = live_subscriptions(served.base)
+        errors = served.server_errors()
+    assert held == 0, "a consumer that never reads still holds its subscriptions"
+    assert errors == [], f"the gateway logged {len(errors)} error(s): {errors[:3]}"

@@ -1,6 +1,6 @@
 """One poller per (credentials, arguments), however many subscribers watch it.
 
-    LiveHub.subscribe(credentials, query)   counts the subscriber against its account,
+    LiveHub.subscribe(credentials, query)   counts the subscriber against its credentials,
                                             joins the poller for this key or starts one
     Poller                                  polls the page every `interval` seconds through
                                             the upstream's cache, single flight and pacing;
@@ -134,6 +134,10 @@ class Sharing(Protocol):
     async def publish(self, key: str, event: Event) -> None:
         """Tell the other replicas' pollers of `key` about `event`."""
 
+    async def remember(self, key: str, page: Page) -> None:
+        """Tell them that `key`'s page is still `page` (polled again, unchanged): what a
+        subscriber joining on another replica is sent at once."""
+
 
 def is_final(event: Event) -> bool:
     """Whether an event ends the subscriptions that receive it."""
@@ -162,6 +166,7 @@ class Poller:
     def __init__(
         self,
         key: str,
+        identity: str,
         credentials: Credentials,
         query: ListQuery,
         *,
@@ -171,7 +176,7 @@ class Poller:
         sharing: Sharing | None,
     ) -> None:
         self.key = key
-        self.account = credentials.account
+        self.identity = identity
         self._credentials = credentials
         self._query = query
         self._source = source
@@ -217,7 +222,17 @@ class Poller:
         while not self.finished:
             started = loop.time()
             event = await self._poll()
-            if event is not None:
+            if (
+                isinstance(event, Page)
+                and isinstance(self.last, Page)
+                and (self.last.body == event.body)
+            ):
+                self._metrics.poll("unchanged")
+                if self._sharing is not None:
+                    await self._sharing.remember(self.key, event)
+            elif event is not None:
+                if isinstance(event, Page):
+                    self._metrics.poll("changed")
                 if self._sharing is not None:
                     await self._sharing.publish(self.key, event)
                 self.receive(event)
@@ -226,6 +241,8 @@ class Poller:
             await asyncio.sleep(max(0.0, started + self._interval - loop.time()))
 
     async def _poll(self) -> Event | None:
+        """The page polled (changed or not), the error the poll ended with, or None for a
+        tick the pacing skipped."""
         # The first poll may take a cached answer (a `calls` query's, seconds old): the
         # subscriber gets its page at once. Later ones must not: an answer cached at the
         # previous poll would still be fresh for the cache (TTL 5 s, interval 5 s) and
@@ -239,10 +256,6 @@ class Poller:
                 return None
             self._metrics.poll("error")
             return exc
-        if isinstance(self.last, Page) and self.last.body == page.body:
-            self._metrics.poll("unchanged")
-            return None
-        self._metrics.poll("changed")
         return page
 
     def receive(self, event: Event, *, final: bool = False) -> None:
@@ -351,6 +364,7 @@ class LiveHub:
         self,
         source: PageSource,
         key_of: Callable[[Credentials, ListQuery], str],
+        identity_of: Callable[[Credentials], str],
         *,
         interval: float,
         max_per_account: int,
@@ -359,17 +373,24 @@ class LiveHub:
     ) -> None:
         self._source = source
         self._key_of = key_of
+        # What the per-account bound counts by: the whole credentials (token, secret and
+        # user id), keyed and hashed, never the token alone. Credentials are checked only
+        # when the first poll reaches the upstream: counted by token, anyone who knew an
+        # account's token could fill its room with a wrong secret, and the owner would be
+        # refused. Unchecked credentials fill only their own room, and end at their first
+        # poll (UNAUTHENTICATED).
+        self._identity_of = identity_of
         self.interval = interval
         self._max_per_account = max_per_account
         self._metrics = metrics
         self._sharing = sharing
         self._pollers: dict[str, Poller] = {}
-        self._per_account: Counter[str] = Counter()
+        self._per_identity: Counter[str] = Counter()
 
     def subscribe(self, credentials: Credentials, query: ListQuery) -> Subscriber:
         """A subscriber of the page `query` names; `RateLimited` past the account's bound."""
-        account = credentials.account
-        if self._per_account[account] >= self._max_per_account:
+        identity = self._identity_of(credentials)
+        if self._per_identity[identity] >= self._max_per_account:
             raise RateLimited(
                 f"This account already holds {self._max_per_account} live subscriptions "
                 "on this server; end one first.",
@@ -381,6 +402,7 @@ class LiveHub:
         if poller is None or poller.finished:
             poller = Poller(
                 key,
+                identity,
                 credentials,
                 query,
                 source=self._source,
@@ -393,7 +415,7 @@ class LiveHub:
             poller.start()
         subscriber = Subscriber(self, poller, self._metrics)
         poller.subscribers.add(subscriber)
-        self._per_account[account] += 1
+        self._per_identity[identity] += 1
         self._metrics.subscriptions(1)
         if poller.last is not None:
             subscriber.offer(poller.last, final=poller.finished)
@@ -403,9 +425,9 @@ class LiveHub:
         if subscriber not in poller.subscribers:
             return
         poller.subscribers.discard(subscriber)
-        self._per_account[poller.account] -= 1
-        if self._per_account[poller.account] <= 0:
-            del self._per_account[poller.account]
+        self._per_identity[poller.identity] -= 1
+        if self._per_identity[poller.identity] <= 0:
+            del self._per_identity[poller.identity]
         self._metrics.subscriptions(-1)
         if not poller.subscribers:
             if self._pollers.get(poller.key) is poller:

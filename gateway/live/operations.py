@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterable, Callable, Hashable, Sequence
+from collections.abc import AsyncIterable, Hashable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from graphql import (
@@ -48,9 +48,9 @@ from graphql.execution.executor_throwing_on_incremental import ExecutorThrowingO
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Scope
 
-from gateway.context import Context, MakeContext
+from gateway.context import Context, MakeContext, UpstreamWarning
 from gateway.credentials import request_credentials
-from gateway.graphql_errors import coded, format_error
+from gateway.graphql_errors import coded, format_error, ordered_warnings, render_warnings
 from gateway.limits import OperationLimits, check_limits, parse_document
 from gateway.live.hub import LiveCalls, LiveHub
 from gateway.observability.record import scope_request_id
@@ -58,8 +58,11 @@ from gateway.schema.subscription import CallsUpdate
 
 log = logging.getLogger("gateway.live")
 
-# Past this many, a response's `extensions.warnings` says how many more there were.
-MAX_WARNINGS = 100
+
+class WarningsReport(Protocol):
+    """`Telemetry.upstream_warnings`: each warning counted, each kind logged once."""
+
+    def __call__(self, warnings: Sequence[UpstreamWarning], request_id: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +102,10 @@ class Stream:
         request: Hashable,
         context: Context,
         request_id: str,
+        report_warnings: WarningsReport,
     ) -> None:
         self._executor = executor
+        self._report_warnings = report_warnings
         self._request = request
         self._context = context
         self._request_id = request_id
@@ -127,7 +132,9 @@ class Stream:
         # What graphql-core's `subscribe` does for every event ("ExecuteSubscriptionEvent").
         executed = execute_subscription_event(self._executor.build_per_event_executor(event))
         result = executed if isinstance(executed, ExecutionResult) else await executed
-        payload = orjson.dumps(_payload(result, self._context, self._request_id))
+        payload = orjson.dumps(
+            _payload(result, self._context, self._request_id, self._report_warnings)
+        )
         if renders is not None and not result.errors:
             # The first to finish is kept (an execution that awaited may have been overtaken).
             renders.setdefault(self._request, payload)
@@ -145,8 +152,8 @@ class Operations:
         schema: GraphQLSchema,
         endpoint: ASGIApp,
         make_context: MakeContext,
-        hub_of: Callable[[Scope], LiveHub],
         *,
+        report_warnings: WarningsReport,
         limits: OperationLimits,
         rules: Sequence[type[ASTValidationRule]],
         hide_suggestions: bool,
@@ -154,7 +161,7 @@ class Operations:
         self._schema = schema
         self._endpoint = endpoint
         self._make_context = make_context
-        self._hub_of = hub_of
+        self._report_warnings = report_warnings
         self._limits = limits
         self._rules = rules
         self._hide_suggestions = hide_suggestions
@@ -208,7 +215,10 @@ class Operations:
         http_scope = _http_scope(scope, request)
         request_id = scope_request_id(http_scope)
         context = self._make_context(Request(http_scope), request_id)
-        context.live = LiveCalls(self._hub_of(scope), partial(request_credentials, http_scope))
+        # The hub comes from the lifespan's state, as the context's upstream does: it is
+        # opened when the app starts, after this was built.
+        hub: LiveHub = Request(http_scope).state.live
+        context.live = LiveCalls(hub, partial(request_credentials, http_scope))
         # graphql-core's `subscribe`, composed by hand (as its documentation suggests) so
         # that `Stream` decides how each event is executed.
         executor = ExecutorThrowingOnIncremental.build(
@@ -229,8 +239,10 @@ class Operations:
             # result with the coded error, as graphql-ws sends it, then complete.
             if events.data is None and events.errors and all(e.path is None for e in events.errors):
                 return Refused([format_error(error, request_id) for error in events.errors])
-            return Single(_payload(events, context, request_id))
-        return Stream(events, executor, _request_key(request), context, request_id)
+            return Single(_payload(events, context, request_id, self._report_warnings))
+        return Stream(
+            events, executor, _request_key(request), context, request_id, self._report_warnings
+        )
 
 
 def _request_key(request: LiveRequest) -> Hashable:
@@ -240,26 +252,21 @@ def _request_key(request: LiveRequest) -> Hashable:
     return (request.query, request.operation_name, variables)
 
 
-def _payload(result: ExecutionResult, context: Context, request_id: str) -> dict[str, Any]:
+def _payload(
+    result: ExecutionResult, context: Context, request_id: str, report: WarningsReport
+) -> dict[str, Any]:
     payload: dict[str, Any] = {"data": result.data}
     if result.errors:
         payload["errors"] = [format_error(error, request_id) for error in result.errors]
     # One update's warnings: the context outlives it (graphql-core executes every event
-    # with the same context), so they are taken out as they are reported.
+    # with the same context), so they are taken out as they are reported. Counted and
+    # logged as a response's are, once per execution (subscribers sent the same bytes
+    # share it).
     warnings, context.warnings[:] = list(context.warnings), []
     if warnings:
-        shown = [warning.as_json() for warning in warnings[:MAX_WARNINGS]]
-        if len(warnings) > MAX_WARNINGS:
-            shown.append(
-                {
-                    "message": f"{len(warnings) - MAX_WARNINGS} more upstream warnings were "
-                    "left out of this update.",
-                    "path": [],
-                    "code": "UPSTREAM_BAD_RESPONSE",
-                    "leftOut": len(warnings) - MAX_WARNINGS,
-                }
-            )
-        payload["extensions"] = {"warnings": shown}
+        found = ordered_warnings(warnings, result.data)
+        report(found, request_id)
+        payload["extensions"] = {"warnings": render_warnings(found, answer="update")}
     return payload
 
 

@@ -7,7 +7,11 @@ credential appears in a Redis key or channel):
                                lease while it polls and deletes it when it stops
     gateway:live:<key>         the channel its events are published on
     gateway:live:last:<key>    its last event, so that a subscriber joining on another
-                               replica gets the current page at once
+                               replica gets the current page at once; stored again at
+                               every poll, changed or not, and kept only about one
+                               interval (`fresh_seconds`): once nobody polls the key any
+                               more, a late joiner waits for its own poll instead of being
+                               sent a page up to two leases old as if it were current
 
 Every other replica watching the key listens on the channel and tries the lease once per
 renewal period, so it takes over within one lease period when the leader stops or dies.
@@ -88,6 +92,9 @@ class RedisSharing:
         self._interval = interval
         # Long enough that a leader on a busy loop keeps it, short enough to take over fast.
         self.lease_seconds = max(3.0, 2 * interval)
+        # How long a stored last event is sent to newcomers: one interval, and a margin
+        # for the poll's own time (the leader stores again after each poll).
+        self.fresh_seconds = interval + max(1.0, interval / 2)
         self._origin = secrets.token_hex(8)
         self._pubsub: PubSub | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -146,10 +153,16 @@ class RedisSharing:
 
     async def publish(self, key: str, event: Event) -> None:
         data = encode_event(event, self._origin)
-        await self._ask(
-            self._redis.set(f"{PREFIX}:last:{key}", data, px=int(self.lease_seconds * 2000))
-        )
+        await self._store(key, data)
         await self._ask(self._redis.publish(f"{PREFIX}:{key}", data))
+
+    async def remember(self, key: str, page: Page) -> None:
+        await self._store(key, encode_event(page, self._origin))
+
+    async def _store(self, key: str, data: bytes) -> None:
+        await self._ask(
+            self._redis.set(f"{PREFIX}:last:{key}", data, px=int(self.fresh_seconds * 1000))
+        )
 
     async def _listen(self, channel: str, receive: Callable[[Event], None]) -> None:
         async with self._lock:

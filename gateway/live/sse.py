@@ -26,8 +26,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Scope
 
 from gateway.credentials import raw_credential_headers
-from gateway.live.media import EVENT_STREAM
 from gateway.live.operations import LiveRequest, Operations, Refused, Single, Stream
+from gateway.media import EVENT_STREAM
 from gateway.middleware.shutdown import DRAINING_SCOPE_KEY
 
 KEEPALIVE = b":\n\n"

@@ -40,7 +40,7 @@ from typing import Any
 
 import orjson
 from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from gateway.credentials import credential_fields, raw_credential_headers
 from gateway.errors import RateLimited
@@ -253,7 +253,10 @@ class _Connection:
             await self._send({"id": operation_id, "type": "complete"})
         except asyncio.CancelledError:
             raise
-        except WebSocketDisconnect:
+        except (WebSocketDisconnect, WebSocketDisconnected):
+            # Gone while sending; or the connection's own receive saw the disconnect (the
+            # client's close, or the server's 1012 at shutdown) before this operation was
+            # cancelled, and Starlette refuses any further send: not a failure either way.
             pass
         except Exception:
             log.exception("a WebSocket operation failed")

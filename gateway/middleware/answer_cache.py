@@ -35,7 +35,7 @@ from gateway.bounded import BoundedCache
 from gateway.cache_control import wants_fresh
 from gateway.credentials import Credentials, request_credentials
 from gateway.errors import Unauthenticated
-from gateway.live.media import wants_event_stream
+from gateway.media import wants_event_stream
 from gateway.observability.record import scope_request_id
 from gateway.observability.telemetry import Telemetry
 from gateway.request_body import RequestBodyRefusal, read_body

@@ -194,6 +194,11 @@ class CatapultService:
             credentials.authorization, credentials.user_id, request.path, request.params
         )
 
+    def identity_key(self, credentials: Credentials) -> str:
+        """A keyed hash of the whole credentials (token, secret, user id): who they are
+        once the upstream accepts them, with none of them readable in it."""
+        return self._keys.digest(["identity", credentials.authorization, credentials.user_id])
+
     async def recall_calls(
         self, credentials: Credentials, call_ids: Sequence[str]
     ) -> dict[str, KnownCall]:

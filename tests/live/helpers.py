@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message
 
 from gateway.app import create_app
 from gateway.config import load_settings
+from gateway.credentials import Credentials
 from gateway.sandbox import ACCOUNTS, credential_headers
 from tests.servers import serve
 
@@ -173,3 +174,8 @@ async def initialised(socket: InProcessSocket, payload: dict[str, Any] | None = 
         {"type": "connection_init", "payload": init_payload() if payload is None else payload}
     )
     assert await socket.receive_json() == {"type": "connection_ack"}
+
+
+def identity_of(credentials: Credentials) -> str:
+    """The hub's count key: the whole credentials, as the service's keyed hash covers them."""
+    return f"{credentials.authorization}|{credentials.user_id}"

@@ -20,7 +20,7 @@ from gateway.errors import (
 )
 from gateway.live.hub import LiveHub, Page, Subscriber, Update
 from gateway.live.metrics import LiveMetrics
-from tests.live.helpers import call
+from tests.live.helpers import call, identity_of
 
 ALICE = Credentials(authorization="Basic YTpi", user_id="u-alice", token="a")
 BOB = Credentials(authorization="Basic Yjpj", user_id="u-bob", token="b")
@@ -56,6 +56,7 @@ def hub_with(source: FakeSource, **options: Any) -> tuple[LiveHub, LiveMetrics]:
     hub = LiveHub(
         source,
         lambda credentials, query: f"{credentials.user_id}|{query}",
+        identity_of,
         interval=INTERVAL,
         metrics=metrics,
         **options,
@@ -242,6 +243,23 @@ def test_subscriptions_per_account_are_bounded() -> None:
     run(body)
 
 
+def test_a_wrong_secret_with_the_owners_token_does_not_use_the_owners_room() -> None:
+    # The secret is checked only when a poll reaches the upstream: counted by token, a
+    # caller knowing only Alice's token filled her room and Alice was refused.
+    async def body() -> None:
+        source = FakeSource()
+        hub, _ = hub_with(source, max_per_account=2)
+        mallory = Credentials(authorization="Basic YTp3cm9uZw==", user_id="u-alice", token="a")
+        held = [hub.subscribe(mallory, FIRST), hub.subscribe(mallory, ListQuery(size=9))]
+        with pytest.raises(RateLimited):
+            hub.subscribe(mallory, ListQuery(size=3))
+        owner = hub.subscribe(ALICE, FIRST)
+        for subscriber in (*held, owner):
+            await subscriber.aclose()
+
+    run(body)
+
+
 def test_a_subscriber_closed_before_reading_leaves_nothing_behind() -> None:
     async def body() -> None:
         source = FakeSource()
@@ -307,3 +325,41 @@ def test_subscribers_at_the_same_page_share_one_update() -> None:
             await subscriber.aclose()
 
     run(body)
+
+
+class RecordingSharing:
+    """`Sharing` leading every key: polls here, records what it tells the other replicas."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, Any]] = []
+
+    async def run(
+        self, key: str, poll: Callable[[], Coroutine[Any, Any, None]], receive: Any
+    ) -> None:
+        await poll()
+
+    async def publish(self, key: str, event: Any) -> None:
+        self.told.append(("publish", event.body if isinstance(event, Page) else event))
+
+    async def remember(self, key: str, page: Page) -> None:
+        self.told.append(("remember", page.body))
+
+
+def test_a_leader_tells_the_others_its_page_is_still_current_at_every_unchanged_poll() -> None:
+    # Before: only a change was told, so the page stored for late joiners on the other
+    # replicas aged (and outlived the poller) whatever the polls found.
+    async def body() -> list[tuple[str, Any]]:
+        source = FakeSource()
+        source.answers["u-alice"] = [call("c-1")]
+        sharing = RecordingSharing()
+        hub, _ = hub_with(source, sharing=sharing)
+        subscriber = hub.subscribe(ALICE, FIRST)
+        await next_event(subscriber)
+        # A few more polls, of the same page.
+        await asyncio.sleep(INTERVAL * 8)
+        await subscriber.aclose()
+        return sharing.told
+
+    told = asyncio.run(body())
+    assert told[0] == ("publish", [call("c-1")])
+    assert told[1:3] == [("remember", [call("c-1")])] * 2

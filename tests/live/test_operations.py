@@ -7,7 +7,7 @@ runs: each run is one execution of a selection for one update.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import orjson
@@ -15,7 +15,7 @@ from graphql import GraphQLObjectType, GraphQLSchema, specified_rules
 from prometheus_client import CollectorRegistry
 
 from gateway.calls import ListQuery
-from gateway.context import ContextFactory
+from gateway.context import ContextFactory, UpstreamWarning
 from gateway.credentials import Credentials
 from gateway.limits import OperationLimits
 from gateway.live.hub import LiveHub, Page
@@ -24,7 +24,7 @@ from gateway.live.operations import LiveRequest, Operations, Stream
 from gateway.pagination import CursorCodec
 from gateway.sandbox import credential_headers
 from gateway.schema import build_schema, graphql_core_schema
-from tests.live.helpers import DEMO, SUBSCRIPTION, WAIT, call
+from tests.live.helpers import DEMO, SUBSCRIPTION, WAIT, call, identity_of
 
 SUBSCRIBERS = 20
 # Another selection of the same page: its own execution, its own payload.
@@ -63,7 +63,17 @@ def recording_schema() -> tuple[GraphQLSchema, list[object]]:
     return schema, runs
 
 
-def operations_for(schema: GraphQLSchema, hub: LiveHub) -> Operations:
+class RecordingWarnings:
+    """`Telemetry.upstream_warnings`, recording what each execution reported."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[list[UpstreamWarning], str]] = []
+
+    def __call__(self, warnings: Sequence[UpstreamWarning], request_id: str) -> None:
+        self.reports.append((list(warnings), request_id))
+
+
+def operations_for(schema: GraphQLSchema, warnings: RecordingWarnings | None = None) -> Operations:
     contexts = ContextFactory(
         cursors=CursorCodec(b"k" * 32),
         upstream_base="http://upstream.invalid",
@@ -80,7 +90,7 @@ def operations_for(schema: GraphQLSchema, hub: LiveHub) -> Operations:
         schema,
         no_endpoint,
         contexts,
-        lambda scope: hub,
+        report_warnings=RecordingWarnings() if warnings is None else warnings,
         limits=OperationLimits(
             max_depth=10,
             max_aliases=10,
@@ -93,10 +103,11 @@ def operations_for(schema: GraphQLSchema, hub: LiveHub) -> Operations:
     )
 
 
-async def subscribe(operations: Operations, query: str) -> Stream:
+async def subscribe(operations: Operations, hub: LiveHub, query: str) -> Stream:
+    """Subscribe on a socket of an app whose lifespan opened `hub`."""
     headers = [(k.lower().encode(), v.encode()) for k, v in credential_headers(DEMO).items()]
     request = LiveRequest(query, None, None, None, headers)
-    scope = {"type": "websocket", "headers": [], "state": {"upstream": None}}
+    scope = {"type": "websocket", "headers": [], "state": {"upstream": None, "live": hub}}
     stream = await operations.run(request, scope)
     assert isinstance(stream, Stream)
     return stream
@@ -117,15 +128,16 @@ def test_subscribers_of_one_request_cause_one_execution_per_update() -> None:
         hub = LiveHub(
             source,
             lambda credentials, query: f"{credentials.user_id}|{query}",
+            identity_of,
             interval=0.02,
             max_per_account=100,
             metrics=LiveMetrics(CollectorRegistry()),
         )
         schema, runs = recording_schema()
-        operations = operations_for(schema, hub)
-        same = [await subscribe(operations, SUBSCRIPTION) for _ in range(SUBSCRIBERS)]
-        slow = await subscribe(operations, SUBSCRIPTION)
-        other = await subscribe(operations, OTHER)
+        operations = operations_for(schema)
+        same = [await subscribe(operations, hub, SUBSCRIPTION) for _ in range(SUBSCRIBERS)]
+        slow = await subscribe(operations, hub, SUBSCRIPTION)
+        other = await subscribe(operations, hub, OTHER)
         try:
             first = [await next_of(stream) for stream in [*same, slow]]
             other_first = await next_of(other)
@@ -163,5 +175,39 @@ def test_subscribers_of_one_request_cause_one_execution_per_update() -> None:
             for stream in [*same, slow, other]:
                 await stream.aclose()
             await hub.close()
+
+    run(body)
+
+
+def test_an_updates_warnings_are_counted_and_capped_as_a_responses() -> None:
+    # Before: the live path had its own copy of the cap, and never reported its warnings,
+    # so the warnings metric and log missed every one a subscription met.
+    async def body() -> None:
+        odd = [call(f"c-{n}", "teleporting") for n in range(120)]
+        hub = LiveHub(
+            FakeSource(odd),
+            lambda credentials, query: f"{credentials.user_id}|{query}",
+            identity_of,
+            interval=0.02,
+            max_per_account=100,
+            metrics=LiveMetrics(CollectorRegistry()),
+        )
+        warnings = RecordingWarnings()
+        schema, _ = recording_schema()
+        stream = await subscribe(
+            operations_for(schema, warnings),
+            hub,
+            "subscription { callsUpdated(size: 200) { calls { id state } } }",
+        )
+        try:
+            payload = orjson.loads(await next_of(stream))
+        finally:
+            await stream.aclose()
+        await hub.close()
+        shown = payload["extensions"]["warnings"]
+        assert len(shown) == 101
+        assert shown[-1]["leftOut"] == 20
+        assert shown[-1]["message"] == "20 more upstream warnings were left out of this update."
+        assert [len(found) for found, _ in warnings.reports] == [120]
 
     run(body)

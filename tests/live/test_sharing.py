@@ -224,3 +224,50 @@ def test_without_redis_a_replica_polls_on_its_own() -> None:
             await sharing.close()
 
     asyncio.run(body())
+
+
+@pytest.mark.parametrize(
+    ("kept_polling", "sent_at_once"),
+    [
+        # The leader polls on, the page unchanged (nothing published): still current.
+        pytest.param(True, True, id="polled-on-unchanged"),
+        # Its poller stopped: the page stored then is no longer current.
+        pytest.param(False, False, id="nobody-polls-it"),
+    ],
+)
+def test_a_late_joiner_is_sent_the_stored_page_only_while_it_is_current(
+    redis_session: RedisServer, kept_polling: bool, sent_at_once: bool
+) -> None:
+    # Before: the stored page was kept two leases (6 s here, 20 s at the default
+    # interval), after its poller had stopped too, and sent as the first update; and it
+    # lapsed while the leader still polled an unchanged page.
+    redis_session.flush()
+    key = "late" * 16
+    interval = 0.2
+
+    async def never() -> None:
+        await asyncio.Event().wait()
+
+    async def body() -> list[Any]:
+        leader = RedisSharing(redis.asyncio.Redis.from_url(redis_session.url), interval=interval)
+        late = RedisSharing(redis.asyncio.Redis.from_url(redis_session.url), interval=interval)
+        received: list[Any] = []
+        try:
+            await leader.publish(key, Page([call("c-1")], time.time()))
+            waited = 2 * leader.fresh_seconds
+            while waited > 0:
+                if kept_polling:
+                    await leader.remember(key, Page([call("c-1")], time.time()))
+                await asyncio.sleep(interval)
+                waited -= interval
+            task = asyncio.ensure_future(late.run(key, never, received.append))
+            await asyncio.sleep(0.3)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        finally:
+            await leader.close()
+            await late.close()
+        return received
+
+    received = asyncio.run(body())
+    assert [event.body for event in received] == ([[call("c-1")]] if sent_at_once else [])

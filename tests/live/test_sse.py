@@ -10,7 +10,7 @@ import httpx
 import orjson
 import pytest
 
-from gateway.live.media import prefers_event_stream, wants_event_stream
+from gateway.media import prefers_event_stream, wants_event_stream
 from tests.fakes import FakeUpstream
 from tests.live.helpers import (
     CALLS_PATH,

@@ -247,3 +247,17 @@ def test_pacing_refuses_a_second_request_of_one_account_beyond_the_queue_bound()
     assert run(main, upstream, rate=1, metrics=metrics) == "RATE_LIMITED"
     assert upstream.paths == [calls_path("u-1")]
     assert ("refusal", None) in metrics.reports
+
+
+def test_an_identity_key_tells_secrets_apart_and_shows_none_of_the_credentials() -> None:
+    owner = Credentials(authorization="Basic dG9rZW46c2VjcmV0", user_id="u-1", token="token")
+    wrong = Credentials(authorization="Basic dG9rZW46d3Jvbmc=", user_id="u-1", token="token")
+    other_user = Credentials(authorization=owner.authorization, user_id="u-2", token="token")
+
+    async def main(built: CatapultService) -> list[str]:
+        return [built.identity_key(c) for c in (owner, wrong, other_user, owner)]
+
+    keys = run(main, RecordingUpstream({}))
+    assert keys[0] == keys[3]
+    assert len(set(keys)) == 3
+    assert not any(part in key for key in keys for part in ("token", "dG9r", "u-1", "u-2"))

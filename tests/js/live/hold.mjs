@@ -9,7 +9,9 @@
 //   WS_SUBSCRIPTIONS  subscriptions per connection (all with the same arguments)
 //   SSE_STREAMS       graphql-sse streams per account (one subscription each)
 //   SECONDS           how long to hold them; SIZE: the page size
-// Prints one JSON line: subscribers, updates, errors, and the delays (ms) from each change
+// Prints one JSON line: subscribers, updates, errors (the first 20, and a count of every
+// one by code: `extensions.code` of each error in a `next` payload, `transport` for a
+// subscription the client saw fail), and the delays (ms) from each change
 // to its delivery. A change's instant is in the data: the live sandbox stamps
 // startTime / activeTime / endTime with the moment it began to show that change.
 import { connect, credentials, describe, sleep, subscriptionDocument } from "./clients.mjs";
@@ -31,6 +33,10 @@ const query = subscriptionDocument(process.env.SIZE ?? 25);
 const subscribers = [];
 const clients = [];
 const errors = [];
+const errorCodes = {};
+const countError = (code) => {
+  errorCodes[code] = (errorCodes[code] ?? 0) + 1;
+};
 const delays = [];
 let turn = 0;
 
@@ -51,6 +57,7 @@ function subscribe(client, label) {
       const update = result.data?.callsUpdated;
       if (result.errors?.length) {
         subscriber.errors += 1;
+        for (const e of result.errors) countError(e.extensions?.code ?? "UNCODED");
         if (errors.length < 20) errors.push(result.errors.map((e) => e.extensions?.code ?? e.message));
       }
       if (!update) return;
@@ -69,6 +76,7 @@ function subscribe(client, label) {
     error(error) {
       subscriber.ended = true;
       subscriber.errors += 1;
+      countError("transport");
       if (errors.length < 20) errors.push(describe(error));
     },
     complete() {
@@ -111,6 +119,7 @@ console.log(
     maxUpdates: Math.max(...counts),
     firstUpdateMaxMs: firsts.length ? Math.max(...firsts) : null,
     errors,
+    errorCodes,
     delays: { count: delays.length, p50: quantile(0.5), p95: quantile(0.95), max: delays.at(-1) ?? null },
   }),
 );

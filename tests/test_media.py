@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.live.media import prefers_event_stream, wants_event_stream
+from gateway.media import prefers_event_stream, wants_event_stream
 
 URQL = (
     "application/graphql-response+json, application/graphql+json, application/json, "

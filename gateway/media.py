@@ -1,5 +1,6 @@
-"""The one reading of whether a request asks for an event stream (no other imports, so
-that the whole-answer cache can ask it too without importing the live transports).
+"""The one reading of whether a request asks for an event stream, for the endpoint, the
+event streams and the whole-answer cache (no other imports: below all three; inside the
+live package it made the middleware and the live packages import each other).
 
 Clients list several media types: graphql-sse's sends `text/event-stream` alone, urql's
 `fetch` sends `application/graphql-response+json, application/graphql+json,
