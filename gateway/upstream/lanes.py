@@ -78,6 +78,12 @@ class CredentialLanes:
         # With the user id: the upstream answers 401 as well for a good pair asking for
         # a user id it may not read, which says nothing of the pair's other user ids.
         pair = self._keys.digest(["pair", credentials.authorization, credentials.user_id])
+        if not self._account.enabled:
+            # Pacing off (GATEWAY_UPSTREAM_RATE=0): there are no slots for a wrong secret to
+            # take, so a new pair's requests go at once, side by side, as they did before
+            # lanes; a pair just refused is still answered here.
+            self._refuse_if_rejected(pair)
+            return await self._run(pair, call, self._account, "")
         while True:
             self._refuse_if_rejected(pair)
             if self._accepted.get(pair) is not None:

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import itertools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -97,3 +98,31 @@ def test_callers_without_the_secret_cannot_take_the_owners_slots(
     refused = [r for r in sandbox.requests() if r["status"] == 401]
     assert 1 <= len(refused) <= (most_401s or int(lasted) + 1)
     assert not [r for r in sandbox.requests() if r["status"] == 429]
+
+
+def test_with_pacing_off_a_new_pairs_requests_go_side_by_side(
+    gateway_factory: GatewayFactory, sandbox: Sandbox
+) -> None:
+    # No slots to protect: the probe's verdict is not waited for (GATEWAY_UPSTREAM_RATE=0
+    # serves a first burst as it did before lanes), and a refused pair is still answered
+    # here.
+    gateway = gateway_factory(upstream_rate=0)
+    sandbox.faults(latency_ms=1000)
+
+    def burst(headers: dict[str, str]) -> list[list[str]]:
+        with ThreadPoolExecutor(max_workers=5) as pool:
+            answers = pool.map(
+                lambda n: gateway.http.post("/graphql", json=page(n), headers=headers), range(5)
+            )
+            return [codes(answer.json()) for answer in answers]
+
+    began = time.monotonic()
+    assert (burst(OWNER)) == [[]] * 5
+    # One upstream latency for all five, not five probes one after another.
+    assert time.monotonic() - began < 2.5
+    assert (burst(wrong("wrong"))) == [["UNAUTHENTICATED"]] * 5
+    sandbox.faults(latency_ms=0)
+    assert (burst(wrong("wrong"))) == [["UNAUTHENTICATED"]] * 5
+    statuses = [r["status"] for r in sandbox.requests()]
+    assert statuses.count(200) == 5
+    assert 1 <= statuses.count(401) <= 5  # the first burst asked; the second was answered here
