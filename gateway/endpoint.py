@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import orjson
 from graphql import (
@@ -35,6 +35,7 @@ from gateway.bounded import BoundedCache, memoize
 from gateway.context import Context, MakeContext
 from gateway.credentials import request_credentials
 from gateway.errors import (
+    STOPPED_CODE,
     BadRequest,
     OperationTooComplex,
     PersistedQueryNotFound,
@@ -51,8 +52,6 @@ from gateway.graphql_errors import (
 )
 from gateway.limits import OperationLimits, check_limits, parse_document, too_complex
 from gateway.media import prefers_event_stream, wants_event_stream
-from gateway.middleware.answer_cache import AnswerVerdict
-from gateway.middleware.shutdown import STOPPED_CODE
 from gateway.observability.record import RequestRecord, scope_request_id
 from gateway.observability.telemetry import Telemetry
 from gateway.persisted_queries import PersistedQueries
@@ -101,7 +100,8 @@ class EventStreamResponder(Protocol):
     ) -> Awaitable[Response]: ...
 
 
-# GraphQLParams, Wanted and Outcome are made for every request and never changed after.
+# GraphQLParams, Wanted, Outcome and AnswerVerdict are made for every request and never
+# changed after.
 # They are not frozen: a frozen dataclass's __init__ sets each field through
 # object.__setattr__, about 1,200 instructions a field against under 400 (callgrind),
 # some 15,000 a request for these and the answer cache's verdict.
@@ -140,6 +140,25 @@ class Outcome:
     operation: str | None = None
     headers: dict[str, str] | None = None
     fetched_at: float | None = None
+
+
+@dataclass(slots=True)
+class AnswerVerdict:
+    """The endpoint's word on the answer it sends, the only thing the answer cache
+    (`middleware/answer_cache.py`) acts on.
+
+    It travels back with the answer, on its `http.response.start` message under `KEY`
+    (servers ignore keys they do not know): whether the answer may be kept at all
+    (`cacheable`: a 200 without errors; warnings are fine), when the oldest upstream data
+    it was built from was fetched (wall-clock seconds; None when it used none), so that
+    an entry expires with its data, and the operation's name, so that a hit is counted
+    under the same name. An answer without a verdict is never kept.
+    """
+
+    KEY: ClassVar[str] = "gateway.answer_verdict"
+    cacheable: bool
+    operation: str | None
+    fetched_at: float | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -133,6 +133,10 @@ class UpstreamBadResponse(UpstreamError):
     code = "UPSTREAM_BAD_RESPONSE"
 
 
+# The code of the answer to a request the server's shutdown cut short: the shutdown
+# middleware answers with it and the endpoint logs it.
+STOPPED_CODE = GatewayError.code
+
 ERROR_CODES: tuple[str, ...] = (
     GatewayError.code,
     BadRequest.code,

@@ -135,7 +135,9 @@ class OperationLoader:
         self._max_requests = max_requests
         # By what was asked: a list's upstream parameters, or a call's id.
         self._inflight: dict[object, asyncio.Future[UpstreamAnswer | None]] = {}
-        self.upstream_requests = 0
+        # Distinct asks, against maxUpstreamRequests: each counts once whether the cache
+        # answers it or not (not the log line's HTTP attempts, nor the metric).
+        self._asked = 0
         self._max_calls = max_calls
         self.calls_served = 0
         # Single calls by id, and the ids waiting for the next batch.
@@ -304,12 +306,12 @@ class OperationLoader:
         if future is None:
             # The backstop of the limit checked before execution, which cannot see
             # requests that depend on variables or on the upstream's answers.
-            if self._max_requests is not None and self.upstream_requests >= self._max_requests:
+            if self._max_requests is not None and self._asked >= self._max_requests:
                 raise OperationTooComplex(
                     f"This operation needs more than {self._max_requests} upstream requests.",
                     limit="maxUpstreamRequests",
                 )
-            self.upstream_requests += 1
+            self._asked += 1
             # The refusal is checked again when the request is about to leave: one
             # already waiting for its pacing slot stays home after a refusal.
             future = asyncio.ensure_future(send(lambda: self._refused(credentials)))

@@ -64,7 +64,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from gateway.middleware.shutdown import DRAINING_SCOPE_KEY
+from gateway.live.sse import DRAINING_SCOPE_KEY
 
 log = logging.getLogger("gateway.server")
 

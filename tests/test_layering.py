@@ -197,6 +197,13 @@ LAYERS = [
     pytest.param(inside("gateway.upstream"), "gateway.schema", id="upstream-below-schema"),
     pytest.param(inside("gateway.upstream"), "gateway.observability", id="upstream-via-seam"),
     pytest.param(inside("gateway.sandbox"), "gateway.upstream", id="sandbox-stands-alone"),
+    # The middleware wraps the endpoint: what it acts on (the verdict) and what it answers
+    # (the stopped code) are defined below it, and only the composition root places it.
+    pytest.param(
+        set(MODULES) - {"gateway.app"} - inside("gateway.middleware"),
+        "gateway.middleware",
+        id="only-app-places-the-middleware",
+    ),
 ]
 
 

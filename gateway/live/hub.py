@@ -29,6 +29,7 @@ through a lease; the others receive its events over pub/sub (see `gateway.live.s
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import logging
 from collections import Counter
@@ -195,7 +196,12 @@ class Poller:
         self._updates: dict[int | None, Update] = {}
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        # A fresh context: the poller is started while some request is handled and
+        # outlives it; inheriting that request's context would make every later poll
+        # count into (and, traced, hang its spans under) a request that has ended.
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), context=contextvars.Context()
+        )
 
     async def stop(self) -> None:
         if self._task is not None:

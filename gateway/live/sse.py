@@ -28,8 +28,12 @@ from starlette.types import Scope
 from gateway.credentials import raw_credential_headers
 from gateway.live.operations import LiveRequest, Operations, Refused, Single, Stream
 from gateway.media import EVENT_STREAM
-from gateway.middleware.shutdown import DRAINING_SCOPE_KEY
 
+# The server puts an `asyncio.Event` here in every request's scope and sets it when it
+# starts shutting down: a stream, which would never end on its own, ends then instead of
+# being cut off at GATEWAY_SHUTDOWN_TIMEOUT. Defined by its reader, so that the server
+# (outermost) imports it from here and nothing below the endpoint imports the middleware.
+DRAINING_SCOPE_KEY = "gateway.draining"
 KEEPALIVE = b":\n\n"
 COMPLETE = b"event: complete\ndata:\n\n"
 

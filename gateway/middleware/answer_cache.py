@@ -25,7 +25,6 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 from starlette.datastructures import Headers
 from starlette.requests import Request
@@ -34,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.bounded import BoundedCache
 from gateway.cache_control import wants_fresh
 from gateway.credentials import Credentials, request_credentials
+from gateway.endpoint import AnswerVerdict
 from gateway.errors import Unauthenticated
 from gateway.media import wants_event_stream
 from gateway.observability.record import scope_request_id
@@ -44,26 +44,6 @@ from gateway.request_body import RequestBodyRefusal, read_body
 _FRESH_HEADERS = frozenset({b"content-length", b"x-request-id"})
 _MAX_AGE = re.compile(rb"max-age=\d+")
 _HEADERS_ALLOWANCE = 8 * 1024
-
-
-# Not frozen, though never changed once made: one is made for every request, and a
-# frozen dataclass's __init__ costs three times a plain one's (see `endpoint.GraphQLParams`).
-@dataclass(slots=True)
-class AnswerVerdict:
-    """The endpoint's word on the answer it sends, the only thing this cache acts on.
-
-    It travels back with the answer, on its `http.response.start` message under `KEY`
-    (servers ignore keys they do not know): whether the answer may be kept at all
-    (`cacheable`: a 200 without errors; warnings are fine), when the oldest upstream data
-    it was built from was fetched (wall-clock seconds; None when it used none), so that
-    an entry expires with its data, and the operation's name, so that a hit is counted
-    under the same name. An answer without a verdict is never kept.
-    """
-
-    KEY: ClassVar[str] = "gateway.answer_verdict"
-    cacheable: bool
-    operation: str | None
-    fetched_at: float | None
 
 
 @dataclass(frozen=True, slots=True)

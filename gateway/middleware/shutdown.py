@@ -16,15 +16,10 @@ import logging
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.errors import STOPPED_CODE
 from gateway.observability.record import scope_request_id
 
 log = logging.getLogger("gateway.shutdown")
-# The code of the answer to a request the shutdown cut short (the endpoint logs it too).
-STOPPED_CODE = "INTERNAL_SERVER_ERROR"
-# The server puts an `asyncio.Event` here in every request's scope and sets it when it
-# starts shutting down: an answer that would never end on its own (an event stream) ends
-# then, instead of being cut off at GATEWAY_SHUTDOWN_TIMEOUT.
-DRAINING_SCOPE_KEY = "gateway.draining"
 
 
 class ShutdownMiddleware:

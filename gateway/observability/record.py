@@ -30,6 +30,8 @@ class RequestRecord:
     operation: str | None = None
     status: int | None = None
     error_codes: list[str] = field(default_factory=list)
+    # HTTP attempts sent to the upstream, each retry one more: not the distinct asks the
+    # loader counts against maxUpstreamRequests (a cache hit sends none).
     upstream_requests: int = 0
     cache: Counter[str] = field(default_factory=Counter)
     trace_id: str | None = None

@@ -1,10 +1,13 @@
 """Everything about the Catapult v1 REST upstream: the client and what stands in front of it.
 
 service    list_calls / get_call as operations see them: cache -> single flight ->
-           pacing -> client
+           lanes -> pacing -> client
 cache      the upstream result cache (memory or Redis) with single flight
+entities   every fetched call by id, kept beside that cache, for call(id) and federation
+           without a refetch
 redis      the guarded Redis connection the cache, entity view and pacing share
 pacing     each account's requests spaced to the upstream's rate limit
+lanes      which pacing lane a credential pair takes (the account's, a probe lane, none)
 client     the REST client: errors mapped in one place, retries inside the deadline
 routes     the REST paths
 transport  httpx's transport interface over aiohttp's connection pool

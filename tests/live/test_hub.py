@@ -20,6 +20,9 @@ from gateway.errors import (
 )
 from gateway.live.hub import LiveHub, Page, Subscriber, Update
 from gateway.live.metrics import LiveMetrics
+from gateway.observability.metrics import Metrics
+from gateway.observability.record import RequestRecord, bind_request, unbind_request
+from gateway.observability.telemetry import Telemetry
 from tests.live.helpers import call, identity_of
 
 ALICE = Credentials(authorization="Basic YTpi", user_id="u-alice", token="a")
@@ -363,3 +366,39 @@ def test_a_leader_tells_the_others_its_page_is_still_current_at_every_unchanged_
     told = asyncio.run(body())
     assert told[0] == ("publish", [call("c-1")])
     assert told[1:3] == [("remember", [call("c-1")])] * 2
+
+
+class CountingSource(FakeSource):
+    """Counts each poll as one upstream request, where the transport counts it."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        super().__init__()
+        self._telemetry = telemetry
+
+    async def __call__(self, credentials: Credentials, query: ListQuery, fresh: bool) -> Page:
+        self._telemetry.upstream_request_sent()
+        return await super().__call__(credentials, query, fresh)
+
+
+def test_a_poller_started_inside_a_request_counts_nothing_into_that_request() -> None:
+    # The subscription's request ends long before its poller; the poller must not carry
+    # that request's record (nor, traced, its server span) into every later poll.
+    async def body() -> None:
+        source = CountingSource(Telemetry(Metrics(multiprocess_dir=None), None))
+        hub, _ = hub_with(source)
+        record = RequestRecord("r-1", "POST")
+        token = bind_request(record)
+        try:
+            subscriber = hub.subscribe(ALICE, FIRST)
+        finally:
+            unbind_request(token)
+        await next_event(subscriber)
+        source.answers["u-alice"] = [call("c-1")]
+        # A later poll, long after the request ended: it found the change.
+        await next_event(subscriber)
+        await subscriber.aclose()
+
+        assert len(source.polls) >= 2
+        assert record.upstream_requests == 0
+
+    run(body)

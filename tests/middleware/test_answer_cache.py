@@ -10,7 +10,8 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from gateway.middleware.answer_cache import AnswerCacheMiddleware, AnswerVerdict
+from gateway.endpoint import AnswerVerdict
+from gateway.middleware.answer_cache import AnswerCacheMiddleware
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry
 from gateway.sandbox import credential_headers
