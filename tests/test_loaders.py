@@ -15,7 +15,7 @@ from gateway.calls import ListQuery
 from gateway.config import Settings
 from gateway.credentials import Credentials
 from gateway.errors import UpstreamBadResponse
-from gateway.loaders import OperationLoader
+from gateway.loaders import CallService, OperationLoader
 from gateway.upstream.client import UpstreamAnswer
 from gateway.upstream.entities import KnownCall
 from tests.conftest import DEMO, GatewayFactory, Sandbox
@@ -84,6 +84,20 @@ def test_one_refusal_ends_the_operations_upstream_traffic(
     assert [r["status"] for r in sandbox.requests()] == [status]
 
 
+def loader_of(upstream: CallService) -> OperationLoader:
+    """A loader over `upstream` for one caller, with no request budget and a 5 s deadline."""
+    credentials = Credentials(authorization="Basic dDpz", user_id="u-a", token="t")
+    return OperationLoader(
+        upstream,
+        lambda: credentials,
+        deadline=time.monotonic() + 5,
+        refresh=False,
+        upstream_base="http://upstream.test",
+        max_requests=None,
+        max_calls=5000,
+    )
+
+
 class _FailsLater:
     """An upstream whose every list request fails once `release` is set."""
 
@@ -111,16 +125,7 @@ def test_a_request_whose_fields_went_away_fails_without_an_unretrieved_exception
     async def scenario() -> None:
         asyncio.get_running_loop().set_exception_handler(lambda _, c: unretrieved.append(c))
         upstream = _FailsLater()
-        credentials = Credentials(authorization="Basic dDpz", user_id="u-a", token="t")
-        loader = OperationLoader(
-            upstream,
-            lambda: credentials,
-            deadline=time.monotonic() + 5,
-            refresh=False,
-            upstream_base="http://upstream.test",
-            max_requests=None,
-            max_calls=5000,
-        )
+        loader = loader_of(upstream)
         field = asyncio.ensure_future(loader.list_calls(ListQuery(size=2)))
         await asyncio.sleep(0.01)
         field.cancel()
@@ -174,16 +179,7 @@ def test_the_loader_says_when_the_oldest_answer_it_used_was_fetched(
     # What the endpoint's verdict on the answer reads, so the answer cache keeps it no
     # longer than its oldest data allows.
     upstream = _Answers(pages, known)
-    credentials = Credentials(authorization="Basic dDpz", user_id="u-a", token="t")
-    loader = OperationLoader(
-        upstream,
-        lambda: credentials,
-        deadline=time.monotonic() + 5,
-        refresh=False,
-        upstream_base="http://upstream.test",
-        max_requests=None,
-        max_calls=5000,
-    )
+    loader = loader_of(upstream)
 
     async def operation() -> None:
         for page in pages:
