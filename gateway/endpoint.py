@@ -200,13 +200,13 @@ class GraphQLEndpoint:
         telemetry: Telemetry,
         persisted_queries: PersistedQueries | None,
         limits: OperationLimits,
-        max_body_bytes: int = 1_048_576,
-        csrf_prevention: bool = True,
-        get_max_age: int = 0,
-        fast_path: bool = True,
-        introspection: bool = True,
-        suggestions: bool = True,
-        event_streams: EventStreamResponder | None = None,
+        max_body_bytes: int,
+        csrf_prevention: bool,
+        get_max_age: int,
+        fast_path: bool,
+        introspection: bool,
+        suggestions: bool,
+        event_streams: EventStreamResponder | None,
     ) -> None:
         self._schema = schema
         self._event_streams = event_streams

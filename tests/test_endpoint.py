@@ -460,6 +460,13 @@ def failing_endpoint() -> Iterator[str]:
         telemetry=Telemetry(Metrics(multiprocess_dir=None), None),
         persisted_queries=None,
         limits=OperationLimits(),
+        max_body_bytes=1_048_576,
+        csrf_prevention=True,
+        get_max_age=0,
+        fast_path=True,
+        introspection=True,
+        suggestions=True,
+        event_streams=None,
     )
     with serve(endpoint, lifespan="off") as url:
         yield url
