@@ -49,10 +49,23 @@ class Accepted:
 _UNSTATED = Accepted(
     answer=JSON, event_stream=False, prefers_event_stream=False, prefers_page=False
 )
+# A single-answer type alone.
+_ALONE = {
+    media: Accepted(answer, event_stream=False, prefers_event_stream=False, prefers_page=False)
+    for media, answer in _ANSWERS.items()
+}
 
 
 def accepted(accept_values: Sequence[str]) -> Accepted:
     """Read the `Accept` lines of one request (`Headers.getlist("accept")`)."""
+    # No Accept, or one type alone as most clients send it: looked up, not ranked (on
+    # every request the answer cache does not answer).
+    if not accept_values:
+        return _UNSTATED
+    if len(accept_values) == 1:
+        known = _ALONE.get(accept_values[0])
+        if known is not None:
+            return known
     ranked = _ranked(accept_values)
     if not ranked and not any(value.strip() for value in accept_values):
         return _UNSTATED
@@ -81,7 +94,7 @@ def wants_event_stream(accept_values: Sequence[str]) -> bool:
     # that never names the type is answered without ranking (or allocating) anything.
     if not any(EVENT_STREAM in value.lower() for value in accept_values):
         return False
-    return accepted(accept_values).event_stream
+    return EVENT_STREAM in _ranked(accept_values)
 
 
 def _ranked(accept_values: Sequence[str]) -> list[str]:
