@@ -312,7 +312,7 @@ def create_hub(
     settings: Settings,
     upstream: CatapultService,
     metrics: LiveMetrics,
-    sharing: RedisSharing | None = None,
+    sharing: RedisSharing | None,
 ) -> LiveHub:
     """The live pollers of this process, polling through `upstream`'s cache and pacing."""
     return LiveHub(

@@ -7,8 +7,6 @@ passes `os.environ` merged with its flags. Nothing here is read at import time.
 from __future__ import annotations
 
 import difflib
-import os
-import stat
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -27,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.upstream.pacing import holds_a_pacing_table
+from gateway.pacing_file import holds_a_pacing_table, unfit
 
 ENV_PREFIX = "GATEWAY_"
 # The test suite's own switches (GATEWAY_TEST_REQUIRE_NODE, ...): not settings, not misspelt.
@@ -514,12 +512,11 @@ class Settings(BaseModel):
             info = path.lstat()
         except FileNotFoundError:
             return value  # created private (0600) at the first upstream request
-        # The pacer's own rule (`upstream.pacing._open_private`): a file it refuses there
+        # The pacer's own rule, checked again at each open: a file it refuses there
         # leaves every worker pacing alone, N workers sending N requests a second.
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
-            raise ValueError("must be a regular file of the user running the gateway")
-        if info.st_mode & 0o022:
-            raise ValueError("must not be writable by others or the group (chmod 600)")
+        problem = unfit(info)
+        if problem is not None:
+            raise ValueError(problem)
         with path.open("rb") as file:
             first_byte = file.read(1)
         if not holds_a_pacing_table(first_byte):

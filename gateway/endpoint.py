@@ -51,7 +51,7 @@ from gateway.graphql_errors import (
     render_warnings,
 )
 from gateway.limits import OperationLimits, check_limits, parse_document, too_complex
-from gateway.media import prefers_event_stream, wants_event_stream
+from gateway.media import GRAPHQL_RESPONSE_JSON, JSON, Accepted, accepted
 from gateway.observability.record import RequestRecord, scope_request_id
 from gateway.observability.telemetry import Telemetry
 from gateway.persisted_queries import PersistedQueries
@@ -76,8 +76,6 @@ DOCUMENT_CACHE_ITEM_BYTES = 4 * 1024 * 1024
 # fifty times slower, counted the re-preparations as 4% of every cache miss).
 DOCUMENT_CACHE_SECONDS = 30.0
 
-GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
-JSON = "application/json"
 # Apollo's CSRF prevention: a request a browser could send without a CORS preflight is
 # refused unless one of these headers (which force a preflight) is present.
 PREFLIGHT_HEADERS = ("x-apollo-operation-name", "apollo-require-preflight", "x-catapult-user-id")
@@ -202,13 +200,13 @@ class GraphQLEndpoint:
         telemetry: Telemetry,
         persisted_queries: PersistedQueries | None,
         limits: OperationLimits,
-        max_body_bytes: int = 1_048_576,
-        csrf_prevention: bool = True,
-        get_max_age: int = 0,
-        fast_path: bool = True,
-        introspection: bool = True,
-        suggestions: bool = True,
-        event_streams: EventStreamResponder | None = None,
+        max_body_bytes: int,
+        csrf_prevention: bool,
+        get_max_age: int,
+        fast_path: bool,
+        introspection: bool,
+        suggestions: bool,
+        event_streams: EventStreamResponder | None,
     ) -> None:
         self._schema = schema
         self._event_streams = event_streams
@@ -265,15 +263,17 @@ class GraphQLEndpoint:
     async def _outcome(
         self, request: Request, request_id: str, record: RequestRecord
     ) -> Outcome | Streamed:
+        # One reading of Accept for every choice below (GraphiQL, a stream, the JSON type).
+        accept = accepted(request.headers.getlist("accept"))
         if (
             request.method == "GET"
             and self._graphiql is not None
-            and _wants_html(request)
+            and accept.prefers_page
             and "query" not in request.query_params
         ):
             return Outcome(self._graphiql.html, "text/html")
         try:
-            wanted = await self._read(request)
+            wanted = await self._read(request, accept)
             if isinstance(wanted, Outcome | Streamed):
                 return wanted
             return await self._execute(request, wanted, request_id, record)
@@ -283,16 +283,15 @@ class GraphQLEndpoint:
 
     # -- read: from HTTP to the document to run --
 
-    async def _read(self, request: Request) -> Wanted | Outcome | Streamed:
+    async def _read(self, request: Request, accept: Accepted) -> Wanted | Outcome | Streamed:
         """The GraphQL request in `request`; raises `BadRequest` for a malformed one."""
         if request.method not in ("GET", "POST"):
             raise BadRequest("Use GET or POST.", status=405, headers={"allow": "GET, POST"})
         # graphql-sse: the same request checks, then an event stream instead of one answer
         # (see `gateway.media` for when a client that lists both gets which).
-        accept = request.headers.getlist("accept")
-        streams = self._event_streams if wants_event_stream(accept) else None
-        preferred = streams is not None and prefers_event_stream(accept)
-        media_type = JSON if preferred else _negotiate(accept[0] if accept else None)
+        streams = self._event_streams if accept.event_stream else None
+        preferred = streams is not None and accept.prefers_event_stream
+        media_type = JSON if preferred else _answer_type(accept)
         if self._csrf_prevention and not _preflighted(request):
             raise BadRequest(
                 "This request has been blocked as a potential Cross-Site Request Forgery. "
@@ -577,40 +576,12 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return body
 
 
-def _negotiate(accept: str | None) -> str:
-    """Pick the response media type; no Accept header means application/json (legacy)."""
-    if not accept:
-        return JSON
-    best: tuple[float, int, str] | None = None
-    for position, item in enumerate(accept.split(",")):
-        media, *params = (part.strip() for part in item.split(";"))
-        quality = 1.0
-        for param in params:
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-        media = media.lower()
-        if media in (GRAPHQL_RESPONSE_JSON, JSON):
-            choice = media
-        elif media in ("*/*", "application/*"):
-            choice = JSON
-        else:
-            continue
-        if quality > 0 and (best is None or (quality, -position) > (best[0], best[1])):
-            best = (quality, -position, choice)
-    if best is None:
+def _answer_type(accept: Accepted) -> str:
+    if accept.answer is None:
         raise BadRequest(
             f"This endpoint answers `{GRAPHQL_RESPONSE_JSON}` or `{JSON}`.", status=406
         )
-    return best[2]
-
-
-def _wants_html(request: Request) -> bool:
-    accept = request.headers.get("accept", "")
-    return "text/html" in accept
+    return accept.answer
 
 
 def _cache_headers(response: Response, codes: list[str], max_age: int) -> None:

@@ -58,7 +58,6 @@ from gateway.errors import (
     OperationTooComplex,
     RateLimited,
     Unauthenticated,
-    UpstreamBadResponse,
 )
 from gateway.pagination import next_query
 from gateway.upstream import routes
@@ -288,8 +287,6 @@ class OperationLoader:
         answer = await self._get(credentials, call_id, send)
         if answer is None:
             return None
-        if not isinstance(answer.body, dict):
-            raise UpstreamBadResponse("The upstream answered a call that is not a JSON object.")
         return parse_call(answer.body)
 
     def _refused(self, credentials: Credentials) -> None:

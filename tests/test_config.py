@@ -334,7 +334,7 @@ def test_cors_origins_that_are_no_origin_are_refused(given: str) -> None:
 def test_an_unusable_pacing_file_stops_start_up(tmp_path: Any, where: str) -> None:
     (tmp_path / "target").write_text("{}")
     (tmp_path / "link").symlink_to(tmp_path / "target")
-    # Files the pacer's own check (`pacing._open_private`) refuses at the first request,
+    # Files the pacer's own check (`pacing_file.unfit`) refuses at the first request,
     # after which every worker paces alone: N workers, N requests a second, upstream 429s.
     (tmp_path / "planted").write_text("{}")
     (tmp_path / "planted").chmod(0o666)

@@ -22,11 +22,12 @@ from gateway.app import create_app
 from gateway.config import load_settings
 from gateway.context import Context
 from gateway.credentials import request_credentials
-from gateway.endpoint import GRAPHQL_RESPONSE_JSON, GraphQLEndpoint
+from gateway.endpoint import GraphQLEndpoint
 from gateway.errors import UpstreamTimeout
 from gateway.graphiql import ASSETS
 from gateway.limits import OperationLimits
 from gateway.loaders import OperationLoader
+from gateway.media import GRAPHQL_RESPONSE_JSON
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry
 from gateway.pagination import CursorCodec
@@ -267,6 +268,21 @@ def test_an_unacceptable_accept_is_406(gateway: Gateway, sandbox: Sandbox, accep
     assert sandbox.requests() == []
 
 
+def test_every_accept_line_is_read(gateway: Gateway) -> None:
+    # Before, only the first line was: a second line naming JSON still got a 406.
+    headers = [
+        *credential_headers(DEMO).items(),
+        ("content-type", "application/json"),
+        ("accept", "text/csv"),
+        ("accept", "application/json"),
+    ]
+
+    response = gateway.http.post("/graphql", content=json.dumps({"query": QUERY}), headers=headers)
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].split(";")[0] == "application/json"
+
+
 # -- request ids ------------------------------------------------------------------------------
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
@@ -322,6 +338,20 @@ def test_a_browser_gets_graphiql_with_pinned_assets(gateway: Gateway, sandbox: S
     assert json.loads(config["headers"]) == {}
     assert "calls" in config["query"]
     assert sandbox.requests() == []
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        pytest.param("text/html;q=0, application/json", id="html-refused"),
+        pytest.param("application/json, text/html", id="json-listed-first"),
+    ],
+)
+def test_graphiql_only_for_a_client_that_prefers_html(gateway: Gateway, accept: str) -> None:
+    # Before, any mention of text/html got the page, `q=0` included.
+    response = gateway.http.get("/graphql", headers={"Accept": accept})
+
+    assert response.headers["content-type"].startswith("application/json")
 
 
 def test_a_browser_get_with_a_query_runs_it(gateway: Gateway) -> None:
@@ -430,6 +460,13 @@ def failing_endpoint() -> Iterator[str]:
         telemetry=Telemetry(Metrics(multiprocess_dir=None), None),
         persisted_queries=None,
         limits=OperationLimits(),
+        max_body_bytes=1_048_576,
+        csrf_prevention=True,
+        get_max_age=0,
+        fast_path=True,
+        introspection=True,
+        suggestions=True,
+        event_streams=None,
     )
     with serve(endpoint, lifespan="off") as url:
         yield url

@@ -204,6 +204,7 @@ LAYERS = [
         "gateway.middleware",
         id="only-app-places-the-middleware",
     ),
+    pytest.param({"gateway.config"}, "gateway.upstream", id="settings-know-no-upstream"),
 ]
 
 

@@ -375,7 +375,7 @@ class LiveHub:
         interval: float,
         max_per_account: int,
         metrics: HubMetrics,
-        sharing: Sharing | None = None,
+        sharing: Sharing | None,
     ) -> None:
         self._source = source
         self._key_of = key_of

@@ -40,7 +40,7 @@ import weblinking
 from gateway import __version__
 from gateway.body_budget import RETRY_AFTER as BODY_BUDGET_RETRY_AFTER
 from gateway.body_budget import BodyBudget, BodyLease, NoBodyBudget
-from gateway.calls import ListQuery, cut_in_place, slim_body
+from gateway.calls import cut_in_place, slim_body
 from gateway.credentials import Credentials
 from gateway.errors import (
     BadUserInput,
@@ -55,7 +55,6 @@ from gateway.errors import (
     UpstreamUnavailable,
     printable,
 )
-from gateway.upstream import routes
 from gateway.upstream.routes import UpstreamRequest
 from gateway.upstream.transport import BodyRefused
 
@@ -132,18 +131,11 @@ class CatapultClient:
         """The upstream base URL, without a trailing slash."""
         return self._base_url
 
-    async def list_calls(
-        self, credentials: Credentials, query: ListQuery, *, deadline: float
-    ) -> UpstreamAnswer:
-        """One page of the caller's calls (a JSON array)."""
-        request = routes.list_calls(credentials.user_id, query)
-        return await self.fetch(credentials, request, deadline=deadline)
-
     async def get_call(
-        self, credentials: Credentials, call_id: str, *, deadline: float
+        self, credentials: Credentials, request: UpstreamRequest, *, deadline: float
     ) -> UpstreamAnswer | None:
-        """One of the caller's calls (a JSON object), or None when the upstream has none."""
-        request = routes.get_call(credentials.user_id, call_id)
+        """GET one call (`request` from `routes.get_call`, a JSON object), or None when the
+        upstream has none; a page of calls needs no such mapping and is a plain `fetch`."""
         try:
             return await self.fetch(credentials, request, deadline=deadline)
         except NotFound as exc:

@@ -26,7 +26,6 @@ import fcntl
 import logging
 import math
 import os
-import stat
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
@@ -34,6 +33,7 @@ from typing import Any, Protocol, TypeVar
 import orjson
 
 from gateway.errors import RateLimited
+from gateway.pacing_file import unfit
 from gateway.upstream.cache import CacheKeys
 from gateway.upstream.redis import NAMESPACE, RedisStore
 
@@ -383,25 +383,13 @@ class FileSlots:
             self._fd = None
 
 
-def holds_a_pacing_table(first_byte: bytes) -> bool:
-    """Whether a file starting with `first_byte` may be a pacing table (or empty).
-
-    The table is one JSON object, rewritten whole at every reservation; a write cut off
-    by a crash still starts with `{` (and is started again), whereas a mistyped path to
-    some other file of the user must not have that file overwritten. Checked at start-up
-    (`config`); once running, whatever the file holds is the table, started again when
-    it cannot be read.
-    """
-    return first_byte in (b"", b"{")
-
-
 def _open_private(path: str) -> int:
     """Open (or create) the file, refusing a link, a non-file or one others may write."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+    problem = unfit(os.fstat(fd))
+    if problem is not None:
         os.close(fd)
-        raise PermissionError(f"{path} is not a private regular file of this user")
+        raise PermissionError(f"{path} {problem}")
     return fd
 
 

@@ -139,8 +139,8 @@ class CatapultService:
 
         async def send() -> UpstreamAnswer:
             gate()
-            # The request made above for the cache key, rather than `client.list_calls`
-            # making it again: a page's parameters cost a cache miss a little each time.
+            # The request made above for the cache key, not made again: a page's
+            # parameters cost a cache miss a little each time.
             return await self._client.fetch(credentials, request, deadline=deadline)
 
         return await self._through_cache(credentials, request, send, refresh, calls_in_list)
@@ -155,12 +155,13 @@ class CatapultService:
         gate: Callable[[], None] = _no_veto,
     ) -> UpstreamAnswer | None:
         """One of the caller's calls, or None when the upstream has no such call."""
+        request = routes.get_call(credentials.user_id, call_id)
 
         async def send() -> UpstreamAnswer | None:
             gate()
-            return await self._client.get_call(credentials, call_id, deadline=deadline)
+            # The request made above for the cache key, as `list_calls` does.
+            return await self._client.get_call(credentials, request, deadline=deadline)
 
-        request = routes.get_call(credentials.user_id, call_id)
         return await self._through_cache(credentials, request, send, refresh, call_in_answer)
 
     async def _through_cache(

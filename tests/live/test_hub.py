@@ -56,6 +56,7 @@ class FakeSource:
 def hub_with(source: FakeSource, **options: Any) -> tuple[LiveHub, LiveMetrics]:
     metrics = LiveMetrics(CollectorRegistry())
     options.setdefault("max_per_account", 100)
+    options.setdefault("sharing", None)
     hub = LiveHub(
         source,
         lambda credentials, query: f"{credentials.user_id}|{query}",

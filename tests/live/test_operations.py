@@ -132,6 +132,7 @@ def test_subscribers_of_one_request_cause_one_execution_per_update() -> None:
             interval=0.02,
             max_per_account=100,
             metrics=LiveMetrics(CollectorRegistry()),
+            sharing=None,
         )
         schema, runs = recording_schema()
         operations = operations_for(schema)
@@ -191,6 +192,7 @@ def test_an_updates_warnings_are_counted_and_capped_as_a_responses() -> None:
             interval=0.02,
             max_per_account=100,
             metrics=LiveMetrics(CollectorRegistry()),
+            sharing=None,
         )
         warnings = RecordingWarnings()
         schema, _ = recording_schema()

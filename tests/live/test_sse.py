@@ -10,7 +10,6 @@ import httpx
 import orjson
 import pytest
 
-from gateway.media import prefers_event_stream, wants_event_stream
 from tests.fakes import FakeUpstream
 from tests.live.helpers import (
     CALLS_PATH,
@@ -192,43 +191,11 @@ def test_an_idle_stream_gets_keep_alive_comments(fake_upstream: FakeUpstream) ->
         asyncio.run(body(url))
 
 
-@pytest.mark.parametrize(
-    ("accept", "wanted"),
-    [
-        ("text/event-stream", True),
-        ("application/json, text/event-stream;q=0.5", True),
-        ("TEXT/EVENT-STREAM", True),
-        ("text/event-stream;q=0", False),
-        ("application/json", False),
-        ("text/event-streamx", False),
-    ],
-    ids=["exact", "listed", "case", "q0", "json", "prefix"],
-)
-def test_wants_event_stream(accept: str, wanted: bool) -> None:
-    assert wants_event_stream([accept]) is wanted
-
-
 # What @urql/core's fetch sends for every operation, queries included.
 URQL_ACCEPT = (
     "application/graphql-response+json, application/graphql+json, application/json, "
     "text/event-stream, multipart/mixed"
 )
-
-
-@pytest.mark.parametrize(
-    ("accept", "preferred"),
-    [
-        pytest.param("text/event-stream", True, id="graphql-sse"),
-        pytest.param(URQL_ACCEPT, False, id="urql"),
-        pytest.param("text/event-stream, application/json", True, id="listed-first"),
-        pytest.param("application/json;q=0.5, text/event-stream", True, id="higher-q"),
-        pytest.param("*/*, text/event-stream", False, id="after-a-wildcard"),
-        pytest.param("text/event-stream;q=0, application/json", False, id="q0"),
-        pytest.param("text/event-stream, text/html", True, id="with-a-type-not-served"),
-    ],
-)
-def test_prefers_event_stream(accept: str, preferred: bool) -> None:
-    assert prefers_event_stream([accept]) is preferred
 
 
 def test_a_client_listing_json_first_gets_json_for_a_query_and_a_stream_for_a_subscription(
