@@ -28,7 +28,7 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import orjson
 
@@ -172,29 +172,21 @@ class Pacer:
             self._forget_past(now)
         return wait
 
-    def left_outside(self, account: str) -> None:
-        """Space the account's next requests from one that just came back from outside its
-        lane (a probe of a new credential pair, which the upstream then accepted).
-
-        Counted from its answer, not its departure: later than it left, so wider, never
-        narrower. Local only: replicas learn of it from the upstream's 429, waited out.
-        """
-        if not self.enabled:
-            return
-        now = self._clock.now()
-        self._departed[account] = max(self._departed.get(account, now), now)
-        self._next_slot[account] = max(self._next_slot.get(account, 0.0), now + self._interval)
-
     def _check(self, wait: float) -> None:
         if wait > self._queue_timeout:
-            self.refused += 1
-            self._on_refusal()
-            retry_after = max(1, math.ceil(wait))
-            raise RateLimited(
-                "Too many requests for this account: the upstream allows "
-                f"{self._rate:g} per second; retry in {retry_after} s.",
-                retry_after=retry_after,
-            )
+            self.refuse(wait)
+
+    def refuse(self, wait: float) -> NoReturn:
+        """Refuse a request of the account that could leave in `wait` seconds: counted and
+        reported as a pacing refusal (the credential lanes' gate refuses with it too)."""
+        self.refused += 1
+        self._on_refusal()
+        retry_after = max(1, math.ceil(wait))
+        raise RateLimited(
+            "Too many requests for this account: the upstream allows "
+            f"{self._rate:g} per second; retry in {retry_after} s.",
+            retry_after=retry_after,
+        )
 
     def _forget_past(self, now: float) -> None:
         for account in [a for a, slot in self._next_slot.items() if slot <= now]:

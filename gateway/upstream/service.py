@@ -7,8 +7,9 @@ in front of the client.
                                         (skipped with TTL 0: nothing is reused then)
       -> CredentialLanes.run            UNAUTHENTICATED for a pair the upstream just
                                         refused; else the lane the pair has earned:
-      -> Pacer.run                      wait for the account's slot, or the token's
-                                        probe slot (or RATE_LIMITED)
+                                        RATE_LIMITED for a new pair while another
+                                        pair of its token probes (lanes.py)
+      -> Pacer.run                      wait for the account's slot (or RATE_LIMITED)
       -> gate                           the operation's own veto (a refusal it already had)
       -> CatapultClient                 HTTP, retries, errors; None for an unknown call
       -> EntityView.remember            every call record in the answer, by id
@@ -33,8 +34,6 @@ from gateway.upstream.client import CatapultClient, UpstreamAnswer
 from gateway.upstream.entities import EntityView, KnownCall, call_in_answer, calls_in_list
 from gateway.upstream.lanes import (
     ACCEPTED_SECONDS,
-    PROBE_QUEUE_SECONDS,
-    PROBE_RATE,
     REJECTED_SECONDS,
     CredentialLanes,
     Remembered,
@@ -244,7 +243,7 @@ def create_upstream(
 ) -> CatapultService:
     """Build the cache, keys and pacer around `client` (`cache_key` None: a random one).
 
-    `clock`: what the pacers and the pair tables read and sleep on (`MonotonicClock` in
+    `clock`: what the pacer and the pair tables read and sleep on (`MonotonicClock` in
     the gateway; a test's fake one paces a burst without waiting for it)."""
     store = create_store(
         cache_url, max_entries=cache_max_entries, max_bytes=cache_max_bytes, timeout=cache_timeout
@@ -267,20 +266,9 @@ def create_upstream(
         on_wait=metrics.pacing_wait,
         on_refusal=metrics.pacing_refusal,
     )
-    # A pair the upstream has not accepted yet probes in a small lane of its own, so that
-    # callers without the secret cannot take its owner's slots (see lanes.py).
-    probe = Pacer(
-        rate=min(rate, PROBE_RATE),
-        queue_timeout=PROBE_QUEUE_SECONDS,
-        clock=clock,
-        shared=shared,
-        on_wait=metrics.pacing_wait,
-        on_refusal=metrics.pacing_refusal,
-    )
     lanes = CredentialLanes(
         keys,
-        account=pacer,
-        probe=probe,
+        pacer=pacer,
         accepted=Remembered(seconds=ACCEPTED_SECONDS, clock=clock.now),
         rejected=Remembered(seconds=REJECTED_SECONDS, clock=clock.now),
     )

@@ -2,25 +2,35 @@
 
 The reviewer's scenario: four loops send the owner's API token with a wrong secret while
 the owner asks once a second. Keyed by the token alone, the owner got 15 of 15
-`RATE_LIMITED` over 15 s; now the owner's accepted pair keeps the account's lane, a pair
-just refused is answered here, and a new pair waits in the token's small probe lane.
+`RATE_LIMITED` over 15 s; now the owner's accepted pair queues freely, a pair just refused
+is answered here, and the token's new pairs probe one at a time, on the account's schedule.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import itertools
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
 
+from gateway.calls import ListQuery
+from gateway.credentials import Credentials
+from gateway.errors import RateLimited, Unauthenticated
 from gateway.sandbox import credential_headers
-from gateway.upstream.lanes import REJECTED_SECONDS
+from gateway.upstream.cache import CacheKeys
+from gateway.upstream.lanes import REJECTED_SECONDS, CredentialLanes, Refusal, Remembered
+from gateway.upstream.pacing import MonotonicClock, Pacer
+from gateway.upstream.service import CatapultService
 from tests.conftest import DEMO, GatewayFactory, Sandbox
+from tests.upstream.test_pacing import RateLimitedUpstream, VirtualClock, gaps, paced_service
+from tests.upstream.test_service import RecordingMetrics
 
 OWNER = credential_headers(DEMO)
 ATTACKERS = 4
@@ -74,8 +84,9 @@ async def attack_while_the_owner_asks(url: str, secrets: Any) -> tuple[list[Any]
     [
         # Refused once, then answered here for REJECTED_SECONDS.
         pytest.param(lambda: itertools.repeat("wrong"), 1, id="one-wrong-secret"),
-        # A new pair each time: each probes, one a second at most (None: one a second
-        # of the attack, and one more).
+        # A new pair each time: one probes at a time, in the account's slots, the
+        # others are refused at the token's gate (None: one a second of the attack, and
+        # one more).
         pytest.param(
             lambda: (f"wrong-{n}" for n in itertools.count()), None, id="a-new-secret-each-time"
         ),
@@ -126,3 +137,129 @@ def test_with_pacing_off_a_new_pairs_requests_go_side_by_side(
     statuses = [r["status"] for r in sandbox.requests()]
     assert statuses.count(200) == 5
     assert 1 <= statuses.count(401) <= 5  # the first burst asked; the second was answered here
+
+
+def pair(user_id: str) -> Credentials:
+    """The demo token and secret asking for `user_id`: a pair of its own (the pair's key
+    holds the user id) on the demo account, which the fake upstream limits as one."""
+    return Credentials(authorization=OWNER["Authorization"], user_id=user_id)
+
+
+async def ask(
+    built: CatapultService, clock: VirtualClock, credentials: Credentials, n: int
+) -> tuple[float, str | RateLimited]:
+    """Page `n`: the virtual time it was answered and its first call's id, or the refusal."""
+    try:
+        answer = await built.list_calls(
+            credentials, ListQuery(page=n, size=1), deadline=time.monotonic() + 60
+        )
+    except RateLimited as exc:
+        return clock.now(), exc
+    return clock.now(), str(answer.body[0]["id"])
+
+
+def test_a_new_pairs_probe_and_the_accounts_requests_share_one_schedule() -> None:
+    # Two schedules (a probe lane beside the account's) let a probe and an account request
+    # leave within an interval of each other: across replicas, an upstream 429.
+    clock = VirtualClock()
+    upstream = RateLimitedUpstream(clock)
+    built = paced_service(upstream, clock, RecordingMetrics(), queue_timeout=5)
+
+    async def scenario() -> list[tuple[float, str | RateLimited]]:
+        try:
+            first = await ask(built, clock, pair(DEMO.user_id), 0)  # the owner, accepted
+            together = await asyncio.gather(
+                ask(built, clock, pair(DEMO.user_id), 1), ask(built, clock, pair("u-new"), 2)
+            )
+            return [first, *together]
+        finally:
+            await built.close()
+
+    answers = asyncio.run(clock.run(scenario()))
+
+    assert not [answer for _, answer in answers if isinstance(answer, RateLimited)]
+    assert upstream.statuses() == [200] * 3
+    assert min(gaps([at for at, _ in upstream.requests])) >= 1.05
+
+
+def test_while_a_new_pair_probes_the_tokens_other_new_pairs_are_refused_at_once() -> None:
+    clock = VirtualClock()
+    upstream = RateLimitedUpstream(clock)
+    metrics = RecordingMetrics()
+    built = paced_service(upstream, clock, metrics, queue_timeout=5)
+
+    async def scenario() -> list[tuple[float, str | RateLimited]]:
+        try:
+            # The owner's request takes the slot at 0 s: the probe waits for the next.
+            await ask(built, clock, pair(DEMO.user_id), 0)
+            together = await asyncio.gather(
+                ask(built, clock, pair("u-probe"), 1),
+                ask(built, clock, pair("u-probe"), 2),  # waits for its pair's verdict
+                ask(built, clock, pair("u-other"), 3),
+                ask(built, clock, pair("u-third"), 4),
+            )
+            return list(together)
+        finally:
+            await built.close()
+
+    answers = asyncio.run(clock.run(scenario()))
+
+    (_, probe), (_, same_pair), *others = answers
+    assert isinstance(probe, str)
+    assert isinstance(same_pair, str)
+    for at, refusal in others:
+        assert isinstance(refusal, RateLimited)
+        assert at == 0.0  # at once, not after a wait in the queue
+        assert refusal.extra == {"retryAfter": 1}  # as the pacer refuses: no upstreamStatus
+    assert upstream.statuses() == [200] * 3
+    assert built.state()["pacing"]["refused"] == 2
+    assert metrics.reports.count(("refusal", None)) == 2
+
+
+class Marker:
+    """Something only the failing call's frame refers to."""
+
+
+def test_a_remembered_refusal_keeps_no_traceback_alive() -> None:
+    # A stored exception keeps its traceback, and the traceback every frame it passed
+    # through (~10 KB a refused pair): only the message and codes are kept.
+    clock = MonotonicClock()
+    keys = CacheKeys(b"a test cache key")
+    rejected: Remembered[Refusal] = Remembered(seconds=REJECTED_SECONDS, clock=clock.now)
+    lanes = CredentialLanes(
+        keys,
+        pacer=Pacer(
+            rate=1, queue_timeout=2, clock=clock, shared=None, on_wait=ignore, on_refusal=ignore
+        ),
+        accepted=Remembered(seconds=60, clock=clock.now),
+        rejected=rejected,
+    )
+    credentials = pair("u-refused")
+    alive: list[weakref.ref[Marker]] = []
+
+    async def refused_upstream() -> None:
+        marker = Marker()
+        alive.append(weakref.ref(marker))
+        raise Unauthenticated("Invalid credentials.", upstreamStatus=401)
+
+    async def twice() -> list[tuple[str, dict[str, Any]]]:
+        # Only what the errors say leaves: the test keeps no exception of its own.
+        said = []
+        for _ in range(2):
+            try:
+                await lanes.run(credentials, refused_upstream)
+            except Unauthenticated as exc:
+                said.append((exc.message, exc.extra))
+        return said
+
+    first, second = asyncio.run(twice())
+    gc.collect()
+
+    [marker] = alive  # the second was answered here, without calling
+    assert marker() is None
+    assert second == first == ("Invalid credentials.", {"upstreamStatus": 401})
+    assert lanes.refused_locally == 1
+
+
+def ignore(*_: object) -> None:
+    """A metrics hook this test does not observe."""

@@ -108,8 +108,8 @@ def paced_service(
     *,
     queue_timeout: float,
 ) -> CatapultService:
-    """The upstream service as the gateway builds it (`create_upstream`: lanes, account and
-    probe pacers, metrics hooks) at 1 request/s, on the virtual clock, in front of `upstream`."""
+    """The upstream service as the gateway builds it (`create_upstream`: lanes, the
+    account's pacer, metrics hooks) at 1 request/s, on the virtual clock, in front of `upstream`."""
     client = CatapultClient(
         httpx.MockTransport(upstream),
         base_url="http://upstream.test",
