@@ -349,6 +349,7 @@ CONNECTION = """query($first: Int!, $after: String) {
 
 
 @pytest.mark.slow  # two gateway processes and a Redis, as deployed
+@pytest.mark.serial  # the replicas' shared pacing against the sandbox's 429 window
 def test_two_replicas_share_cache_pacing_and_cursor_keys(
     replicas: list[str], sandbox: Sandbox
 ) -> None:

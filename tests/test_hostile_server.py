@@ -28,6 +28,10 @@ from gateway.sandbox import credential_headers
 from tests.conftest import DEMO, Sandbox
 from tests.servers import gateway_process, serve
 
+# Every test holds the server to deadlines of 0.5-3 s and /healthz to 1 s: run alone (see
+# `serial` in pyproject.toml).
+pytestmark = pytest.mark.serial
+
 LIMITS = {
     "GATEWAY_HEADER_TIMEOUT": "0.5",
     "GATEWAY_BODY_TIMEOUT": "0.5",

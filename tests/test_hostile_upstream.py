@@ -25,6 +25,10 @@ from tests.hostile import BOUND, CALL, Hostile, hostile_upstream
 from tests.memory import MIB, peak_rss, reset_peak, rss
 from tests.servers import gateway_process
 
+# Peak and resident RSS of one gateway process, and /healthz within a second: run alone
+# (see `serial` in pyproject.toml).
+pytestmark = pytest.mark.serial
+
 QUERY = "{ calls { id } }"
 CALLERS = 3
 # Three bodies cut at 10 MiB each, and what reading and dropping them costs besides.

@@ -123,6 +123,7 @@ HUGE_LIST = b"[" + b"0," * 3_999_999 + b"0]"
 
 
 @FAST
+@pytest.mark.serial  # /healthz within 1 s while the list is cut
 def test_a_list_of_millions_is_cut_before_any_per_entry_pass(
     fake_upstream: FakeUpstream, fast_path: bool
 ) -> None:

@@ -33,6 +33,10 @@ from tests.fakes import FakeUpstream
 from tests.live.helpers import CALLS_PATH, call, initialised, live_app, websocket
 from tests.live_servers import DEMO, GatewayProcess, LiveSandbox, gateway_process, live_sandbox
 
+# /healthz within 1 s while the attacks run, RSS growth, pacing against the time taken:
+# run alone (see `serial` in pyproject.toml).
+pytestmark = pytest.mark.serial
+
 PROTOCOL = Subprotocol("graphql-transport-ws")
 SMALL_WINDOW = 8192
 WATCHED = "id state startTime activeTime endTime chargeableDuration callbackUrl"

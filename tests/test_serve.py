@@ -112,6 +112,7 @@ def test_two_workers_serve_and_report_metrics_from_both(sandbox: Sandbox, tmp_pa
     assert not metrics_dir.exists()  # a fresh directory each start, removed at exit
 
 
+@pytest.mark.serial  # two workers' pacing against the sandbox's 429 window
 def test_two_workers_keep_one_account_under_the_upstreams_limit_without_redis(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:

@@ -207,6 +207,7 @@ def p99(values: list[float]) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # 250 clients' latencies and the RSS of one process
 def test_the_gateway_rides_out_a_faulty_upstream(
     servers: tuple[str, int, Path, Sandbox],
 ) -> None:

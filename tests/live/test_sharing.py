@@ -62,6 +62,7 @@ async def changed(ws: InProcessSocket) -> list[str]:
     return ids
 
 
+@pytest.mark.serial  # polls counted over 10 s of one-second intervals
 def test_two_replicas_poll_once_and_both_deliver(
     fake_upstream: FakeUpstream, redis_session: RedisServer
 ) -> None:
@@ -87,6 +88,7 @@ def test_two_replicas_poll_once_and_both_deliver(
     asyncio.run(body())
 
 
+@pytest.mark.serial  # the take-over within 10 s
 def test_another_replica_takes_over_when_the_leader_stops(
     fake_upstream: FakeUpstream, redis_session: RedisServer
 ) -> None:
@@ -166,6 +168,7 @@ def test_anything_else_on_the_channel_is_not_an_event(data: bytes) -> None:
         decode_event(data)
 
 
+@pytest.mark.serial  # the take-over within a tenth of a second of the lapse
 def test_a_lease_left_by_a_dead_replica_lapses_and_is_taken_over(
     redis_session: RedisServer,
 ) -> None:
