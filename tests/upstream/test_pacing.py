@@ -265,6 +265,7 @@ def test_an_upstream_429_beyond_the_bound_reaches_the_caller(
     assert [r["status"] for r in sandbox.requests()] == [200, 429]
 
 
+@pytest.mark.serial  # two gateways' shared Redis pacing against the sandbox's 429 window
 def test_two_gateways_sharing_redis_pace_one_account_together(
     gateway_factory: GatewayFactory, sandbox: Sandbox, redis_url: str
 ) -> None:
