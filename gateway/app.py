@@ -31,6 +31,7 @@ from gateway.limits import OperationLimits
 from gateway.live.hub import LiveHub
 from gateway.live.metrics import LiveMetrics
 from gateway.live.operations import Operations
+from gateway.live.renders import Renders
 from gateway.live.sharing import RedisSharing
 from gateway.live.source import page_source
 from gateway.live.sse import EventStreams
@@ -204,6 +205,10 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
             else (*specified_rules, NoSchemaIntrospectionCustomRule)
         ),
         hide_suggestions=not settings.field_suggestions,
+        renders=Renders(
+            max_documents=settings.live_max_documents_per_account,
+            retry_after=max(1, round(settings.live_interval)),
+        ),
     )
     streams.target = EventStreams(operations, keepalive=settings.live_keepalive)
     websocket = GraphQLWebSocket(

@@ -238,6 +238,15 @@ class Settings(BaseModel):
         "RATE_LIMITED), counted per credentials (token, secret and user id): a wrong "
         "secret with the account's token never takes the owner's room.",
     )
+    live_max_documents_per_account: int = Field(
+        10,
+        ge=1,
+        le=10_000,
+        description="Distinct subscription requests (document, operation name and variables) "
+        "one account's live subscriptions may use at once on one process (past it: "
+        "RATE_LIMITED). Each is executed on every update (a 1,000-call page takes a large "
+        "part of a second); more subscribers of the same request cost nothing more.",
+    )
     live_init_timeout: float = Field(
         3.0,
         gt=0,

@@ -16,6 +16,9 @@ in `Update.renders` under the request (document, operation, variables); the othe
 the same request send those bytes. With 1,000 calls on a page an execution takes over a
 second, so executing per subscriber delayed every update by the number of subscribers.
 A result with errors is not shared: its errors carry the subscriber's own request id.
+A client can still make every subscription distinct (an alias each): `Renders` executes
+one at a time in a worker thread, so the event loop stays responsive, and bounds the
+distinct requests one account holds (`GATEWAY_LIVE_MAX_DOCUMENTS_PER_ACCOUNT`).
 
 Each transport turns these into its own messages: graphql-transport-ws `next`, `error` and
 `complete`, graphql-sse `next` and `complete` events.
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterable, Hashable, Sequence
+from collections.abc import AsyncIterable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -36,6 +39,7 @@ from graphql import (
     DocumentNode,
     ExecutionResult,
     Executor,
+    GraphQLError,
     GraphQLSchema,
     OperationType,
     create_source_event_stream,
@@ -50,9 +54,11 @@ from starlette.types import ASGIApp, Message, Scope
 
 from gateway.context import Context, MakeContext, UpstreamWarning
 from gateway.credentials import request_credentials
+from gateway.errors import GatewayError
 from gateway.graphql_errors import coded, format_error, ordered_warnings, render_warnings
 from gateway.limits import OperationLimits, check_limits, parse_document
 from gateway.live.hub import LiveCalls, LiveHub
+from gateway.live.renders import Renders
 from gateway.observability.record import scope_request_id
 from gateway.schema.subscription import CallsUpdate
 
@@ -103,8 +109,12 @@ class Stream:
         context: Context,
         request_id: str,
         report_warnings: WarningsReport,
+        renders: Renders,
+        release: Callable[[], None],
     ) -> None:
         self._executor = executor
+        self._renders = renders
+        self._release = release
         self._report_warnings = report_warnings
         self._request = request
         self._context = context
@@ -112,7 +122,7 @@ class Stream:
         # graphql-core's own mapping of events to results (as `subscribe` does): a step
         # cancelled (a client gone while its stream waits) closes the events, so the
         # subscriber leaves its poller even where the canceller cannot await `aclose`.
-        self._results = map_async_iterable(events, self._render)
+        self._results = map_async_iterable(_Releasing(events, release), self._render)
 
     def __aiter__(self) -> Stream:
         return self
@@ -121,6 +131,8 @@ class Stream:
         return await anext(self._results)
 
     async def aclose(self) -> None:
+        # Released here too: graphql-core's mapping closes nothing it never started.
+        self._release()
         await self._results.aclose()
 
     async def _render(self, event: Any) -> bytes:
@@ -130,7 +142,11 @@ class Stream:
         if renders is not None and (shared := renders.get(self._request)) is not None:
             return shared
         # What graphql-core's `subscribe` does for every event ("ExecuteSubscriptionEvent").
-        executed = execute_subscription_event(self._executor.build_per_event_executor(event))
+        # In a worker thread, one at a time: a page of 1,000 calls takes a large part of a
+        # second to execute, and the event loop must go on meanwhile. The selection's
+        # resolvers read the page the update already holds; none awaits.
+        per_event = self._executor.build_per_event_executor(event)
+        executed = await self._renders.run(partial(execute_subscription_event, per_event))
         result = executed if isinstance(executed, ExecutionResult) else await executed
         payload = orjson.dumps(
             _payload(result, self._context, self._request_id, self._report_warnings)
@@ -157,7 +173,9 @@ class Operations:
         limits: OperationLimits,
         rules: Sequence[type[ASTValidationRule]],
         hide_suggestions: bool,
+        renders: Renders,
     ) -> None:
+        self._renders = renders
         self._schema = schema
         self._endpoint = endpoint
         self._make_context = make_context
@@ -232,17 +250,70 @@ class Operations:
         if isinstance(executor, list):
             # Variables that do not fit the operation: nothing ran.
             return Refused([format_error(error, request_id) for error in executor])
-        created = create_source_event_stream(executor)
-        events = await created if inspect.isawaitable(created) else created
+        key = _request_key(request)
+        try:
+            credentials = request_credentials(http_scope)
+        except GatewayError:
+            # The stream refuses them, as a query's resolver would: nothing to hold.
+            release: Callable[[], None] = _nothing
+        else:
+            try:
+                release = self._renders.hold(credentials, key)
+            except GatewayError as error:
+                refused = GraphQLError(error.message, original_error=error)
+                return Refused([format_error(refused, request_id)])
+        try:
+            created = create_source_event_stream(executor)
+            events = await created if inspect.isawaitable(created) else created
+        except BaseException:
+            release()
+            raise
         if isinstance(events, ExecutionResult):
+            release()
             # The stream never started (a bad argument, no credentials, no room): one
             # result with the coded error, as graphql-ws sends it, then complete.
             if events.data is None and events.errors and all(e.path is None for e in events.errors):
                 return Refused([format_error(error, request_id) for error in events.errors])
             return Single(_payload(events, context, request_id, self._report_warnings))
         return Stream(
-            events, executor, _request_key(request), context, request_id, self._report_warnings
+            events,
+            executor,
+            key,
+            context,
+            request_id,
+            self._report_warnings,
+            self._renders,
+            release,
         )
+
+
+class _Releasing:
+    """A subscription's events that give back its room in `Renders` when they are closed
+    (by `Stream.aclose` or a cancelled step), or end."""
+
+    def __init__(self, events: AsyncIterable[Any], release: Callable[[], None]) -> None:
+        self._events = aiter(events)
+        self._release = release
+
+    def __aiter__(self) -> _Releasing:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await anext(self._events)
+        except (StopAsyncIteration, Exception):
+            self._release()
+            raise
+
+    async def aclose(self) -> None:
+        self._release()
+        close = getattr(self._events, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _request_key(request: LiveRequest) -> Hashable:

@@ -20,7 +20,8 @@ from gateway.credentials import Credentials
 from gateway.limits import OperationLimits
 from gateway.live.hub import LiveHub, Page
 from gateway.live.metrics import LiveMetrics
-from gateway.live.operations import LiveRequest, Operations, Stream
+from gateway.live.operations import LiveRequest, Operations, Refused, Stream
+from gateway.live.renders import Renders
 from gateway.pagination import CursorCodec
 from gateway.sandbox import credential_headers
 from gateway.schema import build_schema, graphql_core_schema
@@ -73,7 +74,11 @@ class RecordingWarnings:
         self.reports.append((list(warnings), request_id))
 
 
-def operations_for(schema: GraphQLSchema, warnings: RecordingWarnings | None = None) -> Operations:
+def operations_for(
+    schema: GraphQLSchema,
+    warnings: RecordingWarnings | None = None,
+    renders: Renders | None = None,
+) -> Operations:
     contexts = ContextFactory(
         cursors=CursorCodec(b"k" * 32),
         upstream_base="http://upstream.invalid",
@@ -100,6 +105,7 @@ def operations_for(schema: GraphQLSchema, warnings: RecordingWarnings | None = N
         ),
         rules=specified_rules,
         hide_suggestions=True,
+        renders=Renders(max_documents=100, retry_after=1) if renders is None else renders,
     )
 
 
@@ -211,5 +217,51 @@ def test_an_updates_warnings_are_counted_and_capped_as_a_responses() -> None:
         assert shown[-1]["leftOut"] == 20
         assert shown[-1]["message"] == "20 more upstream warnings were left out of this update."
         assert [len(found) for found, _ in warnings.reports] == [120]
+
+    run(body)
+
+
+def test_an_account_holds_at_most_its_bound_of_distinct_requests() -> None:
+    # Before: every alias made one more execution per update, without bound.
+    async def body() -> None:
+        hub = LiveHub(
+            FakeSource([call("c-1")]),
+            lambda credentials, query: f"{credentials.user_id}|{query}",
+            identity_of,
+            interval=0.02,
+            max_per_account=100,
+            metrics=LiveMetrics(CollectorRegistry()),
+            sharing=None,
+        )
+        operations = operations_for(
+            recording_schema()[0], renders=Renders(max_documents=2, retry_after=3)
+        )
+        aliased = [
+            SUBSCRIPTION.replace("{ callsUpdated", f"{{ a{i}: callsUpdated") for i in range(3)
+        ]
+        held = [await subscribe(operations, hub, aliased[0]) for _ in range(5)]
+        held.append(await subscribe(operations, hub, aliased[1]))
+        try:
+            headers = [
+                (k.lower().encode(), v.encode()) for k, v in credential_headers(DEMO).items()
+            ]
+            scope = {"type": "websocket", "headers": [], "state": {"upstream": None, "live": hub}}
+            refused = await operations.run(
+                LiveRequest(aliased[2], None, None, None, headers), scope
+            )
+            assert isinstance(refused, Refused)
+            (error,) = refused.errors
+            assert error["extensions"] == {
+                "code": "RATE_LIMITED",
+                "retryAfter": 3,
+                "limit": "GATEWAY_LIVE_MAX_DOCUMENTS_PER_ACCOUNT",
+            }
+            # Ending the last subscriber of a request gives its room back.
+            await held.pop().aclose()
+            held.append(await subscribe(operations, hub, aliased[2]))
+        finally:
+            for stream in held:
+                await stream.aclose()
+            await hub.close()
 
     run(body)
