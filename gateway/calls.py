@@ -188,6 +188,7 @@ MAX_FIELD_DEPTH = 3
 # parser can tell a cut one from one that was whole.
 MAX_SIP_HEADERS = 25
 _MAX_CONTAINER_ENTRIES = MAX_SIP_HEADERS + 1
+_CONTAINERS = (dict, list)
 
 
 def slim_body(body: Any) -> Any:
@@ -206,8 +207,10 @@ def slim_body(body: Any) -> Any:
 
 def _slim_record(raw: Any) -> Any:
     if isinstance(raw, dict):
+        # Scalars (most fields) are kept as they are without a call: ~15 calls a record
+        # were ~7% of a cache miss's instructions (300k of 4.1M, callgrind).
         return {
-            key: _bounded(value, MAX_FIELD_DEPTH)
+            key: _bounded(value, MAX_FIELD_DEPTH) if isinstance(value, _CONTAINERS) else value
             for key in WIRE_KEYS
             if (value := raw.get(key)) is not None
         }
@@ -218,12 +221,23 @@ def _bounded(value: Any, depth: int) -> Any:
     if isinstance(value, dict):
         if depth <= 0:
             return {}
-        entries = islice(value.items(), _MAX_CONTAINER_ENTRIES)
-        return {key: _bounded(item, depth - 1) for key, item in entries}
+        # Cut only when over: islice on every (short) object cost more than the copy.
+        entries = (
+            value.items()
+            if len(value) <= _MAX_CONTAINER_ENTRIES
+            else islice(value.items(), _MAX_CONTAINER_ENTRIES)
+        )
+        return {
+            key: _bounded(item, depth - 1) if isinstance(item, _CONTAINERS) else item
+            for key, item in entries
+        }
     if isinstance(value, list):
         if depth <= 0:
             return []
-        return [_bounded(item, depth - 1) for item in value[:_MAX_CONTAINER_ENTRIES]]
+        items = value if len(value) <= _MAX_CONTAINER_ENTRIES else value[:_MAX_CONTAINER_ENTRIES]
+        return [
+            _bounded(item, depth - 1) if isinstance(item, _CONTAINERS) else item for item in items
+        ]
     return value
 
 

@@ -91,6 +91,10 @@ class InstrumentedTransport(httpx.AsyncBaseTransport):
 _Ended = Callable[[BaseException | None], object]
 
 
+def _unused(error: BaseException | None) -> None:
+    pass
+
+
 class _ObservedBody(httpx.AsyncByteStream):
     """An upstream body that reports, once, how its attempt ended."""
 
@@ -109,6 +113,10 @@ class _ObservedBody(httpx.AsyncByteStream):
     def _end(self, report: _Ended, error: BaseException | None) -> None:
         if self._open:
             self._open = False
+            # The reports hold the response, whose stream this is: dropped once used, the
+            # response is freed by reference counting, not left (~60 objects a request,
+            # the aiohttp answer with it) for the cyclic collector, ~0.4% of a cache miss.
+            self._ended = self._abandoned = _unused
             report(error)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
