@@ -191,6 +191,8 @@ class Sandbox:
 
 @pytest.fixture(scope="session")
 def sandbox_server() -> Iterator[Sandbox]:
+    """The session's sandbox process, as the last test left it: tests ask for `sandbox`,
+    which resets it (a fault one test set, like a rate limit, would reach the next)."""
     with serve(create_sandbox_app(SandboxOptions())) as url, httpx.Client(base_url=url) as control:
         yield Sandbox(url, control)
 

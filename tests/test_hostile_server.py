@@ -87,10 +87,10 @@ def guarded_gateway(upstream: str, **settings: str) -> Iterator[Server]:
 
 
 @pytest.fixture(params=["5", "0"], ids=["answer-cache-on", "answer-cache-off"])
-def server(request: pytest.FixtureRequest, sandbox_server: Sandbox) -> Iterator[Server]:
+def server(request: pytest.FixtureRequest, sandbox: Sandbox) -> Iterator[Server]:
     """A gateway with short deadlines, with and without the answer cache (which reads
     the body first when it is on)."""
-    with guarded_gateway(sandbox_server.url, cache_ttl=request.param) as server:
+    with guarded_gateway(sandbox.url, cache_ttl=request.param) as server:
         yield server
 
 
@@ -288,10 +288,10 @@ def test_a_connection_that_never_speaks_is_closed_without_an_answer(server: Serv
     assert server.healthy()
 
 
-def test_one_connection_over_the_limit_gets_503_at_once(sandbox_server: Sandbox) -> None:
+def test_one_connection_over_the_limit_gets_503_at_once(sandbox: Sandbox) -> None:
     # Idle connections held for longer than the test takes on a busy machine.
     with (
-        guarded_gateway(sandbox_server.url, header_timeout="10") as server,
+        guarded_gateway(sandbox.url, header_timeout="10") as server,
         ExitStack() as stack,
     ):
         idle = [stack.enter_context(server.connect()) for _ in range(20)]
@@ -323,12 +323,12 @@ def connect_from(server: Server, source: str) -> socket.socket:
     ],
 )
 def test_one_address_holding_what_it_may_cannot_stop_another_addresses_healthz(
-    sandbox_server: Sandbox, settings: dict[str, str]
+    sandbox: Sandbox, settings: dict[str, str]
 ) -> None:
     # As the flood did: many connections from one address, each sending only a request
     # line and holding it under the header deadline.
     with (
-        guarded_gateway(sandbox_server.url, header_timeout="10", **settings) as server,
+        guarded_gateway(sandbox.url, header_timeout="10", **settings) as server,
         ExitStack() as stack,
     ):
         refused = []
@@ -575,11 +575,9 @@ def test_trailers_are_dropped_and_change_nothing(server: Server, trailers: bytes
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_the_serve_command_runs_the_guard_with_its_settings(
-    sandbox_server: Sandbox, workers: str
-) -> None:
+def test_the_serve_command_runs_the_guard_with_its_settings(sandbox: Sandbox, workers: str) -> None:
     # The CLI's own server, workers included (the limits travel in the pickled config).
-    env = {"GATEWAY_UPSTREAM_URL": sandbox_server.url, "GATEWAY_MAX_HEADERS": "10"}
+    env = {"GATEWAY_UPSTREAM_URL": sandbox.url, "GATEWAY_MAX_HEADERS": "10"}
     with gateway_process("--workers", workers, env=env) as (_, url):
         server = Server(url, int(url.rsplit(":", 1)[1]))
         with server.connect() as sock:
@@ -592,13 +590,13 @@ def test_the_serve_command_runs_the_guard_with_its_settings(
 
 
 def test_with_few_file_descriptors_the_cap_answers_503_before_accept_fails(
-    sandbox_server: Sandbox,
+    sandbox: Sandbox,
 ) -> None:
     # 200 descriptors: the cap is lowered to 200 - 8 (upstream pool) - 64 = 128 at start,
     # so the 129th connection is answered 503 instead of waiting for an `accept` that
     # fails for want of a descriptor.
     env = {
-        "GATEWAY_UPSTREAM_URL": sandbox_server.url,
+        "GATEWAY_UPSTREAM_URL": sandbox.url,
         "GATEWAY_UPSTREAM_MAX_CONNECTIONS": "8",
         "GATEWAY_HEADER_TIMEOUT": "2",
     }

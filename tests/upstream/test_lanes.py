@@ -92,6 +92,7 @@ async def attack_while_the_owner_asks(url: str, secrets: Any) -> tuple[list[Any]
         ),
     ],
 )
+@pytest.mark.serial  # the owner once a second against 4 loops: a 2 s queue bound under load
 def test_callers_without_the_secret_cannot_take_the_owners_slots(
     loopback_gateway_factory: GatewayFactory, sandbox: Sandbox, secrets: Any, most_401s: int | None
 ) -> None:

@@ -206,6 +206,7 @@ def _burst(gateways: list[Gateway], count: int) -> list[dict[str, Any]]:
         return [response.json() for response in responses]
 
 
+@pytest.mark.serial  # a burst of 50 threads must land within one 1 s slot
 def test_the_overflow_of_a_burst_is_refused_coded_counted_and_never_sent(
     gateway_factory: GatewayFactory, sandbox: Sandbox
 ) -> None:
