@@ -10,6 +10,7 @@ gateway stays responsive (`/healthz` within 1 s) while they run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import socket
@@ -91,6 +92,23 @@ def open_ws(
             ws.send(json.dumps({"type": "connection_init", "payload": credential_headers(DEMO)}))
             assert json.loads(ws.recv(timeout=5))["type"] == "connection_ack"
         yield ws
+
+
+def never_reading_ws(
+    url: str, close_timeout: float
+) -> contextlib.AbstractContextManager[ClientConnection]:
+    """A consumer that stops reading after one frame: no pings (their answers would wait
+    behind the unread frames), no compression (the unread bytes are as many as the
+    gateway writes), a small receive window; `close_timeout` bounds the wait for the
+    gateway's closing frame, which waits behind the frames it never reads."""
+    return open_ws(
+        url,
+        max_queue=1,
+        ping_interval=None,
+        receive_buffer=SMALL_WINDOW,
+        compression=None,
+        close_timeout=close_timeout,
+    )
 
 
 def subscribe(ws: ClientConnection, op_id: str, size: int = 5) -> None:
@@ -255,22 +273,9 @@ def test_consumers_that_never_read_do_not_hold_up_the_others(
     page = subscription(200, fields=WATCHED)
     with ExitStack() as stack:
         for _ in range(5):
-            # max_queue=1: the client library stops reading after one frame; no pings
-            # (their answers would wait behind the unread frames); no compression, so
-            # the unread bytes are as many as the gateway writes.
-            ws = stack.enter_context(
-                open_ws(
-                    gateway,
-                    max_queue=1,
-                    ping_interval=None,
-                    receive_buffer=SMALL_WINDOW,
-                    compression=None,
-                    # The gateway's closing frame waits behind the frames this consumer
-                    # never reads: waiting the default 10 s for it would only stall
-                    # the test's teardown, 5 times over.
-                    close_timeout=0.5,
-                )
-            )
+            # Waiting the default 10 s for the closing frame would only stall the
+            # test's teardown, 5 times over.
+            ws = stack.enter_context(never_reading_ws(gateway, close_timeout=0.5))
             ws.send(json.dumps({"id": "big", "type": "subscribe", "payload": page}))
         # Server-Sent Events streams whose body is never read.
         small = [(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_WINDOW)]
@@ -406,17 +411,8 @@ def test_shutdown_ends_within_its_timeout_when_consumers_never_read(
     ):
         page = subscription(1000, fields=EVERY_FIELD)
         for _ in range(3):
-            ws = stack.enter_context(
-                open_ws(
-                    served.url,
-                    max_queue=1,
-                    ping_interval=None,
-                    receive_buffer=SMALL_WINDOW,
-                    compression=None,
-                    # The client stopped reading too: it would not see the server go.
-                    close_timeout=0.1,
-                )
-            )
+            # The client stopped reading too: it would not see the server go.
+            ws = stack.enter_context(never_reading_ws(served.url, close_timeout=0.1))
             for n in range(100):
                 ws.send(json.dumps({"id": f"s{n}", "type": "subscribe", "payload": page}))
         body = json.dumps(page).encode()
@@ -468,14 +464,7 @@ def test_a_consumer_that_never_reads_is_dropped_after_the_send_deadline(
             send_timeout=send_timeout,
             log_level="warning",
         ) as served,
-        open_ws(
-            served.url,
-            max_queue=1,
-            ping_interval=None,
-            receive_buffer=SMALL_WINDOW,
-            compression=None,
-            close_timeout=0.1,
-        ) as ws,
+        never_reading_ws(served.url, close_timeout=0.1) as ws,
     ):
         page = subscription(1000, fields=EVERY_FIELD)
         for n in range(20):

@@ -128,18 +128,23 @@ def update_of(payload: Any) -> Any:
     return orjson.loads(payload)["data"]["callsUpdated"]
 
 
+def hub_over(source: FakeSource) -> LiveHub:
+    """A hub polling `source` every 20 ms, alone (no sharing), for one process."""
+    return LiveHub(
+        source,
+        lambda credentials, query: f"{credentials.user_id}|{query}",
+        identity_of,
+        interval=0.02,
+        max_per_account=100,
+        metrics=LiveMetrics(CollectorRegistry()),
+        sharing=None,
+    )
+
+
 def test_subscribers_of_one_request_cause_one_execution_per_update() -> None:
     async def body() -> None:
         source = FakeSource([call("c-1"), call("c-2", "started")])
-        hub = LiveHub(
-            source,
-            lambda credentials, query: f"{credentials.user_id}|{query}",
-            identity_of,
-            interval=0.02,
-            max_per_account=100,
-            metrics=LiveMetrics(CollectorRegistry()),
-            sharing=None,
-        )
+        hub = hub_over(source)
         schema, runs = recording_schema()
         operations = operations_for(schema)
         same = [await subscribe(operations, hub, SUBSCRIPTION) for _ in range(SUBSCRIBERS)]
@@ -191,15 +196,7 @@ def test_an_updates_warnings_are_counted_and_capped_as_a_responses() -> None:
     # so the warnings metric and log missed every one a subscription met.
     async def body() -> None:
         odd = [call(f"c-{n}", "teleporting") for n in range(120)]
-        hub = LiveHub(
-            FakeSource(odd),
-            lambda credentials, query: f"{credentials.user_id}|{query}",
-            identity_of,
-            interval=0.02,
-            max_per_account=100,
-            metrics=LiveMetrics(CollectorRegistry()),
-            sharing=None,
-        )
+        hub = hub_over(FakeSource(odd))
         warnings = RecordingWarnings()
         schema, _ = recording_schema()
         stream = await subscribe(
@@ -224,15 +221,7 @@ def test_an_updates_warnings_are_counted_and_capped_as_a_responses() -> None:
 def test_an_account_holds_at_most_its_bound_of_distinct_requests() -> None:
     # Before: every alias made one more execution per update, without bound.
     async def body() -> None:
-        hub = LiveHub(
-            FakeSource([call("c-1")]),
-            lambda credentials, query: f"{credentials.user_id}|{query}",
-            identity_of,
-            interval=0.02,
-            max_per_account=100,
-            metrics=LiveMetrics(CollectorRegistry()),
-            sharing=None,
-        )
+        hub = hub_over(FakeSource([call("c-1")]))
         operations = operations_for(
             recording_schema()[0], renders=Renders(max_documents=2, retry_after=3)
         )
