@@ -11,7 +11,14 @@ from strawberry.types import Info
 from gateway.calls import MAX_PAGE_SIZE, ListQuery
 from gateway.context import Context, left_out_warning, oversized_page_warning
 from gateway.schema.connection import MAX_FIRST, CallConnection, walk
-from gateway.schema.types import Call, CallFilter, SortOrder, fetch_call
+from gateway.schema.types import (
+    Call,
+    CallFilter,
+    FilterArgument,
+    SortArgument,
+    SortOrder,
+    fetch_call,
+)
 
 
 @strawberry.type(description="The call history of the account named by your request headers.")
@@ -26,9 +33,7 @@ class Query:
     async def calls(
         self,
         info: Info[Context, None],
-        filter: Annotated[
-            CallFilter | None, strawberry.argument(description="Only calls that match.")
-        ] = None,
+        filter: FilterArgument = None,
         page: Annotated[
             int, strawberry.argument(description="The page to return, counting from 0.")
         ] = 0,
@@ -36,9 +41,7 @@ class Query:
             int,
             strawberry.argument(description=f"Calls per page, 1 to {MAX_PAGE_SIZE}."),
         ] = 25,
-        sort_order: Annotated[
-            SortOrder, strawberry.argument(description="Order by `startTime`.")
-        ] = SortOrder.DESC,
+        sort_order: SortArgument = SortOrder.DESC,
     ) -> list[Call]:
         query = list_query(filter, sort_order, page=page, size=size)
         found = await info.context.calls.list_calls(query)
@@ -60,9 +63,7 @@ class Query:
     async def calls_connection(
         self,
         info: Info[Context, None],
-        filter: Annotated[
-            CallFilter | None, strawberry.argument(description="Only calls that match.")
-        ] = None,
+        filter: FilterArgument = None,
         first: Annotated[
             int, strawberry.argument(description=f"How many calls to return, 1 to {MAX_FIRST}.")
         ] = 25,
@@ -72,9 +73,7 @@ class Query:
                 description="Start after this cursor (an `endCursor` or an edge's `cursor`)."
             ),
         ] = None,
-        sort_order: Annotated[
-            SortOrder, strawberry.argument(description="Order by `startTime`.")
-        ] = SortOrder.DESC,
+        sort_order: SortArgument = SortOrder.DESC,
     ) -> CallConnection:
         # The first upstream page is `first` calls long (capped to what the upstream
         # allows); later pages are whatever the upstream's next link says.

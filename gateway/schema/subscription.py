@@ -13,7 +13,7 @@ from gateway.calls import MAX_PAGE_SIZE
 from gateway.context import Context, LiveStream, left_out_warning
 from gateway.errors import GatewayError
 from gateway.schema.query import list_query
-from gateway.schema.types import Call, CallFilter, DateTime, SortOrder
+from gateway.schema.types import Call, DateTime, FilterArgument, SortArgument, SortOrder
 
 
 @strawberry.type(
@@ -68,16 +68,12 @@ class Subscription:
     async def calls_updated(
         self,
         info: Info[Context, None],
-        filter: Annotated[
-            CallFilter | None, strawberry.argument(description="Only calls that match.")
-        ] = None,
+        filter: FilterArgument = None,
         size: Annotated[
             int,
             strawberry.argument(description=f"Calls per page, 1 to {MAX_PAGE_SIZE}."),
         ] = 25,
-        sort_order: Annotated[
-            SortOrder, strawberry.argument(description="Order by `startTime`.")
-        ] = SortOrder.DESC,
+        sort_order: SortArgument = SortOrder.DESC,
     ) -> AsyncIterator[CallsUpdate]:
         # A coroutine returning the stream, not a generator: what is raised here (a bad
         # argument, no credentials, too many subscriptions) reaches the client as a coded

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import Enum
 from operator import attrgetter
-from typing import Any, NewType, TypeVar
+from typing import Annotated, Any, NewType, TypeVar
 
 import strawberry
 from strawberry.types import Info
@@ -354,3 +354,10 @@ async def fetch_call(context: Context, call_id: str, path: tuple[str | int, ...]
         )
         return None
     return Call(record=found)
+
+
+# The arguments `calls`, `callsConnection` and `callsUpdated` share, declared once.
+FilterArgument = Annotated[
+    CallFilter | None, strawberry.argument(description="Only calls that match.")
+]
+SortArgument = Annotated[SortOrder, strawberry.argument(description="Order by `startTime`.")]
