@@ -111,8 +111,10 @@ class RedisSharing:
     ) -> None:
         channel = f"{PREFIX}:{key}"
         listener = object()
-        await self._listen(channel, listener, receive)
         try:
+            # Inside the `try`: a run cancelled while it subscribes must not leave its
+            # receiver behind.
+            await self._listen(channel, listener, receive)
             last = await self._ask(self._redis.get(f"{PREFIX}:last:{key}"))
             if isinstance(last, bytes):
                 # Anything else under that key is ignored, as on the channel.
@@ -178,8 +180,9 @@ class RedisSharing:
             receivers[listener] = receive
             if self._pubsub is None:
                 self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            if len(receivers) == 1:
-                await self._ask(self._pubsub.subscribe(**{channel: self._on_message}))
+            # Every time, not only for the first receiver: the first one's SUBSCRIBE may
+            # have been cancelled, or failed while Redis was away (SUBSCRIBE is idempotent).
+            await self._ask(self._pubsub.subscribe(**{channel: self._on_message}))
             if self._listener is None or self._listener.done():
                 self._listener = asyncio.ensure_future(self._read())
 

@@ -288,6 +288,10 @@ def app_like_client(redis_url: str) -> redis.asyncio.Redis:
     return redis.asyncio.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
 
 
+async def never() -> None:
+    await asyncio.Event().wait()
+
+
 @pytest.mark.serial  # cancellations landing at random points of a real Redis round trip
 def test_pollers_stopped_in_quick_churn_leave_no_task_and_no_lease(redis_url: str) -> None:
     # Before: a cancellation that arrived as redis-py's write completed was swallowed; that
@@ -324,7 +328,24 @@ def test_pollers_stopped_in_quick_churn_leave_no_task_and_no_lease(redis_url: st
             await asyncio.sleep(1.0)
             assert source.count == polls
             async with redis.asyncio.Redis.from_url(redis_url) as client:
-                return list(await client.keys("gateway:live:lease:*"))
+                leases = list(await client.keys("gateway:live:lease:*"))
+                # And a churned key still reaches a new follower here: no run stopped
+                # mid-subscribe left a receiver or an unsubscribed channel behind.
+                await client.set("gateway:live:lease:churn-1", "other", px=10_000)
+            received: list[Any] = []
+            follower = asyncio.ensure_future(sharing.run("churn-1", never, received.append))
+            leader = RedisSharing(redis.asyncio.Redis.from_url(redis_url), interval=0.2)
+            try:
+                await asyncio.sleep(0.3)
+                await leader.publish("churn-1", Page([call("c-9")], time.time()))
+                async with asyncio.timeout(5):
+                    while not received:  # noqa: ASYNC110 (the receiver is the seam observed)
+                        await asyncio.sleep(0.05)
+            finally:
+                follower.cancel()
+                await asyncio.gather(follower, return_exceptions=True)
+                await leader.close()
+            return leases
         finally:
             await hub.close()
             await sharing.close()
@@ -347,9 +368,6 @@ def test_a_stopping_run_leaves_its_successor_on_the_same_key_listening(redis_url
     # successor's receiver and unsubscribed the channel, so the successor (a new poller
     # of the key, on a replica that follows) never received the leader's events again.
     key = "succ" * 16
-
-    async def never() -> None:
-        await asyncio.Event().wait()
 
     async def started(task: asyncio.Future[None]) -> None:
         await asyncio.sleep(0.3)
