@@ -98,7 +98,10 @@ class RedisSharing:
         self._origin = secrets.token_hex(8)
         self._pubsub: PubSub | None = None
         self._listener: asyncio.Task[None] | None = None
-        self._receivers: dict[str, Callable[[Event], None]] = {}
+        # By channel, then by the `run` that listens: during churn a key's stopping poller
+        # and its successor both listen for a moment, and the one leaving must not take
+        # the other's receiver (nor its subscription) with it.
+        self._receivers: dict[str, dict[object, Callable[[Event], None]]] = {}
         self._lock = asyncio.Lock()
         self._warned = False
         self._down_until = 0.0
@@ -107,8 +110,11 @@ class RedisSharing:
         self, key: str, poll: Callable[[], Awaitable[None]], receive: Callable[[Event], None]
     ) -> None:
         channel = f"{PREFIX}:{key}"
-        await self._listen(channel, receive)
+        listener = object()
         try:
+            # Inside the `try`: a run cancelled while it subscribes must not leave its
+            # receiver behind.
+            await self._listen(channel, listener, receive)
             last = await self._ask(self._redis.get(f"{PREFIX}:last:{key}"))
             if isinstance(last, bytes):
                 # Anything else under that key is ignored, as on the channel.
@@ -116,7 +122,7 @@ class RedisSharing:
                     receive(decode_event(last)[1])
             await self._lead_or_follow(key, poll)
         finally:
-            await self._unlisten(channel)
+            await self._unlisten(channel, listener)
 
     async def _lead_or_follow(self, key: str, poll: Callable[[], Awaitable[None]]) -> None:
         lease = f"{PREFIX}:lease:{key}"
@@ -148,8 +154,10 @@ class RedisSharing:
             if polling is not None:
                 polling.cancel()
                 await asyncio.gather(polling, return_exceptions=True)
-                # Let another replica's subscribers take over at once.
-                await self._ask(self._redis.eval(_RELEASE, 1, lease, token))
+            # Let another replica's subscribers take over at once. Also when not polling:
+            # cancelled while its SET NX was answered, it may hold the lease without
+            # knowing (the script deletes it only if the token is ours).
+            await self._ask(self._redis.eval(_RELEASE, 1, lease, token))
 
     async def publish(self, key: str, event: Event) -> None:
         data = encode_event(event, self._origin)
@@ -164,17 +172,27 @@ class RedisSharing:
             self._redis.set(f"{PREFIX}:last:{key}", data, px=int(self.fresh_seconds * 1000))
         )
 
-    async def _listen(self, channel: str, receive: Callable[[Event], None]) -> None:
+    async def _listen(
+        self, channel: str, listener: object, receive: Callable[[Event], None]
+    ) -> None:
         async with self._lock:
-            self._receivers[channel] = receive
+            receivers = self._receivers.setdefault(channel, {})
+            receivers[listener] = receive
             if self._pubsub is None:
                 self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            # Every time, not only for the first receiver: the first one's SUBSCRIBE may
+            # have been cancelled, or failed while Redis was away (SUBSCRIBE is idempotent).
             await self._ask(self._pubsub.subscribe(**{channel: self._on_message}))
             if self._listener is None or self._listener.done():
                 self._listener = asyncio.ensure_future(self._read())
 
-    async def _unlisten(self, channel: str) -> None:
+    async def _unlisten(self, channel: str, listener: object) -> None:
         async with self._lock:
+            receivers = self._receivers.get(channel, {})
+            receivers.pop(listener, None)
+            if receivers:
+                # Another poller of this key still listens.
+                return
             self._receivers.pop(channel, None)
             if self._pubsub is not None:
                 await self._ask(self._pubsub.unsubscribe(channel))
@@ -197,30 +215,39 @@ class RedisSharing:
                     )
                     if old is not None:
                         await self._ask(old.aclose())  # type: ignore[no-untyped-call]
-                    for channel in self._receivers:
+                    for channel in list(self._receivers):
                         await self._ask(self._pubsub.subscribe(**{channel: self._on_message}))
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         channel = message.get("channel")
         name = channel.decode() if isinstance(channel, bytes) else str(channel)
-        receive = self._receivers.get(name)
+        receivers = self._receivers.get(name)
         data = message.get("data")
-        if receive is None or not isinstance(data, bytes):
+        if not receivers or not isinstance(data, bytes):
             return
         try:
             origin, event = decode_event(data)
         except ValueError:
             return
         if origin != self._origin:
-            receive(event)
+            for receive in list(receivers.values()):
+                receive(event)
 
     async def _ask(self, operation: Awaitable[Any]) -> Any:
         """The answer, or `UNREACHABLE` when Redis cannot be asked (logged once per outage).
 
         After a failure Redis is not asked again for `OUTAGE_PROBE_SECONDS`: each attempt
         costs a connect timeout, and a new subscriber would wait for every one of them.
+
+        A cancellation that redis-py swallowed is raised again: with a socket timeout it
+        writes through `asyncio.wait_for`, which before Python 3.12 returns the result
+        instead of raising when the cancellation arrives as the write completes. A
+        poller's `run` would then go on for ever (leading, polling, renewing its lease)
+        after `Poller.stop` cancelled it, and `stop` would wait for it for ever.
         """
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        cancelling = task.cancelling() if task is not None else 0
         if loop.time() < self._down_until:
             if asyncio.iscoroutine(operation):
                 operation.close()
@@ -230,9 +257,13 @@ class RedisSharing:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if task is not None and task.cancelling() > cancelling:
+                raise asyncio.CancelledError from exc
             self._down_until = loop.time() + OUTAGE_PROBE_SECONDS
             self._warn(exc)
             return UNREACHABLE
+        if task is not None and task.cancelling() > cancelling:
+            raise asyncio.CancelledError
         self._warned = False
         return result
 
@@ -246,8 +277,10 @@ class RedisSharing:
 
     async def close(self) -> None:
         if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+            # Cancelled again until it ends: redis-py may swallow a cancellation (see `_ask`).
+            while not self._listener.done():
+                self._listener.cancel()
+                await asyncio.wait({self._listener}, timeout=0.1)
         if self._pubsub is not None:
             await self._ask(self._pubsub.aclose())  # type: ignore[no-untyped-call]
         await self._ask(self._redis.aclose())

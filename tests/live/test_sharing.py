@@ -7,15 +7,20 @@ import base64
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from random import Random
 from typing import Any
 
 import pytest
 import redis.asyncio
+from prometheus_client import CollectorRegistry
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from gateway.calls import ListQuery
+from gateway.credentials import Credentials
 from gateway.errors import GatewayError, RateLimited, Unauthenticated, UpstreamError
-from gateway.live.hub import Page
+from gateway.live.hub import LiveHub, Page
+from gateway.live.metrics import LiveMetrics
 from gateway.live.sharing import RedisSharing, decode_event, encode_event
 from tests.conftest import RedisServer
 from tests.fakes import FakeUpstream
@@ -32,6 +37,7 @@ from tests.live.helpers import (
 from tests.servers import free_port
 
 INTERVAL = 0.2
+DEMO_CREDENTIALS = Credentials(authorization="Basic YTpi", user_id="u-demo", token="a")
 KEY = "a-shared-cache-key-of-32-characters-at-least"
 
 
@@ -274,3 +280,123 @@ def test_a_late_joiner_is_sent_the_stored_page_only_while_it_is_current(
 
     received = asyncio.run(body())
     assert [event.body for event in received] == ([[call("c-1")]] if sent_at_once else [])
+
+
+def app_like_client(redis_url: str) -> redis.asyncio.Redis:
+    # As `gateway.app` builds it: the socket timeout makes redis-py write through
+    # `asyncio.wait_for`, where Python 3.11 can swallow a cancellation.
+    return redis.asyncio.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+
+
+async def never() -> None:
+    await asyncio.Event().wait()
+
+
+@pytest.mark.serial  # cancellations landing at random points of a real Redis round trip
+def test_pollers_stopped_in_quick_churn_leave_no_task_and_no_lease(redis_url: str) -> None:
+    # Before: a cancellation that arrived as redis-py's write completed was swallowed; that
+    # poller went on leading, polling and renewing its lease for ever, `stop` never
+    # returned, and another replica could never take the key over.
+    source = CountingSource()
+    random = Random(16)
+
+    async def body() -> list[Any]:
+        sharing = RedisSharing(app_like_client(redis_url), interval=0.2)
+        hub = LiveHub(
+            source,
+            lambda credentials, query: f"churn-{query.size}",
+            lambda credentials: "someone",
+            interval=0.2,
+            max_per_account=1000,
+            metrics=LiveMetrics(CollectorRegistry()),
+            sharing=sharing,
+        )
+        before = asyncio.all_tasks()
+        try:
+            for cycle in range(300):
+                subscriber = hub.subscribe(DEMO_CREDENTIALS, ListQuery(size=1 + cycle % 7))
+                # Stopped at any point of its start: listening, asking, leading.
+                await asyncio.sleep(random.random() * 0.01)
+                async with asyncio.timeout(5):
+                    await subscriber.aclose()
+            assert hub.poller_count == 0
+            left = asyncio.all_tasks() - before - {asyncio.current_task()}
+            # The shared pub/sub reader is the only task that may stay until `close`.
+            names = {getattr(task.get_coro(), "__qualname__", None) for task in left}
+            assert names <= {"RedisSharing._read"}, names
+            polls = source.count
+            await asyncio.sleep(1.0)
+            assert source.count == polls
+            async with redis.asyncio.Redis.from_url(redis_url) as client:
+                leases = list(await client.keys("gateway:live:lease:*"))
+                # And a churned key still reaches a new follower here: no run stopped
+                # mid-subscribe left a receiver or an unsubscribed channel behind.
+                await client.set("gateway:live:lease:churn-1", "other", px=10_000)
+            received: list[Any] = []
+            follower = asyncio.ensure_future(sharing.run("churn-1", never, received.append))
+            leader = RedisSharing(redis.asyncio.Redis.from_url(redis_url), interval=0.2)
+            try:
+                await asyncio.sleep(0.3)
+                await leader.publish("churn-1", Page([call("c-9")], time.time()))
+                async with asyncio.timeout(5):
+                    while not received:  # noqa: ASYNC110 (the receiver is the seam observed)
+                        await asyncio.sleep(0.05)
+            finally:
+                follower.cancel()
+                await asyncio.gather(follower, return_exceptions=True)
+                await leader.close()
+            return leases
+        finally:
+            await hub.close()
+            await sharing.close()
+
+    # Each stopped poller gave its lease back (none is left to lapse, or to be renewed).
+    assert asyncio.run(body()) == []
+
+
+class CountingSource:
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def __call__(self, credentials: Credentials, query: ListQuery, fresh: bool) -> Page:
+        self.count += 1
+        return Page([call("c-1")], time.time())
+
+
+def test_a_stopping_run_leaves_its_successor_on_the_same_key_listening(redis_url: str) -> None:
+    # Before: receivers were kept by channel; the stopping run's `_unlisten` removed the
+    # successor's receiver and unsubscribed the channel, so the successor (a new poller
+    # of the key, on a replica that follows) never received the leader's events again.
+    key = "succ" * 16
+
+    async def started(task: asyncio.Future[None]) -> None:
+        await asyncio.sleep(0.3)
+        assert not task.done()
+
+    async def body() -> list[Any]:
+        leader = RedisSharing(redis.asyncio.Redis.from_url(redis_url), interval=0.2)
+        follower = RedisSharing(redis.asyncio.Redis.from_url(redis_url), interval=0.2)
+        received: list[Any] = []
+        # Another replica holds the lease: both runs below follow.
+        async with redis.asyncio.Redis.from_url(redis_url) as client:
+            await client.set(f"gateway:live:lease:{key}", "other", px=10_000)
+        old = asyncio.ensure_future(follower.run(key, never, lambda event: None))
+        new = asyncio.ensure_future(follower.run(key, never, received.append))
+        try:
+            await started(old)
+            await started(new)
+            old.cancel()
+            await asyncio.gather(old, return_exceptions=True)
+            await leader.publish(key, Page([call("c-2")], time.time()))
+            async with asyncio.timeout(5):
+                while not received:  # noqa: ASYNC110 (the receiver is the seam observed)
+                    await asyncio.sleep(0.05)
+        finally:
+            for task in (old, new):
+                task.cancel()
+            await asyncio.gather(old, new, return_exceptions=True)
+            await leader.close()
+            await follower.close()
+        return received
+
+    assert [event.body for event in asyncio.run(body())] == [[call("c-2")]]
