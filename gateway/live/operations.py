@@ -26,6 +26,7 @@ Each transport turns these into its own messages: graphql-transport-ws `next`, `
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import AsyncIterable, Callable, Hashable, Sequence
@@ -141,19 +142,23 @@ class Stream:
         )
         if renders is not None and (shared := renders.get(self._request)) is not None:
             return shared
-        # What graphql-core's `subscribe` does for every event ("ExecuteSubscriptionEvent").
-        # In a worker thread, one at a time: a page of 1,000 calls takes a large part of a
-        # second to execute, and the event loop must go on meanwhile. The selection's
-        # resolvers read the page the update already holds; none awaits.
-        per_event = self._executor.build_per_event_executor(event)
-        executed = await self._renders.run(partial(execute_subscription_event, per_event))
-        result = executed if isinstance(executed, ExecutionResult) else await executed
-        payload = orjson.dumps(
-            _payload(result, self._context, self._request_id, self._report_warnings)
-        )
-        if renders is not None and not result.errors:
-            # The first to finish is kept (an execution that awaited may have been overtaken).
-            renders.setdefault(self._request, payload)
+        async with self._renders.turn():
+            # Again, in turn: the other subscribers of this request queued with this one,
+            # and the render made while they waited is theirs (else each renders again).
+            if renders is not None and (shared := renders.get(self._request)) is not None:
+                return shared
+            # What graphql-core's `subscribe` does for every event
+            # ("ExecuteSubscriptionEvent"). In a worker thread: a page of 1,000 calls takes
+            # a large part of a second to execute, and the event loop must go on meanwhile.
+            # The selection's resolvers read the page the update already holds; none awaits.
+            per_event = self._executor.build_per_event_executor(event)
+            executed = await asyncio.to_thread(execute_subscription_event, per_event)
+            result = executed if isinstance(executed, ExecutionResult) else await executed
+            payload = orjson.dumps(
+                _payload(result, self._context, self._request_id, self._report_warnings)
+            )
+            if renders is not None and not result.errors:
+                renders.setdefault(self._request, payload)
         return payload
 
 

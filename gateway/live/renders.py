@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
+from contextlib import asynccontextmanager
 from typing import TypeVar
 
 from gateway.credentials import Credentials
@@ -74,7 +75,16 @@ class Renders:
         """How many distinct requests `credentials` hold now."""
         return len(self._held.get(credentials, ()))
 
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """This process's one rendering turn: executions queue here and run one at a time.
+
+        A render shared by several subscribers is looked for again once in turn: they
+        queue here together, and the first one's render is everyone's."""
+        async with self._turn:
+            yield
+
     async def run(self, work: Callable[[], T]) -> T:
         """`work()` in a worker thread, after every execution queued before it."""
-        async with self._turn:
+        async with self.turn():
             return await asyncio.to_thread(work)

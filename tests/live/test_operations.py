@@ -151,7 +151,9 @@ def test_subscribers_of_one_request_cause_one_execution_per_update() -> None:
         slow = await subscribe(operations, hub, SUBSCRIPTION)
         other = await subscribe(operations, hub, OTHER)
         try:
-            first = [await next_of(stream) for stream in [*same, slow]]
+            # Read at once, as each subscriber's transport does: the subscribers of one
+            # request must share its render even while it is still being made.
+            first = await asyncio.gather(*(next_of(stream) for stream in [*same, slow]))
             other_first = await next_of(other)
             # One execution for the twenty-one with the same document, one for the other.
             assert len(runs) == 2
@@ -164,7 +166,7 @@ def test_subscribers_of_one_request_cause_one_execution_per_update() -> None:
 
             # A change: read by all but `slow`.
             source.body = [call("c-1"), call("c-2")]
-            second = [await next_of(stream) for stream in same]
+            second = await asyncio.gather(*(next_of(stream) for stream in same))
             await next_of(other)
             assert len(runs) == 4
             assert len(set(second)) == 1
@@ -173,7 +175,7 @@ def test_subscribers_of_one_request_cause_one_execution_per_update() -> None:
             # Another: `slow` last received the first page, so its update differs (and is
             # executed for it alone); everyone else shares one again.
             source.body = [call("c-3"), call("c-2")]
-            third = [await next_of(stream) for stream in same]
+            third = await asyncio.gather(*(next_of(stream) for stream in same))
             behind = update_of(await next_of(slow))
             assert len(runs) == 6
             assert len(set(third)) == 1
