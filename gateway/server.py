@@ -24,7 +24,10 @@ connection:
 - at shutdown, a connection whose writes are paused (a client that stopped reading) is
   aborted after `SHUTDOWN_GRACE` seconds: its application's sends, and a WebSocket's
   1012 close behind them, would otherwise wait past `GATEWAY_SHUTDOWN_TIMEOUT`, until
-  uvicorn cancels the application (an error in the log) and the close still waits;
+  uvicorn cancels the application (an error in the log) and the close still waits; a
+  WebSocket still open `SHUTDOWN_GRACE` seconds after its 1012 is aborted whatever its
+  writes (the kernel's buffers may have taken them all, and the closing handshake then
+  waits for a client that does not read);
 - trailers of a chunked body are never request headers (uvicorn's `on_header` would
   append them to the headers the application reads): they are discarded, and counted
   with the headers against the same bounds (`431`); the bytes of a chunked body that
@@ -561,7 +564,7 @@ class _Stall:
 
         def on_shutdown() -> None:
             shutdown()
-            self.shutdown(transport)
+            self.closing(transport)
 
         def connection_lost(exc: Exception | None) -> None:
             self.end()
@@ -587,6 +590,15 @@ class _Stall:
         self._stopping = True
         if self._is_paused:
             self._arm(transport, self.grace)
+
+    def closing(self, transport: asyncio.Transport) -> None:
+        """A WebSocket told to close at shutdown (1012): its closing handshake needs the
+        client to read, and one that stopped reading may do so with its writes never
+        paused (the kernel's buffers took them), so it is aborted after `grace` seconds if
+        it is still open, whatever its writes."""
+        self._stopping = True
+        self._cancel()
+        self._timer = self._loop.call_later(self.grace, transport.abort)
 
     def end(self) -> None:
         self._is_paused = False

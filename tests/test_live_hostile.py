@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import websockets.asyncio.client
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin, Subprotocol
@@ -436,6 +437,48 @@ def test_shutdown_ends_within_its_timeout_when_consumers_never_read(
         served.process.terminate()
         served.process.wait(timeout=30)
         stopped = time.monotonic() - started
+        errors = served.server_errors()
+    assert stopped < SHUTDOWN_TIMEOUT, f"the gateway took {stopped:.1f} s to stop"
+    assert errors == [], f"the gateway logged {len(errors)} error(s): {errors[:3]}"
+
+
+def test_a_websocket_paused_on_default_buffers_is_closed_within_the_shutdown_timeout(
+    sandbox: LiveSandbox, tmp_path: Path
+) -> None:
+    # A client that stops reading (asyncio's pause_reading) on the kernel's default
+    # buffers: the gateway's writes need not be paused when shutdown begins, so the stall
+    # guard never fired; the 1012 close went out and its closing handshake waited for a
+    # client that never reads, past the timeout (5.2 s against 5 s, and uvicorn's
+    # "timeout graceful shutdown exceeded" at error level).
+    sandbox.reset()
+    log = tmp_path / "gateway.log"
+    with gateway_process(
+        sandbox.url,
+        log,
+        live_interval=INTERVAL,
+        cache_ttl=INTERVAL,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        log_level="warning",
+    ) as served:
+
+        async def hold_then_stop() -> float:
+            async with websockets.asyncio.client.connect(
+                ws_url(served.url), subprotocols=[PROTOCOL], max_size=None
+            ) as ws:
+                init = {"type": "connection_init", "payload": credential_headers(DEMO)}
+                await ws.send(json.dumps(init))
+                assert json.loads(await ws.recv())["type"] == "connection_ack"
+                page = subscription(1000, fields="id state from to startTime")
+                for n in range(20):
+                    await ws.send(json.dumps({"id": f"s{n}", "type": "subscribe", "payload": page}))
+                ws.transport.pause_reading()
+                await asyncio.sleep(6 * INTERVAL)
+                started = time.monotonic()
+                served.process.terminate()
+                await asyncio.to_thread(served.process.wait, 30)
+                return time.monotonic() - started
+
+        stopped = asyncio.run(hold_then_stop())
         errors = served.server_errors()
     assert stopped < SHUTDOWN_TIMEOUT, f"the gateway took {stopped:.1f} s to stop"
     assert errors == [], f"the gateway logged {len(errors)} error(s): {errors[:3]}"
