@@ -208,6 +208,29 @@ def test_concurrent_identical_lists_share_one_request() -> None:
     assert metrics.reports.count(("share", None)) == 4
 
 
+def test_a_shared_load_counts_its_request_in_the_starters_tally_only() -> None:
+    # Each caller's tally counts its own look-up; the one upstream request (and its
+    # retries) counts in the tally of the caller whose load it is, so that the log lines
+    # add up to what the upstream received. A later caller hits.
+    upstream = RecordingUpstream(LIST)
+    tallies = [UpstreamTally() for _ in range(4)]
+
+    async def main(built: CatapultService) -> None:
+        await asyncio.gather(
+            *(
+                built.list_calls(CREDENTIALS, QUERY, deadline=deadline(), tally=tally)
+                for tally in tallies[:3]
+            )
+        )
+        await built.list_calls(CREDENTIALS, QUERY, deadline=deadline(), tally=tallies[3])
+
+    run(main, upstream)
+
+    assert upstream.paths == [calls_path("u-1")]
+    counted = [(tally.cache, tally.requests) for tally in tallies]
+    assert counted == [({"miss": 1}, 1), ({"miss": 1}, 0), ({"miss": 1}, 0), ({"hit": 1}, 0)]
+
+
 def test_a_gate_that_refuses_keeps_the_request_home() -> None:
     upstream = RecordingUpstream(LIST)
 
