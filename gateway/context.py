@@ -19,6 +19,7 @@ from gateway.credentials import request_credentials
 from gateway.errors import printable
 from gateway.loaders import CallService, OperationLoader
 from gateway.pagination import CursorCodec
+from gateway.upstream.tally import UpstreamTally
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -134,6 +135,9 @@ class Context:
     # GATEWAY_MAX_ENTITIES, and the representations the operation's `_entities` fields
     # asked for so far: each field alone may be under a bound that their sum is over.
     max_entities: int
+    # What the operation asked of the upstream (cache look-ups, HTTP attempts): the loader
+    # hands it down with every ask; the endpoint gives it to the request's log record.
+    tally: UpstreamTally
     entities_asked: int = 0
     warnings: list[UpstreamWarning] = field(default_factory=list)
     # Set for operations that arrive over WebSocket or SSE, the transports that can
@@ -149,7 +153,8 @@ class MakeContext(Protocol):
 
 
 class ContextFactory:
-    """Makes each request's `Context`: its loader, deadline and reading of `no-cache`.
+    """Makes each request's `Context`: its loader, deadline, reading of `no-cache`, and
+    upstream tally.
 
     Built once by the app; the upstream comes from the lifespan's state, as it is opened
     at start-up, after the routes are made.
@@ -174,13 +179,15 @@ class ContextFactory:
 
     def __call__(self, request: Request, request_id: str) -> Context:
         upstream: CallService = request.state.upstream
+        tally = UpstreamTally()
         loader = OperationLoader(
             upstream,
             partial(request_credentials, request.scope),
+            tally=tally,
             deadline=time.monotonic() + self._request_timeout,
             refresh=wants_fresh(request.headers),
             upstream_base=self._upstream_base,
             max_requests=self._max_upstream_requests,
             max_calls=self._max_calls,
         )
-        return Context(request_id, loader, self._cursors, self._max_entities)
+        return Context(request_id, loader, self._cursors, self._max_entities, tally)

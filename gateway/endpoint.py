@@ -376,6 +376,8 @@ class GraphQLEndpoint:
         # Only now may the operation's name take a metrics slot (see `Metrics`).
         record.operation_checked = _has_credentials(request)
         context = self._make_context(request, request_id)
+        # The line reads what the operation's tally holds when the request ends.
+        record.upstream = context.tally
         plan = (
             self._plan(query, params.operation_name, document=document) if self._fast_path else None
         )

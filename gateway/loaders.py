@@ -63,6 +63,7 @@ from gateway.pagination import next_query
 from gateway.upstream import routes
 from gateway.upstream.client import UpstreamAnswer
 from gateway.upstream.entities import KnownCall, calls_in_list
+from gateway.upstream.tally import UpstreamTally
 
 # From this many ids missing from the entity view in one batch, one newest page of
 # MAX_PAGE_SIZE is asked first: one request instead of (at least) three.
@@ -81,6 +82,7 @@ class CallService(Protocol):
         deadline: float,
         refresh: bool,
         gate: Callable[[], None],
+        tally: UpstreamTally,
     ) -> UpstreamAnswer: ...
 
     async def get_call(
@@ -91,6 +93,7 @@ class CallService(Protocol):
         deadline: float,
         refresh: bool,
         gate: Callable[[], None],
+        tally: UpstreamTally,
     ) -> UpstreamAnswer | None: ...
 
     async def recall_calls(
@@ -115,6 +118,7 @@ class OperationLoader:
         upstream: CallService,
         credentials: ReadCredentials,
         *,
+        tally: UpstreamTally,
         deadline: float,
         refresh: bool,
         upstream_base: str,
@@ -123,6 +127,9 @@ class OperationLoader:
     ) -> None:
         self._upstream = upstream
         self._credentials = credentials
+        # The operation's: every ask hands it down, for the cache and the client to count
+        # into (what the request's log line says it cost).
+        self._tally = tally
         self._deadline = deadline
         # `Cache-Control: no-cache`: every cache read is skipped, the entity view's too.
         self._refresh = refresh
@@ -198,7 +205,12 @@ class OperationLoader:
 
         def send(gate: Callable[[], None]) -> Awaitable[UpstreamAnswer]:
             return self._upstream.list_calls(
-                credentials, query, deadline=self._deadline, refresh=self._refresh, gate=gate
+                credentials,
+                query,
+                deadline=self._deadline,
+                refresh=self._refresh,
+                gate=gate,
+                tally=self._tally,
             )
 
         # Two queries that send the same parameters (a bridge filter's pages) are one request.
@@ -281,7 +293,12 @@ class OperationLoader:
     async def _get_one(self, credentials: Credentials, call_id: str) -> FoundCall:
         def send(gate: Callable[[], None]) -> Awaitable[UpstreamAnswer | None]:
             return self._upstream.get_call(
-                credentials, call_id, deadline=self._deadline, refresh=self._refresh, gate=gate
+                credentials,
+                call_id,
+                deadline=self._deadline,
+                refresh=self._refresh,
+                gate=gate,
+                tally=self._tally,
             )
 
         answer = await self._get(credentials, call_id, send)

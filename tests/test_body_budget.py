@@ -19,6 +19,7 @@ from gateway.credentials import Credentials
 from gateway.errors import GatewayError
 from gateway.upstream.client import CatapultClient
 from gateway.upstream.routes import UpstreamRequest
+from gateway.upstream.tally import UpstreamTally
 from tests.hostile import Hostile, hostile_upstream
 from tests.memory import MIB, peak_rss, reset_peak, rss
 from tests.servers import gateway_process
@@ -189,7 +190,9 @@ def test_the_client_waits_for_budget_within_the_deadline(held_for: float, outcom
         asyncio.get_running_loop().call_later(held_for, other.release)
         client = budgeted_client(body_answer(body), budget)
         try:
-            answer = await client.fetch(CREDENTIALS, REQUEST, deadline=time.monotonic() + 0.6)
+            answer = await client.fetch(
+                CREDENTIALS, REQUEST, deadline=time.monotonic() + 0.6, tally=UpstreamTally()
+            )
         except GatewayError as exc:
             return f"{exc.code} {exc.extensions.get('retryAfter')}"
         finally:
@@ -229,7 +232,9 @@ def test_a_client_refused_budget_midway_is_rate_limited() -> None:
 
         async def one() -> str:
             try:
-                await client.fetch(CREDENTIALS, REQUEST, deadline=time.monotonic() + 0.6)
+                await client.fetch(
+                    CREDENTIALS, REQUEST, deadline=time.monotonic() + 0.6, tally=UpstreamTally()
+                )
             except GatewayError as exc:
                 return f"{exc.code} {exc.extensions.get('retryAfter')}"
             return "served"

@@ -17,6 +17,7 @@ from gateway.pagination import CursorCodec
 from gateway.sandbox import ACCOUNTS, credential_headers
 from gateway.upstream.client import UpstreamAnswer
 from gateway.upstream.entities import KnownCall
+from gateway.upstream.tally import UpstreamTally
 
 REQUEST_TIMEOUT = 20.0
 FETCHED_AT = 1_700_000_000.0
@@ -27,6 +28,7 @@ class Fetched:
     what: str
     deadline: float
     refresh: bool
+    tally: UpstreamTally
 
 
 @dataclass
@@ -44,8 +46,9 @@ class RecordingUpstream:
         deadline: float,
         refresh: bool,
         gate: Callable[[], None],
+        tally: UpstreamTally,
     ) -> UpstreamAnswer:
-        self.fetched.append(Fetched("list", deadline, refresh))
+        self.fetched.append(Fetched("list", deadline, refresh, tally))
         return UpstreamAnswer(body=[], links={}, fetched_at=FETCHED_AT)
 
     async def get_call(
@@ -56,8 +59,9 @@ class RecordingUpstream:
         deadline: float,
         refresh: bool,
         gate: Callable[[], None],
+        tally: UpstreamTally,
     ) -> UpstreamAnswer | None:
-        self.fetched.append(Fetched(call_id, deadline, refresh))
+        self.fetched.append(Fetched(call_id, deadline, refresh, tally))
         return UpstreamAnswer(body={"id": call_id}, links={}, fetched_at=FETCHED_AT)
 
     async def recall_calls(
@@ -135,3 +139,24 @@ def test_the_context_holds_when_the_upstream_answers_it_used_were_fetched() -> N
     # What the endpoint's verdict says about how old the answer's data is.
     assert context.calls.oldest_fetch == FETCHED_AT
     assert context.request_id == "r-1"
+
+
+def test_each_context_has_a_tally_of_its_own_that_every_ask_carries() -> None:
+    # The operation's upstream tally, read by the endpoint for the request's line: made
+    # with the context and handed down with each ask, never found on the way.
+    upstream = RecordingUpstream()
+    first, second = make_context(upstream, {}), make_context(upstream, {})
+
+    async def ask() -> None:
+        await first.calls.list_calls(ListQuery())
+        await first.calls.get_call("c-1")
+        await second.calls.list_calls(ListQuery(size=3))
+
+    asyncio.run(ask())
+
+    assert first.tally is not second.tally
+    assert [fetched.tally for fetched in upstream.fetched] == [
+        first.tally,
+        first.tally,
+        second.tally,
+    ]

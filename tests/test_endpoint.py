@@ -34,6 +34,7 @@ from gateway.pagination import CursorCodec
 from gateway.sandbox import ACCOUNTS, credential_headers
 from gateway.upstream.client import UpstreamAnswer
 from gateway.upstream.entities import KnownCall
+from gateway.upstream.tally import UpstreamTally
 from tests.conftest import Gateway, Sandbox
 from tests.servers import free_port, serve
 
@@ -435,11 +436,13 @@ class _NoUpstream:
 
 
 def _context(request: Request, request_id: str) -> Context:
+    tally = UpstreamTally()
     return Context(
         request_id=request_id,
         calls=OperationLoader(
             _NoUpstream(),
             partial(request_credentials, request.scope),
+            tally=tally,
             deadline=time.monotonic() + 5,
             refresh=False,
             upstream_base="http://upstream.test",
@@ -448,6 +451,7 @@ def _context(request: Request, request_id: str) -> Context:
         ),
         cursors=CursorCodec(b"a test cursor key"),
         max_entities=1000,
+        tally=tally,
     )
 
 

@@ -18,6 +18,7 @@ from gateway.errors import UpstreamBadResponse
 from gateway.loaders import CallService, OperationLoader
 from gateway.upstream.client import UpstreamAnswer
 from gateway.upstream.entities import KnownCall
+from gateway.upstream.tally import UpstreamTally
 from tests.conftest import DEMO, GatewayFactory, Sandbox
 
 LIST_PATH = f"/v1/users/{DEMO.user_id}/calls/"
@@ -84,12 +85,13 @@ def test_one_refusal_ends_the_operations_upstream_traffic(
     assert [r["status"] for r in sandbox.requests()] == [status]
 
 
-def loader_of(upstream: CallService) -> OperationLoader:
+def loader_of(upstream: CallService, tally: UpstreamTally | None = None) -> OperationLoader:
     """A loader over `upstream` for one caller, with no request budget and a 5 s deadline."""
     credentials = Credentials(authorization="Basic dDpz", user_id="u-a", token="t")
     return OperationLoader(
         upstream,
         lambda: credentials,
+        tally=UpstreamTally() if tally is None else tally,
         deadline=time.monotonic() + 5,
         refresh=False,
         upstream_base="http://upstream.test",
@@ -191,3 +193,70 @@ def test_the_loader_says_when_the_oldest_answer_it_used_was_fetched(
 
     assert loader.oldest_fetch == expected
     assert upstream.asked == [*pages, *known]
+
+
+class _Tallying:
+    """An upstream that counts what the service would into the tally each ask carries (a
+    miss and one request sent) and records which tally that was; `release` holds the
+    answers, so that two operations' asks interleave."""
+
+    def __init__(self, asks: int) -> None:
+        self.release = asyncio.Event()
+        self.asks = asks
+        self.asked: list[tuple[object, UpstreamTally]] = []
+
+    async def _answer(self, what: object, tally: UpstreamTally) -> None:
+        self.asked.append((what, tally))
+        tally.cache_result("miss")
+        if len(self.asked) == self.asks:
+            # Every ask of both operations is out: now they are answered, together.
+            self.release.set()
+        await self.release.wait()
+        tally.request_sent()
+
+    async def list_calls(
+        self, credentials: Credentials, query: ListQuery, *, tally: UpstreamTally, **_: Any
+    ) -> UpstreamAnswer:
+        await self._answer(query.size, tally)
+        return UpstreamAnswer([], {})
+
+    async def get_call(
+        self, credentials: Credentials, call_id: str, *, tally: UpstreamTally, **_: Any
+    ) -> UpstreamAnswer | None:
+        await self._answer(call_id, tally)
+        return UpstreamAnswer({"id": call_id, "from": "+19195550100", "to": "+1919"}, {})
+
+    async def recall_calls(
+        self, credentials: Credentials, call_ids: Sequence[str]
+    ) -> dict[str, KnownCall]:
+        return {}
+
+
+def test_interleaved_operations_each_count_only_their_own_asks_in_their_own_tally() -> None:
+    # The tally travels with each ask (the service counts into the one it is handed), so
+    # two operations running at once on one loop, in whatever task or context variable
+    # their work happens to run, each count exactly what they asked, batches included.
+    upstream = _Tallying(asks=5)
+    first, second = UpstreamTally(), UpstreamTally()
+
+    async def operations() -> None:
+        one, other = loader_of(upstream, first), loader_of(upstream, second)
+        asks = [
+            one.list_calls(ListQuery(size=2)),
+            other.get_call("c-1"),
+            one.get_call("c-2"),
+            other.list_calls(ListQuery(size=3)),
+            other.get_call("c-3"),
+        ]
+        await asyncio.gather(*asks)
+
+    asyncio.run(operations())
+
+    assert sorted(str(what) for what, tally in upstream.asked if tally is first) == ["2", "c-2"]
+    assert sorted(str(what) for what, tally in upstream.asked if tally is second) == [
+        "3",
+        "c-1",
+        "c-3",
+    ]
+    assert (first.cache, first.requests) == ({"miss": 2}, 2)
+    assert (second.cache, second.requests) == ({"miss": 3}, 3)

@@ -29,6 +29,7 @@ from gateway.fastpath import compile_plan
 from gateway.pagination import CursorCodec
 from gateway.sandbox import credential_headers
 from gateway.schema import build_schema, graphql_core_schema
+from gateway.upstream.tally import UpstreamTally
 from tests.conftest import DEMO
 from tests.fakes import FakeUpstream
 from tests.fakes import upstream_call as call  # short: the cases below are tables
@@ -375,7 +376,9 @@ def test_the_compiled_path_answers_odd_records_itself(case: Case) -> None:
     document = parse(CALLS)
     plan = compile_plan(schema, document, get_operation_ast(document))
     assert plan is not None
-    context = Context("r-1", _Source(body), CursorCodec(b"k" * 16), max_entities=1000)
+    context = Context(
+        "r-1", _Source(body), CursorCodec(b"k" * 16), max_entities=1000, tally=UpstreamTally()
+    )
 
     data = asyncio.run(plan.run(context, {"filter": case.filter}))
 

@@ -237,6 +237,9 @@ class Operations:
             return Refused([coded(error, "GRAPHQL_VALIDATION_FAILED") for error in errors])
         http_scope = _http_scope(scope, request)
         request_id = scope_request_id(http_scope)
+        # A context of its own, with its own upstream tally (see `ContextFactory`): no line
+        # reads it, as a subscription has none, and its updates come from pollers, each
+        # poll counted in a tally of its own (source.py), never into this request's.
         context = self._make_context(Request(http_scope), request_id)
         # The hub comes from the lifespan's state, as the context's upstream does: it is
         # opened when the app starts, after this was built.

@@ -17,13 +17,20 @@ from gateway.calls import ListQuery
 from gateway.credentials import Credentials
 from gateway.live.hub import Page, PageSource
 from gateway.upstream.client import UpstreamAnswer
+from gateway.upstream.tally import UpstreamTally
 
 
 class ListCalls(Protocol):
     """`CatapultService.list_calls`: the upstream behind its cache, single flight and pacing."""
 
     def __call__(
-        self, credentials: Credentials, query: ListQuery, *, deadline: float, refresh: bool
+        self,
+        credentials: Credentials,
+        query: ListQuery,
+        *,
+        deadline: float,
+        refresh: bool,
+        tally: UpstreamTally,
     ) -> Awaitable[UpstreamAnswer]: ...
 
 
@@ -31,8 +38,15 @@ def page_source(list_calls: ListCalls, *, timeout: float) -> PageSource:
     """Polls through `list_calls`, each poll given `timeout` seconds like a request."""
 
     async def poll(credentials: Credentials, query: ListQuery, fresh: bool) -> Page:
+        # A tally of its own, which nothing reads: a poll is no request's, and what it
+        # sends is counted in the metrics only (a request that shares its load in flight
+        # counts its own look-up, as with any load another started).
         answer = await list_calls(
-            credentials, query, deadline=time.monotonic() + timeout, refresh=fresh
+            credentials,
+            query,
+            deadline=time.monotonic() + timeout,
+            refresh=fresh,
+            tally=UpstreamTally(),
         )
         return Page(answer.body, answer.fetched_at)
 

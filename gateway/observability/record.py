@@ -1,7 +1,10 @@
-"""The record of one GraphQL request, its request id, and the context variable it rides in.
+"""The record of one GraphQL request, and its request id.
 
-The record is filled in as the request runs and logged when it ends (see
-`gateway.observability.telemetry`, the one module that writes it).
+The record is filled in by the layers that hold it (the endpoint, and
+`gateway.observability.telemetry`, which makes it and writes its line when the request
+ends); nothing below them reaches it. What the operation asked of the upstream comes
+from the operation's own `UpstreamTally`, which the endpoint hands the record and the
+line reads at the end.
 """
 
 from __future__ import annotations
@@ -12,17 +15,18 @@ import re
 import secrets
 from collections import Counter
 from collections.abc import MutableMapping
-from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any
+
+from gateway.upstream.tally import UpstreamTally
 
 
 @dataclass(slots=True)
 class RequestRecord:
     """What one GraphQL request did, filled in as it runs and logged when it ends.
 
-    It rides in a context variable, so the parts that notice something (the upstream
-    transport, the cache) add to it without being handed the request.
+    Only the layers that hold it write it; the upstream cache and client count into the
+    operation's tally instead, handed down to them with each ask (`upstream`).
     """
 
     request_id: str
@@ -30,23 +34,30 @@ class RequestRecord:
     operation: str | None = None
     status: int | None = None
     error_codes: list[str] = field(default_factory=list)
-    # HTTP attempts sent to the upstream, each retry one more: not the distinct asks the
-    # loader counts against maxUpstreamRequests (a cache hit sends none).
-    upstream_requests: int = 0
+    # The operation's upstream tally (look-ups by result, HTTP attempts sent, retries
+    # included), read when the line is written: a request cut short or failing still
+    # says what its operation sent until then. None when no operation ran.
+    upstream: UpstreamTally | None = None
+    # Look-ups answered before any operation ran (the whole-answer cache's "response-hit").
     cache: Counter[str] = field(default_factory=Counter)
     trace_id: str | None = None
     # Parsed, validated, with usable credentials: the name may take a metrics slot.
     operation_checked: bool = False
 
     def log_fields(self, duration: float) -> dict[str, Any]:
+        cache = dict(self.cache)
+        upstream = self.upstream
+        if upstream is not None:
+            for result, count in upstream.cache.items():
+                cache[result] = cache.get(result, 0) + count
         fields: dict[str, Any] = {
             "request_id": self.request_id,
             "method": self.method,
             "operation": self.operation,
             "status": self.status,
             "duration_ms": round(duration * 1000, 2),
-            "upstream_requests": self.upstream_requests,
-            "cache": dict(self.cache) or None,
+            "upstream_requests": 0 if upstream is None else upstream.requests,
+            "cache": cache or None,
             "error_codes": sorted(set(self.error_codes)),
         }
         if self.trace_id is not None:
@@ -106,20 +117,3 @@ def scope_request_id(scope: MutableMapping[str, Any]) -> str:
     request_id = request_id_from(given)
     scope[_SCOPE_REQUEST_ID] = request_id
     return request_id
-
-
-_current: ContextVar[RequestRecord | None] = ContextVar("gateway_request", default=None)
-
-
-def current_request() -> RequestRecord | None:
-    """The record of the GraphQL request this code runs for, if any."""
-    return _current.get()
-
-
-def bind_request(record: RequestRecord | None) -> Token[RequestRecord | None]:
-    """Make `record` the current request; returns a token for `unbind_request`."""
-    return _current.set(record)
-
-
-def unbind_request(token: Token[RequestRecord | None]) -> None:
-    _current.reset(token)

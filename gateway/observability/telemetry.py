@@ -1,6 +1,9 @@
 """Per-request telemetry: the request's log line, metrics and server span.
 
-Each upstream call's span and metric are added by `transport.InstrumentedTransport`.
+Each upstream call's span and metric are added by `transport.InstrumentedTransport`. What
+the upstream layers report here is counted process-wide only: what one request's
+operation asked of the upstream reaches its line through the operation's own tally,
+which the endpoint hands the record (`RequestRecord.upstream`).
 """
 
 from __future__ import annotations
@@ -16,12 +19,7 @@ from starlette.requests import Request
 
 from gateway.observability.logging import RequestLog, bounded_text
 from gateway.observability.metrics import Metrics
-from gateway.observability.record import (
-    RequestRecord,
-    bind_request,
-    current_request,
-    unbind_request,
-)
+from gateway.observability.record import RequestRecord
 
 if TYPE_CHECKING:
     from gateway.context import UpstreamWarning
@@ -42,7 +40,6 @@ class Telemetry:
     def request(self, request: Request, request_id: str) -> Iterator[RequestRecord]:
         """Observe one GraphQL request; the caller fills in the record it yields."""
         record = RequestRecord(request_id, request.method)
-        token = bind_request(record)
         started = time.perf_counter()
         self.metrics.in_flight.inc()
         try:
@@ -63,7 +60,6 @@ class Telemetry:
         finally:
             duration = time.perf_counter() - started
             self.metrics.in_flight.dec()
-            unbind_request(token)
             self._finished(record, duration)
 
     def _finished(self, record: RequestRecord, duration: float) -> None:
@@ -74,14 +70,11 @@ class Telemetry:
         if request_log.enabled():
             request_log.write("graphql request", record.log_fields(duration))
 
-    def cache_result(self, result: str) -> None:
-        """An upstream-cache look-up ("hit", "miss" or "error"), noted in the request's line."""
-        self.metrics.cache_result(result)
-        record = current_request()
-        if record is not None:
-            record.cache[result] += 1
+    # What the upstream service reports (its `UpstreamMetrics`) is counted, process-wide.
 
-    # The rest of what the upstream service reports (its `UpstreamMetrics`) is counted only.
+    def cache_result(self, result: str) -> None:
+        """An upstream-cache look-up ("hit", "miss" or "error")."""
+        self.metrics.cache_result(result)
 
     def singleflight_share(self) -> None:
         self.metrics.singleflight_share()
@@ -91,12 +84,6 @@ class Telemetry:
 
     def pacing_refusal(self) -> None:
         self.metrics.pacing_refusal()
-
-    def upstream_request_sent(self) -> None:
-        """One HTTP attempt to the upstream, retries included, noted in the request's line."""
-        record = current_request()
-        if record is not None:
-            record.upstream_requests += 1
 
     def upstream_warnings(self, warnings: Sequence[UpstreamWarning], request_id: str) -> None:
         """Tolerated upstream oddities of one answer: one count each, one log line per kind.
@@ -130,8 +117,8 @@ class Telemetry:
         """Observe a request answered whole from the answer cache, around sending it.
 
         The same log line and request metrics as `request`, plus a response-cache hit.
-        Without tracing this skips what only a running request needs (the record in a
-        context variable, the in-flight gauge): a hit is over in microseconds.
+        Without tracing this skips what only a running request needs (the in-flight
+        gauge, a generator-based context manager): a hit is over in microseconds.
         """
         if self.tracing is not None:
             return self._traced_hit(request, request_id, operation)
@@ -156,7 +143,7 @@ class Telemetry:
 
 
 class _Hit:
-    # `request` without the context variable and the gauge (see `cached_answer`).
+    # `request` without the gauge (see `cached_answer`).
     __slots__ = ("_record", "_started", "_telemetry")
 
     def __init__(self, telemetry: Telemetry, record: RequestRecord) -> None:

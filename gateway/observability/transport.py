@@ -1,5 +1,6 @@
-"""The instrumented upstream transport: one metric, one line count and one client span per
-HTTP attempt to the upstream, retries included.
+"""The instrumented upstream transport: one metric and one client span per HTTP attempt to
+the upstream, retries included. (The request's line counts its attempts from its
+operation's tally, which the upstream client counts into as it hands each one here.)
 
 It lives with what it reports to rather than in `gateway/upstream/`: the upstream package
 reports only through the narrow `UpstreamMetrics` seam and knows nothing of Prometheus or
@@ -26,12 +27,10 @@ class InstrumentedTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, inner: httpx.AsyncBaseTransport, telemetry: Telemetry) -> None:
         self._inner = inner
-        self._telemetry = telemetry
         self._metrics = telemetry.metrics
         self._tracing = telemetry.tracing
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self._telemetry.upstream_request_sent()
         span_cm = (
             nullcontext(None)
             if self._tracing is None

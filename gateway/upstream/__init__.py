@@ -9,6 +9,7 @@ redis      the guarded Redis connection the cache, entity view and pacing share
 pacing     each account's requests spaced to the upstream's rate limit
 lanes      which pacing lane a credential pair takes (the account's, a probe lane, none)
 client     the REST client: errors mapped in one place, retries inside the deadline
+tally      one operation's cache look-ups and HTTP attempts, handed down with each ask
 routes     the REST paths
 transport  httpx's transport interface over aiohttp's connection pool
 """

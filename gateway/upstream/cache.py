@@ -1,6 +1,6 @@
 """The upstream result cache: credential-scoped keys, single flight, memory or Redis storage.
 
-Consumers see `SingleFlightCache.get_or_load(key, load, ttl)` and `CacheKeys`; which store
+Consumers see `SingleFlightCache.get_or_load(key, load, ttl, tally=)` and `CacheKeys`; which store
 sits behind them comes from `GATEWAY_CACHE_URL`:
 
     memory://             this process only, bounded by entries and bytes, least recently
@@ -30,6 +30,7 @@ import orjson
 
 from gateway.bounded import BoundedCache
 from gateway.upstream.redis import RedisStore
+from gateway.upstream.tally import UpstreamTally
 
 T = TypeVar("T")
 
@@ -115,12 +116,24 @@ class SingleFlightCache(Generic[T]):
 
     @overload
     async def get_or_load(
-        self, key: str, load: Callable[[], Awaitable[T]], ttl: float, *, refresh: bool = ...
+        self,
+        key: str,
+        load: Callable[[], Awaitable[T]],
+        ttl: float,
+        *,
+        refresh: bool = ...,
+        tally: UpstreamTally,
     ) -> T: ...
 
     @overload
     async def get_or_load(
-        self, key: str, load: Callable[[], Awaitable[T | None]], ttl: float, *, refresh: bool = ...
+        self,
+        key: str,
+        load: Callable[[], Awaitable[T | None]],
+        ttl: float,
+        *,
+        refresh: bool = ...,
+        tally: UpstreamTally,
     ) -> T | None: ...
 
     async def get_or_load(
@@ -130,20 +143,31 @@ class SingleFlightCache(Generic[T]):
         ttl: float,
         *,
         refresh: bool = False,
+        tally: UpstreamTally,
     ) -> T | None:
         """The cached value for `key`, or the result of `load()`, kept for `ttl` seconds.
 
         `ttl` 0 caches nothing but still shares a load in flight. `refresh` skips the read
         and replaces the entry. Failures of `load` reach every waiter and are not cached, nor
-        is a None it returns.
+        is a None it returns. The look-up's result is counted into the asking operation's
+        `tally` (and reported to the metrics hook).
         """
         if ttl > 0 and not refresh:
             data = await self.store.get(key)
             if data is not None:
                 self.hits += 1
                 self._on_lookup("hit")
+                tally.cache_result("hit")
                 return self._codec.decode(data)
-            self._on_lookup("miss" if self.store.healthy else "error")
+            result = "miss" if self.store.healthy else "error"
+            self._on_lookup(result)
+            tally.cache_result(result)
+        # A load shared in flight is counted once: `load` is the starter's, and whatever it
+        # sends counts in the tally it carries, the starter's; a caller that joins it counts
+        # its own look-up above and no upstream request. So each request's log line says what
+        # that request sent, and the lines add up to what the upstream received (the
+        # `gateway_upstream_requests_total` count), as when the line was filled from the
+        # context the load ran in; the sharing shows in `gateway_singleflight_shares_total`.
         flight = self._flights.get(key)
         if flight is None:
             # A refresh joins a load already in flight: it started no earlier than the

@@ -56,6 +56,7 @@ from gateway.errors import (
     printable,
 )
 from gateway.upstream.routes import UpstreamRequest
+from gateway.upstream.tally import UpstreamTally
 from gateway.upstream.transport import BodyRefused
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
@@ -132,12 +133,17 @@ class CatapultClient:
         return self._base_url
 
     async def get_call(
-        self, credentials: Credentials, request: UpstreamRequest, *, deadline: float
+        self,
+        credentials: Credentials,
+        request: UpstreamRequest,
+        *,
+        deadline: float,
+        tally: UpstreamTally,
     ) -> UpstreamAnswer | None:
         """GET one call (`request` from `routes.get_call`, a JSON object), or None when the
         upstream has none; a page of calls needs no such mapping and is a plain `fetch`."""
         try:
-            return await self.fetch(credentials, request, deadline=deadline)
+            return await self.fetch(credentials, request, deadline=deadline, tally=tally)
         except NotFound as exc:
             # An unknown call is an expected outcome (null); an unknown user is an error.
             if exc.extra.get("upstreamCode") == CALL_NOT_FOUND:
@@ -145,18 +151,24 @@ class CatapultClient:
             raise
 
     async def fetch(
-        self, credentials: Credentials, request: UpstreamRequest, *, deadline: float
+        self,
+        credentials: Credentials,
+        request: UpstreamRequest,
+        *,
+        deadline: float,
+        tally: UpstreamTally,
     ) -> UpstreamAnswer:
         """GET `request`; raises a `GatewayError` for every failure, after retries.
 
         An attempt is retried when its failure says another may help (see `_Attempt`),
         at most `retries` times, and only when the wait before it ends within `deadline`.
+        Each attempt handed to the transport counts one in the asking operation's `tally`.
         """
         tries = 1
         while True:
             attempt = _Attempt(self._origin)
             try:
-                return await self._attempt(credentials, request, deadline, attempt)
+                return await self._attempt(credentials, request, deadline, attempt, tally)
             except GatewayError:
                 wait = _backoff(tries)
                 if (
@@ -175,6 +187,7 @@ class CatapultClient:
         request: UpstreamRequest,
         deadline: float,
         attempt: _Attempt,
+        tally: UpstreamTally,
     ) -> UpstreamAnswer:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -184,7 +197,7 @@ class CatapultClient:
             # The transport's timeouts bound each socket operation; this bounds the whole
             # answer, so a slowly dripping upstream cannot outlast the deadline.
             async with asyncio.timeout(timeout) as timer:
-                response = await self._send(credentials, request, timeout)
+                response = await self._send(credentials, request, timeout, tally)
                 try:
                     content = await _read_body(response, _Budgeted(lease, timer, deadline))
                 finally:
@@ -195,7 +208,11 @@ class CatapultClient:
             )
 
     async def _send(
-        self, credentials: Credentials, request: UpstreamRequest, seconds: float
+        self,
+        credentials: Credentials,
+        request: UpstreamRequest,
+        seconds: float,
+        tally: UpstreamTally,
     ) -> httpx.Response:
         # The caller bounds the whole exchange; connecting has a shorter bound of its own,
         # so that a silent host is retried within the deadline.
@@ -218,6 +235,9 @@ class CatapultClient:
             # of their own would only cost a reschedule for every chunk read.
             extensions={"timeout": {"connect": connect, "read": None, "write": None, "pool": None}},
         )
+        # Counted as it is handed on, as the transport's metric counts it: an attempt
+        # that fails to connect was still sent, one the deadline kept home was not.
+        tally.request_sent()
         return await self._transport.handle_async_request(outgoing)
 
 

@@ -1,7 +1,7 @@
 """The upstream as operations see it: the cache, shared in-flight requests and pacing,
 in front of the client.
 
-    list_calls / get_call(credentials, ...)
+    list_calls / get_call(credentials, ..., tally)
       -> SingleFlightCache.get_or_load  a hit under the same credentials' key ends here;
                                         identical concurrent misses share one load
                                         (skipped with TTL 0: nothing is reused then)
@@ -16,6 +16,10 @@ in front of the client.
 
 Only successful answers reach the cache: an error raised by the client passes through
 `get_or_load` to every waiter and nothing is stored, nor is an unknown call's None.
+
+`tally` is the asking operation's `UpstreamTally`, handed down as `deadline` and `gate`
+are: the cache counts the look-up into it, the client every HTTP attempt (a load shared in
+flight counts into its starter's, see `SingleFlightCache.get_or_load`).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from gateway.upstream.pacing import (
 )
 from gateway.upstream.redis import RedisStore
 from gateway.upstream.routes import UpstreamRequest
+from gateway.upstream.tally import UpstreamTally
 
 log = logging.getLogger("gateway.cache")
 
@@ -82,7 +87,8 @@ Fetched = TypeVar("Fetched", UpstreamAnswer, UpstreamAnswer | None)
 
 
 class UpstreamMetrics(Protocol):
-    """What the cache and the pacer report (`observability.telemetry.Telemetry` does it)."""
+    """What the cache and the pacer report, process-wide (`observability.telemetry.Telemetry`
+    counts it); what one operation caused is counted in its `UpstreamTally` instead."""
 
     def cache_result(self, result: str) -> None: ...
 
@@ -127,6 +133,7 @@ class CatapultService:
         deadline: float,
         refresh: bool = False,
         gate: Callable[[], None] = _no_veto,
+        tally: UpstreamTally,
     ) -> UpstreamAnswer:
         """One page of the caller's calls; `refresh` skips the cache read.
 
@@ -140,9 +147,9 @@ class CatapultService:
             gate()
             # The request made above for the cache key, not made again: a page's
             # parameters cost a cache miss a little each time.
-            return await self._client.fetch(credentials, request, deadline=deadline)
+            return await self._client.fetch(credentials, request, deadline=deadline, tally=tally)
 
-        return await self._through_cache(credentials, request, send, refresh, calls_in_list)
+        return await self._through_cache(credentials, request, send, refresh, calls_in_list, tally)
 
     async def get_call(
         self,
@@ -152,6 +159,7 @@ class CatapultService:
         deadline: float,
         refresh: bool = False,
         gate: Callable[[], None] = _no_veto,
+        tally: UpstreamTally,
     ) -> UpstreamAnswer | None:
         """One of the caller's calls, or None when the upstream has no such call."""
         request = routes.get_call(credentials.user_id, call_id)
@@ -159,9 +167,9 @@ class CatapultService:
         async def send() -> UpstreamAnswer | None:
             gate()
             # The request made above for the cache key, as `list_calls` does.
-            return await self._client.get_call(credentials, request, deadline=deadline)
+            return await self._client.get_call(credentials, request, deadline=deadline, tally=tally)
 
-        return await self._through_cache(credentials, request, send, refresh, call_in_answer)
+        return await self._through_cache(credentials, request, send, refresh, call_in_answer, tally)
 
     async def _through_cache(
         self,
@@ -170,6 +178,7 @@ class CatapultService:
         send: Callable[[], Awaitable[Fetched]],
         refresh: bool,
         calls_in: Callable[[Any], Iterable[tuple[str, Any]]],
+        tally: UpstreamTally,
     ) -> Fetched:
         async def load() -> Fetched:
             # Paced in the lane the credential pair has earned (see lanes.py).
@@ -185,7 +194,7 @@ class CatapultService:
         key = self._keys.request(
             credentials.authorization, credentials.user_id, request.path, request.params
         )
-        return await self._cache.get_or_load(key, load, self._ttl, refresh=refresh)
+        return await self._cache.get_or_load(key, load, self._ttl, refresh=refresh, tally=tally)
 
     def list_key(self, credentials: Credentials, query: ListQuery) -> str:
         """The keyed hash `list_calls` caches this page under (live pollers share by it)."""

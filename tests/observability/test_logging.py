@@ -6,8 +6,10 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import pytest
 
 from gateway.observability.logging import (
@@ -19,6 +21,7 @@ from gateway.observability.logging import (
 )
 from gateway.observability.record import RequestRecord
 from gateway.sandbox import credential_headers
+from gateway.upstream.tally import UpstreamTally
 from tests.conftest import DEMO, GatewayFactory, KeepEveryLine, Sandbox, leaks
 
 
@@ -224,6 +227,36 @@ def test_a_cache_hit_writes_a_line_like_any_request(
     assert (hit["operation"], hit["status"], hit["error_codes"]) == ("Latest", 200, [])
 
 
+def test_interleaved_requests_each_count_their_own_look_ups_and_upstream_requests(
+    gateway_factory: GatewayFactory, sandbox: Sandbox, log_stream: io.StringIO
+) -> None:
+    # Two requests for one page at once on the gateway's loop: one starts the upstream
+    # load (its first attempt fails with 503 and is retried), the other shares it. Each
+    # line counts its own look-up, and the two attempts are in the starter's line only,
+    # so the lines add up to what the upstream received. A third request later hits.
+    gateway = gateway_factory(cache_ttl=30)
+    sandbox.faults(latency_ms=300, fail_status=503, fail_count=1)
+    query = "query Latest {{ calls(size: 2) {{ id }} }} # {}"
+
+    def ask(name: str) -> httpx.Response:
+        # New bytes each: the whole-answer cache must not answer before the upstream cache.
+        return gateway.query(
+            query.format(name), headers={**credential_headers(DEMO), "X-Request-Id": name}
+        )
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        answers = list(pool.map(ask, ["a", "b"]))
+    answers.append(ask("c"))
+
+    assert [answer.status_code for answer in answers] == [200] * 3
+    assert "errors" not in answers[0].json()
+    lines = {line["request_id"]: line for line in request_lines(log_stream)}
+    shared = sorted((lines[name]["upstream_requests"], lines[name]["cache"]) for name in "ab")
+    assert shared == [(0, {"miss": 1}), (2, {"miss": 1})]
+    assert (lines["c"]["upstream_requests"], lines["c"]["cache"]) == (0, {"hit": 1})
+    assert len(sandbox.requests()) == 2
+
+
 class _RecordsMade:
     """A log record factory that keeps every record the logging module makes."""
 
@@ -324,13 +357,26 @@ def test_a_filter_on_the_way_sees_the_request_line() -> None:
     assert [record.request_id for record in seen] == ["r-2"]  # type: ignore[attr-defined]
 
 
+def _sent(requests: int) -> UpstreamTally:
+    tally = UpstreamTally()
+    for _ in range(requests):
+        tally.request_sent()
+    return tally
+
+
 @pytest.mark.parametrize(
     "record",
     [
         pytest.param(RequestRecord("r-1", "POST"), id="bare"),
         pytest.param(
             RequestRecord(
-                "r-2", "GET", "Latest", 200, ["UPSTREAM_ERROR", "UPSTREAM_ERROR"], 3, trace_id="t"
+                "r-2",
+                "GET",
+                "Latest",
+                200,
+                ["UPSTREAM_ERROR", "UPSTREAM_ERROR"],
+                upstream=_sent(3),
+                trace_id="t",
             ),
             id="full",
         ),

@@ -5,14 +5,8 @@ from typing import Any
 
 import pytest
 
-from gateway.observability.record import (
-    RequestRecord,
-    bind_request,
-    current_request,
-    request_id_from,
-    scope_request_id,
-    unbind_request,
-)
+from gateway.observability.record import RequestRecord, request_id_from, scope_request_id
+from gateway.upstream.tally import UpstreamTally
 
 
 def test_new_request_ids_are_unique_and_well_formed() -> None:
@@ -46,14 +40,21 @@ def test_a_scope_has_one_request_id_whoever_asks(
     assert (first == "abc-1") is kept
 
 
-def test_the_bound_record_is_the_current_one_until_unbound() -> None:
+def test_the_line_counts_what_the_operations_tally_holds_when_it_is_written() -> None:
     record = RequestRecord("r-1", "POST")
-    assert current_request() is None
+    assert (record.log_fields(0)["upstream_requests"], record.log_fields(0)["cache"]) == (0, None)
+    tally = UpstreamTally()
+    record.upstream = tally
 
-    token = bind_request(record)
-    try:
-        assert current_request() is record
-    finally:
-        unbind_request(token)
+    # Counted after the record was handed the tally (the operation runs after the
+    # endpoint makes its context): read when the line is written, at the end.
+    tally.cache_result("miss")
+    tally.cache_result("miss")
+    tally.request_sent()
+    record.cache["response-hit"] += 1
 
-    assert current_request() is None
+    fields = record.log_fields(0)
+    assert fields["upstream_requests"] == 1
+    assert fields["cache"] == {"response-hit": 1, "miss": 2}
+    # The record only reads the tally: writing the line changes nothing in it.
+    assert (tally.cache, tally.requests) == ({"miss": 2}, 1)

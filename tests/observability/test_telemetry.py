@@ -10,7 +10,7 @@ from starlette.requests import Request
 
 from gateway.context import UpstreamWarning
 from gateway.observability.metrics import Metrics
-from gateway.observability.record import RequestRecord, current_request
+from gateway.observability.record import RequestRecord
 from gateway.observability.telemetry import Telemetry
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -119,7 +119,6 @@ def test_a_request_ends_with_one_line_and_its_metrics(
 
     try:
         with observed.request(http_request(), "r-1") as record:
-            assert current_request() is record
             assert value(observed.metrics, "gateway_requests_in_flight") == 1
             fill(record)
     except RuntimeError:
@@ -133,15 +132,17 @@ def test_a_request_ends_with_one_line_and_its_metrics(
         **line,
     }
     assert request_lines(caplog) == [expected]
-    assert current_request() is None
     assert value(observed.metrics, "gateway_requests_in_flight") == 0
     assert value(observed.metrics, "gateway_requests_total", **counted) == 1
     assert value(observed.metrics, "gateway_request_duration_seconds_count") == 1
 
 
-def test_cache_look_ups_are_counted_and_noted_in_the_current_request_only(
+def test_cache_look_ups_reported_by_the_upstream_are_counted_but_noted_in_no_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    # The line's look-ups come from the operation's own tally, which the endpoint hands
+    # the record; what the upstream cache reports here is process-wide, whatever request
+    # happens to be running when it does.
     observed = telemetry()
     caplog.set_level(logging.INFO, logger="gateway.request")
 
@@ -149,10 +150,10 @@ def test_cache_look_ups_are_counted_and_noted_in_the_current_request_only(
         observed.cache_result("hit")
         observed.cache_result("hit")
         observed.cache_result("miss")
-    observed.cache_result("error")  # outside any request: counted, noted in no line
+    observed.cache_result("error")  # outside any request: counted too
 
     [line] = request_lines(caplog)
-    assert line["cache"] == {"hit": 2, "miss": 1}
+    assert line["cache"] is None
     assert value(observed.metrics, "gateway_cache_requests_total", result="hit") == 2
     assert value(observed.metrics, "gateway_cache_requests_total", result="miss") == 1
     assert value(observed.metrics, "gateway_cache_requests_total", result="error") == 1

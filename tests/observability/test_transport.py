@@ -1,4 +1,4 @@
-"""The instrumented upstream transport: every HTTP attempt counted, timed and noted."""
+"""The instrumented upstream transport: every HTTP attempt counted and timed."""
 
 from __future__ import annotations
 
@@ -35,9 +35,12 @@ def _refuses() -> httpx.MockTransport:
         pytest.param(_refuses(), "ConnectError", id="transport-error"),
     ],
 )
-def test_every_upstream_attempt_is_counted_and_noted_in_the_request(
+def test_every_upstream_attempt_is_counted_in_the_metrics_only(
     inner: httpx.AsyncBaseTransport, status: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # The request's line counts its attempts from its operation's tally, which the
+    # upstream client counts into (tests/upstream/test_client.py); the transport serves
+    # every request alike and writes into none.
     observed = telemetry()
     caplog.set_level(logging.INFO, logger="gateway.request")
 
@@ -51,7 +54,7 @@ def test_every_upstream_attempt_is_counted_and_noted_in_the_request(
         asyncio.run(attempt_twice())
 
     [line] = request_lines(caplog)
-    assert line["upstream_requests"] == 2
+    assert line["upstream_requests"] == 0
     assert value(observed.metrics, "gateway_upstream_requests_total", status=status) == 2
     assert value(observed.metrics, "gateway_upstream_request_duration_seconds_count") == 2
 

@@ -30,6 +30,7 @@ from gateway.upstream.client import CatapultClient, UpstreamAnswer
 from gateway.upstream.pacing import MonotonicClock
 from gateway.upstream.routes import calls_path, list_params
 from gateway.upstream.service import AnswerCodec, create_upstream
+from gateway.upstream.tally import UpstreamTally
 from tests.conftest import (
     DEMO,
     SECOND,
@@ -205,7 +206,9 @@ def test_property_every_answer_is_the_one_fetched_with_the_callers_own_credentia
         # Sequentially (hits after misses) and all at once (single flight) alike.
         async def ask(token: str, secret: str, user: str, query: ListQuery) -> None:
             credentials = Credentials(authorization=basic(token, secret), user_id=user)
-            answer = await upstream.list_calls(credentials, query, deadline=time.monotonic() + 5)
+            answer = await upstream.list_calls(
+                credentials, query, deadline=time.monotonic() + 5, tally=UpstreamTally()
+            )
             [record] = answer.body
             assert record["callbackUrl"] == credentials.authorization
             target = urlsplit(record["events"])
@@ -276,10 +279,12 @@ def test_refresh_replaces_the_entry_that_later_reads_get() -> None:
         async def load() -> UpstreamAnswer:
             return UpstreamAnswer(body=next(loads), links={})
 
-        assert (await cache.get_or_load("k", load, 60)).body == 1
-        assert (await cache.get_or_load("k", load, 60)).body == 1
-        assert (await cache.get_or_load("k", load, 60, refresh=True)).body == 2
-        assert (await cache.get_or_load("k", load, 60)).body == 2
+        assert (await cache.get_or_load("k", load, 60, tally=UpstreamTally())).body == 1
+        assert (await cache.get_or_load("k", load, 60, tally=UpstreamTally())).body == 1
+        assert (
+            await cache.get_or_load("k", load, 60, refresh=True, tally=UpstreamTally())
+        ).body == 2
+        assert (await cache.get_or_load("k", load, 60, tally=UpstreamTally())).body == 2
 
     asyncio.run(run())
 
@@ -365,8 +370,8 @@ def test_a_cancelled_waiter_does_not_cancel_the_shared_load() -> None:
             await release.wait()
             return UpstreamAnswer(body="x", links={})
 
-        first = asyncio.create_task(cache.get_or_load("k", load, 60))
-        second = asyncio.create_task(cache.get_or_load("k", load, 60))
+        first = asyncio.create_task(cache.get_or_load("k", load, 60, tally=UpstreamTally()))
+        second = asyncio.create_task(cache.get_or_load("k", load, 60, tally=UpstreamTally()))
         await asyncio.sleep(0)
         first.cancel()
         release.set()
@@ -385,7 +390,8 @@ def test_a_failed_load_raises_in_every_waiter() -> None:
             raise UpstreamError("boom")
 
         results = await asyncio.gather(
-            *(cache.get_or_load("k", load, 60) for _ in range(5)), return_exceptions=True
+            *(cache.get_or_load("k", load, 60, tally=UpstreamTally()) for _ in range(5)),
+            return_exceptions=True,
         )
         assert all(isinstance(r, UpstreamError) for r in results)
         assert cache.state()["entries"] == 0

@@ -25,6 +25,7 @@ from gateway.upstream.client import (
     retry_after_seconds,
 )
 from gateway.upstream.routes import UpstreamRequest
+from gateway.upstream.tally import UpstreamTally
 from tests.conftest import GatewayFactory, Sandbox, leaks
 from tests.servers import free_port
 
@@ -55,7 +56,11 @@ class RecordingUpstream:
 
 
 def fetch(
-    upstream: RecordingUpstream, *, retries: int = 2, deadline_in: float = 10
+    upstream: RecordingUpstream,
+    *,
+    retries: int = 2,
+    deadline_in: float = 10,
+    tally: UpstreamTally | None = None,
 ) -> UpstreamAnswer:
     async def run() -> UpstreamAnswer:
         client = CatapultClient(
@@ -67,7 +72,12 @@ def fetch(
             connect_timeout=3.0,
             on_retry=lambda: None,
         )
-        return await client.fetch(CREDENTIALS, REQUEST, deadline=time.monotonic() + deadline_in)
+        return await client.fetch(
+            CREDENTIALS,
+            REQUEST,
+            deadline=time.monotonic() + deadline_in,
+            tally=UpstreamTally() if tally is None else tally,
+        )
 
     return asyncio.run(run())
 
@@ -121,12 +131,14 @@ def test_the_mapping_reaches_every_upstream_error_code() -> None:
 
 def test_a_passed_deadline_is_a_timeout_without_a_request() -> None:
     upstream = RecordingUpstream(httpx.Response(200, json=[]))
+    tally = UpstreamTally()
 
     with pytest.raises(GatewayError) as raised:
-        fetch(upstream, deadline_in=-1)
+        fetch(upstream, deadline_in=-1, tally=tally)
 
     assert raised.value.code == "UPSTREAM_TIMEOUT"
     assert upstream.requests == []
+    assert tally.requests == 0
 
 
 RETRIES = [
@@ -146,15 +158,19 @@ def test_idempotent_gets_are_retried_at_most_twice(
     answers: list[httpx.Response | Exception], attempts: int, succeeds: bool
 ) -> None:
     upstream = RecordingUpstream(*answers)  # the last answer repeats
+    tally = UpstreamTally()
 
     try:
-        fetch(upstream)
+        fetch(upstream, tally=tally)
         succeeded = True
     except GatewayError:
         succeeded = False
 
     assert succeeded is succeeds
     assert len(upstream.requests) == attempts
+    # The operation's tally counts every attempt sent, retries included (its log line's
+    # `upstream_requests`), and nothing else counts into it.
+    assert (tally.requests, tally.cache) == (attempts, {})
 
 
 def test_no_retries_when_turned_off() -> None:
@@ -439,7 +455,9 @@ def test_a_failed_attempt_logs_no_path_query_or_header_bytes(caplog: Any, messag
         on_retry=lambda: None,
     )
     with caplog.at_level(logging.WARNING, logger="gateway.upstream"), pytest.raises(GatewayError):
-        asyncio.run(client.fetch(CREDENTIALS, REQUEST, deadline=time.monotonic() + 5))
+        asyncio.run(
+            client.fetch(CREDENTIALS, REQUEST, deadline=time.monotonic() + 5, tally=UpstreamTally())
+        )
 
     [record] = [r for r in caplog.records if r.name == "gateway.upstream"]
     logged = record.getMessage()

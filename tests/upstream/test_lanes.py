@@ -30,6 +30,7 @@ from gateway.upstream.cache import CacheKeys
 from gateway.upstream.lanes import REJECTED_SECONDS, CredentialLanes, Refusal, Remembered
 from gateway.upstream.pacing import MonotonicClock, Pacer
 from gateway.upstream.service import CatapultService
+from gateway.upstream.tally import UpstreamTally
 from tests.conftest import DEMO, GatewayFactory, Sandbox
 from tests.upstream.test_pacing import RateLimitedUpstream, VirtualClock, gaps, paced_service
 from tests.upstream.test_service import RecordingMetrics
@@ -159,7 +160,10 @@ async def ask(
     """Page `n`: the virtual time it was answered and its first call's id, or the refusal."""
     try:
         answer = await built.list_calls(
-            credentials, ListQuery(page=n, size=1), deadline=time.monotonic() + 60
+            credentials,
+            ListQuery(page=n, size=1),
+            deadline=time.monotonic() + 60,
+            tally=UpstreamTally(),
         )
     except RateLimited as exc:
         return clock.now(), exc

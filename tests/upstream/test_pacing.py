@@ -27,6 +27,7 @@ from gateway.upstream.client import CatapultClient
 from gateway.upstream.pacing import FileSlots, MonotonicClock, Pacer, RedisSlots
 from gateway.upstream.redis import RedisStore
 from gateway.upstream.service import CatapultService, create_upstream
+from gateway.upstream.tally import UpstreamTally
 from tests.conftest import DEMO, Gateway, GatewayFactory, Sandbox
 from tests.upstream.test_service import RecordingMetrics
 
@@ -147,7 +148,10 @@ async def _paced_burst(
     async def one(n: int) -> tuple[float, str | RateLimited]:
         try:
             answer = await built.list_calls(
-                credentials, ListQuery(page=n, size=1), deadline=time.monotonic() + 60
+                credentials,
+                ListQuery(page=n, size=1),
+                deadline=time.monotonic() + 60,
+                tally=UpstreamTally(),
             )
         except RateLimited as exc:
             return clock.now(), exc

@@ -19,6 +19,7 @@ from gateway.upstream.client import CatapultClient, UpstreamAnswer
 from gateway.upstream.pacing import MonotonicClock
 from gateway.upstream.routes import call_path, calls_path
 from gateway.upstream.service import CatapultService, create_upstream
+from gateway.upstream.tally import UpstreamTally
 
 CREDENTIALS = Credentials(authorization="Basic dDpz", user_id="u-1")
 OTHER_ACCOUNT = Credentials(authorization="Basic dDI6czI=", user_id="u-1")
@@ -126,7 +127,9 @@ def test_get_call_answers_a_call_none_or_an_error(answer: httpx.Response, outcom
 
     async def main(built: CatapultService) -> Any:
         try:
-            found = await built.get_call(CREDENTIALS, "c-1", deadline=deadline())
+            found = await built.get_call(
+                CREDENTIALS, "c-1", deadline=deadline(), tally=UpstreamTally()
+            )
         except NotFound as exc:
             return exc.code
         return None if found is None else found.body["id"]
@@ -150,7 +153,7 @@ def test_only_answers_are_cached_never_an_absence(answer: httpx.Response, reques
 
     async def main(built: CatapultService) -> None:
         for _ in range(2):
-            await built.get_call(CREDENTIALS, "c-1", deadline=deadline())
+            await built.get_call(CREDENTIALS, "c-1", deadline=deadline(), tally=UpstreamTally())
 
     run(main, upstream)
 
@@ -172,8 +175,12 @@ def test_a_list_is_reused_within_the_ttl_unless_refreshed(
     metrics = RecordingMetrics()
 
     async def main(built: CatapultService) -> list[UpstreamAnswer]:
-        first = await built.list_calls(CREDENTIALS, QUERY, deadline=deadline())
-        again = await built.list_calls(CREDENTIALS, QUERY, deadline=deadline(), refresh=refresh)
+        first = await built.list_calls(
+            CREDENTIALS, QUERY, deadline=deadline(), tally=UpstreamTally()
+        )
+        again = await built.list_calls(
+            CREDENTIALS, QUERY, deadline=deadline(), tally=UpstreamTally(), refresh=refresh
+        )
         return [first, again]
 
     first, again = run(main, upstream, ttl=ttl, metrics=metrics)
@@ -189,13 +196,39 @@ def test_concurrent_identical_lists_share_one_request() -> None:
 
     async def main(built: CatapultService) -> None:
         await asyncio.gather(
-            *(built.list_calls(CREDENTIALS, QUERY, deadline=deadline()) for _ in range(5))
+            *(
+                built.list_calls(CREDENTIALS, QUERY, deadline=deadline(), tally=UpstreamTally())
+                for _ in range(5)
+            )
         )
 
     run(main, upstream, metrics=metrics)
 
     assert upstream.paths == [calls_path("u-1")]
     assert metrics.reports.count(("share", None)) == 4
+
+
+def test_a_shared_load_counts_its_request_in_the_starters_tally_only() -> None:
+    # Each caller's tally counts its own look-up; the one upstream request (and its
+    # retries) counts in the tally of the caller whose load it is, so that the log lines
+    # add up to what the upstream received. A later caller hits.
+    upstream = RecordingUpstream(LIST)
+    tallies = [UpstreamTally() for _ in range(4)]
+
+    async def main(built: CatapultService) -> None:
+        await asyncio.gather(
+            *(
+                built.list_calls(CREDENTIALS, QUERY, deadline=deadline(), tally=tally)
+                for tally in tallies[:3]
+            )
+        )
+        await built.list_calls(CREDENTIALS, QUERY, deadline=deadline(), tally=tallies[3])
+
+    run(main, upstream)
+
+    assert upstream.paths == [calls_path("u-1")]
+    counted = [(tally.cache, tally.requests) for tally in tallies]
+    assert counted == [({"miss": 1}, 1), ({"miss": 1}, 0), ({"miss": 1}, 0), ({"hit": 1}, 0)]
 
 
 def test_a_gate_that_refuses_keeps_the_request_home() -> None:
@@ -205,7 +238,9 @@ def test_a_gate_that_refuses_keeps_the_request_home() -> None:
         raise GatewayError("vetoed")
 
     async def main(built: CatapultService) -> None:
-        await built.list_calls(CREDENTIALS, QUERY, deadline=deadline(), gate=refuse)
+        await built.list_calls(
+            CREDENTIALS, QUERY, deadline=deadline(), tally=UpstreamTally(), gate=refuse
+        )
 
     with pytest.raises(GatewayError, match="vetoed"):
         run(main, upstream)
@@ -225,7 +260,7 @@ def test_listed_calls_are_remembered_for_their_credentials_only(
     upstream = RecordingUpstream(LIST)
 
     async def main(built: CatapultService) -> list[str]:
-        await built.list_calls(CREDENTIALS, QUERY, deadline=deadline())
+        await built.list_calls(CREDENTIALS, QUERY, deadline=deadline(), tally=UpstreamTally())
         return sorted(await built.recall_calls(asker, ["c-1", "c-2", "c-3"]))
 
     assert run(main, upstream) == known
@@ -237,9 +272,11 @@ def test_pacing_refuses_a_second_request_of_one_account_beyond_the_queue_bound()
     second_page = ListQuery(page=1, size=2)
 
     async def main(built: CatapultService) -> str:
-        await built.list_calls(CREDENTIALS, QUERY, deadline=deadline())
+        await built.list_calls(CREDENTIALS, QUERY, deadline=deadline(), tally=UpstreamTally())
         try:
-            await built.list_calls(CREDENTIALS, second_page, deadline=deadline())
+            await built.list_calls(
+                CREDENTIALS, second_page, deadline=deadline(), tally=UpstreamTally()
+            )
         except RateLimited as exc:
             return exc.code
         return "served"
