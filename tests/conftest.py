@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from hypothesis import settings as hypothesis_settings
 
 from gateway.app import create_app
 from gateway.config import load_settings
@@ -76,6 +77,26 @@ def every_log_line() -> Iterator[KeepEveryLine]:
             f"{leaked[0][:300]}",
             pytrace=False,
         )
+
+
+# -- Hypothesis: fewer examples in the fast set --
+
+# `scripts/test` without `--all` loads this profile (`--hypothesis-profile=fast`): quick
+# feedback from a quarter of each property test's examples. CI (`--all`) and a plain
+# pytest run keep Hypothesis's default profile, so every example still runs there.
+FAST_SHARE = 4
+hypothesis_settings.register_profile(
+    "fast", max_examples=hypothesis_settings.get_profile("default").max_examples // FAST_SHARE
+)
+
+
+def examples(thorough: int) -> int:
+    """A test's example count: `thorough` under the default profile, scaled like the
+    profile's own under another (a quarter under `fast`). The profile is loaded before
+    the test modules are imported, so a `@settings` decorator may call this."""
+    default = hypothesis_settings.get_profile("default").max_examples
+    loaded = hypothesis_settings()  # the loaded profile's values
+    return max(1, thorough * loaded.max_examples // default)
 
 
 # -- Order: the longest modules first --
