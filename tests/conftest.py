@@ -101,28 +101,33 @@ def examples(thorough: int) -> int:
 
 # -- Order: the longest modules first --
 
-# The modules whose tests take longest (measured with `--durations`: node and browser
-# clients, whose first run also waits on `npm ci`, CLI subprocesses, Hypothesis, routers),
-# longest first. Run first, they overlap the short tests instead of being the last ones
-# left: with pytest-xdist a run lasts as long as its busiest process. Listed by hand,
-# not read from a previous run, so a fresh CI machine gets the same order.
+# The modules whose tests take longest (measured with `--durations`: the Dockerfile's
+# commands replayed, node and browser clients, whose first run also waits on `npm ci`,
+# the live economy's minute, CLI subprocesses, Hypothesis, routers), longest first. Run
+# first, they overlap the short tests instead of being the last ones left: with
+# pytest-xdist a run lasts as long as its busiest process. Listed by hand, not read from
+# a previous run, so a fresh CI machine gets the same order. The slow ones lead `--all`'s
+# first pass; in the fast set (no slow tests) the CLI, cache and Hypothesis modules do.
 LONGEST_FIRST = (
+    "tests/test_dockerfile.py",
     "tests/test_federation.py",
+    "tests/test_live_economy.py",
     "tests/test_schema_tools.py",
     "tests/test_live_clients.py",
+    "tests/test_serve.py",
     "tests/test_clients.py",
     "tests/test_graphiql_browser.py",
     "tests/test_live_graphiql.py",
     "tests/test_http_compliance.py",
     "tests/test_deploy.py",
-    "tests/test_serve.py",
-    "tests/test_dockerfile.py",
     "tests/test_cli.py",
-    "tests/test_calls.py",
-    "tests/upstream/test_lanes.py",
-    "tests/test_fastpath.py",
     "tests/upstream/test_cache.py",
+    "tests/test_hostile_memory.py",
     "tests/upstream/test_redis.py",
+    "tests/test_calls.py",
+    "tests/test_fastpath.py",
+    "tests/test_fuzz.py",
+    "tests/upstream/test_lanes.py",
 )
 
 
