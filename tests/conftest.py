@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from hypothesis import settings as hypothesis_settings
 
 from gateway.app import create_app
 from gateway.config import load_settings
@@ -78,30 +79,55 @@ def every_log_line() -> Iterator[KeepEveryLine]:
         )
 
 
+# -- Hypothesis: fewer examples in the fast set --
+
+# `scripts/test` without `--all` loads this profile (`--hypothesis-profile=fast`): quick
+# feedback from a quarter of each property test's examples. CI (`--all`) and a plain
+# pytest run keep Hypothesis's default profile, so every example still runs there.
+FAST_SHARE = 4
+hypothesis_settings.register_profile(
+    "fast", max_examples=hypothesis_settings.get_profile("default").max_examples // FAST_SHARE
+)
+
+
+def examples(thorough: int) -> int:
+    """A test's example count: `thorough` under the default profile, scaled like the
+    profile's own under another (a quarter under `fast`). The profile is loaded before
+    the test modules are imported, so a `@settings` decorator may call this."""
+    default = hypothesis_settings.get_profile("default").max_examples
+    loaded = hypothesis_settings()  # the loaded profile's values
+    return max(1, thorough * loaded.max_examples // default)
+
+
 # -- Order: the longest modules first --
 
-# The modules whose tests take longest (measured with `--durations`: node and browser
-# clients, whose first run also waits on `npm ci`, CLI subprocesses, Hypothesis, routers),
-# longest first. Run first, they overlap the short tests instead of being the last ones
-# left: with pytest-xdist a run lasts as long as its busiest process. Listed by hand,
-# not read from a previous run, so a fresh CI machine gets the same order.
+# The modules whose tests take longest (measured with `--durations`: the Dockerfile's
+# commands replayed, node and browser clients, whose first run also waits on `npm ci`,
+# the live economy's minute, CLI subprocesses, Hypothesis, routers), longest first. Run
+# first, they overlap the short tests instead of being the last ones left: with
+# pytest-xdist a run lasts as long as its busiest process. Listed by hand, not read from
+# a previous run, so a fresh CI machine gets the same order. The slow ones lead `--all`'s
+# first pass; in the fast set (no slow tests) the CLI, cache and Hypothesis modules do.
 LONGEST_FIRST = (
+    "tests/test_dockerfile.py",
     "tests/test_federation.py",
+    "tests/test_live_economy.py",
     "tests/test_schema_tools.py",
     "tests/test_live_clients.py",
+    "tests/test_serve.py",
     "tests/test_clients.py",
     "tests/test_graphiql_browser.py",
     "tests/test_live_graphiql.py",
     "tests/test_http_compliance.py",
     "tests/test_deploy.py",
-    "tests/test_serve.py",
-    "tests/test_dockerfile.py",
     "tests/test_cli.py",
-    "tests/test_calls.py",
-    "tests/upstream/test_lanes.py",
-    "tests/test_fastpath.py",
     "tests/upstream/test_cache.py",
+    "tests/test_hostile_memory.py",
     "tests/upstream/test_redis.py",
+    "tests/test_calls.py",
+    "tests/test_fastpath.py",
+    "tests/test_fuzz.py",
+    "tests/upstream/test_lanes.py",
 )
 
 

@@ -64,6 +64,7 @@ def test_python_gql_pages_to_the_end(gateway: Gateway, short_list: tuple[str, li
     assert pages == -(-len(expected) // 3)
 
 
+@pytest.mark.slow  # a real JS client from npm, in its own node process
 def test_apollo_client_relay_pagination_with_persisted_queries(
     gateway: Gateway, short_list: tuple[str, list[str]]
 ) -> None:

@@ -21,7 +21,7 @@ from gateway.app import create_app
 from gateway.calls import CALL_FIELDS, CallField
 from gateway.config import load_settings
 from gateway.sandbox import credential_headers
-from tests.conftest import DEMO
+from tests.conftest import DEMO, examples
 from tests.fakes import FakeUpstream
 from tests.servers import serve
 
@@ -206,7 +206,9 @@ def operations(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(150),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(operation=operations(), page=st.lists(records(), max_size=6))
 def test_compiled_and_standard_answers_are_identical(

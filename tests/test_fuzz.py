@@ -29,10 +29,13 @@ from gateway.calls import (
 from gateway.credentials import credentials_from_raw_headers
 from gateway.errors import ERROR_CODES, GatewayError, UpstreamBadResponse
 from gateway.upstream.client import parse_link_header, retry_after_seconds
-from tests.conftest import Gateway
+from tests.conftest import Gateway, examples
 
 BOUNDED = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+    max_examples=examples(150),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    database=None,
 )
 
 json_values = st.recursive(
@@ -190,7 +193,7 @@ def test_generated_operations_never_get_a_5xx(
     for operation in operations:
 
         @settings(
-            max_examples=25,
+            max_examples=examples(25),
             deadline=None,
             suppress_health_check=list(HealthCheck),
             database=None,
@@ -209,4 +212,4 @@ def test_generated_operations_never_get_a_5xx(
 
         check()
 
-    assert len(seen) >= 25
+    assert len(seen) >= examples(25)

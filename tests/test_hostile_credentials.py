@@ -23,7 +23,7 @@ from gateway.sandbox import credential_headers
 from gateway.upstream.cache import CacheKeys
 from gateway.upstream.pacing import account_key
 from gateway.upstream.routes import calls_path
-from tests.conftest import DEMO, SECOND, GatewayFactory
+from tests.conftest import DEMO, SECOND, GatewayFactory, examples
 from tests.fakes import FakeUpstream, upstream_call
 from tests.inprocess import CALLS_QUERY, assert_healthy, error_codes, in_process, post_graphql
 
@@ -284,7 +284,7 @@ def test_repeated_headers_over_a_real_socket_are_refused(
     assert gateway.http.get("/healthz").status_code == 200
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(max_examples=examples(300), deadline=None, database=None)
 @given(
     headers=st.lists(
         st.tuples(

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from gateway.sandbox import credential_headers
 from gateway.upstream.client import MAX_RETRY_AFTER, MIN_RETRY_AFTER, retry_after_seconds
 from gateway.upstream.routes import calls_path
-from tests.conftest import DEMO
+from tests.conftest import DEMO, examples
 from tests.fakes import FakeUpstream
 from tests.inprocess import assert_healthy, in_process
 
@@ -158,7 +158,7 @@ def test_an_unexpected_status_is_an_upstream_error(
     asyncio.run(run())
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(max_examples=examples(300), deadline=None, database=None)
 @given(
     reset=st.text(max_size=60) | st.integers(min_value=0).map(str),
     retry=st.text(max_size=60) | st.integers().map(str),

@@ -19,6 +19,9 @@ from gateway.sandbox import credential_headers
 from tests.live_servers import DEMO, LiveSandbox, live_gateways, live_sandbox
 from tests.node import node_project, run_node
 
+# Real JavaScript clients from npm, each waiting on 1 s polls for a page and a change.
+pytestmark = pytest.mark.slow
+
 INTERVAL = 1.0
 
 

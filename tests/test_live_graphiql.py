@@ -119,6 +119,7 @@ def update_in(text: str) -> dict[str, Any]:
     return update
 
 
+@pytest.mark.slow  # a real browser runs GraphiQL and waits on 1 s polls for a change
 def test_graphiql_runs_the_prefilled_subscription_and_shows_it_change(live_demo: str) -> None:
     watched = watch_in_graphiql(live_demo)
 

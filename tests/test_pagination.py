@@ -14,7 +14,7 @@ from gateway.calls import ListQuery
 from gateway.errors import BadUserInput, UpstreamBadResponse
 from gateway.pagination import CursorCodec, Position, next_query
 from gateway.upstream.client import ANCHORED, parse_link_header
-from tests.conftest import Gateway, GatewayFactory, Sandbox
+from tests.conftest import Gateway, GatewayFactory, Sandbox, examples
 from tests.fakes import FakeUpstream, upstream_call
 
 CONNECTION = """
@@ -370,7 +370,7 @@ def test_an_anchored_next_link_is_kept_only_as_a_mark_and_never_wins() -> None:
     }
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     header=st.one_of(
         st.text(max_size=200),

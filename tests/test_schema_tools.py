@@ -17,6 +17,9 @@ from tests.node import node_project, run_node
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The real tools from npm: their `npm ci` alone takes tens of seconds on a fresh clone.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def client_schema_tools() -> dict[str, Any]:

@@ -37,6 +37,7 @@ from tests.conftest import (
     Gateway,
     GatewayFactory,
     Sandbox,
+    examples,
 )
 from tests.fakes import FakeUpstream
 from tests.servers import gateway_process
@@ -181,7 +182,7 @@ _queries = st.builds(
 _asks = st.lists(st.tuples(_tokens, _secrets, _users, _queries), min_size=1, max_size=25)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(asks=_asks, cache_key=st.sampled_from([None, "a shared cache key"]))
 def test_property_every_answer_is_the_one_fetched_with_the_callers_own_credentials(
     asks: list[tuple[str, str, str, ListQuery]], cache_key: str | None

@@ -520,7 +520,9 @@ def test_spacing_holds_with_the_event_loop_busy_on_the_cpu() -> None:
                 await asyncio.sleep(0)
 
         hogs = [asyncio.create_task(hog()) for _ in range(3)]
-        await asyncio.gather(*(pacer.run("a", call) for _ in range(15)))
+        # Six requests (five gaps) are enough: without the departure check, 10 runs of
+        # 10 failed; each request more holds a core busy for another ~0.25 s.
+        await asyncio.gather(*(pacer.run("a", call) for _ in range(6)))
         done = True
         await asyncio.gather(*hogs)
         return sorted(departures)
