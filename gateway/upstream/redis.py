@@ -71,6 +71,7 @@ class RedisStore:
             # goes to redis-py's connection pool as redis-py's parser produced it.
             connection_pool_kwargs=options,
         )
+        self._timeout = timeout
         self._outage = _Outage()
 
     async def get(self, key: str) -> bytes | None:
@@ -176,7 +177,15 @@ class RedisStore:
     async def check(self) -> None:
         # A PING under the same guard as every operation: a store that is down is asked
         # again only once its probe interval has passed.
-        await self._guarded(self._cache.client.ping())
+        await self._guarded(self._ping())
+
+    async def _ping(self) -> Any:
+        # aiocache bounds its own commands by `timeout`, but a PING goes to redis-py's
+        # client directly, which has no socket timeout here: a server that accepts and
+        # never answers held start-up and every /readyz for 5 s (redis-py's own wait),
+        # whatever GATEWAY_CACHE_TIMEOUT said.
+        async with asyncio.timeout(self._timeout):
+            return await self._cache.client.ping()
 
     def state(self) -> dict[str, Any]:
         outage = self._outage

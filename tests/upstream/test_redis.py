@@ -194,6 +194,33 @@ def test_a_redis_that_never_answers_does_not_fail_requests(
     assert len(sandbox.requests()) == 3
 
 
+@pytest.mark.parametrize(
+    "operation",
+    [
+        pytest.param(lambda store: store.check(), id="check"),
+        pytest.param(lambda store: store.get("key"), id="get"),
+        pytest.param(lambda store: store.set("key", b"value", 1.0), id="set"),
+        pytest.param(lambda store: store.run_script("return 1", ["key"], []), id="script"),
+    ],
+)
+def test_every_store_operation_gives_up_within_the_cache_timeout(
+    operation: Callable[[RedisStore], Awaitable[Any]],
+) -> None:
+    # The readiness check's PING once waited 5 s (redis-py's own wait) on a store that
+    # accepts and never answers, holding start-up and every /readyz, at 0.1 s set.
+    async def main() -> float:
+        store = RedisStore(f"redis://127.0.0.1:{port}/0", timeout=0.1)
+        started = time.monotonic()
+        await operation(store)
+        taken = time.monotonic() - started
+        assert store.state()["status"] == "unavailable"
+        await store.close()
+        return taken
+
+    with serve_silence() as port:
+        assert asyncio.run(main()) < 2.0
+
+
 @contextmanager
 def serve_silence() -> Iterator[int]:
     with socket.socket() as sock:
