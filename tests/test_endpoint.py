@@ -579,8 +579,8 @@ def test_an_accepted_document_keeps_its_parse(failing_endpoint: str) -> None:
 
 
 def test_a_subscription_over_an_event_stream_keeps_no_parse_here(gateway: Gateway) -> None:
-    # The live operations parse and validate what they serve: the endpoint's own parse
-    # of a subscription, made only to see what it is, is not kept.
+    # The endpoint parses a subscription only to see what it is, and the live operations
+    # find that parse in the same cache: refused there, it is not kept.
     for n in range(3):
         query = f"# streamed {n}\nsubscription {{ callsUpdated {{ nope }} }}"
         response = gateway.http.post(
