@@ -9,22 +9,20 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, TypedDict
+from typing import TypedDict
 
 import anyio
-from graphql import NoSchemaIntrospectionCustomRule, specified_rules
 from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
 from gateway.body_budget import BodyBudget
 from gateway.config import Settings
 from gateway.context import ContextFactory
 from gateway.endpoint import GraphQLEndpoint
+from gateway.execution import GraphQLExecution
 from gateway.graphiql import GraphiQLAssets, GraphiQLPage
 from gateway.health import healthz, readyz
 from gateway.limits import OperationLimits
@@ -175,42 +173,38 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
         max_upstream_requests=settings.max_upstream_requests,
         max_calls=settings.max_calls_per_operation,
     )
-    # Queries and mutations over WebSocket and SSE are answered by this very endpoint
-    # (see gateway.live.operations), so it is built before them and handed over.
-    streams = _LateEventStreams()
-    endpoint = GraphQLEndpoint(
+    # One execution for every transport (its caches too), built first: the live
+    # operations run on it, the event streams on them, and the endpoint hands event-stream
+    # requests to those streams, so each is built before what uses it.
+    execution = GraphQLExecution(
         schema,
-        contexts,
-        graphiql=graphiql,
-        telemetry=telemetry,
-        persisted_queries=PersistedQueries(),
-        get_max_age=int(settings.cache_ttl),
-        fast_path=settings.fast_path,
-        max_body_bytes=settings.max_body_bytes,
-        csrf_prevention=settings.csrf_prevention,
-        limits=limits,
-        introspection=settings.introspection,
-        suggestions=settings.field_suggestions,
-        event_streams=streams,
-    )
-    operations = Operations(
-        schema,
-        endpoint,
         contexts,
         report_warnings=telemetry.upstream_warnings,
+        persisted_queries=PersistedQueries(),
         limits=limits,
-        rules=(
-            specified_rules
-            if settings.introspection
-            else (*specified_rules, NoSchemaIntrospectionCustomRule)
-        ),
-        hide_suggestions=not settings.field_suggestions,
+        fast_path=settings.fast_path,
+        introspection=settings.introspection,
+        suggestions=settings.field_suggestions,
+    )
+    operations = Operations(
+        execution,
+        contexts,
+        telemetry=telemetry,
         renders=Renders(
             max_documents=settings.live_max_documents_per_account,
             retry_after=max(1, round(settings.live_interval)),
         ),
     )
-    streams.target = EventStreams(operations, keepalive=settings.live_keepalive)
+    streams = EventStreams(operations, keepalive=settings.live_keepalive)
+    endpoint = GraphQLEndpoint(
+        execution,
+        graphiql=graphiql,
+        telemetry=telemetry,
+        get_max_age=int(settings.cache_ttl),
+        max_body_bytes=settings.max_body_bytes,
+        csrf_prevention=settings.csrf_prevention,
+        event_streams=streams,
+    )
     websocket = GraphQLWebSocket(
         operations,
         allowed_origins=settings.cors_origins,
@@ -329,16 +323,6 @@ def create_hub(
         metrics=metrics,
         sharing=sharing,
     )
-
-
-class _LateEventStreams:
-    """The endpoint's event-stream responder, known once the operations are built."""
-
-    target: EventStreams | None = None
-
-    async def respond(self, request: Request, **params: Any) -> Response:
-        assert self.target is not None, "wired in create_app"
-        return await self.target.respond(request, **params)
 
 
 def create_telemetry(settings: Settings, metrics_dir: str | None) -> Telemetry:

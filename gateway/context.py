@@ -136,7 +136,7 @@ class Context:
     # asked for so far: each field alone may be under a bound that their sum is over.
     max_entities: int
     # What the operation asked of the upstream (cache look-ups, HTTP attempts): the loader
-    # hands it down with every ask; the endpoint gives it to the request's log record.
+    # hands it down with every ask; `GraphQLExecution.run` gives it to the request's record.
     tally: UpstreamTally
     entities_asked: int = 0
     warnings: list[UpstreamWarning] = field(default_factory=list)

@@ -135,7 +135,7 @@ class OperationLoader:
         self._refresh = refresh
         self._upstream_base = upstream_base
         # When the oldest answer this operation used was fetched (wall-clock seconds), or
-        # None before any: the loader's own record, which the endpoint reads once the
+        # None before any: the loader's own record, which the execution reads once the
         # operation has run, to say how old the answer's data is.
         self.oldest_fetch: float | None = None
         self._max_requests = max_requests

@@ -24,6 +24,7 @@ from gateway.context import Context
 from gateway.credentials import request_credentials
 from gateway.endpoint import GraphQLEndpoint
 from gateway.errors import UpstreamTimeout
+from gateway.execution import GraphQLExecution
 from gateway.graphiql import ASSETS
 from gateway.limits import OperationLimits
 from gateway.loaders import OperationLoader
@@ -457,19 +458,24 @@ def _context(request: Request, request_id: str) -> Context:
 
 @pytest.fixture(scope="module")
 def failing_endpoint() -> Iterator[str]:
-    endpoint = GraphQLEndpoint(
+    telemetry = Telemetry(Metrics(multiprocess_dir=None), None)
+    execution = GraphQLExecution(
         FAILING_SCHEMA,
         _context,
-        graphiql=None,
-        telemetry=Telemetry(Metrics(multiprocess_dir=None), None),
+        report_warnings=telemetry.upstream_warnings,
         persisted_queries=None,
         limits=OperationLimits(),
-        max_body_bytes=1_048_576,
-        csrf_prevention=True,
-        get_max_age=0,
         fast_path=True,
         introspection=True,
         suggestions=True,
+    )
+    endpoint = GraphQLEndpoint(
+        execution,
+        graphiql=None,
+        telemetry=telemetry,
+        max_body_bytes=1_048_576,
+        csrf_prevention=True,
+        get_max_age=0,
         event_streams=None,
     )
     with serve(endpoint, lifespan="off") as url:
@@ -573,8 +579,8 @@ def test_an_accepted_document_keeps_its_parse(failing_endpoint: str) -> None:
 
 
 def test_a_subscription_over_an_event_stream_keeps_no_parse_here(gateway: Gateway) -> None:
-    # The live operations parse and validate what they serve: the endpoint's own parse
-    # of a subscription, made only to see what it is, is not kept.
+    # The endpoint parses a subscription only to see what it is, and the live operations
+    # find that parse in the same cache: refused there, it is not kept.
     for n in range(3):
         query = f"# streamed {n}\nsubscription {{ callsUpdated {{ nope }} }}"
         response = gateway.http.post(

@@ -19,11 +19,8 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from gateway.endpoint import (
-    DOCUMENT_BYTES_PER_CHARACTER,
-    DOCUMENT_CACHE_ITEM_BYTES,
-    AnswerVerdict,
-)
+from gateway.endpoint import AnswerVerdict
+from gateway.execution import DOCUMENT_BYTES_PER_CHARACTER, DOCUMENT_CACHE_ITEM_BYTES
 from gateway.middleware.answer_cache import AnswerCacheMiddleware
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry

@@ -1,13 +1,15 @@
 """One GraphQL request arriving over WebSocket or SSE, whatever its operation type.
 
     Operations.run(request)
-      query or mutation   the HTTP endpoint answers it, as an in-process POST with the
+      query or mutation   `GraphQLExecution.run`, as the HTTP endpoint runs one, with the
                           connection's credential headers: the same parsing, limits,
-                          persisted queries, fast path, warnings, logs and metrics as
-                          over HTTP -> `Single` (or `Refused` when it did not validate)
-      subscription        parsed, validated and limited here as the endpoint does, then
-                          graphql-core's subscription pipeline with a context whose `live`
-                          watches pages through the hub -> `Stream` of serialized results
+                          persisted queries, fast path and warnings, and its own log line
+                          and metrics as a request of its own -> `Single` (or `Refused`
+                          when nothing ran)
+      subscription        parsed, validated and limited by `GraphQLExecution` (the same
+                          cache), then graphql-core's subscription pipeline with a context
+                          whose `live` watches pages through the hub -> `Stream` of
+                          serialized results
 
 A subscription's update is executed once per distinct request, not once per subscriber:
 every subscriber of a poller that last received the same page receives the same `Update`,
@@ -28,48 +30,36 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 from collections.abc import AsyncIterable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from graphql import (
-    ASTValidationRule,
     DocumentNode,
     ExecutionResult,
     Executor,
     GraphQLError,
-    GraphQLSchema,
     OperationType,
     create_source_event_stream,
     execute_subscription_event,
     get_operation_ast,
     map_async_iterable,
-    validate,
 )
-from graphql.execution.executor_throwing_on_incremental import ExecutorThrowingOnIncremental
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Scope
+from starlette.types import Scope
 
-from gateway.context import Context, MakeContext, UpstreamWarning
+from gateway.context import Context, MakeContext
 from gateway.credentials import request_credentials
-from gateway.errors import GatewayError
-from gateway.graphql_errors import coded, format_error, ordered_warnings, render_warnings
-from gateway.limits import OperationLimits, check_limits, parse_document
+from gateway.errors import STOPPED_CODE, BadRequest, GatewayError, PersistedQueryNotFound
+from gateway.execution import GraphQLExecution, read_params
+from gateway.graphql_errors import format_error
 from gateway.live.hub import LiveCalls, LiveHub
 from gateway.live.renders import Renders
-from gateway.observability.record import scope_request_id
+from gateway.observability.record import RequestRecord, scope_request_id
+from gateway.observability.telemetry import Telemetry
 from gateway.schema.subscription import CallsUpdate
-
-log = logging.getLogger("gateway.live")
-
-
-class WarningsReport(Protocol):
-    """`Telemetry.upstream_warnings`: each warning counted, each kind logged once."""
-
-    def __call__(self, warnings: Sequence[UpstreamWarning], request_id: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,14 +99,14 @@ class Stream:
         request: Hashable,
         context: Context,
         request_id: str,
-        report_warnings: WarningsReport,
+        execution: GraphQLExecution,
         renders: Renders,
         release: Callable[[], None],
     ) -> None:
         self._executor = executor
         self._renders = renders
         self._release = release
-        self._report_warnings = report_warnings
+        self._execution = execution
         self._request = request
         self._context = context
         self._request_id = request_id
@@ -137,28 +127,33 @@ class Stream:
         await self._results.aclose()
 
     async def _render(self, event: Any) -> bytes:
-        renders: dict[Hashable, bytes] | None = (
-            event.update.renders if isinstance(event, CallsUpdate) else None
+        # An update's renders, shared by its subscribers (anything else is this one's own).
+        renders: dict[Hashable, bytes] = (
+            event.update.renders if isinstance(event, CallsUpdate) else {}
         )
-        if renders is not None and (shared := renders.get(self._request)) is not None:
-            return shared
-        async with self._renders.turn():
-            # Again, in turn: the other subscribers of this request queued with this one,
-            # and the render made while they waited is theirs (else each renders again).
-            if renders is not None and (shared := renders.get(self._request)) is not None:
-                return shared
-            # What graphql-core's `subscribe` does for every event
-            # ("ExecuteSubscriptionEvent"). In a worker thread: a page of 1,000 calls takes
-            # a large part of a second to execute, and the event loop must go on meanwhile.
-            # The selection's resolvers read the page the update already holds; none awaits.
-            per_event = self._executor.build_per_event_executor(event)
-            executed = await asyncio.to_thread(execute_subscription_event, per_event)
-            result = executed if isinstance(executed, ExecutionResult) else await executed
-            payload = orjson.dumps(
-                _payload(result, self._context, self._request_id, self._report_warnings)
-            )
-            if renders is not None and not result.errors:
-                renders.setdefault(self._request, payload)
+        shared = renders.get(self._request)
+        if shared is None:
+            async with self._renders.turn():
+                # Looked for again, in turn: the other subscribers of this request queued
+                # with this one, and the render made while they waited is theirs (else
+                # each renders again).
+                shared = renders.get(self._request)
+                if shared is None:
+                    return await self._execute(event, renders)
+        return shared
+
+    async def _execute(self, event: Any, renders: dict[Hashable, bytes]) -> bytes:
+        # What graphql-core's `subscribe` does for every event ("ExecuteSubscriptionEvent").
+        # In a worker thread: a page of 1,000 calls takes a large part of a second to
+        # execute, and the event loop must go on meanwhile. The selection's resolvers read
+        # the page the update already holds; none awaits.
+        per_event = self._executor.build_per_event_executor(event)
+        executed = await asyncio.to_thread(execute_subscription_event, per_event)
+        result = executed if isinstance(executed, ExecutionResult) else await executed
+        payload = orjson.dumps(self._execution.update(result, self._context, self._request_id))
+        if not result.errors:
+            # A result with errors is this subscriber's own: they carry its request id.
+            renders.setdefault(self._request, payload)
         return payload
 
 
@@ -170,71 +165,88 @@ class Operations:
 
     def __init__(
         self,
-        schema: GraphQLSchema,
-        endpoint: ASGIApp,
+        execution: GraphQLExecution,
         make_context: MakeContext,
         *,
-        report_warnings: WarningsReport,
-        limits: OperationLimits,
-        rules: Sequence[type[ASTValidationRule]],
-        hide_suggestions: bool,
+        telemetry: Telemetry,
         renders: Renders,
     ) -> None:
-        self._renders = renders
-        self._schema = schema
-        self._endpoint = endpoint
+        self._execution = execution
         self._make_context = make_context
-        self._report_warnings = report_warnings
-        self._limits = limits
-        self._rules = rules
-        self._hide_suggestions = hide_suggestions
+        self._telemetry = telemetry
+        self._renders = renders
 
     async def run(self, request: LiveRequest, scope: Scope) -> OperationOutcome:
         """Run `request` for the connection `scope` (its state, client and server)."""
-        document = None if request.query is None else parse_document(request.query, self._limits)
+        document = None if request.query is None else self._execution.parse(request.query)
         if isinstance(document, DocumentNode):
             operation = get_operation_ast(document, request.operation_name)
             if operation is not None and operation.operation is OperationType.SUBSCRIPTION:
                 return await self._subscribe(document, request, scope)
-        # Queries, mutations, and whatever does not parse or name an operation: the
-        # endpoint answers those exactly as it would over HTTP.
+        # Queries, mutations, and whatever does not parse or name an operation: run and
+        # answered exactly as over HTTP.
         return await self._single(request, scope)
 
     async def _single(self, request: LiveRequest, scope: Scope) -> OperationOutcome:
-        body = orjson.dumps(
-            {
-                key: value
-                for key, value in (
-                    ("query", request.query),
-                    ("variables", request.variables),
-                    ("operationName", request.operation_name),
-                    ("extensions", request.extensions),
-                )
-                if value is not None
-            }
-        )
-        status, answer = await _post(self._endpoint, _http_scope(scope, request), body)
-        try:
-            payload = orjson.loads(answer)
-        except orjson.JSONDecodeError:
-            payload = None
-        if not isinstance(payload, dict):
-            log.error("the endpoint answered a live request with status %d and no JSON", status)
-            return Refused([{"message": "Internal server error.", "extensions": {
-                "code": "INTERNAL_SERVER_ERROR"}}])  # fmt: skip
-        if "data" not in payload:
+        http_scope = _http_scope(scope, request)
+        http_request = Request(http_scope)
+        request_id = scope_request_id(http_scope)
+        # Observed as a request of its own, as the endpoint observes one: its log line,
+        # metrics and span, with the record's fields filled as the endpoint fills them.
+        with self._telemetry.request(http_request, request_id) as record:
+            try:
+                outcome = await self._answer(http_request, request_id, request, record)
+            except asyncio.CancelledError:
+                record.status, record.error_codes = 503, [STOPPED_CODE]
+                raise
+            record.operation, record.error_codes = outcome.operation, outcome.codes
+            record.operation_checked = outcome.checked
+            record.status = outcome.status
+        if "data" not in outcome.body:
             # A request error (parsing, validation, a persisted query unknown): nothing ran.
-            return Refused(list(payload.get("errors") or ()))
-        return Single(payload)
+            return Refused(list(outcome.body.get("errors") or ()))
+        return Single(outcome.body)
+
+    async def _answer(
+        self, http_request: Request, request_id: str, request: LiveRequest, record: RequestRecord
+    ) -> _Answered:
+        """What the endpoint would answer `request` as an `application/json` POST."""
+        try:
+            params = read_params(
+                {
+                    "query": request.query,
+                    "variables": request.variables,
+                    "operationName": request.operation_name,
+                    "extensions": request.extensions,
+                }
+            )
+            query = self._execution.document(params)
+            if query is None:
+                raise BadRequest("The request must carry a GraphQL document in `query`.")
+            result = await self._execution.run(http_request, request_id, query, params, record)
+        except (BadRequest, PersistedQueryNotFound) as exc:
+            # As the endpoint answers them; an unknown persisted query is a 200 there.
+            status = exc.status if isinstance(exc, BadRequest) else 200
+            error = {"message": exc.message, "extensions": exc.extensions}
+            return _Answered({"errors": [error]}, [exc.code], None, False, status)
+        # Only a valid operation's name may take a metrics slot (see `Metrics`), and not
+        # once the upstream refused the credentials.
+        checked = (
+            result.valid
+            and "UNAUTHENTICATED" not in result.codes
+            and _has_credentials(http_request.scope)
+        )
+        return _Answered(result.body, result.codes, result.operation, checked, 200)
 
     async def _subscribe(
         self, document: DocumentNode, request: LiveRequest, scope: Scope
     ) -> OperationOutcome:
-        errors = validate(
-            self._schema, document, self._rules, hide_suggestions=self._hide_suggestions
-        ) or check_limits(document, self._limits)
+        assert request.query is not None, "a document was parsed from it"
+        errors = self._execution.validate(request.query, document)
         if errors:
-            return Refused([coded(error, "GRAPHQL_VALIDATION_FAILED") for error in errors])
+            # As over HTTP, a refused document keeps no parse (see `forget`).
+            self._execution.forget(request.query)
+            return Refused(list(errors))
         http_scope = _http_scope(scope, request)
         request_id = scope_request_id(http_scope)
         # A context of its own, with its own upstream tally (see `ContextFactory`): no line
@@ -247,13 +259,8 @@ class Operations:
         context.live = LiveCalls(hub, partial(request_credentials, http_scope))
         # graphql-core's `subscribe`, composed by hand (as its documentation suggests) so
         # that `Stream` decides how each event is executed.
-        executor = ExecutorThrowingOnIncremental.build(
-            self._schema,
-            document,
-            context_value=context,
-            raw_variable_values=request.variables,
-            operation_name=request.operation_name,
-            hide_suggestions=self._hide_suggestions,
+        executor = self._execution.subscription(
+            document, context, request.variables, request.operation_name
         )
         if isinstance(executor, list):
             # Variables that do not fit the operation: nothing ran.
@@ -282,17 +289,27 @@ class Operations:
             # result with the coded error, as graphql-ws sends it, then complete.
             if events.data is None and events.errors and all(e.path is None for e in events.errors):
                 return Refused([format_error(error, request_id) for error in events.errors])
-            return Single(_payload(events, context, request_id, self._report_warnings))
+            return Single(self._execution.update(events, context, request_id))
         return Stream(
             events,
             executor,
             key,
             context,
             request_id,
-            self._report_warnings,
+            self._execution,
             self._renders,
             release,
         )
+
+
+@dataclass(slots=True)
+class _Answered:
+    # What a query or mutation came to, as the endpoint would have answered it.
+    body: dict[str, Any]
+    codes: list[str]
+    operation: str | None
+    checked: bool
+    status: int
 
 
 class _Releasing:
@@ -331,26 +348,17 @@ def _request_key(request: LiveRequest) -> Hashable:
     return (request.query, request.operation_name, variables)
 
 
-def _payload(
-    result: ExecutionResult, context: Context, request_id: str, report: WarningsReport
-) -> dict[str, Any]:
-    payload: dict[str, Any] = {"data": result.data}
-    if result.errors:
-        payload["errors"] = [format_error(error, request_id) for error in result.errors]
-    # One update's warnings: the context outlives it (graphql-core executes every event
-    # with the same context), so they are taken out as they are reported. Counted and
-    # logged as a response's are, once per execution (subscribers sent the same bytes
-    # share it).
-    warnings, context.warnings[:] = list(context.warnings), []
-    if warnings:
-        found = ordered_warnings(warnings, result.data)
-        report(found, request_id)
-        payload["extensions"] = {"warnings": render_warnings(found, answer="update")}
-    return payload
+def _has_credentials(scope: Scope) -> bool:
+    try:
+        request_credentials(scope)
+    except GatewayError:
+        return False
+    return True
 
 
 def _http_scope(scope: Scope, request: LiveRequest) -> Scope:
-    """An HTTP POST scope for `request` on the connection `scope` came from."""
+    """`request` as an HTTP POST on the connection `scope` came from would carry it: for
+    its Context (credentials, cache-control, the lifespan's state) and its record."""
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -393,27 +401,3 @@ _PASSED_ON = frozenset(
 def _passed_on(scope: Scope) -> list[tuple[bytes, bytes]]:
     names = _PASSED_ON | {b"x-request-id"} if scope.get("type") == "http" else _PASSED_ON
     return [(name, value) for name, value in scope.get("headers") or () if name.lower() in names]
-
-
-async def _post(app: ASGIApp, scope: Scope, body: bytes) -> tuple[int, bytes]:
-    """Send `body` to the ASGI `app` as one request; its status and whole answer."""
-    status = 500
-    chunks: list[bytes] = []
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message: Message) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-        elif message["type"] == "http.response.body":
-            chunks.append(message.get("body", b""))
-
-    await app(scope, receive, send)
-    return status, b"".join(chunks)

@@ -21,12 +21,9 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Hashable
 from contextlib import asynccontextmanager
-from typing import TypeVar
 
 from gateway.credentials import Credentials
 from gateway.errors import RateLimited
-
-T = TypeVar("T")
 
 LIMIT = "GATEWAY_LIVE_MAX_DOCUMENTS_PER_ACCOUNT"
 
@@ -80,11 +77,7 @@ class Renders:
         """This process's one rendering turn: executions queue here and run one at a time.
 
         A render shared by several subscribers is looked for again once in turn: they
-        queue here together, and the first one's render is everyone's."""
+        queue here together, and the first one's render is everyone's. The execution
+        itself runs in a worker thread (`Stream` in `operations.py`), holding the turn."""
         async with self._turn:
             yield
-
-    async def run(self, work: Callable[[], T]) -> T:
-        """`work()` in a worker thread, after every execution queued before it."""
-        async with self.turn():
-            return await asyncio.to_thread(work)

@@ -7,7 +7,8 @@ down with it explicitly, as the deadline does:
            -> SingleFlightCache.get_or_load(..., tally=)   one look-up, by result
            -> CatapultClient.fetch(..., tally=)            one per HTTP attempt, retries too
 
-The endpoint reads it once the operation has run, for the request's log line. Nothing
+`GraphQLExecution.run` hands it to the request's record (over HTTP or a live
+transport alike), whose log line reads it when the request ends. Nothing
 below finds it any other way (no context variable): a layer counts into the tally it was
 handed for the operation it works for, so a task that outlives its request, or serves
 another's, cannot count into the wrong line. The Prometheus counters are counted apart

@@ -7,24 +7,31 @@ runs: each run is one execution of a selection for one update.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import orjson
-from graphql import GraphQLObjectType, GraphQLSchema, specified_rules
+import pytest
+from graphql import GraphQLObjectType, GraphQLSchema
 from prometheus_client import CollectorRegistry
 
 from gateway.calls import ListQuery
 from gateway.context import ContextFactory, UpstreamWarning
 from gateway.credentials import Credentials
+from gateway.execution import GraphQLExecution
 from gateway.limits import OperationLimits
 from gateway.live.hub import LiveHub, Page
 from gateway.live.metrics import LiveMetrics
-from gateway.live.operations import LiveRequest, Operations, Refused, Stream
+from gateway.live.operations import LiveRequest, Operations, Refused, Single, Stream
 from gateway.live.renders import Renders
+from gateway.observability.metrics import Metrics
+from gateway.observability.telemetry import Telemetry
 from gateway.pagination import CursorCodec
 from gateway.sandbox import credential_headers
 from gateway.schema import build_schema, graphql_core_schema
+from gateway.upstream.client import UpstreamAnswer
+from gateway.upstream.tally import UpstreamTally
 from tests.live.helpers import DEMO, SUBSCRIPTION, WAIT, call, identity_of
 
 SUBSCRIBERS = 20
@@ -74,10 +81,26 @@ class RecordingWarnings:
         self.reports.append((list(warnings), request_id))
 
 
+class RecordingService:
+    """The upstream service a query's loader asks: one page of `body`, each ask recorded."""
+
+    def __init__(self, body: list[dict[str, Any]]) -> None:
+        self.body = body
+        self.asked: list[ListQuery] = []
+
+    async def list_calls(
+        self, credentials: Credentials, query: ListQuery, *, tally: UpstreamTally, **options: Any
+    ) -> UpstreamAnswer:
+        self.asked.append(query)
+        tally.request_sent()  # as the client counts each HTTP attempt
+        return UpstreamAnswer(self.body, {})
+
+
 def operations_for(
     schema: GraphQLSchema,
     warnings: RecordingWarnings | None = None,
     renders: Renders | None = None,
+    telemetry: Telemetry | None = None,
 ) -> Operations:
     contexts = ContextFactory(
         cursors=CursorCodec(b"k" * 32),
@@ -88,14 +111,11 @@ def operations_for(
         max_calls_per_operation=5000,
     )
 
-    async def no_endpoint(scope: Any, receive: Any, send: Any) -> None:
-        raise AssertionError("a subscription never reaches the HTTP endpoint")
-
-    return Operations(
+    execution = GraphQLExecution(
         schema,
-        no_endpoint,
         contexts,
         report_warnings=RecordingWarnings() if warnings is None else warnings,
+        persisted_queries=None,
         limits=OperationLimits(
             max_depth=10,
             max_aliases=10,
@@ -103,8 +123,14 @@ def operations_for(
             max_root_fields=5,
             max_upstream_requests=10,
         ),
-        rules=specified_rules,
-        hide_suggestions=True,
+        fast_path=True,
+        introspection=True,
+        suggestions=False,
+    )
+    return Operations(
+        execution,
+        contexts,
+        telemetry=telemetry or Telemetry(Metrics(multiprocess_dir=None), None),
         renders=Renders(max_documents=100, retry_after=1) if renders is None else renders,
     )
 
@@ -256,3 +282,78 @@ def test_an_account_holds_at_most_its_bound_of_distinct_requests() -> None:
             await hub.close()
 
     run(body)
+
+
+# (query, what the caller is sent, the line's operation, status and error codes, and the
+# operation's label in the metrics: a refused document's name takes no slot)
+QUERIES = [
+    pytest.param(
+        "query Latest { calls(size: 1) { id } }",
+        Single({"data": {"calls": [{"id": "c-1"}]}}),
+        ("Latest", 200, [], "Latest"),
+        id="answered",
+    ),
+    pytest.param(
+        "query Broken { calls(size: 1) { nope } }",
+        "GRAPHQL_VALIDATION_FAILED",
+        ("Broken", 200, ["GRAPHQL_VALIDATION_FAILED"], "(unchecked)"),
+        id="invalid",
+    ),
+    pytest.param(
+        "   ",
+        "BAD_REQUEST",
+        (None, 400, ["BAD_REQUEST"], "(anonymous)"),
+        id="no-document",
+    ),
+]
+
+
+@pytest.mark.parametrize(("query", "sent", "line"), QUERIES)
+def test_a_query_runs_here_and_is_observed_as_a_request_of_its_own(
+    query: str,
+    sent: Single | str,
+    line: tuple[str | None, int, list[str], str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Queries over WebSocket and SSE were answered by POSTing them back into the HTTP
+    # endpoint, which gave each its log line and metrics: they are run here now, with the
+    # same line and metrics, and nothing is sent over HTTP.
+    async def body() -> Single | Refused | Stream:
+        headers = [(k.lower().encode(), v.encode()) for k, v in credential_headers(DEMO).items()]
+        scope = {
+            "type": "websocket",
+            "headers": [(b"x-request-id", b"ignored-on-a-socket")],
+            "state": {"upstream": service, "live": None},
+        }
+        with caplog.at_level(logging.INFO, logger="gateway.request"):
+            return await operations.run(LiveRequest(query, None, None, None, headers), scope)
+
+    service = RecordingService([call("c-1")])
+    metrics = Metrics(multiprocess_dir=None)
+    operations = operations_for(recording_schema()[0], telemetry=Telemetry(metrics, None))
+
+    outcome = asyncio.run(body())
+
+    if isinstance(sent, Single):
+        assert outcome == sent
+        assert [query.size for query in service.asked] == [1]
+    else:
+        assert isinstance(outcome, Refused)
+        assert [error["extensions"]["code"] for error in outcome.errors] == [sent]
+        assert service.asked == []
+    [record] = [r.__dict__ for r in caplog.records if r.getMessage() == "graphql request"]
+    operation, status, codes, label = line
+    fields = ("method", "operation", "status", "error_codes", "upstream_requests")
+    assert [record[field] for field in fields] == [
+        "POST",
+        operation,
+        status,
+        codes,
+        len(service.asked),
+    ]
+    # A socket's operations are not one request: each has an id of its own.
+    assert record["request_id"] != "ignored-on-a-socket"
+    requests = metrics.registry.get_sample_value(
+        "gateway_requests_total", {"operation": label, "outcome": codes[0] if codes else "OK"}
+    )
+    assert requests == 1

@@ -54,7 +54,8 @@ def test_a_request_is_held_while_any_subscriber_holds_it(
     assert renders.documents(ONE) == left
 
 
-def test_executions_run_one_at_a_time_off_the_event_loop() -> None:
+def test_turns_are_taken_one_at_a_time_and_the_loop_goes_on_meanwhile() -> None:
+    # As `Stream` takes it: the turn held while the execution runs in a worker thread.
     async def body() -> None:
         renders = Renders(max_documents=1, retry_after=1)
         running: list[int] = []
@@ -69,6 +70,10 @@ def test_executions_run_one_at_a_time_off_the_event_loop() -> None:
             running.pop()
             return 7
 
+        async def in_turn() -> int:
+            async with renders.turn():
+                return await asyncio.to_thread(work)
+
         ticks = 0
 
         async def tick() -> None:
@@ -78,7 +83,7 @@ def test_executions_run_one_at_a_time_off_the_event_loop() -> None:
                 ticks += 1
 
         ticker = asyncio.ensure_future(tick())
-        results = await asyncio.gather(*(renders.run(work) for _ in range(4)))
+        results = await asyncio.gather(*(in_turn() for _ in range(4)))
         ticker.cancel()
         assert results == [7] * 4
         assert overlap == [1] * 4
