@@ -202,7 +202,10 @@ async def load(url: str, seconds: float, tally: Tally, sandbox: Sandbox | None =
     stop_at = time.monotonic() + seconds
     clients = [asyncio.create_task(client(url, n, stop_at, tally)) for n in range(CLIENTS)]
     if sandbox is not None:
-        async with httpx.AsyncClient(base_url=sandbox.url) as control:
+        # A connection per phase: one kept idle for a phase may be closed by the sandbox's
+        # keep-alive timeout (5 s) just as the next phase's request goes out (ReadError).
+        no_keepalive = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=sandbox.url, limits=no_keepalive) as control:
             for status in itertools.cycle(FAIL_STATUSES):
                 if time.monotonic() >= stop_at:
                     break
