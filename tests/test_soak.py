@@ -164,6 +164,8 @@ async def client(url: str, number: int, stop_at: float, tally: Tally) -> None:
             # Think time, as people and pages have: about 125 requests a second in all,
             # which a two-CPU machine serves; more would measure overload, not faults.
             await asyncio.sleep(rng.uniform(1, 3))
+            if time.monotonic() >= stop_at:
+                break  # a request after the phase would only lengthen its tail
             started = time.monotonic()
             try:
                 response = await asyncio.wait_for(
