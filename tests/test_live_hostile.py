@@ -508,7 +508,7 @@ def test_a_consumer_that_never_reads_is_dropped_after_the_send_deadline(
     # Before: its sends waited for room in the socket buffer for as long as the client
     # kept the connection, and so did its subscriptions (and their pollers).
     sandbox.reset()
-    send_timeout = 2
+    send_timeout = 1
     with (
         gateway_process(
             sandbox.url,
