@@ -84,38 +84,58 @@ def gateway_process(
     `capture`, stdout and stderr are kept for the test to read with `communicate()`.
     With `descriptors`, the process may open no more files than that (`ulimit -n`).
     """
+    with gateway_processes(*args, env=env, count=1, capture=capture, descriptors=descriptors) as [
+        started
+    ]:
+        yield started
+
+
+@contextmanager
+def gateway_processes(
+    *args: str,
+    env: dict[str, str],
+    count: int,
+    capture: bool = False,
+    descriptors: int | None = None,
+) -> Iterator[list[tuple[subprocess.Popen[str], str]]]:
+    """`count` processes as `gateway_process` runs one, started side by side (each takes
+    seconds to import and start on a loaded machine), yielded once all are ready."""
 
     def limit_descriptors() -> None:
         if descriptors is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (descriptors, descriptors))
 
-    port = free_port()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    environ.update(env, GATEWAY_PORT=str(port))
-    output = subprocess.PIPE if capture else subprocess.DEVNULL
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "catapult-gateway"), "serve", *args],
-        env=environ,
-        stdout=output,
-        stderr=output,
-        text=True,
-        preexec_fn=limit_descriptors,
-    )
-    url = f"http://127.0.0.1:{port}"
+    started: list[tuple[subprocess.Popen[str], str]] = []
     try:
+        for _ in range(count):
+            port = free_port()
+            environ = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+            environ.update(env, GATEWAY_PORT=str(port))
+            output = subprocess.PIPE if capture else subprocess.DEVNULL
+            process = subprocess.Popen(
+                [str(Path(sys.executable).parent / "catapult-gateway"), "serve", *args],
+                env=environ,
+                stdout=output,
+                stderr=output,
+                text=True,
+                preexec_fn=limit_descriptors,
+            )
+            started.append((process, f"http://127.0.0.1:{port}"))
         deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                detail = process.communicate()[1] if capture else ""
-                raise RuntimeError(f"the gateway process did not start {detail}")
-            time.sleep(0.05)
-        yield process, url
+        for process, url in started:
+            while True:
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    detail = process.communicate()[1] if capture else ""
+                    raise RuntimeError(f"the gateway process did not start {detail}")
+                time.sleep(0.05)
+        yield started
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        for process, _ in started:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()

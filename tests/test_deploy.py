@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import yaml
 from gateway.config import Settings, env_name
 from gateway.sandbox import ACCOUNTS, credential_headers
 from tests.conftest import RedisServer, Sandbox, redis_server
-from tests.servers import gateway_process
+from tests.servers import gateway_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
@@ -338,9 +337,8 @@ def replicas(sandbox: Sandbox, password_redis: RedisServer) -> Iterator[list[str
         "GATEWAY_UPSTREAM_QUEUE_TIMEOUT": "0",
         "GATEWAY_LOG_LEVEL": "warning",
     }
-    with ExitStack() as stack:
-        urls = [stack.enter_context(gateway_process(env=env))[1] for _ in range(2)]
-        yield urls
+    with gateway_processes(env=env, count=2) as started:
+        yield [url for _, url in started]
 
 
 CONNECTION = """query($first: Int!, $after: String) {

@@ -86,12 +86,19 @@ def guarded_gateway(upstream: str, **settings: str) -> Iterator[Server]:
         yield Server(url, int(url.rsplit(":", 1)[1]))
 
 
-@pytest.fixture(params=["5", "0"], ids=["answer-cache-on", "answer-cache-off"])
-def server(request: pytest.FixtureRequest, sandbox: Sandbox) -> Iterator[Server]:
+@pytest.fixture(scope="module", params=["5", "0"], ids=["answer-cache-on", "answer-cache-off"])
+def guarded(request: pytest.FixtureRequest, sandbox_server: Sandbox) -> Iterator[Server]:
     """A gateway with short deadlines, with and without the answer cache (which reads
-    the body first when it is on)."""
-    with guarded_gateway(sandbox.url, cache_ttl=request.param) as server:
+    the body first when it is on), for the whole module: uvicorn takes 0.2 s to stop a
+    server, and the tests below each close what they open. Tests ask for `server`."""
+    with guarded_gateway(sandbox_server.url, cache_ttl=request.param) as server:
         yield server
+
+
+@pytest.fixture
+def server(guarded: Server, sandbox: Sandbox) -> Server:
+    """The module's gateway, in front of the sandbox reset for this test."""
+    return guarded
 
 
 def read_all(sock: socket.socket, seconds: float = 3) -> bytes:
@@ -258,7 +265,7 @@ BIG_ANSWER = orjson.dumps(
 )
 
 
-@pytest.mark.parametrize("server", ["0"], indirect=True, ids=["answer-cache-off"])
+@pytest.mark.parametrize("guarded", ["0"], indirect=True, ids=["answer-cache-off"])
 def test_an_answer_the_client_does_not_read_is_dropped_after_the_send_deadline(
     server: Server,
 ) -> None:

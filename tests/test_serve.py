@@ -112,6 +112,9 @@ def test_two_workers_serve_and_report_metrics_from_both(sandbox: Sandbox, tmp_pa
     assert not metrics_dir.exists()  # a fresh directory each start, removed at exit
 
 
+PAGES = 6
+
+
 @pytest.mark.serial  # two workers' pacing against the sandbox's 429 window
 def test_two_workers_keep_one_account_under_the_upstreams_limit_without_redis(
     sandbox: Sandbox, tmp_path: Path
@@ -124,8 +127,9 @@ def test_two_workers_keep_one_account_under_the_upstreams_limit_without_redis(
         while len(scrape(url).get("gateway_worker_up", [])) < 2:
             assert time.monotonic() < deadline, "the second worker did not start"
             time.sleep(0.1)
-        # One caller paging through ten distinct pages, waiting for each answer; a new
-        # connection each time, so the pages are spread over both workers.
+        # One caller paging through six distinct pages (a second each, paced), waiting
+        # for each answer; a new connection each time, so the pages are spread over both
+        # workers (each worker pacing alone met a 429 at its first page after the other's).
         answers = [
             httpx.post(
                 f"{url}/graphql",
@@ -133,14 +137,14 @@ def test_two_workers_keep_one_account_under_the_upstreams_limit_without_redis(
                 headers=credential_headers(DEMO),
                 timeout=30,
             ).json()
-            for page in range(10)
+            for page in range(PAGES)
         ]
         samples = scrape(url)
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=30)
 
-    assert [answer.get("errors") for answer in answers] == [None] * 10
-    assert [len(answer["data"]["calls"]) for answer in answers] == [5] * 10
+    assert [answer.get("errors") for answer in answers] == [None] * PAGES
+    assert [len(answer["data"]["calls"]) for answer in answers] == [5] * PAGES
     statuses = [r["status"] for r in sandbox.requests()]
-    assert statuses == [200] * 10  # no upstream 429
+    assert statuses == [200] * PAGES  # no upstream 429
     assert len({labels["pid"] for labels, _ in samples["gateway_worker_up"]}) == 2

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +33,9 @@ from tests.conftest import Sandbox, leaks
 from tests.servers import free_port
 
 CLIENTS = 250
-SOAK_SECONDS = float(os.environ.get("GATEWAY_SOAK_SECONDS", "50"))
+# 20 s by default: each of the five failing statuses gets a phase (PHASE_SECONDS), about
+# 2,500 requests in all; a longer soak (GATEWAY_SOAK_SECONDS) finds slower leaks.
+SOAK_SECONDS = float(os.environ.get("GATEWAY_SOAK_SECONDS", "20"))
 REQUEST_TIMEOUT = 8.0  # the gateway's deadline for a whole request
 # The gateway's own deadline is checked in its log; clients allow as much again for
 # queueing on a loaded (often shared, two-CPU) machine.
@@ -56,9 +58,12 @@ BASE_FAULTS = {
     "fail_rate": 0.12,
 }
 FAIL_STATUSES = (500, 503, 429, 502, 504)
-PHASE_SECONDS = 5.0
+PHASE_SECONDS = 4.0
 # One TLS context for all clients (plain HTTP here, but httpx builds one per client).
 _TLS = ssl.create_default_context()
+
+
+Started = Callable[[], int]
 
 
 @dataclass
@@ -76,20 +81,25 @@ def rss_kib(pid: int) -> int:
 
 
 @contextmanager
-def process(args: list[str], port: int, log: Path, **environ: str) -> Iterator[int]:
-    """Run `python -m gateway ARGS` until its /healthz (or /__health) answers; yields its pid."""
+def process(args: list[str], port: int, log: Path, **environ: str) -> Iterator[Started]:
+    """Start `python -m gateway ARGS`; yields a wait for its /healthz (or /__health), which
+    answers its pid: both processes start side by side (seconds each, on a loaded machine)."""
     with log.open("wb") as stderr:
         child = subprocess.Popen(
             [sys.executable, "-m", "gateway", *args, "--port", str(port)],
             env={**os.environ, **environ}, stdout=subprocess.DEVNULL, stderr=stderr,
         )  # fmt: skip
-        try:
+
+        def started() -> int:
             deadline = time.monotonic() + 20
             while not _answers(port):
                 assert child.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, f"{args[0]} did not start"
                 time.sleep(0.1)
-            yield child.pid
+            return child.pid
+
+        try:
+            yield started
         finally:
             child.terminate()
             child.wait(timeout=15)
@@ -112,7 +122,7 @@ def servers(tmp_path: Path) -> Iterator[tuple[str, int, Path, Sandbox]]:
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
     gateway_log = tmp_path / "gateway.log"
     with (
-        process(["sandbox"], sandbox_port, tmp_path / "sandbox.log"),
+        process(["sandbox"], sandbox_port, tmp_path / "sandbox.log") as sandbox_started,
         process(
             ["serve", "--upstream-url", sandbox_url], gateway_port, gateway_log,
             GATEWAY_REQUEST_TIMEOUT=str(REQUEST_TIMEOUT), GATEWAY_UPSTREAM_TIMEOUT="3",
@@ -122,9 +132,11 @@ def servers(tmp_path: Path) -> Iterator[tuple[str, int, Path, Sandbox]]:
             GATEWAY_UPSTREAM_RATE="0",
             # All 250 clients share one loopback address, as clients behind a proxy do.
             GATEWAY_MAX_CONNECTIONS_PER_CLIENT="1000",
-        ) as pid,
+        ) as gateway_started,
         httpx.Client(base_url=sandbox_url) as control,
     ):  # fmt: skip
+        sandbox_started()
+        pid = gateway_started()
         yield f"http://127.0.0.1:{gateway_port}", pid, gateway_log, Sandbox(sandbox_url, control)
 
 
@@ -152,6 +164,8 @@ async def client(url: str, number: int, stop_at: float, tally: Tally) -> None:
             # Think time, as people and pages have: about 125 requests a second in all,
             # which a two-CPU machine serves; more would measure overload, not faults.
             await asyncio.sleep(rng.uniform(1, 3))
+            if time.monotonic() >= stop_at:
+                break  # a request after the phase would only lengthen its tail
             started = time.monotonic()
             try:
                 response = await asyncio.wait_for(
@@ -190,7 +204,10 @@ async def load(url: str, seconds: float, tally: Tally, sandbox: Sandbox | None =
     stop_at = time.monotonic() + seconds
     clients = [asyncio.create_task(client(url, n, stop_at, tally)) for n in range(CLIENTS)]
     if sandbox is not None:
-        async with httpx.AsyncClient(base_url=sandbox.url) as control:
+        # A connection per phase: one kept idle for a phase may be closed by the sandbox's
+        # keep-alive timeout (5 s) just as the next phase's request goes out (ReadError).
+        no_keepalive = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=sandbox.url, limits=no_keepalive) as control:
             for status in itertools.cycle(FAIL_STATUSES):
                 if time.monotonic() >= stop_at:
                     break
@@ -250,8 +267,11 @@ def test_the_gateway_rides_out_a_faulty_upstream(
     assert max(durations) <= REQUEST_TIMEOUT + 1.0  # the gateway keeps its own deadline
     assert soak.outcomes["data"] > 0
     assert len(set(soak.outcomes) & UPSTREAM_FAULT_CODES) >= 4
-    # Memory comes back: no leak per request or per fault (allocator slack allowed).
-    assert after - baseline < max(64 * 1024, baseline // 2)
+    # Memory comes back: no leak per request or per fault (allocator slack allowed: -0.5
+    # to +3 MiB seen over 20 s). A leak of 20 KiB a request grew it 27 MiB over the 20 s
+    # soak's 1,400-2,200 requests, and fails here, as it failed the 64 MiB bound of the
+    # 50 s soak.
+    assert after - baseline < max(16 * 1024, baseline // 8)
 
     # Serves normally once the faults stop.
     for account in ACCOUNTS:

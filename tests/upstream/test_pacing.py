@@ -9,7 +9,7 @@ import heapq
 import itertools
 import random
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -103,7 +103,7 @@ class RateLimitedUpstream:
 
 
 def paced_service(
-    upstream: RateLimitedUpstream,
+    upstream: Callable[[httpx.Request], httpx.Response],
     clock: VirtualClock,
     metrics: RecordingMetrics,
     *,
