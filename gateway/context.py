@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from gateway.cache_control import wants_fresh
 from gateway.calls import BadRecord, CallList, CallRecord, ListQuery
-from gateway.credentials import request_credentials
+from gateway.credentials import CredentialsVerdict, caller
 from gateway.errors import printable
 from gateway.loaders import CallService, OperationLoader
 from gateway.pagination import CursorCodec
@@ -147,9 +147,11 @@ class Context:
 
 class MakeContext(Protocol):
     """Makes the Context of one request (`ContextFactory`), for the endpoint and the live
-    operations alike."""
+    operations alike, for the caller of the credentials verdict they read."""
 
-    def __call__(self, request: Request, request_id: str, /) -> Context: ...
+    def __call__(
+        self, request: Request, request_id: str, credentials: CredentialsVerdict, /
+    ) -> Context: ...
 
 
 class ContextFactory:
@@ -177,12 +179,16 @@ class ContextFactory:
         self._max_calls = max_calls_per_operation
         self._max_entities = max_entities
 
-    def __call__(self, request: Request, request_id: str) -> Context:
+    def __call__(
+        self, request: Request, request_id: str, credentials: CredentialsVerdict
+    ) -> Context:
+        # The credentials come as the verdict the caller read once (`RequestFacts`): the
+        # loader acts on that value, never on the request's headers.
         upstream: CallService = request.state.upstream
         tally = UpstreamTally()
         loader = OperationLoader(
             upstream,
-            partial(request_credentials, request.scope),
+            partial(caller, credentials),
             tally=tally,
             deadline=time.monotonic() + self._request_timeout,
             refresh=wants_fresh(request.headers),

@@ -3,8 +3,9 @@
 `Authorization: Basic base64(token:secret)` is forwarded upstream in one spelling (`Basic`,
 one space, the canonical base64 of the decoded `token:secret`), and
 `X-Catapult-User-Id` names the `{userId}` path segment. Every layer that needs them (the
-whole-answer cache, the per-operation loader) gets them from `request_credentials`,
-which reads the request's raw ASGI header list once and keeps the verdict in the scope.
+whole-answer cache, the endpoint, the per-operation loader) acts on one verdict,
+`credentials_verdict` of the request's raw ASGI header list, made once per request with the
+request's other facts (`gateway.request_facts`) and handed on as a value.
 The cache and pacing keys are made from that normalised form and the decoded token, never
 from the header's spelling: `basic`, `BASIC`, extra spaces after the scheme and optional
 whitespace around the value (RFC 9110 OWS, stripped) are one caller, not five. And
@@ -25,7 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +45,6 @@ _USER_ID = re.compile(rb"u-[A-Za-z0-9_-]{1,128}")
 MAX_AUTHORIZATION_BYTES = 1024
 # Printable ASCII only: a CR, NUL or tab could change the meaning of the header upstream.
 _VISIBLE_ASCII = re.compile(rb"[\x20-\x7e]+")
-_SCOPE_KEY = "gateway.credentials"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,23 +62,25 @@ class Credentials:
         return self.token or self.authorization
 
 
-def request_credentials(scope: MutableMapping[str, Any]) -> Credentials:
-    """The credentials of the request `scope` describes, or `Unauthenticated`.
+# What a request's credential headers come to: the caller, or why there is none.
+CredentialsVerdict = Credentials | Unauthenticated
 
-    Read once per request (the verdict is kept in the scope), so every layer acts on the
-    same caller.
-    """
-    verdict = scope.get(_SCOPE_KEY)
-    if verdict is None:
-        try:
-            verdict = credentials_from_raw_headers(scope.get("headers") or ())
-        except Unauthenticated as exc:
-            verdict = exc.message
-        scope[_SCOPE_KEY] = verdict
+
+def credentials_verdict(headers: Iterable[tuple[bytes, bytes]]) -> CredentialsVerdict:
+    """The verdict on a raw (ASGI) header list: its `Credentials`, or the `Unauthenticated`
+    refusal, returned rather than raised so that it can be kept and handed on."""
+    try:
+        return credentials_from_raw_headers(headers)
+    except Unauthenticated as refusal:
+        return refusal
+
+
+def caller(verdict: CredentialsVerdict) -> Credentials:
+    """The credentials of `verdict`, or its refusal raised (before any upstream request)."""
     if isinstance(verdict, Credentials):
         return verdict
     # A new exception each time: one raised twice would grow its traceback.
-    raise Unauthenticated(str(verdict))
+    raise Unauthenticated(verdict.message)
 
 
 def credentials_from_raw_headers(headers: Iterable[tuple[bytes, bytes]]) -> Credentials:

@@ -26,19 +26,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.credentials import request_credentials
+from gateway.credentials import Credentials, CredentialsVerdict
 from gateway.errors import (
     STOPPED_CODE,
     BadRequest,
     PersistedQueryNotFound,
-    Unauthenticated,
 )
 from gateway.execution import GraphQLExecution, GraphQLParams, read_params
 from gateway.graphiql import GraphiQLPage
 from gateway.media import GRAPHQL_RESPONSE_JSON, JSON, Accepted, accepted
-from gateway.observability.record import RequestRecord, scope_request_id
+from gateway.observability.record import RequestRecord
 from gateway.observability.telemetry import Telemetry
-from gateway.request_body import RequestBodyRefusal, read_body, refused_headers
+from gateway.request_body import RequestBodyRefusal, refused_headers
+from gateway.request_facts import request_facts
 
 # Apollo's CSRF prevention: a request a browser could send without a CORS preflight is
 # refused unless one of these headers (which force a preflight) is present.
@@ -274,9 +274,11 @@ class GraphQLEndpoint:
                 status=405,
                 headers={"allow": "POST"},
             )
-        result = await self._execution.run(request, request_id, query, params, record)
+        # One verdict on the credentials for the context and the record alike.
+        credentials = _credentials(request)
+        result = await self._execution.run(request, request_id, credentials, query, params, record)
         # Only a valid operation's name may take a metrics slot (see `Metrics`).
-        record.operation_checked = result.valid and _has_credentials(request)
+        record.operation_checked = result.valid and isinstance(credentials, Credentials)
         # application/json answers 200 to every well-formed request (legacy clients read
         # the body); the newer media type lets the status say that nothing was executed.
         status = 400 if result.request_error and media_type == GRAPHQL_RESPONSE_JSON else 200
@@ -341,7 +343,7 @@ def _json_param(value: str | None, name: str) -> Any:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    body = await read_body(request.scope, request.receive, limit)
+    body = await request_facts(request.scope).read_body(request.scope, request.receive, limit)
     if isinstance(body, RequestBodyRefusal):
         raise BadRequest(body.message, status=body.status, headers=refused_headers(body))
     return body
@@ -375,13 +377,9 @@ def _preflighted(request: Request) -> bool:
     return content_type.split(";")[0].strip().lower() not in _SIMPLE_CONTENT_TYPES
 
 
-def _has_credentials(request: Request) -> bool:
-    try:
-        request_credentials(request.scope)
-    except Unauthenticated:
-        return False
-    return True
+def _credentials(request: Request) -> CredentialsVerdict:
+    return request_facts(request.scope).credentials
 
 
 def _request_id(request: Request) -> str:
-    return scope_request_id(request.scope)
+    return request_facts(request.scope).request_id

@@ -1,6 +1,7 @@
 """GraphQL execution for every transport: parse -> validate (+limits) -> plan -> execute.
 
-    GraphQLExecution.run(request, request_id, query, params, record)  queries, mutations
+    GraphQLExecution.run(request, request_id, credentials, query, params, record)
+                                                          queries, mutations
       parse        cached per document text (a parse error is an answer too)
       validate     graphql-core's rules and the gateway's limits, cached with the document
       plan         the compiled path for calls-only operations, cached per operation
@@ -45,6 +46,7 @@ from starlette.requests import Request
 
 from gateway.bounded import BoundedCache, memoize
 from gateway.context import Context, MakeContext, UpstreamWarning
+from gateway.credentials import CredentialsVerdict
 from gateway.errors import BadRequest, OperationTooComplex
 from gateway.fastpath import FastPlan, compile_plan
 from gateway.graphql_errors import (
@@ -220,13 +222,15 @@ class GraphQLExecution:
         self,
         request: Request,
         request_id: str,
+        credentials: CredentialsVerdict,
         query: str,
         params: GraphQLParams,
         record: RequestRecord,
     ) -> OperationResult:
         """Run the query or mutation `query` (the document `params` asked for) on behalf of
-        `request`, observed in `record`. Raises `BadRequest` for a subscription: those are
-        the live transports'.
+        the caller `credentials` names (the request's verdict, read once by the
+        transport: the context's loader acts on it), observed in `record`. Raises
+        `BadRequest` for a subscription: those are the live transports'.
         """
         document = self._parse(query)
         if isinstance(document, GraphQLError):
@@ -243,7 +247,7 @@ class GraphQLExecution:
         if validation_errors:
             self.forget(query)
             return _result(list(validation_errors), name, request_error=True)
-        context = self._make_context(request, request_id)
+        context = self._make_context(request, request_id, credentials)
         # The request's line reads what the operation's tally holds when the request ends
         # (cut short or failing too).
         record.upstream = context.tally

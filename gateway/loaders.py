@@ -101,8 +101,8 @@ class CallService(Protocol):
     ) -> dict[str, KnownCall]: ...
 
 
-# The request's credentials as `credentials.request_credentials` read them (the one
-# reader of the credential headers); raises `Unauthenticated`.
+# The request's credentials, from its one verdict on them (`credentials.caller`);
+# raises `Unauthenticated`.
 ReadCredentials = Callable[[], Credentials]
 # Sends one upstream request, with the operation's veto to run right before it leaves.
 Send = Callable[[Callable[[], None]], Awaitable[UpstreamAnswer | None]]

@@ -1,8 +1,9 @@
-"""The one reader of a request body: bounded, decoded, read at most once per request.
+"""The one reader of a request body: bounded, decoded.
 
 Both layers that need the body (the answer cache, to key on it, and the endpoint, to
-parse it) call `read_body`; the first call reads and the outcome is kept in the ASGI
-scope, so the second gets the same bytes, or the same refusal, without reading again.
+parse it) ask the request's facts (`RequestFacts.read_body`), which call `read_body` the
+first time and keep the outcome, so the second gets the same bytes, or the same refusal,
+without reading again.
 
 - A declared `Content-Length` above the limit is refused (413) before a byte is read:
   the client may be waiting for `100 Continue`, or sending 100 MB.
@@ -20,8 +21,6 @@ import zlib
 from dataclasses import dataclass
 
 from starlette.types import Receive, Scope
-
-SCOPE_KEY = "gateway.request_body"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,15 +95,6 @@ class _Decoder:
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | RequestBodyRefusal:
     """The request's decoded body, at most `limit` bytes, or why it is refused."""
-    kept = scope.get(SCOPE_KEY)
-    if isinstance(kept, bytes | RequestBodyRefusal):
-        return kept
-    outcome = await _read(scope, receive, limit)
-    scope[SCOPE_KEY] = outcome
-    return outcome
-
-
-async def _read(scope: Scope, receive: Receive, limit: int) -> bytes | RequestBodyRefusal:
     headers = _headers(scope)
     too_large = RequestBodyRefusal(
         413, f"The request body is larger than {limit} bytes.", unread=True

@@ -1,17 +1,21 @@
 """The one reader of the credential headers: every spelling it accepts, every refusal.
 
 tests/test_hostile_credentials.py attacks it through the gateway; this is the table of
-what `request_credentials` makes of a request's raw header list.
+what `credentials_verdict` makes of a request's raw header list.
 """
 
 from __future__ import annotations
 
 import base64
-from typing import Any
 
 import pytest
 
-from gateway.credentials import MAX_AUTHORIZATION_BYTES, Credentials, request_credentials
+from gateway.credentials import (
+    MAX_AUTHORIZATION_BYTES,
+    Credentials,
+    caller,
+    credentials_verdict,
+)
 from gateway.errors import Unauthenticated
 
 CANONICAL = "Basic " + base64.b64encode(b"t-demo:s-secret").decode()
@@ -20,10 +24,6 @@ USER = (b"x-catapult-user-id", b"u-demo")
 
 def basic(raw: bytes, scheme: bytes = b"Basic", space: bytes = b" ") -> bytes:
     return scheme + space + base64.b64encode(raw)
-
-
-def scope(*headers: tuple[bytes, bytes]) -> dict[str, Any]:
-    return {"type": "http", "headers": list(headers)}
 
 
 ACCEPTED = [
@@ -50,7 +50,7 @@ ACCEPTED = [
 
 @pytest.mark.parametrize("headers", ACCEPTED)
 def test_accepted_spellings_are_one_caller(headers: list[tuple[bytes, bytes]]) -> None:
-    credentials = request_credentials(scope(*headers))
+    credentials = credentials_verdict(headers)
 
     # One normalised form, whatever the spelling: the cache and pacing keys depend on it.
     assert credentials == Credentials(authorization=CANONICAL, user_id="u-demo", token="t-demo")
@@ -122,40 +122,37 @@ REFUSED = [
 def test_refusals_say_what_to_send_and_never_echo_it(
     headers: list[tuple[bytes, bytes]], says: str
 ) -> None:
-    with pytest.raises(Unauthenticated) as refused:
-        request_credentials(scope(*headers))
+    refused = credentials_verdict(headers)
 
-    assert refused.value.code == "UNAUTHENTICATED"
-    assert says in refused.value.message
+    assert isinstance(refused, Unauthenticated)
+    assert refused.code == "UNAUTHENTICATED"
+    assert says in refused.message
     for _, value in headers:
         if len(value) >= 8:
-            assert value.decode("latin-1") not in refused.value.message
+            assert value.decode("latin-1") not in refused.message
 
 
-def test_the_verdict_is_read_once_per_request() -> None:
-    # Every layer acts on the same caller: a later reader gets the first verdict even if
-    # the header list changed in between.
-    request = scope((b"authorization", basic(b"t-demo:s-secret")), USER)
-    first = request_credentials(request)
-    request["headers"] = [(b"authorization", basic(b"t-other:s-other")), USER]
+def test_the_caller_of_a_verdict_is_its_credentials() -> None:
+    credentials = credentials_verdict([(b"authorization", basic(b"t-demo:s-secret")), USER])
 
-    assert request_credentials(request) is first
+    assert caller(credentials) is credentials
 
 
-def test_a_refusal_is_kept_too_and_raised_anew_each_time() -> None:
-    request = scope(USER)
+def test_a_refusal_is_raised_anew_each_time() -> None:
+    # One exception raised twice would grow its traceback at each raise.
+    refusal = credentials_verdict([USER])
     with pytest.raises(Unauthenticated) as first:
-        request_credentials(request)
-    request["headers"] = [(b"authorization", basic(b"t-demo:s-secret")), USER]
+        caller(refusal)
     with pytest.raises(Unauthenticated) as second:
-        request_credentials(request)
+        caller(refusal)
 
+    assert refusal not in (first.value, second.value)
     assert second.value is not first.value
-    assert second.value.message == first.value.message
+    assert first.value.message == second.value.message == str(refusal)
 
 
 def test_the_authorization_value_never_shows_in_repr() -> None:
-    credentials = request_credentials(scope((b"authorization", basic(b"t-demo:s-secret")), USER))
+    credentials = credentials_verdict([(b"authorization", basic(b"t-demo:s-secret")), USER])
 
     assert "u-demo" in repr(credentials)
     for secret in (CANONICAL, "t-demo", "s-secret"):

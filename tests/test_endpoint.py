@@ -21,7 +21,7 @@ from starlette.requests import Request
 from gateway.app import create_app
 from gateway.config import load_settings
 from gateway.context import Context
-from gateway.credentials import request_credentials
+from gateway.credentials import CredentialsVerdict, caller
 from gateway.endpoint import GraphQLEndpoint
 from gateway.errors import UpstreamTimeout
 from gateway.execution import GraphQLExecution
@@ -436,13 +436,13 @@ class _NoUpstream:
         raise AssertionError("the failing schema makes no upstream requests")
 
 
-def _context(request: Request, request_id: str) -> Context:
+def _context(request: Request, request_id: str, credentials: CredentialsVerdict) -> Context:
     tally = UpstreamTally()
     return Context(
         request_id=request_id,
         calls=OperationLoader(
             _NoUpstream(),
-            partial(request_credentials, request.scope),
+            partial(caller, credentials),
             tally=tally,
             deadline=time.monotonic() + 5,
             refresh=False,

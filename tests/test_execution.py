@@ -20,7 +20,7 @@ from starlette.requests import Request
 
 from gateway.calls import ListQuery
 from gateway.context import Context, UpstreamWarning
-from gateway.credentials import Credentials, request_credentials
+from gateway.credentials import Credentials, CredentialsVerdict, caller, credentials_verdict
 from gateway.errors import BadRequest, PersistedQueryNotFound
 from gateway.execution import GraphQLExecution, GraphQLParams, OperationResult, read_params
 from gateway.limits import OperationLimits
@@ -70,12 +70,14 @@ class RecordingContexts:
         self.service = service
         self.made: list[str] = []
 
-    def __call__(self, request: Request, request_id: str) -> Context:
+    def __call__(
+        self, request: Request, request_id: str, credentials: CredentialsVerdict
+    ) -> Context:
         self.made.append(request_id)
         tally = UpstreamTally()
         loader = OperationLoader(
             self.service,
-            partial(request_credentials, request.scope),
+            partial(caller, credentials),
             tally=tally,
             deadline=time.monotonic() + 5,
             refresh=False,
@@ -121,7 +123,10 @@ class Harness:
         request = Request({"type": "http", "method": "POST", "headers": headers})
         params = GraphQLParams(query, variables, None, None)
         self.record = RequestRecord(request_id, "POST")
-        return asyncio.run(self.execution.run(request, request_id, query, params, self.record))
+        credentials = credentials_verdict(headers)
+        return asyncio.run(
+            self.execution.run(request, request_id, credentials, query, params, self.record)
+        )
 
 
 # -- one cache for every caller ----------------------------------------------------------
@@ -244,7 +249,9 @@ def test_an_answers_warnings_are_reported_once_and_shown_beside_the_data() -> No
 def test_a_subscriptions_update_reports_its_warnings_once() -> None:
     # The context outlives the update: what was reported for one is not reported again.
     harness = Harness()
-    context = harness.contexts(Request({"type": "http", "headers": []}), "r-3")
+    context = harness.contexts(
+        Request({"type": "http", "headers": []}), "r-3", credentials_verdict([])
+    )
     context.warnings.append(
         UpstreamWarning("odd", ("callsUpdated", "calls", 0), "c-1", "unknown_value")
     )

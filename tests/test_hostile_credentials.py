@@ -1,6 +1,6 @@
 """Hostile credential headers: refused with UNAUTHENTICATED, upstream and cache untouched.
 
-Every layer reads the credential headers through `credentials.request_credentials`, so
+Every layer acts on the request's one verdict on the credential headers (`RequestFacts`), so
 a request that repeats one (in any spelling) cannot be authenticated upstream as one
 caller and cached as another; and no byte in them can raise past the check.
 """

@@ -1,4 +1,7 @@
-"""The one reader of a request body: each encoding it decodes, each refusal, read once."""
+"""The one reader of a request body: each encoding it decodes, each refusal.
+
+That it is read once per request, whichever layer asks, is tests/test_request_facts.py's.
+"""
 
 from __future__ import annotations
 
@@ -116,21 +119,3 @@ def test_a_client_that_goes_away_gets_408() -> None:
     refusal, _ = read([BODY[:5]], gone=True)
 
     assert refusal == RequestBodyRefusal(408, "The request body did not arrive.")
-
-
-def test_the_body_is_read_once_per_request() -> None:
-    # The answer cache and the endpoint both ask; the second gets the first outcome.
-    scope: dict[str, Any] = {"type": "http", "headers": []}
-    messages = iter([{"type": "http.request", "body": BODY}])
-    received: list[Message] = []
-
-    async def receive() -> Message:
-        message: Message = next(messages)
-        received.append(message)
-        return message
-
-    async def twice() -> tuple[bytes | RequestBodyRefusal, bytes | RequestBodyRefusal]:
-        return await read_body(scope, receive, LIMIT), await read_body(scope, receive, LIMIT)
-
-    assert asyncio.run(twice()) == (BODY, BODY)
-    assert len(received) == 1

@@ -51,14 +51,15 @@ from starlette.requests import Request
 from starlette.types import Scope
 
 from gateway.context import Context, MakeContext
-from gateway.credentials import request_credentials
+from gateway.credentials import Credentials, CredentialsVerdict, caller
 from gateway.errors import STOPPED_CODE, BadRequest, GatewayError, PersistedQueryNotFound
 from gateway.execution import GraphQLExecution, read_params
 from gateway.graphql_errors import format_error
 from gateway.live.hub import LiveCalls, LiveHub
 from gateway.live.renders import Renders
-from gateway.observability.record import RequestRecord, scope_request_id
+from gateway.observability.record import RequestRecord
 from gateway.observability.telemetry import Telemetry
+from gateway.request_facts import request_facts
 from gateway.schema.subscription import CallsUpdate
 
 
@@ -70,7 +71,7 @@ class LiveRequest:
     variables: dict[str, Any] | None
     operation_name: str | None
     extensions: dict[str, Any] | None
-    # Raw header pairs as `credentials.request_credentials` reads them.
+    # Raw header pairs, as `credentials.credentials_verdict` reads them.
     credential_headers: Sequence[tuple[bytes, bytes]]
 
 
@@ -190,12 +191,15 @@ class Operations:
     async def _single(self, request: LiveRequest, scope: Scope) -> OperationOutcome:
         http_scope = _http_scope(scope, request)
         http_request = Request(http_scope)
-        request_id = scope_request_id(http_scope)
+        facts = request_facts(http_scope)
+        request_id = facts.request_id
         # Observed as a request of its own, as the endpoint observes one: its log line,
         # metrics and span, with the record's fields filled as the endpoint fills them.
         with self._telemetry.request(http_request, request_id) as record:
             try:
-                outcome = await self._answer(http_request, request_id, request, record)
+                outcome = await self._answer(
+                    http_request, request_id, facts.credentials, request, record
+                )
             except asyncio.CancelledError:
                 record.status, record.error_codes = 503, [STOPPED_CODE]
                 raise
@@ -208,7 +212,12 @@ class Operations:
         return Single(outcome.body)
 
     async def _answer(
-        self, http_request: Request, request_id: str, request: LiveRequest, record: RequestRecord
+        self,
+        http_request: Request,
+        request_id: str,
+        credentials: CredentialsVerdict,
+        request: LiveRequest,
+        record: RequestRecord,
     ) -> _Answered:
         """What the endpoint would answer `request` as an `application/json` POST."""
         try:
@@ -223,7 +232,9 @@ class Operations:
             query = self._execution.document(params)
             if query is None:
                 raise BadRequest("The request must carry a GraphQL document in `query`.")
-            result = await self._execution.run(http_request, request_id, query, params, record)
+            result = await self._execution.run(
+                http_request, request_id, credentials, query, params, record
+            )
         except (BadRequest, PersistedQueryNotFound) as exc:
             # As the endpoint answers them; an unknown persisted query is a 200 there.
             status = exc.status if isinstance(exc, BadRequest) else 200
@@ -234,7 +245,7 @@ class Operations:
         checked = (
             result.valid
             and "UNAUTHENTICATED" not in result.codes
-            and _has_credentials(http_request.scope)
+            and isinstance(credentials, Credentials)
         )
         return _Answered(result.body, result.codes, result.operation, checked, 200)
 
@@ -248,15 +259,16 @@ class Operations:
             self._execution.forget(request.query)
             return Refused(list(errors))
         http_scope = _http_scope(scope, request)
-        request_id = scope_request_id(http_scope)
+        facts = request_facts(http_scope)
+        request_id, credentials = facts.request_id, facts.credentials
         # A context of its own, with its own upstream tally (see `ContextFactory`): no line
         # reads it, as a subscription has none, and its updates come from pollers, each
         # poll counted in a tally of its own (source.py), never into this request's.
-        context = self._make_context(Request(http_scope), request_id)
+        context = self._make_context(Request(http_scope), request_id, credentials)
         # The hub comes from the lifespan's state, as the context's upstream does: it is
         # opened when the app starts, after this was built.
         hub: LiveHub = Request(http_scope).state.live
-        context.live = LiveCalls(hub, partial(request_credentials, http_scope))
+        context.live = LiveCalls(hub, partial(caller, credentials))
         # graphql-core's `subscribe`, composed by hand (as its documentation suggests) so
         # that `Stream` decides how each event is executed.
         executor = self._execution.subscription(
@@ -266,12 +278,9 @@ class Operations:
             # Variables that do not fit the operation: nothing ran.
             return Refused([format_error(error, request_id) for error in executor])
         key = _request_key(request)
-        try:
-            credentials = request_credentials(http_scope)
-        except GatewayError:
-            # The stream refuses them, as a query's resolver would: nothing to hold.
-            release: Callable[[], None] = _nothing
-        else:
+        release: Callable[[], None] = _nothing
+        if isinstance(credentials, Credentials):
+            # Without them the stream refuses, as a query's resolver would: nothing to hold.
             try:
                 release = self._renders.hold(credentials, key)
             except GatewayError as error:
@@ -346,14 +355,6 @@ def _request_key(request: LiveRequest) -> Hashable:
     the operation chosen and the variables (credentials are the poller's own)."""
     variables = orjson.dumps(request.variables, option=orjson.OPT_SORT_KEYS)
     return (request.query, request.operation_name, variables)
-
-
-def _has_credentials(scope: Scope) -> bool:
-    try:
-        request_credentials(scope)
-    except GatewayError:
-        return False
-    return True
 
 
 def _http_scope(scope: Scope, request: LiveRequest) -> Scope:

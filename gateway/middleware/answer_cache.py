@@ -5,8 +5,8 @@ same Authorization and user id) sends the same request within the cache TTL, the
 is the bytes the gateway gave last time: no parsing, no execution, no upstream request.
 
 Keys are a keyed BLAKE2b hash of everything the answer depends on: the caller's
-credentials (as `credentials.request_credentials` read them, the same reading every
-later layer gets), every value of the headers that shape the answer, and the exact
+credentials (the request's one verdict on them, `RequestFacts.credentials`, the same
+every later layer gets), every value of the headers that shape the answer, and the exact
 request (body or query string), so one caller's answer is never another's and no secret
 is kept in a key. A request whose credentials are refused (missing, malformed, or a
 credential header sent twice) neither reads nor fills the cache. Only successful
@@ -32,13 +32,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.bounded import BoundedCache
 from gateway.cache_control import wants_fresh
-from gateway.credentials import Credentials, request_credentials
+from gateway.credentials import Credentials
 from gateway.endpoint import AnswerVerdict
 from gateway.errors import Unauthenticated
 from gateway.media import wants_event_stream
-from gateway.observability.record import scope_request_id
 from gateway.observability.telemetry import Telemetry
-from gateway.request_body import RequestBodyRefusal, read_body
+from gateway.request_body import RequestBodyRefusal
+from gateway.request_facts import request_facts
 
 # Headers made afresh for every answer, never stored with an entry.
 _FRESH_HEADERS = frozenset({b"content-length", b"x-request-id"})
@@ -112,15 +112,15 @@ class AnswerCacheMiddleware:
         if wants_event_stream(accept):
             await self.app(scope, receive, send)
             return
-        try:
-            credentials = request_credentials(scope)
-        except Unauthenticated:
+        facts = request_facts(scope)
+        credentials = facts.credentials
+        if isinstance(credentials, Unauthenticated):
             # Nothing to cache or serve: the endpoint answers UNAUTHENTICATED.
             await self.app(scope, receive, send)
             return
         body = b""
         if scope["method"] == "POST":
-            read = await read_body(scope, receive, self.max_body_bytes)
+            read = await facts.read_body(scope, receive, self.max_body_bytes)
             if isinstance(read, RequestBodyRefusal):
                 # Not a cacheable request: the endpoint answers the refusal.
                 await self.app(scope, receive, send)
@@ -130,7 +130,7 @@ class AnswerCacheMiddleware:
         if not wants_fresh(headers):
             entry = self._entries.get(key)
             if entry is not None:
-                await self._answer(entry, scope, headers, send)
+                await self._answer(entry, scope, facts.request_id, send)
                 return
         await self._fill(key, scope, body, receive, send)
 
@@ -162,8 +162,7 @@ class AnswerCacheMiddleware:
         )
         return digest.digest()
 
-    async def _answer(self, entry: _Entry, scope: Scope, headers: Headers, send: Send) -> None:
-        request_id = scope_request_id(scope)
+    async def _answer(self, entry: _Entry, scope: Scope, request_id: str, send: Send) -> None:
         with self._telemetry.cached_answer(Request(scope), request_id, entry.operation):
             response_headers = list(entry.headers)
             if entry.aged is not None:

@@ -17,7 +17,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import STOPPED_CODE
-from gateway.observability.record import scope_request_id
+from gateway.request_facts import request_facts
 
 log = logging.getLogger("gateway.shutdown")
 
@@ -32,9 +32,10 @@ class ShutdownMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # Chosen here, outermost, before any layer copies the scope: the endpoint then logs
-        # the request under the id this layer would answer with.
-        scope_request_id(scope)
+        # Made here, outermost, before any layer copies the scope: every layer then reads
+        # these facts, and the endpoint logs the request under the id this layer would
+        # answer with.
+        request_facts(scope)
         started = False
 
         async def watch(message: Message) -> None:
@@ -58,9 +59,9 @@ class ShutdownMiddleware:
 
 
 async def _answer_stopped(scope: Scope, send: Send) -> None:
-    # The id the endpoint logs this request under (it set it in the scope), so that the
-    # answer and the request's log line agree.
-    request_id = scope_request_id(scope)
+    # The id the endpoint logs this request under, so that the answer and the request's
+    # log line agree.
+    request_id = request_facts(scope).request_id
     log.warning(
         "request cut short by shutdown",
         extra={"request_id": request_id, "method": scope["method"], "status": 503},

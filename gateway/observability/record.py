@@ -14,7 +14,7 @@ import os
 import re
 import secrets
 from collections import Counter
-from collections.abc import MutableMapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,24 +96,13 @@ def request_id_from(given: str) -> str:
     return _request_ids.new()
 
 
-_SCOPE_REQUEST_ID = "gateway.request_id"
+def request_id_of(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The request id of a raw (ASGI) header list: its first `X-Request-Id` if sane, else new.
 
-
-def scope_request_id(scope: MutableMapping[str, Any]) -> str:
-    """The request id of the request `scope` describes: chosen once, kept in the scope.
-
-    Every layer (the endpoint, the whole-answer cache, the shutdown answer) asks here, so
-    a request without an `X-Request-Id` of its own has one id in its answer and its log
-    line, not one new id per layer.
+    Called once per request, when its facts are made (`gateway.request_facts`), so a
+    request without an id of its own has one id in its answer and its log line.
     """
-    found = scope.get(_SCOPE_REQUEST_ID)
-    if isinstance(found, str):
-        return found
-    given = ""
-    for name, value in scope.get("headers") or ():
+    for name, value in headers:
         if name.lower() == b"x-request-id":
-            given = value.decode("latin-1")
-            break
-    request_id = request_id_from(given)
-    scope[_SCOPE_REQUEST_ID] = request_id
-    return request_id
+            return request_id_from(value.decode("latin-1"))
+    return request_id_from("")

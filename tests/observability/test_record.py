@@ -1,11 +1,10 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import pytest
 
-from gateway.observability.record import RequestRecord, request_id_from, scope_request_id
+from gateway.observability.record import RequestRecord, request_id_from, request_id_of
 from gateway.upstream.tally import UpstreamTally
 
 
@@ -23,21 +22,19 @@ def test_new_request_ids_are_unique_and_well_formed() -> None:
     [
         pytest.param([(b"x-request-id", b"abc-1")], True, id="sane-id-kept"),
         pytest.param([(b"X-Request-Id", b"abc-1")], True, id="any-case-name"),
+        pytest.param(
+            [(b"x-request-id", b"abc-1"), (b"x-request-id", b"abc-2")], True, id="first-of-two"
+        ),
         pytest.param([(b"x-request-id", b"has space")], False, id="insane-id-replaced"),
         pytest.param([(b"x-request-id", b"x" * 129)], False, id="too-long-replaced"),
         pytest.param([], False, id="none-sent"),
     ],
 )
-def test_a_scope_has_one_request_id_whoever_asks(
+def test_the_request_id_is_the_callers_when_sane(
     headers: list[tuple[bytes, bytes]], kept: bool
 ) -> None:
-    scope: dict[str, Any] = {"type": "http", "headers": headers}
-
-    first = scope_request_id(scope)
-
-    assert scope_request_id(scope) == first
-    assert scope_request_id(dict(scope)) == first  # a layer's copy of the scope too
-    assert (first == "abc-1") is kept
+    # Every layer reads the one id made with the request's facts (tests/test_request_facts.py).
+    assert (request_id_of([(b"accept", b"*/*"), *headers]) == "abc-1") is kept
 
 
 def test_the_line_counts_what_the_operations_tally_holds_when_it_is_written() -> None:
