@@ -10,7 +10,9 @@
       render   the status for the media type, cache headers, the answer cache's verdict
 
 Each request is observed once, here (`Telemetry.request`: its log line, metrics and
-span); the endpoint fills in its record.
+span); the endpoint fills in its record, and a query it hands to the event streams is
+recorded in that same record where it runs (`gateway.live.operations`), with the request
+id the answer echoes: one request, one line.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class EventStreamResponder(Protocol):
         variables: dict[str, Any] | None,
         operation_name: str | None,
         extensions: dict[str, Any] | None,
+        record: RequestRecord,
     ) -> Awaitable[Response]: ...
 
 
@@ -182,7 +185,10 @@ class GraphQLEndpoint:
                 raise
             if isinstance(outcome, Streamed):
                 # Without a verdict, so never kept; it says itself not to be (`no-cache`).
-                record.operation, record.status = outcome.operation, outcome.response.status_code
+                # A query's operation was recorded where it ran (`Operations`); the status
+                # is the stream's, what the client was answered.
+                record.operation = record.operation or outcome.operation
+                record.status = outcome.response.status_code
                 outcome.response.headers["x-request-id"] = request_id
                 return outcome.response
             record.operation, record.error_codes = outcome.operation, outcome.codes
@@ -205,7 +211,7 @@ class GraphQLEndpoint:
         ):
             return Outcome(self._graphiql.html, "text/html")
         try:
-            wanted = await self._read(request, accept)
+            wanted = await self._read(request, accept, record)
             if isinstance(wanted, Outcome | Streamed):
                 return wanted
             return await self._execute(request, wanted, request_id, record)
@@ -215,7 +221,9 @@ class GraphQLEndpoint:
 
     # -- read: from HTTP to the document to run --
 
-    async def _read(self, request: Request, accept: Accepted) -> Wanted | Outcome | Streamed:
+    async def _read(
+        self, request: Request, accept: Accepted, record: RequestRecord
+    ) -> Wanted | Outcome | Streamed:
         """The GraphQL request in `request`; raises `BadRequest` for a malformed one."""
         if request.method not in ("GET", "POST"):
             raise BadRequest("Use GET or POST.", status=405, headers={"allow": "GET, POST"})
@@ -238,6 +246,7 @@ class GraphQLEndpoint:
                 variables=params.variables,
                 operation_name=params.operation_name,
                 extensions=params.extensions,
+                record=record,
             )
             return Streamed(response, params.operation_name)
         try:

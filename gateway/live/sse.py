@@ -29,6 +29,7 @@ from gateway.credentials import raw_credential_headers
 from gateway.draining import draining
 from gateway.live.operations import LiveRequest, Operations, Refused, Single, Stream
 from gateway.media import EVENT_STREAM
+from gateway.observability.record import RequestRecord
 
 KEEPALIVE = b":\n\n"
 COMPLETE = b"event: complete\ndata:\n\n"
@@ -49,7 +50,10 @@ class EventStreams:
         variables: dict[str, Any] | None,
         operation_name: str | None,
         extensions: dict[str, Any] | None,
+        record: RequestRecord,
     ) -> Response:
+        """The event stream answering `request`, whose record (the endpoint's) a query's
+        operation fills: one HTTP request, one log line."""
         live = LiveRequest(
             query=query,
             variables=variables,
@@ -57,7 +61,7 @@ class EventStreams:
             extensions=extensions,
             credential_headers=raw_credential_headers(request.scope.get("headers") or ()),
         )
-        outcome = await self._operations.run(live, request.scope)
+        outcome = await self._operations.run(live, request.scope, record)
         return StreamingResponse(
             self._events(outcome, request.scope),
             media_type=EVENT_STREAM,
