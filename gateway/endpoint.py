@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.credentials import Credentials, CredentialsVerdict
+from gateway.credentials import CredentialsVerdict
 from gateway.errors import (
     STOPPED_CODE,
     BadRequest,
@@ -36,6 +36,7 @@ from gateway.errors import (
 )
 from gateway.execution import GraphQLExecution, GraphQLParams, read_params
 from gateway.graphiql import GraphiQLPage
+from gateway.graphql_errors import refusal_body
 from gateway.media import GRAPHQL_RESPONSE_JSON, JSON, Accepted, accepted
 from gateway.observability.record import RequestRecord
 from gateway.observability.telemetry import Telemetry
@@ -192,9 +193,6 @@ class GraphQLEndpoint:
                 outcome.response.headers["x-request-id"] = request_id
                 return outcome.response
             record.operation, record.error_codes = outcome.operation, outcome.codes
-            if "UNAUTHENTICATED" in outcome.codes:
-                # The upstream refused the credentials: the name is still unchecked.
-                record.operation_checked = False
             record.status = outcome.status
         return self._render(request, outcome, request_id)
 
@@ -216,8 +214,7 @@ class GraphQLEndpoint:
                 return wanted
             return await self._execute(request, wanted, request_id, record)
         except BadRequest as exc:
-            body = {"errors": [{"message": exc.message, "extensions": exc.extensions}]}
-            return Outcome(body, JSON, exc.status, [exc.code], headers=exc.headers)
+            return Outcome(refusal_body(exc), JSON, exc.status, [exc.code], headers=exc.headers)
 
     # -- read: from HTTP to the document to run --
 
@@ -254,8 +251,7 @@ class GraphQLEndpoint:
         except PersistedQueryNotFound as exc:
             # 200 whatever the media type: Apollo Client's persisted-query link turns
             # APQ off for good on a 400, instead of resending with the document.
-            body = {"errors": [{"message": exc.message, "extensions": exc.extensions}]}
-            return Outcome(body, media_type, codes=[exc.code])
+            return Outcome(refusal_body(exc), media_type, codes=[exc.code])
         if query is None:
             raise BadRequest("The request must carry a GraphQL document in `query`.")
         return Wanted(media_type, query, params)
@@ -286,8 +282,7 @@ class GraphQLEndpoint:
         # One verdict on the credentials for the context and the record alike.
         credentials = _credentials(request)
         result = await self._execution.run(request, request_id, credentials, query, params, record)
-        # Only a valid operation's name may take a metrics slot (see `Metrics`).
-        record.operation_checked = result.valid and isinstance(credentials, Credentials)
+        record.operation_checked = result.checked(credentials)
         # application/json answers 200 to every well-formed request (legacy clients read
         # the body); the newer media type lets the status say that nothing was executed.
         status = 400 if result.request_error and media_type == GRAPHQL_RESPONSE_JSON else 200

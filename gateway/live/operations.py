@@ -56,7 +56,7 @@ from gateway.context import Context, MakeContext
 from gateway.credentials import Credentials, CredentialsVerdict, caller
 from gateway.errors import STOPPED_CODE, BadRequest, GatewayError, PersistedQueryNotFound
 from gateway.execution import GraphQLExecution, read_params
-from gateway.graphql_errors import format_error
+from gateway.graphql_errors import format_error, refusal_body
 from gateway.live.hub import LiveCalls, LiveHub
 from gateway.live.renders import Renders
 from gateway.observability.record import RequestRecord
@@ -256,15 +256,8 @@ class Operations:
         except (BadRequest, PersistedQueryNotFound) as exc:
             # As the endpoint answers them; an unknown persisted query is a 200 there.
             status = exc.status if isinstance(exc, BadRequest) else 200
-            error = {"message": exc.message, "extensions": exc.extensions}
-            return _Answered({"errors": [error]}, [exc.code], None, False, status)
-        # Only a valid operation's name may take a metrics slot (see `Metrics`), and not
-        # once the upstream refused the credentials.
-        checked = (
-            result.valid
-            and "UNAUTHENTICATED" not in result.codes
-            and isinstance(credentials, Credentials)
-        )
+            return _Answered(refusal_body(exc), [exc.code], None, False, status)
+        checked = result.checked(credentials)
         return _Answered(result.body, result.codes, result.operation, checked, 200)
 
     async def _subscribe(
