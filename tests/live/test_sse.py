@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import ASGIApp, Message
 
 from tests.fakes import FakeUpstream
@@ -316,18 +317,28 @@ def test_a_query_over_sse_is_one_request_with_one_line(
     # and no upstream request, and one with an id the client never saw and the counts.
     fake_upstream.answer(CALLS_PATH, [call("c-1")])
 
-    async def body() -> Message:
+    async def body() -> tuple[Message, str]:
         async with live_app(fake_upstream.url) as app:
             with caplog.at_level(logging.INFO, logger="gateway.request"):
                 start, _ = await answered(app, "query Latest { calls { id } }", chunks=3)
-        return start
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+                metrics = (await client.get("/metrics")).text
+        return start, metrics
 
-    start = asyncio.run(body())
+    start, metrics = asyncio.run(body())
 
     [line] = request_lines(caplog)
     request_id = dict(start["headers"])[b"x-request-id"].decode()
     fields = ("request_id", "operation", "status", "upstream_requests", "cache")
     assert [line[field] for field in fields] == [request_id, "Latest", 200, 1, {"miss": 1}]
+    counted = [
+        (sample.labels["operation"], sample.value)
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "gateway_requests_total"
+    ]
+    assert counted == [("Latest", 1.0)]
 
 
 def test_a_subscription_over_sse_is_one_request_with_one_line(
