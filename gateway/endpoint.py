@@ -10,7 +10,9 @@
       render   the status for the media type, cache headers, the answer cache's verdict
 
 Each request is observed once, here (`Telemetry.request`: its log line, metrics and
-span); the endpoint fills in its record.
+span); the endpoint fills in its record, and a query it hands to the event streams is
+recorded in that same record where it runs (`gateway.live.operations`), with the request
+id the answer echoes: one request, one line.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.credentials import Credentials, CredentialsVerdict
+from gateway.credentials import CredentialsVerdict
 from gateway.errors import (
     STOPPED_CODE,
     BadRequest,
@@ -34,6 +36,7 @@ from gateway.errors import (
 )
 from gateway.execution import GraphQLExecution, GraphQLParams, read_params
 from gateway.graphiql import GraphiQLPage
+from gateway.graphql_errors import refusal_body
 from gateway.media import GRAPHQL_RESPONSE_JSON, JSON, Accepted, accepted
 from gateway.observability.record import RequestRecord
 from gateway.observability.telemetry import Telemetry
@@ -59,6 +62,7 @@ class EventStreamResponder(Protocol):
         variables: dict[str, Any] | None,
         operation_name: str | None,
         extensions: dict[str, Any] | None,
+        record: RequestRecord,
     ) -> Awaitable[Response]: ...
 
 
@@ -182,13 +186,13 @@ class GraphQLEndpoint:
                 raise
             if isinstance(outcome, Streamed):
                 # Without a verdict, so never kept; it says itself not to be (`no-cache`).
-                record.operation, record.status = outcome.operation, outcome.response.status_code
+                # A query's operation was recorded where it ran (`Operations`); the status
+                # is the stream's, what the client was answered.
+                record.operation = record.operation or outcome.operation
+                record.status = outcome.response.status_code
                 outcome.response.headers["x-request-id"] = request_id
                 return outcome.response
             record.operation, record.error_codes = outcome.operation, outcome.codes
-            if "UNAUTHENTICATED" in outcome.codes:
-                # The upstream refused the credentials: the name is still unchecked.
-                record.operation_checked = False
             record.status = outcome.status
         return self._render(request, outcome, request_id)
 
@@ -205,17 +209,18 @@ class GraphQLEndpoint:
         ):
             return Outcome(self._graphiql.html, "text/html")
         try:
-            wanted = await self._read(request, accept)
+            wanted = await self._read(request, accept, record)
             if isinstance(wanted, Outcome | Streamed):
                 return wanted
             return await self._execute(request, wanted, request_id, record)
         except BadRequest as exc:
-            body = {"errors": [{"message": exc.message, "extensions": exc.extensions}]}
-            return Outcome(body, JSON, exc.status, [exc.code], headers=exc.headers)
+            return Outcome(refusal_body(exc), JSON, exc.status, [exc.code], headers=exc.headers)
 
     # -- read: from HTTP to the document to run --
 
-    async def _read(self, request: Request, accept: Accepted) -> Wanted | Outcome | Streamed:
+    async def _read(
+        self, request: Request, accept: Accepted, record: RequestRecord
+    ) -> Wanted | Outcome | Streamed:
         """The GraphQL request in `request`; raises `BadRequest` for a malformed one."""
         if request.method not in ("GET", "POST"):
             raise BadRequest("Use GET or POST.", status=405, headers={"allow": "GET, POST"})
@@ -238,6 +243,7 @@ class GraphQLEndpoint:
                 variables=params.variables,
                 operation_name=params.operation_name,
                 extensions=params.extensions,
+                record=record,
             )
             return Streamed(response, params.operation_name)
         try:
@@ -245,8 +251,7 @@ class GraphQLEndpoint:
         except PersistedQueryNotFound as exc:
             # 200 whatever the media type: Apollo Client's persisted-query link turns
             # APQ off for good on a 400, instead of resending with the document.
-            body = {"errors": [{"message": exc.message, "extensions": exc.extensions}]}
-            return Outcome(body, media_type, codes=[exc.code])
+            return Outcome(refusal_body(exc), media_type, codes=[exc.code])
         if query is None:
             raise BadRequest("The request must carry a GraphQL document in `query`.")
         return Wanted(media_type, query, params)
@@ -277,8 +282,7 @@ class GraphQLEndpoint:
         # One verdict on the credentials for the context and the record alike.
         credentials = _credentials(request)
         result = await self._execution.run(request, request_id, credentials, query, params, record)
-        # Only a valid operation's name may take a metrics slot (see `Metrics`).
-        record.operation_checked = result.valid and isinstance(credentials, Credentials)
+        record.operation_checked = result.checked(credentials)
         # application/json answers 200 to every well-formed request (legacy clients read
         # the body); the newer media type lets the status say that nothing was executed.
         status = 400 if result.request_error and media_type == GRAPHQL_RESPONSE_JSON else 200

@@ -46,7 +46,7 @@ from starlette.requests import Request
 
 from gateway.bounded import BoundedCache, memoize
 from gateway.context import Context, MakeContext, UpstreamWarning
-from gateway.credentials import CredentialsVerdict
+from gateway.credentials import Credentials, CredentialsVerdict
 from gateway.errors import BadRequest, OperationTooComplex
 from gateway.fastpath import FastPlan, compile_plan
 from gateway.graphql_errors import (
@@ -135,6 +135,16 @@ class OperationResult:
     request_error: bool
     valid: bool
     fetched_at: float | None = None
+
+    def checked(self, credentials: CredentialsVerdict) -> bool:
+        """Whether the operation's name may take a metrics slot (see `Metrics`): the
+        document parsed and validated, for usable credentials the upstream did not refuse
+        (until it answers, the name is still unchecked). One decision for every transport."""
+        return (
+            self.valid
+            and isinstance(credentials, Credentials)
+            and "UNAUTHENTICATED" not in self.codes
+        )
 
 
 class GraphQLExecution:

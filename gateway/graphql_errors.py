@@ -30,6 +30,17 @@ MAX_WARNINGS = 100
 log = logging.getLogger("gateway.request")
 
 
+def refusal(error: GatewayError) -> dict[str, Any]:
+    """A request refused before any execution (`BadRequest`, an unknown persisted query,
+    too many operations on a socket), as one GraphQL error: its message and code."""
+    return {"message": error.message, "extensions": error.extensions}
+
+
+def refusal_body(error: GatewayError) -> dict[str, Any]:
+    """The response body of a request `error` refused: no `data`, that one error."""
+    return {"errors": [refusal(error)]}
+
+
 def coded(error: GraphQLError, code: str) -> dict[str, Any]:
     """graphql-core's rendering of `error`, with `code` in its extensions."""
     formatted = dict(error.formatted)

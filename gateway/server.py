@@ -67,7 +67,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from gateway.live.sse import DRAINING_SCOPE_KEY
+from gateway.draining import announce
 
 log = logging.getLogger("gateway.server")
 
@@ -372,7 +372,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         # Long answers (event streams) learn here that the server is shutting down.
-        self.scope[DRAINING_SCOPE_KEY] = self.admissions.stopping  # type: ignore[literal-required]
+        announce(self.scope, self.admissions.stopping)  # type: ignore[arg-type]
         self._check_headers()
         self._phase = "body"
         self._header_bytes = 0

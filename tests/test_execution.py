@@ -310,3 +310,25 @@ def test_params_read_an_empty_operation_name_as_none_and_a_hash_without_a_query(
         "{ a }", None, None, None
     )
     assert read_params({"extensions": PERSISTED}) == GraphQLParams(None, None, None, PERSISTED)
+
+
+CALLER = Credentials("Basic dTpw", "u")
+
+
+@pytest.mark.parametrize(
+    ("valid", "codes", "credentials", "checked"),
+    [
+        pytest.param(True, [], CALLER, True, id="answered"),
+        pytest.param(True, ["NOT_FOUND"], CALLER, True, id="field-error"),
+        pytest.param(False, ["GRAPHQL_VALIDATION_FAILED"], CALLER, False, id="invalid"),
+        pytest.param(True, [], credentials_verdict([]), False, id="no-credentials"),
+        pytest.param(True, ["UNAUTHENTICATED"], CALLER, False, id="upstream-refused-them"),
+    ],
+)
+def test_only_a_valid_operation_with_accepted_credentials_is_checked(
+    valid: bool, codes: list[str], credentials: CredentialsVerdict, checked: bool
+) -> None:
+    # The one decision the endpoint and the live operations both record.
+    result = OperationResult({}, codes, "Latest", request_error=not valid, valid=valid)
+
+    assert result.checked(credentials) is checked

@@ -8,8 +8,39 @@ import logging
 import pytest
 from graphql import GraphQLError
 
-from gateway.errors import RateLimited, UpstreamTimeout
-from gateway.graphql_errors import coded, format_error, internal_error
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    PersistedQueryNotFound,
+    RateLimited,
+    UpstreamTimeout,
+)
+from gateway.graphql_errors import coded, format_error, internal_error, refusal, refusal_body
+
+
+@pytest.mark.parametrize(
+    ("error", "extensions"),
+    [
+        pytest.param(BadRequest("Use GET or POST.", status=405), {"code": "BAD_REQUEST"}, id="bad"),
+        pytest.param(
+            PersistedQueryNotFound("PersistedQueryNotFound"),
+            {"code": "PERSISTED_QUERY_NOT_FOUND"},
+            id="persisted-query",
+        ),
+        pytest.param(
+            RateLimited("complete one first", retry_after=1),
+            {"code": "RATE_LIMITED", "retryAfter": 1},
+            id="too-many-operations",
+        ),
+    ],
+)
+def test_a_refused_request_is_one_error_with_its_code_and_no_data(
+    error: GatewayError, extensions: dict[str, object]
+) -> None:
+    # What the endpoint answers, and the live transports send, for a request refused
+    # before any execution: the message and code, nothing graphql-core would add.
+    assert refusal(error) == {"message": error.message, "extensions": extensions}
+    assert refusal_body(error) == {"errors": [refusal(error)]}
 
 
 def test_coded_adds_the_code_and_keeps_the_other_extensions() -> None:

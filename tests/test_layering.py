@@ -9,6 +9,8 @@ is still a dependency.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -213,6 +215,31 @@ def test_dependencies_point_one_way(importers: set[str], target: str) -> None:
     assert importers, "the row names no module"
 
     assert offenders(importers, target) == []
+
+
+# What the command line and the server load before the app: the GraphQL stack, and
+# prometheus-client, which must not be imported before the command line sets
+# PROMETHEUS_MULTIPROC_DIR (it picks its value store at import).
+HEAVY = ("strawberry", "graphql", "prometheus_client")
+
+
+@pytest.mark.parametrize("module", ["gateway.server", "gateway.cli"])
+def test_the_command_line_and_server_load_no_graphql_stack(module: str) -> None:
+    # Imported, not read: a chain of imports (a constant fetched from a module that
+    # imports the schema) is what loads a package, and only importing shows it.
+    script = (
+        f"import sys, {module}\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=PACKAGE.parent,
+    )
+
+    assert done.stdout.strip() == "[]"
 
 
 def test_the_checks_read_every_kind_of_import(tmp_path: Path) -> None:

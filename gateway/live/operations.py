@@ -3,9 +3,10 @@
     Operations.run(request)
       query or mutation   `GraphQLExecution.run`, as the HTTP endpoint runs one, with the
                           connection's credential headers: the same parsing, limits,
-                          persisted queries, fast path and warnings, and its own log line
-                          and metrics as a request of its own -> `Single` (or `Refused`
-                          when nothing ran)
+                          persisted queries, fast path and warnings; recorded in the
+                          event stream's HTTP request record (its one line), or, a
+                          socket's, as a request of its own with an id of its own
+                          -> `Single` (or `Refused` when nothing ran)
       subscription        parsed, validated and limited by `GraphQLExecution` (the same
                           cache), then graphql-core's subscription pipeline with a context
                           whose `live` watches pages through the hub -> `Stream` of
@@ -31,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterable, Callable, Hashable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -54,12 +56,12 @@ from gateway.context import Context, MakeContext
 from gateway.credentials import Credentials, CredentialsVerdict, caller
 from gateway.errors import STOPPED_CODE, BadRequest, GatewayError, PersistedQueryNotFound
 from gateway.execution import GraphQLExecution, read_params
-from gateway.graphql_errors import format_error
+from gateway.graphql_errors import format_error, refusal_body
 from gateway.live.hub import LiveCalls, LiveHub
 from gateway.live.renders import Renders
 from gateway.observability.record import RequestRecord
 from gateway.observability.telemetry import Telemetry
-from gateway.request_facts import request_facts
+from gateway.request_facts import SCOPE_KEY, request_facts
 from gateway.schema.subscription import CallsUpdate
 
 
@@ -177,8 +179,15 @@ class Operations:
         self._telemetry = telemetry
         self._renders = renders
 
-    async def run(self, request: LiveRequest, scope: Scope) -> OperationOutcome:
-        """Run `request` for the connection `scope` (its state, client and server)."""
+    async def run(
+        self, request: LiveRequest, scope: Scope, record: RequestRecord | None
+    ) -> OperationOutcome:
+        """Run `request` for the connection `scope` (its state, client and server).
+
+        `record` is the transport's when the operation is its request (an event stream: the
+        endpoint opened it, and a query fills it); None when the operation is a request of
+        its own (one of a socket's), which a query then records itself.
+        """
         document = None if request.query is None else self._execution.parse(request.query)
         if isinstance(document, DocumentNode):
             operation = get_operation_ast(document, request.operation_name)
@@ -186,16 +195,25 @@ class Operations:
                 return await self._subscribe(document, request, scope)
         # Queries, mutations, and whatever does not parse or name an operation: run and
         # answered exactly as over HTTP.
-        return await self._single(request, scope)
+        return await self._single(request, scope, record)
 
-    async def _single(self, request: LiveRequest, scope: Scope) -> OperationOutcome:
+    async def _single(
+        self, request: LiveRequest, scope: Scope, given: RequestRecord | None
+    ) -> OperationOutcome:
         http_scope = _http_scope(scope, request)
         http_request = Request(http_scope)
         facts = request_facts(http_scope)
         request_id = facts.request_id
-        # Observed as a request of its own, as the endpoint observes one: its log line,
-        # metrics and span, with the record's fields filled as the endpoint fills them.
-        with self._telemetry.request(http_request, request_id) as record:
+        # A socket's operation is observed as a request of its own, as the endpoint
+        # observes one (its log line, metrics and span); an event stream's fills the
+        # record of the HTTP request it answers. The fields are filled as the endpoint
+        # fills them.
+        observed: AbstractContextManager[RequestRecord] = (
+            self._telemetry.request(http_request, request_id)
+            if given is None
+            else nullcontext(given)
+        )
+        with observed as record:
             try:
                 outcome = await self._answer(
                     http_request, request_id, facts.credentials, request, record
@@ -238,15 +256,8 @@ class Operations:
         except (BadRequest, PersistedQueryNotFound) as exc:
             # As the endpoint answers them; an unknown persisted query is a 200 there.
             status = exc.status if isinstance(exc, BadRequest) else 200
-            error = {"message": exc.message, "extensions": exc.extensions}
-            return _Answered({"errors": [error]}, [exc.code], None, False, status)
-        # Only a valid operation's name may take a metrics slot (see `Metrics`), and not
-        # once the upstream refused the credentials.
-        checked = (
-            result.valid
-            and "UNAUTHENTICATED" not in result.codes
-            and isinstance(credentials, Credentials)
-        )
+            return _Answered(refusal_body(exc), [exc.code], None, False, status)
+        checked = result.checked(credentials)
         return _Answered(result.body, result.codes, result.operation, checked, 200)
 
     async def _subscribe(
@@ -381,12 +392,15 @@ def _http_scope(scope: Scope, request: LiveRequest) -> Scope:
         # The lifespan's state: the upstream client, cache and pacing of this process.
         "state": scope.get("state", {}),
         "extensions": {},
+        # An event stream's operation is its HTTP request (one request, one id: the one
+        # its answer echoes); a socket's operations each have facts of their own.
+        **({SCOPE_KEY: request_facts(scope)} if scope.get("type") == "http" else {}),
     }
 
 
 # What the connection's request said that matters to each operation on it: skipping the
-# cache, the trace it belongs to, the client's name. An event stream's request id too (one
-# request, one id); a socket's is not, as all its operations would share it.
+# cache, the trace it belongs to, the client's name. (An event stream's request id comes
+# with its facts, shared, see `_http_scope`.)
 _PASSED_ON = frozenset(
     {
         b"cache-control",
@@ -400,5 +414,6 @@ _PASSED_ON = frozenset(
 
 
 def _passed_on(scope: Scope) -> list[tuple[bytes, bytes]]:
-    names = _PASSED_ON | {b"x-request-id"} if scope.get("type") == "http" else _PASSED_ON
-    return [(name, value) for name, value in scope.get("headers") or () if name.lower() in names]
+    return [
+        (name, value) for name, value in scope.get("headers") or () if name.lower() in _PASSED_ON
+    ]

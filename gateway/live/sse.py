@@ -26,14 +26,11 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Scope
 
 from gateway.credentials import raw_credential_headers
+from gateway.draining import draining
 from gateway.live.operations import LiveRequest, Operations, Refused, Single, Stream
 from gateway.media import EVENT_STREAM
+from gateway.observability.record import RequestRecord
 
-# The server puts an `asyncio.Event` here in every request's scope and sets it when it
-# starts shutting down: a stream, which would never end on its own, ends then instead of
-# being cut off at GATEWAY_SHUTDOWN_TIMEOUT. Defined by its reader, so that the server
-# (outermost) imports it from here and nothing below the endpoint imports the middleware.
-DRAINING_SCOPE_KEY = "gateway.draining"
 KEEPALIVE = b":\n\n"
 COMPLETE = b"event: complete\ndata:\n\n"
 
@@ -53,7 +50,10 @@ class EventStreams:
         variables: dict[str, Any] | None,
         operation_name: str | None,
         extensions: dict[str, Any] | None,
+        record: RequestRecord,
     ) -> Response:
+        """The event stream answering `request`, whose record (the endpoint's) a query's
+        operation fills: one HTTP request, one log line."""
         live = LiveRequest(
             query=query,
             variables=variables,
@@ -61,7 +61,7 @@ class EventStreams:
             extensions=extensions,
             credential_headers=raw_credential_headers(request.scope.get("headers") or ()),
         )
-        outcome = await self._operations.run(live, request.scope)
+        outcome = await self._operations.run(live, request.scope, record)
         return StreamingResponse(
             self._events(outcome, request.scope),
             media_type=EVENT_STREAM,
@@ -91,10 +91,10 @@ class EventStreams:
         yield COMPLETE
 
     async def _stream(self, stream: Stream, scope: Scope) -> AsyncIterator[bytes | None]:
-        draining = scope.get(DRAINING_SCOPE_KEY)
-        stop = (
-            asyncio.ensure_future(draining.wait()) if isinstance(draining, asyncio.Event) else None
-        )
+        # Set when the server starts shutting down (`gateway.draining`): the stream ends
+        # then rather than being cut off at the shutdown timeout.
+        stopping = draining(scope)
+        stop = None if stopping is None else asyncio.ensure_future(stopping.wait())
         pending: asyncio.Future[bytes] | None = None
         try:
             while True:

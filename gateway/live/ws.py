@@ -44,6 +44,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 
 from gateway.credentials import credential_fields, raw_credential_headers
 from gateway.errors import RateLimited
+from gateway.graphql_errors import refusal
 from gateway.live.operations import LiveRequest, Operations, Refused, Single, Stream
 
 log = logging.getLogger("gateway.live")
@@ -218,7 +219,7 @@ class _Connection:
                 {
                     "id": operation_id,
                     "type": "error",
-                    "payload": [{"message": error.message, "extensions": error.extensions}],
+                    "payload": [refusal(error)],
                 }
             )
             return
@@ -235,7 +236,8 @@ class _Connection:
 
     async def _operate(self, operation_id: str, request: LiveRequest) -> None:
         try:
-            outcome = await self._server._operations.run(request, self._ws.scope)
+            # Each operation is a request of its own, with its own id and line: no record yet.
+            outcome = await self._server._operations.run(request, self._ws.scope, None)
             if isinstance(outcome, Refused):
                 await self._send({"id": operation_id, "type": "error", "payload": outcome.errors})
                 return

@@ -140,7 +140,7 @@ async def subscribe(operations: Operations, hub: LiveHub, query: str) -> Stream:
     headers = [(k.lower().encode(), v.encode()) for k, v in credential_headers(DEMO).items()]
     request = LiveRequest(query, None, None, None, headers)
     scope = {"type": "websocket", "headers": [], "state": {"upstream": None, "live": hub}}
-    stream = await operations.run(request, scope)
+    stream = await operations.run(request, scope, None)
     assert isinstance(stream, Stream)
     return stream
 
@@ -264,7 +264,7 @@ def test_an_account_holds_at_most_its_bound_of_distinct_requests() -> None:
             ]
             scope = {"type": "websocket", "headers": [], "state": {"upstream": None, "live": hub}}
             refused = await operations.run(
-                LiveRequest(aliased[2], None, None, None, headers), scope
+                LiveRequest(aliased[2], None, None, None, headers), scope, None
             )
             assert isinstance(refused, Refused)
             (error,) = refused.errors
@@ -326,7 +326,7 @@ def test_a_query_runs_here_and_is_observed_as_a_request_of_its_own(
             "state": {"upstream": service, "live": None},
         }
         with caplog.at_level(logging.INFO, logger="gateway.request"):
-            return await operations.run(LiveRequest(query, None, None, None, headers), scope)
+            return await operations.run(LiveRequest(query, None, None, None, headers), scope, None)
 
     service = RecordingService([call("c-1")])
     metrics = Metrics(multiprocess_dir=None)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.types import ASGIApp, Message
 
 from tests.fakes import FakeUpstream
 from tests.live.helpers import (
@@ -17,6 +20,7 @@ from tests.live.helpers import (
     WAIT,
     call,
     init_payload,
+    live_app,
     live_server,
 )
 
@@ -248,3 +252,110 @@ def test_no_cache_and_the_request_id_reach_the_operation(
     run(body)
     # Both went upstream: neither read the cache.
     assert len(fake_upstream.requests) == 2
+
+
+async def answered(app: ASGIApp, query: str, *, chunks: int) -> tuple[Message, list[bytes]]:
+    """POST `query` asking for an event stream, straight to the app: the answer's start
+    message and its first `chunks` body chunks (fewer if it ends), then the client leaves."""
+    request = orjson.dumps({"query": query})
+    headers = [
+        (k.lower().encode(), v.encode()) for k, v in {**STREAM_HEADERS, **init_payload()}.items()
+    ]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/graphql",
+        "raw_path": b"/graphql",
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
+    gone = asyncio.Event()
+    sent: asyncio.Queue[Message] = asyncio.Queue()
+    received = False
+
+    async def receive() -> Message:
+        nonlocal received
+        if not received:
+            received = True
+            return {"type": "http.request", "body": request, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        await sent.put(message)
+
+    task = asyncio.ensure_future(app(scope, receive, send))
+    body: list[bytes] = []
+    async with asyncio.timeout(WAIT):
+        start = await sent.get()
+        while len(body) < chunks:
+            message = await sent.get()
+            if message.get("body"):
+                body.append(message["body"])
+            if not message.get("more_body", False):
+                break
+    gone.set()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return start, body
+
+
+def request_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [r.__dict__ for r in caplog.records if r.getMessage() == "graphql request"]
+
+
+def test_a_query_over_sse_is_one_request_with_one_line(
+    fake_upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The endpoint and the live operations each recorded it: a line with the echoed id
+    # and no upstream request, and one with an id the client never saw and the counts.
+    fake_upstream.answer(CALLS_PATH, [call("c-1")])
+
+    async def body() -> tuple[Message, str]:
+        async with live_app(fake_upstream.url) as app:
+            with caplog.at_level(logging.INFO, logger="gateway.request"):
+                start, _ = await answered(app, "query Latest { calls { id } }", chunks=3)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+                metrics = (await client.get("/metrics")).text
+        return start, metrics
+
+    start, metrics = asyncio.run(body())
+
+    [line] = request_lines(caplog)
+    request_id = dict(start["headers"])[b"x-request-id"].decode()
+    fields = ("request_id", "operation", "status", "upstream_requests", "cache")
+    assert [line[field] for field in fields] == [request_id, "Latest", 200, 1, {"miss": 1}]
+    counted = [
+        (sample.labels["operation"], sample.value)
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "gateway_requests_total"
+    ]
+    assert counted == [("Latest", 1.0)]
+
+
+def test_a_subscription_over_sse_is_one_request_with_one_line(
+    fake_upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_upstream.answer(CALLS_PATH, [call("c-1")])
+
+    async def body() -> tuple[Message, list[bytes]]:
+        async with live_app(fake_upstream.url) as app:
+            with caplog.at_level(logging.INFO, logger="gateway.request"):
+                # The keep-alive, then the first page.
+                return await answered(app, SUBSCRIPTION, chunks=2)
+
+    start, chunks = asyncio.run(body())
+
+    assert chunks[-1].startswith(b"event: next")
+    [line] = request_lines(caplog)
+    request_id = dict(start["headers"])[b"x-request-id"].decode()
+    fields = ("request_id", "method", "status", "error_codes")
+    assert [line[field] for field in fields] == [request_id, "POST", 200, []]
