@@ -121,7 +121,9 @@ def gateway_processes(
                 preexec_fn=limit_descriptors,
             )
             started.append((process, f"http://127.0.0.1:{port}"))
-        deadline = time.monotonic() + 20
+        # Only a guard against a process that never starts: on a machine loaded by other
+        # test processes a start of two workers took over 20 s (CI, load 8 on 2 cores).
+        deadline = time.monotonic() + 60
         for process, url in started:
             while True:
                 try:
