@@ -18,17 +18,16 @@ import httpx
 import orjson
 import pytest
 
-from gateway.body_budget import BodyBudget
 from gateway.calls import ListQuery
 from gateway.credentials import Credentials
 from gateway.errors import RateLimited
 from gateway.sandbox import credential_headers
-from gateway.upstream.client import CatapultClient
 from gateway.upstream.pacing import FileSlots, MonotonicClock, Pacer, RedisSlots
 from gateway.upstream.redis import RedisStore
 from gateway.upstream.service import CatapultService, create_upstream
 from gateway.upstream.tally import UpstreamTally
 from tests.conftest import DEMO, Gateway, GatewayFactory, Sandbox
+from tests.fakes import upstream_client
 from tests.upstream.test_service import RecordingMetrics
 
 T = TypeVar("T")
@@ -116,17 +115,8 @@ def paced_service(
     """The upstream service as the gateway builds it (`create_upstream`: lanes, the
     account's pacer, metrics hooks) at `rate` requests/s (0: pacing off), on the virtual
     clock, in front of `upstream`."""
-    client = CatapultClient(
-        httpx.MockTransport(upstream),
-        base_url="http://upstream.test",
-        retries=0,
-        upstream_timeout=5,
-        body_budget=BodyBudget(1 << 30),
-        connect_timeout=3.0,
-        on_retry=ignore,
-    )
     return create_upstream(
-        client,
+        upstream_client(httpx.MockTransport(upstream)),
         metrics,
         cache_url="memory://",
         cache_key=b"a test cache key",
