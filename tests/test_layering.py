@@ -285,7 +285,6 @@ UNMIRRORED = {
     "gateway.upstream": "docstring (the module map)",
     # Not yet split out (tests/live/ is being reworked on its own branch):
     "gateway.schema.subscription": "tests/live/test_ws.py and test_sse.py",
-    "gateway.sandbox.data": "tests/sandbox/test_app.py (-- data --) and test_live.py",
 }
 
 
