@@ -283,8 +283,6 @@ UNMIRRORED = {
     "gateway.sandbox": "re-exports",
     "gateway.schema": "build_schema and the SDL printers: tests/schema/, test_cli.py",
     "gateway.upstream": "docstring (the module map)",
-    # Not yet split out (tests/live/ is being reworked on its own branch):
-    "gateway.schema.subscription": "tests/live/test_ws.py and test_sse.py",
 }
 
 
