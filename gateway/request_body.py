@@ -109,42 +109,23 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | Reque
             415, "Send the request body unencoded, or encoded with gzip or deflate.", unread=True
         )
     decoder = _Decoder(codings[0].decode()) if codings else None
-    if decoder is None:
-        return await _read_plain(receive, limit, too_large)
-    return await _read_decoded(receive, limit, too_large, decoder)
+    return await _read(receive, limit, too_large, decoder)
 
 
 _CODINGS = frozenset({"gzip", "x-gzip", "deflate"})
 _GONE = RequestBodyRefusal(408, "The request body did not arrive.")
+_UNDECODABLE = RequestBodyRefusal(
+    400, "The request body is not valid for its Content-Encoding.", unread=True
+)
 
 
-async def _read_plain(
-    receive: Receive, limit: int, too_large: RequestBodyRefusal
+async def _read(
+    receive: Receive, limit: int, too_large: RequestBodyRefusal, decoder: _Decoder | None
 ) -> bytes | RequestBodyRefusal:
+    """The body as it arrives, decoded by `decoder` (None: sent unencoded)."""
     chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return _GONE
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return too_large
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-async def _read_decoded(
-    receive: Receive, limit: int, too_large: RequestBodyRefusal, decoder: _Decoder
-) -> bytes | RequestBodyRefusal:
-    chunks: list[bytes] = []
-    size = 0
+    size = 0  # decoded
     received = 0
-    bad = RequestBodyRefusal(
-        400, "The request body is not valid for its Content-Encoding.", unread=True
-    )
     while True:
         message = await receive()
         if message["type"] != "http.request":
@@ -154,18 +135,21 @@ async def _read_decoded(
         if received > limit:
             # The encoded body alone is over the limit; the decoded one would be too.
             return too_large
-        try:
-            # Never inflate more than one byte past the limit, whatever the input holds.
-            for decoded in decoder.feed(chunk, limit - size):
-                size += len(decoded)
-                if size > limit:
-                    return too_large
-                chunks.append(decoded)
-        except zlib.error:
-            return bad
+        if decoder is None:
+            chunks.append(chunk)
+        else:
+            try:
+                # Never inflate more than one byte past the limit, whatever the input holds.
+                for decoded in decoder.feed(chunk, limit - size):
+                    size += len(decoded)
+                    if size > limit:
+                        return too_large
+                    chunks.append(decoded)
+            except zlib.error:
+                return _UNDECODABLE
         if not message.get("more_body", False):
-            if not decoder.finished:
-                return bad
+            if decoder is not None and not decoder.finished:
+                return _UNDECODABLE
             return b"".join(chunks)
 
 

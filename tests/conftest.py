@@ -376,6 +376,47 @@ def fake_upstream() -> Iterator[FakeUpstream]:
         yield fake
 
 
+@dataclass
+class PathPair:
+    """Two gateways in front of one recording fake upstream: one with the compiled path
+    (`fast`), one without (`standard`), to compare answers byte for byte."""
+
+    upstream: FakeUpstream
+    fast: httpx.Client
+    standard: httpx.Client
+
+    def both(self, body: dict[str, Any]) -> tuple[httpx.Response, httpx.Response]:
+        return self.fast.post("/graphql", json=body), self.standard.post("/graphql", json=body)
+
+
+def _path_gateway(upstream_url: str, *, fast: bool) -> Any:
+    return create_app(
+        load_settings(
+            {
+                "GATEWAY_UPSTREAM_URL": upstream_url,
+                "GATEWAY_CACHE_TTL": "0",
+                "GATEWAY_UPSTREAM_RATE": "0",
+                "GATEWAY_FAST_PATH": str(fast).lower(),
+            }
+        )
+    )
+
+
+@contextmanager
+def path_pair() -> Iterator[PathPair]:
+    """A `PathPair` served on loopback ports (uncached, unpaced) for a `with` block."""
+    upstream = FakeUpstream()
+    with serve(upstream.app) as upstream_url:
+        upstream.url = upstream_url
+        with (
+            serve(_path_gateway(upstream_url, fast=True)) as fast_url,
+            serve(_path_gateway(upstream_url, fast=False)) as standard_url,
+            httpx.Client(base_url=fast_url, headers=credential_headers(DEMO)) as fast,
+            httpx.Client(base_url=standard_url, headers=credential_headers(DEMO)) as standard,
+        ):
+            yield PathPair(upstream, fast, standard)
+
+
 # -- Redis: the suite starts its own redis-server (never the machine's on 6379) --
 
 REQUIRE_REDIS = "GATEWAY_TEST_REQUIRE_REDIS"

@@ -1,6 +1,7 @@
 """A recording fake upstream: canned answers per path, every request it received recorded.
 
-`upstream_call` builds the call records tests give it to answer.
+`upstream_call` builds the call records tests give it to answer; `upstream_client` is the
+gateway's upstream client in front of an in-process fake (an `httpx.MockTransport`).
 
 Serve it with `tests.servers.serve(fake.app)` and point a gateway's `upstream_url` at it
 when a test needs an answer the seeded sandbox never gives (an odd record, a header in
@@ -14,11 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
+import httpx
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from gateway.body_budget import BodyBudget
+from gateway.upstream.client import CatapultClient
 
 
 @dataclass(frozen=True)
@@ -135,3 +140,23 @@ def upstream_call(call_id: str = "c-1", **fields: Any) -> dict[str, Any]:
         **fields,
     }
     return {key: value for key, value in record.items() if value is not ABSENT}
+
+
+def upstream_client(
+    transport: httpx.AsyncBaseTransport,
+    *,
+    retries: int = 0,
+    upstream_timeout: float = 5,
+    body_budget: BodyBudget | None = None,
+) -> CatapultClient:
+    """The upstream client as the gateway builds it, in front of `transport` (a fake):
+    no retries and an unbounded body budget unless a test is about them."""
+    return CatapultClient(
+        transport,
+        base_url="http://upstream",
+        retries=retries,
+        upstream_timeout=upstream_timeout,
+        body_budget=BodyBudget(1 << 30) if body_budget is None else body_budget,
+        connect_timeout=3.0,
+        on_retry=lambda: None,
+    )

@@ -20,6 +20,7 @@ from gateway.errors import GatewayError
 from gateway.upstream.client import CatapultClient
 from gateway.upstream.routes import UpstreamRequest
 from gateway.upstream.tally import UpstreamTally
+from tests.fakes import upstream_client
 from tests.hostile import Hostile, hostile_upstream
 from tests.memory import MIB, peak_rss, reset_peak, rss
 from tests.servers import gateway_process
@@ -159,15 +160,7 @@ def body_answer(body: bytes) -> httpx.MockTransport:
 
 
 def budgeted_client(transport: httpx.AsyncBaseTransport, budget: BodyBudget) -> CatapultClient:
-    return CatapultClient(
-        transport,
-        base_url="http://upstream",
-        retries=0,
-        upstream_timeout=0.1,
-        body_budget=budget,
-        connect_timeout=3.0,
-        on_retry=lambda: None,
-    )
+    return upstream_client(transport, upstream_timeout=0.1, body_budget=budget)
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,6 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from gateway.calls import (
     CALL_FIELDS,
@@ -406,48 +404,3 @@ def test_odd_values_describe_themselves_briefly() -> None:
     assert Odd("x" * 200).describe() == '"' + "x" * 76 + "..."
     assert Odd(None).describe() == "null"
     assert Odd(5).describe() == "5"
-
-
-JSON_LIKE = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats()
-    | st.text(max_size=30)
-    | st.sampled_from(["in", "OUT", "completed", "error", "2013-02-08T13:15:47-02", "get"]),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
-    ),
-    max_leaves=20,
-)
-CALL_KEYS = st.sampled_from(
-    [
-        "id",
-        "direction",
-        "from",
-        "to",
-        "state",
-        "startTime",
-        "activeTime",
-        "endTime",
-        "callbackHttpMethod",
-        "callbackTimeout",
-        "recordingEnabled",
-        "recordingFileFormat",
-        "sipHeaders",
-        "events",
-        "chargeableDuration",
-    ]
-)
-
-
-@given(st.one_of(JSON_LIKE, st.dictionaries(CALL_KEYS, JSON_LIKE)))
-def test_parse_call_never_raises(raw: Any) -> None:
-    assert isinstance(parse_call(raw), CallRecord | BadRecord)
-
-
-@given(st.dictionaries(CALL_KEYS, JSON_LIKE).map(lambda extra: {**upstream_call(), **extra}))
-def test_a_call_with_valid_required_fields_never_raises_either(raw: dict[str, Any]) -> None:
-    parsed = parse_call(raw)
-
-    assert isinstance(parsed, CallRecord | BadRecord)

@@ -295,9 +295,10 @@ def test_serve_sandbox_prints_the_way_in_and_answers_a_query() -> None:
     assert DEMO_AUTHORIZATION in banner
 
 
-def test_serve_warns_about_a_misspelt_setting_once() -> None:
+def started_log(**environ: str) -> str:
+    """What `serve --sandbox` logs (JSON lines) from its start until it is ready and stopped,
+    run with `environ`."""
     port = free_port()
-
     with running(
         "serve",
         "--sandbox",
@@ -305,12 +306,16 @@ def test_serve_warns_about_a_misspelt_setting_once() -> None:
         str(port),
         health="/readyz",
         port=port,
-        GATEWAY_CACHE_TLL="3",
-        GATEWAY_TEST_ANYTHING="1",
         GATEWAY_LOG_FORMAT="json",
+        **environ,
     ) as served:
         served.terminate()
         _, log = served.communicate(timeout=10)
+    return log
+
+
+def test_serve_warns_about_a_misspelt_setting_once() -> None:
+    log = started_log(GATEWAY_CACHE_TLL="3", GATEWAY_TEST_ANYTHING="1")
 
     warnings = [line for line in log.splitlines() if "is not a setting" in line]
     assert len(warnings) == 1, log
@@ -324,20 +329,7 @@ def test_serve_warns_that_a_pacing_file_without_a_cache_key_is_not_shared(
 ) -> None:
     # Each `serve` draws its own cache key, and the file keys accounts by an HMAC under it:
     # two servers given one GATEWAY_PACING_FILE each paced every account alone, silently.
-    port = free_port()
-
-    with running(
-        "serve",
-        "--sandbox",
-        "--port",
-        str(port),
-        health="/readyz",
-        port=port,
-        GATEWAY_PACING_FILE=str(tmp_path / "pacing"),
-        GATEWAY_LOG_FORMAT="json",
-    ) as served:
-        served.terminate()
-        _, log = served.communicate(timeout=10)
+    log = started_log(GATEWAY_PACING_FILE=str(tmp_path / "pacing"))
 
     warnings = [line for line in log.splitlines() if "GATEWAY_PACING_FILE is set" in line]
     assert len(warnings) == 1, log

@@ -9,21 +9,14 @@ records, and both answers must be the same bytes.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.app import create_app
 from gateway.calls import CALL_FIELDS, CallField
-from gateway.config import load_settings
-from gateway.sandbox import credential_headers
-from tests.conftest import DEMO, examples
-from tests.fakes import FakeUpstream
-from tests.servers import serve
+from tests.conftest import DEMO, PathPair, examples, path_pair
 
 CALLS_PATH = f"/v1/users/{DEMO.user_id}/calls/"
 # Every field of the table the compiled path builds, so a field added there is fuzzed too
@@ -34,44 +27,10 @@ SCALAR_FIELDS = (
 )
 
 
-@dataclass
-class Pair:
-    upstream: FakeUpstream
-    fast: httpx.Client
-    standard: httpx.Client
-
-    def both(self, body: dict[str, Any]) -> tuple[httpx.Response, httpx.Response]:
-        return self.fast.post("/graphql", json=body), self.standard.post("/graphql", json=body)
-
-
 @pytest.fixture(scope="module")
-def pair() -> Iterator[Pair]:
-    upstream = FakeUpstream()
-    with serve(upstream.app) as upstream_url:
-        upstream.url = upstream_url
-        clients = []
-        with (
-            serve(_gateway(upstream_url, fast=True)) as fast_url,
-            serve(_gateway(upstream_url, fast=False)) as standard_url,
-        ):
-            for url in (fast_url, standard_url):
-                clients.append(httpx.Client(base_url=url, headers=credential_headers(DEMO)))
-            yield Pair(upstream, *clients)
-            for client in clients:
-                client.close()
-
-
-def _gateway(upstream_url: str, *, fast: bool) -> Any:
-    return create_app(
-        load_settings(
-            {
-                "GATEWAY_UPSTREAM_URL": upstream_url,
-                "GATEWAY_CACHE_TTL": "0",
-                "GATEWAY_UPSTREAM_RATE": "0",
-                "GATEWAY_FAST_PATH": str(fast).lower(),
-            }
-        )
-    )
+def pair() -> Iterator[PathPair]:
+    with path_pair() as both_paths:
+        yield both_paths
 
 
 # --- upstream records: mostly well-formed, sometimes odd in every way docs/upstream.md warns of
@@ -212,7 +171,7 @@ def operations(draw: st.DrawFn) -> dict[str, Any]:
 )
 @given(operation=operations(), page=st.lists(records(), max_size=6))
 def test_compiled_and_standard_answers_are_identical(
-    pair: Pair, operation: dict[str, Any], page: list[Any]
+    pair: PathPair, operation: dict[str, Any], page: list[Any]
 ) -> None:
     pair.upstream.answer(CALLS_PATH, page)
 
@@ -242,7 +201,7 @@ def test_compiled_and_standard_answers_are_identical(
         pytest.param({"not": "a list"}, id="not-a-list"),
     ],
 )  # fmt: skip
-def test_the_compiled_path_costs_no_extra_upstream_request(pair: Pair, page: Any) -> None:
+def test_the_compiled_path_costs_no_extra_upstream_request(pair: PathPair, page: Any) -> None:
     pair.upstream.answer(CALLS_PATH, page)
     before = len(pair.upstream.requests)
 
@@ -254,7 +213,7 @@ def test_the_compiled_path_costs_no_extra_upstream_request(pair: Pair, page: Any
     assert len(pair.upstream.requests) - before == 1
 
 
-def test_variables_are_coerced_for_each_request_of_a_document(pair: Pair) -> None:
+def test_variables_are_coerced_for_each_request_of_a_document(pair: PathPair) -> None:
     # The compiled path keeps coerced variables per document; each request must still
     # get its own values, and values that do not coerce must never be kept.
     pair.upstream.answer(CALLS_PATH, [])

@@ -17,9 +17,11 @@ import sys
 import sysconfig
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import httpx
@@ -38,6 +40,9 @@ from gateway.graphiql import (
 )
 from tests.servers import free_port, serve
 from tests.test_graphiql import FETCH_COMMAND
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -75,22 +80,24 @@ class Visit:
     errors: list[str] = field(default_factory=list)
 
 
-def visit_graphiql(url: str, *, run_query: bool, screenshot: str) -> Visit:
-    """Open GraphiQL at `url` offline; run the example query, or read the page's message."""
+@contextmanager
+def offline_page(
+    *, blocked: list[str], errors: list[str], served: Callable[[str], None] = lambda url: None
+) -> Iterator[Page]:
+    """A page of a headless Chromium that may reach nothing but loopback: every other
+    request is aborted and its URL added to `blocked`; `served` sees each loopback URL,
+    and the page's uncaught errors are added to `errors`. Skipped without chromium."""
     _require("chromium", CHROMIUM.is_file(), "GATEWAY_TEST_REQUIRE_BROWSER")
     from playwright.sync_api import Route as PlaywrightRoute
     from playwright.sync_api import sync_playwright
 
-    visit = Visit()
-
     def only_loopback(route: PlaywrightRoute) -> None:
         url = route.request.url
         if urlsplit(url).hostname in LOOPBACK:
-            if "/graphiql/assets/" in url:
-                visit.served_locally.append(url.rsplit("/", 1)[-1])
+            served(url)
             route.continue_()
         else:
-            visit.blocked.append(url)
+            blocked.append(url)
             route.abort()
 
     OUTPUT.mkdir(exist_ok=True)
@@ -102,29 +109,41 @@ def visit_graphiql(url: str, *, run_query: bool, screenshot: str) -> Visit:
             context = browser.new_context(viewport={"width": 1400, "height": 900})
             context.route("**/*", only_loopback)
             page = context.new_page()
-            page.on("pageerror", lambda error: visit.errors.append(str(error)))
-            page.goto(url, wait_until="load")
-            if run_query:
-                # The tab holds two operations (the query and the live example): Ctrl-Enter
-                # runs the one under the cursor, where the execute button would ask which.
-                page.locator(".graphiql-query-editor .CodeMirror").get_by_text(
-                    "LatestCalls", exact=True
-                ).click(timeout=20_000)
-                page.keyboard.press("Control+Enter")
-                page.wait_for_function(
-                    "() => (document.querySelector('.graphiql-response')?.innerText ?? '')"
-                    ".includes('chargeableDuration')",
-                    timeout=20_000,
-                )
-                visit.text = page.locator(".graphiql-response").inner_text()
-                visit.headers = page.locator(".graphiql-editor-tool").inner_text()
-            else:
-                message = page.get_by_role("alert")
-                message.wait_for(state="visible", timeout=20_000)
-                visit.text = message.inner_text()
-            page.screenshot(path=str(OUTPUT / screenshot))
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            yield page
         finally:
             browser.close()
+
+
+def visit_graphiql(url: str, *, run_query: bool, screenshot: str) -> Visit:
+    """Open GraphiQL at `url` offline; run the example query, or read the page's message."""
+    visit = Visit()
+
+    def served(url: str) -> None:
+        if "/graphiql/assets/" in url:
+            visit.served_locally.append(url.rsplit("/", 1)[-1])
+
+    with offline_page(blocked=visit.blocked, errors=visit.errors, served=served) as page:
+        page.goto(url, wait_until="load")
+        if run_query:
+            # The tab holds two operations (the query and the live example): Ctrl-Enter
+            # runs the one under the cursor, where the execute button would ask which.
+            page.locator(".graphiql-query-editor .CodeMirror").get_by_text(
+                "LatestCalls", exact=True
+            ).click(timeout=20_000)
+            page.keyboard.press("Control+Enter")
+            page.wait_for_function(
+                "() => (document.querySelector('.graphiql-response')?.innerText ?? '')"
+                ".includes('chargeableDuration')",
+                timeout=20_000,
+            )
+            visit.text = page.locator(".graphiql-response").inner_text()
+            visit.headers = page.locator(".graphiql-editor-tool").inner_text()
+        else:
+            message = page.get_by_role("alert")
+            message.wait_for(state="visible", timeout=20_000)
+            visit.text = message.inner_text()
+        page.screenshot(path=str(OUTPUT / screenshot))
     return visit
 
 

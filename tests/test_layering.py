@@ -283,12 +283,6 @@ UNMIRRORED = {
     "gateway.sandbox": "re-exports",
     "gateway.schema": "build_schema and the SDL printers: tests/schema/, test_cli.py",
     "gateway.upstream": "docstring (the module map)",
-    # Not yet split out (tests/live/ is being reworked on its own branch):
-    "gateway.live.metrics": "tests/live/test_hub.py",
-    "gateway.schema.subscription": "tests/live/test_ws.py and test_sse.py",
-    # Not yet split out of the modules that test them end to end:
-    "gateway.schema.connection": "tests/test_pagination.py (the walk, repeats, left-out)",
-    "gateway.sandbox.data": "tests/sandbox/test_app.py (-- data --) and test_live.py",
 }
 
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -22,7 +21,10 @@ from gateway.config import load_settings
 from gateway.sandbox import credential_headers
 from tests.live_servers import DEMO
 from tests.servers import free_port, serve
-from tests.test_graphiql_browser import CHROMIUM, CHROMIUM_FLAGS, LOOPBACK, OUTPUT, _require
+from tests.test_graphiql_browser import OUTPUT, offline_page
+
+if TYPE_CHECKING:
+    from playwright.sync_api import WebSocket
 
 
 @dataclass
@@ -55,17 +57,7 @@ def live_demo() -> Iterator[str]:
 
 
 def watch_in_graphiql(url: str) -> Watched:
-    _require("chromium", CHROMIUM.is_file(), "GATEWAY_TEST_REQUIRE_BROWSER")
-    from playwright.sync_api import Route, WebSocket, sync_playwright
-
     watched = Watched()
-
-    def only_loopback(route: Route) -> None:
-        if urlsplit(route.request.url).hostname in LOOPBACK:
-            route.continue_()
-        else:
-            watched.blocked.append(route.request.url)
-            route.abort()
 
     def on_socket(socket: WebSocket) -> None:
         watched.sockets.append(socket.url)
@@ -77,40 +69,29 @@ def watch_in_graphiql(url: str) -> Watched:
         "() => document.querySelector('.graphiql-response .CodeMirror')?.CodeMirror?.getValue()"
         " ?? ''"
     )
-    OUTPUT.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS
+    with offline_page(blocked=watched.blocked, errors=watched.errors) as page:
+        page.on("websocket", on_socket)
+        page.goto(f"{url}/graphql", wait_until="load")
+        # Ctrl-Enter runs the operation under the cursor: put it in the subscription.
+        page.locator(".graphiql-query-editor .CodeMirror").get_by_text(
+            "WatchCalls", exact=True
+        ).click(timeout=20_000)
+        page.keyboard.press("Control+Enter")
+        page.wait_for_function(
+            f"() => ({response_text})().includes('callsUpdated')", timeout=20_000
         )
-        try:
-            context = browser.new_context(viewport={"width": 1400, "height": 900})
-            context.route("**/*", only_loopback)
-            page = context.new_page()
-            page.on("pageerror", lambda error: watched.errors.append(str(error)))
-            page.on("websocket", on_socket)
-            page.goto(f"{url}/graphql", wait_until="load")
-            # Ctrl-Enter runs the operation under the cursor: put it in the subscription.
-            page.locator(".graphiql-query-editor .CodeMirror").get_by_text(
-                "WatchCalls", exact=True
-            ).click(timeout=20_000)
-            page.keyboard.press("Control+Enter")
-            page.wait_for_function(
-                f"() => ({response_text})().includes('callsUpdated')", timeout=20_000
-            )
-            watched.first = page.evaluate(response_text)
-            # The pane shows each update in turn: wait for the next one.
-            page.wait_for_function(
-                f"(first) => {{ const now = ({response_text})(); "
-                "return now.includes('callsUpdated') && now !== first; }",
-                arg=watched.first,
-                timeout=20_000,
-            )
-            watched.later = page.evaluate(response_text)
-            page.screenshot(path=str(OUTPUT / "graphiql-subscription.png"))
-            page.locator(".graphiql-execute-button").click()  # now the stop button
-            page.wait_for_timeout(1000)
-        finally:
-            browser.close()
+        watched.first = page.evaluate(response_text)
+        # The pane shows each update in turn: wait for the next one.
+        page.wait_for_function(
+            f"(first) => {{ const now = ({response_text})(); "
+            "return now.includes('callsUpdated') && now !== first; }",
+            arg=watched.first,
+            timeout=20_000,
+        )
+        watched.later = page.evaluate(response_text)
+        page.screenshot(path=str(OUTPUT / "graphiql-subscription.png"))
+        page.locator(".graphiql-execute-button").click()  # now the stop button
+        page.wait_for_timeout(1000)
     return watched
 
 

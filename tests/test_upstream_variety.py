@@ -16,24 +16,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from graphql import get_operation_ast, parse
 
-from gateway.app import create_app
 from gateway.calls import CallList, ListQuery, parse_call_list, within_size
-from gateway.config import load_settings
 from gateway.context import Context
 from gateway.fastpath import compile_plan
 from gateway.pagination import CursorCodec
 from gateway.sandbox import credential_headers
 from gateway.schema import build_schema, graphql_core_schema
 from gateway.upstream.tally import UpstreamTally
-from tests.conftest import DEMO
+from tests.conftest import DEMO, PathPair, path_pair
 from tests.fakes import FakeUpstream
 from tests.fakes import upstream_call as call  # short: the cases below are tables
-from tests.servers import serve
 
 CALLS_PATH = f"/v1/users/{DEMO.user_id}/calls/"
 FIELDS = "id state direction startTime endTime callbackHttpMethod bridgeId sipHeaders { name }"
@@ -254,38 +250,10 @@ CASES = [
 ]
 
 
-@dataclass
-class Pair:
-    upstream: FakeUpstream
-    fast: httpx.Client
-    standard: httpx.Client
-
-
 @pytest.fixture(scope="module")
-def pair() -> Iterator[Pair]:
-    upstream = FakeUpstream()
-    with serve(upstream.app) as upstream_url:
-        upstream.url = upstream_url
-        with (
-            serve(_gateway(upstream_url, fast=True)) as fast_url,
-            serve(_gateway(upstream_url, fast=False)) as standard_url,
-            httpx.Client(base_url=fast_url, headers=credential_headers(DEMO)) as fast,
-            httpx.Client(base_url=standard_url, headers=credential_headers(DEMO)) as standard,
-        ):
-            yield Pair(upstream, fast, standard)
-
-
-def _gateway(upstream_url: str, *, fast: bool) -> Any:
-    return create_app(
-        load_settings(
-            {
-                "GATEWAY_UPSTREAM_URL": upstream_url,
-                "GATEWAY_CACHE_TTL": "0",
-                "GATEWAY_UPSTREAM_RATE": "0",
-                "GATEWAY_FAST_PATH": str(fast).lower(),
-            }
-        )
-    )
+def pair() -> Iterator[PathPair]:
+    with path_pair() as both_paths:
+        yield both_paths
 
 
 def _serve_case(upstream: FakeUpstream, case: Case) -> None:
@@ -299,7 +267,7 @@ def _serve_case(upstream: FakeUpstream, case: Case) -> None:
         upstream.answer(CALLS_PATH, body, query=query, header_lines=header_lines)
 
 
-def _answers(pair: Pair, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+def _answers(pair: PathPair, query: str, variables: dict[str, Any]) -> dict[str, Any]:
     body = {"query": query, "variables": variables}
     fast = pair.fast.post("/graphql", json=body)
     standard = pair.standard.post("/graphql", json=body)
@@ -316,7 +284,7 @@ def _warned(answer: dict[str, Any]) -> tuple[tuple[tuple[str | int, ...], str | 
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_an_odd_but_legal_answer_is_read_alike_on_both_paths(pair: Pair, case: Case) -> None:
+def test_an_odd_but_legal_answer_is_read_alike_on_both_paths(pair: PathPair, case: Case) -> None:
     _serve_case(pair.upstream, case)
     variables = {"filter": case.filter}
 

@@ -140,9 +140,9 @@ def test_a_request_ends_with_one_line_and_its_metrics(
 def test_cache_look_ups_reported_by_the_upstream_are_counted_but_noted_in_no_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # The line's look-ups come from the operation's own tally, which the endpoint hands
-    # the record; what the upstream cache reports here is process-wide, whatever request
-    # happens to be running when it does.
+    # The line's look-ups come from the operation's own tally, which the operation's
+    # runner hands the record; what the upstream cache reports here is process-wide,
+    # whatever request happens to be running when it does.
     observed = telemetry()
     caplog.set_level(logging.INFO, logger="gateway.request")
 

@@ -18,7 +18,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.body_budget import BodyBudget
 from gateway.calls import ListQuery
 from gateway.credentials import Credentials
 from gateway.errors import UpstreamError
@@ -39,7 +38,7 @@ from tests.conftest import (
     Sandbox,
     examples,
 )
-from tests.fakes import FakeUpstream
+from tests.fakes import FakeUpstream, upstream_client
 from tests.servers import gateway_process
 
 
@@ -158,16 +157,7 @@ def _echo_client() -> tuple[CatapultClient, httpx.MockTransport, list[httpx.Requ
         return httpx.Response(200, json=[body])
 
     transport = httpx.MockTransport(answer)
-    client = CatapultClient(
-        transport,
-        base_url="http://upstream",
-        retries=0,
-        upstream_timeout=5,
-        body_budget=BodyBudget(1 << 30),
-        connect_timeout=3.0,
-        on_retry=lambda: None,
-    )
-    return client, transport, seen
+    return upstream_client(transport), transport, seen
 
 
 _tokens = st.sampled_from(["t-a", "t-b", "t-c"])

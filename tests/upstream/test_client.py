@@ -15,11 +15,9 @@ import httpx
 import orjson
 import pytest
 
-from gateway.body_budget import BodyBudget
 from gateway.credentials import Credentials
 from gateway.errors import ERROR_CODES, GatewayError
 from gateway.upstream.client import (
-    CatapultClient,
     UpstreamAnswer,
     parse_link_header,
     retry_after_seconds,
@@ -27,6 +25,7 @@ from gateway.upstream.client import (
 from gateway.upstream.routes import UpstreamRequest
 from gateway.upstream.tally import UpstreamTally
 from tests.conftest import GatewayFactory, Sandbox, leaks
+from tests.fakes import upstream_client
 from tests.servers import free_port
 
 CREDENTIALS = Credentials(authorization="Basic dDpz", user_id="u-demo")
@@ -63,15 +62,7 @@ def fetch(
     tally: UpstreamTally | None = None,
 ) -> UpstreamAnswer:
     async def run() -> UpstreamAnswer:
-        client = CatapultClient(
-            httpx.MockTransport(upstream),
-            base_url="http://upstream",
-            retries=retries,
-            upstream_timeout=5,
-            body_budget=BodyBudget(1 << 30),
-            connect_timeout=3.0,
-            on_retry=lambda: None,
-        )
+        client = upstream_client(httpx.MockTransport(upstream), retries=retries)
         return await client.fetch(
             CREDENTIALS,
             REQUEST,
@@ -445,15 +436,7 @@ def test_a_failed_attempt_logs_no_path_query_or_header_bytes(caplog: Any, messag
         except aiohttp.ClientError as exc:
             raise httpx.RemoteProtocolError(str(exc)) from exc
 
-    client = CatapultClient(
-        httpx.MockTransport(broken),
-        base_url="http://upstream",
-        retries=0,
-        upstream_timeout=5,
-        body_budget=BodyBudget(1 << 30),
-        connect_timeout=3.0,
-        on_retry=lambda: None,
-    )
+    client = upstream_client(httpx.MockTransport(broken))
     with caplog.at_level(logging.WARNING, logger="gateway.upstream"), pytest.raises(GatewayError):
         asyncio.run(
             client.fetch(CREDENTIALS, REQUEST, deadline=time.monotonic() + 5, tally=UpstreamTally())

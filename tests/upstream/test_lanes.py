@@ -32,7 +32,13 @@ from gateway.upstream.pacing import MonotonicClock, Pacer
 from gateway.upstream.service import CatapultService
 from gateway.upstream.tally import UpstreamTally
 from tests.conftest import DEMO, GatewayFactory, Sandbox
-from tests.upstream.test_pacing import RateLimitedUpstream, VirtualClock, gaps, paced_service
+from tests.upstream.test_pacing import (
+    RateLimitedUpstream,
+    VirtualClock,
+    ask,
+    gaps,
+    paced_service,
+)
 from tests.upstream.test_service import RecordingMetrics
 
 OWNER = credential_headers(DEMO)
@@ -179,14 +185,12 @@ def test_callers_without_the_secret_cannot_take_the_owners_slots(
     assert min(gaps([at for at, _ in upstream.requests])) >= 1.0
 
 
-def test_with_pacing_off_a_new_pairs_requests_go_side_by_side(
+def test_with_pacing_off_a_new_pairs_requests_are_answered_and_refusals_remembered(
     gateway_factory: GatewayFactory, sandbox: Sandbox
 ) -> None:
-    # No slots to protect: the probe's verdict is not waited for (GATEWAY_UPSTREAM_RATE=0
-    # serves a first burst as it did before lanes), and a refused pair is still answered
-    # here.
+    # GATEWAY_UPSTREAM_RATE=0 end to end: a new pair's burst is served, and a refused
+    # pair is still answered here (side by side: the test below, on the virtual clock).
     gateway = gateway_factory(upstream_rate=0)
-    sandbox.faults(latency_ms=1000)
 
     def burst(headers: dict[str, str]) -> list[list[str]]:
         with ThreadPoolExecutor(max_workers=5) as pool:
@@ -195,38 +199,67 @@ def test_with_pacing_off_a_new_pairs_requests_go_side_by_side(
             )
             return [codes(answer.json()) for answer in answers]
 
-    began = time.monotonic()
     assert (burst(OWNER)) == [[]] * 5
-    # One upstream latency for all five, not five probes one after another.
-    assert time.monotonic() - began < 2.5
     assert (burst(wrong("wrong"))) == [["UNAUTHENTICATED"]] * 5
-    sandbox.faults(latency_ms=0)
     assert (burst(wrong("wrong"))) == [["UNAUTHENTICATED"]] * 5
     statuses = [r["status"] for r in sandbox.requests()]
     assert statuses.count(200) == 5
     assert 1 <= statuses.count(401) <= 5  # the first burst asked; the second was answered here
 
 
+class LatentUpstream:
+    """A fake Catapult that answers each request a second later on the virtual clock:
+    the owner's pair 200, any other secret 401. Records when each request came."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        self._clock = clock
+        self.arrivals: list[tuple[float, int]] = []
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        owner = request.headers["authorization"] == OWNER["Authorization"]
+        self.arrivals.append((self._clock.now(), 200 if owner else 401))
+        await self._clock.sleep(1.0)
+        if not owner:
+            return httpx.Response(401, json={"code": "authentication-failed"})
+        return httpx.Response(200, json=[{"id": f"c-{len(self.arrivals)}", "state": "active"}])
+
+
+def test_with_pacing_off_a_new_pairs_requests_go_side_by_side() -> None:
+    # No slots to protect: the probe's verdict is not waited for (pacing off serves a
+    # first burst as it did before lanes), and a refused pair is still answered here.
+    clock = VirtualClock()
+    upstream = LatentUpstream(clock)
+    built = paced_service(upstream, clock, RecordingMetrics(), queue_timeout=5, rate=0)
+    stranger = signed(wrong("wrong"))
+
+    async def burst(credentials: Credentials) -> list[tuple[float, object]]:
+        async def timed(n: int) -> tuple[float, object]:
+            try:
+                return await ask(built, clock, credentials, n)
+            except Unauthenticated as exc:
+                return clock.now(), exc
+
+        return list(await asyncio.gather(*(timed(n) for n in range(5))))
+
+    async def scenario() -> list[list[tuple[float, object]]]:
+        try:
+            return [await burst(pair(DEMO.user_id)), await burst(stranger), await burst(stranger)]
+        finally:
+            await built.close()
+
+    owners, refused, remembered = asyncio.run(clock.run(scenario()))
+
+    # One upstream latency for all five, not five probes one after another.
+    assert [(at, isinstance(answer, str)) for at, answer in owners] == [(1.0, True)] * 5
+    assert [(at, type(answer)) for at, answer in refused] == [(2.0, Unauthenticated)] * 5
+    assert [(at, type(answer)) for at, answer in remembered] == [(2.0, Unauthenticated)] * 5
+    assert upstream.arrivals == [(0.0, 200)] * 5 + [(1.0, 401)] * 5
+
+
 def pair(user_id: str) -> Credentials:
     """The demo token and secret asking for `user_id`: a pair of its own (the pair's key
     holds the user id) on the demo account, which the fake upstream limits as one."""
     return Credentials(authorization=OWNER["Authorization"], user_id=user_id)
-
-
-async def ask(
-    built: CatapultService, clock: VirtualClock, credentials: Credentials, n: int
-) -> tuple[float, str | RateLimited]:
-    """Page `n`: the virtual time it was answered and its first call's id, or the refusal."""
-    try:
-        answer = await built.list_calls(
-            credentials,
-            ListQuery(page=n, size=1),
-            deadline=time.monotonic() + 60,
-            tally=UpstreamTally(),
-        )
-    except RateLimited as exc:
-        return clock.now(), exc
-    return clock.now(), str(answer.body[0]["id"])
 
 
 def test_a_new_pairs_probe_and_the_accounts_requests_share_one_schedule() -> None:

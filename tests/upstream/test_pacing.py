@@ -9,7 +9,7 @@ import heapq
 import itertools
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,17 +18,16 @@ import httpx
 import orjson
 import pytest
 
-from gateway.body_budget import BodyBudget
 from gateway.calls import ListQuery
 from gateway.credentials import Credentials
 from gateway.errors import RateLimited
 from gateway.sandbox import credential_headers
-from gateway.upstream.client import CatapultClient
 from gateway.upstream.pacing import FileSlots, MonotonicClock, Pacer, RedisSlots
 from gateway.upstream.redis import RedisStore
 from gateway.upstream.service import CatapultService, create_upstream
 from gateway.upstream.tally import UpstreamTally
 from tests.conftest import DEMO, Gateway, GatewayFactory, Sandbox
+from tests.fakes import upstream_client
 from tests.upstream.test_service import RecordingMetrics
 
 T = TypeVar("T")
@@ -103,25 +102,21 @@ class RateLimitedUpstream:
 
 
 def paced_service(
-    upstream: Callable[[httpx.Request], httpx.Response],
+    upstream: (
+        Callable[[httpx.Request], httpx.Response]
+        | Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]
+    ),
     clock: VirtualClock,
     metrics: RecordingMetrics,
     *,
     queue_timeout: float,
+    rate: float = 1,
 ) -> CatapultService:
     """The upstream service as the gateway builds it (`create_upstream`: lanes, the
-    account's pacer, metrics hooks) at 1 request/s, on the virtual clock, in front of `upstream`."""
-    client = CatapultClient(
-        httpx.MockTransport(upstream),
-        base_url="http://upstream.test",
-        retries=0,
-        upstream_timeout=5,
-        body_budget=BodyBudget(1 << 30),
-        connect_timeout=3.0,
-        on_retry=ignore,
-    )
+    account's pacer, metrics hooks) at `rate` requests/s (0: pacing off), on the virtual
+    clock, in front of `upstream`."""
     return create_upstream(
-        client,
+        upstream_client(httpx.MockTransport(upstream)),
         metrics,
         cache_url="memory://",
         cache_key=b"a test cache key",
@@ -129,11 +124,27 @@ def paced_service(
         cache_max_entries=100,
         cache_max_bytes=1 << 20,
         cache_timeout=1,
-        rate=1,
+        rate=rate,
         queue_timeout=queue_timeout,
         pacing_file=None,
         clock=clock,
     )
+
+
+async def ask(
+    built: CatapultService, clock: VirtualClock, credentials: Credentials, n: int
+) -> tuple[float, str | RateLimited]:
+    """Page `n`: the virtual time it was answered and its first call's id, or the refusal."""
+    try:
+        answer = await built.list_calls(
+            credentials,
+            ListQuery(page=n, size=1),
+            deadline=time.monotonic() + 60,
+            tally=UpstreamTally(),
+        )
+    except RateLimited as exc:
+        return clock.now(), exc
+    return clock.now(), str(answer.body[0]["id"])
 
 
 async def _paced_burst(
@@ -145,20 +156,10 @@ async def _paced_burst(
         authorization=credential_headers(DEMO)["Authorization"], user_id=DEMO.user_id
     )
 
-    async def one(n: int) -> tuple[float, str | RateLimited]:
-        try:
-            answer = await built.list_calls(
-                credentials,
-                ListQuery(page=n, size=1),
-                deadline=time.monotonic() + 60,
-                tally=UpstreamTally(),
-            )
-        except RateLimited as exc:
-            return clock.now(), exc
-        return clock.now(), str(answer.body[0]["id"])
-
     try:
-        return await clock.run(asyncio.gather(*(one(n) for n in range(count))))
+        return await clock.run(
+            asyncio.gather(*(ask(built, clock, credentials, n) for n in range(count)))
+        )
     finally:
         await built.close()
 

@@ -11,15 +11,15 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.body_budget import BodyBudget
 from gateway.calls import ListQuery
 from gateway.credentials import Credentials
 from gateway.errors import GatewayError, NotFound, RateLimited
-from gateway.upstream.client import CatapultClient, UpstreamAnswer
+from gateway.upstream.client import UpstreamAnswer
 from gateway.upstream.pacing import MonotonicClock
 from gateway.upstream.routes import call_path, calls_path
 from gateway.upstream.service import CatapultService, create_upstream
 from gateway.upstream.tally import UpstreamTally
+from tests.fakes import upstream_client
 
 CREDENTIALS = Credentials(authorization="Basic dDpz", user_id="u-1")
 OTHER_ACCOUNT = Credentials(authorization="Basic dDI6czI=", user_id="u-1")
@@ -63,17 +63,8 @@ class RecordingUpstream:
 def service(
     upstream: RecordingUpstream, metrics: RecordingMetrics, *, ttl: float = 30, rate: float = 0
 ) -> CatapultService:
-    client = CatapultClient(
-        httpx.MockTransport(upstream),
-        base_url="http://upstream",
-        retries=0,
-        upstream_timeout=5,
-        body_budget=BodyBudget(1 << 30),
-        connect_timeout=3.0,
-        on_retry=lambda: None,
-    )
     return create_upstream(
-        client,
+        upstream_client(httpx.MockTransport(upstream)),
         metrics,
         cache_url="memory://",
         cache_key=b"a test cache key",
