@@ -94,7 +94,6 @@ def loader_of(upstream: CallService, tally: UpstreamTally | None = None) -> Oper
         tally=UpstreamTally() if tally is None else tally,
         deadline=time.monotonic() + 5,
         refresh=False,
-        upstream_base="http://upstream.test",
         max_requests=None,
         max_calls=5000,
     )
@@ -115,6 +114,9 @@ class _FailsLater:
 
     async def recall_calls(self, *args: Any) -> dict[str, KnownCall]:
         raise AssertionError("only lists are asked for")
+
+    def next_page(self, *args: Any) -> None:
+        raise AssertionError("no list is ever answered")
 
 
 def test_a_request_whose_fields_went_away_fails_without_an_unretrieved_exception() -> None:
@@ -164,6 +166,9 @@ class _Answers:
     ) -> dict[str, KnownCall]:
         self.asked.extend(call_ids)
         return {i: KnownCall({"id": i}, self.known[i]) for i in call_ids if i in self.known}
+
+    def next_page(self, *args: Any) -> None:
+        return None  # the canned pages link to no other
 
 
 @pytest.mark.parametrize(
@@ -230,6 +235,9 @@ class _Tallying:
         self, credentials: Credentials, call_ids: Sequence[str]
     ) -> dict[str, KnownCall]:
         return {}
+
+    def next_page(self, *args: Any) -> None:
+        return None  # the canned pages link to no other
 
 
 def test_interleaved_operations_each_count_only_their_own_asks_in_their_own_tally() -> None:

@@ -11,5 +11,6 @@ lanes      which pacing lane a credential pair takes (the account's, a probe lan
 client     the REST client: errors mapped in one place, retries inside the deadline
 tally      one operation's cache look-ups and HTTP attempts, handed down with each ask
 routes     the REST paths
+next_page  the page a `Link rel="next"` names, checked, as a ListQuery (never a URL)
 transport  httpx's transport interface over aiohttp's connection pool
 """

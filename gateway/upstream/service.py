@@ -42,6 +42,7 @@ from gateway.upstream.lanes import (
     CredentialLanes,
     Remembered,
 )
+from gateway.upstream.next_page import next_query
 from gateway.upstream.pacing import (
     Clock,
     FileSlots,
@@ -195,6 +196,17 @@ class CatapultService:
             credentials.authorization, credentials.user_id, request.path, request.params
         )
         return await self._cache.get_or_load(key, load, self._ttl, refresh=refresh, tally=tally)
+
+    def next_page(
+        self, credentials: Credentials, query: ListQuery, answer: UpstreamAnswer
+    ) -> ListQuery | None:
+        """The page after `answer` (a page of calls asked for with `query`) per its
+        `Link rel="next"`, or None when it has none; `UpstreamBadResponse`, with the
+        reason, for a link that cannot be followed (see `next_page.next_query`)."""
+        link = answer.links.get("next")
+        if link is None:
+            return None
+        return next_query(link, query, base_url=self._client.base_url, user_id=credentials.user_id)
 
     def list_key(self, credentials: Credentials, query: ListQuery) -> str:
         """The keyed hash `list_calls` caches this page under (live pollers share by it)."""
