@@ -3,6 +3,7 @@
 service    list_calls / get_call as operations see them: cache -> single flight ->
            lanes -> pacing -> client
 cache      the upstream result cache (memory or Redis) with single flight
+keys       the keyed hashes everything per caller is filed under, never a credential
 entities   every fetched call by id, kept beside that cache, for call(id) and federation
            without a refetch
 redis      the guarded Redis connection the cache, entity view and pacing share

@@ -33,9 +33,10 @@ import orjson
 from gateway.calls import ListQuery
 from gateway.credentials import Credentials
 from gateway.upstream import routes
-from gateway.upstream.cache import CacheKeys, SingleFlightCache, create_store
+from gateway.upstream.cache import SingleFlightCache, create_store
 from gateway.upstream.client import CatapultClient, UpstreamAnswer
 from gateway.upstream.entities import EntityView, KnownCall, call_in_answer, calls_in_list
+from gateway.upstream.keys import KeyedHashes
 from gateway.upstream.lanes import (
     ACCEPTED_SECONDS,
     REJECTED_SECONDS,
@@ -111,7 +112,7 @@ class CatapultService:
         self,
         client: CatapultClient,
         cache: SingleFlightCache[UpstreamAnswer],
-        keys: CacheKeys,
+        keys: KeyedHashes,
         lanes: CredentialLanes,
         *,
         ttl: float,
@@ -218,7 +219,7 @@ class CatapultService:
     def identity_key(self, credentials: Credentials) -> str:
         """A keyed hash of the whole credentials (token, secret, user id): who they are
         once the upstream accepts them, with none of them readable in it."""
-        return self._keys.digest(["identity", credentials.authorization, credentials.user_id])
+        return self._keys.identity(credentials.authorization, credentials.user_id)
 
     async def recall_calls(
         self, credentials: Credentials, call_ids: Sequence[str]
@@ -269,7 +270,7 @@ def create_upstream(
     store = create_store(
         cache_url, max_entries=cache_max_entries, max_bytes=cache_max_bytes, timeout=cache_timeout
     )
-    keys = CacheKeys(cache_key)
+    keys = KeyedHashes(cache_key)
     # Redis holds the pacing schedule too, so that replicas pace each account together;
     # without it, the processes of one host (`serve --workers N`) share a locked file.
     slots_file = None if pacing_file is None else FileSlots(pacing_file, clock)
