@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -267,9 +268,15 @@ def create_upstream(
 
     `clock`: what the pacer and the pair tables read and sleep on (`MonotonicClock` in
     the gateway; a test's fake one paces a burst without waiting for it)."""
-    store = create_store(
-        cache_url, max_entries=cache_max_entries, max_bytes=cache_max_bytes, timeout=cache_timeout
+    # The entity view needs a store of its own in memory, and shares the cache's in Redis.
+    new_store = partial(
+        create_store,
+        cache_url,
+        max_entries=cache_max_entries,
+        max_bytes=cache_max_bytes,
+        timeout=cache_timeout,
     )
+    store = new_store()
     keys = KeyedHashes(cache_key)
     # Redis holds the pacing schedule too, so that replicas pace each account together;
     # without it, the processes of one host (`serve --workers N`) share a locked file.
@@ -304,16 +311,7 @@ def create_upstream(
     if cache_ttl > 0:
         # Its own store: a page of 1,000 calls must not evict the whole-answer entries.
         # With Redis both live in one server under different keys.
-        entity_store = (
-            store
-            if isinstance(store, RedisStore)
-            else create_store(
-                cache_url,
-                max_entries=cache_max_entries,
-                max_bytes=cache_max_bytes,
-                timeout=cache_timeout,
-            )
-        )
+        entity_store = store if isinstance(store, RedisStore) else new_store()
         entities = EntityView(
             entity_store, keys, ttl=cache_ttl, owns_store=entity_store is not store
         )
