@@ -157,7 +157,6 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
     graphiql = GraphiQLPage(endpoint="/graphql", default_headers=default_headers)
     contexts = ContextFactory(
         cursors=CursorCodec(cursor_key),
-        upstream_base=settings.upstream_base,
         request_timeout=settings.request_timeout,
         max_upstream_requests=settings.max_upstream_requests,
         max_calls_per_operation=settings.max_calls_per_operation,

@@ -106,6 +106,13 @@ class ListQuery:
         """False when the upstream returns every match at once (bridge or conference)."""
         return self.bridge_id is None and self.conference_id is None
 
+    def as_sent(self) -> ListQuery:
+        """The query as the upstream reads it: one that is not paginated sends no page or
+        size, so all its pages are one request (and share one answer)."""
+        if self.paginated:
+            return self
+        return replace(self, page=0, size=MAX_PAGE_SIZE)
+
 
 @dataclass(frozen=True, slots=True)
 class Odd:
@@ -510,7 +517,10 @@ class CallList:
 
     records: list[CallRecord]
     bad: list[BadRecord]
-    next_url: str | None = None
+    # The page after this one, per the upstream's `Link rel="next"`, or why that link
+    # cannot be followed (the page is served, the walk ends there with a warning).
+    next: ListQuery | None = None
+    next_refused: str | None = None
     # Records the upstream sent past the `size` asked for, which are not served.
     excess: int = 0
 

@@ -166,14 +166,12 @@ class ContextFactory:
         self,
         *,
         cursors: CursorCodec,
-        upstream_base: str,
         request_timeout: float,
         max_upstream_requests: int,
         max_calls_per_operation: int,
         max_entities: int,
     ) -> None:
         self._cursors = cursors
-        self._upstream_base = upstream_base
         self._request_timeout = request_timeout
         self._max_upstream_requests = max_upstream_requests
         self._max_calls = max_calls_per_operation
@@ -192,7 +190,6 @@ class ContextFactory:
             tally=tally,
             deadline=time.monotonic() + self._request_timeout,
             refresh=wants_fresh(request.headers),
-            upstream_base=self._upstream_base,
             max_requests=self._max_upstream_requests,
             max_calls=self._max_calls,
         )

@@ -58,9 +58,8 @@ from gateway.errors import (
     OperationTooComplex,
     RateLimited,
     Unauthenticated,
+    UpstreamBadResponse,
 )
-from gateway.pagination import next_query
-from gateway.upstream import routes
 from gateway.upstream.client import UpstreamAnswer
 from gateway.upstream.entities import KnownCall, calls_in_list
 from gateway.upstream.tally import UpstreamTally
@@ -96,6 +95,10 @@ class CallService(Protocol):
         tally: UpstreamTally,
     ) -> UpstreamAnswer | None: ...
 
+    def next_page(
+        self, credentials: Credentials, query: ListQuery, answer: UpstreamAnswer
+    ) -> ListQuery | None: ...
+
     async def recall_calls(
         self, credentials: Credentials, call_ids: Sequence[str]
     ) -> dict[str, KnownCall]: ...
@@ -121,7 +124,6 @@ class OperationLoader:
         tally: UpstreamTally,
         deadline: float,
         refresh: bool,
-        upstream_base: str,
         max_requests: int | None,
         max_calls: int,
     ) -> None:
@@ -133,7 +135,6 @@ class OperationLoader:
         self._deadline = deadline
         # `Cache-Control: no-cache`: every cache read is skipped, the entity view's too.
         self._refresh = refresh
-        self._upstream_base = upstream_base
         # When the oldest answer this operation used was fetched (wall-clock seconds), or
         # None before any: the loader's own record, which the execution reads once the
         # operation has run, to say how old the answer's data is.
@@ -161,17 +162,26 @@ class OperationLoader:
         body, excess = within_size(answer.body, query)
         self.serve(len(body) if body.__class__ is list else 0)
         records, bad = parse_call_list(body)
-        return CallList(records, bad, answer.links.get("next"), excess + answer.excess)
+        following, refused = self._following(query, answer)
+        return CallList(
+            records, bad, next=following, next_refused=refused, excess=excess + answer.excess
+        )
 
     def next_query(self, found: CallList, query: ListQuery) -> ListQuery | None:
-        if found.next_url is None:
-            return None
-        return next_query(
-            found.next_url,
-            query,
-            base_url=self._upstream_base,
-            user_id=self.credentials().user_id,
-        )
+        if found.next_refused is not None:
+            raise UpstreamBadResponse(found.next_refused)
+        return found.next
+
+    def _following(
+        self, query: ListQuery, answer: UpstreamAnswer
+    ) -> tuple[ListQuery | None, str | None]:
+        """The page after `answer` (the upstream reads its `Link rel="next"` against
+        `query`, the asker's own: a request may be shared by queries that differ in what
+        it does not send), or why its link cannot be followed."""
+        try:
+            return self._upstream.next_page(self.credentials(), query, answer), None
+        except UpstreamBadResponse as exc:
+            return None, exc.message
 
     async def list_calls_raw(self, query: ListQuery) -> tuple[Any, int]:
         """The upstream's JSON body for `query`, unparsed (for the compiled path), cut to
@@ -214,7 +224,7 @@ class OperationLoader:
             )
 
         # Two queries that send the same parameters (a bridge filter's pages) are one request.
-        answer = await self._get(credentials, routes.list_params(query), send)
+        answer = await self._get(credentials, query.as_sent(), send)
         assert answer is not None, "only a call may be absent, never a list"
         return answer
 
@@ -268,7 +278,7 @@ class OperationLoader:
                 if call_id in wanted:
                     wanted.discard(call_id)
                     self._settle(call_id, parse_call(raw))
-            if _whole_history(newest, asked_at):
+            if _whole_history(newest, asked_at, self._following(NEWEST_PAGE, newest)):
                 for call_id in wanted:
                     self._settle(call_id, None)
                 wanted.clear()
@@ -359,13 +369,17 @@ class OperationLoader:
             self.oldest_fetch = fetched_at
 
 
-def _whole_history(newest: UpstreamAnswer, asked_at: float) -> bool:
-    """Whether a newest page fetched since `asked_at` holds every call of the account."""
+def _whole_history(
+    newest: UpstreamAnswer, asked_at: float, following: tuple[ListQuery | None, str | None]
+) -> bool:
+    """Whether a newest page fetched since `asked_at` holds every call of the account;
+    `following` is what its next link came to: any link, even one that cannot be
+    followed, says there is more."""
     return (
         newest.fetched_at >= asked_at
         and isinstance(newest.body, list)
         and len(newest.body) < MAX_PAGE_SIZE
-        and "next" not in newest.links
+        and following == (None, None)
     )
 
 

@@ -404,3 +404,23 @@ def test_odd_values_describe_themselves_briefly() -> None:
     assert Odd("x" * 200).describe() == '"' + "x" * 76 + "..."
     assert Odd(None).describe() == "null"
     assert Odd(5).describe() == "5"
+
+
+@pytest.mark.parametrize(
+    ("query", "sent"),
+    [
+        pytest.param(create(page=3, size=7), create(page=3, size=7), id="paginated-as-asked"),
+        pytest.param(
+            create(bridge_id="b-1", page=3, size=7),
+            create(bridge_id="b-1", page=0, size=1000),
+            id="bridge-without-page-or-size",
+        ),
+        pytest.param(
+            create(conference_id="f-1", page=1, size=2, sort_order="asc"),
+            create(conference_id="f-1", page=0, size=1000, sort_order="asc"),
+            id="conference-keeps-its-order",
+        ),
+    ],
+)
+def test_a_query_as_sent_drops_what_the_upstream_ignores(query: ListQuery, sent: ListQuery) -> None:
+    assert query.as_sent() == sent

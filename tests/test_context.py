@@ -83,6 +83,9 @@ class RecordingUpstream:
         self.recalled.append(list(call_ids))
         return {}
 
+    def next_page(self, *args: Any) -> None:
+        return None  # the canned page links to no other
+
 
 def make_context(
     upstream: RecordingUpstream,
@@ -91,7 +94,6 @@ def make_context(
 ) -> Context:
     factory = ContextFactory(
         cursors=CursorCodec(b"a test cursor key"),
-        upstream_base="http://upstream.test",
         request_timeout=REQUEST_TIMEOUT,
         max_upstream_requests=10,
         max_calls_per_operation=5000,
@@ -233,7 +235,6 @@ def run_through_the_endpoint(query: str) -> tuple[RecordingScope, RecordingUpstr
         graphql_core_schema(build_schema()),
         ContextFactory(
             cursors=CursorCodec(b"a test cursor key"),
-            upstream_base="http://upstream.test",
             request_timeout=REQUEST_TIMEOUT,
             max_upstream_requests=10,
             max_calls_per_operation=5000,

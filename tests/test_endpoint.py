@@ -435,6 +435,9 @@ class _NoUpstream:
     async def recall_calls(self, *args: Any) -> dict[str, KnownCall]:
         raise AssertionError("the failing schema makes no upstream requests")
 
+    def next_page(self, *args: Any) -> None:
+        raise AssertionError("the failing schema makes no upstream requests")
+
 
 def _context(request: Request, request_id: str, credentials: CredentialsVerdict) -> Context:
     tally = UpstreamTally()
@@ -446,7 +449,6 @@ def _context(request: Request, request_id: str, credentials: CredentialsVerdict)
             tally=tally,
             deadline=time.monotonic() + 5,
             refresh=False,
-            upstream_base="http://upstream.test",
             max_requests=None,
             max_calls=5000,
         ),

@@ -62,6 +62,9 @@ class RecordingService:
     async def recall_calls(self, *args: Any) -> dict[str, KnownCall]:
         raise AssertionError("these tests list calls only")
 
+    def next_page(self, *args: Any) -> None:
+        return None  # the canned page links to no other
+
 
 class RecordingContexts:
     """`ContextFactory`'s part: one Context per request, each request id recorded."""
@@ -81,7 +84,6 @@ class RecordingContexts:
             tally=tally,
             deadline=time.monotonic() + 5,
             refresh=False,
-            upstream_base="http://upstream.test",
             max_requests=10,
             max_calls=5000,
         )

@@ -20,8 +20,7 @@ from hypothesis import strategies as st
 from gateway.credentials import MAX_AUTHORIZATION_BYTES, credentials_from_raw_headers
 from gateway.errors import Unauthenticated
 from gateway.sandbox import credential_headers
-from gateway.upstream.cache import CacheKeys
-from gateway.upstream.pacing import account_key
+from gateway.upstream.keys import KeyedHashes
 from gateway.upstream.routes import calls_path
 from tests.conftest import DEMO, SECOND, GatewayFactory, examples
 from tests.fakes import FakeUpstream, upstream_call
@@ -203,8 +202,8 @@ def test_every_spelling_is_one_caller(spelling: bytes) -> None:
     credentials = credentials_from_raw_headers([(b"authorization", spelling), A_USER])
     assert credentials == canonical
     assert credentials.account == canonical.account == DEMO.token
-    keys = CacheKeys(b"k")
-    assert account_key(keys, credentials.account) == account_key(keys, canonical.account)
+    keys = KeyedHashes(b"k")
+    assert keys.account(credentials.account) == keys.account(canonical.account)
 
 
 def test_the_spellings_of_one_account_share_one_cache_entry(upstream: FakeUpstream) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gateway.calls import ListQuery
+from gateway.calls import CallList, ListQuery
 from gateway.config import Settings
 from gateway.credentials import Credentials
 from gateway.errors import UpstreamBadResponse
@@ -94,7 +94,6 @@ def loader_of(upstream: CallService, tally: UpstreamTally | None = None) -> Oper
         tally=UpstreamTally() if tally is None else tally,
         deadline=time.monotonic() + 5,
         refresh=False,
-        upstream_base="http://upstream.test",
         max_requests=None,
         max_calls=5000,
     )
@@ -115,6 +114,9 @@ class _FailsLater:
 
     async def recall_calls(self, *args: Any) -> dict[str, KnownCall]:
         raise AssertionError("only lists are asked for")
+
+    def next_page(self, *args: Any) -> None:
+        raise AssertionError("no list is ever answered")
 
 
 def test_a_request_whose_fields_went_away_fails_without_an_unretrieved_exception() -> None:
@@ -164,6 +166,9 @@ class _Answers:
     ) -> dict[str, KnownCall]:
         self.asked.extend(call_ids)
         return {i: KnownCall({"id": i}, self.known[i]) for i in call_ids if i in self.known}
+
+    def next_page(self, *args: Any) -> None:
+        return None  # the canned pages link to no other
 
 
 @pytest.mark.parametrize(
@@ -231,6 +236,9 @@ class _Tallying:
     ) -> dict[str, KnownCall]:
         return {}
 
+    def next_page(self, *args: Any) -> None:
+        return None  # the canned pages link to no other
+
 
 def test_interleaved_operations_each_count_only_their_own_asks_in_their_own_tally() -> None:
     # The tally travels with each ask (the service counts into the one it is handed), so
@@ -260,3 +268,49 @@ def test_interleaved_operations_each_count_only_their_own_asks_in_their_own_tall
     ]
     assert (first.cache, first.requests) == ({"miss": 2}, 2)
     assert (second.cache, second.requests) == ({"miss": 3}, 3)
+
+
+class _OneBridgePage:
+    """One bridge page for every list request; reads its next link against each query."""
+
+    def __init__(self) -> None:
+        self.lists = 0
+        self.read_against: list[ListQuery] = []
+
+    async def list_calls(self, *args: Any, **options: Any) -> UpstreamAnswer:
+        self.lists += 1
+        await asyncio.sleep(0)
+        return UpstreamAnswer([], {"next": "the upstream's link"})
+
+    async def get_call(self, *args: Any, **options: Any) -> UpstreamAnswer | None:
+        raise AssertionError("only lists are asked for")
+
+    async def recall_calls(self, *args: Any) -> dict[str, KnownCall]:
+        raise AssertionError("only lists are asked for")
+
+    def next_page(
+        self, credentials: Credentials, query: ListQuery, answer: UpstreamAnswer
+    ) -> ListQuery | None:
+        self.read_against.append(query)
+        if query.page >= 1:
+            raise UpstreamBadResponse("it does not move forward")
+        return ListQuery.create(bridge_id="b-1", page=1)
+
+
+def test_pages_that_share_one_request_each_read_its_next_link_against_their_own_query() -> None:
+    # A bridge filter sends no page or size: its pages are one request and one answer,
+    # but whether that answer's next link leads on depends on the page each one asked for.
+    upstream = _OneBridgePage()
+    loader = loader_of(upstream)
+    first, third = ListQuery.create(bridge_id="b-1"), ListQuery.create(bridge_id="b-1", page=2)
+
+    async def scenario() -> list[CallList]:
+        return list(await asyncio.gather(loader.list_calls(first), loader.list_calls(third)))
+
+    from_first, from_third = asyncio.run(scenario())
+
+    assert upstream.lists == 1
+    assert upstream.read_against == [first, third]
+    assert loader.next_query(from_first, first) == ListQuery.create(bridge_id="b-1", page=1)
+    with pytest.raises(UpstreamBadResponse, match="does not move forward"):
+        loader.next_query(from_third, third)

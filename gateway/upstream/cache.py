@@ -1,7 +1,7 @@
 """The upstream result cache: credential-scoped keys, single flight, memory or Redis storage.
 
-Consumers see `SingleFlightCache.get_or_load(key, load, ttl, tally=)` and `CacheKeys`; which store
-sits behind them comes from `GATEWAY_CACHE_URL`:
+Consumers see `SingleFlightCache.get_or_load(key, load, ttl, tally=)`, with keys made by
+`keys.KeyedHashes`; which store sits behind it comes from `GATEWAY_CACHE_URL`:
 
     memory://             this process only, bounded by entries and bytes, least recently
                           used evicted first, expired entries freed as they expire
@@ -11,56 +11,23 @@ sits behind them comes from `GATEWAY_CACHE_URL`:
                           see redis.py for what an outage does
 
 A store that fails or is slow never fails a request: it reads as a miss. Keys are HMACs,
-so neither keys nor values hold a credential. (The whole-answer cache in front of the
+so neither keys nor values hold a credential (keys.py). (The whole-answer cache in front of the
 endpoint is another thing: `gateway/middleware/answer_cache.py`.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar, overload
 from urllib.parse import urlsplit
-
-import orjson
 
 from gateway.bounded import BoundedCache
 from gateway.upstream.redis import RedisStore
 from gateway.upstream.tally import UpstreamTally
 
 T = TypeVar("T")
-
-
-class CacheKeys:
-    """Makes cache and pacing keys: HMAC-SHA256 of the credentials and what was asked."""
-
-    def __init__(self, secret: bytes | None) -> None:
-        self.shared = secret is not None
-        secret = secret if secret is not None else secrets.token_bytes(32)
-        # Keyed once; each digest starts from a copy, skipping HMAC's key set-up.
-        self._mac = hmac.new(secret, digestmod=hashlib.sha256)
-
-    def request(
-        self, authorization: str, user_id: str, path: str, params: Sequence[tuple[str, str]]
-    ) -> str:
-        """The key of one upstream request made with these credentials."""
-        # A JSON array keeps the parts apart: no choice of values can make two different
-        # requests (or two different callers) encode to the same bytes.
-        return self.digest(["request", authorization, user_id, path, sorted(params)])
-
-    def call(self, authorization: str, user_id: str, call_id: str) -> str:
-        """The key of one call record in the entity view, under these credentials."""
-        return self.digest(["call", authorization, user_id, call_id])
-
-    def digest(self, parts: list[Any]) -> str:
-        """The key of `parts`, whose first names the kind of key (see pacing.account_key)."""
-        mac = self._mac.copy()
-        mac.update(orjson.dumps(parts))
-        return mac.hexdigest()
 
 
 class Codec(Protocol[T]):

@@ -11,7 +11,7 @@ fields, in `calls.py`) by a parse that cannot raise, and held to a range:
     X-RateLimit-Reset       epoch ms (or s), Retry-After delta seconds or HTTP date
                             (RFC 9110 10.2.3): retryAfter clamped to 1..3600 s; a value
                             that cannot be read counts as 1 s
-    Link page / size        up to 9 digits, then the list query's own bounds (pagination.py)
+    Link page / size        up to 9 digits, then the list query's own bounds (next_page.py)
     call record numbers     callbackTimeout, chargeableDuration: 32-bit (GraphQL Int);
                             timestamps: years 1..9999; outside: null plus a warning (calls.py)
 """

@@ -19,7 +19,8 @@ from typing import Any
 import orjson
 
 from gateway.credentials import Credentials
-from gateway.upstream.cache import CacheKeys, Store
+from gateway.upstream.cache import Store
+from gateway.upstream.keys import KeyedHashes
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +50,7 @@ def call_in_answer(body: Any) -> list[tuple[str, Any]]:
 class EntityView:
     """Call records by (credentials, call id), kept for `ttl` seconds."""
 
-    def __init__(self, store: Store, keys: CacheKeys, *, ttl: float, owns_store: bool) -> None:
+    def __init__(self, store: Store, keys: KeyedHashes, *, ttl: float, owns_store: bool) -> None:
         self._store = store
         # With Redis the view shares the upstream cache's connection, which that closes.
         self._owns_store = owns_store

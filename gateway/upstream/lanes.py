@@ -23,7 +23,7 @@ Known gap: an owner whose pair is not accepted in this process (a fresh start, a
 replica, after ACCEPTED_SECONDS idle) competes with wrong-secret probes for the token's
 gate, and may get `RATE_LIMITED` until one of its requests gets through.
 
-Pairs are remembered in memory as a keyed hash (`CacheKeys`, as cache keys are), never
+Pairs are remembered in memory as a keyed hash (`KeyedHashes`, as cache keys are), never
 the secret, in bounded tables; a refusal as its message and codes only (`Refusal`), not
 the exception raised, whose traceback would keep its frames alive. Each process learns on
 its own.
@@ -39,8 +39,8 @@ from typing import Any, Generic, TypeVar
 from gateway.bounded import BoundedCache
 from gateway.credentials import Credentials
 from gateway.errors import Forbidden, Unauthenticated
-from gateway.upstream.cache import CacheKeys
-from gateway.upstream.pacing import Pacer, account_key
+from gateway.upstream.keys import KeyedHashes
+from gateway.upstream.pacing import Pacer
 
 T = TypeVar("T")
 V = TypeVar("V")
@@ -78,7 +78,7 @@ class CredentialLanes:
 
     def __init__(
         self,
-        keys: CacheKeys,
+        keys: KeyedHashes,
         *,
         pacer: Pacer,
         accepted: Remembered[bool],
@@ -99,8 +99,8 @@ class CredentialLanes:
         refused, `RateLimited` for a new pair while another of its token probes."""
         # With the user id: the upstream answers 401 as well for a good pair asking for
         # a user id it may not read, which says nothing of the pair's other user ids.
-        pair = self._keys.digest(["pair", credentials.authorization, credentials.user_id])
-        lane = account_key(self._keys, credentials.account)
+        pair = self._keys.pair(credentials.authorization, credentials.user_id)
+        lane = self._keys.account(credentials.account)
         if not self._pacer.enabled:
             # Pacing off (GATEWAY_UPSTREAM_RATE=0): there are no slots for a wrong secret to
             # take, so a new pair's requests go at once, side by side, as they did before

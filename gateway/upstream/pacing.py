@@ -10,7 +10,7 @@ timeout fails at once with RATE_LIMITED and `retryAfter`; one that meets a 429 a
 With Redis the schedule is shared by every replica (`RedisSlots`: two Lua scripts on
 Redis's own clock); when Redis cannot be asked, each process keeps its own. Without Redis,
 the worker processes of one host share it through a locked file (`FileSlots`). Accounts
-are keyed by an HMAC (`account_key`), never a credential.
+are keyed by an HMAC (`KeyedHashes.account`), never a credential.
 
 A slot is a plan; the upstream sees departures. When the CPU is saturated the event loop
 wakes a request late, and the next one, woken on time, would leave less than an interval
@@ -34,7 +34,6 @@ import orjson
 
 from gateway.errors import RateLimited
 from gateway.pacing_file import unfit
-from gateway.upstream.cache import CacheKeys
 from gateway.upstream.redis import NAMESPACE, RedisStore
 
 log = logging.getLogger("gateway.pacing")
@@ -44,11 +43,6 @@ T = TypeVar("T")
 # Requests leave on schedule but the upstream stamps them on arrival, after network
 # jitter; spacing them 5% wider keeps two neighbours from landing under one interval.
 JITTER_MARGIN = 1.05
-
-
-def account_key(keys: CacheKeys, account: str) -> str:
-    """The key of an account (`Credentials.account`; the upstream limits accounts)."""
-    return keys.digest(["account", account])
 
 
 class SharedSlots(Protocol):

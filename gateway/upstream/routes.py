@@ -7,7 +7,7 @@
     GET /v1/users/{userId}/calls/{callId}   one call (a JSON object)
 
 Requests are built here, next links are checked against these paths and parameters
-(pagination.py), and traces name these templates rather than the paths, which hold the
+(next_page.py), and traces name these templates rather than the paths, which hold the
 caller's ids.
 """
 

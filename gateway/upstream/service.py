@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -33,15 +34,17 @@ import orjson
 from gateway.calls import ListQuery
 from gateway.credentials import Credentials
 from gateway.upstream import routes
-from gateway.upstream.cache import CacheKeys, SingleFlightCache, create_store
+from gateway.upstream.cache import SingleFlightCache, create_store
 from gateway.upstream.client import CatapultClient, UpstreamAnswer
 from gateway.upstream.entities import EntityView, KnownCall, call_in_answer, calls_in_list
+from gateway.upstream.keys import KeyedHashes
 from gateway.upstream.lanes import (
     ACCEPTED_SECONDS,
     REJECTED_SECONDS,
     CredentialLanes,
     Remembered,
 )
+from gateway.upstream.next_page import next_query
 from gateway.upstream.pacing import (
     Clock,
     FileSlots,
@@ -110,7 +113,7 @@ class CatapultService:
         self,
         client: CatapultClient,
         cache: SingleFlightCache[UpstreamAnswer],
-        keys: CacheKeys,
+        keys: KeyedHashes,
         lanes: CredentialLanes,
         *,
         ttl: float,
@@ -196,6 +199,17 @@ class CatapultService:
         )
         return await self._cache.get_or_load(key, load, self._ttl, refresh=refresh, tally=tally)
 
+    def next_page(
+        self, credentials: Credentials, query: ListQuery, answer: UpstreamAnswer
+    ) -> ListQuery | None:
+        """The page after `answer` (a page of calls asked for with `query`) per its
+        `Link rel="next"`, or None when it has none; `UpstreamBadResponse`, with the
+        reason, for a link that cannot be followed (see `next_page.next_query`)."""
+        link = answer.links.get("next")
+        if link is None:
+            return None
+        return next_query(link, query, base_url=self._client.base_url, user_id=credentials.user_id)
+
     def list_key(self, credentials: Credentials, query: ListQuery) -> str:
         """The keyed hash `list_calls` caches this page under (live pollers share by it)."""
         request = routes.list_calls(credentials.user_id, query)
@@ -206,7 +220,7 @@ class CatapultService:
     def identity_key(self, credentials: Credentials) -> str:
         """A keyed hash of the whole credentials (token, secret, user id): who they are
         once the upstream accepts them, with none of them readable in it."""
-        return self._keys.digest(["identity", credentials.authorization, credentials.user_id])
+        return self._keys.identity(credentials.authorization, credentials.user_id)
 
     async def recall_calls(
         self, credentials: Credentials, call_ids: Sequence[str]
@@ -254,10 +268,16 @@ def create_upstream(
 
     `clock`: what the pacer and the pair tables read and sleep on (`MonotonicClock` in
     the gateway; a test's fake one paces a burst without waiting for it)."""
-    store = create_store(
-        cache_url, max_entries=cache_max_entries, max_bytes=cache_max_bytes, timeout=cache_timeout
+    # The entity view needs a store of its own in memory, and shares the cache's in Redis.
+    new_store = partial(
+        create_store,
+        cache_url,
+        max_entries=cache_max_entries,
+        max_bytes=cache_max_bytes,
+        timeout=cache_timeout,
     )
-    keys = CacheKeys(cache_key)
+    store = new_store()
+    keys = KeyedHashes(cache_key)
     # Redis holds the pacing schedule too, so that replicas pace each account together;
     # without it, the processes of one host (`serve --workers N`) share a locked file.
     slots_file = None if pacing_file is None else FileSlots(pacing_file, clock)
@@ -291,16 +311,7 @@ def create_upstream(
     if cache_ttl > 0:
         # Its own store: a page of 1,000 calls must not evict the whole-answer entries.
         # With Redis both live in one server under different keys.
-        entity_store = (
-            store
-            if isinstance(store, RedisStore)
-            else create_store(
-                cache_url,
-                max_entries=cache_max_entries,
-                max_bytes=cache_max_bytes,
-                timeout=cache_timeout,
-            )
-        )
+        entity_store = store if isinstance(store, RedisStore) else new_store()
         entities = EntityView(
             entity_store, keys, ttl=cache_ttl, owns_store=entity_store is not store
         )

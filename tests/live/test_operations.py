@@ -104,7 +104,6 @@ def operations_for(
 ) -> Operations:
     contexts = ContextFactory(
         cursors=CursorCodec(b"k" * 32),
-        upstream_base="http://upstream.invalid",
         request_timeout=10,
         max_upstream_requests=10,
         max_entities=10,

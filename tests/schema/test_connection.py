@@ -21,16 +21,20 @@ from tests.fakes import upstream_call
 QUERY = ListQuery(size=3)
 PATH = ("callsConnection",)
 UNFOLLOWABLE = "unfollowable"
+UNFOLLOWED_BECAUSE = "a link off the upstream's origin"
 
 
 def page(
     *ids: str, next_url: str | None = "next", bad: tuple[int, ...] = (), excess: int = 0
 ) -> CallList:
     """A page of calls `ids` (a bad record before the indexes in `bad`), with a next link
-    unless `next_url` is None."""
+    unless `next_url` is None (`UNFOLLOWABLE`: one that cannot be followed)."""
     records, _ = parse_call_list([upstream_call(call_id) for call_id in ids])
     left_out = [bad_record(before) for before in bad]
-    return CallList(records, left_out, next_url, excess)
+    if next_url == UNFOLLOWABLE:
+        return CallList(records, left_out, next_refused=UNFOLLOWED_BECAUSE, excess=excess)
+    # Any query marks a next page: `Pages.next_query` leads to the next number.
+    return CallList(records, left_out, next=None if next_url is None else QUERY, excess=excess)
 
 
 def bad_record(before: int) -> BadRecord:
@@ -50,9 +54,9 @@ class Pages:
         return self.pages.get(query.page, page(next_url=None))
 
     def next_query(self, found: CallList, query: ListQuery) -> ListQuery | None:
-        if found.next_url == UNFOLLOWABLE:
-            raise UpstreamBadResponse("a link off the upstream's origin")
-        return None if found.next_url is None else replace(query, page=query.page + 1)
+        if found.next_refused is not None:
+            raise UpstreamBadResponse(found.next_refused)
+        return None if found.next is None else replace(query, page=query.page + 1)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from gateway.calls import ListQuery
 from gateway.credentials import Credentials
 from gateway.errors import RateLimited, Unauthenticated
 from gateway.sandbox import credential_headers
-from gateway.upstream.cache import CacheKeys
+from gateway.upstream.keys import KeyedHashes
 from gateway.upstream.lanes import REJECTED_SECONDS, CredentialLanes, Refusal, Remembered
 from gateway.upstream.pacing import MonotonicClock, Pacer
 from gateway.upstream.service import CatapultService
@@ -328,7 +328,7 @@ def test_a_remembered_refusal_keeps_no_traceback_alive() -> None:
     # A stored exception keeps its traceback, and the traceback every frame it passed
     # through (~10 KB a refused pair): only the message and codes are kept.
     clock = MonotonicClock()
-    keys = CacheKeys(b"a test cache key")
+    keys = KeyedHashes(b"a test cache key")
     rejected: Remembered[Refusal] = Remembered(seconds=REJECTED_SECONDS, clock=clock.now)
     lanes = CredentialLanes(
         keys,

@@ -13,7 +13,7 @@ import pytest
 
 from gateway.calls import ListQuery
 from gateway.credentials import Credentials
-from gateway.errors import GatewayError, NotFound, RateLimited
+from gateway.errors import GatewayError, NotFound, RateLimited, UpstreamBadResponse
 from gateway.upstream.client import UpstreamAnswer
 from gateway.upstream.pacing import MonotonicClock
 from gateway.upstream.routes import call_path, calls_path
@@ -289,3 +289,32 @@ def test_an_identity_key_tells_secrets_apart_and_shows_none_of_the_credentials()
     assert keys[0] == keys[3]
     assert len(set(keys)) == 3
     assert not any(part in key for key in keys for part in ("token", "dG9r", "u-1", "u-2"))
+
+
+@pytest.mark.parametrize(
+    ("link", "outcome"),
+    [
+        pytest.param(None, None, id="no-link"),
+        pytest.param("/v1/users/u-1/calls/?page=1&size=2", 1, id="relative-to-the-request"),
+        pytest.param("http://upstream/v1/users/u-1/calls/?page=3&size=2", 3, id="absolute"),
+        pytest.param("http://elsewhere/v1/users/u-1/calls/?page=1", "refused", id="other-host"),
+        pytest.param("http://upstream/v1/users/u-2/calls/?page=1", "refused", id="other-user"),
+    ],
+)
+def test_a_pages_next_link_is_read_against_the_clients_base_and_the_callers_calls(
+    link: str | None, outcome: int | str | None
+) -> None:
+    headers = {} if link is None else {"Link": f'<{link}>; rel="next"'}
+    upstream = RecordingUpstream({calls_path("u-1"): httpx.Response(200, json=[], headers=headers)})
+
+    async def main(built: CatapultService) -> int | str | None:
+        answer = await built.list_calls(
+            CREDENTIALS, QUERY, deadline=deadline(), tally=UpstreamTally()
+        )
+        try:
+            following = built.next_page(CREDENTIALS, QUERY, answer)
+        except UpstreamBadResponse:
+            return "refused"
+        return None if following is None else following.page
+
+    assert run(main, upstream) == outcome
