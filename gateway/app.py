@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
 from gateway.body_budget import BodyBudget
 from gateway.config import Settings
-from gateway.context import ContextFactory
+from gateway.context_factory import ContextFactory
 from gateway.endpoint import GraphQLEndpoint
 from gateway.execution import GraphQLExecution
 from gateway.graphiql import GraphiQLAssets, GraphiQLPage

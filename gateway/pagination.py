@@ -29,7 +29,7 @@ from yarl import URL
 from gateway.calls import ListQuery
 from gateway.errors import BadUserInput, GatewayError, UpstreamBadResponse
 from gateway.upstream import routes
-from gateway.upstream.client import ANCHORED
+from gateway.upstream.routes import ANCHORED
 
 VERSION = "v1"
 # A cursor's JSON keys are the upstream's parameter names (what a next link carries too).

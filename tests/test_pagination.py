@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from gateway.calls import ListQuery
 from gateway.errors import BadUserInput, UpstreamBadResponse
 from gateway.pagination import CursorCodec, Position, next_query
-from gateway.upstream.client import ANCHORED, parse_link_header
+from gateway.upstream.client import parse_link_header
+from gateway.upstream.routes import ANCHORED
 from tests.conftest import Gateway, GatewayFactory, Sandbox, examples
 from tests.fakes import FakeUpstream, upstream_call
 

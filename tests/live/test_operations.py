@@ -17,7 +17,8 @@ from graphql import GraphQLObjectType, GraphQLSchema
 from prometheus_client import CollectorRegistry
 
 from gateway.calls import ListQuery
-from gateway.context import ContextFactory, UpstreamWarning
+from gateway.context import UpstreamWarning
+from gateway.context_factory import ContextFactory
 from gateway.credentials import Credentials
 from gateway.execution import GraphQLExecution
 from gateway.limits import OperationLimits
