@@ -15,8 +15,6 @@ from gateway.calls import BadRecord, CallList, CallRecord, ListQuery
 from gateway.errors import printable
 
 if TYPE_CHECKING:
-    from starlette.requests import Request
-
     from gateway.credentials import CredentialsVerdict
     from gateway.pagination import CursorCodec
     from gateway.upstream.tally import UpstreamTally
@@ -133,7 +131,7 @@ class Context:
     # asked for so far: each field alone may be under a bound that their sum is over.
     max_entities: int
     # What the operation asked of the upstream (cache look-ups, HTTP attempts): the loader
-    # hands it down with every ask; `GraphQLExecution.run` gives it to the request's record.
+    # hands it down with every ask; whoever made the context gives it to its own record.
     tally: UpstreamTally
     entities_asked: int = 0
     warnings: list[UpstreamWarning] = field(default_factory=list)
@@ -144,8 +142,9 @@ class Context:
 
 class MakeContext(Protocol):
     """Makes the Context of one request (`ContextFactory`), for the endpoint and the live
-    operations alike, for the caller of the credentials verdict they read."""
+    operations alike: for the caller of the credentials verdict they read, refreshing the
+    caches when the request said `no-cache` (`wants_fresh`)."""
 
     def __call__(
-        self, request: Request, request_id: str, credentials: CredentialsVerdict, /
+        self, request_id: str, credentials: CredentialsVerdict, /, *, refresh: bool
     ) -> Context: ...

@@ -5,29 +5,25 @@ from __future__ import annotations
 
 import time
 from functools import partial
-from typing import TYPE_CHECKING
 
-from gateway.cache_control import wants_fresh
 from gateway.context import Context
 from gateway.credentials import CredentialsVerdict, caller
 from gateway.loaders import CallService, OperationLoader
+from gateway.opened import Held
 from gateway.pagination import CursorCodec
 from gateway.upstream.tally import UpstreamTally
 
-if TYPE_CHECKING:
-    from starlette.requests import Request
-
 
 class ContextFactory:
-    """Makes each request's `Context`: its loader, deadline, reading of `no-cache`, and
-    upstream tally.
+    """Makes each request's `Context`: its loader, deadline, and upstream tally.
 
-    Built once by the app; the upstream comes from the lifespan's state, as it is opened
-    at start-up, after the routes are made.
+    Built once by the app, with the upstream service the app's lifespan opens at start-up,
+    after the routes are made.
     """
 
     def __init__(
         self,
+        upstream: Held[CallService],
         *,
         cursors: CursorCodec,
         upstream_base: str,
@@ -36,6 +32,7 @@ class ContextFactory:
         max_calls_per_operation: int,
         max_entities: int,
     ) -> None:
+        self._upstream = upstream
         self._cursors = cursors
         self._upstream_base = upstream_base
         self._request_timeout = request_timeout
@@ -44,18 +41,18 @@ class ContextFactory:
         self._max_entities = max_entities
 
     def __call__(
-        self, request: Request, request_id: str, credentials: CredentialsVerdict
+        self, request_id: str, credentials: CredentialsVerdict, *, refresh: bool
     ) -> Context:
-        # The credentials come as the verdict the caller read once (`RequestFacts`): the
-        # loader acts on that value, never on the request's headers.
-        upstream: CallService = request.state.upstream
+        # The credentials come as the verdict the caller read once (`RequestFacts`), and
+        # `refresh` as its reading of `no-cache` (`wants_fresh`): the loader acts on those
+        # values, never on the request.
         tally = UpstreamTally()
         loader = OperationLoader(
-            upstream,
+            self._upstream.get(),
             partial(caller, credentials),
             tally=tally,
             deadline=time.monotonic() + self._request_timeout,
-            refresh=wants_fresh(request.headers),
+            refresh=refresh,
             upstream_base=self._upstream_base,
             max_requests=self._max_upstream_requests,
             max_calls=self._max_calls,

@@ -1,4 +1,4 @@
-"""ContextFactory: each request's Context, its loader's deadline, and its reading of no-cache."""
+"""ContextFactory: each request's Context, its loader's deadline, and its refreshing."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from gateway.execution import GraphQLExecution
 from gateway.limits import OperationLimits
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry
+from gateway.opened import Opened
 from gateway.pagination import CursorCodec
 from gateway.sandbox import ACCOUNTS, credential_headers
 from gateway.schema import build_schema, graphql_core_schema
@@ -85,12 +86,21 @@ class RecordingUpstream:
         return {}
 
 
+def opened(upstream: RecordingUpstream) -> Opened[RecordingUpstream]:
+    """The upstream service as the app's lifespan opens it."""
+    held: Opened[RecordingUpstream] = Opened("the upstream service")
+    held.open(upstream)
+    return held
+
+
 def make_context(
     upstream: RecordingUpstream,
-    headers: dict[str, str],
     credentials: CredentialsVerdict = CALLER,
+    *,
+    refresh: bool = False,
 ) -> Context:
     factory = ContextFactory(
+        opened(upstream),
         cursors=CursorCodec(b"a test cursor key"),
         upstream_base="http://upstream.test",
         request_timeout=REQUEST_TIMEOUT,
@@ -98,32 +108,16 @@ def make_context(
         max_calls_per_operation=5000,
         max_entities=1000,
     )
-    sent = {**credential_headers(ACCOUNTS[0]), **headers}
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/graphql",
-        "headers": [(name.lower().encode(), value.encode()) for name, value in sent.items()],
-        "state": {"upstream": upstream},
-    }
-    return factory(Request(scope), "r-1", credentials)
+    return factory("r-1", credentials, refresh=refresh)
 
 
 @pytest.mark.parametrize(
-    ("cache_control", "fresh"),
-    [
-        pytest.param(None, False, id="no-header"),
-        pytest.param("no-cache", True, id="no-cache"),
-        pytest.param("max-age=0, No-Cache", True, id="no-cache-among-directives"),
-        pytest.param("no-store", False, id="another-directive"),
-    ],
+    "fresh", [pytest.param(False, id="cached"), pytest.param(True, id="fresh")]
 )
-def test_no_cache_refreshes_the_upstream_cache_and_skips_the_entity_view(
-    cache_control: str | None, fresh: bool
-) -> None:
+def test_refresh_refreshes_the_upstream_cache_and_skips_the_entity_view(fresh: bool) -> None:
+    # `refresh` is the caller's reading of `no-cache` (tests/test_cache_control.py).
     upstream = RecordingUpstream()
-    headers = {} if cache_control is None else {"Cache-Control": cache_control}
-    context = make_context(upstream, headers)
+    context = make_context(upstream, refresh=fresh)
 
     async def ask() -> None:
         await context.calls.list_calls(ListQuery())
@@ -138,7 +132,7 @@ def test_no_cache_refreshes_the_upstream_cache_and_skips_the_entity_view(
 def test_the_deadline_is_the_request_timeout_from_when_the_context_is_made() -> None:
     upstream = RecordingUpstream()
     before = time.monotonic()
-    context = make_context(upstream, {})
+    context = make_context(upstream)
     after = time.monotonic()
 
     asyncio.run(context.calls.list_calls(ListQuery()))
@@ -149,7 +143,7 @@ def test_the_deadline_is_the_request_timeout_from_when_the_context_is_made() -> 
 
 def test_the_context_holds_when_the_upstream_answers_it_used_were_fetched() -> None:
     upstream = RecordingUpstream()
-    context = make_context(upstream, {})
+    context = make_context(upstream)
     assert context.calls.oldest_fetch is None
 
     asyncio.run(context.calls.list_calls(ListQuery()))
@@ -163,7 +157,7 @@ def test_each_context_has_a_tally_of_its_own_that_every_ask_carries() -> None:
     # The operation's upstream tally, read by the endpoint for the request's line: made
     # with the context and handed down with each ask, never found on the way.
     upstream = RecordingUpstream()
-    first, second = make_context(upstream, {}), make_context(upstream, {})
+    first, second = make_context(upstream), make_context(upstream)
 
     async def ask() -> None:
         await first.calls.list_calls(ListQuery())
@@ -184,7 +178,7 @@ def test_the_loader_acts_for_the_verdict_it_was_given_not_the_requests_headers()
     # The request's headers name the sandbox's first account; the verdict, read once by the
     # endpoint, is the one every upstream request is made for.
     upstream = RecordingUpstream()
-    context = make_context(upstream, {})
+    context = make_context(upstream)
 
     async def ask() -> None:
         await context.calls.list_calls(ListQuery())
@@ -197,7 +191,7 @@ def test_the_loader_acts_for_the_verdict_it_was_given_not_the_requests_headers()
 
 def test_a_refused_verdict_refuses_every_upstream_request_before_it_is_made() -> None:
     upstream = RecordingUpstream()
-    context = make_context(upstream, {}, Unauthenticated("Send your Catapult API token."))
+    context = make_context(upstream, Unauthenticated("Send your Catapult API token."))
 
     with pytest.raises(Unauthenticated, match="Send your Catapult API token"):
         asyncio.run(context.calls.list_calls(ListQuery()))
@@ -232,14 +226,6 @@ def run_through_the_endpoint(query: str) -> tuple[RecordingScope, RecordingUpstr
     telemetry = Telemetry(Metrics(multiprocess_dir=None), None)
     execution = GraphQLExecution(
         graphql_core_schema(build_schema()),
-        ContextFactory(
-            cursors=CursorCodec(b"a test cursor key"),
-            upstream_base="http://upstream.test",
-            request_timeout=REQUEST_TIMEOUT,
-            max_upstream_requests=10,
-            max_calls_per_operation=5000,
-            max_entities=1000,
-        ),
         report_warnings=telemetry.upstream_warnings,
         persisted_queries=None,
         limits=OperationLimits(),
@@ -249,6 +235,15 @@ def run_through_the_endpoint(query: str) -> tuple[RecordingScope, RecordingUpstr
     )
     endpoint = GraphQLEndpoint(
         execution,
+        ContextFactory(
+            opened(upstream),
+            cursors=CursorCodec(b"a test cursor key"),
+            upstream_base="http://upstream.test",
+            request_timeout=REQUEST_TIMEOUT,
+            max_upstream_requests=10,
+            max_calls_per_operation=5000,
+            max_entities=1000,
+        ),
         graphiql=None,
         telemetry=telemetry,
         max_body_bytes=1_048_576,
@@ -268,7 +263,6 @@ def run_through_the_endpoint(query: str) -> tuple[RecordingScope, RecordingUpstr
             "path": "/graphql",
             "query_string": b"",
             "headers": [(name.lower().encode(), value.encode()) for name, value in headers.items()],
-            "state": {"upstream": upstream},
         }
     )
     body = json.dumps({"query": query}).encode()

@@ -16,7 +16,6 @@ import httpx
 import pytest
 from graphql import GraphQLField, GraphQLObjectType, GraphQLSchema, GraphQLString
 from graphql.language.ast import Node
-from starlette.requests import Request
 
 from gateway.app import create_app
 from gateway.config import load_settings
@@ -436,7 +435,7 @@ class _NoUpstream:
         raise AssertionError("the failing schema makes no upstream requests")
 
 
-def _context(request: Request, request_id: str, credentials: CredentialsVerdict) -> Context:
+def _context(request_id: str, credentials: CredentialsVerdict, *, refresh: bool) -> Context:
     tally = UpstreamTally()
     return Context(
         request_id=request_id,
@@ -461,7 +460,6 @@ def failing_endpoint() -> Iterator[str]:
     telemetry = Telemetry(Metrics(multiprocess_dir=None), None)
     execution = GraphQLExecution(
         FAILING_SCHEMA,
-        _context,
         report_warnings=telemetry.upstream_warnings,
         persisted_queries=None,
         limits=OperationLimits(),
@@ -471,6 +469,7 @@ def failing_endpoint() -> Iterator[str]:
     )
     endpoint = GraphQLEndpoint(
         execution,
+        _context,
         graphiql=None,
         telemetry=telemetry,
         max_body_bytes=1_048_576,
