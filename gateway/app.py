@@ -123,14 +123,14 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
                 try:
                     yield
                 finally:
-                    opened_hub.close()
-                    opened_upstream.close()
-                    opened_catapult.close()
                     # The connections are gone by now (uvicorn closed the sockets).
                     await hub.close()
                     if sharing is not None:
                         await sharing.close()
                     await upstream.close()
+                    opened_hub.close()
+                    opened_upstream.close()
+                    opened_catapult.close()
         finally:
             # After the last in-flight request (uvicorn drains them before the lifespan ends).
             collector.cancel()
