@@ -9,7 +9,6 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import TypedDict
 
 import anyio
 from pydantic import AnyHttpUrl
@@ -20,11 +19,11 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
 from gateway.body_budget import BodyBudget
 from gateway.config import Settings
-from gateway.context import ContextFactory
+from gateway.context_factory import ContextFactory
 from gateway.endpoint import GraphQLEndpoint
 from gateway.execution import GraphQLExecution
 from gateway.graphiql import GraphiQLAssets, GraphiQLPage
-from gateway.health import healthz, readyz
+from gateway.health import Readiness, healthz
 from gateway.limits import OperationLimits
 from gateway.live.hub import LiveHub
 from gateway.live.metrics import LiveMetrics
@@ -41,6 +40,7 @@ from gateway.observability.logging import configure_logging
 from gateway.observability.metrics import Metrics, MetricsEndpoint
 from gateway.observability.telemetry import Telemetry
 from gateway.observability.transport import InstrumentedTransport
+from gateway.opened import Opened
 from gateway.pagination import CursorCodec
 from gateway.persisted_queries import PersistedQueries
 from gateway.sandbox import ACCOUNTS, SandboxOptions, create_sandbox_app, credential_headers
@@ -60,14 +60,6 @@ def sandbox_upstream_url(settings: Settings) -> AnyHttpUrl:
     return AnyHttpUrl(settings.local_url + SANDBOX_PATH)
 
 
-class State(TypedDict):
-    """What the lifespan hands every request (`request.state`)."""
-
-    catapult: CatapultClient
-    upstream: CatapultService
-    live: LiveHub
-
-
 def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlette:
     """Build the gateway from settings; nothing is created at import time.
 
@@ -78,9 +70,14 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
     telemetry = create_telemetry(settings, metrics_dir)
     metrics = telemetry.metrics
     live_metrics = LiveMetrics(metrics.registry)
+    # Opened by the lifespan, after the routes that are built with them below: each
+    # request reads them there, never in its scope's state.
+    opened_catapult: Opened[CatapultClient] = Opened("the upstream client")
+    opened_upstream: Opened[CatapultService] = Opened("the upstream service")
+    opened_hub: Opened[LiveHub] = Opened("the live hub")
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[State]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         metrics.process_started()
         collector = asyncio.get_running_loop().create_task(
             collect_cycles(CYCLE_COLLECTION_SECONDS, heap_trimmer())
@@ -120,14 +117,20 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
                 await upstream.check()
                 sharing = create_sharing(settings)
                 hub = create_hub(settings, upstream, live_metrics, sharing)
+                opened_catapult.open(catapult)
+                opened_upstream.open(upstream)
+                opened_hub.open(hub)
                 try:
-                    yield {"catapult": catapult, "upstream": upstream, "live": hub}
+                    yield
                 finally:
                     # The connections are gone by now (uvicorn closed the sockets).
                     await hub.close()
                     if sharing is not None:
                         await sharing.close()
                     await upstream.close()
+                    opened_hub.close()
+                    opened_upstream.close()
+                    opened_catapult.close()
         finally:
             # After the last in-flight request (uvicorn drains them before the lifespan ends).
             collector.cancel()
@@ -156,6 +159,7 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
 
     graphiql = GraphiQLPage(endpoint="/graphql", default_headers=default_headers)
     contexts = ContextFactory(
+        opened_upstream,
         cursors=CursorCodec(cursor_key),
         request_timeout=settings.request_timeout,
         max_upstream_requests=settings.max_upstream_requests,
@@ -177,7 +181,6 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
     # requests to those streams, so each is built before what uses it.
     execution = GraphQLExecution(
         schema,
-        contexts,
         report_warnings=telemetry.upstream_warnings,
         persisted_queries=PersistedQueries(),
         limits=limits,
@@ -188,6 +191,7 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
     operations = Operations(
         execution,
         contexts,
+        hub=opened_hub,
         telemetry=telemetry,
         renders=Renders(
             max_documents=settings.live_max_documents_per_account,
@@ -197,6 +201,7 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
     streams = EventStreams(operations, keepalive=settings.live_keepalive)
     endpoint = GraphQLEndpoint(
         execution,
+        contexts,
         graphiql=graphiql,
         telemetry=telemetry,
         get_max_age=int(settings.cache_ttl),
@@ -217,7 +222,7 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
         Route("/graphql", endpoint),
         WebSocketRoute("/graphql", websocket),
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
+        Route("/readyz", Readiness(opened_catapult, opened_upstream).readyz, methods=["GET"]),
         Route("/metrics", MetricsEndpoint(metrics), methods=["GET"]),
         Route(GraphiQLAssets.ROUTE, GraphiQLAssets(graphiql), methods=["GET"]),
     ]

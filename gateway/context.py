@@ -1,28 +1,23 @@
-"""The per-request context handed to every resolver, the seam it reads calls through, and
-the factory that makes one for each request.
+"""The per-request context handed to every resolver, and the seam it reads calls through.
 
 The schema sees only `CallSource`; the implementation (upstream, cache, deduplication)
-is wired by `ContextFactory`, which the app builds once from its collaborators, so the
-schema never learns about HTTP.
+is wired by `gateway.context_factory.ContextFactory`, which imports the loaders and the
+upstream: this module does not, so that importing the schema loads no HTTP client or
+server (tests/test_layering.py follows the imports).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
-from gateway.cache_control import wants_fresh
 from gateway.calls import BadRecord, CallList, CallRecord, ListQuery
-from gateway.credentials import CredentialsVerdict, caller
 from gateway.errors import printable
-from gateway.loaders import CallService, OperationLoader
-from gateway.pagination import CursorCodec
-from gateway.upstream.tally import UpstreamTally
 
 if TYPE_CHECKING:
-    from starlette.requests import Request
+    from gateway.credentials import CredentialsVerdict
+    from gateway.pagination import CursorCodec
+    from gateway.upstream.tally import UpstreamTally
 
 
 class CallSource(Protocol):
@@ -136,7 +131,7 @@ class Context:
     # asked for so far: each field alone may be under a bound that their sum is over.
     max_entities: int
     # What the operation asked of the upstream (cache look-ups, HTTP attempts): the loader
-    # hands it down with every ask; `GraphQLExecution.run` gives it to the request's record.
+    # hands it down with every ask; whoever made the context gives it to its own record.
     tally: UpstreamTally
     entities_asked: int = 0
     warnings: list[UpstreamWarning] = field(default_factory=list)
@@ -147,50 +142,9 @@ class Context:
 
 class MakeContext(Protocol):
     """Makes the Context of one request (`ContextFactory`), for the endpoint and the live
-    operations alike, for the caller of the credentials verdict they read."""
+    operations alike: for the caller of the credentials verdict they read, refreshing the
+    caches when the request said `no-cache` (`wants_fresh`)."""
 
     def __call__(
-        self, request: Request, request_id: str, credentials: CredentialsVerdict, /
+        self, request_id: str, credentials: CredentialsVerdict, /, *, refresh: bool
     ) -> Context: ...
-
-
-class ContextFactory:
-    """Makes each request's `Context`: its loader, deadline, reading of `no-cache`, and
-    upstream tally.
-
-    Built once by the app; the upstream comes from the lifespan's state, as it is opened
-    at start-up, after the routes are made.
-    """
-
-    def __init__(
-        self,
-        *,
-        cursors: CursorCodec,
-        request_timeout: float,
-        max_upstream_requests: int,
-        max_calls_per_operation: int,
-        max_entities: int,
-    ) -> None:
-        self._cursors = cursors
-        self._request_timeout = request_timeout
-        self._max_upstream_requests = max_upstream_requests
-        self._max_calls = max_calls_per_operation
-        self._max_entities = max_entities
-
-    def __call__(
-        self, request: Request, request_id: str, credentials: CredentialsVerdict
-    ) -> Context:
-        # The credentials come as the verdict the caller read once (`RequestFacts`): the
-        # loader acts on that value, never on the request's headers.
-        upstream: CallService = request.state.upstream
-        tally = UpstreamTally()
-        loader = OperationLoader(
-            upstream,
-            partial(caller, credentials),
-            tally=tally,
-            deadline=time.monotonic() + self._request_timeout,
-            refresh=wants_fresh(request.headers),
-            max_requests=self._max_upstream_requests,
-            max_calls=self._max_calls,
-        )
-        return Context(request_id, loader, self._cursors, self._max_entities, tally)

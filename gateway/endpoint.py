@@ -28,6 +28,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from gateway.cache_control import wants_fresh
+from gateway.context import MakeContext
 from gateway.credentials import CredentialsVerdict
 from gateway.errors import (
     STOPPED_CODE,
@@ -151,6 +153,7 @@ class GraphQLEndpoint:
     def __init__(
         self,
         execution: GraphQLExecution,
+        make_context: MakeContext,
         *,
         graphiql: GraphiQLPage | None,
         telemetry: Telemetry,
@@ -160,6 +163,7 @@ class GraphQLEndpoint:
         event_streams: EventStreamResponder | None,
     ) -> None:
         self._execution = execution
+        self._make_context = make_context
         self._event_streams = event_streams
         self._graphiql = graphiql
         self._telemetry = telemetry
@@ -281,7 +285,11 @@ class GraphQLEndpoint:
             )
         # One verdict on the credentials for the context and the record alike.
         credentials = _credentials(request)
-        result = await self._execution.run(request, request_id, credentials, query, params, record)
+        context = self._make_context(request_id, credentials, refresh=wants_fresh(request.headers))
+        # The request's line reads what the operation's tally holds when the request ends
+        # (cut short or failing too).
+        record.upstream = context.tally
+        result = await self._execution.run(context, query, params)
         record.operation_checked = result.checked(credentials)
         # application/json answers 200 to every well-formed request (legacy clients read
         # the body); the newer media type lets the status say that nothing was executed.

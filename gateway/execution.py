@@ -1,7 +1,6 @@
 """GraphQL execution for every transport: parse -> validate (+limits) -> plan -> execute.
 
-    GraphQLExecution.run(request, request_id, credentials, query, params, record)
-                                                          queries, mutations
+    GraphQLExecution.run(context, query, params)          queries, mutations
       parse        cached per document text (a parse error is an answer too)
       validate     graphql-core's rules and the gateway's limits, cached with the document
       plan         the compiled path for calls-only operations, cached per operation
@@ -14,7 +13,9 @@ The HTTP endpoint (`gateway/endpoint.py`) and the live operations of WebSocket a
 documents, verdicts and plans: what an operation means does not depend on how it came.
 Subscriptions are parsed and validated here too, and their executor built here; the
 live operations drive it. As Apollo Server's request pipeline, this knows no transport:
-what answers, and with which status, is the caller's.
+the caller makes the operation's context (`MakeContext`) and observes it in its own
+record (the context's upstream tally); what answers, and with which status, is the
+caller's.
 
 graphql-core is driven directly, with strawberry's schema, so that every error leaving
 the gateway carries a code: the gateway's own errors keep theirs, anything unexpected is
@@ -42,10 +43,9 @@ from graphql import (
     validate,
 )
 from graphql.execution.executor_throwing_on_incremental import ExecutorThrowingOnIncremental
-from starlette.requests import Request
 
 from gateway.bounded import BoundedCache, memoize
-from gateway.context import Context, MakeContext, UpstreamWarning
+from gateway.context import Context, UpstreamWarning
 from gateway.credentials import Credentials, CredentialsVerdict
 from gateway.errors import BadRequest, OperationTooComplex
 from gateway.fastpath import FastPlan, compile_plan
@@ -57,7 +57,6 @@ from gateway.graphql_errors import (
     render_warnings,
 )
 from gateway.limits import OperationLimits, check_limits, parse_document, too_complex
-from gateway.observability.record import RequestRecord
 from gateway.persisted_queries import PersistedQueries
 
 log = logging.getLogger("gateway.request")
@@ -153,7 +152,6 @@ class GraphQLExecution:
     def __init__(
         self,
         schema: GraphQLSchema,
-        make_context: MakeContext,
         *,
         report_warnings: WarningsReport,
         persisted_queries: PersistedQueries | None,
@@ -163,7 +161,6 @@ class GraphQLExecution:
         suggestions: bool,
     ) -> None:
         self._schema = schema
-        self._make_context = make_context
         self._report_warnings = report_warnings
         self._persisted = persisted_queries
         self._limits = limits
@@ -228,19 +225,11 @@ class GraphQLExecution:
         """
         self._documents.pop((query,))
 
-    async def run(
-        self,
-        request: Request,
-        request_id: str,
-        credentials: CredentialsVerdict,
-        query: str,
-        params: GraphQLParams,
-        record: RequestRecord,
-    ) -> OperationResult:
-        """Run the query or mutation `query` (the document `params` asked for) on behalf of
-        the caller `credentials` names (the request's verdict, read once by the
-        transport: the context's loader acts on it), observed in `record`. Raises
-        `BadRequest` for a subscription: those are the live transports'.
+    async def run(self, context: Context, query: str, params: GraphQLParams) -> OperationResult:
+        """Run the query or mutation `query` (the document `params` asked for) with
+        `context`, made by the caller for the request's caller (the credentials verdict
+        it read once) and observed by it (the context's tally). Raises `BadRequest` for a
+        subscription: those are the live transports'.
         """
         document = self._parse(query)
         if isinstance(document, GraphQLError):
@@ -257,10 +246,6 @@ class GraphQLExecution:
         if validation_errors:
             self.forget(query)
             return _result(list(validation_errors), name, request_error=True)
-        context = self._make_context(request, request_id, credentials)
-        # The request's line reads what the operation's tally holds when the request ends
-        # (cut short or failing too).
-        record.upstream = context.tally
         plan = (
             self._plan(query, params.operation_name, document=document) if self._fast_path else None
         )
@@ -276,8 +261,10 @@ class GraphQLExecution:
             except Exception:
                 # As the executor masks a resolver's failure: coded, with the request
                 # id, the detail in the log only (never a bare 500).
-                log.exception("unexpected error in the fast path (request id %s)", request_id)
-                return _result([internal_error(request_id)], name, valid=True)
+                log.exception(
+                    "unexpected error in the fast path (request id %s)", context.request_id
+                )
+                return _result([internal_error(context.request_id)], name, valid=True)
             if data is not None:
                 return self._executed(context, name, data, [])
         result = execute(

@@ -3,6 +3,7 @@ and the masking of unexpected errors."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
@@ -17,10 +18,12 @@ import pytest
 from graphql import GraphQLField, GraphQLObjectType, GraphQLSchema, GraphQLString
 from graphql.language.ast import Node
 from starlette.requests import Request
+from starlette.types import Message
 
 from gateway.app import create_app
 from gateway.config import load_settings
 from gateway.context import Context
+from gateway.context_factory import ContextFactory
 from gateway.credentials import CredentialsVerdict, caller
 from gateway.endpoint import GraphQLEndpoint
 from gateway.errors import UpstreamTimeout
@@ -31,8 +34,10 @@ from gateway.loaders import OperationLoader
 from gateway.media import GRAPHQL_RESPONSE_JSON
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry
+from gateway.opened import Opened
 from gateway.pagination import CursorCodec
 from gateway.sandbox import ACCOUNTS, credential_headers
+from gateway.schema import build_schema, graphql_core_schema
 from gateway.upstream.client import UpstreamAnswer
 from gateway.upstream.entities import KnownCall
 from gateway.upstream.tally import UpstreamTally
@@ -439,7 +444,7 @@ class _NoUpstream:
         raise AssertionError("the failing schema makes no upstream requests")
 
 
-def _context(request: Request, request_id: str, credentials: CredentialsVerdict) -> Context:
+def _context(request_id: str, credentials: CredentialsVerdict, *, refresh: bool) -> Context:
     tally = UpstreamTally()
     return Context(
         request_id=request_id,
@@ -463,7 +468,6 @@ def failing_endpoint() -> Iterator[str]:
     telemetry = Telemetry(Metrics(multiprocess_dir=None), None)
     execution = GraphQLExecution(
         FAILING_SCHEMA,
-        _context,
         report_warnings=telemetry.upstream_warnings,
         persisted_queries=None,
         limits=OperationLimits(),
@@ -473,6 +477,7 @@ def failing_endpoint() -> Iterator[str]:
     )
     endpoint = GraphQLEndpoint(
         execution,
+        _context,
         graphiql=None,
         telemetry=telemetry,
         max_body_bytes=1_048_576,
@@ -593,3 +598,88 @@ def test_a_subscription_over_an_event_stream_keeps_no_parse_here(gateway: Gatewa
         assert "GRAPHQL_VALIDATION_FAILED" in response.text
 
     assert _nodes_of("# streamed") == 0
+
+
+class _HangingUpstream:
+    """Sends one HTTP attempt (counted in the tally, as the client counts it), whose answer
+    never comes: the request is cut short while it waits."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+
+    async def list_calls(self, *args: Any, tally: UpstreamTally, **options: Any) -> UpstreamAnswer:
+        tally.request_sent()
+        self.asked.set()
+        await asyncio.Event().wait()
+        raise AssertionError("never answered")
+
+    async def get_call(self, *args: Any, **options: Any) -> UpstreamAnswer | None:
+        raise AssertionError("these tests list calls only")
+
+    async def recall_calls(self, *args: Any) -> dict[str, KnownCall]:
+        raise AssertionError("these tests list calls only")
+
+    def next_page(self, *args: Any) -> None:
+        raise AssertionError("never answered, so never followed")
+
+
+@pytest.mark.server_errors
+def test_a_request_cut_short_still_logs_what_its_operation_sent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The endpoint hands its record the context's tally before it awaits the run: the
+    # line of a request cancelled mid-operation (a shutdown) counts the attempt it sent.
+    upstream = _HangingUpstream()
+    opened: Opened[_HangingUpstream] = Opened("the upstream service")
+    opened.open(upstream)
+    telemetry = Telemetry(Metrics(multiprocess_dir=None), None)
+    endpoint = GraphQLEndpoint(
+        GraphQLExecution(
+            graphql_core_schema(build_schema()),
+            report_warnings=telemetry.upstream_warnings,
+            persisted_queries=None,
+            limits=OperationLimits(),
+            fast_path=True,
+            introspection=True,
+            suggestions=True,
+        ),
+        ContextFactory(
+            opened,
+            cursors=CursorCodec(b"a test cursor key"),
+            request_timeout=20,
+            max_upstream_requests=10,
+            max_calls_per_operation=5000,
+            max_entities=1000,
+        ),
+        graphiql=None,
+        telemetry=telemetry,
+        max_body_bytes=1_048_576,
+        csrf_prevention=True,
+        get_max_age=0,
+        event_streams=None,
+    )
+    headers = {**credential_headers(ACCOUNTS[0]), "content-type": "application/json"}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/graphql",
+        "query_string": b"",
+        "headers": [(name.lower().encode(), value.encode()) for name, value in headers.items()],
+    }
+    body = json.dumps({"query": "{ calls { id } }"}).encode()
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body}
+
+    async def cut_short() -> None:
+        handled = asyncio.ensure_future(endpoint.handle(Request(scope, receive)))
+        await asyncio.wait_for(upstream.asked.wait(), 5)
+        handled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await handled
+
+    with caplog.at_level(logging.INFO, logger="gateway.request"):
+        asyncio.run(cut_short())
+
+    [line] = [r.__dict__ for r in caplog.records if r.getMessage() == "graphql request"]
+    assert (line["status"], line["upstream_requests"]) == (503, 1)

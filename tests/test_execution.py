@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 from graphql import ExecutionResult, OperationType
-from starlette.requests import Request
 
 from gateway.calls import ListQuery
 from gateway.context import Context, UpstreamWarning
@@ -25,7 +24,6 @@ from gateway.errors import BadRequest, PersistedQueryNotFound
 from gateway.execution import GraphQLExecution, GraphQLParams, OperationResult, read_params
 from gateway.limits import OperationLimits
 from gateway.loaders import OperationLoader
-from gateway.observability.record import RequestRecord
 from gateway.pagination import CursorCodec
 from gateway.persisted_queries import PersistedQueries
 from gateway.sandbox import ACCOUNTS, credential_headers
@@ -74,7 +72,7 @@ class RecordingContexts:
         self.made: list[str] = []
 
     def __call__(
-        self, request: Request, request_id: str, credentials: CredentialsVerdict
+        self, request_id: str, credentials: CredentialsVerdict, *, refresh: bool
     ) -> Context:
         self.made.append(request_id)
         tally = UpstreamTally()
@@ -109,7 +107,6 @@ class Harness:
         self.warnings = RecordingWarnings()
         self.execution = GraphQLExecution(
             SCHEMA,
-            self.contexts,
             report_warnings=self.warnings,
             persisted_queries=persisted,
             limits=OperationLimits(max_root_fields=2),
@@ -122,13 +119,10 @@ class Harness:
         self, query: str, variables: dict[str, Any] | None = None, request_id: str = "r-1"
     ) -> OperationResult:
         headers = [(k.lower().encode(), v.encode()) for k, v in credential_headers(DEMO).items()]
-        request = Request({"type": "http", "method": "POST", "headers": headers})
         params = GraphQLParams(query, variables, None, None)
-        self.record = RequestRecord(request_id, "POST")
-        credentials = credentials_verdict(headers)
-        return asyncio.run(
-            self.execution.run(request, request_id, credentials, query, params, self.record)
-        )
+        # As the endpoint does: the context made for the request's verdict, then run.
+        self.context = self.contexts(request_id, credentials_verdict(headers), refresh=False)
+        return asyncio.run(self.execution.run(self.context, query, params))
 
 
 # -- one cache for every caller ----------------------------------------------------------
@@ -174,9 +168,8 @@ def test_a_refused_document_runs_nothing_and_keeps_no_parse(
     assert (result.codes, result.request_error, result.valid) == ([code], True, False)
     assert "data" not in result.body
     assert result.body["errors"][0]["extensions"]["code"] == code
-    # No context, so nothing could reach the upstream (nor any tally the line).
-    assert (harness.contexts.made, harness.service.asked) == ([], [])
-    assert harness.record.upstream is None
+    # Nothing ran, so nothing reached the upstream (nor counted in the tally).
+    assert (harness.service.asked, harness.context.tally.requests) == ([], 0)
     # A verdict is kept, a parse is not (cache stuffing): the next parse is a new one.
     assert (harness.execution.parse(query) is parsed) is kept
     assert harness.run(query).body == result.body
@@ -192,7 +185,7 @@ def test_a_subscription_is_refused_and_its_parse_let_go() -> None:
 
     assert "WebSocket" in refused.value.message
     assert harness.execution.parse(query) is not parsed
-    assert harness.contexts.made == []
+    assert harness.service.asked == []
 
 
 # -- running: either path, one result ---------------------------------------------------
@@ -217,9 +210,8 @@ def test_a_query_runs_once_upstream_with_its_name_and_oldest_fetch(fast_path: bo
     )
     assert result.fetched_at == FETCHED_AT
     assert harness.contexts.made == ["r-7"]
-    # The request's line reads the operation's tally.
-    assert harness.record.upstream is not None
-    assert harness.record.upstream.requests == 1
+    # What the caller's record reads: the tally of the context it made.
+    assert harness.context.tally.requests == 1
     assert [(user, query.size) for user, query in harness.service.asked] == [(DEMO.user_id, 2)]
 
 
@@ -251,9 +243,7 @@ def test_an_answers_warnings_are_reported_once_and_shown_beside_the_data() -> No
 def test_a_subscriptions_update_reports_its_warnings_once() -> None:
     # The context outlives the update: what was reported for one is not reported again.
     harness = Harness()
-    context = harness.contexts(
-        Request({"type": "http", "headers": []}), "r-3", credentials_verdict([])
-    )
+    context = harness.contexts("r-3", credentials_verdict([]), refresh=False)
     context.warnings.append(
         UpstreamWarning("odd", ("callsUpdated", "calls", 0), "c-1", "unknown_value")
     )

@@ -8,7 +8,8 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.requests import Request
 
-from gateway.health import readyz
+from gateway.health import Readiness
+from gateway.opened import Opened
 from tests.conftest import Gateway
 
 
@@ -54,15 +55,31 @@ class _Upstream:
 def test_readyz_never_answers_500_for_what_it_reports() -> None:
     # Before: GATEWAY_UPSTREAM_RATE=inf put `inf` in the pacing state and Starlette's
     # JSONResponse refused it: /readyz answered 500.
-    scope = {
-        "type": "http",
-        "method": "GET",
-        "path": "/readyz",
-        "headers": [],
-        "state": {"catapult": _Client(), "upstream": _Upstream()},
-    }
+    client: Opened[_Client] = Opened("the upstream client")
+    upstream: Opened[_Upstream] = Opened("the upstream service")
+    client.open(_Client())
+    upstream.open(_Upstream())
+    scope = {"type": "http", "method": "GET", "path": "/readyz", "headers": []}
 
-    response = asyncio.run(readyz(Request(scope)))
+    response = asyncio.run(Readiness(client, upstream).readyz(Request(scope)))
 
     assert response.status_code == 200
     assert json.loads(bytes(response.body))["pacing"] == {"rate": None, "nan": None}
+
+
+def test_readyz_says_starting_until_the_lifespan_opens_the_upstream() -> None:
+    client: Opened[_Client] = Opened("the upstream client")
+    upstream: Opened[_Upstream] = Opened("the upstream service")
+    readiness = Readiness(client, upstream)
+    scope = {"type": "http", "method": "GET", "path": "/readyz", "headers": []}
+
+    starting = asyncio.run(readiness.readyz(Request(scope)))
+    client.open(_Client())
+    upstream.open(_Upstream())
+    ready = asyncio.run(readiness.readyz(Request(scope)))
+
+    assert (starting.status_code, json.loads(bytes(starting.body))) == (
+        503,
+        {"status": "starting"},
+    )
+    assert (ready.status_code, json.loads(bytes(ready.body))["status"]) == (200, "ready")

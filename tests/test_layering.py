@@ -242,6 +242,38 @@ def test_the_command_line_and_server_load_no_graphql_stack(module: str) -> None:
     assert done.stdout.strip() == "[]"
 
 
+# What importing the schema must not load, however indirectly: a layer is HTTP-free only if
+# what it imports is too (the seam once held the factory, which loaded the loaders, the
+# upstream client, httpx, aiohttp and starlette). Of the upstream package, only the tally
+# (a type the seam names) and the REST routes (next links are checked against them).
+HTTP_LIBRARIES = {"httpx", "aiohttp", "starlette", "uvicorn", "redis", "aiocache"}
+SCHEMA_MAY_LOAD_OF_UPSTREAM = {
+    "gateway.upstream",
+    "gateway.upstream.routes",
+    "gateway.upstream.tally",
+}
+
+
+def test_importing_the_schema_loads_no_http_client_server_or_upstream() -> None:
+    # In a fresh interpreter: this one has loaded everything the other tests import.
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, gateway.schema; print(*sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=PACKAGE.parent,
+    ).stdout.split()
+
+    assert "gateway.schema" in loaded
+    assert [
+        module
+        for module in loaded
+        if module.split(".")[0] in HTTP_LIBRARIES
+        or module in {"gateway.loaders", "gateway.context_factory"}
+        or (module.startswith("gateway.upstream") and module not in SCHEMA_MAY_LOAD_OF_UPSTREAM)
+    ] == []
+
+
 def test_the_checks_read_every_kind_of_import(tmp_path: Path) -> None:
     # The checks above pass on a package with no imports at all: this one shows that the
     # reader finds each spelling, so that a pass means something.

@@ -49,9 +49,11 @@ from graphql import (
     get_operation_ast,
     map_async_iterable,
 )
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import Scope
 
+from gateway.cache_control import wants_fresh
 from gateway.context import Context, MakeContext
 from gateway.credentials import Credentials, CredentialsVerdict, caller
 from gateway.errors import STOPPED_CODE, BadRequest, GatewayError, PersistedQueryNotFound
@@ -61,6 +63,7 @@ from gateway.live.hub import LiveCalls, LiveHub
 from gateway.live.renders import Renders
 from gateway.observability.record import RequestRecord
 from gateway.observability.telemetry import Telemetry
+from gateway.opened import Held
 from gateway.request_facts import SCOPE_KEY, request_facts
 from gateway.schema.subscription import CallsUpdate
 
@@ -171,18 +174,21 @@ class Operations:
         execution: GraphQLExecution,
         make_context: MakeContext,
         *,
+        hub: Held[LiveHub],
         telemetry: Telemetry,
         renders: Renders,
     ) -> None:
         self._execution = execution
         self._make_context = make_context
+        # Opened when the app starts, after this is built (see `Opened`).
+        self._hub = hub
         self._telemetry = telemetry
         self._renders = renders
 
     async def run(
         self, request: LiveRequest, scope: Scope, record: RequestRecord | None
     ) -> OperationOutcome:
-        """Run `request` for the connection `scope` (its state, client and server).
+        """Run `request` for the connection `scope` (its headers, client and server).
 
         `record` is the transport's when the operation is its request (an event stream: the
         endpoint opened it, and a query fills it); None when the operation is a request of
@@ -250,9 +256,11 @@ class Operations:
             query = self._execution.document(params)
             if query is None:
                 raise BadRequest("The request must carry a GraphQL document in `query`.")
-            result = await self._execution.run(
-                http_request, request_id, credentials, query, params, record
-            )
+            refresh = wants_fresh(http_request.headers)
+            context = self._make_context(request_id, credentials, refresh=refresh)
+            # As the endpoint does: the line reads the tally even of an operation cut short.
+            record.upstream = context.tally
+            result = await self._execution.run(context, query, params)
         except (BadRequest, PersistedQueryNotFound) as exc:
             # As the endpoint answers them; an unknown persisted query is a 200 there.
             status = exc.status if isinstance(exc, BadRequest) else 200
@@ -275,11 +283,9 @@ class Operations:
         # A context of its own, with its own upstream tally (see `ContextFactory`): no line
         # reads it, as a subscription has none, and its updates come from pollers, each
         # poll counted in a tally of its own (source.py), never into this request's.
-        context = self._make_context(Request(http_scope), request_id, credentials)
-        # The hub comes from the lifespan's state, as the context's upstream does: it is
-        # opened when the app starts, after this was built.
-        hub: LiveHub = Request(http_scope).state.live
-        context.live = LiveCalls(hub, partial(caller, credentials))
+        refresh = wants_fresh(Headers(scope=http_scope))
+        context = self._make_context(request_id, credentials, refresh=refresh)
+        context.live = LiveCalls(self._hub.get(), partial(caller, credentials))
         # graphql-core's `subscribe`, composed by hand (as its documentation suggests) so
         # that `Stream` decides how each event is executed.
         executor = self._execution.subscription(
@@ -370,7 +376,7 @@ def _request_key(request: LiveRequest) -> Hashable:
 
 def _http_scope(scope: Scope, request: LiveRequest) -> Scope:
     """`request` as an HTTP POST on the connection `scope` came from would carry it: for
-    its Context (credentials, cache-control, the lifespan's state) and its record."""
+    its Context (credentials, cache-control) and its record."""
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -389,8 +395,6 @@ def _http_scope(scope: Scope, request: LiveRequest) -> Scope:
         ],
         "client": scope.get("client"),
         "server": scope.get("server"),
-        # The lifespan's state: the upstream client, cache and pacing of this process.
-        "state": scope.get("state", {}),
         "extensions": {},
         # An event stream's operation is its HTTP request (one request, one id: the one
         # its answer echoes); a socket's operations each have facts of their own.

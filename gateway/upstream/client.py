@@ -55,7 +55,7 @@ from gateway.errors import (
     UpstreamUnavailable,
     printable,
 )
-from gateway.upstream.routes import UpstreamRequest
+from gateway.upstream.routes import ANCHORED, UpstreamRequest
 from gateway.upstream.tally import UpstreamTally
 from gateway.upstream.transport import BodyRefused
 
@@ -676,7 +676,3 @@ def _within_bound(values: str | list[str]) -> list[str]:
             break
         kept.append(value)
     return kept
-
-
-# Marks a `Link` target whose `anchor` names another resource; never a URL's start.
-ANCHORED = "anchored "

@@ -18,7 +18,7 @@ from yarl import URL
 from gateway.calls import ListQuery
 from gateway.errors import GatewayError, UpstreamBadResponse
 from gateway.upstream import routes
-from gateway.upstream.client import ANCHORED
+from gateway.upstream.routes import ANCHORED
 
 _FILTERS = routes.FILTER_PARAMS
 

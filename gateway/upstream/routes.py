@@ -36,6 +36,11 @@ FILTER_PARAMS = (
 PAGE, SIZE, SORT_ORDER = "page", "size", "sortOrder"
 LIST_PARAMS = frozenset({name for name, _ in FILTER_PARAMS} | {PAGE, SIZE, SORT_ORDER})
 
+# Marks a `Link` target whose `anchor` names another resource; never a URL's start. Here,
+# not in the client, as pagination.py reads it: importing the schema, which checks next
+# links, then loads no HTTP client.
+ANCHORED = "anchored "
+
 
 @dataclass(frozen=True, slots=True)
 class UpstreamRequest:

@@ -1,7 +1,7 @@
 """What one operation asked of the upstream: its cache look-ups and the HTTP requests it sent.
 
-An `UpstreamTally` belongs to one operation (`context.ContextFactory` makes it) and travels
-down with it explicitly, as the deadline does:
+An `UpstreamTally` belongs to one operation (`context_factory.ContextFactory` makes it) and
+travels down with it explicitly, as the deadline does:
 
     loader -> service.list_calls / get_call(..., tally=)
            -> SingleFlightCache.get_or_load(..., tally=)   one look-up, by result

@@ -17,7 +17,8 @@ from graphql import GraphQLObjectType, GraphQLSchema
 from prometheus_client import CollectorRegistry
 
 from gateway.calls import ListQuery
-from gateway.context import ContextFactory, UpstreamWarning
+from gateway.context import UpstreamWarning
+from gateway.context_factory import ContextFactory
 from gateway.credentials import Credentials
 from gateway.execution import GraphQLExecution
 from gateway.limits import OperationLimits
@@ -27,10 +28,12 @@ from gateway.live.operations import LiveRequest, Operations, Refused, Single, St
 from gateway.live.renders import Renders
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry
+from gateway.opened import Opened
 from gateway.pagination import CursorCodec
 from gateway.sandbox import credential_headers
 from gateway.schema import build_schema, graphql_core_schema
 from gateway.upstream.client import UpstreamAnswer
+from gateway.upstream.entities import KnownCall
 from gateway.upstream.tally import UpstreamTally
 from tests.live.helpers import DEMO, SUBSCRIPTION, WAIT, call, identity_of
 
@@ -95,14 +98,34 @@ class RecordingService:
         tally.request_sent()  # as the client counts each HTTP attempt
         return UpstreamAnswer(self.body, {})
 
+    async def get_call(self, *args: Any, **options: Any) -> UpstreamAnswer | None:
+        raise AssertionError("these tests list calls only")
+
+    async def recall_calls(self, *args: Any) -> dict[str, KnownCall]:
+        raise AssertionError("these tests list calls only")
+
+    def next_page(self, *args: Any) -> None:
+        return None  # its pages link to no other
+
 
 def operations_for(
     schema: GraphQLSchema,
     warnings: RecordingWarnings | None = None,
     renders: Renders | None = None,
     telemetry: Telemetry | None = None,
+    *,
+    hub: LiveHub | None = None,
+    upstream: RecordingService | None = None,
 ) -> Operations:
+    """The live operations of an app whose lifespan opened `hub` and `upstream`."""
+    opened_hub: Opened[LiveHub] = Opened("the live hub")
+    opened_upstream: Opened[RecordingService] = Opened("the upstream service")
+    if hub is not None:
+        opened_hub.open(hub)
+    # A subscription's context has a loader too, though its updates come from the hub.
+    opened_upstream.open(RecordingService([]) if upstream is None else upstream)
     contexts = ContextFactory(
+        opened_upstream,
         cursors=CursorCodec(b"k" * 32),
         request_timeout=10,
         max_upstream_requests=10,
@@ -112,7 +135,6 @@ def operations_for(
 
     execution = GraphQLExecution(
         schema,
-        contexts,
         report_warnings=RecordingWarnings() if warnings is None else warnings,
         persisted_queries=None,
         limits=OperationLimits(
@@ -129,16 +151,17 @@ def operations_for(
     return Operations(
         execution,
         contexts,
+        hub=opened_hub,
         telemetry=telemetry or Telemetry(Metrics(multiprocess_dir=None), None),
         renders=Renders(max_documents=100, retry_after=1) if renders is None else renders,
     )
 
 
-async def subscribe(operations: Operations, hub: LiveHub, query: str) -> Stream:
-    """Subscribe on a socket of an app whose lifespan opened `hub`."""
+async def subscribe(operations: Operations, query: str) -> Stream:
+    """Subscribe on a socket (see `operations_for` for the hub)."""
     headers = [(k.lower().encode(), v.encode()) for k, v in credential_headers(DEMO).items()]
     request = LiveRequest(query, None, None, None, headers)
-    scope = {"type": "websocket", "headers": [], "state": {"upstream": None, "live": hub}}
+    scope = {"type": "websocket", "headers": []}
     stream = await operations.run(request, scope, None)
     assert isinstance(stream, Stream)
     return stream
@@ -171,10 +194,10 @@ def test_subscribers_of_one_request_cause_one_execution_per_update() -> None:
         source = FakeSource([call("c-1"), call("c-2", "started")])
         hub = hub_over(source)
         schema, runs = recording_schema()
-        operations = operations_for(schema)
-        same = [await subscribe(operations, hub, SUBSCRIPTION) for _ in range(SUBSCRIBERS)]
-        slow = await subscribe(operations, hub, SUBSCRIPTION)
-        other = await subscribe(operations, hub, OTHER)
+        operations = operations_for(schema, hub=hub)
+        same = [await subscribe(operations, SUBSCRIPTION) for _ in range(SUBSCRIBERS)]
+        slow = await subscribe(operations, SUBSCRIPTION)
+        other = await subscribe(operations, OTHER)
         try:
             # Read at once, as each subscriber's transport does: the subscribers of one
             # request must share its render even while it is still being made.
@@ -227,8 +250,7 @@ def test_an_updates_warnings_are_counted_and_capped_as_a_responses() -> None:
         warnings = RecordingWarnings()
         schema, _ = recording_schema()
         stream = await subscribe(
-            operations_for(schema, warnings),
-            hub,
+            operations_for(schema, warnings, hub=hub),
             "subscription { callsUpdated(size: 200) { calls { id state } } }",
         )
         try:
@@ -250,18 +272,18 @@ def test_an_account_holds_at_most_its_bound_of_distinct_requests() -> None:
     async def body() -> None:
         hub = hub_over(FakeSource([call("c-1")]))
         operations = operations_for(
-            recording_schema()[0], renders=Renders(max_documents=2, retry_after=3)
+            recording_schema()[0], renders=Renders(max_documents=2, retry_after=3), hub=hub
         )
         aliased = [
             SUBSCRIPTION.replace("{ callsUpdated", f"{{ a{i}: callsUpdated") for i in range(3)
         ]
-        held = [await subscribe(operations, hub, aliased[0]) for _ in range(5)]
-        held.append(await subscribe(operations, hub, aliased[1]))
+        held = [await subscribe(operations, aliased[0]) for _ in range(5)]
+        held.append(await subscribe(operations, aliased[1]))
         try:
             headers = [
                 (k.lower().encode(), v.encode()) for k, v in credential_headers(DEMO).items()
             ]
-            scope = {"type": "websocket", "headers": [], "state": {"upstream": None, "live": hub}}
+            scope = {"type": "websocket", "headers": []}
             refused = await operations.run(
                 LiveRequest(aliased[2], None, None, None, headers), scope, None
             )
@@ -274,7 +296,7 @@ def test_an_account_holds_at_most_its_bound_of_distinct_requests() -> None:
             }
             # Ending the last subscriber of a request gives its room back.
             await held.pop().aclose()
-            held.append(await subscribe(operations, hub, aliased[2]))
+            held.append(await subscribe(operations, aliased[2]))
         finally:
             for stream in held:
                 await stream.aclose()
@@ -322,14 +344,15 @@ def test_a_query_runs_here_and_is_observed_as_a_request_of_its_own(
         scope = {
             "type": "websocket",
             "headers": [(b"x-request-id", b"ignored-on-a-socket")],
-            "state": {"upstream": service, "live": None},
         }
         with caplog.at_level(logging.INFO, logger="gateway.request"):
             return await operations.run(LiveRequest(query, None, None, None, headers), scope, None)
 
     service = RecordingService([call("c-1")])
     metrics = Metrics(multiprocess_dir=None)
-    operations = operations_for(recording_schema()[0], telemetry=Telemetry(metrics, None))
+    operations = operations_for(
+        recording_schema()[0], telemetry=Telemetry(metrics, None), upstream=service
+    )
 
     outcome = asyncio.run(body())
 

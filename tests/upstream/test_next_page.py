@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from gateway.calls import ListQuery
 from gateway.errors import UpstreamBadResponse
-from gateway.upstream.client import ANCHORED, parse_link_header
+from gateway.upstream.client import parse_link_header
 from gateway.upstream.next_page import next_query
+from gateway.upstream.routes import ANCHORED
 from tests.conftest import examples
 
 BASE = "https://api.example.test/base"
