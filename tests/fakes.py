@@ -23,6 +23,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.body_budget import BodyBudget
+from gateway.context_factory import ContextFactory
+from gateway.endpoint import GraphQLEndpoint
+from gateway.execution import GraphQLExecution
+from gateway.limits import OperationLimits
+from gateway.observability.telemetry import Telemetry
+from gateway.opened import Opened
+from gateway.pagination import CursorCodec
+from gateway.schema import build_schema, graphql_core_schema
 from gateway.upstream.client import CatapultClient
 
 
@@ -159,4 +167,37 @@ def upstream_client(
         body_budget=BodyBudget(1 << 30) if body_budget is None else body_budget,
         connect_timeout=3.0,
         on_retry=lambda: None,
+    )
+
+
+def in_process_endpoint(upstream: Any, telemetry: Telemetry) -> GraphQLEndpoint:
+    """The app's endpoint, execution and context factory over `upstream` (a `CallService`
+    the lifespan has opened), without the middleware in front: an operation's whole way
+    down, in process. Requests time out after 20 s; no event streams, no GraphiQL."""
+    opened: Opened[Any] = Opened("the upstream service")
+    opened.open(upstream)
+    return GraphQLEndpoint(
+        GraphQLExecution(
+            graphql_core_schema(build_schema()),
+            report_warnings=telemetry.upstream_warnings,
+            persisted_queries=None,
+            limits=OperationLimits(),
+            fast_path=True,
+            introspection=True,
+            suggestions=True,
+        ),
+        ContextFactory(
+            opened,
+            cursors=CursorCodec(b"a test cursor key"),
+            request_timeout=20.0,
+            max_upstream_requests=10,
+            max_calls_per_operation=5000,
+            max_entities=1000,
+        ),
+        graphiql=None,
+        telemetry=telemetry,
+        max_body_bytes=1_048_576,
+        csrf_prevention=True,
+        get_max_age=0,
+        event_streams=None,
     )

@@ -17,19 +17,16 @@ from gateway.calls import ListQuery
 from gateway.context import Context
 from gateway.context_factory import ContextFactory
 from gateway.credentials import Credentials, CredentialsVerdict
-from gateway.endpoint import GraphQLEndpoint
 from gateway.errors import Unauthenticated
-from gateway.execution import GraphQLExecution
-from gateway.limits import OperationLimits
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry
 from gateway.opened import Opened
 from gateway.pagination import CursorCodec
 from gateway.sandbox import ACCOUNTS, credential_headers
-from gateway.schema import build_schema, graphql_core_schema
 from gateway.upstream.client import UpstreamAnswer
 from gateway.upstream.entities import KnownCall
 from gateway.upstream.tally import UpstreamTally
+from tests.fakes import in_process_endpoint
 
 REQUEST_TIMEOUT = 20.0
 FETCHED_AT = 1_700_000_000.0
@@ -226,32 +223,7 @@ def run_through_the_endpoint(query: str) -> tuple[RecordingScope, RecordingUpstr
     """One POST of `query` to an endpoint with the app's ContextFactory, in process."""
     upstream = RecordingUpstream()
     telemetry = Telemetry(Metrics(multiprocess_dir=None), None)
-    execution = GraphQLExecution(
-        graphql_core_schema(build_schema()),
-        report_warnings=telemetry.upstream_warnings,
-        persisted_queries=None,
-        limits=OperationLimits(),
-        fast_path=True,
-        introspection=True,
-        suggestions=True,
-    )
-    endpoint = GraphQLEndpoint(
-        execution,
-        ContextFactory(
-            opened(upstream),
-            cursors=CursorCodec(b"a test cursor key"),
-            request_timeout=REQUEST_TIMEOUT,
-            max_upstream_requests=10,
-            max_calls_per_operation=5000,
-            max_entities=1000,
-        ),
-        graphiql=None,
-        telemetry=telemetry,
-        max_body_bytes=1_048_576,
-        csrf_prevention=True,
-        get_max_age=0,
-        event_streams=None,
-    )
+    endpoint = in_process_endpoint(upstream, telemetry)
     headers = {
         **credential_headers(ACCOUNTS[0]),
         "content-type": "application/json",

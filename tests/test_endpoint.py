@@ -23,7 +23,6 @@ from starlette.types import Message
 from gateway.app import create_app
 from gateway.config import load_settings
 from gateway.context import Context
-from gateway.context_factory import ContextFactory
 from gateway.credentials import CredentialsVerdict, caller
 from gateway.endpoint import GraphQLEndpoint
 from gateway.errors import UpstreamTimeout
@@ -34,14 +33,13 @@ from gateway.loaders import OperationLoader
 from gateway.media import GRAPHQL_RESPONSE_JSON
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry
-from gateway.opened import Opened
 from gateway.pagination import CursorCodec
 from gateway.sandbox import ACCOUNTS, credential_headers
-from gateway.schema import build_schema, graphql_core_schema
 from gateway.upstream.client import UpstreamAnswer
 from gateway.upstream.entities import KnownCall
 from gateway.upstream.tally import UpstreamTally
 from tests.conftest import Gateway, Sandbox
+from tests.fakes import in_process_endpoint
 from tests.servers import free_port, serve
 
 DEMO = ACCOUNTS[0]
@@ -630,34 +628,8 @@ def test_a_request_cut_short_still_logs_what_its_operation_sent(
     # The endpoint hands its record the context's tally before it awaits the run: the
     # line of a request cancelled mid-operation (a shutdown) counts the attempt it sent.
     upstream = _HangingUpstream()
-    opened: Opened[_HangingUpstream] = Opened("the upstream service")
-    opened.open(upstream)
     telemetry = Telemetry(Metrics(multiprocess_dir=None), None)
-    endpoint = GraphQLEndpoint(
-        GraphQLExecution(
-            graphql_core_schema(build_schema()),
-            report_warnings=telemetry.upstream_warnings,
-            persisted_queries=None,
-            limits=OperationLimits(),
-            fast_path=True,
-            introspection=True,
-            suggestions=True,
-        ),
-        ContextFactory(
-            opened,
-            cursors=CursorCodec(b"a test cursor key"),
-            request_timeout=20,
-            max_upstream_requests=10,
-            max_calls_per_operation=5000,
-            max_entities=1000,
-        ),
-        graphiql=None,
-        telemetry=telemetry,
-        max_body_bytes=1_048_576,
-        csrf_prevention=True,
-        get_max_age=0,
-        event_streams=None,
-    )
+    endpoint = in_process_endpoint(upstream, telemetry)
     headers = {**credential_headers(ACCOUNTS[0]), "content-type": "application/json"}
     scope = {
         "type": "http",
