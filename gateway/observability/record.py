@@ -1,10 +1,10 @@
 """The record of one GraphQL request, and its request id.
 
 The record is filled in by the layers that hold it (the endpoint or the live operations,
-the execution they hand it to, and `gateway.observability.telemetry`, which makes it and
-writes its line when the request ends); nothing below them reaches it. What the
-operation asked of the upstream comes from the operation's own `UpstreamTally`, which
-`GraphQLExecution.run` hands the record and the line reads at the end.
+and `gateway.observability.telemetry`, which makes it and writes its line when the
+request ends); nothing below them reaches it. What the operation asked of the upstream
+comes from the operation's own `UpstreamTally`, which the record's owner attaches before
+the operation runs and the line reads at the end.
 """
 
 from __future__ import annotations

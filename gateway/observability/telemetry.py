@@ -3,7 +3,7 @@
 Each upstream call's span and metric are added by `transport.InstrumentedTransport`. What
 the upstream layers report here is counted process-wide only: what one request's
 operation asked of the upstream reaches its line through the operation's own tally,
-which `GraphQLExecution.run` hands the record (`RequestRecord.upstream`).
+which the record's owner attaches to it (`RequestRecord.upstream`).
 """
 
 from __future__ import annotations

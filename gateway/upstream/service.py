@@ -309,8 +309,8 @@ def create_upstream(
     )
     entities = None
     if cache_ttl > 0:
-        # Its own store: a page of 1,000 calls must not evict the whole-answer entries.
-        # With Redis both live in one server under different keys.
+        # Its own store: a page of 1,000 calls must not evict the upstream cache's
+        # answers. With Redis both live in one server under different keys.
         entity_store = store if isinstance(store, RedisStore) else new_store()
         entities = EntityView(
             entity_store, keys, ttl=cache_ttl, owns_store=entity_store is not store

@@ -7,9 +7,9 @@ travels down with it explicitly, as the deadline does:
            -> SingleFlightCache.get_or_load(..., tally=)   one look-up, by result
            -> CatapultClient.fetch(..., tally=)            one per HTTP attempt, retries too
 
-`GraphQLExecution.run` hands it to the request's record (over HTTP or a live
-transport alike), whose log line reads it when the request ends. Nothing
-below finds it any other way (no context variable): a layer counts into the tally it was
+The layer that owns the request's record (the HTTP endpoint, or the live operations
+for a socket's operation) attaches the context's tally to it before the operation runs,
+and the log line reads it when the request ends. Nothing below finds it any other way (no context variable): a layer counts into the tally it was
 handed for the operation it works for, so a task that outlives its request, or serves
 another's, cannot count into the wrong line. The Prometheus counters are counted apart
 from it, process-wide.
