@@ -9,8 +9,9 @@ travels down with it explicitly, as the deadline does:
 
 The layer that owns the request's record (the HTTP endpoint, or the live operations
 for a socket's operation) attaches the context's tally to it before the operation runs,
-and the log line reads it when the request ends. Nothing below finds it any other way (no context variable): a layer counts into the tally it was
-handed for the operation it works for, so a task that outlives its request, or serves
+and the log line reads it when the request ends. Nothing below finds it any other way
+(no context variable): a layer counts into the tally it was handed for the operation it
+works for, so a task that outlives its request, or serves
 another's, cannot count into the wrong line. The Prometheus counters are counted apart
 from it, process-wide.
 """
