@@ -40,7 +40,6 @@ from gateway.observability.logging import configure_logging
 from gateway.observability.metrics import Metrics, MetricsEndpoint
 from gateway.observability.telemetry import Telemetry
 from gateway.observability.transport import InstrumentedTransport
-from gateway.opened import Opened
 from gateway.pagination import CursorCodec
 from gateway.persisted_queries import PersistedQueries
 from gateway.sandbox import ACCOUNTS, SandboxOptions, create_sandbox_app, credential_headers
@@ -69,12 +68,49 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
 
     telemetry = create_telemetry(settings, metrics_dir)
     metrics = telemetry.metrics
-    live_metrics = LiveMetrics(metrics.registry)
-    # Opened by the lifespan, after the routes that are built with them below: each
-    # request reads them there, never in its scope's state.
-    opened_catapult: Opened[CatapultClient] = Opened("the upstream client")
-    opened_upstream: Opened[CatapultService] = Opened("the upstream service")
-    opened_hub: Opened[LiveHub] = Opened("the live hub")
+    # Read once, before anything is built: under `serve --sandbox` the client goes to the
+    # sandbox mounted in this very app, reached over loopback HTTP, so the demo exercises
+    # the same client, pool and retries as production does.
+    upstream_base = (
+        str(sandbox_upstream_url(settings)).rstrip("/")
+        if settings.sandbox
+        else settings.upstream_base
+    )
+    # The process-wide collaborators, built here and handed to what uses them; none
+    # connects before its first use, and the lifespan opens and closes them.
+    transport = InstrumentedTransport(
+        create_transport(
+            max_connections=settings.upstream_max_connections,
+            max_body_bytes=settings.upstream_max_body_bytes,
+        ),
+        telemetry,
+    )
+    catapult = CatapultClient(
+        transport,
+        base_url=upstream_base,
+        retries=settings.upstream_retries,
+        upstream_timeout=settings.upstream_timeout,
+        body_budget=BodyBudget(settings.upstream_body_budget_bytes),
+        connect_timeout=settings.upstream_connect_timeout,
+        on_retry=metrics.upstream_retry,
+    )
+    secret = settings.cache_key
+    upstream = create_upstream(
+        catapult,
+        telemetry,
+        cache_url=settings.cache_url,
+        cache_key=None if secret is None else secret.get_secret_value().encode(),
+        cache_ttl=settings.cache_ttl,
+        cache_max_entries=settings.cache_max_entries,
+        cache_max_bytes=settings.cache_max_bytes,
+        cache_timeout=settings.cache_timeout,
+        rate=settings.upstream_rate,
+        queue_timeout=settings.upstream_queue_timeout,
+        pacing_file=settings.pacing_file,
+        clock=MonotonicClock(),
+    )
+    sharing = create_sharing(settings)
+    hub = create_hub(settings, upstream, LiveMetrics(metrics.registry), sharing)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -83,43 +119,9 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
             collect_cycles(CYCLE_COLLECTION_SECONDS, heap_trimmer())
         )
         try:
-            pool = create_transport(
-                max_connections=settings.upstream_max_connections,
-                max_body_bytes=settings.upstream_max_body_bytes,
-            )
-            async with InstrumentedTransport(pool, telemetry) as transport:
-                catapult = CatapultClient(
-                    transport,
-                    base_url=settings.upstream_base,
-                    retries=settings.upstream_retries,
-                    upstream_timeout=settings.upstream_timeout,
-                    body_budget=BodyBudget(settings.upstream_body_budget_bytes),
-                    connect_timeout=settings.upstream_connect_timeout,
-                    on_retry=metrics.upstream_retry,
-                )
-                secret = settings.cache_key
-                upstream = create_upstream(
-                    catapult,
-                    telemetry,
-                    cache_url=settings.cache_url,
-                    cache_key=None if secret is None else secret.get_secret_value().encode(),
-                    cache_ttl=settings.cache_ttl,
-                    cache_max_entries=settings.cache_max_entries,
-                    cache_max_bytes=settings.cache_max_bytes,
-                    cache_timeout=settings.cache_timeout,
-                    rate=settings.upstream_rate,
-                    queue_timeout=settings.upstream_queue_timeout,
-                    pacing_file=settings.pacing_file,
-                    clock=MonotonicClock(),
-                )
-                # Asks the cache store once at start-up: a wrong password or an unreachable
-                # Redis is logged now, not at the first request, and /readyz says so.
-                await upstream.check()
-                sharing = create_sharing(settings)
-                hub = create_hub(settings, upstream, live_metrics, sharing)
-                opened_catapult.open(catapult)
-                opened_upstream.open(upstream)
-                opened_hub.open(hub)
+            # Closing the transport closes the upstream connection pool, last.
+            async with transport:
+                await upstream.open()
                 try:
                     yield
                 finally:
@@ -128,9 +130,6 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
                     if sharing is not None:
                         await sharing.close()
                     await upstream.close()
-                    opened_hub.close()
-                    opened_upstream.close()
-                    opened_catapult.close()
         finally:
             # After the last in-flight request (uvicorn drains them before the lifespan ends).
             collector.cancel()
@@ -149,9 +148,6 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
     default_headers = None
     routes: list[BaseRoute] = []
     if settings.sandbox:
-        # The sandbox is mounted in this very app and reached over loopback HTTP, so the
-        # demo exercises the same client, pool and retries as production does.
-        settings = settings.model_copy(update={"upstream_url": sandbox_upstream_url(settings)})
         default_headers = credential_headers(ACCOUNTS[0])
         # Without its test controls: the demo may listen on every interface.
         live = SandboxOptions(live_interval=settings.sandbox_live_interval)
@@ -159,7 +155,7 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
 
     graphiql = GraphiQLPage(endpoint="/graphql", default_headers=default_headers)
     contexts = ContextFactory(
-        opened_upstream,
+        upstream,
         cursors=CursorCodec(cursor_key),
         request_timeout=settings.request_timeout,
         max_upstream_requests=settings.max_upstream_requests,
@@ -191,7 +187,7 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
     operations = Operations(
         execution,
         contexts,
-        hub=opened_hub,
+        hub=hub,
         telemetry=telemetry,
         renders=Renders(
             max_documents=settings.live_max_documents_per_account,
@@ -222,7 +218,7 @@ def create_app(settings: Settings, *, metrics_dir: str | None = None) -> Starlet
         Route("/graphql", endpoint),
         WebSocketRoute("/graphql", websocket),
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", Readiness(opened_catapult, opened_upstream).readyz, methods=["GET"]),
+        Route("/readyz", Readiness(catapult, upstream).readyz, methods=["GET"]),
         Route("/metrics", MetricsEndpoint(metrics), methods=["GET"]),
         Route(GraphiQLAssets.ROUTE, GraphiQLAssets(graphiql), methods=["GET"]),
     ]

@@ -9,7 +9,6 @@ from functools import partial
 from gateway.context import Context
 from gateway.credentials import CredentialsVerdict, caller
 from gateway.loaders import CallService, OperationLoader
-from gateway.opened import Held
 from gateway.pagination import CursorCodec
 from gateway.upstream.tally import UpstreamTally
 
@@ -17,13 +16,12 @@ from gateway.upstream.tally import UpstreamTally
 class ContextFactory:
     """Makes each request's `Context`: its loader, deadline, and upstream tally.
 
-    Built once by the app, with the upstream service the app's lifespan opens at start-up,
-    after the routes are made.
+    Built once by the app, with the upstream service (which the app's lifespan opens).
     """
 
     def __init__(
         self,
-        upstream: Held[CallService],
+        upstream: CallService,
         *,
         cursors: CursorCodec,
         request_timeout: float,
@@ -46,7 +44,7 @@ class ContextFactory:
         # values, never on the request.
         tally = UpstreamTally()
         loader = OperationLoader(
-            self._upstream.get(),
+            self._upstream,
             partial(caller, credentials),
             tally=tally,
             deadline=time.monotonic() + self._request_timeout,

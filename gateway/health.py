@@ -8,8 +8,6 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.opened import Held
-
 
 async def healthz(request: Request) -> JSONResponse:
     """Alive: the process answers HTTP."""
@@ -24,30 +22,28 @@ class UpstreamClient(Protocol):
 
 
 class UpstreamCheck(Protocol):
-    """What readiness asks of the upstream service (`CatapultService.check`)."""
+    """What readiness asks of the upstream service (`CatapultService`)."""
+
+    @property
+    def is_open(self) -> bool: ...
 
     async def check(self) -> dict[str, Any]: ...
 
 
 class Readiness:
-    """Ready: start-up has finished and the upstream client is open; cache state beside.
+    """Ready: start-up has finished (the app's lifespan opened the upstream service);
+    cache state beside."""
 
-    Built with the client and service the app's lifespan opens at start-up (`Opened`).
-    """
-
-    def __init__(self, client: Held[UpstreamClient], upstream: Held[UpstreamCheck]) -> None:
+    def __init__(self, client: UpstreamClient, upstream: UpstreamCheck) -> None:
         self._client = client
         self._upstream = upstream
 
     async def readyz(self, request: Request) -> Response:
-        client = self._client.current
-        if client is None:
+        if not self._upstream.is_open:
             return _json({"status": "starting"}, 503)
-        body: dict[str, Any] = {"status": "ready", "upstream": client.base_url}
-        upstream = self._upstream.current
-        if upstream is not None:
-            # Reported, not judged: a cache outage slows the gateway but it still serves.
-            body.update(await upstream.check())
+        body: dict[str, Any] = {"status": "ready", "upstream": self._client.base_url}
+        # Reported, not judged: a cache outage slows the gateway but it still serves.
+        body.update(await self._upstream.check())
         return _json(body, 200)
 
 

@@ -28,7 +28,6 @@ from gateway.endpoint import GraphQLEndpoint
 from gateway.execution import GraphQLExecution
 from gateway.limits import OperationLimits
 from gateway.observability.telemetry import Telemetry
-from gateway.opened import Opened
 from gateway.pagination import CursorCodec
 from gateway.schema import build_schema, graphql_core_schema
 from gateway.upstream.client import CatapultClient
@@ -171,11 +170,9 @@ def upstream_client(
 
 
 def in_process_endpoint(upstream: Any, telemetry: Telemetry) -> GraphQLEndpoint:
-    """The app's endpoint, execution and context factory over `upstream` (a `CallService`
-    the lifespan has opened), without the middleware in front: an operation's whole way
-    down, in process. Requests time out after 20 s; no event streams, no GraphiQL."""
-    opened: Opened[Any] = Opened("the upstream service")
-    opened.open(upstream)
+    """The app's endpoint, execution and context factory over `upstream` (a `CallService`),
+    without the middleware in front: an operation's whole way down, in process. Requests
+    time out after 20 s; no event streams, no GraphiQL."""
     return GraphQLEndpoint(
         GraphQLExecution(
             graphql_core_schema(build_schema()),
@@ -187,7 +184,7 @@ def in_process_endpoint(upstream: Any, telemetry: Telemetry) -> GraphQLEndpoint:
             suggestions=True,
         ),
         ContextFactory(
-            opened,
+            upstream,
             cursors=CursorCodec(b"a test cursor key"),
             request_timeout=20.0,
             max_upstream_requests=10,

@@ -9,10 +9,13 @@ import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 import gateway.app
-from gateway.app import collect_cycles, heap_trimmer
+from gateway.app import collect_cycles, create_app, heap_trimmer
+from gateway.config import load_settings
+from tests.inprocess import serve_in_process
 
 
 class Node:
@@ -83,22 +86,60 @@ def test_the_heap_trimmer_runs_whatever_the_c_library() -> None:
     heap_trimmer()()  # glibc's malloc_trim here, nothing where the C library has none
 
 
-def test_create_app_defines_no_handler_of_its_own() -> None:
-    # A function defined inside create_app is a closure on the request path: the handlers
-    # are objects of their own modules, made here with their collaborators. The lifespan is
-    # the one exception, run once at start-up and shutdown.
+def create_app_tree() -> ast.FunctionDef:
     tree = ast.parse(Path(gateway.app.__file__).read_text())
-    [create_app] = [
+    [function] = [
         node
         for node in tree.body
         if isinstance(node, ast.FunctionDef) and node.name == "create_app"
     ]
+    return function
+
+
+def test_create_app_defines_no_handler_of_its_own() -> None:
+    # A function defined inside create_app is a closure on the request path: the handlers
+    # are objects of their own modules, made here with their collaborators. The lifespan is
+    # the one exception, run once at start-up and shutdown.
+    function = create_app_tree()
 
     inner = [
         "<lambda>" if isinstance(node, ast.Lambda) else node.name
-        for node in ast.walk(create_app)
+        for node in ast.walk(function)
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
-        and node is not create_app
+        and node is not function
     ]
 
     assert inner == ["lifespan"]
+
+
+def test_create_app_reads_its_settings_as_given() -> None:
+    # Before: `serve --sandbox` rebound `settings` halfway down, and the sandbox's URL
+    # reached the upstream client only because the lifespan read it late.
+    rebound = [
+        node.lineno
+        for node in ast.walk(create_app_tree())
+        if isinstance(node, ast.Name)
+        and node.id == "settings"
+        and isinstance(node.ctx, ast.Store | ast.Del)
+    ]
+
+    assert rebound == []
+
+
+def test_readyz_says_starting_until_the_lifespan_opens_then_names_the_sandbox() -> None:
+    app = create_app(load_settings({"GATEWAY_SANDBOX": "true", "GATEWAY_PORT": "8123"}))
+
+    async def before_the_lifespan() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+            return await http.get("/readyz")
+
+    starting = asyncio.run(before_the_lifespan())
+    with (
+        serve_in_process(app) as transport,
+        httpx.Client(transport=transport, base_url="http://gateway") as http,
+    ):
+        ready = http.get("/readyz")
+
+    assert (starting.status_code, starting.json()) == (503, {"status": "starting"})
+    assert (ready.status_code, ready.json()["upstream"]) == (200, "http://127.0.0.1:8123/sandbox")

@@ -20,7 +20,6 @@ from gateway.credentials import Credentials, CredentialsVerdict
 from gateway.errors import Unauthenticated
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry
-from gateway.opened import Opened
 from gateway.pagination import CursorCodec
 from gateway.sandbox import ACCOUNTS, credential_headers
 from gateway.upstream.client import UpstreamAnswer
@@ -86,13 +85,6 @@ class RecordingUpstream:
         return None  # the canned page links to no other
 
 
-def opened(upstream: RecordingUpstream) -> Opened[RecordingUpstream]:
-    """The upstream service as the app's lifespan opens it."""
-    held: Opened[RecordingUpstream] = Opened("the upstream service")
-    held.open(upstream)
-    return held
-
-
 def make_context(
     upstream: RecordingUpstream,
     credentials: CredentialsVerdict = CALLER,
@@ -100,7 +92,7 @@ def make_context(
     refresh: bool = False,
 ) -> Context:
     factory = ContextFactory(
-        opened(upstream),
+        upstream,
         cursors=CursorCodec(b"a test cursor key"),
         request_timeout=REQUEST_TIMEOUT,
         max_upstream_requests=10,

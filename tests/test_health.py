@@ -9,7 +9,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.requests import Request
 
 from gateway.health import Readiness
-from gateway.opened import Opened
 from tests.conftest import Gateway
 
 
@@ -48,6 +47,11 @@ class _Client:
 
 
 class _Upstream:
+    """The upstream service as readiness sees it; open unless a test says otherwise."""
+
+    def __init__(self, *, is_open: bool = True) -> None:
+        self.is_open = is_open
+
     async def check(self) -> dict[str, Any]:
         return {"pacing": {"rate": math.inf, "nan": math.nan}, "cache": {"backend": "memory"}}
 
@@ -55,27 +59,21 @@ class _Upstream:
 def test_readyz_never_answers_500_for_what_it_reports() -> None:
     # Before: GATEWAY_UPSTREAM_RATE=inf put `inf` in the pacing state and Starlette's
     # JSONResponse refused it: /readyz answered 500.
-    client: Opened[_Client] = Opened("the upstream client")
-    upstream: Opened[_Upstream] = Opened("the upstream service")
-    client.open(_Client())
-    upstream.open(_Upstream())
     scope = {"type": "http", "method": "GET", "path": "/readyz", "headers": []}
 
-    response = asyncio.run(Readiness(client, upstream).readyz(Request(scope)))
+    response = asyncio.run(Readiness(_Client(), _Upstream()).readyz(Request(scope)))
 
     assert response.status_code == 200
     assert json.loads(bytes(response.body))["pacing"] == {"rate": None, "nan": None}
 
 
 def test_readyz_says_starting_until_the_lifespan_opens_the_upstream() -> None:
-    client: Opened[_Client] = Opened("the upstream client")
-    upstream: Opened[_Upstream] = Opened("the upstream service")
-    readiness = Readiness(client, upstream)
+    upstream = _Upstream(is_open=False)
+    readiness = Readiness(_Client(), upstream)
     scope = {"type": "http", "method": "GET", "path": "/readyz", "headers": []}
 
     starting = asyncio.run(readiness.readyz(Request(scope)))
-    client.open(_Client())
-    upstream.open(_Upstream())
+    upstream.is_open = True
     ready = asyncio.run(readiness.readyz(Request(scope)))
 
     assert (starting.status_code, json.loads(bytes(starting.body))) == (

@@ -63,7 +63,6 @@ from gateway.live.hub import LiveCalls, LiveHub
 from gateway.live.renders import Renders
 from gateway.observability.record import RequestRecord
 from gateway.observability.telemetry import Telemetry
-from gateway.opened import Held
 from gateway.request_facts import SCOPE_KEY, request_facts
 from gateway.schema.subscription import CallsUpdate
 
@@ -174,13 +173,12 @@ class Operations:
         execution: GraphQLExecution,
         make_context: MakeContext,
         *,
-        hub: Held[LiveHub],
+        hub: LiveHub,
         telemetry: Telemetry,
         renders: Renders,
     ) -> None:
         self._execution = execution
         self._make_context = make_context
-        # Opened when the app starts, after this is built (see `Opened`).
         self._hub = hub
         self._telemetry = telemetry
         self._renders = renders
@@ -285,7 +283,7 @@ class Operations:
         # poll counted in a tally of its own (source.py), never into this request's.
         refresh = wants_fresh(Headers(scope=http_scope))
         context = self._make_context(request_id, credentials, refresh=refresh)
-        context.live = LiveCalls(self._hub.get(), partial(caller, credentials))
+        context.live = LiveCalls(self._hub, partial(caller, credentials))
         # graphql-core's `subscribe`, composed by hand (as its documentation suggests) so
         # that `Stream` decides how each event is executed.
         executor = self._execution.subscription(

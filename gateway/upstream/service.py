@@ -107,7 +107,11 @@ def _no_veto() -> None:
 
 
 class CatapultService:
-    """The Catapult calls API as the operations see it: cached, shared and paced."""
+    """The Catapult calls API as the operations see it: cached, shared and paced.
+
+    Built with the app and opened by its lifespan (`open`, then `close`): it makes no
+    connection before its first use, so it is built without an event loop.
+    """
 
     def __init__(
         self,
@@ -127,6 +131,7 @@ class CatapultService:
         self._ttl = ttl
         self._entities = entities
         self._slots_file = slots_file
+        self._open = False
 
     async def list_calls(
         self,
@@ -241,7 +246,19 @@ class CatapultService:
             "pacing": self._lanes.state(),
         }
 
+    async def open(self) -> None:
+        """Ask the cache store once, at start-up: a wrong password or an unreachable Redis
+        is logged now, not at the first request, and /readyz says so."""
+        await self.check()
+        self._open = True
+
+    @property
+    def is_open(self) -> bool:
+        """Opened and not closed yet: start-up has finished (what /readyz waits for)."""
+        return self._open
+
     async def close(self) -> None:
+        self._open = False
         await self._cache.close()
         if self._entities is not None:
             await self._entities.close()

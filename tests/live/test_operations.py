@@ -28,7 +28,6 @@ from gateway.live.operations import LiveRequest, Operations, Refused, Single, St
 from gateway.live.renders import Renders
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry
-from gateway.opened import Opened
 from gateway.pagination import CursorCodec
 from gateway.sandbox import credential_headers
 from gateway.schema import build_schema, graphql_core_schema
@@ -117,15 +116,10 @@ def operations_for(
     hub: LiveHub | None = None,
     upstream: RecordingService | None = None,
 ) -> Operations:
-    """The live operations of an app whose lifespan opened `hub` and `upstream`."""
-    opened_hub: Opened[LiveHub] = Opened("the live hub")
-    opened_upstream: Opened[RecordingService] = Opened("the upstream service")
-    if hub is not None:
-        opened_hub.open(hub)
+    """The live operations of an app over `hub` and `upstream` (idle ones by default)."""
     # A subscription's context has a loader too, though its updates come from the hub.
-    opened_upstream.open(RecordingService([]) if upstream is None else upstream)
     contexts = ContextFactory(
-        opened_upstream,
+        RecordingService([]) if upstream is None else upstream,
         cursors=CursorCodec(b"k" * 32),
         request_timeout=10,
         max_upstream_requests=10,
@@ -151,7 +145,7 @@ def operations_for(
     return Operations(
         execution,
         contexts,
-        hub=opened_hub,
+        hub=hub_over(FakeSource([])) if hub is None else hub,
         telemetry=telemetry or Telemetry(Metrics(multiprocess_dir=None), None),
         renders=Renders(max_documents=100, retry_after=1) if renders is None else renders,
     )

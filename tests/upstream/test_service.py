@@ -97,6 +97,22 @@ def run(main: Callable[[CatapultService], Any], upstream: RecordingUpstream, **o
 LIST = {calls_path("u-1"): httpx.Response(200, json=CALLS)}
 
 
+def test_a_service_is_built_without_a_loop_and_open_from_its_opening_to_its_closing() -> None:
+    upstream = RecordingUpstream(LIST)
+    built = service(upstream, RecordingMetrics())  # no event loop runs here
+
+    async def main() -> list[bool]:
+        seen = [built.is_open]
+        await built.open()
+        seen.append(built.is_open)
+        await built.list_calls(CREDENTIALS, QUERY, deadline=deadline(), tally=UpstreamTally())
+        await built.close()
+        return [*seen, built.is_open]
+
+    assert asyncio.run(main()) == [False, True, False]
+    assert upstream.paths == [calls_path("u-1")]
+
+
 @pytest.mark.parametrize(
     ("answer", "outcome"),
     [
