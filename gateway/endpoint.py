@@ -10,9 +10,9 @@
       render   the status for the media type, cache headers, the answer cache's verdict
 
 Each request is observed once, here (`Telemetry.request`: its log line, metrics and
-span); the endpoint fills in its record, and a query it hands to the event streams is
-recorded in that same record where it runs (`gateway.live.operations`), with the request
-id the answer echoes: one request, one line.
+span); the endpoint alone fills in its record, a query it hands to the event streams
+too, from the `Answer` they return with their stream (`gateway.live.operations` ran it,
+with the request id the answer echoes): one request, one line.
 """
 
 from __future__ import annotations
@@ -31,12 +31,8 @@ from starlette.types import Receive, Scope, Send
 from gateway.cache_control import wants_fresh
 from gateway.context import MakeContext
 from gateway.credentials import CredentialsVerdict
-from gateway.errors import (
-    STOPPED_CODE,
-    BadRequest,
-    PersistedQueryNotFound,
-)
-from gateway.execution import GraphQLExecution, GraphQLParams, read_params
+from gateway.errors import BadRequest
+from gateway.execution import Answer, GraphQLExecution, GraphQLParams, read_params
 from gateway.graphiql import GraphiQLPage
 from gateway.graphql_errors import refusal_body
 from gateway.media import GRAPHQL_RESPONSE_JSON, JSON, Accepted, accepted
@@ -64,8 +60,10 @@ class EventStreamResponder(Protocol):
         variables: dict[str, Any] | None,
         operation_name: str | None,
         extensions: dict[str, Any] | None,
-        record: RequestRecord,
-    ) -> Awaitable[Response]: ...
+    ) -> Awaitable[tuple[Response, Answer | None]]: ...
+
+    # The stream, and what its query came to (None for a subscription's): the endpoint
+    # records it in the request's one line.
 
 
 # Wanted, Outcome and AnswerVerdict are made for every request and never changed after.
@@ -77,7 +75,6 @@ class Wanted:
     """What reading the HTTP request found: the document to run, and how to answer."""
 
     media_type: str
-    query: str
     params: GraphQLParams
 
 
@@ -87,7 +84,8 @@ class Outcome:
 
     `body` is a GraphQL response body, or the GraphiQL page's HTML. `codes` are its
     errors' codes (for the log line, the metrics and the cache's verdict); `fetched_at`
-    is when the oldest upstream answer it was built from was fetched, if it used any.
+    is when the oldest upstream answer it was built from was fetched, if it used any;
+    `checked`, whether the operation's name may take a metrics slot.
     """
 
     body: dict[str, Any] | str
@@ -97,6 +95,7 @@ class Outcome:
     operation: str | None = None
     headers: dict[str, str] | None = None
     fetched_at: float | None = None
+    checked: bool = False
 
 
 @dataclass(slots=True)
@@ -124,6 +123,7 @@ class Streamed:
 
     response: Response
     operation: str | None
+    answer: Answer | None
 
 
 class GraphQLResponse(Response):
@@ -184,20 +184,27 @@ class GraphQLEndpoint:
             try:
                 outcome = await self._outcome(request, request_id, record)
             except asyncio.CancelledError:
-                # Cut short (the server's shutdown): the shutdown layer answers 503 with
-                # this code and request id, and the log line must say what was answered.
-                record.status, record.error_codes = 503, [STOPPED_CODE]
+                record.stopped()
                 raise
             if isinstance(outcome, Streamed):
                 # Without a verdict, so never kept; it says itself not to be (`no-cache`).
-                # A query's operation was recorded where it ran (`Operations`); the status
-                # is the stream's, what the client was answered.
-                record.operation = record.operation or outcome.operation
-                record.status = outcome.response.status_code
-                outcome.response.headers["x-request-id"] = request_id
-                return outcome.response
-            record.operation, record.error_codes = outcome.operation, outcome.codes
-            record.status = outcome.status
+                # The status is the stream's, what the client was answered.
+                response, answer = outcome.response, outcome.answer
+                if answer is None:
+                    record.answered(outcome.operation, response.status_code, [])
+                else:
+                    record.answered(
+                        answer.operation or outcome.operation,
+                        response.status_code,
+                        answer.codes,
+                        checked=answer.checked,
+                        upstream=answer.tally,
+                    )
+                response.headers["x-request-id"] = request_id
+                return response
+            record.answered(
+                outcome.operation, outcome.status, outcome.codes, checked=outcome.checked
+            )
         return self._render(request, outcome, request_id)
 
     async def _outcome(
@@ -213,7 +220,7 @@ class GraphQLEndpoint:
         ):
             return Outcome(self._graphiql.html, "text/html")
         try:
-            wanted = await self._read(request, accept, record)
+            wanted = await self._read(request, accept)
             if isinstance(wanted, Outcome | Streamed):
                 return wanted
             return await self._execute(request, wanted, request_id, record)
@@ -222,9 +229,7 @@ class GraphQLEndpoint:
 
     # -- read: from HTTP to the document to run --
 
-    async def _read(
-        self, request: Request, accept: Accepted, record: RequestRecord
-    ) -> Wanted | Outcome | Streamed:
+    async def _read(self, request: Request, accept: Accepted) -> Wanted | Streamed:
         """The GraphQL request in `request`; raises `BadRequest` for a malformed one."""
         if request.method not in ("GET", "POST"):
             raise BadRequest("Use GET or POST.", status=405, headers={"allow": "GET, POST"})
@@ -241,24 +246,15 @@ class GraphQLEndpoint:
             )
         params = await self._read_params(request)
         if streams is not None and (preferred or self._subscribes(params)):
-            response = await streams.respond(
+            response, answer = await streams.respond(
                 request,
                 query=params.query,
                 variables=params.variables,
                 operation_name=params.operation_name,
                 extensions=params.extensions,
-                record=record,
             )
-            return Streamed(response, params.operation_name)
-        try:
-            query = self._execution.document(params)
-        except PersistedQueryNotFound as exc:
-            # 200 whatever the media type: Apollo Client's persisted-query link turns
-            # APQ off for good on a 400, instead of resending with the document.
-            return Outcome(refusal_body(exc), media_type, codes=[exc.code])
-        if query is None:
-            raise BadRequest("The request must carry a GraphQL document in `query`.")
-        return Wanted(media_type, query, params)
+            return Streamed(response, params.operation_name, answer)
+        return Wanted(media_type, params)
 
     def _subscribes(self, params: GraphQLParams) -> bool:
         """Whether `params` name a subscription (a document that does not parse does not)."""
@@ -273,7 +269,19 @@ class GraphQLEndpoint:
     async def _execute(
         self, request: Request, wanted: Wanted, request_id: str, record: RequestRecord
     ) -> Outcome:
-        media_type, query, params = wanted.media_type, wanted.query, wanted.params
+        media_type, params = wanted.media_type, wanted.params
+        # One verdict on the credentials for the context and the record alike.
+        asked = self._execution.ask(
+            params,
+            self._make_context,
+            request_id,
+            _credentials(request),
+            refresh=wants_fresh(request.headers),
+        )
+        if isinstance(asked, Answer):
+            # An unknown persisted query: 200 whatever the media type (see `Answer`).
+            return Outcome(asked.body, media_type, asked.status, asked.codes)
+        query = asked.query
         if request.method == "GET" and self._execution.operation_type(
             query, params.operation_name
         ) not in (None, OperationType.QUERY):
@@ -283,24 +291,21 @@ class GraphQLEndpoint:
                 status=405,
                 headers={"allow": "POST"},
             )
-        # One verdict on the credentials for the context and the record alike.
-        credentials = _credentials(request)
-        context = self._make_context(request_id, credentials, refresh=wants_fresh(request.headers))
         # The request's line reads what the operation's tally holds when the request ends
         # (cut short or failing too).
-        record.upstream = context.tally
-        result = await self._execution.run(context, query, params)
-        record.operation_checked = result.checked(credentials)
+        record.upstream = asked.context.tally
+        answer = await self._execution.answer(asked)
         # application/json answers 200 to every well-formed request (legacy clients read
         # the body); the newer media type lets the status say that nothing was executed.
-        status = 400 if result.request_error and media_type == GRAPHQL_RESPONSE_JSON else 200
+        status = 400 if answer.request_error and media_type == GRAPHQL_RESPONSE_JSON else 200
         return Outcome(
-            result.body,
+            answer.body,
             media_type,
             status,
-            result.codes,
-            result.operation,
-            fetched_at=result.fetched_at,
+            answer.codes,
+            answer.operation,
+            fetched_at=answer.fetched_at,
+            checked=answer.checked,
         )
 
     # -- render: the outcome as an HTTP answer --

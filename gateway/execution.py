@@ -45,19 +45,21 @@ from graphql import (
 from graphql.execution.executor_throwing_on_incremental import ExecutorThrowingOnIncremental
 
 from gateway.bounded import BoundedCache, memoize
-from gateway.context import Context, UpstreamWarning
+from gateway.context import Context, MakeContext, UpstreamWarning
 from gateway.credentials import Credentials, CredentialsVerdict
-from gateway.errors import BadRequest, OperationTooComplex
+from gateway.errors import BadRequest, OperationTooComplex, PersistedQueryNotFound
 from gateway.fastpath import FastPlan, compile_plan
 from gateway.graphql_errors import (
     coded,
     format_error,
     internal_error,
     ordered_warnings,
+    refusal_body,
     render_warnings,
 )
 from gateway.limits import OperationLimits, check_limits, parse_document, too_complex
 from gateway.persisted_queries import PersistedQueries
+from gateway.upstream.tally import UpstreamTally
 
 log = logging.getLogger("gateway.request")
 
@@ -76,6 +78,10 @@ DOCUMENT_CACHE_ITEM_BYTES = 4 * 1024 * 1024
 # is never prepared again (bench/instructions.py under valgrind, whose clock runs some
 # fifty times slower, counted the re-preparations as 4% of every cache miss).
 DOCUMENT_CACHE_SECONDS = 30.0
+
+
+# The refusal of params that name no document to run (neither a query nor a known hash).
+NO_DOCUMENT = "The request must carry a GraphQL document in `query`."
 
 
 class WarningsReport(Protocol):
@@ -104,7 +110,7 @@ def read_params(raw: dict[str, Any]) -> GraphQLParams:
     extensions = raw.get("extensions")
     persisted = isinstance(extensions, dict) and "persistedQuery" in extensions
     if not (query is None and persisted) and (not isinstance(query, str) or not query.strip()):
-        raise BadRequest("The request must carry a GraphQL document in `query`.")
+        raise BadRequest(NO_DOCUMENT)
     operation_name = raw.get("operationName")
     if operation_name is not None and not isinstance(operation_name, str):
         raise BadRequest("`operationName` must be a string.")
@@ -144,6 +150,47 @@ class OperationResult:
             and isinstance(credentials, Credentials)
             and "UNAUTHENTICATED" not in self.codes
         )
+
+
+@dataclass(slots=True)
+class Asked:
+    """A request read down to what it runs: the document, its params, and the context it
+    runs with, made for the caller of the credentials verdict its transport read once.
+
+    The caller's record reads the context's tally before it awaits `answer`: the line of
+    an operation cut short still says what it sent until then."""
+
+    query: str
+    params: GraphQLParams
+    context: Context
+    credentials: CredentialsVerdict
+
+
+@dataclass(slots=True)
+class Answer:
+    """What one request's query or mutation came to, before a transport renders it.
+
+    `status` is the refusal's when nothing was read far enough to run (an unknown
+    persisted query is a 200: Apollo Client's persisted-query link turns APQ off for good
+    on a 400), else 200; the HTTP endpoint may still answer a `request_error` 400.
+    `checked`: the operation's name may take a metrics slot. `tally` is the operation's
+    upstream tally (None when none ran). Each caller fills its own record from this.
+    """
+
+    body: dict[str, Any]
+    codes: list[str]
+    operation: str | None
+    status: int
+    request_error: bool
+    checked: bool
+    tally: UpstreamTally | None
+    fetched_at: float | None = None
+
+
+def refused(exc: BadRequest | PersistedQueryNotFound) -> Answer:
+    """The answer to a request refused before anything ran."""
+    status = exc.status if isinstance(exc, BadRequest) else 200
+    return Answer(refusal_body(exc), [exc.code], None, status, True, False, None)
 
 
 class GraphQLExecution:
@@ -190,6 +237,43 @@ class GraphQLExecution:
         if self._persisted is None:
             return params.query
         return self._persisted.resolve(params.query, params.extensions)
+
+    def ask(
+        self,
+        params: GraphQLParams,
+        make_context: MakeContext,
+        request_id: str,
+        credentials: CredentialsVerdict,
+        *,
+        refresh: bool,
+    ) -> Asked | Answer:
+        """What `params` ask to run, with a context made for `credentials`: the one path
+        from a request's params to its operation, for every transport. An `Answer` when
+        their persisted query is not known yet; raises `BadRequest` for params that name
+        no document (or a bad persisted-query extension)."""
+        try:
+            query = self.document(params)
+        except PersistedQueryNotFound as exc:
+            return refused(exc)
+        if query is None:
+            raise BadRequest(NO_DOCUMENT)
+        context = make_context(request_id, credentials, refresh=refresh)
+        return Asked(query, params, context, credentials)
+
+    async def answer(self, asked: Asked) -> Answer:
+        """Run what `asked` holds (see `run`): its answer, with the operation's tally."""
+        context = asked.context
+        result = await self.run(context, asked.query, asked.params)
+        return Answer(
+            result.body,
+            result.codes,
+            result.operation,
+            200,
+            result.request_error,
+            result.checked(asked.credentials),
+            context.tally,
+            result.fetched_at,
+        )
 
     def parse(self, query: str) -> DocumentNode | GraphQLError:
         """`query` parsed (kept while it is used), or the parse error."""

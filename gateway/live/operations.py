@@ -3,10 +3,11 @@
     Operations.run(request)
       query or mutation   `GraphQLExecution.run`, as the HTTP endpoint runs one, with the
                           connection's credential headers: the same parsing, limits,
-                          persisted queries, fast path and warnings; recorded in the
-                          event stream's HTTP request record (its one line), or, a
-                          socket's, as a request of its own with an id of its own
-                          -> `Single` (or `Refused` when nothing ran)
+                          persisted queries, fast path and warnings (the one path,
+                          `GraphQLExecution.ask` and `answer`) -> `Single` (or `Refused`
+                          when nothing ran), with its `Answer`: the endpoint records an
+                          event stream's in the HTTP request's one line; a socket's is
+                          recorded here, as a request of its own with an id of its own
       subscription        parsed, validated and limited by `GraphQLExecution` (the same
                           cache), then graphql-core's subscription pipeline with a context
                           whose `live` watches pages through the hub -> `Stream` of
@@ -32,8 +33,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterable, Callable, Hashable, Sequence
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -56,9 +56,9 @@ from starlette.types import Scope
 from gateway.cache_control import wants_fresh
 from gateway.context import Context, MakeContext
 from gateway.credentials import Credentials, CredentialsVerdict, caller
-from gateway.errors import STOPPED_CODE, BadRequest, GatewayError, PersistedQueryNotFound
-from gateway.execution import GraphQLExecution, read_params
-from gateway.graphql_errors import format_error, refusal_body
+from gateway.errors import BadRequest, GatewayError
+from gateway.execution import Answer, GraphQLExecution, read_params, refused
+from gateway.graphql_errors import format_error
 from gateway.live.hub import LiveCalls, LiveHub
 from gateway.live.renders import Renders
 from gateway.observability.record import RequestRecord
@@ -81,16 +81,20 @@ class LiveRequest:
 
 @dataclass(frozen=True, slots=True)
 class Single:
-    """The one result of a query or mutation."""
+    """The one result of a query or mutation (with its `answer`, for the transport's
+    record), or of a subscription that never started."""
 
     payload: dict[str, Any]
+    answer: Answer | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """Errors before execution (parsing, validation, limits): no result at all."""
+    """Errors before execution (parsing, validation, limits): no result at all; a
+    query's or mutation's `answer`, for the transport's record."""
 
     errors: list[dict[str, Any]]
+    answer: Answer | None = field(default=None, compare=False)
 
 
 class Stream:
@@ -183,14 +187,12 @@ class Operations:
         self._telemetry = telemetry
         self._renders = renders
 
-    async def run(
-        self, request: LiveRequest, scope: Scope, record: RequestRecord | None
-    ) -> OperationOutcome:
+    async def run(self, request: LiveRequest, scope: Scope, *, own_line: bool) -> OperationOutcome:
         """Run `request` for the connection `scope` (its headers, client and server).
 
-        `record` is the transport's when the operation is its request (an event stream: the
-        endpoint opened it, and a query fills it); None when the operation is a request of
-        its own (one of a socket's), which a query then records itself.
+        `own_line`: the operation is a request of its own (one of a socket's), which a
+        query then records itself; else it is its transport's request (an event stream,
+        which the endpoint records from the outcome's `answer`).
         """
         document = None if request.query is None else self._execution.parse(request.query)
         if isinstance(document, DocumentNode):
@@ -199,39 +201,38 @@ class Operations:
                 return await self._subscribe(document, request, scope)
         # Queries, mutations, and whatever does not parse or name an operation: run and
         # answered exactly as over HTTP.
-        return await self._single(request, scope, record)
+        return await self._single(request, scope, own_line)
 
-    async def _single(
-        self, request: LiveRequest, scope: Scope, given: RequestRecord | None
-    ) -> OperationOutcome:
+    async def _single(self, request: LiveRequest, scope: Scope, own_line: bool) -> OperationOutcome:
         http_scope = _http_scope(scope, request)
         http_request = Request(http_scope)
         facts = request_facts(http_scope)
-        request_id = facts.request_id
-        # A socket's operation is observed as a request of its own, as the endpoint
-        # observes one (its log line, metrics and span); an event stream's fills the
-        # record of the HTTP request it answers. The fields are filled as the endpoint
-        # fills them.
-        observed: AbstractContextManager[RequestRecord] = (
-            self._telemetry.request(http_request, request_id)
-            if given is None
-            else nullcontext(given)
-        )
-        with observed as record:
-            try:
-                outcome = await self._answer(
-                    http_request, request_id, facts.credentials, request, record
+        if own_line:
+            # A socket's operation is observed as a request of its own, as the endpoint
+            # observes one (its log line, metrics and span), and recorded as it records.
+            with self._telemetry.request(http_request, facts.request_id) as record:
+                try:
+                    answer = await self._answer(
+                        http_request, facts.request_id, facts.credentials, request, record
+                    )
+                except asyncio.CancelledError:
+                    record.stopped()
+                    raise
+                record.answered(
+                    answer.operation,
+                    answer.status,
+                    answer.codes,
+                    checked=answer.checked,
+                    upstream=answer.tally,
                 )
-            except asyncio.CancelledError:
-                record.status, record.error_codes = 503, [STOPPED_CODE]
-                raise
-            record.operation, record.error_codes = outcome.operation, outcome.codes
-            record.operation_checked = outcome.checked
-            record.status = outcome.status
-        if "data" not in outcome.body:
+        else:
+            answer = await self._answer(
+                http_request, facts.request_id, facts.credentials, request, None
+            )
+        if "data" not in answer.body:
             # A request error (parsing, validation, a persisted query unknown): nothing ran.
-            return Refused(list(outcome.body.get("errors") or ()))
-        return Single(outcome.body)
+            return Refused(list(answer.body.get("errors") or ()), answer)
+        return Single(answer.body, answer)
 
     async def _answer(
         self,
@@ -239,9 +240,10 @@ class Operations:
         request_id: str,
         credentials: CredentialsVerdict,
         request: LiveRequest,
-        record: RequestRecord,
-    ) -> _Answered:
-        """What the endpoint would answer `request` as an `application/json` POST."""
+        record: RequestRecord | None,
+    ) -> Answer:
+        """What the endpoint would answer `request` as an `application/json` POST;
+        `record`, this operation's own (a socket's), reads its tally as it runs."""
         try:
             params = read_params(
                 {
@@ -251,20 +253,18 @@ class Operations:
                     "extensions": request.extensions,
                 }
             )
-            query = self._execution.document(params)
-            if query is None:
-                raise BadRequest("The request must carry a GraphQL document in `query`.")
             refresh = wants_fresh(http_request.headers)
-            context = self._make_context(request_id, credentials, refresh=refresh)
-            # As the endpoint does: the line reads the tally even of an operation cut short.
-            record.upstream = context.tally
-            result = await self._execution.run(context, query, params)
-        except (BadRequest, PersistedQueryNotFound) as exc:
-            # As the endpoint answers them; an unknown persisted query is a 200 there.
-            status = exc.status if isinstance(exc, BadRequest) else 200
-            return _Answered(refusal_body(exc), [exc.code], None, False, status)
-        checked = result.checked(credentials)
-        return _Answered(result.body, result.codes, result.operation, checked, 200)
+            asked = self._execution.ask(
+                params, self._make_context, request_id, credentials, refresh=refresh
+            )
+            if isinstance(asked, Answer):
+                return asked
+            if record is not None:
+                # As the endpoint does: the line reads the tally even of an operation cut short.
+                record.upstream = asked.context.tally
+            return await self._execution.answer(asked)
+        except BadRequest as exc:
+            return refused(exc)
 
     async def _subscribe(
         self, document: DocumentNode, request: LiveRequest, scope: Scope
@@ -324,16 +324,6 @@ class Operations:
             self._renders,
             release,
         )
-
-
-@dataclass(slots=True)
-class _Answered:
-    # What a query or mutation came to, as the endpoint would have answered it.
-    body: dict[str, Any]
-    codes: list[str]
-    operation: str | None
-    checked: bool
-    status: int
 
 
 class _Releasing:

@@ -27,9 +27,9 @@ from starlette.types import Scope
 
 from gateway.credentials import raw_credential_headers
 from gateway.draining import draining
+from gateway.execution import Answer
 from gateway.live.operations import LiveRequest, Operations, Refused, Single, Stream
 from gateway.media import EVENT_STREAM
-from gateway.observability.record import RequestRecord
 
 KEEPALIVE = b":\n\n"
 COMPLETE = b"event: complete\ndata:\n\n"
@@ -50,10 +50,10 @@ class EventStreams:
         variables: dict[str, Any] | None,
         operation_name: str | None,
         extensions: dict[str, Any] | None,
-        record: RequestRecord,
-    ) -> Response:
-        """The event stream answering `request`, whose record (the endpoint's) a query's
-        operation fills: one HTTP request, one log line."""
+    ) -> tuple[Response, Answer | None]:
+        """The event stream answering `request`, and what its query or mutation came to
+        (None for a subscription's), which the endpoint records: one HTTP request, one
+        log line."""
         live = LiveRequest(
             query=query,
             variables=variables,
@@ -61,8 +61,9 @@ class EventStreams:
             extensions=extensions,
             credential_headers=raw_credential_headers(request.scope.get("headers") or ()),
         )
-        outcome = await self._operations.run(live, request.scope, record)
-        return StreamingResponse(
+        outcome = await self._operations.run(live, request.scope, own_line=False)
+        answer = outcome.answer if isinstance(outcome, Single | Refused) else None
+        response = StreamingResponse(
             self._events(outcome, request.scope),
             media_type=EVENT_STREAM,
             headers={
@@ -71,6 +72,7 @@ class EventStreams:
                 "x-accel-buffering": "no",
             },
         )
+        return response, answer
 
     async def _events(
         self, outcome: Single | Refused | Stream, scope: Scope

@@ -236,8 +236,8 @@ class _Connection:
 
     async def _operate(self, operation_id: str, request: LiveRequest) -> None:
         try:
-            # Each operation is a request of its own, with its own id and line: no record yet.
-            outcome = await self._server._operations.run(request, self._ws.scope, None)
+            # Each operation is a request of its own, with its own id and line.
+            outcome = await self._server._operations.run(request, self._ws.scope, own_line=True)
             if isinstance(outcome, Refused):
                 await self._send({"id": operation_id, "type": "error", "payload": outcome.errors})
                 return

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.errors import STOPPED_CODE
 from gateway.upstream.tally import UpstreamTally
 
 
@@ -43,6 +44,27 @@ class RequestRecord:
     trace_id: str | None = None
     # Parsed, validated, with usable credentials: the name may take a metrics slot.
     operation_checked: bool = False
+
+    def answered(
+        self,
+        operation: str | None,
+        status: int,
+        codes: list[str],
+        *,
+        checked: bool = False,
+        upstream: UpstreamTally | None = None,
+    ) -> None:
+        """What the request was answered, written once by the layer that holds the record
+        (its tally kept when it was handed the record before the operation ran)."""
+        self.operation, self.status, self.error_codes = operation, status, codes
+        self.operation_checked = checked
+        if upstream is not None:
+            self.upstream = upstream
+
+    def stopped(self) -> None:
+        """The request was cut short (the server's shutdown): the shutdown layer answers
+        503 with this code and request id, and the line must say what was answered."""
+        self.status, self.error_codes = 503, [STOPPED_CODE]
 
     def log_fields(self, duration: float) -> dict[str, Any]:
         cache = dict(self.cache)

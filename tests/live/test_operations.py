@@ -156,7 +156,7 @@ async def subscribe(operations: Operations, query: str) -> Stream:
     headers = [(k.lower().encode(), v.encode()) for k, v in credential_headers(DEMO).items()]
     request = LiveRequest(query, None, None, None, headers)
     scope = {"type": "websocket", "headers": []}
-    stream = await operations.run(request, scope, None)
+    stream = await operations.run(request, scope, own_line=True)
     assert isinstance(stream, Stream)
     return stream
 
@@ -279,7 +279,7 @@ def test_an_account_holds_at_most_its_bound_of_distinct_requests() -> None:
             ]
             scope = {"type": "websocket", "headers": []}
             refused = await operations.run(
-                LiveRequest(aliased[2], None, None, None, headers), scope, None
+                LiveRequest(aliased[2], None, None, None, headers), scope, own_line=True
             )
             assert isinstance(refused, Refused)
             (error,) = refused.errors
@@ -340,7 +340,9 @@ def test_a_query_runs_here_and_is_observed_as_a_request_of_its_own(
             "headers": [(b"x-request-id", b"ignored-on-a-socket")],
         }
         with caplog.at_level(logging.INFO, logger="gateway.request"):
-            return await operations.run(LiveRequest(query, None, None, None, headers), scope, None)
+            return await operations.run(
+                LiveRequest(query, None, None, None, headers), scope, own_line=True
+            )
 
     service = RecordingService([call("c-1")])
     metrics = Metrics(multiprocess_dir=None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
@@ -13,6 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import ASGIApp, Message
 
+from gateway.observability import telemetry
+from gateway.observability.record import RequestRecord
 from tests.fakes import FakeUpstream
 from tests.live.helpers import (
     CALLS_PATH,
@@ -339,6 +342,67 @@ def test_a_query_over_sse_is_one_request_with_one_line(
         if sample.name == "gateway_requests_total"
     ]
     assert counted == [("Latest", 1.0)]
+
+
+class WritersRecord(RequestRecord):
+    """A request record that notes which module wrote each of its fields after it was
+    made (through the record's own methods: their caller)."""
+
+    writes: list[tuple[str, str]]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        frame = sys._getframe(1)
+        while frame.f_globals["__name__"] == RequestRecord.__module__:
+            if frame.f_back is None:
+                break
+            frame = frame.f_back
+        if "writes" in self.__dict__:  # made: what follows is a layer's writing
+            self.__dict__["writes"].append((name, frame.f_globals["__name__"]))
+        super().__setattr__(name, value)
+
+
+@pytest.mark.parametrize(
+    ("query", "codes"),
+    [
+        pytest.param("query Latest { calls { id } }", [], id="answered"),
+        pytest.param(
+            "query Latest { calls { nope } }", ["GRAPHQL_VALIDATION_FAILED"], id="refused"
+        ),
+    ],
+)
+def test_an_sse_querys_record_is_written_by_the_endpoint_alone(
+    fake_upstream: FakeUpstream,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    query: str,
+    codes: list[str],
+) -> None:
+    # The live operations run the query and hand back what it came to; they never write
+    # into the record of the HTTP request the endpoint holds (issue 12).
+    made: list[WritersRecord] = []
+
+    def recording(request_id: str, method: str) -> WritersRecord:
+        record = WritersRecord(request_id, method)
+        record.__dict__["writes"] = []
+        made.append(record)
+        return record
+
+    monkeypatch.setattr(telemetry, "RequestRecord", recording)
+    fake_upstream.answer(CALLS_PATH, [call("c-1")])
+
+    async def body() -> None:
+        async with live_app(fake_upstream.url) as app:
+            with caplog.at_level(logging.INFO, logger="gateway.request"):
+                await answered(app, query, chunks=3)
+
+    asyncio.run(body())
+
+    [record] = made
+    assert {writer for _, writer in record.__dict__["writes"]} == {"gateway.endpoint"}
+    assert [name for name, _ in record.__dict__["writes"]].count("status") == 1
+    assert (record.operation, record.status, record.error_codes) == ("Latest", 200, codes)
+    [line] = request_lines(caplog)
+    assert (line["operation"], line["error_codes"]) == ("Latest", codes)
 
 
 def test_a_subscription_over_sse_is_one_request_with_one_line(
