@@ -17,12 +17,14 @@ from urllib.parse import parse_qsl
 
 import httpx
 import orjson
+from graphql import GraphQLSchema
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.body_budget import BodyBudget
+from gateway.context import MakeContext
 from gateway.context_factory import ContextFactory
 from gateway.endpoint import GraphQLEndpoint
 from gateway.execution import GraphQLExecution
@@ -172,10 +174,26 @@ def upstream_client(
 def in_process_endpoint(upstream: Any, telemetry: Telemetry) -> GraphQLEndpoint:
     """The app's endpoint, execution and context factory over `upstream` (a `CallService`),
     without the middleware in front: an operation's whole way down, in process. Requests
-    time out after 20 s; no event streams, no GraphiQL."""
+    time out after 20 s."""
+    contexts = ContextFactory(
+        upstream,
+        cursors=CursorCodec(b"a test cursor key"),
+        request_timeout=20.0,
+        max_upstream_requests=10,
+        max_calls_per_operation=5000,
+        max_entities=1000,
+    )
+    return bare_endpoint(graphql_core_schema(build_schema()), contexts, telemetry)
+
+
+def bare_endpoint(
+    schema: GraphQLSchema, make_context: MakeContext, telemetry: Telemetry
+) -> GraphQLEndpoint:
+    """An endpoint executing `schema` with contexts from `make_context`, with the default
+    limits and the fast path: no event streams, no GraphiQL, no persisted queries."""
     return GraphQLEndpoint(
         GraphQLExecution(
-            graphql_core_schema(build_schema()),
+            schema,
             report_warnings=telemetry.upstream_warnings,
             persisted_queries=None,
             limits=OperationLimits(),
@@ -183,14 +201,7 @@ def in_process_endpoint(upstream: Any, telemetry: Telemetry) -> GraphQLEndpoint:
             introspection=True,
             suggestions=True,
         ),
-        ContextFactory(
-            upstream,
-            cursors=CursorCodec(b"a test cursor key"),
-            request_timeout=20.0,
-            max_upstream_requests=10,
-            max_calls_per_operation=5000,
-            max_entities=1000,
-        ),
+        make_context,
         graphiql=None,
         telemetry=telemetry,
         max_body_bytes=1_048_576,

@@ -24,11 +24,8 @@ from gateway.app import create_app
 from gateway.config import load_settings
 from gateway.context import Context
 from gateway.credentials import CredentialsVerdict, caller
-from gateway.endpoint import GraphQLEndpoint
 from gateway.errors import UpstreamTimeout
-from gateway.execution import GraphQLExecution
 from gateway.graphiql import ASSETS
-from gateway.limits import OperationLimits
 from gateway.loaders import OperationLoader
 from gateway.media import GRAPHQL_RESPONSE_JSON
 from gateway.observability.metrics import Metrics
@@ -39,7 +36,7 @@ from gateway.upstream.client import UpstreamAnswer
 from gateway.upstream.entities import KnownCall
 from gateway.upstream.tally import UpstreamTally
 from tests.conftest import Gateway, Sandbox
-from tests.fakes import in_process_endpoint
+from tests.fakes import bare_endpoint, in_process_endpoint
 from tests.servers import free_port, serve
 
 DEMO = ACCOUNTS[0]
@@ -464,25 +461,7 @@ def _context(request_id: str, credentials: CredentialsVerdict, *, refresh: bool)
 @pytest.fixture(scope="module")
 def failing_endpoint() -> Iterator[str]:
     telemetry = Telemetry(Metrics(multiprocess_dir=None), None)
-    execution = GraphQLExecution(
-        FAILING_SCHEMA,
-        report_warnings=telemetry.upstream_warnings,
-        persisted_queries=None,
-        limits=OperationLimits(),
-        fast_path=True,
-        introspection=True,
-        suggestions=True,
-    )
-    endpoint = GraphQLEndpoint(
-        execution,
-        _context,
-        graphiql=None,
-        telemetry=telemetry,
-        max_body_bytes=1_048_576,
-        csrf_prevention=True,
-        get_max_age=0,
-        event_streams=None,
-    )
+    endpoint = bare_endpoint(FAILING_SCHEMA, _context, telemetry)
     with serve(endpoint, lifespan="off") as url:
         yield url
 
